@@ -1,0 +1,32 @@
+"""ftaudit: audit and harden neural networks for analog compute-in-memory hardware.
+
+``import ftaudit`` stays light: torch and onnxruntime load only when a model is evaluated.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+try:
+    __version__ = metadata.version("ftaudit")
+except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+if TYPE_CHECKING:
+    from ftaudit.evaluation import audit
+    from ftaudit.inspect import inspect_model
+
+__all__ = ["__version__", "audit", "inspect_model"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "audit":
+        from ftaudit.evaluation import audit
+
+        return audit
+    if name == "inspect_model":
+        from ftaudit.inspect import inspect_model
+
+        return inspect_model
+    raise AttributeError(f"module 'ftaudit' has no attribute {name!r}")

@@ -1,0 +1,336 @@
+"""Command-line interface: parses options, calls the library, prints, and sets the exit code.
+
+Exit codes: 0 ok, 1 a CI gate failed, 2 bad input or usage, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from ftaudit import __version__
+from ftaudit.errors import GateFailure, UserError
+
+app = typer.Typer(
+    name="ftaudit",
+    help="Audit neural networks for analog compute-in-memory hardware under device variation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,
+)
+
+# Shared option aliases, defined once and reused by every command.
+ModelArg = Annotated[
+    Path, typer.Argument(help="ONNX (.onnx) or TorchScript (torch.jit.save) file.")
+]
+LayersOpt = Annotated[
+    list[str] | None,
+    typer.Option("--layers", help="Glob over crossbar weight names to perturb (repeatable)."),
+]
+ExcludeOpt = Annotated[
+    list[str] | None,
+    typer.Option("--exclude", help="Glob over crossbar weight names to keep exact (repeatable)."),
+]
+OutputOpt = Annotated[
+    str | None, typer.Option("--output", help="ONNX output holding the logits (default: first).")
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", help="Config file (default: ./ftaudit.toml or [tool.ftaudit])."),
+]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def exit_codes(command: F) -> F:
+    """Turn UserError into one stderr line + exit 2, GateFailure into exit 1, Ctrl-C into 130."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except UserError as exc:
+            print(f"ftaudit: error: {exc}", file=sys.stderr)
+            raise typer.Exit(2) from None
+        except GateFailure as exc:
+            for line in exc.lines:
+                print(f"ftaudit: {line}", file=sys.stderr)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            print("ftaudit: interrupted; no output was written", file=sys.stderr)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ftaudit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """Audit neural networks for analog compute-in-memory hardware under device variation."""
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _show_progress(machine_output: bool) -> bool:
+    """A progress bar only for people: not for machine output, CI, or a redirected stderr."""
+    return not machine_output and not os.environ.get("CI") and sys.stderr.isatty()
+
+
+@app.command("eval")
+@exit_codes
+def eval_command(
+    model: ModelArg,
+    data: Annotated[
+        str | None, typer.Option("--data", help=".npz (x, y), IDX images file, or image folder.")
+    ] = None,
+    sigma: Annotated[
+        str | None,
+        typer.Option(
+            "--sigma", help="Device variation: 0.3, a list 0.1,0.2 or a range 0:0.4:0.05."
+        ),
+    ] = None,
+    noise: Annotated[
+        str | None,
+        typer.Option("--noise", help="lognormal, gaussian, rram, fefet1, fefet2 or DEVICE.toml."),
+    ] = None,
+    bits: Annotated[
+        int | None, typer.Option("--bits", help="Device models: weight bits H.")
+    ] = None,
+    cell_bits: Annotated[
+        int | None, typer.Option("--cell-bits", help="Device models: bits per cell B.")
+    ] = None,
+    samples: Annotated[
+        int | None, typer.Option("--samples", help="Monte Carlo samples per sigma [1000].")
+    ] = None,
+    k: Annotated[
+        float | None, typer.Option("--k", help="Percentile for KPP, in (0, 100) [1].")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed [0].")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Inference batch size [512].")
+    ] = None,
+    device: Annotated[str | None, typer.Option("--device", help="cpu or cuda [cpu].")] = None,
+    layers: LayersOpt = None,
+    exclude: ExcludeOpt = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Use the first N samples.")] = None,
+    mean: Annotated[
+        str | None, typer.Option("--mean", help="Normalise: subtract (scalar or per channel).")
+    ] = None,
+    std: Annotated[
+        str | None, typer.Option("--std", help="Normalise: divide (scalar or per channel).")
+    ] = None,
+    output: OutputOpt = None,
+    target_ci: Annotated[
+        float | None,
+        typer.Option("--target-ci", help="Stop a sigma once its KPP 95% interval is this narrow."),
+    ] = None,
+    json_path: Annotated[
+        str | None, typer.Option("--json", help="Write the JSON report here ('-' for stdout).")
+    ] = None,
+    csv_path: Annotated[Path | None, typer.Option("--csv", help="Write a CSV table here.")] = None,
+    plot_path: Annotated[
+        Path | None, typer.Option("--plot", help="Write a PNG plot of mean/KPP vs sigma.")
+    ] = None,
+    fail_under_kpp: Annotated[
+        float | None, typer.Option("--fail-under-kpp", help="Exit 1 if KPP < X at any sigma.")
+    ] = None,
+    fail_under_mean: Annotated[
+        float | None, typer.Option("--fail-under-mean", help="Exit 1 if mean < X at any sigma.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table on stdout.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Monte Carlo accuracy (mean and KPP) of MODEL under device variation."""
+    from ftaudit.config import load_settings, merge, parse_floats, parse_sigmas
+    from ftaudit.evaluation import audit, validate_options
+    from ftaudit.fileio import check_output_path
+
+    settings = merge(
+        load_settings(config, Path.cwd()),
+        {
+            "data": data,
+            "sigma": parse_sigmas(sigma) if sigma is not None else None,
+            "noise": noise,
+            "bits": bits,
+            "cell_bits": cell_bits,
+            "samples": samples,
+            "k": k,
+            "seed": seed,
+            "batch_size": batch_size,
+            "device": device,
+            "layers": tuple(layers or ()),
+            "exclude": tuple(exclude or ()),
+            "limit": limit,
+            "mean": parse_floats(mean, "--mean") if mean is not None else None,
+            "std": parse_floats(std, "--std") if std is not None else None,
+            "output": output,
+            "target_ci": target_ci,
+            "fail_under_kpp": fail_under_kpp,
+            "fail_under_mean": fail_under_mean,
+        },
+    )
+    if settings.sigma is None:
+        raise UserError("no sigma given", hint="pass --sigma 0.3 (or set sigma in ftaudit.toml)")
+    if settings.data is None:
+        raise UserError(
+            "no evaluation data given", hint="pass --data FILE (or set data in ftaudit.toml)"
+        )
+    validate_options(
+        sigmas=settings.sigma,
+        samples=settings.samples,
+        k=settings.k,
+        seed=settings.seed,
+        batch_size=settings.batch_size,
+        device=settings.device,
+        target_ci=settings.target_ci,
+        fail_under_kpp=settings.fail_under_kpp,
+        fail_under_mean=settings.fail_under_mean,
+    )
+    inputs = (model, Path(settings.data))
+    if json_path is not None and json_path != "-":
+        check_output_path(Path(json_path), what="JSON report", protect=inputs)
+    if csv_path is not None:
+        check_output_path(csv_path, what="CSV table", protect=inputs)
+    if plot_path is not None:
+        from ftaudit._optional import require_matplotlib
+
+        require_matplotlib("--plot")
+        check_output_path(plot_path, what="plot", protect=inputs)
+
+    machine_output = json_path == "-"
+    report = _run_with_progress(
+        audit,
+        _show_progress(machine_output),
+        model,
+        settings.data,
+        sigmas=settings.sigma,
+        noise=settings.noise,
+        bits=settings.bits,
+        cell_bits=settings.cell_bits,
+        samples=settings.samples,
+        k=settings.k,
+        seed=settings.seed,
+        batch_size=settings.batch_size,
+        device=settings.device,
+        layers=settings.layers,
+        exclude=settings.exclude,
+        limit=settings.limit,
+        mean=settings.mean,
+        std=settings.std,
+        output=settings.output,
+        target_ci=settings.target_ci,
+        fail_under_kpp=settings.fail_under_kpp,
+        fail_under_mean=settings.fail_under_mean,
+        command=["ftaudit", *sys.argv[1:]],
+    )
+
+    from ftaudit import report as writers
+
+    if json_path == "-":
+        sys.stdout.write(writers.report_json(report) + "\n")
+    elif json_path is not None:
+        writers.write_json(report, Path(json_path))
+    if csv_path is not None:
+        writers.write_csv(report, csv_path)
+    if plot_path is not None:
+        writers.write_plot(report, plot_path)
+    if not quiet and not machine_output:
+        from rich.console import Console
+
+        Console().print(writers.report_renderable(report))
+    failed = report.failed_gates()
+    if failed:
+        raise GateFailure([gate.message() for gate in failed])
+
+
+def _run_with_progress(audit_fn: Any, show: bool, *args: Any, **kwargs: Any) -> Any:
+    """Call ``audit_fn`` with a rich progress bar on stderr when a person is watching."""
+    if not show:
+        return audit_fn(*args, **kwargs)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=_stderr_console(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("Monte Carlo samples", total=kwargs.get("samples"))
+        return audit_fn(
+            *args,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            **kwargs,
+        )
+
+
+@app.command("inspect")
+@exit_codes
+def inspect_command(
+    model: ModelArg,
+    layers: LayersOpt = None,
+    exclude: ExcludeOpt = None,
+    output: OutputOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Format, inputs/outputs, crossbar layers, parameter and MAC counts of MODEL."""
+    from ftaudit.inspect import inspect_model
+
+    summary = inspect_model(model, layers=layers, exclude=exclude, output=output)
+    if as_json:
+        import json
+
+        sys.stdout.write(json.dumps(summary.to_dict(), indent=2) + "\n")
+        return
+    from rich.console import Console
+
+    from ftaudit.report.inspect_table import inspect_renderable
+
+    Console().print(inspect_renderable(summary))
+
+
+@app.command("noise-models")
+def noise_models_command() -> None:
+    """List the registered noise models."""
+    from ftaudit.noise import NOISE_MODELS
+
+    for name, cls in sorted(NOISE_MODELS.items()):
+        typer.echo(f"{name:10s} {cls.describe()}")
+    typer.echo(f"{'FILE.toml':10s} A user-defined multi-level cell device (see the README).")
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI on ``argv`` and return the exit code (what ``main`` exits with)."""
+    try:
+        app(args=argv, prog_name="ftaudit")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    return 0
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run())

@@ -1,0 +1,183 @@
+"""Defaults for ``eval`` from ``ftaudit.toml`` or ``[tool.ftaudit]`` in pyproject.toml.
+
+Precedence: command-line flag > config file > built-in default. Relative paths in a config file
+are resolved against the file's folder, so a config works from any working directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftaudit.errors import UserError
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Every ``eval`` option with its built-in default (the one source of truth)."""
+
+    data: str | None = None
+    sigma: tuple[float, ...] | None = None
+    noise: str = "lognormal"
+    bits: int | None = None
+    cell_bits: int | None = None
+    samples: int = 1000
+    k: float = 1.0
+    seed: int = 0
+    batch_size: int = 512
+    device: str = "cpu"
+    layers: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    limit: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    output: str | None = None
+    target_ci: float | None = None
+    fail_under_kpp: float | None = None
+    fail_under_mean: float | None = None
+    sources: dict[str, str] = field(default_factory=dict, compare=False)
+
+
+PATH_KEYS = {"data"}
+TUPLE_KEYS = {"layers", "exclude"}
+FLOAT_LIST_KEYS = {"mean", "std"}
+
+
+def parse_sigmas(spec: str | float | list[Any]) -> tuple[float, ...]:
+    """Sigma values from '0.3', a list '0.1,0.2' or an inclusive range 'start:stop:step'."""
+    if isinstance(spec, bool):
+        raise UserError(f"sigma must be a number, got {spec!r}")
+    if isinstance(spec, (int, float)):
+        return (float(spec),)
+    if isinstance(spec, list):
+        return tuple(v for item in spec for v in parse_sigmas(item))
+    text = str(spec).strip()
+    try:
+        if ":" in text:
+            parts = [float(p) for p in text.split(":")]
+            if len(parts) != 3:
+                raise ValueError
+            start, stop, step = parts
+            if step <= 0 or stop < start:
+                raise UserError(
+                    f"sigma range '{text}' needs start <= stop and a step > 0",
+                    hint="e.g. --sigma 0:0.4:0.05",
+                )
+            count = math.floor((stop - start) / step + 1e-9) + 1
+            return tuple(float(np.round(start + i * step, 10)) for i in range(count))
+        values = tuple(float(p) for p in text.split(",") if p.strip())
+    except ValueError as exc:
+        raise UserError(
+            f"sigma '{text}' is not a number, a list or a range",
+            hint="use --sigma 0.3, --sigma 0.1,0.2,0.3 or --sigma 0:0.4:0.05",
+        ) from exc
+    if not values:
+        raise UserError("--sigma is empty", hint="e.g. --sigma 0.3")
+    return values
+
+
+def parse_floats(spec: str | float | list[Any], what: str) -> tuple[float, ...]:
+    """A scalar or comma-separated list of numbers (for --mean/--std)."""
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        return (float(spec),)
+    items = spec if isinstance(spec, list) else str(spec).split(",")
+    try:
+        return tuple(float(v) for v in items)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{what} must be a number or a comma-separated list, got {spec!r}") from exc
+
+
+def find_config(cwd: Path) -> Path | None:
+    """``ftaudit.toml`` in ``cwd``, else a pyproject.toml there with a [tool.ftaudit] table."""
+    candidate = cwd / "ftaudit.toml"
+    if candidate.is_file():
+        return candidate
+    pyproject = cwd / "pyproject.toml"
+    if pyproject.is_file():
+        try:
+            content = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+            return None  # not ours to complain about unless it holds our table
+        if "ftaudit" in content.get("tool", {}):
+            return pyproject
+    return None
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The raw ftaudit table of a config file (top level of ftaudit.toml, or [tool.ftaudit])."""
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist", hint="check the --config path")
+    try:
+        content = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"config file {path} is not valid TOML: {exc}") from exc
+    if path.name == "pyproject.toml":
+        content = content.get("tool", {}).get("ftaudit", {})
+    table = content.get("eval", content)  # an optional [eval] section
+    if not isinstance(table, dict):
+        raise UserError(f"config file {path}: the ftaudit settings must be a table")
+    return table
+
+
+def settings_from_config(table: dict[str, Any], path: Path) -> EvalSettings:
+    """Validated EvalSettings from a config table; unknown keys get a 'did you mean'."""
+    known = {f.name for f in fields(EvalSettings)} - {"sources"}
+    values: dict[str, Any] = {}
+    for raw_key, value in table.items():
+        key = raw_key.replace("-", "_")
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            raise UserError(
+                f"config file {path} has an unknown setting '{raw_key}'",
+                hint=f"did you mean '{close[0]}'?"
+                if close
+                else f"known: {', '.join(sorted(known))}",
+            )
+        if key in PATH_KEYS:
+            value = str((path.parent / str(value)).resolve())
+        elif key == "sigma":
+            value = parse_sigmas(value)
+        elif key in FLOAT_LIST_KEYS:
+            value = parse_floats(value, key)
+        elif key in TUPLE_KEYS:
+            value = (value,) if isinstance(value, str) else tuple(str(v) for v in value)
+        values[key] = value
+    _check_types(values, path)
+    return replace(EvalSettings(), **values, sources=dict.fromkeys(values, str(path)))
+
+
+def _check_types(values: dict[str, Any], path: Path) -> None:
+    expect_int = {"bits", "cell_bits", "samples", "seed", "batch_size", "limit"}
+    expect_num = {"k", "target_ci", "fail_under_kpp", "fail_under_mean"}
+    expect_str = {"noise", "device", "output"}
+    for key, value in values.items():
+        bad = (
+            (key in expect_int and (not isinstance(value, int) or isinstance(value, bool)))
+            or (
+                key in expect_num
+                and (not isinstance(value, (int, float)) or isinstance(value, bool))
+            )
+            or (key in expect_str and not isinstance(value, str))
+        )
+        if bad:
+            raise UserError(f"config file {path}: '{key}' has the wrong type ({value!r})")
+
+
+def load_settings(config: Path | None, cwd: Path) -> EvalSettings:
+    """Settings from ``--config`` or the discovered config file, else the built-in defaults."""
+    path = config if config is not None else find_config(cwd)
+    if path is None:
+        return EvalSettings()
+    return settings_from_config(read_config(path), path)
+
+
+def merge(settings: EvalSettings, overrides: dict[str, Any]) -> EvalSettings:
+    """Apply command-line values that were given (not None, not empty) over the settings."""
+    given = {k: v for k, v in overrides.items() if v is not None and v != ()}
+    return replace(settings, **given)

@@ -1,0 +1,546 @@
+"""Evaluation data: .npz / IDX / image folders -> (x, y), checked against the model's input.
+
+Sources (``load_dataset`` tells them apart by name, never by unpickling anything):
+
+* ``.npz`` with arrays ``x`` (inputs, batch axis first) and ``y`` (class indices). Loaded with
+  ``allow_pickle=False``: object arrays are refused.
+* MNIST / Fashion-MNIST IDX files, gzip-compressed or raw: the images file
+  (``t10k-images-idx3-ubyte.gz``; its labels file ``t10k-labels-idx1-ubyte[.gz]`` must sit next to
+  it) or a folder holding exactly one images/labels pair.
+* A folder of class sub-folders of PNG/JPEG images. The class index of a sub-folder is its
+  position in the sorted list of sub-folder names (Python string order, so ``10`` sorts before
+  ``2``: name them ``00``, ``01``, ...). Images are read as they are, never resized or converted:
+  all must share one size and mode, ``L`` (giving ``(H, W)``) or ``RGB`` (giving channels-first
+  ``(3, H, W)``). Files without a .png/.jpg/.jpeg suffix and hidden files are ignored.
+
+dtype handling, applied after ``limit`` so that only the kept samples are converted:
+uint8 inputs are scaled to float32 in [0, 1] by dividing by 255; other integer and all float
+inputs are cast to float32 with their values unchanged; bool inputs are refused. Then the
+optional normalisation ``(x - mean) / std`` runs on those values, with ``mean``/``std`` either
+one number or one number per channel (broadcast along axis 1, as torchvision's ``Normalize``
+does after ``ToTensor``). Labels become int64.
+
+Provenance: ``Dataset.source["sha256"]`` is the file's sha256 for .npz; for an IDX pair and an
+image folder it is a sha256 over the sorted relative paths and sha256s of the data files it is
+made of (the images and labels files; every image file), so it does not depend on the limit
+nor on unrelated files lying next to the data.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import math
+import re
+import zipfile
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftaudit.errors import UserError
+from ftaudit.fileio import sha256_file
+
+SUPPORTED_FORMATS = (
+    "an .npz file with arrays x and y; an MNIST/Fashion-MNIST IDX images file "
+    "(*-images-idx3-ubyte or .gz) or a folder holding one IDX images/labels pair; "
+    "a folder of class sub-folders of PNG/JPEG images"
+)
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
+
+# IDX type codes (third magic byte) -> big-endian numpy dtype, from the MNIST file format.
+IDX_DTYPES: dict[int, np.dtype[Any]] = {
+    0x08: np.dtype("u1"),
+    0x09: np.dtype("i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+_IDX_IMAGES = re.compile(r"images([-.])idx3")
+_IDX_LABELS = re.compile(r"labels([-.])idx1")
+_GZIP_MAGIC = b"\x1f\x8b"
+
+# What each loader returns: raw x (limit applied, dtype as stored), int64 y, source sha256.
+_Loaded = tuple[np.ndarray, np.ndarray, str]
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: comparing or hashing arrays is meaningless here
+class Dataset:
+    """Inputs (float32, batch axis first), int64 labels and where they came from."""
+
+    x: np.ndarray
+    y: np.ndarray
+    source: dict[str, Any]
+
+
+def load_dataset(
+    path: Path,
+    *,
+    limit: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Dataset:
+    """Load an .npz, IDX or image-folder data set, keep the first ``limit`` samples, normalise."""
+    path = Path(path)
+    if limit is not None and limit < 1:
+        raise UserError(
+            f"the sample limit must be at least 1, got {limit}",
+            hint="pass a positive number of samples, or no limit to use them all",
+        )
+    if not path.exists():
+        raise UserError(
+            f"data file {path} does not exist", hint="check the path (it is relative to here)"
+        )
+    kind, files = _find_source(path)
+    x, y, sha256 = _LOADERS[kind](path, files, limit)
+    x = _to_float32(x, path)
+    if mean is not None or std is not None:
+        x = _normalise(x, mean=mean, std=std)
+    source = {"path": str(path), "sha256": sha256, "kind": kind, "n": len(y), "limit": limit}
+    return Dataset(x=x, y=y, source=source)
+
+
+def fit_to_model(
+    x: np.ndarray, input_shape: Sequence[int | None], *, name: str = "input"
+) -> np.ndarray:
+    """Return ``x`` reshaped to the model input (batch first, None = dynamic) or raise UserError.
+
+    Only two reshapes are automatic, both free of guessing: flattening for a model that takes a
+    flat vector, and adding or dropping singleton axes ((N, 28, 28) -> (N, 1, 28, 28)). Any
+    transposition (channels-last vs channels-first) is left to the user.
+    """
+    expected = [_known_dim(dim) for dim in input_shape]
+    if not expected:
+        raise UserError(
+            f"the model input '{name}' is a scalar, with no batch axis",
+            hint="ftaudit evaluates models whose first input axis is the batch",
+        )
+    expected_rest, actual_rest = expected[1:], tuple(x.shape[1:])
+    same_rank = x.ndim >= 1 and len(actual_rest) == len(expected_rest)
+    if same_rank and all(
+        want is None or want == have for want, have in zip(expected_rest, actual_rest, strict=True)
+    ):
+        return x
+    if x.ndim >= 1 and None not in expected_rest:
+        known_rest = [int(dim) for dim in expected_rest if dim is not None]
+        if len(known_rest) == 1 and math.prod(actual_rest) == known_rest[0]:
+            return x.reshape(x.shape[0], known_rest[0])
+        if _without_ones(actual_rest) == _without_ones(known_rest):
+            return x.reshape(x.shape[0], *known_rest)
+    raise UserError(
+        f"data x has shape {_shape_text(x.shape)} but the model input '{name}' expects "
+        f"{_shape_text(expected)}",
+        hint=_layout_hint(tuple(x.shape), expected),
+    )
+
+
+def validate_labels(y: np.ndarray, num_classes: int) -> None:
+    """Raise UserError unless every label lies in ``[0, num_classes)``."""
+    if num_classes < 1:
+        raise UserError(
+            f"the model has {num_classes} output classes",
+            hint="ftaudit audits classifiers: the model's last axis must hold class scores",
+        )
+    outside = np.flatnonzero((y < 0) | (y >= num_classes))
+    if outside.size:
+        first = int(outside[0])
+        raise UserError(
+            f"label {y[first]} (sample {first}, one of {outside.size} out of range) is not a "
+            f"class of the model, which has {num_classes} classes (0 to {num_classes - 1})",
+            hint="check that the data belongs to this model and that labels are 0-based",
+        )
+
+
+# --- finding the source ---------------------------------------------------------------------
+
+
+def _find_source(path: Path) -> tuple[str, list[Path]]:
+    """Tell the data kind from names and return the files to read (for IDX: images, labels)."""
+    if path.is_dir():
+        images_files = sorted(p for p in path.iterdir() if p.is_file() and _is_idx_images(p))
+        if images_files:
+            return "idx", _idx_pair(_single_idx_images(path, images_files))
+        if any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir()):
+            return "images", []
+        raise UserError(
+            f"data folder {path} holds neither an IDX images/labels pair nor class sub-folders",
+            hint=f"supported formats: {SUPPORTED_FORMATS}",
+        )
+    if path.suffix.lower() == ".npz":
+        return "npz", [path]
+    if _is_idx_images(path):
+        return "idx", _idx_pair(path)
+    if _IDX_LABELS.search(path.name):
+        raise UserError(
+            f"{path} is an IDX labels file",
+            hint="pass the matching images file (*-images-idx3-ubyte); its labels are found "
+            "next to it",
+        )
+    raise UserError(
+        f"unsupported data format: {path.name}", hint=f"supported formats: {SUPPORTED_FORMATS}"
+    )
+
+
+def _is_idx_images(path: Path) -> bool:
+    return _IDX_IMAGES.search(path.name) is not None
+
+
+def _strip_gz(name: str) -> str:
+    return name[:-3] if name.lower().endswith(".gz") else name
+
+
+def _single_idx_images(folder: Path, images_files: list[Path]) -> Path:
+    """The one IDX images file of a folder; a raw and a .gz copy of it count as one."""
+    by_base: dict[str, list[Path]] = {}
+    for file in images_files:
+        by_base.setdefault(_strip_gz(file.name), []).append(file)
+    if len(by_base) > 1:
+        names = ", ".join(sorted(by_base))
+        raise UserError(
+            f"data folder {folder} holds several IDX image sets ({names})",
+            hint=f"pass the images file you want, e.g. {by_base[min(by_base)][0]}",
+        )
+    (variants,) = by_base.values()
+    # Prefer the uncompressed copy: same bytes, no decompression.
+    return min(variants, key=lambda file: file.name.lower().endswith(".gz"))
+
+
+def _idx_pair(images: Path) -> list[Path]:
+    """Images file and its labels file (images-idx3 -> labels-idx1, either compression)."""
+    labels_base = _IDX_IMAGES.sub(r"labels\1idx1", _strip_gz(images.name))
+    same_compression_first = (
+        [labels_base + ".gz", labels_base]
+        if images.name.lower().endswith(".gz")
+        else [labels_base, labels_base + ".gz"]
+    )
+    for name in same_compression_first:
+        if (images.parent / name).is_file():
+            return [images, images.parent / name]
+    raise UserError(
+        f"no labels file next to the IDX images file {images}",
+        hint=f"put {labels_base}.gz (or {labels_base}) in {images.parent}",
+    )
+
+
+# --- loaders -----------------------------------------------------------------------------------
+
+
+def _load_npz(path: Path, files: list[Path], limit: int | None) -> _Loaded:
+    if not zipfile.is_zipfile(path):
+        raise UserError(
+            f"{path} is not a valid .npz archive (not a zip file, or truncated)",
+            hint="save the data with np.savez(path, x=inputs, y=labels)",
+        )
+    with np.load(path, allow_pickle=False) as archive:
+        for key in ("x", "y"):
+            if key not in archive.files:
+                present = ", ".join(archive.files) or "none"
+                raise UserError(
+                    f"{path} has no array '{key}' (arrays present: {present})",
+                    hint="save the inputs as x and the labels as y: "
+                    "np.savez(path, x=inputs, y=labels)",
+                )
+        x = _read_npz_array(archive, "x", path)
+        y = _read_npz_array(archive, "y", path)
+    if x.ndim == 0:
+        raise UserError(
+            f"array x in {path} is a single number, not a batch of inputs",
+            hint="x must have the batch axis first: shape (N, ...)",
+        )
+    if y.ndim != 1:
+        raise UserError(
+            f"array y in {path} has shape {y.shape}; it must be 1-D class indices",
+            hint="for one-hot labels save y.argmax(axis=1)",
+        )
+    if len(x) != len(y):
+        raise UserError(
+            f"{path} holds {len(x)} inputs (x) but {len(y)} labels (y)",
+            hint="x and y must have one entry per sample along the first axis",
+        )
+    _check_not_empty(len(y), path)
+    x, y = x[:limit], y[:limit]
+    return x, _labels(y, path), sha256_file(path)
+
+
+def _read_npz_array(archive: Any, key: str, path: Path) -> np.ndarray:
+    """Read one array; object arrays are reported as pickles before numpy is asked to load them."""
+    try:
+        with archive.zip.open(f"{key}.npy") as member:
+            version = np.lib.format.read_magic(member)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            _shape, _fortran_order, dtype = read_header(member)
+        if dtype.hasobject:
+            raise UserError(
+                f"array {key} in {path} holds pickled Python objects, and ftaudit never "
+                "unpickles data (it can run arbitrary code)",
+                hint="save plain numeric arrays with np.savez(path, x=inputs, y=labels)",
+            )
+        return np.asarray(archive[key])
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        raise UserError(
+            f"cannot read array {key} from {path}: {exc}",
+            hint="the file looks corrupt; save it again with np.savez",
+        ) from exc
+
+
+def _load_idx(path: Path, files: list[Path], limit: int | None) -> _Loaded:
+    images_file, labels_file = files
+    x = _parse_idx(_read_maybe_gzip(images_file), images_file)
+    y = _parse_idx(_read_maybe_gzip(labels_file), labels_file)
+    if y.ndim != 1:
+        raise UserError(
+            f"IDX labels file {labels_file} has shape {y.shape}; labels must be 1-D",
+            hint="check that the labels file is the *-labels-idx1-* file of this data set",
+        )
+    if len(x) != len(y):
+        raise UserError(
+            f"IDX images file {images_file} holds {len(x)} images but {labels_file} holds "
+            f"{len(y)} labels",
+            hint="the two files must come from the same data set split",
+        )
+    _check_not_empty(len(y), images_file)
+    return x[:limit], _labels(y[:limit], labels_file), _sha256_files(images_file.parent, files)
+
+
+def _read_maybe_gzip(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        compressed = handle.read(2) == _GZIP_MAGIC
+    if not compressed:
+        return path.read_bytes()
+    try:
+        with gzip.open(path, "rb") as handle:
+            return handle.read()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise UserError(
+            f"cannot decompress {path}: {exc}",
+            hint="the file is corrupt or truncated; download it again",
+        ) from exc
+
+
+def _parse_idx(data: bytes, path: Path) -> np.ndarray:
+    """Parse an IDX file: magic 00 00 <type code> <ndim>, ndim big-endian uint32 sizes, data."""
+    if len(data) < 4 or data[:2] != b"\x00\x00":
+        raise UserError(
+            f"{path} is not an IDX file (it does not start with the IDX magic bytes 00 00)",
+            hint="pass the original MNIST/Fashion-MNIST files",
+        )
+    code, ndim = data[2], data[3]
+    if code not in IDX_DTYPES:
+        raise UserError(
+            f"{path} has the unknown IDX data type code 0x{code:02x}",
+            hint="known codes: " + ", ".join(f"0x{known:02x}" for known in IDX_DTYPES),
+        )
+    header_size = 4 + 4 * ndim
+    if ndim == 0 or len(data) < header_size:
+        raise UserError(
+            f"{path} has a truncated or empty IDX header", hint="download the file again"
+        )
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    dtype = IDX_DTYPES[code]
+    expected = math.prod(dims) * dtype.itemsize
+    actual = len(data) - header_size
+    if actual != expected:
+        problem = "is truncated" if actual < expected else "has trailing bytes"
+        raise UserError(
+            f"{path} {problem}: its header promises {expected} data bytes for shape {dims} "
+            f"but it holds {actual}",
+            hint="download the file again",
+        )
+    return np.frombuffer(data, dtype=dtype, offset=header_size).reshape(dims)
+
+
+def _load_image_folder(path: Path, files: list[Path], limit: int | None) -> _Loaded:
+    from PIL import Image  # Pillow is only needed for this source; keep `import ftaudit` light.
+
+    class_dirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    samples = [
+        (file, label)
+        for label, class_dir in enumerate(class_dirs)
+        for file in sorted(class_dir.iterdir())
+        if file.is_file() and not file.name.startswith(".")
+        if file.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    _check_not_empty(len(samples), path)
+    sha256 = _sha256_files(path, [file for file, _ in samples])
+    samples = samples[:limit]
+
+    first_file = samples[0][0]
+    x: np.ndarray | None = None
+    reference: tuple[tuple[int, int], str] | None = None
+    for index, (file, _label) in enumerate(samples):
+        try:
+            with Image.open(file) as image:
+                image.load()
+                pixels = np.asarray(image)
+                size_mode = (image.size, image.mode)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise UserError(
+                f"cannot read image {file}: {exc}",
+                hint="remove or replace the file (only PNG/JPEG images are read)",
+            ) from exc
+        if reference is None:
+            if size_mode[1] not in ("L", "RGB"):
+                raise UserError(
+                    f"image {file} has mode {size_mode[1]}; only L (grayscale) and RGB are read",
+                    hint="convert the images to grayscale or RGB (ftaudit never converts them)",
+                )
+            reference = size_mode
+        elif size_mode != reference:
+            raise UserError(
+                f"image {file} is {_size_mode_text(size_mode)} but the first image "
+                f"{first_file} is {_size_mode_text(reference)}",
+                hint="images are not resized or converted: make them all one size and mode",
+            )
+        if pixels.ndim == 3:  # RGB: (H, W, 3) -> channels-first (3, H, W)
+            pixels = pixels.transpose(2, 0, 1)
+        if x is None:
+            x = np.empty((len(samples), *pixels.shape), dtype=pixels.dtype)
+        x[index] = pixels
+    assert x is not None  # samples is not empty
+    y = np.array([label for _, label in samples], dtype=np.int64)
+    return x, y, sha256
+
+
+_LOADERS = {"npz": _load_npz, "idx": _load_idx, "images": _load_image_folder}
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _check_not_empty(n: int, path: Path) -> None:
+    if n == 0:
+        raise UserError(f"data set {path} holds no samples", hint="pass a non-empty data set")
+
+
+def _sha256_files(root: Path, files: list[Path]) -> str:
+    """sha256 over sorted (relative path, file sha256) pairs: stable for a set of files."""
+    digest = hashlib.sha256()
+    for relative, file in sorted((file.relative_to(root).as_posix(), file) for file in files):
+        digest.update(f"{relative}\0{sha256_file(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def _labels(y: np.ndarray, path: Path) -> np.ndarray:
+    """Class indices as int64; float labels are accepted when they are whole numbers."""
+    if np.issubdtype(y.dtype, np.integer):
+        return y.astype(np.int64)
+    if np.issubdtype(y.dtype, np.floating):
+        not_whole = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
+        if not_whole.size == 0:
+            return y.astype(np.int64)
+        first = int(not_whole[0])
+        raise UserError(
+            f"label y[{first}] = {y[first]} in {path} is not a whole number",
+            hint="y must hold integer class indices (0, 1, 2, ...)",
+        )
+    raise UserError(
+        f"labels y in {path} have dtype {y.dtype}; they must be integer class indices",
+        hint="save y as an integer array, e.g. y.astype(np.int64)",
+    )
+
+
+def _to_float32(x: np.ndarray, path: Path) -> np.ndarray:
+    """uint8 -> float32 / 255; other integers and floats -> float32 unchanged; anything else: no."""
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / np.float32(255)
+    if np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating):
+        return x.astype(np.float32)
+    if x.dtype == np.bool_:
+        raise UserError(
+            f"inputs x in {path} are booleans",
+            hint="save x as uint8 (0/255) or float; ftaudit does not guess a scale for bools",
+        )
+    raise UserError(
+        f"inputs x in {path} have dtype {x.dtype}; they must be numeric",
+        hint="save x as a uint8 or float array",
+    )
+
+
+def _normalise(
+    x: np.ndarray, *, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> np.ndarray:
+    """(x - mean) / std with one value or one value per channel (axis 1)."""
+    # x is a fresh float32 array from _to_float32, so it is safe to update in place.
+    if mean is not None:
+        x -= _per_channel(mean, "mean", x)
+    if std is not None:
+        std_values = _per_channel(std, "std", x)
+        if np.any(std_values <= 0):
+            raise UserError(
+                f"std values must be greater than 0, got {list(np.ravel(std_values))}",
+                hint="pass the per-channel standard deviations of the training data",
+            )
+        x /= std_values
+    return x
+
+
+def _per_channel(values: Sequence[float] | float, what: str, x: np.ndarray) -> np.ndarray:
+    """Values as float32 shaped to broadcast along axis 1 of ``x``."""
+    try:
+        array = np.asarray(values, dtype=np.float32).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise UserError(
+            f"{what} must be numbers, got {values!r}", hint=f"e.g. {what}=[0.5] or three values"
+        ) from exc
+    if array.size == 0 or not np.all(np.isfinite(array)):
+        raise UserError(
+            f"{what} must be one or more finite numbers, got {values!r}",
+            hint="pass one value, or one per channel",
+        )
+    if array.size == 1:
+        return array.reshape(())
+    channels = x.shape[1] if x.ndim >= 2 else None
+    if array.size != channels:
+        layout = f"{channels} channels along axis 1" if channels else "no channel axis"
+        raise UserError(
+            f"{what} has {array.size} values but the data (x shape {_shape_text(x.shape)}) "
+            f"has {layout}",
+            hint=f"pass one {what} value, or one per channel along axis 1",
+        )
+    return array.reshape(channels, *([1] * (x.ndim - 2)))
+
+
+def _known_dim(dim: Any) -> int | None:
+    """A positive integer size, or None for dynamic/symbolic dimensions."""
+    if isinstance(dim, int | np.integer) and not isinstance(dim, bool) and dim > 0:
+        return int(dim)
+    return None
+
+
+def _without_ones(shape: Sequence[int]) -> tuple[int, ...]:
+    return tuple(dim for dim in shape if dim != 1)
+
+
+def _shape_text(shape: Sequence[int | None]) -> str:
+    """(N, 28, 28) with N for the batch axis and ? for dynamic axes."""
+    dims = ["N", *("?" if dim is None else str(dim) for dim in list(shape)[1:])]
+    return "(" + ", ".join(dims) + (",)" if len(dims) == 1 else ")")
+
+
+def _size_mode_text(size_mode: tuple[tuple[int, int], str]) -> str:
+    (width, height), mode = size_mode
+    return f"{width}x{height} {mode}"
+
+
+def _layout_hint(actual: tuple[int, ...], expected: list[int | None]) -> str:
+    channels_last = (
+        len(actual) == 4
+        and len(expected) == 4
+        and expected[1] is not None
+        and actual[3] == expected[1]
+        and actual[1:3] == tuple(expected[2:])
+    )
+    if channels_last:
+        return (
+            "x looks channels-last (N, H, W, C) and the model is channels-first: "
+            "save x.transpose(0, 3, 1, 2) in your .npz"
+        )
+    return "transpose/reshape x in your .npz to the model's layout"

@@ -1,0 +1,255 @@
+"""``ftaudit.audit``: Monte Carlo accuracy of a model under device variation, with provenance."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ftaudit import __version__
+from ftaudit.data import Dataset, load_dataset, validate_labels
+from ftaudit.errors import UserError
+from ftaudit.fileio import sha256_file
+from ftaudit.models import AuditModel, load_model
+from ftaudit.montecarlo import Crossbar, ProgressCallback, run_monte_carlo
+from ftaudit.noise import NoiseModel, get_noise_model
+from ftaudit.results import AuditReport, GateResult, Interval, LayerInfo, SigmaResult
+from ftaudit.stats import summarize
+
+DEVICES = ("cpu", "cuda")
+
+
+def validate_options(
+    *,
+    sigmas: Sequence[float],
+    samples: int,
+    k: float,
+    seed: int,
+    batch_size: int,
+    device: str,
+    target_ci: float | None = None,
+    fail_under_kpp: float | None = None,
+    fail_under_mean: float | None = None,
+) -> None:
+    """Reject impossible options before any file is read or any sample runs."""
+    if not sigmas:
+        raise UserError(
+            "no sigma given", hint="pass --sigma 0.3, a list 0.1,0.2 or a range 0:0.4:0.1"
+        )
+    for sigma in sigmas:
+        if not math.isfinite(sigma) or sigma < 0:
+            raise UserError(
+                f"sigma must be a finite number >= 0, got {sigma:g}",
+                hint="device variation is a standard deviation, e.g. --sigma 0.3",
+            )
+    if not (0 < k < 100):
+        raise UserError(f"k must lie strictly between 0 and 100, got {k:g}", hint="e.g. --k 1")
+    if samples < 1:
+        raise UserError(f"--samples must be at least 1, got {samples}", hint="e.g. --samples 1000")
+    if seed < 0:
+        raise UserError(f"--seed must be >= 0, got {seed}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    if device not in DEVICES:
+        raise UserError(f"unknown device '{device}'", hint="use --device cpu or --device cuda")
+    if target_ci is not None and not (0 < target_ci <= 1):
+        raise UserError(
+            f"--target-ci must be a width in (0, 1], got {target_ci:g}",
+            hint="e.g. --target-ci 0.01",
+        )
+    for flag, value in (
+        ("--fail-under-kpp", fail_under_kpp),
+        ("--fail-under-mean", fail_under_mean),
+    ):
+        if value is not None and not (0 <= value <= 1):
+            raise UserError(
+                f"{flag} is a fraction in [0, 1], got {value:g}", hint=f"e.g. {flag} 0.8 for 80%"
+            )
+
+
+def layer_infos(model: AuditModel, selected: Sequence[str]) -> list[LayerInfo]:
+    """Report rows for every crossbar layer of ``model``."""
+    weights = model.clean_weights()
+    return [
+        LayerInfo(
+            name=layer.name,
+            op=layer.op,
+            shape=layer.shape,
+            params=layer.params,
+            max_abs=float(np.max(np.abs(weights[layer.name]))) if layer.params else 0.0,
+            selected=layer.name in selected,
+            macs=layer.macs,
+        )
+        for layer in model.layers
+    ]
+
+
+def model_provenance(model: AuditModel) -> dict[str, object]:
+    """The report's ``model`` block: path, hash, format and interface."""
+    return {
+        "path": str(model.path),
+        "sha256": sha256_file(model.path),
+        "format": model.format,
+        "input": model.input.to_dict(),
+        "output": model.output.to_dict(),
+        "producer": model.metadata.get("producer"),
+        "opset": model.metadata.get("opset"),
+    }
+
+
+def evaluate_gates(
+    results: Sequence[SigmaResult], *, fail_under_kpp: float | None, fail_under_mean: float | None
+) -> list[GateResult]:
+    """Check every gate at every evaluated sigma (point estimates against thresholds)."""
+    gates = []
+    for result in results:
+        for metric, threshold, value in (
+            ("kpp", fail_under_kpp, result.summary.kpp),
+            ("mean", fail_under_mean, result.summary.mean),
+        ):
+            if threshold is not None:
+                gates.append(GateResult(metric, result.sigma, value, threshold, value >= threshold))
+    return gates
+
+
+def prepare_run(
+    model: AuditModel,
+    dataset: Dataset,
+    *,
+    layers: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+    noise: NoiseModel,
+    batch_size: int,
+    device: str,
+):
+    """Select layers, bind data to a runner and check the data fits the model's output."""
+    selected = model.select_layers(layers, exclude)
+    x = model.fit_input(dataset.x)
+    runner = model.runner(selected, device=device)
+    runner.bind_data(x, dataset.y, batch_size=batch_size)
+    logits = runner.checked_logits(x.shape)
+    validate_labels(dataset.y, logits.shape[1])
+    crossbar = Crossbar.prepare(selected, model.clean_weights(), noise)
+    clean_correct = int(np.count_nonzero(logits.argmax(axis=1) == dataset.y))
+    return selected, runner, crossbar, clean_correct
+
+
+def audit(
+    model: Path | str | AuditModel,
+    data: Path | str | Dataset,
+    *,
+    sigmas: Sequence[float],
+    noise: str | NoiseModel = "lognormal",
+    bits: int | None = None,
+    cell_bits: int | None = None,
+    samples: int = 1000,
+    k: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 512,
+    device: str = "cpu",
+    layers: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    limit: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    output: str | None = None,
+    target_ci: float | None = None,
+    fail_under_kpp: float | None = None,
+    fail_under_mean: float | None = None,
+    progress: ProgressCallback | None = None,
+    command: Sequence[str] | None = None,
+) -> AuditReport:
+    """Run the Monte Carlo audit and return the report; gates are evaluated, not raised."""
+    started = time.perf_counter()
+    sigmas = [float(s) for s in sigmas]
+    validate_options(
+        sigmas=sigmas,
+        samples=samples,
+        k=k,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        target_ci=target_ci,
+        fail_under_kpp=fail_under_kpp,
+        fail_under_mean=fail_under_mean,
+    )
+    noise_model = (
+        noise
+        if isinstance(noise, NoiseModel)
+        else get_noise_model(noise, bits=bits, cell_bits=cell_bits)
+    )
+    loaded = model if isinstance(model, AuditModel) else load_model(model, output=output)
+    dataset = (
+        data
+        if isinstance(data, Dataset)
+        else load_dataset(Path(data), limit=limit, mean=mean, std=std)
+    )
+    selected, runner, crossbar, clean_correct = prepare_run(
+        loaded,
+        dataset,
+        layers=layers,
+        exclude=exclude,
+        noise=noise_model,
+        batch_size=batch_size,
+        device=device,
+    )
+    n = len(dataset.y)
+    clean_accuracy = clean_correct / n
+    quantized_accuracy = None
+    if noise_model.quantizes:
+        runner.set_weights(crossbar.unperturbed())
+        quantized_accuracy = runner.count_correct() / n
+    reference = clean_accuracy if quantized_accuracy is None else quantized_accuracy
+
+    counts = run_monte_carlo(
+        runner,
+        crossbar,
+        sigmas,
+        samples=samples,
+        seed=seed,
+        n_data=n,
+        k=k,
+        target_ci=target_ci,
+        progress=progress,
+    )
+    results = []
+    for j, sigma in enumerate(sigmas):
+        accuracies = counts.accuracies(j, n)
+        summary = summarize(accuracies, k=k)
+        if sigma == 0:  # nothing random: the accuracy is known exactly
+            exact = Interval(summary.kpp, summary.kpp, summary.kpp_interval.confidence, "exact")
+            summary = replace(summary, kpp_interval=exact, mean_interval=exact)
+        results.append(
+            SigmaResult(
+                sigma=sigma,
+                summary=summary,
+                accuracies=accuracies,
+                reference_accuracy=reference,
+                stopped_early=bool(counts.stopped_early[j]),
+            )
+        )
+    names = [layer.name for layer in selected]
+    return AuditReport(
+        ftaudit_version=__version__,
+        command=list(command or []),
+        model=model_provenance(loaded),
+        layers=layer_infos(loaded, names),
+        data=dict(dataset.source),
+        noise=noise_model.parameters(),
+        seed=seed,
+        samples=samples,
+        k=k,
+        device=device,
+        clean_accuracy=clean_accuracy,
+        quantized_accuracy=quantized_accuracy,
+        results=results,
+        elapsed_s=time.perf_counter() - started,
+        target_ci=target_ci,
+        gates=evaluate_gates(
+            results, fail_under_kpp=fail_under_kpp, fail_under_mean=fail_under_mean
+        ),
+    )

@@ -1,0 +1,160 @@
+"""The small interface every model format implements: crossbar layers, clean weights, a runner."""
+
+from __future__ import annotations
+
+import fnmatch
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftaudit.errors import UserError
+
+
+@dataclass(frozen=True)
+class CrossbarLayer:
+    """One weight tensor that an analog crossbar stores (perturbed by the noise models).
+
+    ``index`` is the layer's position among all crossbar layers in execution order; noise draws
+    are keyed by it, so the same network in two formats gets the same draws. Draws are made in a
+    canonical "output features first" layout; ``transposed`` says the stored tensor is the 2-D
+    transpose of that layout (ONNX MatMul/Gemm weights stored as (in, out)).
+    """
+
+    name: str
+    op: str
+    index: int
+    shape: tuple[int, ...]
+    dtype: str
+    transposed: bool = False
+    macs: int | None = None
+
+    @property
+    def canonical_shape(self) -> tuple[int, ...]:
+        return tuple(reversed(self.shape)) if self.transposed else self.shape
+
+    @property
+    def params(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def to_native(self, canonical: np.ndarray) -> np.ndarray:
+        """View an array of shape (d, *canonical_shape) in the stored layout (no copy)."""
+        if not self.transposed:
+            return canonical
+        return np.swapaxes(canonical, -1, -2)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape (None for dynamic dimensions) and numpy dtype of a model input or output."""
+
+    name: str
+    shape: tuple[int | None, ...] | None
+    dtype: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "shape": None if self.shape is None else list(self.shape),
+            "dtype": self.dtype,
+        }
+
+
+class ModelRunner(ABC):
+    """Runs one model repeatedly over bound data with swappable crossbar weights."""
+
+    @abstractmethod
+    def bind_data(self, x: np.ndarray, y: np.ndarray, *, batch_size: int) -> None:
+        """Keep the evaluation data ready for repeated passes (split, padded, on the device)."""
+
+    @abstractmethod
+    def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        """Use these arrays (stored layout) for the selected crossbar layers from now on."""
+
+    @abstractmethod
+    def logits(self) -> np.ndarray:
+        """Logits over all bound data, shape (n, classes)."""
+
+    #: exceptions the framework raises when the data does not fit the model
+    runtime_errors: tuple[type[BaseException], ...] = ()
+    _labels: np.ndarray
+
+    def count_correct(self) -> int:
+        """Number of bound samples whose arg-max logit equals the label."""
+        return int(np.count_nonzero(self.logits().argmax(axis=1) == self._labels))
+
+    def checked_logits(self, data_shape: tuple[int, ...]) -> np.ndarray:
+        """Logits of the first pass, turning framework errors and odd outputs into UserErrors."""
+        try:
+            logits = self.logits()
+        except self.runtime_errors as exc:
+            text = str(exc).strip()
+            first = text.splitlines()[-1] if text else exc.__class__.__name__
+            raise UserError(
+                f"the model cannot run on data x of shape {data_shape}: {first[:300]}",
+                hint="give data in the model's input shape and layout",
+            ) from exc
+        if logits.ndim != 2 or logits.shape[0] != data_shape[0]:
+            raise UserError(
+                f"the model's output has shape {tuple(logits.shape)}; ftaudit expects logits "
+                f"of shape (N, classes) for N = {data_shape[0]} inputs",
+                hint="evaluate a classifier output (ONNX: choose it with --output NAME)",
+            )
+        return logits
+
+
+@dataclass
+class AuditModel(ABC):
+    """A loaded model file: its format, interface and crossbar layers; never written back."""
+
+    path: Path
+    format: str
+    input: TensorSpec
+    output: TensorSpec
+    layers: list[CrossbarLayer]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @abstractmethod
+    def clean_weights(self) -> dict[str, np.ndarray]:
+        """The stored (unperturbed) crossbar weights as float arrays, keyed by layer name."""
+
+    @abstractmethod
+    def runner(self, selected: Sequence[CrossbarLayer], *, device: str) -> ModelRunner:
+        """A runner whose ``selected`` layers take their weights from ``set_weights``."""
+
+    def fit_input(self, x: np.ndarray) -> np.ndarray:
+        """Data x reshaped to the model's declared input shape (or a UserError)."""
+        from ftaudit.data import fit_to_model
+
+        return (
+            x
+            if self.input.shape is None
+            else fit_to_model(x, self.input.shape, name=self.input.name)
+        )
+
+    def select_layers(
+        self, include: Sequence[str] | None = None, exclude: Sequence[str] | None = None
+    ) -> list[CrossbarLayer]:
+        """Crossbar layers chosen by name globs (all by default, minus ``exclude``)."""
+        chosen = [
+            layer
+            for layer in self.layers
+            if (not include or any(fnmatch.fnmatchcase(layer.name, g) for g in include))
+            and not any(fnmatch.fnmatchcase(layer.name, g) for g in (exclude or ()))
+        ]
+        if not self.layers:
+            raise UserError(
+                f"{self.path} has no crossbar layer (no Conv, ConvTranspose, Gemm, MatMul or "
+                "Linear weight was found)",
+                hint="ftaudit perturbs the weights of those layers; check the model file",
+            )
+        if not chosen:
+            names = ", ".join(layer.name for layer in self.layers)
+            raise UserError(
+                "no crossbar layer is selected by --layers/--exclude",
+                hint=f"the model's crossbar weights are: {names}",
+            )
+        return chosen

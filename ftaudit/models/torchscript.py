@@ -1,0 +1,169 @@
+"""TorchScript models: crossbar weights are Conv*/Linear parameters, overwritten in place."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftaudit._optional import require_torch
+from ftaudit.errors import UserError
+from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner, TensorSpec
+
+#: TorchScript module types whose ``weight`` a crossbar stores
+CROSSBAR_MODULES = (
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
+    "Linear",
+)
+
+
+def jit_load(raw: bytes, path: Path, map_location: str = "cpu") -> Any:
+    """torch.jit.load from bytes, without TorchScript's deprecation warnings in users' output."""
+    torch = require_torch("TorchScript models")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return torch.jit.load(io.BytesIO(raw), map_location=map_location)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+            raise UserError(
+                f"{path} is not a loadable TorchScript archive: {first}",
+                hint="save the model with torch.jit.save(torch.jit.script(model), path)",
+            ) from exc
+
+
+def resolve_torch_device(device: str) -> str:
+    """'cpu' or 'cuda', with a clear error when CUDA is not usable here."""
+    torch = require_torch("TorchScript models")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            "--device cuda was asked for, but torch sees no CUDA device here",
+            hint="use a machine with an NVIDIA GPU and a CUDA build of torch, or --device cpu",
+        )
+    return device
+
+
+@dataclass
+class TorchScriptModel(AuditModel):
+    """A ``torch.jit.save`` archive, kept in memory; the file is never written back."""
+
+    raw: bytes = b""
+
+    @classmethod
+    def from_bytes(cls, path: Path, raw: bytes) -> TorchScriptModel:
+        module = jit_load(raw, path)
+        layers = []
+        for prefix, sub in module.named_modules():
+            kind = getattr(sub, "original_name", type(sub).__name__)
+            if kind not in CROSSBAR_MODULES:
+                continue
+            weight = getattr(sub, "weight", None)
+            if weight is None or not weight.dtype.is_floating_point:
+                continue
+            layers.append(
+                CrossbarLayer(
+                    name=f"{prefix}.weight" if prefix else "weight",
+                    op=kind,
+                    index=len(layers),
+                    shape=tuple(weight.shape),
+                    dtype=str(weight.dtype).removeprefix("torch."),
+                )
+            )
+        return cls(
+            path=path,
+            format="torchscript",
+            # TorchScript keeps no input signature: shapes are checked when data first runs
+            input=TensorSpec("input", None, "float32"),
+            output=TensorSpec("output", None, "float32"),
+            layers=layers,
+            metadata={"producer": f"torch {require_torch('TorchScript models').__version__}"},
+            raw=raw,
+        )
+
+    def fit_input(self, x: np.ndarray) -> np.ndarray:
+        """TorchScript declares no input shape: keep x if the model runs on it, else fit x to
+        what the first crossbar layer takes (add a channel axis for Conv, flatten for Linear)."""
+        if not self.layers or self._runs_on(x[:2]):
+            return x
+        first = self.layers[0]
+        if first.op.startswith("Conv") and not first.op.startswith("ConvTranspose"):
+            spatial = int(first.op[4])  # Conv1d/2d/3d
+            if x.ndim == spatial + 1 and first.shape[1] == 1:
+                return x[:, None]
+        elif first.op == "Linear" and int(np.prod(x.shape[1:])) == first.shape[1]:
+            return x.reshape(len(x), -1)
+        return x  # the first real run reports why the model rejects it
+
+    def _runs_on(self, x: np.ndarray) -> bool:
+        torch = require_torch("TorchScript models")
+        module = jit_load(self.raw, self.path)
+        try:
+            with torch.no_grad():
+                module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        except RuntimeError:
+            return False
+        return True
+
+    def clean_weights(self) -> dict[str, np.ndarray]:
+        module = jit_load(self.raw, self.path)
+        params = dict(module.named_parameters())
+        return {
+            layer.name: params[layer.name].detach().cpu().numpy().copy() for layer in self.layers
+        }
+
+    def runner(self, selected: Sequence[CrossbarLayer], *, device: str) -> TorchScriptRunner:
+        return TorchScriptRunner(self, selected, device=resolve_torch_device(device))
+
+
+class TorchScriptRunner(ModelRunner):
+    """A private copy of the module whose selected parameters are overwritten per sample."""
+
+    runtime_errors = (RuntimeError,)  # torch.jit.Error is a RuntimeError
+
+    def __init__(
+        self, model: TorchScriptModel, selected: Sequence[CrossbarLayer], *, device: str
+    ) -> None:
+        self.torch = require_torch("TorchScript models")
+        self.module = jit_load(model.raw, model.path, map_location=device)
+        self.module.eval()
+        self.device = device
+        params = dict(self.module.named_parameters())
+        self.params = {layer.name: params[layer.name] for layer in selected}
+        self.model = model
+        self._batches: list[Any] = []
+
+    def bind_data(self, x: np.ndarray, y: np.ndarray, *, batch_size: int) -> None:
+        torch = self.torch
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        self._batches = [
+            torch.from_numpy(x[s : s + batch_size]).to(self.device)
+            for s in range(0, len(x), batch_size)
+        ]
+        self._labels = np.asarray(y)
+
+    def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        torch = self.torch
+        with torch.no_grad():
+            for name, array in weights.items():
+                self.params[name].copy_(torch.from_numpy(np.ascontiguousarray(array)))
+
+    def logits(self) -> np.ndarray:
+        torch = self.torch
+        outs = []
+        with torch.no_grad():
+            for batch in self._batches:
+                out = self.module(batch)
+                if isinstance(out, (tuple, list)):
+                    out = out[0]
+                outs.append(out.float().cpu().numpy())
+        return np.concatenate(outs) if len(outs) > 1 else outs[0]

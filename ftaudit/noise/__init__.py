@@ -1,0 +1,46 @@
+"""Noise-model registry: every module in this package registers its models by name.
+
+Adding a model means adding one module with a ``@register``-ed class; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import pkgutil
+from pathlib import Path
+
+from ftaudit.errors import UserError
+from ftaudit.noise.base import NOISE_MODELS, LayerNoise, NoiseModel, register
+
+__all__ = ["NOISE_MODELS", "LayerNoise", "NoiseModel", "get_noise_model", "register"]
+
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+
+def get_noise_model(
+    spec: str, *, bits: int | None = None, cell_bits: int | None = None
+) -> NoiseModel:
+    """A noise model by registry name, or a user device from a ``.toml`` file path."""
+    from ftaudit.noise.device import DeviceNoise, load_device_file
+
+    if spec.endswith(".toml") or Path(spec).suffix == ".toml":
+        return load_device_file(Path(spec), bits=bits, cell_bits=cell_bits)
+    cls = NOISE_MODELS.get(spec)
+    if cls is None:
+        close = difflib.get_close_matches(spec, list(NOISE_MODELS), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise UserError(
+            f"unknown noise model '{spec}'",
+            hint=f"{hint}choose one of {', '.join(sorted(NOISE_MODELS))} or a device .toml file",
+        )
+    if issubclass(cls, DeviceNoise):
+        return cls(bits=bits, cell_bits=cell_bits)
+    if bits is not None or cell_bits is not None:
+        raise UserError(
+            f"--bits/--cell-bits apply to device noise models, not to '{spec}'",
+            hint="drop them or use --noise rram|fefet1|fefet2|DEVICE.toml",
+        )
+    return cls()

@@ -1,0 +1,186 @@
+"""Multi-level cell devices (TRICE section IV-A, eq. 11-17): rram, fefet1, fefet2, user TOML.
+
+Each layer's |W| is quantised to H bits, ``q = round(|W| / max|W| * (2^H - 1))``, and split over
+H/B cells of B bits, ``g_i = (q >> iB) & (2^B - 1)``. Every cell's conductance gets
+``dg_i ~ N(0, (sigma * m[g_i])^2)`` with a per-level multiplier ``m`` (1 everywhere for rram), so
+
+    W_p = sign(W) * max|W| / (2^H - 1) * sum_i 2^(iB) * (g_i + dg_i)
+
+The sign is kept (negative weights sit on a mirrored array); a zero weight counts as positive,
+so its cells are perturbed too.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftaudit.errors import UserError
+from ftaudit.noise.base import LayerNoise, NoiseModel, register
+
+
+class _DeviceLayer(LayerNoise):
+    def __init__(
+        self, weight: np.ndarray, bits: int, cell_bits: int, multipliers: np.ndarray
+    ) -> None:
+        weight = np.asarray(weight, dtype=np.float32)
+        cells = bits // cell_bits
+        levels = 2**bits - 1
+        max_abs = float(np.max(np.abs(weight))) if weight.size else 0.0
+        step = max_abs / levels
+        magnitude = np.abs(weight.astype(np.float64))
+        q = np.zeros(weight.shape, np.int64) if step == 0 else np.rint(magnitude / step)
+        q = np.clip(q, 0, levels).astype(np.int64)
+        sign = np.where(weight < 0, -1.0, 1.0)
+        self.step = step
+        self.levels = q
+        self.quantized = (sign * step * q).astype(np.float32)
+        mask = 2**cell_bits - 1
+        self.cell_values = np.stack([(q >> (i * cell_bits)) & mask for i in range(cells)])
+        # coef_i = sign * step * 2^(iB) * m[g_i]: the weight change per unit of cell noise
+        self.coef = np.stack(
+            [
+                (sign * step * 2.0 ** (i * cell_bits) * multipliers[self.cell_values[i]])
+                for i in range(cells)
+            ]
+        ).astype(np.float32)
+        self._term = np.empty(weight.shape, np.float32)
+
+    def unperturbed(self) -> np.ndarray:
+        return self.quantized
+
+    def perturb(self, draws: np.ndarray, sigma: float, out: np.ndarray) -> np.ndarray:
+        np.multiply(draws[0], self.coef[0], out=out)
+        for i in range(1, len(self.coef)):
+            np.multiply(draws[i], self.coef[i], out=self._term)
+            np.add(out, self._term, out=out)
+        np.multiply(out, np.float32(sigma), out=out)
+        np.add(out, self.quantized, out=out)
+        return out
+
+
+class DeviceNoise(NoiseModel):
+    """H-bit weights over B-bit cells with per-level Gaussian conductance variation."""
+
+    name = "device"
+    quantizes = True
+    default_multipliers: tuple[float, ...] | None = None
+
+    def __init__(
+        self,
+        *,
+        bits: int | None = None,
+        cell_bits: int | None = None,
+        multipliers: tuple[float, ...] | None = None,
+        label: str | None = None,
+        source: str | None = None,
+    ) -> None:
+        self.bits = 4 if bits is None else int(bits)
+        self.cell_bits = 2 if cell_bits is None else int(cell_bits)
+        self.label = label or self.name
+        self.source = source
+        if self.bits < 1 or self.cell_bits < 1 or self.bits > 16:
+            raise UserError(
+                f"--bits must be in 1..16 and --cell-bits at least 1 (got {self.bits}, "
+                f"{self.cell_bits})",
+                hint="the TRICE defaults are --bits 4 --cell-bits 2",
+            )
+        if self.bits % self.cell_bits:
+            raise UserError(
+                f"--bits {self.bits} is not a multiple of --cell-bits {self.cell_bits}",
+                hint="each weight is split over bits/cell_bits whole cells",
+            )
+        n_levels = 2**self.cell_bits
+        table = multipliers if multipliers is not None else self.default_multipliers
+        if table is None:
+            table = (1.0,) * n_levels
+        if len(table) != n_levels:
+            raise UserError(
+                f"noise model {self.label} defines {len(table)} per-level sigma multipliers but "
+                f"{self.cell_bits}-bit cells have {n_levels} levels",
+                hint=f"use --cell-bits {max(1, int(np.log2(len(table))))} or a device file "
+                f"with {n_levels} multipliers",
+            )
+        if any(not np.isfinite(m) or m < 0 for m in table):
+            raise UserError(f"noise model {self.label} has a negative or non-finite multiplier")
+        self.multipliers = np.asarray(table, dtype=np.float64)
+        self.draws_per_weight = self.bits // self.cell_bits
+
+    def prepare(self, weight: np.ndarray) -> LayerNoise:
+        return _DeviceLayer(weight, self.bits, self.cell_bits, self.multipliers)
+
+    def parameters(self) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "name": self.label,
+            "bits": self.bits,
+            "cell_bits": self.cell_bits,
+            "sigma_multipliers": [float(m) for m in self.multipliers],
+        }
+        if self.source:
+            params["device_file"] = self.source
+        return params
+
+
+@register
+class RramNoise(DeviceNoise):
+    """RRAM (TRICE IV-A): H-bit weights over B-bit cells, dg ~ N(0, sigma^2) on every cell."""
+
+    name = "rram"
+
+
+@register
+class Fefet1Noise(DeviceNoise):
+    """FeFET1 (TRICE eq. 16): like rram, cell levels 1 and 2 get 4*sigma, levels 0 and 3 sigma."""
+
+    name = "fefet1"
+    default_multipliers = (1.0, 4.0, 4.0, 1.0)
+
+
+@register
+class Fefet2Noise(DeviceNoise):
+    """FeFET2 (TRICE eq. 17): like rram, cell levels 1 and 2 get 2*sigma, levels 0 and 3 sigma."""
+
+    name = "fefet2"
+    default_multipliers = (1.0, 2.0, 2.0, 1.0)
+
+
+DEVICE_FILE_KEYS = {"name", "description", "bits", "cell_bits", "sigma_multipliers"}
+
+
+def load_device_file(
+    path: Path, *, bits: int | None = None, cell_bits: int | None = None
+) -> DeviceNoise:
+    """A user-defined device from TOML: bits, cell_bits and a per-level sigma multiplier table."""
+    if not path.is_file():
+        raise UserError(f"device file {path} does not exist", hint="check the --noise path")
+    try:
+        spec = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"device file {path} is not valid TOML: {exc}") from exc
+    unknown = sorted(set(spec) - DEVICE_FILE_KEYS)
+    if unknown:
+        raise UserError(
+            f"device file {path} has unknown key(s): {', '.join(unknown)}",
+            hint=f"allowed keys: {', '.join(sorted(DEVICE_FILE_KEYS))}",
+        )
+    table = spec.get("sigma_multipliers")
+    if not isinstance(table, list) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in table
+    ):
+        raise UserError(
+            f"device file {path} needs sigma_multipliers, a list of numbers (one per cell level)",
+            hint="e.g. sigma_multipliers = [1.0, 4.0, 4.0, 1.0] for 2-bit cells",
+        )
+    for key in ("bits", "cell_bits"):
+        if key in spec and (not isinstance(spec[key], int) or isinstance(spec[key], bool)):
+            raise UserError(f"device file {path}: {key} must be a whole number")
+    return DeviceNoise(
+        bits=bits if bits is not None else spec.get("bits"),
+        cell_bits=cell_bits if cell_bits is not None else spec.get("cell_bits"),
+        multipliers=tuple(float(v) for v in table),
+        label=str(spec.get("name", path.stem)),
+        source=str(path),
+    )

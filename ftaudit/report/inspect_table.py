@@ -1,0 +1,61 @@
+"""Rich rendering of ``ftaudit inspect``: the model's interface and its crossbar layers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.console import Group, RenderableType
+from rich.markup import escape
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from ftaudit.inspect import ModelSummary
+
+
+def _shape(shape: list[int | None] | None) -> str:
+    if shape is None:
+        return "not declared"
+    return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
+
+
+def inspect_renderable(summary: ModelSummary) -> RenderableType:
+    """A header table (format, producer, opset, I/O) and a per-layer table with totals."""
+    model = summary.model
+    head = Table(
+        show_header=False, box=None, title=escape(str(model["path"])), title_justify="left"
+    )
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("format", str(model["format"]))
+    head.add_row("producer", escape(str(model.get("producer") or "unknown")))
+    if model.get("opset") is not None:
+        head.add_row("opset", str(model["opset"]))
+    head.add_row("sha256", str(model["sha256"]))
+    for role in ("input", "output"):
+        spec = model[role]
+        head.add_row(role, f"{escape(str(spec['name']))} {_shape(spec['shape'])} {spec['dtype']}")
+
+    layers = Table(title="crossbar layers", title_justify="left")
+    for column in ("#", "weight", "op", "shape", "params", "max |w|", "MACs/input", "selected"):
+        layers.add_column(
+            column, justify="right" if column in ("#", "params", "MACs/input") else "left"
+        )
+    for i, layer in enumerate(summary.layers):
+        layers.add_row(
+            str(i),
+            escape(layer.name),
+            layer.op,
+            "x".join(str(d) for d in layer.shape),
+            f"{layer.params:,}",
+            f"{layer.max_abs:.4g}",
+            "n/a" if layer.macs is None else f"{layer.macs:,}",
+            "yes" if layer.selected else "no",
+        )
+    totals = summary.totals()
+    macs = totals["macs_per_input"]
+    layers.caption = (
+        f"{totals['selected_layers']}/{totals['layers']} layers selected, "
+        f"{totals['selected_params']:,}/{totals['params']:,} crossbar weights; "
+        f"MACs per input: {'n/a' if macs is None else f'{macs:,}'}"
+    )
+    return Group(head, layers)

@@ -1,0 +1,112 @@
+"""Terminal rendering of an AuditReport with rich: renderables only, the caller prints them."""
+
+from __future__ import annotations
+
+import math
+from pathlib import PurePath
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.markup import escape
+from rich.table import Table
+
+from ftaudit.results import AuditReport
+
+EARLY_STOP_MARK = "*"
+
+
+def _percent(value: float) -> str:
+    """An accuracy (fraction) as a percentage with 2 decimals, without the % sign."""
+    return f"{100 * value:.2f}" if math.isfinite(value) else "n/a"
+
+
+def _level(confidence: float) -> str:
+    return f"{100 * confidence:g}%"
+
+
+def _noise_label(noise: dict[str, Any]) -> str:
+    """``name(param=value, ...)`` from the report's noise dict."""
+    params = ", ".join(f"{key}={value}" for key, value in noise.items() if key != "name")
+    name = str(noise.get("name", "?"))
+    return f"{name}({params})" if params else name
+
+
+def _model_name(report: AuditReport) -> str:
+    return PurePath(str(report.model.get("path", "?"))).name
+
+
+def audit_table(report: AuditReport) -> Table:
+    """One row per sigma: samples, mean ± half-width, KPP [interval], min, max, drops (in %)."""
+    title = (
+        f"{escape(_model_name(report))}\nnoise {escape(_noise_label(report.noise))} · "
+        f"{report.samples} samples · k={report.k:g} · seed {report.seed}"
+    )
+    caption_parts = [f"clean accuracy {_percent(report.clean_accuracy)}%"]
+    if report.quantized_accuracy is not None:
+        caption_parts.append(f"quantised clean accuracy {_percent(report.quantized_accuracy)}%")
+    caption_parts.append("accuracies and drops in %")
+    if any(result.stopped_early for result in report.results):
+        caption_parts.append(f"{EARLY_STOP_MARK} stopped early: target interval width reached")
+    # One caption line per fact: a long single line would wrap mid-phrase at the table's width.
+    table = Table(title=title, caption="\n".join(caption_parts))
+
+    # Interval levels come from the results (all sigmas share them), not an assumed 95%.
+    first = report.results[0].summary if report.results else None
+    mean_level = _level(first.mean_interval.confidence) if first else "95%"
+    kpp_level = _level(first.kpp_interval.confidence) if first else "95%"
+    kpp_header = f"KPP (k={report.k:g}) [{kpp_level} interval]"
+    table.add_column("sigma", justify="right")
+    table.add_column("samples", justify="right")
+    table.add_column(f"mean ± {mean_level}", justify="right")
+    table.add_column(escape(kpp_header), justify="right")
+    table.add_column("min", justify="right")
+    table.add_column("max", justify="right")
+    table.add_column("drop mean", justify="right")
+    table.add_column("drop KPP", justify="right")
+
+    for result in report.results:
+        s = result.summary
+        half_width = s.mean_interval.width() / 2
+        samples = f"{s.n}{EARLY_STOP_MARK}" if result.stopped_early else f"{s.n}"
+        table.add_row(
+            f"{result.sigma:g}",
+            samples,
+            f"{_percent(s.mean)} ± {_percent(half_width)}",
+            escape(
+                f"{_percent(s.kpp)} [{_percent(s.kpp_interval.low)}, "
+                f"{_percent(s.kpp_interval.high)}]"
+            ),
+            _percent(s.min),
+            _percent(s.max),
+            # The per-result reference is what the JSON report's drops use; keep them identical.
+            _percent(result.reference_accuracy - s.mean),
+            _percent(result.reference_accuracy - s.kpp),
+        )
+    return table
+
+
+def gates_table(report: AuditReport) -> Table:
+    """The CI gate verdicts: metric, sigma, value, threshold, passed/FAILED (values in %)."""
+    table = Table(title="gates")
+    table.add_column("metric")
+    table.add_column("sigma", justify="right")
+    table.add_column("value %", justify="right")
+    table.add_column("threshold %", justify="right")
+    table.add_column("verdict")
+    for gate in report.gates:
+        verdict = "[green]passed[/green]" if gate.passed else "[bold red]FAILED[/bold red]"
+        table.add_row(
+            escape(gate.metric),
+            f"{gate.sigma:g}",
+            _percent(gate.value),
+            _percent(gate.threshold),
+            verdict,
+        )
+    return table
+
+
+def report_renderable(report: AuditReport) -> RenderableType:
+    """The audit table, followed by the gates table when the report has gates."""
+    if not report.gates:
+        return audit_table(report)
+    return Group(audit_table(report), gates_table(report))

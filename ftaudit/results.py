@@ -1,0 +1,159 @@
+"""Typed result objects returned by the library and serialised by the report writers."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+REPORT_SCHEMA_VERSION = "1.0"
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A two-sided confidence interval [low, high] at ``confidence`` (e.g. 0.95)."""
+
+    low: float
+    high: float
+    confidence: float
+    method: str
+
+    def width(self) -> float:
+        return self.high - self.low
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Statistics of one Monte Carlo accuracy distribution (one sigma)."""
+
+    n: int
+    mean: float
+    std: float
+    mean_interval: Interval
+    kpp: float
+    kpp_interval: Interval
+    min: float
+    max: float
+
+
+@dataclass(frozen=True)
+class SigmaResult:
+    """Monte Carlo result at one noise level: its summary and the raw per-sample accuracies."""
+
+    sigma: float
+    summary: Summary
+    accuracies: np.ndarray  # shape (n,), sample i's accuracy at index i
+    reference_accuracy: float  # the unperturbed accuracy drops are measured from
+    stopped_early: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.summary
+        return {
+            "sigma": self.sigma,
+            "samples": s.n,
+            "stopped_early": self.stopped_early,
+            "mean": s.mean,
+            "std": s.std,
+            "mean_interval": s.mean_interval.to_dict(),
+            "kpp": s.kpp,
+            "kpp_interval": s.kpp_interval.to_dict(),
+            "min": s.min,
+            "max": s.max,
+            "drop_mean": self.reference_accuracy - s.mean,
+            "drop_kpp": self.reference_accuracy - s.kpp,
+        }
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One crossbar weight tensor of a model, as reported by ``inspect`` and ``eval``."""
+
+    name: str
+    op: str
+    shape: tuple[int, ...]
+    params: int
+    max_abs: float
+    selected: bool
+    macs: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One CI gate checked at one sigma."""
+
+    metric: str  # "kpp" or "mean"
+    sigma: float
+    value: float
+    threshold: float
+    passed: bool
+
+    def message(self) -> str:
+        verdict = "passed" if self.passed else "FAILED"
+        return (
+            f"gate {verdict}: {self.metric} at sigma={self.sigma:g} is {self.value:.4f}, "
+            f"threshold {self.threshold:.4f}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class AuditReport:
+    """Everything ``ftaudit eval`` measured, with the provenance needed to reproduce it."""
+
+    ftaudit_version: str
+    command: list[str]
+    model: dict[str, Any]  # path, sha256, format, input, output
+    layers: list[LayerInfo]
+    data: dict[str, Any]  # path, sha256, n
+    noise: dict[str, Any]  # name + parameters
+    seed: int
+    samples: int
+    k: float
+    device: str
+    clean_accuracy: float
+    quantized_accuracy: float | None
+    results: list[SigmaResult]
+    elapsed_s: float
+    target_ci: float | None = None
+    gates: list[GateResult] = field(default_factory=list)
+
+    @property
+    def reference_accuracy(self) -> float:
+        """Unperturbed accuracy on the chip: the quantised model's for device models."""
+        return self.clean_accuracy if self.quantized_accuracy is None else self.quantized_accuracy
+
+    def failed_gates(self) -> list[GateResult]:
+        return [g for g in self.gates if not g.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": REPORT_SCHEMA_VERSION,
+            "ftaudit_version": self.ftaudit_version,
+            "command": self.command,
+            "model": self.model,
+            "layers": [layer.to_dict() for layer in self.layers],
+            "data": self.data,
+            "noise": self.noise,
+            "seed": self.seed,
+            "samples": self.samples,
+            "k": self.k,
+            "target_ci": self.target_ci,
+            "device": self.device,
+            "clean_accuracy": self.clean_accuracy,
+            "quantized_accuracy": self.quantized_accuracy,
+            "reference_accuracy": self.reference_accuracy,
+            "results": [r.to_dict() for r in self.results],
+            "gates": [g.to_dict() for g in self.gates],
+            "elapsed_s": self.elapsed_s,
+        }

@@ -1,0 +1,208 @@
+"""Shared fixtures: small trained networks on a synthetic task, exported in several layouts.
+
+The task (4 classes of 1x8x8 "images", each class a bright bar in a different place plus noise)
+trains to ~100% in well under a second, so accuracy really moves under noise and tests of
+robustness have signal. Everything is seeded.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "sample_models"
+
+
+def make_blobs(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (n, 1, 8, 8) and int64 labels in 0..3."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, size=n)
+    x = rng.normal(60, 25, size=(n, 1, 8, 8))
+    for i, label in enumerate(y):
+        row = 1 + 2 * int(label)
+        x[i, 0, row : row + 2, 1:7] += 150
+    return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.int64)
+
+
+@pytest.fixture(scope="session")
+def blobs() -> tuple[np.ndarray, np.ndarray]:
+    return make_blobs()
+
+
+@pytest.fixture(scope="session")
+def blobs_npz(tmp_path_factory: pytest.TempPathFactory, blobs) -> Path:
+    path = tmp_path_factory.mktemp("data") / "blobs.npz"
+    np.savez(path, x=blobs[0], y=blobs[1])
+    return path
+
+
+def _torch():
+    return pytest.importorskip("torch")
+
+
+def train(model, x: np.ndarray, y: np.ndarray, *, steps: int = 150, seed: int = 0):
+    """Fit ``model`` on (x uint8, y) with Adam; returns the model in eval mode."""
+    torch = _torch()
+    torch.manual_seed(seed)
+    xt = torch.from_numpy(x.astype(np.float32) / 255)
+    yt = torch.from_numpy(y)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    model.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(xt), yt)
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def tiny_convnet(batchnorm: bool = False):
+    torch = _torch()
+    nn = torch.nn
+    torch.manual_seed(1)
+    layers = [nn.Conv2d(1, 4, 3)]
+    if batchnorm:
+        layers.append(nn.BatchNorm2d(4))
+    layers += [nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 16), nn.ReLU(), nn.Linear(16, 4)]
+    return nn.Sequential(*layers)
+
+
+def tiny_mlp():
+    torch = _torch()
+    nn = torch.nn
+    torch.manual_seed(2)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 4))
+
+
+def export_onnx(
+    model,
+    path: Path,
+    *,
+    input_name: str = "input",
+    output_name: str = "logits",
+    dynamic: bool = True,
+    keep_batchnorm: bool = False,
+    batch: int = 1,
+) -> Path:
+    """Export with torch.onnx (dynamo=False); keep_batchnorm leaves BatchNormalization unfolded."""
+    torch = _torch()
+    kwargs = {}
+    if keep_batchnorm:
+        kwargs = {"training": torch.onnx.TrainingMode.PRESERVE, "do_constant_folding": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model.eval(),
+            torch.zeros(batch, 1, 8, 8),
+            str(path),
+            dynamo=False,
+            input_names=[input_name],
+            output_names=[output_name],
+            dynamic_axes={input_name: {0: "n"}, output_name: {0: "n"}} if dynamic else None,
+            opset_version=17,
+            **kwargs,
+        )
+    return path
+
+
+def export_torchscript(model, path: Path) -> Path:
+    torch = _torch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(model.eval()), str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_convnet(blobs):
+    return train(tiny_convnet(), *blobs)
+
+
+@pytest.fixture(scope="session")
+def trained_convnet_bn(blobs):
+    return train(tiny_convnet(batchnorm=True), *blobs)
+
+
+@pytest.fixture(scope="session")
+def trained_mlp(blobs):
+    return train(tiny_mlp(), *blobs)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def convnet_onnx(trained_convnet, model_dir: Path) -> Path:
+    return export_onnx(trained_convnet, model_dir / "convnet.onnx")
+
+
+@pytest.fixture(scope="session")
+def convnet_ts(trained_convnet, model_dir: Path) -> Path:
+    return export_torchscript(trained_convnet, model_dir / "convnet.pt")
+
+
+@pytest.fixture(scope="session")
+def mlp_onnx(trained_mlp, model_dir: Path) -> Path:
+    return export_onnx(trained_mlp, model_dir / "mlp.onnx")
+
+
+def matmul_mlp_onnx(trained_mlp, path: Path, *, input_name: str = "pixels") -> Path:
+    """The trained MLP rebuilt by hand: MatMul + Add, weights stored (in, out), no torch export."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    linear1, linear2 = trained_mlp[1], trained_mlp[3]
+    w1 = linear1.weight.detach().numpy().T.copy()
+    w2 = linear2.weight.detach().numpy().T.copy()
+    b1 = linear1.bias.detach().numpy()
+    b2 = linear2.bias.detach().numpy()
+    nodes = [
+        helper.make_node("Flatten", [input_name], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "fc1_w"], ["h0"]),
+        helper.make_node("Add", ["h0", "fc1_b"], ["h1"]),
+        helper.make_node("Relu", ["h1"], ["h2"]),
+        helper.make_node("MatMul", ["h2", "fc2_w"], ["h3"]),
+        helper.make_node("Add", ["h3", "fc2_b"], ["scores"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "matmul_mlp",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 4])],
+        [
+            numpy_helper.from_array(w1, "fc1_w"),
+            numpy_helper.from_array(b1, "fc1_b"),
+            numpy_helper.from_array(w2, "fc2_w"),
+            numpy_helper.from_array(b2, "fc2_b"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def mlp_matmul_onnx(trained_mlp, model_dir: Path) -> Path:
+    return matmul_mlp_onnx(trained_mlp, model_dir / "mlp_matmul.onnx")
+
+
+@pytest.fixture
+def run_cli(capsys) -> Callable[..., tuple[int, str, str]]:
+    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
+    from ftaudit.cli import run
+
+    def invoke(*args: str | Path) -> tuple[int, str, str]:
+        code = run([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return invoke
