@@ -48,6 +48,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "fashion-mnist"
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent
 
+IDX_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+
 # IDX element type codes (third byte of the magic number) -> big-endian numpy dtype.
 IDX_DTYPES = {
     0x08: np.dtype(">u1"),
@@ -326,6 +333,7 @@ def train_subset_indices(total: int) -> np.ndarray:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line; a data folder without the four IDX files is a usage error."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--data-dir",
@@ -339,10 +347,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=DEFAULT_OUT_DIR,
         help="folder to write models, data and manifest.json into (default: %(default)s)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    missing = [name for name in IDX_FILES if not (args.data_dir / name).is_file()]
+    if missing:
+        parser.error(
+            f"{args.data_dir} lacks {', '.join(missing)}; pass --data-dir with the Fashion-MNIST "
+            "IDX files (apt-get install dataset-fashion-mnist puts them in "
+            "/usr/share/datasets/fashion-mnist)"
+        )
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Build every output into ``--out`` and write the manifest last."""
     args = parse_args(argv)
     started = time.perf_counter()
     torch.set_num_threads(THREADS)
@@ -432,9 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         "source": {
             "dataset": "Fashion-MNIST (Zalando Research)",
             "license": "MIT, Copyright (c) 2017 Zalando SE",
-            "idx_sha256": {
-                path.name: sha256(path) for path in sorted(Path(args.data_dir).glob("*.gz"))
-            },
+            "idx_sha256": {name: sha256(args.data_dir / name) for name in sorted(IDX_FILES)},
         },
         "built_with": {
             "python": sys.version.split()[0],
