@@ -243,7 +243,7 @@ def eval_command(
         target_ci=settings.target_ci,
         fail_under_kpp=settings.fail_under_kpp,
         fail_under_mean=settings.fail_under_mean,
-        command=["ftaudit", *sys.argv[1:]],
+        command=["ftaudit", *(sys.argv[1:] if _ARGV is None else _ARGV)],
     )
 
     from ftaudit import report as writers
@@ -322,12 +322,20 @@ def noise_models_command() -> None:
     typer.echo(f"{'FILE.toml':10s} A user-defined multi-level cell device (see the README).")
 
 
+#: the arguments ``run`` was called with, recorded in reports (``sys.argv`` when None)
+_ARGV: list[str] | None = None
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` and return the exit code (what ``main`` exits with)."""
+    global _ARGV
+    _ARGV = None if argv is None else list(argv)
     try:
         app(args=argv, prog_name="ftaudit")
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    finally:
+        _ARGV = None
     return 0
 
 

@@ -47,6 +47,8 @@ class EvalSettings:
 PATH_KEYS = {"data"}
 TUPLE_KEYS = {"layers", "exclude"}
 FLOAT_LIST_KEYS = {"mean", "std"}
+#: a sigma range with more values than this is a typo, not an audit
+MAX_SIGMAS = 10_000
 
 
 def parse_sigmas(spec: str | float | list[Any]) -> tuple[float, ...]:
@@ -64,12 +66,18 @@ def parse_sigmas(spec: str | float | list[Any]) -> tuple[float, ...]:
             if len(parts) != 3:
                 raise ValueError
             start, stop, step = parts
-            if step <= 0 or stop < start:
+            if not all(math.isfinite(p) for p in parts) or step <= 0 or stop < start:
                 raise UserError(
-                    f"sigma range '{text}' needs start <= stop and a step > 0",
+                    f"sigma range '{text}' needs finite numbers, start <= stop and a step > 0",
                     hint="e.g. --sigma 0:0.4:0.05",
                 )
-            count = math.floor((stop - start) / step + 1e-9) + 1
+            steps = (stop - start) / step  # inf when step is tiny
+            if not steps < MAX_SIGMAS:
+                raise UserError(
+                    f"sigma range '{text}' has more than {MAX_SIGMAS} values",
+                    hint="use a larger step, e.g. --sigma 0:0.4:0.05",
+                )
+            count = math.floor(steps + 1e-9) + 1
             return tuple(float(np.round(start + i * step, 10)) for i in range(count))
         values = tuple(float(p) for p in text.split(",") if p.strip())
     except ValueError as exc:
@@ -104,7 +112,8 @@ def find_config(cwd: Path) -> Path | None:
             content = tomllib.loads(pyproject.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError):
             return None  # not ours to complain about unless it holds our table
-        if "ftaudit" in content.get("tool", {}):
+        tool = content.get("tool", {})
+        if isinstance(tool, dict) and "ftaudit" in tool:
             return pyproject
     return None
 
@@ -118,7 +127,10 @@ def read_config(path: Path) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"config file {path} is not valid TOML: {exc}") from exc
     if path.name == "pyproject.toml":
-        content = content.get("tool", {}).get("ftaudit", {})
+        tool = content.get("tool", {})
+        content = tool.get("ftaudit", {}) if isinstance(tool, dict) else None
+    if not isinstance(content, dict):
+        raise UserError(f"config file {path}: the ftaudit settings must be a table")
     table = content.get("eval", content)  # an optional [eval] section
     if not isinstance(table, dict):
         raise UserError(f"config file {path}: the ftaudit settings must be a table")
@@ -139,14 +151,20 @@ def settings_from_config(table: dict[str, Any], path: Path) -> EvalSettings:
                 if close
                 else f"known: {', '.join(sorted(known))}",
             )
+        if (key in PATH_KEYS and not isinstance(value, str)) or (
+            key in TUPLE_KEYS
+            and not isinstance(value, str)
+            and not (isinstance(value, list) and all(isinstance(v, str) for v in value))
+        ):
+            raise UserError(f"config file {path}: '{raw_key}' has the wrong type ({value!r})")
         if key in PATH_KEYS:
-            value = str((path.parent / str(value)).resolve())
+            value = str((path.parent / value).resolve())
         elif key == "sigma":
             value = parse_sigmas(value)
         elif key in FLOAT_LIST_KEYS:
             value = parse_floats(value, key)
         elif key in TUPLE_KEYS:
-            value = (value,) if isinstance(value, str) else tuple(str(v) for v in value)
+            value = (value,) if isinstance(value, str) else tuple(value)
         values[key] = value
     _check_types(values, path)
     return replace(EvalSettings(), **values, sources=dict.fromkeys(values, str(path)))

@@ -10,6 +10,7 @@ numbers), which makes accuracy curves smooth and paired comparisons between mode
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,30 +108,52 @@ def run_monte_carlo(
         counts[[j for j in range(n_sigma) if j not in active]] = runner.count_correct()
 
     d = crossbar.noise.draws_per_weight
-    draw_buffers = [np.empty((d, *layer.canonical_shape), np.float32) for layer in crossbar.layers]
-    weight_buffers = [np.empty(layer.shape, np.float32) for layer in crossbar.layers]
-    for i in range(samples):
-        if not active:
-            break
-        draws = draws_for_sample(seed, i, crossbar.layers, d, out=draw_buffers)
-        native = [layer.to_native(z) for layer, z in zip(crossbar.layers, draws, strict=True)]
-        for j in active:
-            weights = {
-                layer.name: state.perturb(z, sigmas[j], out=buf)
-                for layer, state, z, buf in zip(
-                    crossbar.layers, crossbar.states, native, weight_buffers, strict=True
+    layers = crossbar.layers
+    # two sets of draw buffers: a helper thread fills sample i+1's while sample i is evaluated
+    # (numpy's generators and the model runtimes release the GIL while they work)
+    draw_buffers = [[np.empty((d, *la.canonical_shape), np.float32) for la in layers] for _ in "ab"]
+    weight_buffers = [np.empty(layer.shape, np.float32) for layer in layers]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(draws_for_sample, seed, 0, layers, d, draw_buffers[0])
+        for i in range(samples):
+            if not active:
+                break
+            draws = pending.result()
+            if i + 1 < samples:
+                pending = pool.submit(
+                    draws_for_sample, seed, i + 1, layers, d, draw_buffers[~i & 1]
                 )
-            }
-            runner.set_weights(weights)
-            counts[j, i] = runner.count_correct()
-        done = i + 1
-        if target_ci is not None and done % CHECK_EVERY == 0 and done < samples:
-            for j in list(active):
-                width = kpp_interval_width(counts[j, :done] / n_data, k)
-                if width < target_ci:
-                    active.remove(j)
-                    used[j] = done
-                    stopped[j] = True
-        if progress is not None:
-            progress(done, samples)
+            _evaluate_sample(runner, crossbar, sigmas, active, draws, weight_buffers, counts[:, i])
+            done = i + 1
+            if target_ci is not None and done % CHECK_EVERY == 0 and done < samples:
+                for j in list(active):
+                    width = kpp_interval_width(counts[j, :done] / n_data, k)
+                    if width < target_ci:
+                        active.remove(j)
+                        used[j] = done
+                        stopped[j] = True
+            if progress is not None:
+                progress(done, samples)
     return MonteCarloCounts(counts=counts, used=used, stopped_early=stopped)
+
+
+def _evaluate_sample(
+    runner: ModelRunner,
+    crossbar: Crossbar,
+    sigmas: Sequence[float],
+    active: Sequence[int],
+    draws: Sequence[np.ndarray],
+    weight_buffers: Sequence[np.ndarray],
+    counts_out: np.ndarray,
+) -> None:
+    """Correct counts of one sample's draws at every active sigma, written to ``counts_out``."""
+    native = [layer.to_native(z) for layer, z in zip(crossbar.layers, draws, strict=True)]
+    for j in active:
+        weights = {
+            layer.name: state.perturb(z, sigmas[j], out=buf)
+            for layer, state, z, buf in zip(
+                crossbar.layers, crossbar.states, native, weight_buffers, strict=True
+            )
+        }
+        runner.set_weights(weights)
+        counts_out[j] = runner.count_correct()

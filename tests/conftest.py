@@ -48,6 +48,7 @@ def _torch():
 def train(model, x: np.ndarray, y: np.ndarray, *, steps: int = 150, seed: int = 0):
     """Fit ``model`` on (x uint8, y) with Adam; returns the model in eval mode."""
     torch = _torch()
+    torch.set_num_threads(1)  # tiny models: one thread trains ~8x faster on busy cores
     torch.manual_seed(seed)
     xt = torch.from_numpy(x.astype(np.float32) / 255)
     yt = torch.from_numpy(y)

@@ -137,7 +137,15 @@ def _infer_shapes(model: Any) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _node_macs(node: Any, weight: np.ndarray, shapes: Mapping[str, tuple[int, ...]]) -> int | None:
+def _node_macs(
+    node: Any,
+    weight: np.ndarray,
+    shapes: Mapping[str, tuple[int, ...]],
+    *,
+    batch: int = 1,
+    weight_on_left: bool = False,
+) -> int | None:
+    """Multiply-accumulates per example; ``batch`` is the data input's fixed batch size, if any."""
     out = shapes.get(node.output[0])
     if node.op_type == "ConvTranspose":
         data = shapes.get(node.input[0])
@@ -146,11 +154,16 @@ def _node_macs(node: Any, weight: np.ndarray, shapes: Mapping[str, tuple[int, ..
         return None
     if node.op_type == "Conv":
         return int(np.prod(out[1:]) * np.prod(weight.shape[1:]))
+    # Gemm and MatMul outputs include the batch axis: divide by it to count per example
     if node.op_type == "Gemm":
-        return int(out[0] * weight.size)
-    # MatMul: every output element is a dot product over the contracted axis
-    contracted = weight.shape[-2] if len(weight.shape) >= 2 else weight.shape[0]
-    return int(np.prod(out) * contracted)
+        return int(out[0] * weight.size) // batch
+    # MatMul: every output element is a dot product over the contracted axis, which is the
+    # weight's last axis when it is the left operand and its second-last when it is the right one
+    if len(weight.shape) < 2:
+        contracted = weight.shape[0]
+    else:
+        contracted = weight.shape[-1] if weight_on_left else weight.shape[-2]
+    return int(np.prod(out) * contracted) // batch
 
 
 @dataclass
@@ -159,6 +172,8 @@ class OnnxModel(AuditModel):
 
     proto: Any = None
     initializers: dict[str, np.ndarray] = field(default_factory=dict)
+    #: how perturbed weights reach ONNX Runtime: 'auto', 'inputs' or 'initializers'
+    weight_strategy: str = "auto"
 
     @classmethod
     def from_bytes(cls, path: Path, raw: bytes, *, output: str | None = None) -> OnnxModel:
@@ -191,6 +206,8 @@ class OnnxModel(AuditModel):
 
         tensors = {t.name: t for t in model.graph.initializer}
         shapes = _infer_shapes(model)
+        batch_axis = graph_inputs[0].type.tensor_type.shape.dim
+        batch = batch_axis[0].dim_value if len(batch_axis) and batch_axis[0].dim_value > 0 else 1
         found: dict[str, dict[str, Any]] = {}
         for node in model.graph.node:
             if node.domain not in ("", "ai.onnx"):
@@ -212,7 +229,13 @@ class OnnxModel(AuditModel):
             array = onnx.numpy_helper.to_array(tensors[name])
             if not np.issubdtype(array.dtype, np.floating) or array.ndim < 2:
                 continue
-            macs = _node_macs(node, array, shapes)
+            macs = _node_macs(
+                node,
+                array,
+                shapes,
+                batch=batch,
+                weight_on_left=node.op_type == "MatMul" and not transposed,
+            )
             if name in found:  # a weight shared by several nodes is one crossbar layer
                 prev = found[name]["macs"]
                 found[name]["macs"] = None if prev is None or macs is None else prev + macs
@@ -257,7 +280,7 @@ class OnnxModel(AuditModel):
         return dict(self.initializers)
 
     def runner(self, selected: Sequence[CrossbarLayer], *, device: str) -> OnnxRunner:
-        return OnnxRunner(self, selected, device=device)
+        return OnnxRunner(self, selected, device=device, strategy=self.weight_strategy)
 
 
 def _ort_runtime_errors() -> tuple[type[BaseException], ...]:
@@ -281,47 +304,71 @@ def ort_providers(device: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
+#: ONNX ops whose fast ONNX Runtime kernels need constant weights (prepacked, NCHWc layout)
+PREPACKED_OPS = {"Conv", "ConvTranspose"}
+
+
+def weight_strategy(selected: Sequence[CrossbarLayer], requested: str = "auto") -> str:
+    """How perturbed weights reach ONNX Runtime: 'inputs' or 'initializers' (see OnnxRunner).
+
+    'auto' decides from the model alone (never from timings), so results stay reproducible:
+    convolutions run several times faster with constant weights, which a fresh session per
+    perturbed model keeps; matrix products run as fast with weights fed as inputs.
+    """
+    if requested not in ("auto", "inputs", "initializers"):
+        raise UserError(
+            f"unknown ONNX weight strategy '{requested}'", hint="auto|inputs|initializers"
+        )
+    if requested != "auto":
+        return requested
+    return "initializers" if any(layer.op in PREPACKED_OPS for layer in selected) else "inputs"
+
+
 class OnnxRunner(ModelRunner):
-    """One ONNX Runtime session whose selected crossbar weights are graph inputs."""
+    """Runs an ONNX model with swappable crossbar weights, in one of two ways.
+
+    'inputs': the selected weights become graph inputs of one session, fed per sample; no
+    session is ever rebuilt. 'initializers': the weights stay initializers, each new set is
+    written into them and a new session is built, so ONNX Runtime can prepack them for its
+    fastest convolution kernels (see ``weight_strategy`` for when each is used).
+    """
 
     runtime_errors = _ort_runtime_errors()
 
-    def __init__(self, model: OnnxModel, selected: Sequence[CrossbarLayer], *, device: str) -> None:
+    def __init__(
+        self,
+        model: OnnxModel,
+        selected: Sequence[CrossbarLayer],
+        *,
+        device: str,
+        strategy: str = "auto",
+    ) -> None:
         onnx = _onnx()
-        ort = _ort()
+        self.strategy = weight_strategy(selected, strategy)
+        self.providers = ort_providers(device)
         graph_model = onnx.ModelProto()
         graph_model.CopyFrom(model.proto)
         graph = graph_model.graph
         names = {layer.name for layer in selected}
-        listed_inputs = {i.name for i in graph.input}
-        kept = [t for t in graph.initializer if t.name not in names]
-        for tensor in graph.initializer:
-            if tensor.name in names and tensor.name not in listed_inputs:
-                graph.input.append(
-                    onnx.helper.make_tensor_value_info(
-                        tensor.name, tensor.data_type, list(tensor.dims)
+        if self.strategy == "inputs":
+            listed_inputs = {i.name for i in graph.input}
+            for tensor in graph.initializer:
+                if tensor.name in names and tensor.name not in listed_inputs:
+                    graph.input.append(
+                        onnx.helper.make_tensor_value_info(
+                            tensor.name, tensor.data_type, list(tensor.dims)
+                        )
                     )
-                )
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
+            kept = [t for t in graph.initializer if t.name not in names]
+            del graph.initializer[:]
+            graph.initializer.extend(kept)
         # the evaluated output must be a graph output; keep only it so nothing else is computed
         outputs = [o for o in graph.output if o.name == model.output.name]
         del graph.output[:]
         graph.output.extend(outputs)
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            self.session = ort.InferenceSession(
-                graph_model.SerializeToString(), options, providers=ort_providers(device)
-            )
-        except Exception as exc:
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-            raise UserError(
-                f"ONNX Runtime cannot run {model.path}: {msg}",
-                hint="check that the model runs with onnxruntime on its own",
-            ) from exc
+        self._graph_model = graph_model
+        self._weight_tensors = {t.name: t for t in graph.initializer if t.name in names}
+        self._model_bytes = graph_model.SerializeToString()
         self.model = model
         self.input_name = model.input.name
         self.output_name = model.output.name
@@ -330,8 +377,32 @@ class OnnxRunner(ModelRunner):
         self.feed: dict[str, np.ndarray] = {
             layer.name: model.initializers[layer.name] for layer in selected
         }
+        self.session = self._new_session(rewrite_weights=False)
+        self._stale = False
         self._batches: list[np.ndarray] = []
         self._n = 0
+
+    def _new_session(self, *, rewrite_weights: bool) -> Any:
+        ort = _ort()
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if rewrite_weights:
+            # write the weights into the kept initializers: ONNX Runtime's optimisers read
+            # initializers from the model itself (add_initializer overrides are not seen by
+            # the Conv layout transforms), so only this gives the prepacked fast kernels
+            onnx = _onnx()
+            for name, tensor in self._weight_tensors.items():
+                tensor.CopyFrom(onnx.numpy_helper.from_array(self.feed[name], name))
+            self._model_bytes = self._graph_model.SerializeToString()
+        try:
+            return ort.InferenceSession(self._model_bytes, options, providers=self.providers)
+        except Exception as exc:  # ORT raises bare exceptions for models it cannot run
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            raise UserError(
+                f"ONNX Runtime cannot run {self.model.path}: {msg}",
+                hint="check that the model runs with onnxruntime on its own",
+            ) from exc
 
     def bind_data(self, x: np.ndarray, y: np.ndarray, *, batch_size: int) -> None:
         fixed = self.model.input.shape[0] if self.model.input.shape else None
@@ -352,12 +423,17 @@ class OnnxRunner(ModelRunner):
         for name, array in weights.items():
             dtype = self.dtypes[name]
             self.feed[name] = array if array.dtype == dtype else array.astype(dtype)
+        self._stale = self.strategy == "initializers"
 
     def logits(self) -> np.ndarray:
-        outs = []
-        for batch in self._batches:
-            self.feed[self.input_name] = batch
-            outs.append(self.session.run([self.output_name], self.feed)[0])
-        del self.feed[self.input_name]
+        if self._stale:  # 'initializers': a new set of weights needs its own session
+            self.session = None  # release the previous one before building the next
+            self.session = self._new_session(rewrite_weights=True)
+            self._stale = False
+        weights = self.feed if self.strategy == "inputs" else {}
+        outs = [
+            self.session.run([self.output_name], {**weights, self.input_name: batch})[0]
+            for batch in self._batches
+        ]
         logits = np.concatenate(outs) if len(outs) > 1 else outs[0]
         return logits[: self._n]

@@ -37,7 +37,9 @@ class _DeviceLayer(LayerNoise):
         sign = np.where(weight < 0, -1.0, 1.0)
         self.step = step
         self.levels = q
-        self.quantized = (sign * step * q).astype(np.float32)
+        # a negative weight quantised to level 0 is stored as +0.0, not -0.0, so that sigma = 0
+        # (noise 0 added to it) reproduces the stored weights bit for bit
+        self.quantized = np.where(q == 0, 0.0, sign * step * q).astype(np.float32)
         mask = 2**cell_bits - 1
         self.cell_values = np.stack([(q >> (i * cell_bits)) & mask for i in range(cells)])
         # coef_i = sign * step * 2^(iB) * m[g_i]: the weight change per unit of cell noise
