@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "sample_models"
 DATA = MODELS / "fmnist_test_2000.npz"
 SIGMA = 0.3
+GRID = (0.1, 0.2, 0.3, 0.4, 0.5)  # one run over five sigmas shares each sample's draws
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -70,8 +71,10 @@ def plain_torch_seconds(path: Path, x: np.ndarray, batch_size: int, repeats: int
     return median_time(run, repeats)
 
 
-def ftaudit_seconds_per_sample(path: Path, x: np.ndarray, y: np.ndarray, samples: int) -> float:
-    """(b) ftaudit's Monte Carlo loop per sample at one sigma (setup excluded)."""
+def ftaudit_seconds_per_sample(
+    path: Path, x: np.ndarray, y: np.ndarray, samples: int, sigmas: tuple[float, ...] = (SIGMA,)
+) -> float:
+    """(b) ftaudit's Monte Carlo loop per sample and sigma (setup excluded)."""
     from ftaudit.models import load_model
     from ftaudit.montecarlo import Crossbar, run_monte_carlo
     from ftaudit.noise import get_noise_model
@@ -81,9 +84,21 @@ def ftaudit_seconds_per_sample(path: Path, x: np.ndarray, y: np.ndarray, samples
     runner = model.runner(model.layers, device="cpu")
     runner.bind_data(x_fit, y, batch_size=512)
     crossbar = Crossbar.prepare(model.layers, model.clean_weights(), get_noise_model("lognormal"))
-    run_monte_carlo(runner, crossbar, [SIGMA], samples=3, seed=1, n_data=len(y), k=1.0)
+    run_monte_carlo(runner, crossbar, sigmas, samples=3, seed=1, n_data=len(y), k=1.0)
     start = time.perf_counter()
-    run_monte_carlo(runner, crossbar, [SIGMA], samples=samples, seed=0, n_data=len(y), k=1.0)
+    run_monte_carlo(runner, crossbar, sigmas, samples=samples, seed=0, n_data=len(y), k=1.0)
+    return (time.perf_counter() - start) / samples / len(sigmas)
+
+
+def draw_seconds_per_sample(path: Path, samples: int = 50) -> float:
+    """The part of (b) spent making one sample's standard-normal draws (all layers)."""
+    from ftaudit.models import load_model
+    from ftaudit.montecarlo import draws_for_sample
+
+    layers = load_model(path).layers
+    start = time.perf_counter()
+    for i in range(samples):
+        draws_for_sample(0, i, layers, 1)
     return (time.perf_counter() - start) / samples
 
 
@@ -172,6 +187,8 @@ def main() -> None:
         plain_ts = plain_torch_seconds(ts_path, x, 512, args.repeats)
         mc_onnx = ftaudit_seconds_per_sample(onnx_path, x, y, args.samples)
         mc_ts = ftaudit_seconds_per_sample(ts_path, x, y, args.samples)
+        mc_grid = ftaudit_seconds_per_sample(onnx_path, x, y, args.samples // 2, GRID)
+        draws = draw_seconds_per_sample(onnx_path)
         naive = naive_seconds_per_sample(onnx_path, x, args.naive_samples)
         rows.append(
             {
@@ -181,6 +198,9 @@ def main() -> None:
                 "plain_torch_ms": plain_ts * 1e3,
                 "mc_onnx_ms": mc_onnx * 1e3,
                 "mc_ts_ms": mc_ts * 1e3,
+                "mc_grid_ms": mc_grid * 1e3,
+                "draws_ms": draws * 1e3,
+                "eff_grid": plain / mc_grid,
                 "naive_ms": naive * 1e3,
                 "eff_onnx": plain / mc_onnx,
                 "eff_ts": plain_ts / mc_ts,
@@ -192,14 +212,17 @@ def main() -> None:
     header = (
         "| model | MACs / pass | (a) plain ORT ms | (a') plain torch ms | (b) MC ONNX ms/sample "
         "| (b) MC TorchScript ms/sample | (c) naive ms/sample | efficiency ONNX (a)/(b) "
-        "| efficiency TorchScript (a')/(b) | speed-up over naive | MAC/s vs numpy matmul |\n"
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| efficiency TorchScript (a')/(b) | speed-up over naive | MAC/s vs numpy matmul "
+        "| draws ms/sample | (b) ONNX, 5 sigmas, ms/sample/sigma | efficiency, 5 sigmas |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: | ---: | ---: |"
     )
     lines = [
         f"| {r['model']} | {r['macs']:,} | {r['plain_onnx_ms']:.1f} | {r['plain_torch_ms']:.1f} "
         f"| {r['mc_onnx_ms']:.1f} | {r['mc_ts_ms']:.1f} | {r['naive_ms']:.1f} "
         f"| {r['eff_onnx']:.2f} | {r['eff_ts']:.2f} | {r['speedup']:.1f}x "
-        f"| {r['mac_fraction']:.1%} |"
+        f"| {r['mac_fraction']:.1%} | {r['draws_ms']:.2f} | {r['mc_grid_ms']:.1f} "
+        f"| {r['eff_grid']:.2f} |"
         for r in rows
     ]
     table = "\n".join([header, *lines])

@@ -1,6 +1,7 @@
 """Command-line interface: parses options, calls the library, prints, and sets the exit code.
 
-Exit codes: 0 ok, 1 a CI gate failed, 2 bad input or usage, 130 interrupted.
+Exit codes: 0 ok, 1 a CI gate failed, 2 bad input or usage, 3 internal error (a bug),
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -216,7 +218,7 @@ def eval_command(
     if plot_path is not None:
         from ftaudit._optional import require_matplotlib
 
-        require_matplotlib("--plot")
+        require_matplotlib("plots")
         check_output_path(plot_path, what="plot", protect=inputs)
 
     machine_output = json_path == "-"
@@ -243,6 +245,7 @@ def eval_command(
         target_ci=settings.target_ci,
         fail_under_kpp=settings.fail_under_kpp,
         fail_under_mean=settings.fail_under_mean,
+        config_file=settings.config_file,
         command=["ftaudit", *(sys.argv[1:] if _ARGV is None else _ARGV)],
     )
 
@@ -334,6 +337,14 @@ def run(argv: list[str] | None = None) -> int:
         app(args=argv, prog_name="ftaudit")
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    except Exception:  # a bug, not bad input: keep the traceback, but never exit 1 (a gate)
+        traceback.print_exc()
+        print(
+            "ftaudit: internal error (a bug in ftaudit, not in your input); please report it "
+            "with the traceback above",
+            file=sys.stderr,
+        )
+        return 3
     finally:
         _ARGV = None
     return 0

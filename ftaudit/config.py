@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import math
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ class EvalSettings:
     target_ci: float | None = None
     fail_under_kpp: float | None = None
     fail_under_mean: float | None = None
-    sources: dict[str, str] = field(default_factory=dict, compare=False)
+    config_file: str | None = None  # where the non-default values came from
 
 
 PATH_KEYS = {"data"}
@@ -139,7 +139,7 @@ def read_config(path: Path) -> dict[str, Any]:
 
 def settings_from_config(table: dict[str, Any], path: Path) -> EvalSettings:
     """Validated EvalSettings from a config table; unknown keys get a 'did you mean'."""
-    known = {f.name for f in fields(EvalSettings)} - {"sources"}
+    known = {f.name for f in fields(EvalSettings)} - {"config_file"}
     values: dict[str, Any] = {}
     for raw_key, value in table.items():
         key = raw_key.replace("-", "_")
@@ -167,7 +167,7 @@ def settings_from_config(table: dict[str, Any], path: Path) -> EvalSettings:
             value = (value,) if isinstance(value, str) else tuple(value)
         values[key] = value
     _check_types(values, path)
-    return replace(EvalSettings(), **values, sources=dict.fromkeys(values, str(path)))
+    return replace(EvalSettings(), **values, config_file=str(path))
 
 
 def _check_types(values: dict[str, Any], path: Path) -> None:

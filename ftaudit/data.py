@@ -93,7 +93,8 @@ def load_dataset(
         )
     if not path.exists():
         raise UserError(
-            f"data file {path} does not exist", hint="check the path (it is relative to here)"
+            f"data file {path} does not exist",
+            hint="check the path; a relative path starts from the current folder",
         )
     kind, files = _find_source(path)
     x, y, sha256 = _LOADERS[kind](path, files, limit)

@@ -12,7 +12,7 @@ class UserError(Exception):
         self.hint = hint
 
     def __str__(self) -> str:
-        return f"{self.message} ({self.hint})" if self.hint else self.message
+        return f"{self.message}; {self.hint}" if self.hint else self.message
 
 
 class MissingExtraError(UserError):
@@ -20,7 +20,7 @@ class MissingExtraError(UserError):
 
     def __init__(self, feature: str, extra: str, package: str) -> None:
         super().__init__(
-            f"{feature} needs {package}, which is not installed",
+            f"{package} is not installed, and {feature} need it",
             hint=f"install it with: pip install 'ftaudit[{extra}]'",
         )
         self.extra = extra

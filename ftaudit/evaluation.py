@@ -162,6 +162,7 @@ def audit(
     fail_under_mean: float | None = None,
     progress: ProgressCallback | None = None,
     command: Sequence[str] | None = None,
+    config_file: str | None = None,
 ) -> AuditReport:
     """Run the Monte Carlo audit and return the report; gates are evaluated, not raised."""
     started = time.perf_counter()
@@ -252,4 +253,13 @@ def audit(
         gates=evaluate_gates(
             results, fail_under_kpp=fail_under_kpp, fail_under_mean=fail_under_mean
         ),
+        options={
+            "batch_size": batch_size,
+            "layers": list(layers or []),
+            "exclude": list(exclude or []),
+            "mean": None if mean is None else [float(v) for v in mean],
+            "std": None if std is None else [float(v) for v in std],
+            "output": output,
+            "config_file": config_file,
+        },
     )

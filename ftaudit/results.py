@@ -127,6 +127,8 @@ class AuditReport:
     elapsed_s: float
     target_ci: float | None = None
     gates: list[GateResult] = field(default_factory=list)
+    #: resolved options not recorded elsewhere (batch size, globs, normalisation, config file)
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def reference_accuracy(self) -> float:
@@ -155,5 +157,6 @@ class AuditReport:
             "reference_accuracy": self.reference_accuracy,
             "results": [r.to_dict() for r in self.results],
             "gates": [g.to_dict() for g in self.gates],
+            "options": self.options,
             "elapsed_s": self.elapsed_s,
         }

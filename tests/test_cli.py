@@ -621,5 +621,46 @@ def test_import_and_help_do_not_load_heavy_packages() -> None:
 
 def test_user_error_is_one_line() -> None:
     error = UserError("what went wrong", hint="how to fix it")
-    assert str(error) == "what went wrong (how to fix it)"
+    assert str(error) == "what went wrong; how to fix it"
     assert "\n" not in str(error)
+
+
+def test_a_bug_exits_3_with_its_traceback(run_cli, monkeypatch, convnet_onnx) -> None:
+    """An internal error keeps its traceback and never looks like a failed gate (exit 1)."""
+    import ftaudit.evaluation
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("simulated bug")
+
+    monkeypatch.setattr(ftaudit.evaluation, "audit", broken)
+    code, _, err = run_cli("eval", convnet_onnx, "--sigma", "0.1", "--data", "unused.npz")
+    assert code == 3
+    assert "Traceback" in err and "ZeroDivisionError: simulated bug" in err
+    assert "internal error" in err.splitlines()[-1]
+
+
+def test_report_records_resolved_options(run_cli, convnet_onnx, blobs_npz, tmp_path) -> None:
+    config = tmp_path / "ftaudit.toml"
+    config.write_text(f'data = "{blobs_npz}"\nsamples = 5\n')
+    out_json = tmp_path / "r.json"
+    code, _, err = run_cli(
+        "eval",
+        convnet_onnx,
+        "--sigma",
+        "0.2",
+        "--config",
+        config,
+        "--batch-size",
+        "64",
+        "--exclude",
+        "*fc*",
+        "--json",
+        out_json,
+        "-q",
+    )
+    assert code == 0, err
+    options = json.loads(out_json.read_text())["options"]
+    assert options["batch_size"] == 64
+    assert options["exclude"] == ["*fc*"]
+    assert options["config_file"] == str(config)
+    assert options["mean"] is None and options["output"] is None

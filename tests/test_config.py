@@ -138,7 +138,7 @@ def test_settings_from_config_converts_and_resolves(tmp_path: Path) -> None:
     assert settings.exclude == ("fc1*", "fc2*")
     assert settings.mean == (0.5,)
     assert settings.std == (0.1, 0.2)
-    assert settings.sources["sigma"] == str(path)
+    assert settings.config_file == str(path)
 
 
 def test_merge_prefers_given_flags() -> None:

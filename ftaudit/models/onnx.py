@@ -172,8 +172,6 @@ class OnnxModel(AuditModel):
 
     proto: Any = None
     initializers: dict[str, np.ndarray] = field(default_factory=dict)
-    #: how perturbed weights reach ONNX Runtime: 'auto', 'inputs' or 'initializers'
-    weight_strategy: str = "auto"
 
     @classmethod
     def from_bytes(cls, path: Path, raw: bytes, *, output: str | None = None) -> OnnxModel:
@@ -280,7 +278,7 @@ class OnnxModel(AuditModel):
         return dict(self.initializers)
 
     def runner(self, selected: Sequence[CrossbarLayer], *, device: str) -> OnnxRunner:
-        return OnnxRunner(self, selected, device=device, strategy=self.weight_strategy)
+        return OnnxRunner(self, selected, device=device)
 
 
 def _ort_runtime_errors() -> tuple[type[BaseException], ...]:
@@ -304,33 +302,13 @@ def ort_providers(device: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-#: ONNX ops whose fast ONNX Runtime kernels need constant weights (prepacked, NCHWc layout)
-PREPACKED_OPS = {"Conv", "ConvTranspose"}
-
-
-def weight_strategy(selected: Sequence[CrossbarLayer], requested: str = "auto") -> str:
-    """How perturbed weights reach ONNX Runtime: 'inputs' or 'initializers' (see OnnxRunner).
-
-    'auto' decides from the model alone (never from timings), so results stay reproducible:
-    convolutions run several times faster with constant weights, which a fresh session per
-    perturbed model keeps; matrix products run as fast with weights fed as inputs.
-    """
-    if requested not in ("auto", "inputs", "initializers"):
-        raise UserError(
-            f"unknown ONNX weight strategy '{requested}'", hint="auto|inputs|initializers"
-        )
-    if requested != "auto":
-        return requested
-    return "initializers" if any(layer.op in PREPACKED_OPS for layer in selected) else "inputs"
-
-
 class OnnxRunner(ModelRunner):
-    """Runs an ONNX model with swappable crossbar weights, in one of two ways.
+    """One ONNX Runtime session whose selected crossbar weights are graph inputs.
 
-    'inputs': the selected weights become graph inputs of one session, fed per sample; no
-    session is ever rebuilt. 'initializers': the weights stay initializers, each new set is
-    written into them and a new session is built, so ONNX Runtime can prepack them for its
-    fastest convolution kernels (see ``weight_strategy`` for when each is used).
+    Each sample feeds its perturbed weights like any other input: no session is rebuilt and
+    nothing is re-serialised. (A fresh session per sample lets ONNX Runtime prepack constant
+    weights, but the session build costs more than it saves: the "naive" column of
+    docs/benchmarks.md.)
     """
 
     runtime_errors = _ort_runtime_errors()
@@ -341,33 +319,28 @@ class OnnxRunner(ModelRunner):
         selected: Sequence[CrossbarLayer],
         *,
         device: str,
-        strategy: str = "auto",
     ) -> None:
         onnx = _onnx()
-        self.strategy = weight_strategy(selected, strategy)
         self.providers = ort_providers(device)
         graph_model = onnx.ModelProto()
         graph_model.CopyFrom(model.proto)
         graph = graph_model.graph
         names = {layer.name for layer in selected}
-        if self.strategy == "inputs":
-            listed_inputs = {i.name for i in graph.input}
-            for tensor in graph.initializer:
-                if tensor.name in names and tensor.name not in listed_inputs:
-                    graph.input.append(
-                        onnx.helper.make_tensor_value_info(
-                            tensor.name, tensor.data_type, list(tensor.dims)
-                        )
+        listed_inputs = {i.name for i in graph.input}
+        for tensor in graph.initializer:
+            if tensor.name in names and tensor.name not in listed_inputs:
+                graph.input.append(
+                    onnx.helper.make_tensor_value_info(
+                        tensor.name, tensor.data_type, list(tensor.dims)
                     )
-            kept = [t for t in graph.initializer if t.name not in names]
-            del graph.initializer[:]
-            graph.initializer.extend(kept)
+                )
+        kept = [t for t in graph.initializer if t.name not in names]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
         # the evaluated output must be a graph output; keep only it so nothing else is computed
         outputs = [o for o in graph.output if o.name == model.output.name]
         del graph.output[:]
         graph.output.extend(outputs)
-        self._graph_model = graph_model
-        self._weight_tensors = {t.name: t for t in graph.initializer if t.name in names}
         self._model_bytes = graph_model.SerializeToString()
         self.model = model
         self.input_name = model.input.name
@@ -377,24 +350,15 @@ class OnnxRunner(ModelRunner):
         self.feed: dict[str, np.ndarray] = {
             layer.name: model.initializers[layer.name] for layer in selected
         }
-        self.session = self._new_session(rewrite_weights=False)
-        self._stale = False
+        self.session = self._new_session()
         self._batches: list[np.ndarray] = []
         self._n = 0
 
-    def _new_session(self, *, rewrite_weights: bool) -> Any:
+    def _new_session(self) -> Any:
         ort = _ort()
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if rewrite_weights:
-            # write the weights into the kept initializers: ONNX Runtime's optimisers read
-            # initializers from the model itself (add_initializer overrides are not seen by
-            # the Conv layout transforms), so only this gives the prepacked fast kernels
-            onnx = _onnx()
-            for name, tensor in self._weight_tensors.items():
-                tensor.CopyFrom(onnx.numpy_helper.from_array(self.feed[name], name))
-            self._model_bytes = self._graph_model.SerializeToString()
         try:
             return ort.InferenceSession(self._model_bytes, options, providers=self.providers)
         except Exception as exc:  # ORT raises bare exceptions for models it cannot run
@@ -423,16 +387,10 @@ class OnnxRunner(ModelRunner):
         for name, array in weights.items():
             dtype = self.dtypes[name]
             self.feed[name] = array if array.dtype == dtype else array.astype(dtype)
-        self._stale = self.strategy == "initializers"
 
     def logits(self) -> np.ndarray:
-        if self._stale:  # 'initializers': a new set of weights needs its own session
-            self.session = None  # release the previous one before building the next
-            self.session = self._new_session(rewrite_weights=True)
-            self._stale = False
-        weights = self.feed if self.strategy == "inputs" else {}
         outs = [
-            self.session.run([self.output_name], {**weights, self.input_name: batch})[0]
+            self.session.run([self.output_name], {**self.feed, self.input_name: batch})[0]
             for batch in self._batches
         ]
         logits = np.concatenate(outs) if len(outs) > 1 else outs[0]

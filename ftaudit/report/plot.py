@@ -24,7 +24,7 @@ def _confidence_label(confidence: float) -> str:
 @register_writer("plot")
 def write_plot(report: AuditReport, path: Path) -> None:
     """PNG plot of mean and KPP accuracy against sigma, with interval bands and clean accuracy."""
-    plt = require_matplotlib("the accuracy plot")
+    plt = require_matplotlib("plots")
     if not report.results:
         raise ValueError("cannot plot a report without sigma results")
     results = sorted(report.results, key=lambda result: result.sigma)
