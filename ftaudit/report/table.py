@@ -6,6 +6,7 @@ import math
 from pathlib import PurePath
 from typing import Any
 
+from rich import box
 from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
@@ -44,25 +45,35 @@ def audit_table(report: AuditReport) -> Table:
     caption_parts = [f"clean accuracy {_percent(report.clean_accuracy)}%"]
     if report.quantized_accuracy is not None:
         caption_parts.append(f"quantised clean accuracy {_percent(report.quantized_accuracy)}%")
-    caption_parts.append("accuracies and drops in %")
+    caption_parts.append("accuracies in %; n samples; Δ = drop from the unperturbed accuracy")
     if any(result.stopped_early for result in report.results):
         caption_parts.append(f"{EARLY_STOP_MARK} stopped early: target interval width reached")
     # One caption line per fact: a long single line would wrap mid-phrase at the table's width.
-    table = Table(title=title, caption="\n".join(caption_parts))
+    # compact on purpose: a row must fit an 80-column terminal without wrapping
+    table = Table(
+        title=title,
+        caption="\n".join(caption_parts),
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
 
     # Interval levels come from the results (all sigmas share them), not an assumed 95%.
     first = report.results[0].summary if report.results else None
     mean_level = _level(first.mean_interval.confidence) if first else "95%"
     kpp_level = _level(first.kpp_interval.confidence) if first else "95%"
-    kpp_header = f"KPP (k={report.k:g}) [{kpp_level} interval]"
-    table.add_column("sigma", justify="right")
-    table.add_column("samples", justify="right")
-    table.add_column(f"mean ± {mean_level}", justify="right")
-    table.add_column(escape(kpp_header), justify="right")
-    table.add_column("min", justify="right")
-    table.add_column("max", justify="right")
-    table.add_column("drop mean", justify="right")
-    table.add_column("drop KPP", justify="right")
+    kpp_header = f"KPP k={report.k:g} [{kpp_level}]"
+    for header in (
+        "sigma",
+        "n",
+        f"mean ±{mean_level}",
+        escape(kpp_header),
+        "min",
+        "max",
+        "Δmean",
+        "ΔKPP",
+    ):
+        table.add_column(header, justify="right", no_wrap=True)
 
     for result in report.results:
         s = result.summary
