@@ -315,6 +315,122 @@ def inspect_command(
     Console().print(inspect_renderable(summary))
 
 
+@app.command("harden")
+@exit_codes
+def harden_command(
+    model: ModelArg,
+    data: Annotated[str, typer.Option("--data", help="Training data (.npz, IDX or image folder).")],
+    sigma: Annotated[float, typer.Option("--sigma", help="Target device variation.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where to write the hardened model.")
+    ],
+    method: Annotated[str, typer.Option("--method", help="trice, noise or erm.")] = "trice",
+    noise: Annotated[str, typer.Option("--noise", help="Evaluation noise model.")] = "lognormal",
+    bits: Annotated[
+        int | None, typer.Option("--bits", help="Device models: weight bits H.")
+    ] = None,
+    cell_bits: Annotated[
+        int | None, typer.Option("--cell-bits", help="Device models: bits per cell B.")
+    ] = None,
+    val_data: Annotated[
+        str | None, typer.Option("--val-data", help="Validation data (default: 10% held out).")
+    ] = None,
+    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 10,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.")] = 128,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    k: Annotated[float, typer.Option("--k", help="Percentile for KPP.")] = 1.0,
+    trice_start: Annotated[float, typer.Option("--trice-start", help="TRICE search start.")] = 0.0,
+    trice_end: Annotated[
+        float | None, typer.Option("--trice-end", help="TRICE search end [2*sigma].")
+    ] = None,
+    threshold: Annotated[
+        float, typer.Option("--threshold", help="RC-Gaussian censoring threshold th.")
+    ] = 2.0,
+    warmup: Annotated[int, typer.Option("--warmup", help="TRICE warm-up epochs.")] = 5,
+    search_samples: Annotated[
+        int, typer.Option("--search-samples", help="MC samples per TRICE KPP estimate.")
+    ] = 300,
+    eval_samples: Annotated[
+        int, typer.Option("--eval-samples", help="MC samples of the before/after report.")
+    ] = 1000,
+    limit: Annotated[int | None, typer.Option("--limit", help="Train on the first N.")] = None,
+    report_path: Annotated[
+        Path | None, typer.Option("--report", help="Write the JSON report here.")
+    ] = None,
+    checkpoint_dir: Annotated[
+        Path | None, typer.Option("--checkpoint-dir", help="Save a checkpoint every epoch.")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table on stdout.")] = False,
+) -> None:
+    """Retrain MODEL to survive device variation; write it in the input's format."""
+    from ftaudit.fileio import check_output_path
+    from ftaudit.harden.api import harden
+
+    if report_path is not None:
+        check_output_path(report_path, what="harden report", protect=(model, output))
+    err = _stderr_console()
+    show = not quiet and not os.environ.get("CI")
+
+    def on_epoch(epoch: int, info: dict[str, Any]) -> None:
+        if not show:
+            return
+        parts = [f"epoch {epoch + 1}/{epochs}", f"loss {info['loss']:.4f}"]
+        if info.get("sigma_t") is not None:
+            parts.append(f"sigma_t {info['sigma_t']:.4g}")
+        if "kpps" in info:
+            parts.append("val KPP " + "/".join(f"{v:.3f}" for v in info["kpps"]))
+        err.print(" · ".join(parts), highlight=False)
+
+    report = harden(
+        model,
+        data,
+        output=output,
+        method=method,
+        sigma=sigma,
+        noise=noise,
+        bits=bits,
+        cell_bits=cell_bits,
+        val_data=val_data,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        k=k,
+        trice_start=trice_start,
+        trice_end=trice_end,
+        threshold=threshold,
+        warmup=warmup,
+        search_samples=search_samples,
+        eval_samples=eval_samples,
+        limit=limit,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        on_epoch=on_epoch,
+        command=["ftaudit", *(sys.argv[1:] if _ARGV is None else _ARGV)],
+    )
+    for note in report.notes:
+        err.print(f"note: {note}", highlight=False)
+    if report_path is not None:
+        import json
+
+        from ftaudit.fileio import atomic_write_text
+        from ftaudit.report.json_report import to_json_compatible
+
+        atomic_write_text(
+            report_path, json.dumps(to_json_compatible(report.to_dict()), indent=2) + "\n"
+        )
+    if not quiet:
+        from rich.console import Console
+
+        from ftaudit.report.harden_table import harden_table
+
+        Console().print(harden_table(report))
+
+
 @app.command("noise-models")
 def noise_models_command() -> None:
     """List the registered noise models."""

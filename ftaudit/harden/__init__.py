@@ -1,0 +1,1 @@
+"""Hardening: noise-aware training loops, methods (erm, noise, trice, bayesft) and export."""

@@ -1,0 +1,335 @@
+"""``ftaudit.harden``: retrain a model to survive device variation and export it.
+
+The result is written in the input's format (ONNX: only initializer values change) and both
+models are evaluated with the same Monte Carlo draws for a paired before/after report.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftaudit import __version__
+from ftaudit.data import Dataset, load_dataset, validate_labels
+from ftaudit.errors import UserError
+from ftaudit.evaluation import audit
+from ftaudit.fileio import check_output_path, sha256_file
+from ftaudit.harden.checkpoint import load_checkpoint
+from ftaudit.harden.methods import EpochCallback, HardenContext, get_method
+from ftaudit.harden.trainable import export_hardened
+from ftaudit.harden.training import TrainingData
+from ftaudit.models import load_model
+from ftaudit.noise import get_noise_model
+from ftaudit.results import AuditReport
+
+VAL_FRACTION = 0.1
+VAL_MAX = 5000
+VAL_KEY = 1_000_004
+
+
+@dataclass
+class HardenReport:
+    """What ``harden`` did and the paired evaluation of the input and the hardened model."""
+
+    ftaudit_version: str
+    command: list[str]
+    method: str
+    input_model: str
+    output_model: str
+    settings: dict[str, Any]
+    validation: dict[str, Any]
+    details: dict[str, Any]
+    history: list[dict[str, Any]]
+    before: AuditReport
+    after: AuditReport
+    elapsed_s: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ftaudit_version": self.ftaudit_version,
+            "command": self.command,
+            "method": self.method,
+            "input_model": self.input_model,
+            "output_model": self.output_model,
+            "settings": self.settings,
+            "validation": self.validation,
+            "details": self.details,
+            "history": self.history,
+            "before": self.before.to_dict(),
+            "after": self.after.to_dict(),
+            "paired_differences": self.paired_differences(),
+            "elapsed_s": self.elapsed_s,
+            "notes": self.notes,
+        }
+
+    def paired_differences(self) -> list[dict[str, float]]:
+        """After minus before, per sigma: mean of the per-sample differences (same draws)."""
+        rows = []
+        for b, a in zip(self.before.results, self.after.results, strict=True):
+            n = min(len(a.accuracies), len(b.accuracies))
+            diff = a.accuracies[:n] - b.accuracies[:n]
+            rows.append(
+                {
+                    "sigma": a.sigma,
+                    "mean_difference": float(diff.mean()),
+                    "kpp_difference": a.summary.kpp - b.summary.kpp,
+                }
+            )
+        return rows
+
+
+def _split_validation(x: np.ndarray, y: np.ndarray, seed: int):
+    """A fixed, seeded hold-out of the training data when no --val-data is given."""
+    n_val = max(1, min(VAL_MAX, round(len(y) * VAL_FRACTION)))
+    if len(y) - n_val < 1:
+        raise UserError(
+            "the training data is too small to hold out validation data", hint="pass --val-data"
+        )
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(VAL_KEY,)))
+    order = rng.permutation(len(y))
+    val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
+    return TrainingData(x[train], y[train]), TrainingData(x[val], y[val])
+
+
+def default_eval_sigmas(sigma: float) -> list[float]:
+    """The report's grid around the target sigma."""
+    return sorted({0.0, round(sigma / 2, 6), round(sigma, 6), round(sigma * 1.5, 6)})
+
+
+def validate_harden_options(
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    sigma: float,
+    threshold: float,
+    warmup: int,
+    search_samples: int,
+    eval_samples: int,
+    k: float,
+) -> None:
+    """Reject impossible training options before anything is loaded."""
+    if epochs < 1:
+        raise UserError(f"--epochs must be at least 1, got {epochs}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise UserError(f"--lr must be a positive number, got {lr:g}")
+    if not (math.isfinite(sigma) and sigma >= 0):
+        raise UserError(f"sigma must be a finite number >= 0, got {sigma:g}")
+    if not (threshold > 0 and math.isfinite(threshold)):
+        raise UserError(f"--threshold must be a positive number, got {threshold:g}")
+    if warmup < 0:
+        raise UserError(f"--warmup must be >= 0, got {warmup}")
+    if search_samples < 1 or eval_samples < 1:
+        raise UserError("--search-samples and --eval-samples must be at least 1")
+    if not (0 < k < 100):
+        raise UserError(f"k must lie strictly between 0 and 100, got {k:g}")
+
+
+def _training_data(model, dataset: Dataset) -> TrainingData:
+    x = model.fit_input(dataset.x)
+    return TrainingData(np.ascontiguousarray(x, dtype=np.float32), dataset.y.astype(np.int64))
+
+
+def harden(
+    model: Path | str,
+    data: Path | str,
+    *,
+    output: Path | str,
+    method: str = "trice",
+    sigma: float,
+    noise: str = "lognormal",
+    bits: int | None = None,
+    cell_bits: int | None = None,
+    val_data: Path | str | None = None,
+    epochs: int = 10,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: str = "cpu",
+    k: float = 1.0,
+    trice_start: float = 0.0,
+    trice_end: float | None = None,
+    threshold: float = 2.0,
+    warmup: int = 5,
+    search_samples: int = 300,
+    eval_samples: int = 1000,
+    eval_sigmas: Sequence[float] | None = None,
+    limit: int | None = None,
+    checkpoint_dir: Path | str | None = None,
+    resume: bool = False,
+    on_epoch: EpochCallback | None = None,
+    command: Sequence[str] | None = None,
+) -> HardenReport:
+    """Train ``model`` with ``method`` against ``noise`` at ``sigma`` and write it to ``output``."""
+    started = time.perf_counter()
+    validate_harden_options(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        sigma=sigma,
+        threshold=threshold,
+        warmup=warmup,
+        search_samples=search_samples,
+        eval_samples=eval_samples,
+        k=k,
+    )
+    method_impl = get_method(method)
+    trice_end_value = 2 * sigma if trice_end is None else trice_end
+    if not (0 <= trice_start <= trice_end_value) or not math.isfinite(trice_end_value):
+        raise UserError(
+            f"the TRICE search needs 0 <= --trice-start <= --trice-end, got "
+            f"[{trice_start:g}, {trice_end_value:g}]",
+            hint="the paper's defaults are start 0 and end 2*sigma",
+        )
+    model_path, output_path = Path(model), Path(output)
+    if not model_path.exists():
+        raise UserError(f"model file {model_path} does not exist", hint="check the path")
+    check_output_path(output_path, what="hardened model", protect=(model_path,))
+    if output_path.resolve() == model_path.resolve():
+        raise UserError(
+            "refusing to write the hardened model over the input model", hint="choose another -o"
+        )
+    if resume and checkpoint_dir is None:
+        raise UserError(
+            "--resume needs --checkpoint-dir", hint="point it at the interrupted run's folder"
+        )
+    if checkpoint_dir is not None and not Path(checkpoint_dir).is_dir():
+        raise UserError(
+            f"checkpoint folder {checkpoint_dir} does not exist", hint="create it first"
+        )
+    noise_model = get_noise_model(noise, bits=bits, cell_bits=cell_bits)
+    source = load_model(model_path)
+    layers = source.select_layers()
+    train_set = load_dataset(Path(data), limit=limit)
+    train = _training_data(source, train_set)
+    notes = []
+    if val_data is not None:
+        val_set = load_dataset(Path(val_data))
+        val = _training_data(source, val_set)
+        validation = {"source": "val-data", "path": str(val_data), "n": len(val)}
+    else:
+        train, val = _split_validation(train.x, train.y, seed)
+        validation = {
+            "source": "held out of the training data",
+            "fraction": VAL_FRACTION,
+            "n": len(val),
+        }
+        notes.append(
+            f"no --val-data: {len(val)} training samples (seeded) were held out for validation"
+        )
+    # the data must fit before any epoch runs: one clean forward pass on a few samples
+    from ftaudit.harden.trainable import make_trainable
+    from ftaudit.harden.training import TrainableRunner
+
+    probe = TrainableRunner(make_trainable(source), device)
+    probe.bind_data(train.x[:8], train.y[:8], batch_size=8)
+    logits = probe.checked_logits(train.x[:8].shape)
+    validate_labels(train.y, logits.shape[1])
+    validate_labels(val.y, logits.shape[1])
+
+    options = {
+        "trice_start": trice_start,
+        "trice_end": trice_end_value,
+        "threshold": threshold,
+        "warmup": warmup,
+        "search_samples": search_samples,
+    }
+    fingerprint = {
+        "model_sha256": sha256_file(model_path),
+        "data_sha256": train_set.source["sha256"],
+        "method": method,
+        "noise": noise_model.parameters(),
+        "sigma": sigma,
+        "seed": seed,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "k": k,
+        "options": options if method == "trice" else {},
+        "n_train": len(train),
+        "n_val": len(val),
+    }
+    resume_state = None
+    if checkpoint_dir is not None and resume:
+        resume_state = load_checkpoint(Path(checkpoint_dir), fingerprint)
+        if resume_state is None:
+            notes.append("--resume: no checkpoint found, started from the beginning")
+    ctx = HardenContext(
+        source=source,
+        layers=layers,
+        train=train,
+        val=val,
+        noise=noise_model,
+        sigma=sigma,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        k=k,
+        device=device,
+        options=options,
+        fingerprint=fingerprint,
+        checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir),
+        resume_state=resume_state,
+        on_epoch=on_epoch,
+    )
+    result = method_impl.run(ctx)
+    metadata = {
+        "ftaudit_version": __version__,
+        "method": method,
+        "noise": noise_model.parameters(),
+        "sigma": sigma,
+        "seed": seed,
+        "epochs": epochs,
+        **{k_: v for k_, v in result.details.items() if k_ != "search"},
+    }
+    export_hardened(result.trainable, output_path, metadata=metadata)
+
+    grid = list(eval_sigmas) if eval_sigmas is not None else default_eval_sigmas(sigma)
+    common = dict(
+        sigmas=grid, noise=noise_model, samples=eval_samples, k=k, seed=seed, device=device
+    )
+    eval_data = Dataset(
+        val.x,
+        val.y,
+        {**val_set.source}
+        if val_data is not None
+        else {
+            "path": f"{data} (held-out validation part)",
+            "sha256": train_set.source["sha256"],
+            "kind": train_set.source["kind"],
+            "n": len(val),
+            "limit": limit,
+        },
+    )
+    before = audit(source, eval_data, **common)
+    after = audit(load_model(output_path), eval_data, **common)
+    return HardenReport(
+        ftaudit_version=__version__,
+        command=list(command or []),
+        method=method,
+        input_model=str(model_path),
+        output_model=str(output_path),
+        settings={
+            **fingerprint,
+            "device": device,
+            "eval_sigmas": grid,
+            "eval_samples": eval_samples,
+        },
+        validation=validation,
+        details=result.details,
+        history=result.history,
+        before=before,
+        after=after,
+        elapsed_s=time.perf_counter() - started,
+        notes=notes,
+    )

@@ -1,0 +1,263 @@
+"""Harden methods, registered by name: erm (plain fine-tuning), noise (NoiseTrain), trice.
+
+Each method trains from the input model's weights and returns the model to export plus what
+it chose; the shared loop, noise and evaluation live in ``training``.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftaudit._optional import require_torch
+from ftaudit.errors import UserError
+from ftaudit.harden.checkpoint import save_checkpoint
+from ftaudit.harden.trainable import TrainableModel, make_trainable
+from ftaudit.harden.training import TrainingData, TrainingNoise, quantile_eval, train_epoch
+from ftaudit.harden.trice_search import TriceSearch
+from ftaudit.models.base import AuditModel, CrossbarLayer
+from ftaudit.noise import NoiseModel
+
+EVAL_KEY = 1_000_003
+
+#: called after every epoch with (epoch, info) for progress displays
+EpochCallback = Callable[[int, dict[str, Any]], None]
+
+
+@dataclass
+class HardenContext:
+    """Everything a method needs; built and validated by ``ftaudit.harden``."""
+
+    source: AuditModel
+    layers: list[CrossbarLayer]
+    train: TrainingData
+    val: TrainingData
+    noise: NoiseModel
+    sigma: float
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+    k: float
+    device: str
+    options: dict[str, Any]
+    fingerprint: dict[str, Any]
+    checkpoint_dir: Path | None = None
+    resume_state: dict[str, Any] | None = None
+    on_epoch: EpochCallback | None = None
+
+    def eval_seed(self, epoch: int) -> int:
+        """Seed of the validation Monte Carlo of one epoch (shared by the candidates: paired)."""
+        sequence = np.random.SeedSequence(self.seed, spawn_key=(EVAL_KEY, epoch))
+        return int(sequence.generate_state(1)[0])
+
+
+@dataclass
+class MethodResult:
+    """The trained model to export and what the method chose along the way."""
+
+    trainable: TrainableModel
+    details: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _optimizer(trainable: TrainableModel, lr: float) -> Any:
+    torch = require_torch("ftaudit harden")
+    return torch.optim.Adam(trainable.module.parameters(), lr=lr)
+
+
+def _checkpoint(
+    ctx: HardenContext,
+    epoch: int,
+    models: list[TrainableModel],
+    optimizers: list[Any],
+    method_state: dict[str, Any],
+    history: list[dict[str, Any]],
+) -> None:
+    if ctx.checkpoint_dir is None:
+        return
+    save_checkpoint(
+        ctx.checkpoint_dir,
+        {
+            "fingerprint": json.dumps(ctx.fingerprint, sort_keys=True),
+            "epochs_done": epoch + 1,
+            "models": [m.module.state_dict() for m in models],
+            "optimizers": [o.state_dict() for o in optimizers],
+            "method_state": json.dumps(method_state),
+            "history": json.dumps(history),
+        },
+    )
+
+
+def _restore(ctx: HardenContext, models: list[TrainableModel], optimizers: list[Any]):
+    """Load a resumed run's state; returns (first epoch to run, method state, history)."""
+    state = ctx.resume_state
+    if state is None:
+        return 0, {}, []
+    for model, saved in zip(models, state["models"], strict=True):
+        model.module.load_state_dict(saved)
+    for optimizer, saved in zip(optimizers, state["optimizers"], strict=True):
+        optimizer.load_state_dict(saved)
+    return (
+        int(state["epochs_done"]),
+        json.loads(state["method_state"]),
+        json.loads(state["history"]),
+    )
+
+
+class HardenMethod:
+    """Base: one model trained ``ctx.epochs`` epochs with ``training_noise`` (None: plain)."""
+
+    name = ""
+
+    def training_noise(self, ctx: HardenContext) -> TrainingNoise | None:
+        return None
+
+    def run(self, ctx: HardenContext) -> MethodResult:
+        model = make_trainable(ctx.source)
+        optimizer = _optimizer(model, ctx.lr)
+        start, _, history = _restore(ctx, [model], [optimizer])
+        noise = self.training_noise(ctx)
+        for epoch in range(start, ctx.epochs):
+            loss = train_epoch(
+                model,
+                optimizer,
+                ctx.train,
+                epoch=epoch,
+                seed=ctx.seed,
+                batch_size=ctx.batch_size,
+                layers=ctx.layers,
+                noise=noise,
+                device=ctx.device,
+            )
+            info = {"epoch": epoch, "loss": loss, "sigma_t": None if noise is None else noise.sigma}
+            history.append(info)
+            _checkpoint(ctx, epoch, [model], [optimizer], {}, history)
+            if ctx.on_epoch is not None:
+                ctx.on_epoch(epoch, info)
+        return MethodResult(model, {}, history)
+
+
+class ErmMethod(HardenMethod):
+    """Plain fine-tuning without noise (the 'w/o noise' baseline)."""
+
+    name = "erm"
+
+
+class NoiseMethod(HardenMethod):
+    """NoiseTrain (TRICE Algorithm 1): gradients at weights perturbed by the evaluation noise."""
+
+    name = "noise"
+
+    def training_noise(self, ctx: HardenContext) -> TrainingNoise | None:
+        return TrainingNoise(ctx.noise, ctx.sigma)
+
+
+class TriceMethod(HardenMethod):
+    """TRICE (Algorithm 3): right-censored noise, sigma_t found by the three-model search."""
+
+    name = "trice"
+
+    def run(self, ctx: HardenContext) -> MethodResult:
+        opts = ctx.options
+        threshold = float(opts["threshold"])
+        models = [make_trainable(ctx.source) for _ in range(3)]
+        optimizers = [_optimizer(m, ctx.lr) for m in models]
+        start, state, history = _restore(ctx, models, optimizers)
+        search = (
+            TriceSearch.from_dict(state["search"])
+            if state
+            else TriceSearch(
+                start=float(opts["trice_start"]),
+                end=float(opts["trice_end"]),
+                warmup=int(opts["warmup"]),
+            )
+        )
+        winner = int(state.get("winner", 1))
+        for epoch in range(start, ctx.epochs):
+            converged = search.converged()
+            sigmas = (search.start,) if converged else search.candidates()
+            losses = []
+            for model, optimizer, sigma_t in zip(models, optimizers, sigmas, strict=False):
+                losses.append(
+                    train_epoch(
+                        model,
+                        optimizer,
+                        ctx.train,
+                        epoch=epoch,
+                        seed=ctx.seed,
+                        batch_size=ctx.batch_size,
+                        layers=ctx.layers,
+                        noise=TrainingNoise(ctx.noise, sigma_t, threshold),
+                        device=ctx.device,
+                    )
+                )
+            info: dict[str, Any] = {
+                "epoch": epoch,
+                "loss": losses[0] if converged else losses[1],
+                "candidates": list(sigmas),
+                "sigma_t": sigmas[0] if converged else sigmas[1],
+            }
+            if not converged and search.should_update(epoch):
+                kpps = tuple(
+                    quantile_eval(
+                        m,
+                        ctx.val,
+                        layers=ctx.layers,
+                        noise=ctx.noise,
+                        sigma=ctx.sigma,
+                        samples=int(opts["search_samples"]),
+                        k=ctx.k,
+                        seed=ctx.eval_seed(epoch),
+                        device=ctx.device,
+                    )
+                    for m in models
+                )
+                winner = search.update(epoch, kpps)  # type: ignore[arg-type]
+                for i in range(3):
+                    if i != winner:
+                        models[i].module.load_state_dict(models[winner].module.state_dict())
+                        optimizers[i].load_state_dict(
+                            copy.deepcopy(optimizers[winner].state_dict())
+                        )
+                info.update(kpps=list(kpps), winner=winner, start=search.start, end=search.end)
+            history.append(info)
+            method_state = {"search": search.to_dict(), "winner": winner}
+            _checkpoint(ctx, epoch, models, optimizers, method_state, history)
+            if ctx.on_epoch is not None:
+                ctx.on_epoch(epoch, info)
+        final = 0 if search.converged() else winner
+        chosen = search.start if search.converged() else search.candidates()[winner]
+        details = {
+            "sigma_t": chosen,
+            "threshold": threshold,
+            "converged": search.converged(),
+            "search": search.to_dict(),
+        }
+        return MethodResult(models[final], details, history)
+
+
+#: name -> method; the docstring's first line is the help text
+HARDEN_METHODS: dict[str, type[HardenMethod]] = {
+    cls.name: cls for cls in (ErmMethod, NoiseMethod, TriceMethod)
+}
+
+
+def get_method(name: str) -> HardenMethod:
+    """A harden method by name, with a 'did you mean' for typos."""
+    cls = HARDEN_METHODS.get(name)
+    if cls is None:
+        close = difflib.get_close_matches(name, list(HARDEN_METHODS), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise UserError(
+            f"unknown harden method '{name}'",
+            hint=f"{hint}choose one of {', '.join(HARDEN_METHODS)}",
+        )
+    return cls()

@@ -1,0 +1,533 @@
+"""Trainable torch copies of loaded models, and export of trained weights in the input's format.
+
+ONNX models are converted with onnx2torch; every float initializer is then traced to the torch
+tensor that holds it (by provenance, checked by exact value), so an export can write trained
+values back into the ORIGINAL file's initializers and change nothing else. TorchScript models are
+trained as loaded and saved with ``torch.jit.save``. The input file is never written.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+
+from ftaudit._optional import require_torch
+from ftaudit.errors import MissingExtraError, UserError
+from ftaudit.fileio import atomic_write, check_output_path
+from ftaudit.models.base import AuditModel
+
+if TYPE_CHECKING:
+    import torch
+
+    from ftaudit.models.onnx import OnnxModel
+    from ftaudit.models.torchscript import TorchScriptModel
+
+FEATURE = "hardened models"
+
+#: torch module type -> {attribute: ONNX node input index}: the initializers onnx2torch folds
+#: into these modules as parameters and buffers instead of passing them as inputs
+_WEIGHT_AND_BIAS = {"weight": 1, "bias": 2}
+_ABSORBED_INPUTS: dict[str, dict[str, int]] = {
+    **{f"{kind}{d}d": _WEIGHT_AND_BIAS for kind in ("Conv", "ConvTranspose") for d in (1, 2, 3)},
+    **{f"InstanceNorm{d}d": _WEIGHT_AND_BIAS for d in (1, 2, 3)},
+    **{
+        f"BatchNorm{d}d": {**_WEIGHT_AND_BIAS, "running_mean": 3, "running_var": 4}
+        for d in (1, 2, 3)
+    },
+    "Linear": _WEIGHT_AND_BIAS,
+    "LayerNorm": _WEIGHT_AND_BIAS,
+}
+
+#: ONNX ops whose output, plus an initializer in an Add, makes that initializer a layer's bias
+_CROSSBAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclass(frozen=True)
+class TensorSlot:
+    """Where one ONNX initializer lives in the converted module.
+
+    ``target`` is the parameter's or buffer's qualified name; ``transposed`` says the torch
+    tensor is the 2-D transpose of the stored initializer (a Gemm with transB=0 becomes a
+    ``Linear`` whose weight is (out, in)).
+    """
+
+    target: str
+    transposed: bool = False
+
+
+@dataclass
+class TrainableModel:
+    """A trainable torch copy of ``source`` whose crossbar weights can be read and written.
+
+    ``crossbar`` maps each crossbar layer name to the tensor holding it (an ``nn.Parameter``
+    for ONNX; a grad-requiring tensor from ``named_parameters`` for TorchScript). ``slots``
+    (ONNX only) maps every float initializer that was traced into the module to its tensor; the
+    export writes those back. ``module.to(device)`` keeps these tensors' identity.
+    """
+
+    module: torch.nn.Module
+    source: AuditModel
+    crossbar: dict[str, torch.Tensor]
+    slots: dict[str, TensorSlot] = field(default_factory=dict)
+
+    def _transposed(self, name: str) -> bool:
+        slot = self.slots.get(name)
+        return slot is not None and slot.transposed
+
+    def crossbar_arrays(self) -> dict[str, np.ndarray]:
+        """Current crossbar weights as fresh arrays in the source's stored layout and dtype."""
+        dtypes = {layer.name: np.dtype(layer.dtype) for layer in self.source.layers}
+        arrays = {}
+        for name, tensor in self.crossbar.items():
+            value = _to_numpy(tensor)
+            if self._transposed(name):
+                value = value.T
+            arrays[name] = np.array(value, dtype=dtypes[name], order="C", copy=True)
+        return arrays
+
+    def set_crossbar_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Write arrays (stored layout; any subset of the layers) into the tensors in place."""
+        torch = require_torch(FEATURE)
+        with torch.no_grad():
+            for name, array in arrays.items():
+                tensor = self.crossbar[name]
+                contiguous = np.ascontiguousarray(array)
+                if not contiguous.flags.writeable:  # torch.from_numpy warns on read-only arrays
+                    contiguous = contiguous.copy()
+                value = torch.from_numpy(contiguous)
+                if self._transposed(name):
+                    value = value.T
+                if tuple(value.shape) != tuple(tensor.shape):
+                    # copy_ would broadcast silently; a wrong shape is a caller's bug
+                    raise ValueError(
+                        f"crossbar layer {name}: an array of shape {np.shape(array)} does not "
+                        f"fit the layer's tensor of shape {tuple(tensor.shape)} "
+                        f"(transposed: {self._transposed(name)})"
+                    )
+                tensor.copy_(value)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The module's state (parameters and buffers) for checkpoints."""
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict`, in place (tensor identities are kept)."""
+        self.module.load_state_dict(state)
+
+
+def make_trainable(model: AuditModel) -> TrainableModel:
+    """A trainable copy of a loaded model, in eval mode; ``model`` itself is not modified."""
+    maker = _MAKERS.get(model.format)
+    if maker is None:
+        raise UserError(
+            f"ftaudit harden cannot train {model.format} models",
+            hint=f"harden an {' or '.join(sorted(_MAKERS))} model",
+        )
+    return maker(model)
+
+
+def export_hardened(trainable: TrainableModel, out: Path, *, metadata: dict[str, Any]) -> None:
+    """Write the trained model to ``out`` in the source's format, atomically.
+
+    ``metadata`` (JSON-serialisable) is stored as the ONNX metadata_props entry
+    ``ftaudit.hardening`` or the TorchScript extra file ``ftaudit.json``. Refuses to write over
+    the input file.
+    """
+    source = trainable.source
+    out = check_output_path(Path(out), what="hardened model", protect=(source.path,))
+    _EXPORTERS[source.format](trainable, out, metadata)
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX
+
+
+def _import_onnx2torch() -> Any:
+    try:
+        import onnx2torch
+    except ImportError as exc:
+        raise MissingExtraError("hardened ONNX models", "torch", "onnx2torch") from exc
+    return onnx2torch
+
+
+def _onnx_trainable(model: AuditModel) -> TrainableModel:
+    """onnx2torch conversion of ``model.proto`` with every float initializer traced."""
+    import onnx
+
+    torch = require_torch(FEATURE)
+    onnx2torch = _import_onnx2torch()
+    proto = onnx.ModelProto()
+    proto.CopyFrom(cast("OnnxModel", model).proto)
+    graph = proto.graph
+    # the module returns the evaluated output only, like the ONNX runner
+    outputs = [o for o in graph.output if o.name == model.output.name]
+    del graph.output[:]
+    graph.output.extend(outputs)
+    _bypass_initializer_identities(graph)
+    _check_convertible(proto, model.path)
+    try:
+        module = onnx2torch.convert(proto, attach_onnx_mapping=True)
+    except NotImplementedError as exc:  # raised by converters for unsupported attribute values
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "not implemented"
+        raise UserError(
+            f"onnx2torch cannot convert {model.path} to PyTorch for training: {first}",
+            hint="re-export the model with simpler operators, or harden it as TorchScript",
+        ) from exc
+
+    stored = {
+        t.name: onnx.numpy_helper.to_array(t)
+        for t in graph.initializer
+        if onnx.helper.tensor_dtype_to_np_dtype(t.data_type).kind == "f"
+    }
+    found = _trace_initializers(module, graph, stored)
+    crossbar_names = {layer.name for layer in model.layers}
+    missing = sorted(crossbar_names - found.keys())
+    if missing:
+        raise UserError(
+            f"{model.path}: the crossbar weight(s) {', '.join(missing)} do not appear unchanged "
+            "in onnx2torch's conversion, so they cannot be trained and written back",
+            hint="export the model without scaled weights (e.g. Gemm alpha != 1), or harden "
+            "it as TorchScript",
+        )
+    trainable_names = crossbar_names | _crossbar_biases(graph, crossbar_names, stored)
+    slots = {
+        name: _tie(module, name, places, promote=name in trainable_names, torch=torch)
+        for name, places in found.items()
+    }
+    module.eval()
+    crossbar = {layer.name: _tensor_at(module, slots[layer.name].target) for layer in model.layers}
+    return TrainableModel(module=module, source=model, crossbar=crossbar, slots=slots)
+
+
+def _bypass_initializer_identities(graph: Any) -> None:
+    """Feed initializers straight to the consumers of Identity nodes that copy them.
+
+    onnx2torch folds Conv/Gemm weights into modules only when they are initializers; torch's
+    exporter routes shared weights through Identity nodes. The export writes by initializer name,
+    so this changes nothing there.
+    """
+    initializers = {t.name for t in graph.initializer}
+    graph_outputs = {o.name for o in graph.output}
+    renamed: dict[str, str] = {}
+    kept = []
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in renamed:
+                node.input[i] = renamed[name]
+        if (
+            node.op_type == "Identity"
+            and node.domain in ("", "ai.onnx")
+            and node.input[0] in initializers
+            and node.output[0] not in graph_outputs
+        ):
+            renamed[node.output[0]] = node.input[0]
+        else:
+            kept.append(node)
+    if renamed:
+        del graph.node[:]
+        graph.node.extend(kept)
+
+
+def _check_convertible(proto: Any, path: Path) -> None:
+    """One UserError naming every operator that onnx2torch has no converter for."""
+    from onnx2torch.node_converters import get_converter
+
+    opsets = {o.domain: o.version for o in proto.opset_import}
+    unsupported: dict[str, None] = {}
+    for node in proto.graph.node:
+        op = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
+        version = opsets.get(node.domain)
+        if version is None:
+            unsupported[f"{op} (no opset imported for its domain)"] = None
+            continue
+        try:
+            get_converter(domain=node.domain, operation_type=node.op_type, version=version)
+        except NotImplementedError:
+            unsupported[f"{op} (opset {version})"] = None
+    if unsupported:
+        raise UserError(
+            f"{path} uses operator(s) that onnx2torch cannot convert to PyTorch for training: "
+            f"{', '.join(unsupported)}",
+            hint="re-export the model without them (its supported operators are listed at "
+            "https://github.com/ENOT-AutoDL/onnx2torch/blob/main/operators.md), or harden the "
+            "PyTorch model saved as TorchScript",
+        )
+
+
+def _trace_initializers(
+    module: Any, graph: Any, stored: Mapping[str, np.ndarray]
+) -> dict[str, list[TensorSlot]]:
+    """Float initializer name -> every torch tensor holding exactly its values.
+
+    A tensor takes the initializer it was built from (module type and ONNX node input, or the
+    order onnx2torch registers initializer buffers in) when the values agree exactly; otherwise
+    the one initializer with equal values, if only one has them. Tensors matching none are left
+    out (constants the conversion computed, e.g. a Gemm weight scaled by alpha); initializers
+    left out keep their stored values on export.
+    """
+    hints = _provenance(module, graph, stored)
+    tensors = {
+        **dict(module.named_buffers(remove_duplicate=False)),
+        **dict(module.named_parameters(remove_duplicate=False)),
+    }
+    found: dict[str, list[TensorSlot]] = {}
+    for target, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            continue
+        value = _to_numpy(tensor)
+        hint = hints.get(target)
+        if hint is not None and _equal(value, stored[hint.target], hint.transposed):
+            name, transposed = hint.target, hint.transposed
+        else:
+            # a symmetric matrix matches both ways: the stored orientation, written last, wins
+            matches = {
+                name: transposed
+                for name, array in stored.items()
+                for transposed in (True, False)
+                if _equal(value, array, transposed)
+            }
+            if len(matches) != 1:
+                continue  # no initializer has these values, or several: not traceable
+            ((name, transposed),) = matches.items()
+        found.setdefault(name, []).append(TensorSlot(target, transposed))
+    return found
+
+
+def _provenance(module: Any, graph: Any, stored: Mapping[str, np.ndarray]) -> dict[str, TensorSlot]:
+    """Torch tensor name -> TensorSlot(initializer name, transposed) known from the conversion.
+
+    Uses the ``onnx_mapping`` onnx2torch attaches to each node's module: absorbed parameters
+    come from the node's inputs (``_ABSORBED_INPUTS``); initializers left as inputs become
+    buffers ``initializers.onnx_initializer_<k>`` in the order the fx graph reads them.
+    """
+    nodes = {node.output[0]: node for node in graph.node if node.output}
+    initializers = {t.name for t in graph.initializer}
+    hints: dict[str, TensorSlot] = {}
+    for call in module.graph.nodes:
+        if call.op != "call_module":
+            continue
+        owner = module.get_submodule(call.target)
+        mapping = getattr(owner, "onnx_mapping", None)
+        node = nodes.get(mapping.outputs[0]) if mapping is not None and mapping.outputs else None
+        if node is None:
+            continue
+        # initializers passed as inputs: fx get_attr arguments, in the order of the ONNX inputs
+        read = [
+            arg.target
+            for arg in (*call.args, *call.kwargs.values())
+            if getattr(arg, "op", None) == "get_attr"
+        ]
+        passed = [name for name in mapping.inputs if name in initializers]
+        if len(read) == len(passed):
+            for target, name in zip(read, passed, strict=True):
+                if name in stored:
+                    hints[target] = TensorSlot(name)
+        # parameters folded into modules (also inside wrappers such as Sequential(pad, conv))
+        for prefix, sub in owner.named_modules(prefix=call.target):
+            inputs = _ABSORBED_INPUTS.get(type(sub).__name__, {})
+            for attr, index in inputs.items():
+                if index < len(node.input) and node.input[index] in stored:
+                    transposed = node.op_type == "Gemm" and attr == "weight" and not _trans_b(node)
+                    hints[f"{prefix}.{attr}"] = TensorSlot(node.input[index], transposed)
+    return hints
+
+
+def _trans_b(node: Any) -> bool:
+    return bool(next((a.i for a in node.attribute if a.name == "transB"), 0))
+
+
+def _crossbar_biases(graph: Any, crossbar: set[str], stored: Mapping[str, np.ndarray]) -> set[str]:
+    """Initializers added to a crossbar op's output (MatMul + Add): trained like biases."""
+    crossbar_outputs = {
+        node.output[0]
+        for node in graph.node
+        if node.op_type in _CROSSBAR_OPS and any(name in crossbar for name in node.input)
+    }
+    biases = set()
+    for node in graph.node:
+        if node.op_type == "Add" and len(node.input) == 2:
+            left, right = node.input
+            if left in crossbar_outputs and right in stored:
+                biases.add(right)
+            elif right in crossbar_outputs and left in stored:
+                biases.add(left)
+    return biases
+
+
+def _tie(
+    module: Any, name: str, places: list[TensorSlot], *, promote: bool, torch: Any
+) -> TensorSlot:
+    """Make every tensor of one initializer the same object; returns the one kept.
+
+    onnx2torch copies an initializer once per use (a shared weight becomes independent copies);
+    tying keeps it one weight while training, as the file can store only one. ``promote`` turns
+    a buffer into a Parameter so the optimiser sees it (weights and biases that onnx2torch left
+    as plain inputs).
+    """
+    tensors = [_tensor_at(module, slot.target) for slot in places]
+    parameters = [isinstance(t, torch.nn.Parameter) for t in tensors]
+    # the buffers onnx2torch makes of initializers passed as inputs; other buffers (BatchNorm
+    # running statistics) change on their own while training
+    inputs = [slot.target.startswith("initializers.") for slot in places]
+    tieable = (
+        all(p or i for p, i in zip(parameters, inputs, strict=True))
+        if promote
+        else all(parameters) or all(inputs)
+    )
+    if (len(places) > 1 and not tieable) or len({slot.transposed for slot in places}) > 1:
+        roles = ", ".join(slot.target for slot in places)
+        raise UserError(
+            f"initializer {name} is shared (directly or through Identity nodes) by tensors that "
+            f"train differently ({roles}), so trained values could not be written back into it",
+            hint="torch's exporter merges initializers with equal values (e.g. an untrained "
+            "BatchNorm's weight and running variance): export a trained model, fold BatchNorm "
+            "into the convolutions, or harden the model as TorchScript",
+        )
+    keep_index = parameters.index(True) if any(parameters) else 0
+    keep, tensor = places[keep_index], tensors[keep_index]
+    if promote and not isinstance(tensor, torch.nn.Parameter):
+        tensor = torch.nn.Parameter(tensor.detach().clone())
+    for slot, current in zip(places, tensors, strict=True):
+        if current is tensor:
+            continue
+        owner_name, _, attr = slot.target.rpartition(".")
+        owner = module.get_submodule(owner_name)
+        delattr(owner, attr)
+        if isinstance(tensor, torch.nn.Parameter):
+            owner.register_parameter(attr, tensor)
+        else:
+            owner.register_buffer(attr, tensor)
+    return keep
+
+
+def _tensor_at(module: Any, target: str) -> Any:
+    owner_name, _, attr = target.rpartition(".")
+    return getattr(module.get_submodule(owner_name), attr)
+
+
+def _equal(value: np.ndarray, array: np.ndarray, transposed: bool) -> bool:
+    """Exact equality of a torch tensor's values with an initializer (or its 2-D transpose)."""
+    if transposed:
+        if array.ndim != 2:
+            return False
+        array = array.T
+    return value.shape == array.shape and bool(np.array_equal(value, array))
+
+
+def _to_numpy(tensor: Any) -> np.ndarray:
+    """A tensor's values on the CPU (bfloat16, which numpy lacks, as float32)."""
+    value = tensor.detach()
+    if str(value.dtype) == "torch.bfloat16":
+        value = value.float()
+    return value.cpu().numpy()
+
+
+def _export_onnx(trainable: TrainableModel, out: Path, metadata: dict[str, Any]) -> None:
+    """The original file with trained values in its initializers (or weight Constant nodes)."""
+    import onnx
+
+    from ftaudit.models.onnx import load_onnx_bytes
+
+    source = trainable.source
+    try:
+        raw = source.path.read_bytes()
+    except OSError as exc:
+        raise UserError(
+            f"cannot re-read the input model {source.path} to export it: {exc.strerror}"
+        ) from exc
+    model = load_onnx_bytes(source.path, raw)
+    tensors = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:  # weights stored as Constant nodes are written there
+        if node.op_type == "Constant" and not node.domain and node.output[0] not in tensors:
+            value = [a for a in node.attribute if a.name == "value"]
+            if value:
+                tensors[node.output[0]] = value[0].t
+    for name, slot in trainable.slots.items():
+        if name not in tensors:
+            raise UserError(
+                f"{source.path} changed on disk since it was loaded: initializer {name} is gone",
+                hint="harden again from the current file",
+            )
+        value = _to_numpy(_tensor_at(trainable.module, slot.target))
+        _overwrite_values(tensors[name], value.T if slot.transposed else value, source.path)
+    kept = [p for p in model.metadata_props if not p.key.startswith("ftaudit.")]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    entry = model.metadata_props.add()
+    entry.key = "ftaudit.hardening"
+    entry.value = json.dumps(metadata, sort_keys=True)
+    onnx.checker.check_model(model)
+    data = model.SerializeToString()
+    atomic_write(out, lambda tmp: tmp.write_bytes(data))
+
+
+def _overwrite_values(tensor: Any, value: np.ndarray, path: Path) -> None:
+    """Replace a TensorProto's values in place; its name, dtype and dims stay as they are."""
+    from onnx import helper, numpy_helper
+
+    if tuple(value.shape) != tuple(tensor.dims):
+        raise UserError(
+            f"{path} changed on disk since it was loaded: initializer {tensor.name} has shape "
+            f"{tuple(tensor.dims)}, the trained tensor {tuple(value.shape)}",
+            hint="harden again from the current file",
+        )
+    dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    encoded = numpy_helper.from_array(value.astype(dtype, copy=False), tensor.name)
+    for name in ("float_data", "double_data", "int32_data", "int64_data", "uint64_data"):
+        tensor.ClearField(name)
+    tensor.raw_data = encoded.raw_data
+
+
+# ---------------------------------------------------------------------------------------------
+# TorchScript
+
+
+def _torchscript_trainable(model: AuditModel) -> TrainableModel:
+    """A fresh ScriptModule from the archive's bytes; crossbar names are parameter names."""
+    from ftaudit.models.torchscript import jit_load
+
+    module = jit_load(cast("TorchScriptModel", model).raw, model.path)
+    module.eval()
+    parameters = dict(module.named_parameters())
+    crossbar = {layer.name: parameters[layer.name] for layer in model.layers}
+    return TrainableModel(module=module, source=model, crossbar=crossbar)
+
+
+def _export_torchscript(trainable: TrainableModel, out: Path, metadata: dict[str, Any]) -> None:
+    """torch.jit.save of an eval-mode CPU copy, with the metadata as extra file ftaudit.json."""
+    from ftaudit.models.torchscript import jit_load
+
+    torch = require_torch(FEATURE)
+    # a copy through bytes (deepcopy would clone parameters into non-leaf tensors): the trainable
+    # module keeps its device and mode, the file is saved from the CPU in eval mode so it loads
+    # anywhere and behaves like an inference model
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.save's deprecation notice
+        torch.jit.save(trainable.module, buffer)
+    module = jit_load(buffer.getvalue(), trainable.source.path).eval()
+    extra = {"ftaudit.json": json.dumps(metadata, sort_keys=True)}
+
+    def save(tmp: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.save(module, str(tmp), _extra_files=extra)
+
+    atomic_write(out, save)
+
+
+_MAKERS: dict[str, Callable[[AuditModel], TrainableModel]] = {
+    "onnx": _onnx_trainable,
+    "torchscript": _torchscript_trainable,
+}
+_EXPORTERS: dict[str, Callable[[TrainableModel, Path, dict[str, Any]], None]] = {
+    "onnx": _export_onnx,
+    "torchscript": _export_torchscript,
+}

@@ -1,0 +1,193 @@
+"""The training loop shared by every harden method: NoiseTrain (TRICE Algorithm 1) and plain ERM.
+
+Randomness never comes from global state: the batch order of epoch e comes from
+``SeedSequence(seed, spawn_key=(ORDER_KEY, e))`` and the training noise of step s of epoch e for
+crossbar layer l from ``SeedSequence(seed, spawn_key=(NOISE_KEY, e, s, l))``. A run resumed from
+a checkpoint therefore draws exactly what an uninterrupted run draws.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ftaudit._optional import require_torch
+from ftaudit.harden.rc_gaussian import censor_draws
+from ftaudit.harden.trainable import TrainableModel
+from ftaudit.models.base import CrossbarLayer, ModelRunner
+from ftaudit.montecarlo import Crossbar, run_monte_carlo
+from ftaudit.noise import NoiseModel
+from ftaudit.stats import kpp
+
+ORDER_KEY = 1_000_001
+NOISE_KEY = 1_000_002
+
+
+@dataclass(frozen=True)
+class TrainingNoise:
+    """Noise injected while training: the evaluation noise model at ``sigma``, with its base
+    draws right-censored at ``threshold`` for TRICE (None: plain Gaussian draws, NoiseTrain)."""
+
+    model: NoiseModel
+    sigma: float
+    threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Inputs already fitted to the model (float32) and integer labels."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def batch_order(self, seed: int, epoch: int, batch_size: int) -> list[np.ndarray]:
+        """The shuffled mini-batches of one epoch, a pure function of (seed, epoch)."""
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(ORDER_KEY, epoch)))
+        order = rng.permutation(len(self))
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def noise_generator(seed: int, epoch: int, step: int, layer: int) -> np.random.Generator:
+    sequence = np.random.SeedSequence(seed, spawn_key=(NOISE_KEY, epoch, step, layer))
+    return np.random.Generator(np.random.SFC64(sequence))
+
+
+def perturbed_arrays(
+    clean: Mapping[str, np.ndarray],
+    layers: Sequence[CrossbarLayer],
+    noise: TrainingNoise,
+    *,
+    seed: int,
+    epoch: int,
+    step: int,
+) -> dict[str, np.ndarray]:
+    """One training step's perturbed crossbar weights (stored layout)."""
+    out = {}
+    d = noise.model.draws_per_weight
+    for layer in layers:
+        weight = clean[layer.name]
+        z = noise_generator(seed, epoch, step, layer.index).standard_normal(
+            (d, *layer.canonical_shape), dtype=np.float32
+        )
+        if noise.threshold is not None:
+            censor_draws(z, noise.threshold, out=z)
+        state = noise.model.prepare(weight)
+        out[layer.name] = state.perturb(
+            layer.to_native(z), noise.sigma, np.empty(weight.shape, np.float32)
+        ).astype(weight.dtype, copy=False)
+    return out
+
+
+def train_epoch(
+    trainable: TrainableModel,
+    optimizer: Any,
+    data: TrainingData,
+    *,
+    epoch: int,
+    seed: int,
+    batch_size: int,
+    layers: Sequence[CrossbarLayer],
+    noise: TrainingNoise | None,
+    device: str = "cpu",
+    on_step: Callable[[int, float], None] | None = None,
+) -> float:
+    """One epoch; with ``noise``, each step takes the gradient at perturbed weights and applies
+    it to the clean ones (Algorithm 1). Returns the mean training loss."""
+    torch = require_torch("ftaudit harden")
+    module = trainable.module
+    module.train()
+    total, count = 0.0, 0
+    for step, index in enumerate(data.batch_order(seed, epoch, batch_size)):
+        xb = torch.from_numpy(data.x[index]).to(device)
+        yb = torch.from_numpy(data.y[index]).to(device)
+        clean = None
+        if noise is not None and noise.sigma > 0:
+            clean = trainable.crossbar_arrays()
+            trainable.set_crossbar_arrays(
+                perturbed_arrays(clean, layers, noise, seed=seed, epoch=epoch, step=step)
+            )
+        optimizer.zero_grad(set_to_none=True)
+        logits = module(xb)
+        if isinstance(logits, (tuple, list)):
+            logits = logits[0]
+        loss = torch.nn.functional.cross_entropy(logits, yb)
+        loss.backward()
+        if clean is not None:
+            trainable.set_crossbar_arrays(clean)  # gradient at w + dw, update applied to w
+        optimizer.step()
+        total += float(loss.detach()) * len(index)
+        count += len(index)
+        if on_step is not None:
+            on_step(step, float(loss.detach()))
+    return total / max(count, 1)
+
+
+class TrainableRunner(ModelRunner):
+    """Evaluates an in-memory trainable module for the Monte Carlo engine (eval mode)."""
+
+    def __init__(self, trainable: TrainableModel, device: str = "cpu") -> None:
+        self.torch = require_torch("ftaudit harden")
+        self.trainable = trainable
+        self.device = device
+        self._batches: list[Any] = []
+
+    def bind_data(self, x: np.ndarray, y: np.ndarray, *, batch_size: int) -> None:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        self._batches = [
+            self.torch.from_numpy(x[s : s + batch_size]).to(self.device)
+            for s in range(0, len(x), batch_size)
+        ]
+        self._labels = np.asarray(y)
+
+    def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        self.trainable.set_crossbar_arrays(dict(weights))
+
+    def logits(self) -> np.ndarray:
+        module = self.trainable.module
+        outs = []
+        with self.torch.no_grad():
+            for batch in self._batches:
+                out = module(batch)
+                if isinstance(out, (tuple, list)):
+                    out = out[0]
+                outs.append(out.float().cpu().numpy())
+        return np.concatenate(outs) if len(outs) > 1 else outs[0]
+
+
+def quantile_eval(
+    trainable: TrainableModel,
+    data: TrainingData,
+    *,
+    layers: Sequence[CrossbarLayer],
+    noise: NoiseModel,
+    sigma: float,
+    samples: int,
+    k: float,
+    seed: int,
+    batch_size: int = 512,
+    device: str = "cpu",
+) -> float:
+    """KPP of the module's current weights under the evaluation noise (TRICE QuantileEval).
+
+    Uses the eval Monte Carlo engine on the in-memory module and restores the clean weights."""
+    module = trainable.module
+    was_training = module.training
+    module.eval()
+    clean = trainable.crossbar_arrays()
+    try:
+        runner = TrainableRunner(trainable, device)
+        runner.bind_data(data.x, data.y, batch_size=batch_size)
+        crossbar = Crossbar.prepare(layers, clean, noise)
+        counts = run_monte_carlo(
+            runner, crossbar, [sigma], samples=samples, seed=seed, n_data=len(data), k=k
+        )
+        return kpp(counts.accuracies(0, len(data)), k)
+    finally:
+        trainable.set_crossbar_arrays(clean)
+        module.train(was_training)

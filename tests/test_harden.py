@@ -1,0 +1,224 @@
+"""End-to-end tests of ``ftaudit harden``: methods, export, resume, reports and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import export_onnx, export_torchscript, make_blobs, tiny_mlp, train
+
+pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+
+from ftaudit.errors import UserError  # noqa: E402
+from ftaudit.harden.api import harden  # noqa: E402
+from ftaudit.models import load_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A briefly trained MLP (ONNX + TorchScript) and 2,000 training images."""
+    d = tmp_path_factory.mktemp("harden")
+    x, y = make_blobs(2000, seed=3)
+    np.savez(d / "train.npz", x=x, y=y)
+    model = train(tiny_mlp(), x[:200], y[:200], steps=60)
+    export_onnx(model, d / "mlp.onnx")
+    export_torchscript(model, d / "mlp.pt")
+    return {"dir": d, "onnx": d / "mlp.onnx", "pt": d / "mlp.pt", "data": d / "train.npz"}
+
+
+FAST = {"epochs": 15, "lr": 3e-3, "batch_size": 64, "eval_samples": 200}
+
+
+def _initializers(path: Path) -> dict[str, np.ndarray]:
+    return {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+
+def test_noise_training_beats_plain_training_under_noise(setup) -> None:
+    runs = {}
+    for method in ("erm", "noise"):
+        report = harden(
+            setup["onnx"],
+            setup["data"],
+            output=setup["dir"] / f"{method}.onnx",
+            method=method,
+            noise="lognormal",
+            sigma=1.2,
+            eval_sigmas=[1.2],
+            **FAST,
+        )
+        runs[method] = report.after.results[0].summary
+    assert runs["noise"].kpp > runs["erm"].kpp + 0.1
+    assert runs["noise"].mean > runs["erm"].mean + 0.03
+
+
+def test_hardened_onnx_differs_only_in_initializer_values(setup) -> None:
+    out = setup["dir"] / "trice.onnx"
+    before_bytes = setup["onnx"].read_bytes()
+    report = harden(
+        setup["onnx"],
+        setup["data"],
+        output=out,
+        method="trice",
+        sigma=1.0,
+        epochs=3,
+        warmup=1,
+        search_samples=20,
+        eval_samples=20,
+    )
+    assert setup["onnx"].read_bytes() == before_bytes  # the input is never touched
+    original, hardened = onnx.load(str(setup["onnx"])), onnx.load(str(out))
+    onnx.checker.check_model(hardened)
+    assert [(n.op_type, list(n.input), list(n.output)) for n in original.graph.node] == [
+        (n.op_type, list(n.input), list(n.output)) for n in hardened.graph.node
+    ]
+    assert original.graph.input == hardened.graph.input
+    assert original.graph.output == hardened.graph.output
+    assert original.opset_import == hardened.opset_import
+    a, b = _initializers(setup["onnx"]), _initializers(out)
+    assert {k: (v.shape, v.dtype) for k, v in a.items()} == {
+        k: (v.shape, v.dtype) for k, v in b.items()
+    }
+    assert any(not np.array_equal(a[k], b[k]) for k in a)  # training changed the weights
+    meta = json.loads({p.key: p.value for p in hardened.metadata_props}["ftaudit.hardening"])
+    assert meta["method"] == "trice" and meta["sigma"] == 1.0 and meta["seed"] == 0
+    assert meta["sigma_t"] == report.details["sigma_t"]
+    # TRICE's search ran after warm-up and sigma_t lies in the initial range [0, 2 sigma]
+    assert [h["epoch"] for h in report.history if "kpps" in h] == [1, 2]
+    assert 0 <= report.details["sigma_t"] <= 2.0
+    assert load_model(out).layers  # evaluable like any other model
+
+
+def test_same_seed_same_model_and_resume_equals_uninterrupted(setup) -> None:
+    d = setup["dir"]
+    kw = {
+        "method": "trice",
+        "sigma": 0.8,
+        "epochs": 4,
+        "warmup": 1,
+        "search_samples": 20,
+        "eval_samples": 10,
+    }
+    harden(setup["onnx"], setup["data"], output=d / "a.onnx", **kw)
+    harden(setup["onnx"], setup["data"], output=d / "b.onnx", **kw)
+    a, b = _initializers(d / "a.onnx"), _initializers(d / "b.onnx")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+    ckpt = d / "ckpt"
+    ckpt.mkdir()
+
+    def killed_after_second_epoch(epoch: int, info: dict) -> None:
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        harden(
+            setup["onnx"],
+            setup["data"],
+            output=d / "c.onnx",
+            checkpoint_dir=ckpt,
+            on_epoch=killed_after_second_epoch,
+            **kw,
+        )
+    assert not (d / "c.onnx").exists()  # no partial output model
+    report = harden(
+        setup["onnx"], setup["data"], output=d / "c.onnx", checkpoint_dir=ckpt, resume=True, **kw
+    )
+    c = _initializers(d / "c.onnx")
+    assert all(np.array_equal(a[k], c[k]) for k in a)
+    assert [h["epoch"] for h in report.history] == [0, 1, 2, 3]
+
+    with pytest.raises(UserError, match="another model or run"):
+        harden(
+            setup["onnx"],
+            setup["data"],
+            output=d / "e.onnx",
+            checkpoint_dir=ckpt,
+            resume=True,
+            **{**kw, "sigma": 0.5},
+        )
+
+
+def test_torchscript_in_torchscript_out(setup) -> None:
+    import torch
+
+    out = setup["dir"] / "hard.pt"
+    report = harden(
+        setup["pt"], setup["data"], output=out, method="noise", sigma=0.5, epochs=1, eval_samples=10
+    )
+    extra = {"ftaudit.json": ""}
+    module = torch.jit.load(str(out), _extra_files=extra)
+    assert json.loads(extra["ftaudit.json"])["method"] == "noise"
+    assert module(torch.zeros(2, 1, 8, 8)).shape == (2, 4)
+    assert report.before.results[0].sigma == 0.0
+    assert report.notes and "held out" in report.notes[0]
+
+
+def test_cli_harden_writes_model_and_report(setup, run_cli, tmp_path) -> None:
+    out, report = tmp_path / "h.onnx", tmp_path / "r.json"
+    code, stdout, err = run_cli(
+        "harden",
+        setup["onnx"],
+        "--data",
+        setup["data"],
+        "--sigma",
+        "0.5",
+        "--method",
+        "erm",
+        "--epochs",
+        "1",
+        "-o",
+        out,
+        "--eval-samples",
+        "10",
+        "--report",
+        report,
+    )
+    assert code == 0, err
+    data = json.loads(report.read_text())
+    assert data["method"] == "erm" and len(data["paired_differences"]) == 4
+    assert data["before"]["seed"] == data["after"]["seed"]
+    assert "mean before" in stdout
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--method", "trcie"], "did you mean 'trice'"),
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--lr", "-1"], "--lr must be a positive"),
+        (["--resume"], "--resume needs --checkpoint-dir"),
+        (["--checkpoint-dir", "/nonexistent/dir"], "does not exist"),
+        (["--trice-start", "2", "--trice-end", "1"], "0 <= --trice-start <= --trice-end"),
+        (["--noise", "lognormel"], "did you mean 'lognormal'"),
+    ],
+)
+def test_cli_harden_bad_options(setup, run_cli, tmp_path, extra, message) -> None:
+    out = tmp_path / "h.onnx"
+    code, _, err = run_cli(
+        "harden", setup["onnx"], "--data", setup["data"], "--sigma", "0.5", "-o", out, *extra
+    )
+    assert code == 2
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_cli_harden_refuses_input_as_output_and_bad_data(setup, run_cli, tmp_path) -> None:
+    before = setup["onnx"].read_bytes()
+    code, _, err = run_cli(
+        "harden", setup["onnx"], "--data", setup["data"], "--sigma", "0.5", "-o", setup["onnx"]
+    )
+    assert code == 2 and "input" in err
+    assert setup["onnx"].read_bytes() == before
+
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros((10, 3, 8, 8), np.uint8), y=np.zeros(10, np.int64))
+    out = tmp_path / "h.onnx"
+    code, _, err = run_cli("harden", setup["onnx"], "--data", bad, "--sigma", "0.5", "-o", out)
+    assert code == 2 and "shape" in err and not out.exists()
+    labels = tmp_path / "labels.npz"
+    np.savez(labels, x=np.zeros((10, 1, 8, 8), np.uint8), y=np.full(10, 7, np.int64))
+    code, _, err = run_cli("harden", setup["onnx"], "--data", labels, "--sigma", "0.5", "-o", out)
+    assert code == 2 and "label" in err and not out.exists()
