@@ -43,6 +43,10 @@ ExcludeOpt = Annotated[
 OutputOpt = Annotated[
     str | None, typer.Option("--output", help="ONNX output holding the logits (default: first).")
 ]
+BitsOpt = Annotated[int | None, typer.Option("--bits", help="Device models: weight bits H [4].")]
+CellBitsOpt = Annotated[
+    int | None, typer.Option("--cell-bits", help="Device models: bits per cell B [2].")
+]
 ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", help="Config file (default: ./ftaudit.toml or [tool.ftaudit])."),
@@ -117,12 +121,8 @@ def eval_command(
         str | None,
         typer.Option("--noise", help="lognormal, gaussian, rram, fefet1, fefet2 or DEVICE.toml."),
     ] = None,
-    bits: Annotated[
-        int | None, typer.Option("--bits", help="Device models: weight bits H.")
-    ] = None,
-    cell_bits: Annotated[
-        int | None, typer.Option("--cell-bits", help="Device models: bits per cell B.")
-    ] = None,
+    bits: BitsOpt = None,
+    cell_bits: CellBitsOpt = None,
     samples: Annotated[
         int | None, typer.Option("--samples", help="Monte Carlo samples per sigma [1000].")
     ] = None,
@@ -326,12 +326,8 @@ def harden_command(
     ],
     method: Annotated[str, typer.Option("--method", help="trice, noise or erm.")] = "trice",
     noise: Annotated[str, typer.Option("--noise", help="Evaluation noise model.")] = "lognormal",
-    bits: Annotated[
-        int | None, typer.Option("--bits", help="Device models: weight bits H.")
-    ] = None,
-    cell_bits: Annotated[
-        int | None, typer.Option("--cell-bits", help="Device models: bits per cell B.")
-    ] = None,
+    bits: BitsOpt = None,
+    cell_bits: CellBitsOpt = None,
     val_data: Annotated[
         str | None, typer.Option("--val-data", help="Validation data (default: 10% held out).")
     ] = None,

@@ -53,6 +53,22 @@ class HardenContext:
     resume_state: dict[str, Any] | None = None
     on_epoch: EpochCallback | None = None
 
+    def train_epoch(
+        self, model: TrainableModel, optimizer: Any, epoch: int, noise: TrainingNoise | None
+    ) -> float:
+        """One epoch of ``model`` on the training data with this run's seed and settings."""
+        return train_epoch(
+            model,
+            optimizer,
+            self.train,
+            epoch=epoch,
+            seed=self.seed,
+            batch_size=self.batch_size,
+            layers=self.layers,
+            noise=noise,
+            device=self.device,
+        )
+
     def eval_seed(self, epoch: int) -> int:
         """Seed of the validation Monte Carlo of one epoch (shared by the candidates: paired)."""
         sequence = np.random.SeedSequence(self.seed, spawn_key=(EVAL_KEY, epoch))
@@ -126,17 +142,7 @@ class HardenMethod:
         start, _, history = _restore(ctx, [model], [optimizer])
         noise = self.training_noise(ctx)
         for epoch in range(start, ctx.epochs):
-            loss = train_epoch(
-                model,
-                optimizer,
-                ctx.train,
-                epoch=epoch,
-                seed=ctx.seed,
-                batch_size=ctx.batch_size,
-                layers=ctx.layers,
-                noise=noise,
-                device=ctx.device,
-            )
+            loss = ctx.train_epoch(model, optimizer, epoch, noise)
             info = {"epoch": epoch, "loss": loss, "sigma_t": None if noise is None else noise.sigma}
             history.append(info)
             _checkpoint(ctx, epoch, [model], [optimizer], {}, history)
@@ -186,19 +192,8 @@ class TriceMethod(HardenMethod):
             sigmas = (search.start,) if converged else search.candidates()
             losses = []
             for model, optimizer, sigma_t in zip(models, optimizers, sigmas, strict=False):
-                losses.append(
-                    train_epoch(
-                        model,
-                        optimizer,
-                        ctx.train,
-                        epoch=epoch,
-                        seed=ctx.seed,
-                        batch_size=ctx.batch_size,
-                        layers=ctx.layers,
-                        noise=TrainingNoise(ctx.noise, sigma_t, threshold),
-                        device=ctx.device,
-                    )
-                )
+                noise = TrainingNoise(ctx.noise, sigma_t, threshold)
+                losses.append(ctx.train_epoch(model, optimizer, epoch, noise))
             info: dict[str, Any] = {
                 "epoch": epoch,
                 "loss": losses[0] if converged else losses[1],
