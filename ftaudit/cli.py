@@ -324,7 +324,9 @@ def harden_command(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Where to write the hardened model.")
     ],
-    method: Annotated[str, typer.Option("--method", help="trice, noise or erm.")] = "trice",
+    method: Annotated[
+        str, typer.Option("--method", help="trice, noise, erm or bayesft.")
+    ] = "trice",
     noise: Annotated[str, typer.Option("--noise", help="Evaluation noise model.")] = "lognormal",
     bits: BitsOpt = None,
     cell_bits: CellBitsOpt = None,
@@ -351,6 +353,22 @@ def harden_command(
     eval_samples: Annotated[
         int, typer.Option("--eval-samples", help="MC samples of the before/after report.")
     ] = 1000,
+    max_dropout: Annotated[
+        float, typer.Option("--max-dropout", help="BayesFT: upper end of every dropout rate.")
+    ] = 0.5,
+    trials: Annotated[
+        int, typer.Option("--trials", help="BayesFT: Bayesian-optimisation trials.")
+    ] = 10,
+    epochs_per_trial: Annotated[
+        int, typer.Option("--epochs-per-trial", help="BayesFT: training epochs per trial.")
+    ] = 1,
+    objective_samples: Annotated[
+        int, typer.Option("--objective-samples", help="BayesFT: MC samples of the objective.")
+    ] = 20,
+    study: Annotated[
+        Path | None,
+        typer.Option("--study", help="BayesFT: SQLite file holding the search (resumable)."),
+    ] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Train on the first N.")] = None,
     report_path: Annotated[
         Path | None, typer.Option("--report", help="Write the JSON report here.")
@@ -372,6 +390,13 @@ def harden_command(
 
     def on_epoch(epoch: int, info: dict[str, Any]) -> None:
         if not show:
+            return
+        if "trial" in info:  # bayesft: one line per trial
+            parts = [f"trial {info['index'] + 1}/{trials}", f"loss {info['loss']:.4f}"]
+            parts.append("rates " + "/".join(f"{r:.3f}" for r in info["rates"].values()))
+            objective = info["objective"]
+            parts.append("objective " + ("non-finite" if objective is None else f"{objective:.4f}"))
+            err.print(" · ".join(parts), highlight=False)
             return
         parts = [f"epoch {epoch + 1}/{epochs}", f"loss {info['loss']:.4f}"]
         if info.get("sigma_t") is not None:
@@ -402,6 +427,11 @@ def harden_command(
         warmup=warmup,
         search_samples=search_samples,
         eval_samples=eval_samples,
+        max_dropout=max_dropout,
+        trials=trials,
+        epochs_per_trial=epochs_per_trial,
+        objective_samples=objective_samples,
+        study=study,
         limit=limit,
         checkpoint_dir=checkpoint_dir,
         resume=resume,

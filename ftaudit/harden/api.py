@@ -20,6 +20,13 @@ from ftaudit.data import Dataset, load_dataset, validate_labels
 from ftaudit.errors import UserError
 from ftaudit.evaluation import audit
 from ftaudit.fileio import check_output_path, sha256_file
+from ftaudit.harden.bayesft import (
+    DEFAULT_EPOCHS_PER_TRIAL,
+    DEFAULT_MAX_DROPOUT,
+    DEFAULT_OBJECTIVE_SAMPLES,
+    DEFAULT_TRIALS,
+    validate_bayesft_options,
+)
 from ftaudit.harden.checkpoint import load_checkpoint
 from ftaudit.harden.methods import EpochCallback, HardenContext, get_method
 from ftaudit.harden.trainable import export_hardened
@@ -163,6 +170,11 @@ def harden(
     search_samples: int = 300,
     eval_samples: int = 1000,
     eval_sigmas: Sequence[float] | None = None,
+    max_dropout: float = DEFAULT_MAX_DROPOUT,
+    trials: int = DEFAULT_TRIALS,
+    epochs_per_trial: int = DEFAULT_EPOCHS_PER_TRIAL,
+    objective_samples: int = DEFAULT_OBJECTIVE_SAMPLES,
+    study: Path | str | None = None,
     limit: int | None = None,
     checkpoint_dir: Path | str | None = None,
     resume: bool = False,
@@ -183,6 +195,15 @@ def harden(
         k=k,
     )
     method_impl = get_method(method)
+    validate_bayesft_options(
+        method=method,
+        max_dropout=max_dropout,
+        trials=trials,
+        epochs_per_trial=epochs_per_trial,
+        objective_samples=objective_samples,
+        study=study,
+        protect=(Path(model), Path(data), Path(output)),
+    )
     trice_end_value = 2 * sigma if trice_end is None else trice_end
     if not (0 <= trice_start <= trice_end_value) or not math.isfinite(trice_end_value):
         raise UserError(
@@ -243,6 +264,13 @@ def harden(
         "warmup": warmup,
         "search_samples": search_samples,
     }
+    # --trials and --study are left out of the fingerprint: a larger --trials continues the same
+    # study and checkpoint, and the study file may move
+    bayesft_options = {
+        "max_dropout": max_dropout,
+        "epochs_per_trial": epochs_per_trial,
+        "objective_samples": objective_samples,
+    }
     fingerprint = {
         "model_sha256": sha256_file(model_path),
         "data_sha256": train_set.source["sha256"],
@@ -254,7 +282,7 @@ def harden(
         "batch_size": batch_size,
         "lr": lr,
         "k": k,
-        "options": options if method == "trice" else {},
+        "options": {"trice": options, "bayesft": bayesft_options}.get(method, {}),
         "n_train": len(train),
         "n_val": len(val),
     }
@@ -276,13 +304,19 @@ def harden(
         seed=seed,
         k=k,
         device=device,
-        options=options,
+        options={
+            **options,
+            **bayesft_options,
+            "trials": trials,
+            "study": None if study is None else str(study),
+        },
         fingerprint=fingerprint,
         checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir),
         resume_state=resume_state,
         on_epoch=on_epoch,
     )
     result = method_impl.run(ctx)
+    notes.extend(result.notes)
     metadata = {
         "ftaudit_version": __version__,
         "method": method,

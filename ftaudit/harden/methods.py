@@ -1,4 +1,5 @@
-"""Harden methods, registered by name: erm (plain fine-tuning), noise (NoiseTrain), trice.
+"""Harden methods, registered by name: erm (plain fine-tuning), noise (NoiseTrain), trice, and
+bayesft (defined in ``bayesft``, which registers itself here).
 
 Each method trains from the input model's weights and returns the model to export plus what
 it chose; the shared loop, noise and evaluation live in ``training``.
@@ -82,6 +83,8 @@ class MethodResult:
     trainable: TrainableModel
     details: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: lines for the user (the report's notes, shown by the CLI)
+    notes: list[str] = field(default_factory=list)
 
 
 def _optimizer(trainable: TrainableModel, lr: float) -> Any:
@@ -243,6 +246,9 @@ class TriceMethod(HardenMethod):
 HARDEN_METHODS: dict[str, type[HardenMethod]] = {
     cls.name: cls for cls in (ErmMethod, NoiseMethod, TriceMethod)
 }
+
+# BayesFT builds on the classes above and adds itself to HARDEN_METHODS when imported
+from ftaudit.harden import bayesft as _bayesft  # noqa: E402, F401
 
 
 def get_method(name: str) -> HardenMethod:

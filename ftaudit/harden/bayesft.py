@@ -1,0 +1,662 @@
+"""BayesFT (Ye et al., Algorithm 1): per-layer dropout rates found by Bayesian optimisation.
+
+The search space is one dropout rate in [0, max_dropout] after each crossbar layer's output except
+the last (BayesFT III-B). Weights and rates are optimised alternately: the sampler proposes rates,
+the weights train ``epochs_per_trial`` epochs with them (carrying over from trial to trial, as in
+Algorithm 1), and the objective u (eq. 3-4) is minus the Monte Carlo mean of the validation
+cross-entropy with the weights perturbed by the evaluation noise at sigma. The weights of the best
+trial are exported; dropout exists only in the trainable copy, so the exported file has none.
+
+Randomness is keyed like the rest of ``harden``: batch order by (seed, epoch); dropout masks by
+(seed, epoch, layer); the objective's draws by ``draws_for_sample`` with one derived seed shared by
+every trial (common random numbers: trials are compared on the same perturbations); and the
+sampler of the k-th trial by (seed, k), so a resumed search proposes what an uninterrupted one
+would have.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import os
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+
+from ftaudit._optional import require_torch
+from ftaudit.errors import MissingExtraError, UserError
+from ftaudit.fileio import check_output_path
+from ftaudit.harden.checkpoint import save_checkpoint
+from ftaudit.harden.methods import (
+    HARDEN_METHODS,
+    HardenContext,
+    HardenMethod,
+    MethodResult,
+    _optimizer,
+    _restore,
+)
+from ftaudit.harden.trainable import TrainableModel, make_trainable
+from ftaudit.harden.training import TrainingData
+from ftaudit.models.base import CrossbarLayer
+from ftaudit.montecarlo import Crossbar, draws_for_sample
+from ftaudit.noise import NoiseModel
+
+if TYPE_CHECKING:
+    from ftaudit.models.onnx import OnnxModel
+
+FEATURE = "the bayesft harden method"
+
+#: upper end of every dropout rate's range (the paper searches [0, 1]; 0.5 keeps training stable)
+DEFAULT_MAX_DROPOUT = 0.5
+#: Bayesian-optimisation trials (Algorithm 1's outer loop)
+DEFAULT_TRIALS = 10
+#: training epochs per trial (Algorithm 1's E)
+DEFAULT_EPOCHS_PER_TRIAL = 1
+#: Monte Carlo samples T of the objective (eq. 3-4)
+DEFAULT_OBJECTIVE_SAMPLES = 20
+#: random trials before the GP guides the search. Algorithm 1 starts from one uniform draw;
+#: optuna's default (10) would make the default 10-trial search a plain random search
+STARTUP_TRIALS = 3
+
+OBJECTIVE_KEY = 1_000_005
+SAMPLER_KEY = 1_000_006
+DROPOUT_KEY = 1_000_007
+
+#: user attribute value of a trial failed by a non-finite objective (done, unlike interrupted ones)
+NON_FINITE = "non-finite"
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_CROSSBAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def validate_bayesft_options(
+    *,
+    method: str,
+    max_dropout: float,
+    trials: int,
+    epochs_per_trial: int,
+    objective_samples: int,
+    study: Path | str | None,
+    protect: Sequence[Path] = (),
+) -> None:
+    """Reject impossible BayesFT options before anything is loaded or written."""
+    if not (math.isfinite(max_dropout) and 0 <= max_dropout < 1):
+        raise UserError(
+            f"--max-dropout must lie in [0, 1), got {max_dropout:g}",
+            hint="a rate of 1 drops every activation; the default is 0.5",
+        )
+    if trials < 1:
+        raise UserError(f"--trials must be at least 1, got {trials}")
+    if epochs_per_trial < 1:
+        raise UserError(f"--epochs-per-trial must be at least 1, got {epochs_per_trial}")
+    if objective_samples < 1:
+        raise UserError(f"--objective-samples must be at least 1, got {objective_samples}")
+    if study is None:
+        return
+    if method != "bayesft":
+        raise UserError(
+            f"--study is used only by --method bayesft, not {method}", hint="drop --study"
+        )
+    path = check_output_path(Path(study), what="study database", protect=tuple(protect))
+    parent = path.parent if str(path.parent) else Path(".")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UserError(
+            f"cannot write the study database {path}: permission denied",
+            hint="choose a writable location for --study",
+        )
+    if path.exists() and path.stat().st_size > 0:
+        with open(path, "rb") as handle:
+            if handle.read(len(_SQLITE_HEADER)) != _SQLITE_HEADER:
+                raise UserError(
+                    f"{path} exists and is not an SQLite database, so it cannot hold the study",
+                    hint="give a new file name or an earlier run's --study file",
+                )
+
+
+# ---------------------------------------------------------------------------------------------
+# Dropout in the trainable copy
+
+
+@functools.cache
+def _seeded_dropout_type() -> type:
+    torch = require_torch(FEATURE)
+
+    class SeededDropout(torch.nn.Dropout):
+        """``nn.Dropout`` whose masks come from its own ``generator`` instead of torch's global
+        RNG, so a run is a function of its seed (the global generator when none is set)."""
+
+        def __init__(self, p: float = 0.0) -> None:
+            super().__init__(p)
+            self.generator: Any = None
+
+        def forward(self, x: Any) -> Any:
+            if not self.training or self.p == 0:
+                return x
+            if self.generator is None:
+                return super().forward(x)
+            keep = torch.empty_like(x).bernoulli_(1.0 - self.p, generator=self.generator)
+            return x * keep / (1.0 - self.p)
+
+    return SeededDropout
+
+
+def dropout_module(p: float = 0.0) -> Any:
+    """A fresh seeded ``nn.Dropout`` (see ``SeededDropout``) with rate ``p``."""
+    return _seeded_dropout_type()(p)
+
+
+def crossbar_outputs(proto: Any, layers: Sequence[CrossbarLayer]) -> dict[str, list[str]]:
+    """Crossbar layer name -> the ONNX tensors that are that layer's output, one per use.
+
+    The output of a Conv/ConvTranspose/Gemm node is its result (its bias is inside the node); a
+    MatMul whose result feeds only an ``Add`` of an initializer (a bias) ends at that Add, so
+    the dropout acts on the full affine output, like the Gemm case. Weights are found as the
+    ONNX loader finds them (through Identity nodes).
+    """
+    graph = proto.graph
+    names = {layer.name for layer in layers}
+    initializers = {t.name for t in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def source(name: str) -> str:
+        while name in producers and producers[name].op_type == "Identity":
+            name = producers[name].input[0]
+        return name
+
+    found: dict[str, list[str]] = {}
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in _CROSSBAR_OPS:
+            continue
+        if len(node.input) < 2:
+            continue
+        if node.op_type == "MatMul":
+            right, left = source(node.input[1]), source(node.input[0])
+            weight = right if right in initializers else left
+        else:
+            weight = source(node.input[1])
+        if weight not in names:
+            continue
+        out = node.output[0]
+        users = consumers.get(out, [])
+        if node.op_type == "MatMul" and len(users) == 1 and users[0].op_type == "Add":
+            add = users[0]
+            other = [source(name) for name in add.input if name != out]
+            if len(other) == 1 and other[0] in initializers:
+                out = add.output[0]
+        found.setdefault(weight, []).append(out)
+    return found
+
+
+def insert_dropout(trainable: TrainableModel) -> dict[str, Any]:
+    """Put a seeded dropout (rate 0) after every crossbar layer's output except the last one's.
+
+    Edits the onnx2torch ``GraphModule`` with torch.fx: after the ``call_module`` node whose
+    ``onnx_mapping`` outputs the layer's output tensor (see ``crossbar_outputs``), a call to a
+    new submodule ``bayesft_dropout_<layer index>``; a weight used by several nodes gets one
+    dropout module (one rate) after each use. Returns layer name -> its dropout module, in
+    execution order. Dropout acts only in train mode, and the ONNX export writes initializer
+    values back into the original file, so it never reaches the exported model.
+    """
+    source = trainable.source
+    if source.format != "onnx":
+        raise UserError(
+            f"--method bayesft inserts dropout layers with torch.fx, which cannot edit "
+            f"{source.format} models ({source.path})",
+            hint="export the PyTorch model to ONNX (torch.onnx.export) and harden the .onnx file",
+        )
+    layers = sorted(source.layers, key=lambda layer: layer.index)
+    if len(layers) < 2:
+        raise UserError(
+            f"{source.path} has {len(layers)} crossbar layer; BayesFT puts dropout after every "
+            "crossbar layer but the last, so it needs at least two",
+            hint="use --method trice or noise for this model",
+        )
+    module = trainable.module
+    outputs = crossbar_outputs(cast("OnnxModel", source).proto, layers[:-1])
+    producer = {}
+    for node in module.graph.nodes:
+        if node.op != "call_module":
+            continue
+        mapping = getattr(module.get_submodule(node.target), "onnx_mapping", None)
+        for name in getattr(mapping, "outputs", ()):
+            producer[name] = node
+    dropouts: dict[str, Any] = {}
+    graph = module.graph
+    for layer in layers[:-1]:
+        nodes = [producer.get(name) for name in outputs.get(layer.name, [])]
+        if not nodes or any(node is None for node in nodes):
+            raise UserError(
+                f"cannot find the output of crossbar layer {layer.name} in onnx2torch's "
+                "conversion, so no dropout can follow it",
+                hint="use --method trice or noise for this model",
+            )
+        target = f"bayesft_dropout_{layer.index}"
+        dropouts[layer.name] = dropout_module(0.0)
+        module.add_submodule(target, dropouts[layer.name])
+        for node in nodes:
+            with graph.inserting_after(node):
+                dropped = graph.call_module(target, (node,))
+            node.replace_all_uses_with(
+                dropped, delete_user_cb=lambda user, d=dropped: user is not d
+            )
+    graph.lint()
+    module.recompile()
+    return dropouts
+
+
+# ---------------------------------------------------------------------------------------------
+# Objective
+
+
+def bayesft_objective(
+    trainable: TrainableModel,
+    data: TrainingData,
+    *,
+    layers: Sequence[CrossbarLayer],
+    noise: NoiseModel,
+    sigma: float,
+    samples: int,
+    seed: int,
+    batch_size: int = 512,
+    device: str = "cpu",
+) -> float:
+    """u (eq. 3-4): minus the mean over ``samples`` Monte Carlo draws of the validation
+    cross-entropy, weights perturbed by ``noise`` at ``sigma``, in eval mode (no dropout).
+
+    Sample i's draws are ``draws_for_sample(seed, i, layers, ...)``, as in ``ftaudit eval``. At
+    sigma = 0 every sample is the same model, so one evaluation serves. The clean weights and
+    the module's mode are restored afterwards.
+    """
+    torch = require_torch(FEATURE)
+    module = trainable.module
+    was_training = module.training
+    module.eval()
+    clean = trainable.crossbar_arrays()
+    crossbar = Crossbar.prepare(layers, clean, noise)
+    x = np.ascontiguousarray(data.x, dtype=np.float32)
+    batches = [
+        (
+            torch.from_numpy(x[s : s + batch_size]).to(device),
+            torch.from_numpy(data.y[s : s + batch_size]).to(device),
+        )
+        for s in range(0, len(data), batch_size)
+    ]
+    buffers = [np.empty(layer.shape, np.float32) for layer in layers]
+    d = noise.draws_per_weight
+    losses = []
+    try:
+        for i in range(samples if sigma > 0 else 1):
+            draws = draws_for_sample(seed, i, layers, d)
+            trainable.set_crossbar_arrays(
+                {
+                    layer.name: state.perturb(layer.to_native(z), sigma, buf)
+                    for layer, state, z, buf in zip(
+                        layers, crossbar.states, draws, buffers, strict=True
+                    )
+                }
+            )
+            total = 0.0
+            with torch.no_grad():
+                for xb, yb in batches:
+                    logits = module(xb)
+                    if isinstance(logits, (tuple, list)):
+                        logits = logits[0]
+                    loss = torch.nn.functional.cross_entropy(logits.float(), yb, reduction="sum")
+                    total += float(loss)
+            losses.append(total / len(data))
+    finally:
+        trainable.set_crossbar_arrays(clean)
+        module.train(was_training)
+    return -float(np.mean(losses))
+
+
+def _derived(seed: int, *key: int) -> int:
+    """A 32-bit seed for one purpose of a run, from ``SeedSequence(seed, spawn_key=key)``."""
+    return int(np.random.SeedSequence(seed, spawn_key=key).generate_state(1)[0])
+
+
+def objective_seed(seed: int) -> int:
+    """The seed of the objective's draws, the same for every trial (paired comparison)."""
+    return _derived(seed, OBJECTIVE_KEY)
+
+
+# ---------------------------------------------------------------------------------------------
+# The study
+
+
+def _import_optuna() -> Any:
+    """optuna, checking for SciPy too: GPSampler imports it only when it first fits the GP."""
+    try:
+        import optuna
+    except ImportError as exc:
+        raise MissingExtraError(FEATURE, "torch", "optuna") from exc
+    try:
+        import scipy  # noqa: F401
+    except ImportError as exc:
+        raise MissingExtraError(FEATURE, "torch", "SciPy") from exc
+    return optuna
+
+
+@contextmanager
+def _quiet_optuna(optuna: Any) -> Iterator[None]:
+    """optuna's log lines and experimental-feature warnings off, restored afterwards.
+
+    ERROR rather than WARNING: GPSampler warns on every trial when the optional ``greenlet``
+    package is missing (a speed hint), and failed trials are reported in the trial table.
+    """
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            yield
+    finally:
+        optuna.logging.set_verbosity(level)
+
+
+def study_name(fingerprint: Mapping[str, Any]) -> str:
+    """One study per model, data and settings; --trials is not part of it, so a larger
+    --trials continues the same study."""
+    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+    return f"ftaudit-bayesft-{digest[:12]}"
+
+
+def _sampler(optuna: Any, seed: int, index: int) -> Any:
+    """The sampler of the index-th trial.
+
+    ``GPSampler``: a Gaussian-process surrogate, as in the paper (III-B, eq. 5-9; optuna's uses
+    a Matern-5/2 ARD kernel and log expected improvement), from a maintained library with
+    SQLite storage for resumable studies. A fresh sampler per trial, seeded by (seed, index),
+    makes each proposal a function of the seed and the finished trials only: GPSampler
+    otherwise carries its RNG and fitted kernel between calls, which a resumed run would lack.
+    """
+    return optuna.samplers.GPSampler(
+        seed=_derived(seed, SAMPLER_KEY, index),
+        n_startup_trials=STARTUP_TRIALS,
+    )
+
+
+def _counted(optuna: Any, study: Any) -> list[Any]:
+    """The trials done, in order: complete ones and those failed by a non-finite objective.
+
+    A trial cut off by Ctrl-C or a killed process is failed without that mark and is not done.
+    """
+    states = optuna.trial.TrialState
+    return [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.state == states.COMPLETE
+        or (t.state == states.FAIL and t.user_attrs.get("objective") == NON_FINITE)
+    ]
+
+
+def _row(trial: Any, names: Sequence[str]) -> dict[str, Any]:
+    """One line of the trial table: number, rate per layer, objective (None if failed), state."""
+    return {
+        "number": trial.number,
+        "rates": {name: float(trial.params[name]) for name in names if name in trial.params},
+        "objective": None if trial.value is None else float(trial.value),
+        "state": trial.state.name.lower(),
+    }
+
+
+def _open_study(
+    optuna: Any, ctx: HardenContext, path: Path | None, names: Sequence[str]
+) -> tuple[Any, list[str]]:
+    """This run's study: in memory, or in SQLite at ``path``, loaded if it is there.
+
+    Trials left RUNNING by a killed run are marked failed (not done); one run per study at a
+    time.
+    """
+    name = study_name(ctx.fingerprint)
+    notes = []
+    storage = None
+    if path is not None:
+        storage = f"sqlite:///{path.resolve()}"
+        existing = (
+            optuna.get_all_study_names(storage) if path.exists() and path.stat().st_size > 0 else []
+        )
+        if existing and name not in existing:
+            notes.append(
+                f"{path} holds other studies ({', '.join(existing)}) from other models or "
+                f"settings; this run starts study {name}"
+            )
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        direction="maximize",
+        load_if_exists=True,
+        sampler=_sampler(optuna, ctx.seed, 0),
+    )
+    study.set_user_attr("ftaudit_layers", list(names))
+    running = optuna.trial.TrialState.RUNNING
+    for trial in study.get_trials(deepcopy=False, states=(running,)):
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    return study, notes
+
+
+def _reconcile(
+    optuna: Any,
+    study: Any,
+    table: list[dict[str, Any]],
+    distributions: Mapping[str, Any],
+) -> list[str]:
+    """Line the study up with a resumed checkpoint's trial table; returns notes.
+
+    An in-memory study (or a new --study file) is rebuilt from the table, so the search goes on
+    as if never interrupted; a study that is one trial ahead (killed between recording a trial
+    and writing the checkpoint) keeps its trials and trains on from the checkpoint's weights.
+    """
+    done = len(_counted(optuna, study))
+    if done > len(table):
+        return [
+            f"the study has {done} trials but the checkpoint's weights are those after "
+            f"{len(table)}: training continues from the checkpoint's weights"
+        ]
+    if 0 < done < len(table):
+        raise UserError(
+            f"study {study.study_name} has {done} trial(s) but the checkpoint {len(table)}: "
+            "they are from different runs",
+            hint="resume with the interrupted run's --study and --checkpoint-dir",
+        )
+    states = optuna.trial.TrialState
+    for row in table[done:]:
+        complete = row["objective"] is not None
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=states.COMPLETE if complete else states.FAIL,
+                value=row["objective"] if complete else None,
+                params=row["rates"],
+                distributions=dict(distributions),
+                user_attrs={} if complete else {"objective": NON_FINITE},
+            )
+        )
+    return []
+
+
+class BayesftMethod(HardenMethod):
+    """BayesFT (Algorithm 1): dropout rate per layer chosen by GP Bayesian optimisation."""
+
+    name = "bayesft"
+
+    def run(self, ctx: HardenContext) -> MethodResult:
+        opts = ctx.options
+        max_dropout = float(opts["max_dropout"])
+        trials = int(opts["trials"])
+        study_path = None if opts.get("study") is None else Path(opts["study"])
+
+        model = make_trainable(ctx.source)
+        dropouts = insert_dropout(model)
+        names = list(dropouts)
+        optimizer = _optimizer(model, ctx.lr)
+        _, state, history = _restore(ctx, [model], [optimizer])
+        best: dict[str, Any] | None = state.get("best")
+        best_state = (ctx.resume_state or {}).get("best_model")
+
+        optuna = _import_optuna()
+        distributions = {
+            name: optuna.distributions.FloatDistribution(0.0, max_dropout) for name in names
+        }
+        with _quiet_optuna(optuna):
+            study, notes = _open_study(optuna, ctx, study_path, names)
+            if state:
+                notes += _reconcile(optuna, study, state["table"], distributions)
+            done = len(_counted(optuna, study))
+            if done and not state:
+                notes.append(
+                    f"study {study.study_name} already has {done} trial(s); their weights are "
+                    "not stored in the study, so the search continues from the input model's "
+                    "weights (--checkpoint-dir with --resume keeps them)"
+                )
+            if done >= trials and best_state is None:
+                raise UserError(
+                    f"study {study.study_name} already has {done} trial(s) and --trials is "
+                    f"{trials}: nothing to do",
+                    hint="pass a larger --trials to continue the search",
+                )
+            for index in range(done, trials):
+                info = self._trial(
+                    ctx, optuna, study, index, model, optimizer, dropouts, distributions
+                )
+                objective = info["objective"]
+                if objective is not None and (best is None or objective > best["objective"]):
+                    best = {"trial": info["trial"], "objective": objective, "rates": info["rates"]}
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    info["best"] = True
+                history.append(info)
+                table = [_row(t, names) for t in _counted(optuna, study)]
+                self._checkpoint(
+                    ctx, info["epoch"], model, optimizer, best, best_state, history, table
+                )
+                if ctx.on_epoch is not None:
+                    ctx.on_epoch(info["epoch"], info)
+            table = [_row(t, names) for t in study.get_trials(deepcopy=False)]
+
+        if best is None or best_state is None:
+            raise UserError(
+                "every BayesFT trial's objective was non-finite (the validation loss diverged)",
+                hint="lower --lr or --max-dropout, or harden at a smaller --sigma",
+            )
+        model.load_state_dict(best_state)
+        for name, rate in best["rates"].items():
+            dropouts[name].p = rate
+        model.module.eval()
+        rates = ", ".join(f"{name} {rate:.3f}" for name, rate in best["rates"].items())
+        notes.append(
+            f"BayesFT chose dropout rates {rates} (trial {best['trial']}, objective "
+            f"{best['objective']:.4f}); the exported model has no dropout"
+        )
+        details = {
+            "dropout_rates": best["rates"],
+            "best_trial": best["trial"],
+            "best_objective": best["objective"],
+            "trials": trials,
+            "epochs_per_trial": int(opts["epochs_per_trial"]),
+            "max_dropout": max_dropout,
+            "objective_samples": int(opts["objective_samples"]),
+            "search": {
+                "sampler": "optuna GPSampler",
+                "startup_trials": STARTUP_TRIALS,
+                "study": study.study_name,
+                "storage": None if study_path is None else str(study_path),
+                "objective": "minus the mean validation cross-entropy over objective_samples "
+                "Monte Carlo draws of the noise at sigma",
+                "trials": table,
+            },
+        }
+        return MethodResult(model, details, history, notes)
+
+    @staticmethod
+    def _trial(
+        ctx: HardenContext,
+        optuna: Any,
+        study: Any,
+        index: int,
+        model: TrainableModel,
+        optimizer: Any,
+        dropouts: Mapping[str, Any],
+        distributions: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """The index-th trial: propose rates, train epochs_per_trial epochs, tell u."""
+        torch = require_torch(FEATURE)
+        opts = ctx.options
+        epochs = int(opts["epochs_per_trial"])
+        layer_index = {layer.name: layer.index for layer in ctx.source.layers}
+        study.sampler = _sampler(optuna, ctx.seed, index)
+        trial = study.ask(dict(distributions))
+        rates = {name: float(trial.params[name]) for name in dropouts}
+        try:
+            loss = math.nan
+            for e in range(epochs):
+                epoch = index * epochs + e
+                for name, dropout in dropouts.items():
+                    dropout.p = rates[name]
+                    dropout.generator = torch.Generator(device=ctx.device)
+                    dropout.generator.manual_seed(
+                        _derived(ctx.seed, DROPOUT_KEY, epoch, layer_index[name])
+                    )
+                loss = ctx.train_epoch(model, optimizer, epoch, None)
+            objective = bayesft_objective(
+                model,
+                ctx.val,
+                layers=ctx.layers,
+                noise=ctx.noise,
+                sigma=ctx.sigma,
+                samples=int(opts["objective_samples"]),
+                seed=objective_seed(ctx.seed),
+                device=ctx.device,
+            )
+        except BaseException:  # Ctrl-C (or a bug): the trial is not done; re-raised as is
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+        if math.isfinite(objective):
+            study.tell(trial, objective)
+        else:  # a diverged loss: recorded as failed, which the GP leaves out
+            trial.set_user_attr("objective", NON_FINITE)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return {
+            "epoch": epoch,
+            "trial": trial.number,
+            "index": index,
+            "loss": loss,
+            "rates": rates,
+            "objective": objective if math.isfinite(objective) else None,
+        }
+
+    @staticmethod
+    def _checkpoint(
+        ctx: HardenContext,
+        epoch: int,
+        model: TrainableModel,
+        optimizer: Any,
+        best: dict[str, Any] | None,
+        best_state: dict[str, Any] | None,
+        history: list[dict[str, Any]],
+        table: list[dict[str, Any]],
+    ) -> None:
+        """``methods._checkpoint``'s layout, plus the trial table and the best trial's weights."""
+        if ctx.checkpoint_dir is None:
+            return
+        state: dict[str, Any] = {
+            "fingerprint": json.dumps(ctx.fingerprint, sort_keys=True),
+            "epochs_done": epoch + 1,
+            "models": [model.module.state_dict()],
+            "optimizers": [optimizer.state_dict()],
+            "method_state": json.dumps({"best": best, "table": table}),
+            "history": json.dumps(history),
+        }
+        if best_state is not None:
+            state["best_model"] = best_state
+        save_checkpoint(ctx.checkpoint_dir, state)
+
+
+HARDEN_METHODS[BayesftMethod.name] = BayesftMethod
