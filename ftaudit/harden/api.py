@@ -250,8 +250,11 @@ def harden(
     # the data must fit before any epoch runs: one clean forward pass on a few samples
     from ftaudit.harden.trainable import make_trainable
     from ftaudit.harden.training import TrainableRunner
+    from ftaudit.models.torchscript import resolve_torch_device
 
-    probe = TrainableRunner(make_trainable(source), device)
+    probe_model = make_trainable(source)
+    probe_model.module.to(resolve_torch_device(device))  # a clear error when CUDA is missing
+    probe = TrainableRunner(probe_model, device)
     probe.bind_data(train.x[:8], train.y[:8], batch_size=8)
     logits = probe.checked_logits(train.x[:8].shape)
     validate_labels(train.y, logits.shape[1])

@@ -41,7 +41,7 @@ from ftaudit.harden.methods import (
     _optimizer,
     _restore,
 )
-from ftaudit.harden.trainable import TrainableModel, make_trainable
+from ftaudit.harden.trainable import TrainableModel
 from ftaudit.harden.training import TrainingData
 from ftaudit.models.base import CrossbarLayer
 from ftaudit.montecarlo import Crossbar, draws_for_sample
@@ -494,7 +494,7 @@ class BayesftMethod(HardenMethod):
         trials = int(opts["trials"])
         study_path = None if opts.get("study") is None else Path(opts["study"])
 
-        model = make_trainable(ctx.source)
+        model = ctx.new_model()
         dropouts = insert_dropout(model)
         names = list(dropouts)
         optimizer = _optimizer(model, ctx.lr)

@@ -54,6 +54,12 @@ class HardenContext:
     resume_state: dict[str, Any] | None = None
     on_epoch: EpochCallback | None = None
 
+    def new_model(self) -> TrainableModel:
+        """A fresh trainable copy of the input model on this run's device."""
+        model = make_trainable(self.source)
+        model.module.to(self.device)
+        return model
+
     def train_epoch(
         self, model: TrainableModel, optimizer: Any, epoch: int, noise: TrainingNoise | None
     ) -> float:
@@ -140,7 +146,7 @@ class HardenMethod:
         return None
 
     def run(self, ctx: HardenContext) -> MethodResult:
-        model = make_trainable(ctx.source)
+        model = ctx.new_model()
         optimizer = _optimizer(model, ctx.lr)
         start, _, history = _restore(ctx, [model], [optimizer])
         noise = self.training_noise(ctx)
@@ -177,7 +183,7 @@ class TriceMethod(HardenMethod):
     def run(self, ctx: HardenContext) -> MethodResult:
         opts = ctx.options
         threshold = float(opts["threshold"])
-        models = [make_trainable(ctx.source) for _ in range(3)]
+        models = [ctx.new_model() for _ in range(3)]
         optimizers = [_optimizer(m, ctx.lr) for m in models]
         start, state, history = _restore(ctx, models, optimizers)
         search = (
