@@ -107,6 +107,8 @@ def run_monte_carlo(
         runner.set_weights(unperturbed)
         counts[[j for j in range(n_sigma) if j not in active]] = runner.count_correct()
 
+    if not active:  # every sigma is 0: nothing to draw
+        return MonteCarloCounts(counts=counts, used=used, stopped_early=stopped)
     d = crossbar.noise.draws_per_weight
     layers = crossbar.layers
     # two sets of draw buffers: a helper thread fills sample i+1's while sample i is evaluated

@@ -292,10 +292,11 @@ def bayesft_objective(
     ]
     buffers = [np.empty(layer.shape, np.float32) for layer in layers]
     d = noise.draws_per_weight
+    draw_buffers = [np.empty((d, *layer.canonical_shape), np.float32) for layer in layers]
     losses = []
     try:
         for i in range(samples if sigma > 0 else 1):
-            draws = draws_for_sample(seed, i, layers, d)
+            draws = draws_for_sample(seed, i, layers, d, out=draw_buffers)
             trainable.set_crossbar_arrays(
                 {
                     layer.name: state.perturb(layer.to_native(z), sigma, buf)
