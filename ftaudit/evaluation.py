@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Sequence
@@ -13,10 +14,18 @@ import numpy as np
 from ftaudit import __version__
 from ftaudit.data import Dataset, load_dataset, validate_labels
 from ftaudit.errors import UserError
+from ftaudit.eval_checkpoint import CheckpointWriter, check_checkpoint_dir, load_progress
 from ftaudit.fileio import sha256_file
 from ftaudit.models import AuditModel, load_model
-from ftaudit.montecarlo import Crossbar, ProgressCallback, run_monte_carlo
+from ftaudit.montecarlo import (
+    ChunkEvaluator,
+    Crossbar,
+    Progress,
+    ProgressCallback,
+    run_monte_carlo,
+)
 from ftaudit.noise import NoiseModel, get_noise_model
+from ftaudit.parallel import WorkerSpec, close_backend, make_backend, threads_per_worker
 from ftaudit.results import AuditReport, GateResult, Interval, LayerInfo, SigmaResult
 from ftaudit.stats import summarize
 
@@ -163,8 +172,16 @@ def audit(
     progress: ProgressCallback | None = None,
     command: Sequence[str] | None = None,
     config_file: str | None = None,
+    workers: int = 1,
+    ray: str | None = None,
+    checkpoint_dir: Path | str | None = None,
+    resume: bool = False,
 ) -> AuditReport:
-    """Run the Monte Carlo audit and return the report; gates are evaluated, not raised."""
+    """Run the Monte Carlo audit and return the report; gates are evaluated, not raised.
+
+    ``workers`` > 1 spreads samples over local processes, ``ray`` over a Ray cluster ('local'
+    starts one, 'auto' or an address joins one); the numbers are the same either way.
+    ``checkpoint_dir`` keeps the counted samples so a killed run continues with ``resume``."""
     started = time.perf_counter()
     sigmas = [float(s) for s in sigmas]
     validate_options(
@@ -178,6 +195,7 @@ def audit(
         fail_under_kpp=fail_under_kpp,
         fail_under_mean=fail_under_mean,
     )
+    validate_scale_out(workers=workers, checkpoint_dir=checkpoint_dir, resume=resume)
     noise_model = (
         noise
         if isinstance(noise, NoiseModel)
@@ -206,17 +224,75 @@ def audit(
         quantized_accuracy = runner.count_correct() / n
     reference = clean_accuracy if quantized_accuracy is None else quantized_accuracy
 
-    counts = run_monte_carlo(
-        runner,
-        crossbar,
-        sigmas,
-        samples=samples,
-        seed=seed,
-        n_data=n,
-        k=k,
-        target_ci=target_ci,
-        progress=progress,
-    )
+    fingerprint = {
+        "model_sha256": model_sha256(loaded),
+        "data": {key: dataset.source.get(key) for key in ("sha256", "n", "limit")},
+        "normalisation": [None if v is None else [float(a) for a in v] for v in (mean, std)],
+        "output": loaded.output.name,
+        "layers": [layer.name for layer in selected],
+        "noise": noise_model.parameters(),
+        "sigmas": sigmas,
+        "samples": samples,
+        "seed": seed,
+        "k": k,
+        "target_ci": target_ci,
+        "device": device,
+    }
+    restored, on_chunk, writer = None, None, None
+    if checkpoint_dir is not None:
+        directory = check_checkpoint_dir(checkpoint_dir)
+        if resume:
+            restored = load_progress(directory, fingerprint, (len(sigmas), samples))
+        writer = CheckpointWriter(directory, fingerprint)
+        latest: list[Progress] = []
+
+        def on_chunk(state: Progress) -> None:
+            latest[:] = [state]
+            writer(state)
+
+    evaluator = None
+    spec = None
+    if workers > 1 or ray is not None:
+        spec = WorkerSpec(
+            model_path=str(loaded.path),
+            model_bytes=model_bytes(loaded),
+            output=output,
+            x=loaded.fit_input(dataset.x),
+            y=dataset.y,
+            layer_names=tuple(layer.name for layer in selected),
+            noise=noise_model,
+            sigmas=tuple(sigmas),
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            threads=1 if ray is not None else threads_per_worker(workers),
+        )
+    else:
+        evaluator = ChunkEvaluator(runner, crossbar, sigmas, seed)
+    backend = make_backend(spec, evaluator, workers=workers, ray=ray)
+    try:
+        counts = run_monte_carlo(
+            runner,
+            crossbar,
+            sigmas,
+            samples=samples,
+            seed=seed,
+            n_data=n,
+            k=k,
+            target_ci=target_ci,
+            progress=progress,
+            backend=backend,
+            restored=restored,
+            on_chunk=on_chunk,
+        )
+    finally:
+        if writer is not None and latest:
+            writer(latest[0], force=True)  # also after Ctrl-C: nothing counted is lost
+        close_backend(backend)
+        if evaluator is not None:
+            evaluator.close()
+    execution = backend.describe()
+    execution["resumed_samples"] = 0 if restored is None else int(restored.done.sum())
     results = []
     for j, sigma in enumerate(sigmas):
         accuracies = counts.accuracies(j, n)
@@ -261,5 +337,27 @@ def audit(
             "std": None if std is None else [float(v) for v in std],
             "output": output,
             "config_file": config_file,
+            "execution": execution,
         },
     )
+
+
+def validate_scale_out(*, workers: int, checkpoint_dir: Path | str | None, resume: bool) -> None:
+    """Reject impossible --workers/--resume combinations before any work."""
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}", hint="e.g. --workers 2")
+    if resume and checkpoint_dir is None:
+        raise UserError(
+            "--resume needs the --checkpoint-dir of the interrupted run",
+            hint="pass --checkpoint-dir DIR --resume",
+        )
+
+
+def model_bytes(model: AuditModel) -> bytes:
+    """The model file's bytes, as loaded (workers rebuild the model from them)."""
+    raw = getattr(model, "raw", None)
+    return raw if isinstance(raw, bytes) else Path(model.path).read_bytes()
+
+
+def model_sha256(model: AuditModel) -> str:
+    return hashlib.sha256(model_bytes(model)).hexdigest()

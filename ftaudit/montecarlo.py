@@ -9,9 +9,11 @@ numbers), which makes accuracy curves smooth and paired comparisons between mode
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -83,6 +85,105 @@ class MonteCarloCounts:
         return self.counts[j, : self.used[j]] / n
 
 
+class ChunkEvaluator:
+    """Correct counts for a range of sample indices: the unit of work a worker runs.
+
+    It owns its draw and weight buffers and a helper thread that makes sample i+1's draws while
+    sample i is evaluated (numpy's generators and the model runtimes release the GIL)."""
+
+    def __init__(
+        self, runner: ModelRunner, crossbar: Crossbar, sigmas: Sequence[float], seed: int
+    ) -> None:
+        self.runner = runner
+        self.crossbar = crossbar
+        self.sigmas = [float(s) for s in sigmas]
+        self.seed = seed
+        d = crossbar.noise.draws_per_weight
+        layers = crossbar.layers
+        self._draws = [
+            [np.empty((d, *la.canonical_shape), np.float32) for la in layers] for _ in "ab"
+        ]
+        self._weights = [np.empty(layer.shape, np.float32) for layer in layers]
+        self._pool = ThreadPoolExecutor(max_workers=1)
+
+    def evaluate(self, start: int, stop: int, active: Sequence[int]) -> np.ndarray:
+        """Counts ``(len(sigmas), stop - start)`` for samples [start, stop); only ``active``
+        sigma rows are filled (the others stay 0)."""
+        counts = np.zeros((len(self.sigmas), stop - start), dtype=np.int64)
+        if not active or stop <= start:
+            return counts
+        layers, d = self.crossbar.layers, self.crossbar.noise.draws_per_weight
+        pending = self._pool.submit(draws_for_sample, self.seed, start, layers, d, self._draws[0])
+        for offset, i in enumerate(range(start, stop)):
+            draws = pending.result()
+            if i + 1 < stop:
+                buffers = self._draws[~offset & 1]
+                pending = self._pool.submit(draws_for_sample, self.seed, i + 1, layers, d, buffers)
+            _evaluate_sample(
+                self.runner,
+                self.crossbar,
+                self.sigmas,
+                active,
+                draws,
+                self._weights,
+                counts[:, offset],
+            )
+        return counts
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
+class SampleBackend(Protocol):
+    """Where chunks of samples run: in this process, local worker processes, or Ray."""
+
+    #: chunks kept in flight at once (enough to keep every worker busy)
+    parallelism: int
+
+    def submit(self, start: int, stop: int, active: Sequence[int]) -> Future[np.ndarray]:
+        """Start counting samples [start, stop) at the ``active`` sigmas."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Where the work ran, for the report."""
+        ...
+
+
+class LocalBackend:
+    """Runs every chunk in this process, synchronously."""
+
+    parallelism = 1
+
+    def __init__(self, evaluator: ChunkEvaluator) -> None:
+        self.evaluator = evaluator
+
+    def submit(self, start: int, stop: int, active: Sequence[int]) -> Future[np.ndarray]:
+        future: Future[np.ndarray] = Future()
+        future.set_result(self.evaluator.evaluate(start, stop, active))
+        return future
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "local", "workers": 1}
+
+
+@dataclass
+class Progress:
+    """Samples finished so far (a contiguous prefix), given to checkpoints and progress bars."""
+
+    counts: np.ndarray
+    done: np.ndarray
+
+
+ChunkCallback = Callable[[Progress], None]
+
+
+def chunk_size(samples: int, parallelism: int, target_ci: float | None) -> int:
+    """Samples per unit of work: early-stopping checkpoints fall on chunk ends."""
+    if target_ci is not None:
+        return CHECK_EVERY
+    return max(1, min(CHECK_EVERY, -(-samples // (4 * parallelism))))
+
+
 def run_monte_carlo(
     runner: ModelRunner,
     crossbar: Crossbar,
@@ -94,49 +195,75 @@ def run_monte_carlo(
     k: float,
     target_ci: float | None = None,
     progress: ProgressCallback | None = None,
+    backend: SampleBackend | None = None,
+    restored: Progress | None = None,
+    on_chunk: ChunkCallback | None = None,
 ) -> MonteCarloCounts:
-    """Evaluate ``samples`` perturbed models per sigma; stop a sigma early at ``target_ci``."""
+    """Evaluate ``samples`` perturbed models per sigma; stop a sigma early at ``target_ci``.
+
+    Chunks of samples run on ``backend`` (this process by default) and are taken back in index
+    order, so counts, early stops and therefore every reported number are the same for any
+    backend and worker count. ``restored`` (a checkpoint) marks samples already counted;
+    ``on_chunk`` sees the state after every chunk (to write a checkpoint)."""
     n_sigma = len(sigmas)
-    counts = np.zeros((n_sigma, samples), dtype=np.int64)
+    state = Progress(
+        counts=np.zeros((n_sigma, samples), dtype=np.int64),
+        done=np.zeros((n_sigma, samples), dtype=bool),
+    )
+    if restored is not None:
+        state.counts[...] = restored.counts
+        state.done[...] = restored.done
     used = np.full(n_sigma, samples, dtype=np.int64)
     stopped = np.zeros(n_sigma, dtype=bool)
     active = [j for j, s in enumerate(sigmas) if s > 0]
-
-    unperturbed = crossbar.unperturbed()
-    if len(active) < n_sigma:  # sigma = 0: no perturbation at all, one evaluation serves all
-        runner.set_weights(unperturbed)
-        counts[[j for j in range(n_sigma) if j not in active]] = runner.count_correct()
-
+    zero = [j for j in range(n_sigma) if j not in active]
+    if zero:  # sigma = 0: no perturbation at all, one evaluation serves all
+        runner.set_weights(crossbar.unperturbed())
+        state.counts[zero] = runner.count_correct()
+        state.done[zero] = True
     if not active:  # every sigma is 0: nothing to draw
-        return MonteCarloCounts(counts=counts, used=used, stopped_early=stopped)
-    d = crossbar.noise.draws_per_weight
-    layers = crossbar.layers
-    # two sets of draw buffers: a helper thread fills sample i+1's while sample i is evaluated
-    # (numpy's generators and the model runtimes release the GIL while they work)
-    draw_buffers = [[np.empty((d, *la.canonical_shape), np.float32) for la in layers] for _ in "ab"]
-    weight_buffers = [np.empty(layer.shape, np.float32) for layer in layers]
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(draws_for_sample, seed, 0, layers, d, draw_buffers[0])
-        for i in range(samples):
-            if not active:
-                break
-            draws = pending.result()
-            if i + 1 < samples:
-                pending = pool.submit(
-                    draws_for_sample, seed, i + 1, layers, d, draw_buffers[~i & 1]
-                )
-            _evaluate_sample(runner, crossbar, sigmas, active, draws, weight_buffers, counts[:, i])
-            done = i + 1
-            if target_ci is not None and done % CHECK_EVERY == 0 and done < samples:
+        return MonteCarloCounts(counts=state.counts, used=used, stopped_early=stopped)
+
+    if backend is None:
+        evaluator = ChunkEvaluator(runner, crossbar, sigmas, seed)
+        backend = LocalBackend(evaluator)
+    size = chunk_size(samples, backend.parallelism, target_ci)
+    chunks = [(s, min(s + size, samples)) for s in range(0, samples, size)]
+    # one chunk at a time in this process (so nothing runs past an early stop); two per
+    # worker otherwise, so no worker waits while the next chunk is handed out
+    in_flight = 1 if backend.parallelism == 1 else 2 * backend.parallelism
+    queue: deque[tuple[int, int, list[int], Future[np.ndarray] | None]] = deque()
+    next_chunk = 0
+    try:
+        while active and (next_chunk < len(chunks) or queue):
+            while next_chunk < len(chunks) and len(queue) < in_flight:
+                start, stop = chunks[next_chunk]
+                next_chunk += 1
+                need = [j for j in active if not state.done[j, start:stop].all()]
+                future = backend.submit(start, stop, need) if need else None
+                queue.append((start, stop, need, future))
+            start, stop, need, future = queue.popleft()
+            if future is not None:
+                counts = future.result()
+                need = [j for j in need if j in active]  # drop sigmas stopped meanwhile
+                state.counts[need, start:stop] = counts[need]
+                state.done[need, start:stop] = True
+                if on_chunk is not None:
+                    on_chunk(state)
+            if target_ci is not None and stop % CHECK_EVERY == 0 and stop < samples:
                 for j in list(active):
-                    width = kpp_interval_width(counts[j, :done] / n_data, k)
+                    width = kpp_interval_width(state.counts[j, :stop] / n_data, k)
                     if width < target_ci:
                         active.remove(j)
-                        used[j] = done
+                        used[j] = stop
                         stopped[j] = True
             if progress is not None:
-                progress(done, samples)
-    return MonteCarloCounts(counts=counts, used=used, stopped_early=stopped)
+                progress(stop, samples)
+    finally:
+        for *_, future in queue:
+            if future is not None:
+                future.cancel()
+    return MonteCarloCounts(counts=state.counts, used=used, stopped_early=stopped)
 
 
 def _evaluate_sample(

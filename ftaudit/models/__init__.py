@@ -9,7 +9,15 @@ from pathlib import Path
 from ftaudit.errors import UserError
 from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner, TensorSpec
 
-__all__ = ["AuditModel", "CrossbarLayer", "ModelRunner", "TensorSpec", "load_model", "sniff_format"]
+__all__ = [
+    "AuditModel",
+    "CrossbarLayer",
+    "ModelRunner",
+    "TensorSpec",
+    "load_model",
+    "load_model_bytes",
+    "sniff_format",
+]
 
 
 def sniff_format(path: Path, raw: bytes) -> str:
@@ -50,6 +58,13 @@ def load_model(path: Path | str, *, output: str | None = None) -> AuditModel:
         raise UserError(f"cannot read model file {path}: {exc.strerror}") from exc
     if not raw:
         raise UserError(f"model file {path} is empty", hint="re-export the model")
+    return load_model_bytes(path, raw, output=output)
+
+
+def load_model_bytes(path: Path | str, raw: bytes, *, output: str | None = None) -> AuditModel:
+    """A model from its file's bytes (``path`` names it and anchors external data): how
+    worker processes and Ray tasks rebuild a model without reading the file again."""
+    path = Path(path)
     kind = sniff_format(path, raw)
     if kind == "torchscript":
         from ftaudit.models.torchscript import TorchScriptModel

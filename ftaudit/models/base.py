@@ -122,8 +122,11 @@ class AuditModel(ABC):
         """The stored (unperturbed) crossbar weights as float arrays, keyed by layer name."""
 
     @abstractmethod
-    def runner(self, selected: Sequence[CrossbarLayer], *, device: str) -> ModelRunner:
-        """A runner whose ``selected`` layers take their weights from ``set_weights``."""
+    def runner(
+        self, selected: Sequence[CrossbarLayer], *, device: str, threads: int | None = None
+    ) -> ModelRunner:
+        """A runner whose ``selected`` layers take their weights from ``set_weights``
+        (``threads``: intra-op threads, None for the runtime's default)."""
 
     def fit_input(self, x: np.ndarray) -> np.ndarray:
         """Data x reshaped to the model's declared input shape (or a UserError)."""

@@ -277,8 +277,10 @@ class OnnxModel(AuditModel):
     def clean_weights(self) -> dict[str, np.ndarray]:
         return dict(self.initializers)
 
-    def runner(self, selected: Sequence[CrossbarLayer], *, device: str) -> OnnxRunner:
-        return OnnxRunner(self, selected, device=device)
+    def runner(
+        self, selected: Sequence[CrossbarLayer], *, device: str, threads: int | None = None
+    ) -> OnnxRunner:
+        return OnnxRunner(self, selected, device=device, threads=threads)
 
 
 def _ort_runtime_errors() -> tuple[type[BaseException], ...]:
@@ -319,9 +321,11 @@ class OnnxRunner(ModelRunner):
         selected: Sequence[CrossbarLayer],
         *,
         device: str,
+        threads: int | None = None,
     ) -> None:
         onnx = _onnx()
         self.providers = ort_providers(device)
+        self.threads = threads
         graph_model = onnx.ModelProto()
         graph_model.CopyFrom(model.proto)
         graph = graph_model.graph
@@ -359,6 +363,9 @@ class OnnxRunner(ModelRunner):
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.threads is not None:
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
         try:
             return ort.InferenceSession(self._model_bytes, options, providers=self.providers)
         except Exception as exc:  # ORT raises bare exceptions for models it cannot run

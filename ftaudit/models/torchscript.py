@@ -121,7 +121,10 @@ class TorchScriptModel(AuditModel):
             layer.name: params[layer.name].detach().cpu().numpy().copy() for layer in self.layers
         }
 
-    def runner(self, selected: Sequence[CrossbarLayer], *, device: str) -> TorchScriptRunner:
+    def runner(
+        self, selected: Sequence[CrossbarLayer], *, device: str, threads: int | None = None
+    ) -> TorchScriptRunner:
+        # torch's thread count is per process: worker processes set it (ftaudit.parallel)
         return TorchScriptRunner(self, selected, device=resolve_torch_device(device))
 
 

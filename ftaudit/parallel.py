@@ -1,0 +1,298 @@
+"""Where Monte Carlo samples run: this process, local worker processes, or a Ray cluster.
+
+Every backend evaluates chunks of sample indices with the same ``ChunkEvaluator``; sample i's
+draws depend only on (seed, i, layer), and the engine takes chunks back in index order, so the
+reported numbers are identical for any backend and worker count. Workers get a picklable,
+file-free ``WorkerSpec`` (the model's bytes, the bound data, the noise model) and rebuild their
+own session once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import multiprocessing
+import os
+import signal
+import socket
+from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ftaudit.errors import MissingExtraError, UserError
+from ftaudit.montecarlo import ChunkEvaluator, Crossbar, LocalBackend, SampleBackend
+from ftaudit.noise.base import NoiseModel
+
+#: Ray retries a task whose worker process died this many times before the run fails
+RAY_MAX_RETRIES = 3
+#: a chunk whose local worker process died is run again on a fresh pool this many times
+PROCESS_MAX_RETRIES = 3
+#: seconds to wait for a TCP answer from an explicit Ray address before calling it unreachable
+CONNECT_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker needs to rebuild the runner: bytes and arrays only, no open sessions."""
+
+    model_path: str
+    model_bytes: bytes
+    output: str | None
+    x: np.ndarray
+    y: np.ndarray
+    layer_names: tuple[str, ...]
+    noise: NoiseModel
+    sigmas: tuple[float, ...]
+    seed: int
+    batch_size: int
+    device: str
+    threads: int | None = None
+    key: str = field(default="", compare=False)
+
+    def with_key(self) -> WorkerSpec:
+        """This spec with ``key``: a digest workers use to reuse a built evaluator."""
+        digest = hashlib.sha256(self.model_bytes)
+        for part in (self.x.tobytes(), self.y.tobytes()):
+            digest.update(hashlib.sha256(part).digest())
+        digest.update(
+            repr(
+                (
+                    self.output,
+                    self.layer_names,
+                    self.noise.parameters(),
+                    self.sigmas,
+                    self.seed,
+                    self.batch_size,
+                    self.device,
+                    self.threads,
+                )
+            ).encode()
+        )
+        return WorkerSpec(**{**self.__dict__, "key": digest.hexdigest()})
+
+    def build(self) -> ChunkEvaluator:
+        """Load the model from its bytes, bind the data and prepare the crossbar."""
+        from ftaudit.models import load_model_bytes
+
+        if self.threads is not None:
+            _limit_threads(self.threads)
+        model = load_model_bytes(self.model_path, self.model_bytes, output=self.output)
+        chosen = set(self.layer_names)
+        selected = [layer for layer in model.layers if layer.name in chosen]
+        runner = model.runner(selected, device=self.device, threads=self.threads)
+        runner.bind_data(self.x, self.y, batch_size=self.batch_size)
+        crossbar = Crossbar.prepare(selected, model.clean_weights(), self.noise)
+        return ChunkEvaluator(runner, crossbar, self.sigmas, self.seed)
+
+
+def _limit_threads(threads: int) -> None:
+    """Keep a worker's intra-op threads to its share of the cores (torch is per process)."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch = __import__("sys").modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+# --- worker side ----------------------------------------------------------------------------
+_EVALUATORS: dict[str, ChunkEvaluator] = {}
+
+
+def _evaluator(spec: WorkerSpec) -> ChunkEvaluator:
+    """The worker's evaluator for ``spec``, built on first use and kept for later chunks."""
+    evaluator = _EVALUATORS.get(spec.key)
+    if evaluator is None:
+        for old in _EVALUATORS.values():
+            old.close()
+        _EVALUATORS.clear()
+        evaluator = _EVALUATORS[spec.key] = spec.build()
+    return evaluator
+
+
+def _init_process_worker(spec: WorkerSpec) -> None:
+    # Ctrl-C goes to the whole process group: the parent handles it and stops the pool
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    globals()["_PROCESS_SPEC"] = spec
+
+
+def _process_chunk(start: int, stop: int, active: list[int]) -> np.ndarray:
+    return _evaluator(globals()["_PROCESS_SPEC"]).evaluate(start, stop, active)
+
+
+def _ray_chunk(spec: WorkerSpec, start: int, stop: int, active: list[int]) -> np.ndarray:
+    return _evaluator(spec).evaluate(start, stop, active)
+
+
+# --- backends -------------------------------------------------------------------------------
+class _RetriedChunk:
+    """A chunk on the process pool that is resubmitted (on a fresh pool) if a worker dies."""
+
+    def __init__(self, backend: ProcessBackend, start: int, stop: int, active: list[int]) -> None:
+        self.backend, self.args = backend, (start, stop, active)
+        self.generation, self.future = (
+            backend.generation,
+            backend.pool.submit(_process_chunk, *self.args),
+        )
+
+    def result(self) -> np.ndarray:
+        for _ in range(PROCESS_MAX_RETRIES):
+            try:
+                return self.future.result()
+            except BrokenProcessPool:
+                self.backend.restart(self.generation)
+                self.generation = self.backend.generation
+                self.future = self.backend.pool.submit(_process_chunk, *self.args)
+        return self.future.result()
+
+    def cancel(self) -> bool:
+        return self.future.cancel()
+
+
+class ProcessBackend:
+    """Local worker processes (spawned, so no runtime state is shared with the parent)."""
+
+    def __init__(self, spec: WorkerSpec, workers: int) -> None:
+        self.parallelism = workers
+        self.spec = spec
+        self.generation = 0
+        self.pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.parallelism,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_process_worker,
+            initargs=(self.spec,),
+        )
+
+    def restart(self, generation: int) -> None:
+        """Replace a pool broken by a dead worker (once, however many chunks noticed it)."""
+        if generation == self.generation:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = self._new_pool()
+            self.generation += 1
+
+    def submit(self, start: int, stop: int, active: Sequence[int]) -> Future[np.ndarray]:
+        return _RetriedChunk(self, start, stop, list(active))  # type: ignore[return-value]
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "processes", "workers": self.parallelism}
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def require_ray() -> ModuleType:
+    """Import ray or raise a UserError naming the ``ray`` extra."""
+    try:
+        return importlib.import_module("ray")
+    except ImportError as exc:
+        raise MissingExtraError("--ray runs", "ray", "Ray") from exc
+
+
+def check_ray_address(address: str) -> None:
+    """Fail fast, as a UserError, when an explicit host:port does not answer."""
+    if address in ("local", "auto"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(
+            f"Ray address '{address}' is not host:port",
+            hint="pass --ray auto, --ray HOST:6379, --ray ray://HOST:10001, or --ray alone "
+            "for a local cluster",
+        )
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or exc.__class__.__name__
+        raise UserError(
+            f"cannot reach the Ray cluster at {address}: {reason}",
+            hint="check the address and that the head node is up (`ray status` on it), "
+            "or pass --ray alone to start a local cluster",
+        ) from exc
+
+
+class RayBackend:
+    """Ray tasks on an existing cluster, or on a local one started (and stopped) here."""
+
+    def __init__(self, spec: WorkerSpec, address: str, workers: int | None) -> None:
+        ray = require_ray()
+        check_ray_address(address)
+        self._ray = ray
+        self._started = False
+        if not ray.is_initialized():
+            options: dict[str, Any] = {
+                "include_dashboard": False,
+                "log_to_driver": False,
+                "configure_logging": True,
+                "logging_level": "ERROR",
+            }
+            try:
+                if address == "local":
+                    ray.init(num_cpus=workers, **options)
+                else:
+                    ray.init(address=address, **options)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise UserError(
+                    f"cannot connect to the Ray cluster at {address}: {first[:200]}",
+                    hint="start one with `ray start --head`, check the address, or pass --ray "
+                    "alone to start a local cluster",
+                ) from exc
+            self._started = True
+        self.address = address
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.parallelism = max(1, min(workers or cpus, cpus))
+        self._spec = ray.put(spec)
+        self._task = ray.remote(num_cpus=1, max_retries=RAY_MAX_RETRIES)(_ray_chunk)
+
+    def submit(self, start: int, stop: int, active: Sequence[int]) -> Future[np.ndarray]:
+        return self._task.remote(self._spec, start, stop, list(active)).future()
+
+    def describe(self) -> dict[str, Any]:
+        nodes = [n for n in self._ray.nodes() if n.get("Alive")]
+        return {
+            "backend": "ray",
+            "workers": self.parallelism,
+            "address": self.address,
+            "nodes": len(nodes),
+        }
+
+    def close(self) -> None:
+        if self._started:
+            self._ray.shutdown()
+
+
+def make_backend(
+    spec: WorkerSpec | None,
+    evaluator: ChunkEvaluator | None,
+    *,
+    workers: int,
+    ray: str | None,
+) -> SampleBackend:
+    """The backend for ``--workers``/``--ray``: this process when neither asks for more."""
+    if ray is not None:
+        assert spec is not None
+        return RayBackend(spec.with_key(), ray, None if workers == 1 else workers)
+    if workers > 1:
+        assert spec is not None
+        return ProcessBackend(spec.with_key(), workers)
+    assert evaluator is not None
+    return LocalBackend(evaluator)
+
+
+def close_backend(backend: SampleBackend) -> None:
+    close = getattr(backend, "close", None)
+    if close is not None:
+        close()
+
+
+def threads_per_worker(workers: int) -> int:
+    """Each worker's share of the machine's cores (at least one)."""
+    return max(1, (os.cpu_count() or 1) // workers)
