@@ -12,6 +12,7 @@ import numpy as np
 
 from ftaudit import __version__
 from ftaudit.data import Dataset, load_dataset, validate_labels
+from ftaudit.device_effects import Condition, resolve_effects
 from ftaudit.errors import UserError
 from ftaudit.fileio import sha256_file
 from ftaudit.models import AuditModel, load_model
@@ -112,7 +113,17 @@ def evaluate_gates(
             ("mean", fail_under_mean, result.summary.mean),
         ):
             if threshold is not None:
-                gates.append(GateResult(metric, result.sigma, value, threshold, value >= threshold))
+                gates.append(
+                    GateResult(
+                        metric,
+                        result.sigma,
+                        value,
+                        threshold,
+                        value >= threshold,
+                        time_s=result.time_s,
+                        compensation=result.compensation,
+                    )
+                )
     return gates
 
 
@@ -142,7 +153,7 @@ def audit(
     model: Path | str | AuditModel,
     data: Path | str | Dataset,
     *,
-    sigmas: Sequence[float],
+    sigmas: Sequence[float] | None = None,
     noise: str | NoiseModel = "lognormal",
     bits: int | None = None,
     cell_bits: int | None = None,
@@ -163,10 +174,40 @@ def audit(
     progress: ProgressCallback | None = None,
     command: Sequence[str] | None = None,
     config_file: str | None = None,
+    times: Sequence[float] | None = None,
+    drift_nu: float | None = None,
+    drift_nu_std: float | None = None,
+    drift_t0: float | None = None,
+    compensation: str | None = None,
+    stuck_at: tuple[float, float] | None = None,
 ) -> AuditReport:
-    """Run the Monte Carlo audit and return the report; gates are evaluated, not raised."""
+    """Run the Monte Carlo audit and return the report; gates are evaluated, not raised.
+
+    ``sigmas`` defaults to the noise profile's (``--noise pcm``). ``times`` (seconds after
+    programming) adds conductance drift, one row per (sigma, time, compensation); ``stuck_at``
+    (P_LOW, P_HIGH) adds stuck cells. Drift and stuck-at defaults come from the noise profile,
+    else ``DriftModel()``; see ftaudit.device_effects.
+    """
     started = time.perf_counter()
+    noise_model = (
+        noise
+        if isinstance(noise, NoiseModel)
+        else get_noise_model(noise, bits=bits, cell_bits=cell_bits)
+    )
+    if sigmas is None:
+        sigmas = getattr(noise_model.profile, "sigma", None)
+        if sigmas is None:
+            raise UserError("no sigma given", hint="pass --sigma 0.3 (or sigmas=[0.3])")
     sigmas = [float(s) for s in sigmas]
+    effects = resolve_effects(
+        times=times,
+        drift_nu=drift_nu,
+        drift_nu_std=drift_nu_std,
+        drift_t0=drift_t0,
+        compensation=compensation,
+        stuck_at=stuck_at,
+        profile=noise_model.profile,
+    )
     validate_options(
         sigmas=sigmas,
         samples=samples,
@@ -177,11 +218,6 @@ def audit(
         target_ci=target_ci,
         fail_under_kpp=fail_under_kpp,
         fail_under_mean=fail_under_mean,
-    )
-    noise_model = (
-        noise
-        if isinstance(noise, NoiseModel)
-        else get_noise_model(noise, bits=bits, cell_bits=cell_bits)
     )
     loaded = model if isinstance(model, AuditModel) else load_model(model, output=output)
     dataset = (
@@ -216,21 +252,25 @@ def audit(
         k=k,
         target_ci=target_ci,
         progress=progress,
+        effects=effects,
     )
+    conditions = [Condition(s) for s in sigmas] if effects is None else effects.conditions(sigmas)
     results = []
-    for j, sigma in enumerate(sigmas):
+    for j, condition in enumerate(conditions):
         accuracies = counts.accuracies(j, n)
         summary = summarize(accuracies, k=k)
-        if sigma == 0:  # nothing random: the accuracy is known exactly
+        if condition.sigma == 0 and effects is None:  # nothing random: the accuracy is exact
             exact = Interval(summary.kpp, summary.kpp, summary.kpp_interval.confidence, "exact")
             summary = replace(summary, kpp_interval=exact, mean_interval=exact)
         results.append(
             SigmaResult(
-                sigma=sigma,
+                sigma=condition.sigma,
                 summary=summary,
                 accuracies=accuracies,
                 reference_accuracy=reference,
                 stopped_early=bool(counts.stopped_early[j]),
+                time_s=condition.time_s,
+                compensation=condition.compensation,
             )
         )
     names = [layer.name for layer in selected]
@@ -262,4 +302,5 @@ def audit(
             "output": output,
             "config_file": config_file,
         },
+        device_effects=None if effects is None else effects.to_dict(),
     )

@@ -12,12 +12,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ftaudit.models.base import CrossbarLayer, ModelRunner
 from ftaudit.noise.base import LayerNoise, NoiseModel
 from ftaudit.stats import kpp_interval_width
+
+if TYPE_CHECKING:
+    from ftaudit.device_effects import DeviceEffects
 
 #: early-stopping checks happen only after multiples of this many samples (deterministic)
 CHECK_EVERY = 50
@@ -94,17 +98,26 @@ def run_monte_carlo(
     k: float,
     target_ci: float | None = None,
     progress: ProgressCallback | None = None,
+    effects: DeviceEffects | None = None,
 ) -> MonteCarloCounts:
-    """Evaluate ``samples`` perturbed models per sigma; stop a sigma early at ``target_ci``."""
-    n_sigma = len(sigmas)
+    """Evaluate ``samples`` perturbed models per sigma; stop a sigma early at ``target_ci``.
+
+    With ``effects`` (stuck-at faults, drift) the rows are ``effects.conditions(sigmas)``, one
+    per (sigma, time, compensation), and every row is random, sigma = 0 included.
+    """
+    engine = None
+    if effects is not None:
+        from ftaudit.device_effects import EffectsEngine
+
+        engine = EffectsEngine(crossbar.layers, crossbar.states, effects, seed)
+    n_sigma = len(sigmas) if engine is None else len(engine.rows(sigmas))
     counts = np.zeros((n_sigma, samples), dtype=np.int64)
     used = np.full(n_sigma, samples, dtype=np.int64)
     stopped = np.zeros(n_sigma, dtype=bool)
-    active = [j for j, s in enumerate(sigmas) if s > 0]
+    active = [j for j, s in enumerate(sigmas) if s > 0] if engine is None else list(range(n_sigma))
 
-    unperturbed = crossbar.unperturbed()
     if len(active) < n_sigma:  # sigma = 0: no perturbation at all, one evaluation serves all
-        runner.set_weights(unperturbed)
+        runner.set_weights(crossbar.unperturbed())
         counts[[j for j in range(n_sigma) if j not in active]] = runner.count_correct()
 
     if not active:  # every sigma is 0: nothing to draw
@@ -115,17 +128,25 @@ def run_monte_carlo(
     # (numpy's generators and the model runtimes release the GIL while they work)
     draw_buffers = [[np.empty((d, *la.canonical_shape), np.float32) for la in layers] for _ in "ab"]
     weight_buffers = [np.empty(layer.shape, np.float32) for layer in layers]
+
+    def draw(i: int) -> tuple[list[np.ndarray], object]:
+        draws = draws_for_sample(seed, i, layers, d, draw_buffers[i & 1])
+        return draws, None if engine is None else engine.draw(i)
+
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(draws_for_sample, seed, 0, layers, d, draw_buffers[0])
+        pending = pool.submit(draw, 0)
         for i in range(samples):
             if not active:
                 break
-            draws = pending.result()
+            draws, extra = pending.result()
             if i + 1 < samples:
-                pending = pool.submit(
-                    draws_for_sample, seed, i + 1, layers, d, draw_buffers[~i & 1]
+                pending = pool.submit(draw, i + 1)
+            if engine is None:
+                _evaluate_sample(
+                    runner, crossbar, sigmas, active, draws, weight_buffers, counts[:, i]
                 )
-            _evaluate_sample(runner, crossbar, sigmas, active, draws, weight_buffers, counts[:, i])
+            else:
+                engine.evaluate(runner, sigmas, active, draws, extra, counts[:, i])
             done = i + 1
             if target_ci is not None and done % CHECK_EVERY == 0 and done < samples:
                 for j in list(active):
