@@ -518,3 +518,19 @@ def test_malformed_profile_fields_exit_2(run_cli: RunCli, convnet_onnx, blobs_np
     assert code == 2, err
     assert str(device) in err and len(err.strip().splitlines()) == 1
     assert out == ""
+
+
+def test_config_file_settings(tmp_path: Path) -> None:
+    from ftaudit.config import settings_from_config
+
+    path = tmp_path / "ftaudit.toml"
+    settings = settings_from_config(
+        {"time": "1h,1y", "stuck-at": [0.01, 0.02], "drift_nu": 0.06, "compensation": "global"},
+        path,
+    )
+    assert settings.time == (3600.0, YEAR)
+    assert settings.stuck_at == (0.01, 0.02)
+    assert (settings.drift_nu, settings.compensation) == (0.06, "global")
+    for bad in ({"time": "soon"}, {"stuck_at": "0.1"}, {"drift_nu": "x"}, {"compensation": 1}):
+        with pytest.raises(UserError):
+            settings_from_config(bad, path)
