@@ -11,6 +11,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -50,6 +51,30 @@ CellBitsOpt = Annotated[
 ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", help="Config file (default: ./ftaudit.toml or [tool.ftaudit])."),
+]
+TimeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--time", help="Drift: times after programming, e.g. 1s,1h,1d,1y (s, min, h, d, w, y)."
+    ),
+]
+DriftNuOpt = Annotated[
+    float | None, typer.Option("--drift-nu", help="Drift exponent nu, mean [profile or 0.05].")
+]
+DriftNuStdOpt = Annotated[
+    float | None,
+    typer.Option("--drift-nu-std", help="Drift exponent spread across devices [profile or 0.01]."),
+]
+DriftT0Opt = Annotated[
+    str | None, typer.Option("--drift-t0", help="Drift reference time t0 [profile or 20s].")
+]
+CompensationOpt = Annotated[
+    str | None,
+    typer.Option("--compensation", help="Global drift compensation: none, global or both [both]."),
+]
+StuckAtOpt = Annotated[
+    str | None,
+    typer.Option("--stuck-at", help="Fractions of cells stuck low,high, e.g. 0.01,0.005."),
 ]
 
 
@@ -119,7 +144,10 @@ def eval_command(
     ] = None,
     noise: Annotated[
         str | None,
-        typer.Option("--noise", help="lognormal, gaussian, rram, fefet1, fefet2 or DEVICE.toml."),
+        typer.Option(
+            "--noise",
+            help="lognormal, gaussian, rram, fefet1, fefet2, a profile (pcm, ...) or DEVICE.toml.",
+        ),
     ] = None,
     bits: BitsOpt = None,
     cell_bits: CellBitsOpt = None,
@@ -163,11 +191,19 @@ def eval_command(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table on stdout.")] = False,
     config: ConfigOpt = None,
+    time_spec: TimeOpt = None,
+    drift_nu: DriftNuOpt = None,
+    drift_nu_std: DriftNuStdOpt = None,
+    drift_t0: DriftT0Opt = None,
+    compensation: CompensationOpt = None,
+    stuck_at: StuckAtOpt = None,
 ) -> None:
     """Monte Carlo accuracy (mean and KPP) of MODEL under device variation."""
     from ftaudit.config import load_settings, merge, parse_floats, parse_sigmas
+    from ftaudit.device_effects import parse_stuck_at, parse_time, parse_times, resolve_effects
     from ftaudit.evaluation import audit, validate_options
     from ftaudit.fileio import check_output_path
+    from ftaudit.noise import get_noise_model
 
     settings = merge(
         load_settings(config, Path.cwd()),
@@ -191,10 +227,28 @@ def eval_command(
             "target_ci": target_ci,
             "fail_under_kpp": fail_under_kpp,
             "fail_under_mean": fail_under_mean,
+            "time": parse_times(time_spec) if time_spec is not None else None,
+            "drift_nu": drift_nu,
+            "drift_nu_std": drift_nu_std,
+            "drift_t0": parse_time(drift_t0) if drift_t0 is not None else None,
+            "compensation": compensation,
+            "stuck_at": parse_stuck_at(stuck_at) if stuck_at is not None else None,
         },
     )
+    noise_model = get_noise_model(settings.noise, bits=settings.bits, cell_bits=settings.cell_bits)
+    if settings.sigma is None and getattr(noise_model.profile, "sigma", None) is not None:
+        settings = replace(settings, sigma=noise_model.profile.sigma)
     if settings.sigma is None:
         raise UserError("no sigma given", hint="pass --sigma 0.3 (or set sigma in ftaudit.toml)")
+    effect_options = {
+        "times": settings.time,
+        "drift_nu": settings.drift_nu,
+        "drift_nu_std": settings.drift_nu_std,
+        "drift_t0": settings.drift_t0,
+        "compensation": settings.compensation,
+        "stuck_at": settings.stuck_at,
+    }
+    resolve_effects(**effect_options, profile=noise_model.profile)  # bad values fail here
     if settings.data is None:
         raise UserError(
             "no evaluation data given", hint="pass --data FILE (or set data in ftaudit.toml)"
@@ -228,9 +282,7 @@ def eval_command(
         model,
         settings.data,
         sigmas=settings.sigma,
-        noise=settings.noise,
-        bits=settings.bits,
-        cell_bits=settings.cell_bits,
+        noise=noise_model,
         samples=settings.samples,
         k=settings.k,
         seed=settings.seed,
@@ -247,6 +299,7 @@ def eval_command(
         fail_under_mean=settings.fail_under_mean,
         config_file=settings.config_file,
         command=["ftaudit", *(sys.argv[1:] if _ARGV is None else _ARGV)],
+        **effect_options,
     )
 
     from ftaudit import report as writers
@@ -461,10 +514,14 @@ def harden_command(
 def noise_models_command() -> None:
     """List the registered noise models."""
     from ftaudit.noise import NOISE_MODELS
+    from ftaudit.noise.device import load_device_file, shipped_profiles
 
     for name, cls in sorted(NOISE_MODELS.items()):
-        typer.echo(f"{name:10s} {cls.describe()}")
-    typer.echo(f"{'FILE.toml':10s} A user-defined multi-level cell device (see the README).")
+        typer.echo(f"{name:12s} {cls.describe()}")
+    for name, path in shipped_profiles().items():
+        profile = load_device_file(path, shipped=True).profile
+        typer.echo(f"{name:12s} Profile: {profile.description}")
+    typer.echo(f"{'FILE.toml':12s} A user-defined multi-level cell device (see the README).")
 
 
 #: the arguments ``run`` was called with, recorded in reports (``sys.argv`` when None)

@@ -41,6 +41,12 @@ class EvalSettings:
     target_ci: float | None = None
     fail_under_kpp: float | None = None
     fail_under_mean: float | None = None
+    time: tuple[float, ...] | None = None  # seconds after programming (drift)
+    drift_nu: float | None = None  # None: the noise profile's, else DriftModel's default
+    drift_nu_std: float | None = None
+    drift_t0: float | None = None
+    compensation: str | None = None  # none, global or both (default both with time)
+    stuck_at: tuple[float, float] | None = None
     config_file: str | None = None  # where the non-default values came from
 
 
@@ -163,6 +169,14 @@ def settings_from_config(table: dict[str, Any], path: Path) -> EvalSettings:
             value = parse_sigmas(value)
         elif key in FLOAT_LIST_KEYS:
             value = parse_floats(value, key)
+        elif key == "time":
+            from ftaudit.device_effects import parse_times
+
+            value = parse_times(value)
+        elif key == "stuck_at":
+            from ftaudit.device_effects import parse_stuck_at
+
+            value = parse_stuck_at(value)
         elif key in TUPLE_KEYS:
             value = (value,) if isinstance(value, str) else tuple(value)
         values[key] = value
@@ -172,8 +186,16 @@ def settings_from_config(table: dict[str, Any], path: Path) -> EvalSettings:
 
 def _check_types(values: dict[str, Any], path: Path) -> None:
     expect_int = {"bits", "cell_bits", "samples", "seed", "batch_size", "limit"}
-    expect_num = {"k", "target_ci", "fail_under_kpp", "fail_under_mean"}
-    expect_str = {"noise", "device", "output"}
+    expect_num = {
+        "k",
+        "target_ci",
+        "fail_under_kpp",
+        "fail_under_mean",
+        "drift_nu",
+        "drift_nu_std",
+        "drift_t0",
+    }
+    expect_str = {"noise", "device", "output", "compensation"}
     for key, value in values.items():
         bad = (
             (key in expect_int and (not isinstance(value, int) or isinstance(value, bool)))

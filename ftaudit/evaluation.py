@@ -13,6 +13,7 @@ import numpy as np
 
 from ftaudit import __version__
 from ftaudit.data import Dataset, load_dataset, validate_labels
+from ftaudit.device_effects import Condition, resolve_effects
 from ftaudit.errors import UserError
 from ftaudit.eval_checkpoint import CheckpointWriter, check_checkpoint_dir, load_progress
 from ftaudit.fileio import sha256_file
@@ -121,7 +122,17 @@ def evaluate_gates(
             ("mean", fail_under_mean, result.summary.mean),
         ):
             if threshold is not None:
-                gates.append(GateResult(metric, result.sigma, value, threshold, value >= threshold))
+                gates.append(
+                    GateResult(
+                        metric,
+                        result.sigma,
+                        value,
+                        threshold,
+                        value >= threshold,
+                        time_s=result.time_s,
+                        compensation=result.compensation,
+                    )
+                )
     return gates
 
 
@@ -151,7 +162,7 @@ def audit(
     model: Path | str | AuditModel,
     data: Path | str | Dataset,
     *,
-    sigmas: Sequence[float],
+    sigmas: Sequence[float] | None = None,
     noise: str | NoiseModel = "lognormal",
     bits: int | None = None,
     cell_bits: int | None = None,
@@ -172,6 +183,12 @@ def audit(
     progress: ProgressCallback | None = None,
     command: Sequence[str] | None = None,
     config_file: str | None = None,
+    times: Sequence[float] | None = None,
+    drift_nu: float | None = None,
+    drift_nu_std: float | None = None,
+    drift_t0: float | None = None,
+    compensation: str | None = None,
+    stuck_at: tuple[float, float] | None = None,
     workers: int = 1,
     ray: str | None = None,
     checkpoint_dir: Path | str | None = None,
@@ -179,11 +196,35 @@ def audit(
 ) -> AuditReport:
     """Run the Monte Carlo audit and return the report; gates are evaluated, not raised.
 
+    ``sigmas`` defaults to the noise profile's (``--noise pcm``). ``times`` (seconds after
+    programming) adds conductance drift, one row per (sigma, time, compensation); ``stuck_at``
+    (P_LOW, P_HIGH) adds stuck cells. Drift and stuck-at defaults come from the noise profile,
+    else ``DriftModel()``; see ftaudit.device_effects.
+
     ``workers`` > 1 spreads samples over local processes, ``ray`` over a Ray cluster ('local'
     starts one, 'auto' or an address joins one); the numbers are the same either way.
-    ``checkpoint_dir`` keeps the counted samples so a killed run continues with ``resume``."""
+    ``checkpoint_dir`` keeps the counted samples so a killed run continues with ``resume``.
+    """
     started = time.perf_counter()
+    noise_model = (
+        noise
+        if isinstance(noise, NoiseModel)
+        else get_noise_model(noise, bits=bits, cell_bits=cell_bits)
+    )
+    if sigmas is None:
+        sigmas = getattr(noise_model.profile, "sigma", None)
+        if sigmas is None:
+            raise UserError("no sigma given", hint="pass --sigma 0.3 (or sigmas=[0.3])")
     sigmas = [float(s) for s in sigmas]
+    effects = resolve_effects(
+        times=times,
+        drift_nu=drift_nu,
+        drift_nu_std=drift_nu_std,
+        drift_t0=drift_t0,
+        compensation=compensation,
+        stuck_at=stuck_at,
+        profile=noise_model.profile,
+    )
     validate_options(
         sigmas=sigmas,
         samples=samples,
@@ -196,11 +237,6 @@ def audit(
         fail_under_mean=fail_under_mean,
     )
     validate_scale_out(workers=workers, checkpoint_dir=checkpoint_dir, resume=resume)
-    noise_model = (
-        noise
-        if isinstance(noise, NoiseModel)
-        else get_noise_model(noise, bits=bits, cell_bits=cell_bits)
-    )
     loaded = model if isinstance(model, AuditModel) else load_model(model, output=output)
     dataset = (
         data
@@ -224,6 +260,7 @@ def audit(
         quantized_accuracy = runner.count_correct() / n
     reference = clean_accuracy if quantized_accuracy is None else quantized_accuracy
 
+    conditions = [Condition(s) for s in sigmas] if effects is None else effects.conditions(sigmas)
     fingerprint = {
         "model_sha256": model_sha256(loaded),
         "data": {key: dataset.source.get(key) for key in ("sha256", "n", "limit")},
@@ -237,12 +274,13 @@ def audit(
         "k": k,
         "target_ci": target_ci,
         "device": device,
+        "device_effects": None if effects is None else effects.to_dict(),
     }
     restored, on_chunk, writer = None, None, None
     if checkpoint_dir is not None:
         directory = check_checkpoint_dir(checkpoint_dir)
         if resume:
-            restored = load_progress(directory, fingerprint, (len(sigmas), samples))
+            restored = load_progress(directory, fingerprint, (len(conditions), samples))
         writer = CheckpointWriter(directory, fingerprint)
         latest: list[Progress] = []
 
@@ -266,9 +304,10 @@ def audit(
             batch_size=batch_size,
             device=device,
             threads=1 if ray is not None else threads_per_worker(workers),
+            effects=effects,
         )
     else:
-        evaluator = ChunkEvaluator(runner, crossbar, sigmas, seed)
+        evaluator = ChunkEvaluator(runner, crossbar, sigmas, seed, effects)
     backend = make_backend(spec, evaluator, workers=workers, ray=ray)
     try:
         counts = run_monte_carlo(
@@ -284,6 +323,7 @@ def audit(
             backend=backend,
             restored=restored,
             on_chunk=on_chunk,
+            effects=effects,
         )
     finally:
         if writer is not None and latest:
@@ -294,19 +334,21 @@ def audit(
     execution = backend.describe()
     execution["resumed_samples"] = 0 if restored is None else int(restored.done.sum())
     results = []
-    for j, sigma in enumerate(sigmas):
+    for j, condition in enumerate(conditions):
         accuracies = counts.accuracies(j, n)
         summary = summarize(accuracies, k=k)
-        if sigma == 0:  # nothing random: the accuracy is known exactly
+        if condition.sigma == 0 and effects is None:  # nothing random: the accuracy is exact
             exact = Interval(summary.kpp, summary.kpp, summary.kpp_interval.confidence, "exact")
             summary = replace(summary, kpp_interval=exact, mean_interval=exact)
         results.append(
             SigmaResult(
-                sigma=sigma,
+                sigma=condition.sigma,
                 summary=summary,
                 accuracies=accuracies,
                 reference_accuracy=reference,
                 stopped_early=bool(counts.stopped_early[j]),
+                time_s=condition.time_s,
+                compensation=condition.compensation,
             )
         )
     names = [layer.name for layer in selected]
@@ -339,6 +381,7 @@ def audit(
             "config_file": config_file,
             "execution": execution,
         },
+        device_effects=None if effects is None else effects.to_dict(),
     )
 
 

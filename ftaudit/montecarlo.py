@@ -13,13 +13,16 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from ftaudit.models.base import CrossbarLayer, ModelRunner
 from ftaudit.noise.base import LayerNoise, NoiseModel
 from ftaudit.stats import kpp_interval_width
+
+if TYPE_CHECKING:
+    from ftaudit.device_effects import DeviceEffects
 
 #: early-stopping checks happen only after multiples of this many samples (deterministic)
 CHECK_EVERY = 50
@@ -92,12 +95,24 @@ class ChunkEvaluator:
     sample i is evaluated (numpy's generators and the model runtimes release the GIL)."""
 
     def __init__(
-        self, runner: ModelRunner, crossbar: Crossbar, sigmas: Sequence[float], seed: int
+        self,
+        runner: ModelRunner,
+        crossbar: Crossbar,
+        sigmas: Sequence[float],
+        seed: int,
+        effects: DeviceEffects | None = None,
     ) -> None:
         self.runner = runner
         self.crossbar = crossbar
         self.sigmas = [float(s) for s in sigmas]
         self.seed = seed
+        self.engine = None
+        if effects is not None:
+            from ftaudit.device_effects import EffectsEngine
+
+            self.engine = EffectsEngine(crossbar.layers, crossbar.states, effects, seed)
+        #: result rows: one per sigma, or one per (sigma, time, compensation) with effects
+        self.rows = len(self.sigmas) if self.engine is None else len(self.engine.rows(sigmas))
         d = crossbar.noise.draws_per_weight
         layers = crossbar.layers
         self._draws = [
@@ -107,28 +122,37 @@ class ChunkEvaluator:
         self._pool = ThreadPoolExecutor(max_workers=1)
 
     def evaluate(self, start: int, stop: int, active: Sequence[int]) -> np.ndarray:
-        """Counts ``(len(sigmas), stop - start)`` for samples [start, stop); only ``active``
-        sigma rows are filled (the others stay 0)."""
-        counts = np.zeros((len(self.sigmas), stop - start), dtype=np.int64)
+        """Counts ``(rows, stop - start)`` for samples [start, stop); only ``active`` rows are
+        filled (the others stay 0)."""
+        counts = np.zeros((self.rows, stop - start), dtype=np.int64)
         if not active or stop <= start:
             return counts
-        layers, d = self.crossbar.layers, self.crossbar.noise.draws_per_weight
-        pending = self._pool.submit(draws_for_sample, self.seed, start, layers, d, self._draws[0])
+        pending = self._pool.submit(self._draw, start, 0)
         for offset, i in enumerate(range(start, stop)):
-            draws = pending.result()
+            draws, extra = pending.result()
             if i + 1 < stop:
-                buffers = self._draws[~offset & 1]
-                pending = self._pool.submit(draws_for_sample, self.seed, i + 1, layers, d, buffers)
-            _evaluate_sample(
-                self.runner,
-                self.crossbar,
-                self.sigmas,
-                active,
-                draws,
-                self._weights,
-                counts[:, offset],
-            )
+                pending = self._pool.submit(self._draw, i + 1, ~offset & 1)
+            if self.engine is None:
+                _evaluate_sample(
+                    self.runner,
+                    self.crossbar,
+                    self.sigmas,
+                    active,
+                    draws,
+                    self._weights,
+                    counts[:, offset],
+                )
+            else:
+                self.engine.evaluate(
+                    self.runner, self.sigmas, active, draws, extra, counts[:, offset]
+                )
         return counts
+
+    def _draw(self, sample: int, buffer: int) -> tuple[list[np.ndarray], Any]:
+        """Sample ``sample``'s base draws (into buffer set ``buffer``) and effect draws."""
+        layers, d = self.crossbar.layers, self.crossbar.noise.draws_per_weight
+        draws = draws_for_sample(self.seed, sample, layers, d, self._draws[buffer])
+        return draws, None if self.engine is None else self.engine.draw(sample)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
@@ -198,14 +222,21 @@ def run_monte_carlo(
     backend: SampleBackend | None = None,
     restored: Progress | None = None,
     on_chunk: ChunkCallback | None = None,
+    effects: DeviceEffects | None = None,
 ) -> MonteCarloCounts:
     """Evaluate ``samples`` perturbed models per sigma; stop a sigma early at ``target_ci``.
 
     Chunks of samples run on ``backend`` (this process by default) and are taken back in index
     order, so counts, early stops and therefore every reported number are the same for any
     backend and worker count. ``restored`` (a checkpoint) marks samples already counted;
-    ``on_chunk`` sees the state after every chunk (to write a checkpoint)."""
-    n_sigma = len(sigmas)
+    ``on_chunk`` sees the state after every chunk (to write a checkpoint).
+
+    With ``effects`` (stuck-at faults, drift) the rows are ``effects.conditions(sigmas)``, one
+    per (sigma, time, compensation), and every row is random, sigma = 0 included."""
+    if backend is None:
+        evaluator = ChunkEvaluator(runner, crossbar, sigmas, seed, effects)
+        backend = LocalBackend(evaluator)
+    n_sigma = len(sigmas) if effects is None else len(effects.conditions(sigmas))
     state = Progress(
         counts=np.zeros((n_sigma, samples), dtype=np.int64),
         done=np.zeros((n_sigma, samples), dtype=bool),
@@ -215,7 +246,7 @@ def run_monte_carlo(
         state.done[...] = restored.done
     used = np.full(n_sigma, samples, dtype=np.int64)
     stopped = np.zeros(n_sigma, dtype=bool)
-    active = [j for j, s in enumerate(sigmas) if s > 0]
+    active = [j for j, s in enumerate(sigmas) if s > 0] if effects is None else list(range(n_sigma))
     zero = [j for j in range(n_sigma) if j not in active]
     if zero:  # sigma = 0: no perturbation at all, one evaluation serves all
         runner.set_weights(crossbar.unperturbed())
@@ -224,9 +255,6 @@ def run_monte_carlo(
     if not active:  # every sigma is 0: nothing to draw
         return MonteCarloCounts(counts=state.counts, used=used, stopped_early=stopped)
 
-    if backend is None:
-        evaluator = ChunkEvaluator(runner, crossbar, sigmas, seed)
-        backend = LocalBackend(evaluator)
     size = chunk_size(samples, backend.parallelism, target_ci)
     chunks = [(s, min(s + size, samples)) for s in range(0, samples, size)]
     # one chunk at a time in this process (so nothing runs past an early stop); two per

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ftaudit.device_effects import DeviceEffects
 from ftaudit.errors import MissingExtraError, UserError
 from ftaudit.montecarlo import ChunkEvaluator, Crossbar, LocalBackend, SampleBackend
 from ftaudit.noise.base import NoiseModel
@@ -52,6 +53,7 @@ class WorkerSpec:
     batch_size: int
     device: str
     threads: int | None = None
+    effects: DeviceEffects | None = None
     key: str = field(default="", compare=False)
 
     def with_key(self) -> WorkerSpec:
@@ -70,6 +72,7 @@ class WorkerSpec:
                     self.batch_size,
                     self.device,
                     self.threads,
+                    None if self.effects is None else self.effects.to_dict(),
                 )
             ).encode()
         )
@@ -87,7 +90,7 @@ class WorkerSpec:
         runner = model.runner(selected, device=self.device, threads=self.threads)
         runner.bind_data(self.x, self.y, batch_size=self.batch_size)
         crossbar = Crossbar.prepare(selected, model.clean_weights(), self.noise)
-        return ChunkEvaluator(runner, crossbar, self.sigmas, self.seed)
+        return ChunkEvaluator(runner, crossbar, self.sigmas, self.seed, self.effects)
 
 
 def _limit_threads(threads: int) -> None:

@@ -49,11 +49,16 @@ class SigmaResult:
     accuracies: np.ndarray  # shape (n,), sample i's accuracy at index i
     reference_accuracy: float  # the unperturbed accuracy drops are measured from
     stopped_early: bool = False
+    time_s: float | None = None  # seconds after programming (drift), None without --time
+    compensation: str | None = None  # "none" or "global" drift compensation, with time_s
 
     def to_dict(self) -> dict[str, Any]:
         s = self.summary
-        return {
-            "sigma": self.sigma,
+        row: dict[str, Any] = {"sigma": self.sigma}
+        if self.time_s is not None:
+            row["time_s"] = self.time_s
+            row["compensation"] = self.compensation
+        return row | {
             "samples": s.n,
             "stopped_early": self.stopped_early,
             "mean": s.mean,
@@ -95,16 +100,26 @@ class GateResult:
     value: float
     threshold: float
     passed: bool
+    time_s: float | None = None  # the row's time and compensation, when the report has drift
+    compensation: str | None = None
 
     def message(self) -> str:
         verdict = "passed" if self.passed else "FAILED"
+        where = f"sigma={self.sigma:g}"
+        if self.time_s is not None:
+            from ftaudit.device_effects import format_time
+
+            where += f", t={format_time(self.time_s)}, compensation={self.compensation}"
         return (
-            f"gate {verdict}: {self.metric} at sigma={self.sigma:g} is {self.value:.4f}, "
+            f"gate {verdict}: {self.metric} at {where} is {self.value:.4f}, "
             f"threshold {self.threshold:.4f}"
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.time_s is None:
+            del d["time_s"], d["compensation"]
+        return d
 
 
 @dataclass
@@ -129,6 +144,8 @@ class AuditReport:
     gates: list[GateResult] = field(default_factory=list)
     #: resolved options not recorded elsewhere (batch size, globs, normalisation, config file)
     options: dict[str, Any] = field(default_factory=dict)
+    #: stuck-at faults and drift (``DeviceEffects.to_dict()``), None when neither was applied
+    device_effects: dict[str, Any] | None = None
 
     @property
     def reference_accuracy(self) -> float:
@@ -159,4 +176,5 @@ class AuditReport:
             "gates": [g.to_dict() for g in self.gates],
             "options": self.options,
             "elapsed_s": self.elapsed_s,
+            "device_effects": self.device_effects,
         }

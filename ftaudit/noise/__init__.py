@@ -23,18 +23,22 @@ for _module in pkgutil.iter_modules(__path__):
 def get_noise_model(
     spec: str, *, bits: int | None = None, cell_bits: int | None = None
 ) -> NoiseModel:
-    """A noise model by registry name, or a user device from a ``.toml`` file path."""
-    from ftaudit.noise.device import DeviceNoise, load_device_file
+    """A noise model by registry name, a shipped device profile, or a device ``.toml`` file."""
+    from ftaudit.noise.device import DeviceNoise, load_device_file, shipped_profiles
 
     if spec.endswith(".toml") or Path(spec).suffix == ".toml":
         return load_device_file(Path(spec), bits=bits, cell_bits=cell_bits)
+    profiles = shipped_profiles()
+    if spec in profiles and spec not in NOISE_MODELS:
+        return load_device_file(profiles[spec], bits=bits, cell_bits=cell_bits, shipped=True)
     cls = NOISE_MODELS.get(spec)
     if cls is None:
-        close = difflib.get_close_matches(spec, list(NOISE_MODELS), n=1)
+        names = sorted({*NOISE_MODELS, *profiles})
+        close = difflib.get_close_matches(spec, names, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
         raise UserError(
             f"unknown noise model '{spec}'",
-            hint=f"{hint}choose one of {', '.join(sorted(NOISE_MODELS))} or a device .toml file",
+            hint=f"{hint}choose one of {', '.join(names)} or a device .toml file",
         )
     if issubclass(cls, DeviceNoise):
         return cls(bits=bits, cell_bits=cell_bits)

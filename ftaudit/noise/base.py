@@ -25,6 +25,59 @@ class LayerNoise(ABC):
     def perturb(self, draws: np.ndarray, sigma: float, out: np.ndarray) -> np.ndarray:
         """Write the perturbed weights for base ``draws`` (d, *weight.shape) into ``out``."""
 
+    def cells(self) -> CellModel:
+        """The layer as device cells, for stuck-at faults and drift (default: one per weight)."""
+        return WeightCells(self)
+
+
+class CellModel(ABC):
+    """Where a layer's weights live in device cells: program, fault and read them back.
+
+    ``count`` cells per weight; cell arrays have shape (count, *weight.shape) and hold each
+    cell's conductance in the model's own units. Drift multiplies a cell by a positive factor,
+    a stuck cell holds ``stuck_low``/``stuck_high``; ``assemble`` turns cells into weights.
+    """
+
+    count: int = 1
+
+    @abstractmethod
+    def program(self, draws: np.ndarray, sigma: float, out: np.ndarray) -> np.ndarray:
+        """Programmed cell conductances (programming noise at ``sigma``) written into ``out``."""
+
+    @abstractmethod
+    def stuck_values(self) -> tuple[np.ndarray, np.ndarray]:
+        """Conductances of a cell stuck low and stuck high, broadcastable to the cell array."""
+
+    @abstractmethod
+    def assemble(self, cells: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """The weights the cell conductances ``cells`` represent, written into ``out``."""
+
+
+class WeightCells(CellModel):
+    """One cell per weight holding the signed weight (a differential pair seen as one device).
+
+    Drift scales the weight's magnitude and keeps its sign; a cell stuck low reads 0, one stuck
+    high reads the layer's largest magnitude with the clean weight's sign (zero counts as +).
+    """
+
+    def __init__(self, layer: LayerNoise) -> None:
+        self.layer = layer
+        clean = np.asarray(layer.unperturbed(), dtype=np.float32)
+        scale = np.float32(np.max(np.abs(clean))) if clean.size else np.float32(0)
+        self._low = np.zeros((), np.float32)
+        self._high = np.where(clean < 0, -scale, scale).astype(np.float32)[np.newaxis]
+
+    def program(self, draws: np.ndarray, sigma: float, out: np.ndarray) -> np.ndarray:
+        self.layer.perturb(draws, sigma, out=out[0])
+        return out
+
+    def stuck_values(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._low, self._high
+
+    def assemble(self, cells: np.ndarray, out: np.ndarray) -> np.ndarray:
+        np.copyto(out, cells[0])
+        return out
+
 
 class NoiseModel(ABC):
     """A named device-variation model; its docstring is its help text."""
@@ -34,6 +87,8 @@ class NoiseModel(ABC):
     draws_per_weight: int = 1
     #: True when sigma = 0 stores a quantised model (device models), not the float weights
     quantizes: bool = False
+    #: defaults from a device file (sigma, drift, stuck-at): a ``DeviceProfile`` or None
+    profile: Any = None
 
     @abstractmethod
     def prepare(self, weight: np.ndarray) -> LayerNoise:

@@ -13,13 +13,15 @@ so its cells are perturbed too.
 from __future__ import annotations
 
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ftaudit.device_effects import DriftModel, StuckAt
 from ftaudit.errors import UserError
-from ftaudit.noise.base import LayerNoise, NoiseModel, register
+from ftaudit.noise.base import CellModel, LayerNoise, NoiseModel, register
 
 
 class _DeviceLayer(LayerNoise):
@@ -37,6 +39,9 @@ class _DeviceLayer(LayerNoise):
         sign = np.where(weight < 0, -1.0, 1.0)
         self.step = step
         self.levels = q
+        self.cell_bits = cell_bits
+        self.multipliers = multipliers
+        self.negative = weight < 0
         # a negative weight quantised to level 0 is stored as +0.0, not -0.0, so that sigma = 0
         # (noise 0 added to it) reproduces the stored weights bit for bit
         self.quantized = np.where(q == 0, 0.0, sign * step * q).astype(np.float32)
@@ -63,6 +68,45 @@ class _DeviceLayer(LayerNoise):
         np.add(out, self.quantized, out=out)
         return out
 
+    def cells(self) -> CellModel:
+        return _DeviceCells(self)
+
+
+class _DeviceCells(CellModel):
+    """The H/B cells of every weight, conductances in level units (0 .. 2^B - 1).
+
+    ``W = sign * step * sum_i 2^(iB) * c_i``, the device equation with each cell's conductance
+    ``c_i`` made explicit so that faults and drift act per cell.
+    """
+
+    def __init__(self, layer: _DeviceLayer) -> None:
+        self.count = len(layer.cell_values)
+        self.targets = layer.cell_values.astype(np.float32)
+        self.spread = layer.multipliers[layer.cell_values].astype(np.float32)
+        sign = np.where(layer.negative, -1.0, 1.0)
+        self.place = np.stack(
+            [sign * layer.step * 2.0 ** (i * layer.cell_bits) for i in range(self.count)]
+        ).astype(np.float32)
+        self._low = np.zeros((), np.float32)
+        self._high = np.full((), 2**layer.cell_bits - 1, np.float32)
+        self._term = np.empty(sign.shape, np.float32)
+
+    def program(self, draws: np.ndarray, sigma: float, out: np.ndarray) -> np.ndarray:
+        np.multiply(draws, self.spread, out=out)
+        np.multiply(out, np.float32(sigma), out=out)
+        np.add(out, self.targets, out=out)
+        return out
+
+    def stuck_values(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._low, self._high
+
+    def assemble(self, cells: np.ndarray, out: np.ndarray) -> np.ndarray:
+        np.multiply(cells[0], self.place[0], out=out)
+        for i in range(1, self.count):
+            np.multiply(cells[i], self.place[i], out=self._term)
+            np.add(out, self._term, out=out)
+        return out
+
 
 class DeviceNoise(NoiseModel):
     """H-bit weights over B-bit cells with per-level Gaussian conductance variation."""
@@ -84,6 +128,7 @@ class DeviceNoise(NoiseModel):
         self.cell_bits = 2 if cell_bits is None else int(cell_bits)
         self.label = label or self.name
         self.source = source
+        self.profile_name: str | None = None
         if self.bits < 1 or self.cell_bits < 1 or self.bits > 16:
             raise UserError(
                 f"--bits must be in 1..16 and --cell-bits at least 1 (got {self.bits}, "
@@ -123,6 +168,8 @@ class DeviceNoise(NoiseModel):
         }
         if self.source:
             params["device_file"] = self.source
+        if self.profile_name:
+            params["profile"] = self.profile_name
         return params
 
 
@@ -149,13 +196,107 @@ class Fefet2Noise(DeviceNoise):
     default_multipliers = (1.0, 2.0, 2.0, 1.0)
 
 
-DEVICE_FILE_KEYS = {"name", "description", "bits", "cell_bits", "sigma_multipliers"}
+DEVICE_FILE_KEYS = {
+    "name",
+    "description",
+    "bits",
+    "cell_bits",
+    "sigma_multipliers",
+    "sigma",
+    "drift",
+    "stuck_at",
+}
+DRIFT_KEYS = {"t0_s", "nu_mean", "nu_std"}
+STUCK_AT_KEYS = {"p_low", "p_high"}
+#: device profiles shipped with ftaudit: ``--noise NAME`` loads ``profiles/NAME.toml``
+PROFILE_DIR = Path(__file__).with_name("profiles")
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """Defaults a device file adds to its noise model: sigma, drift and stuck-at fractions."""
+
+    description: str = ""
+    sigma: tuple[float, ...] | None = None
+    drift: DriftModel | None = None
+    stuck_at: StuckAt | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sigma": None if self.sigma is None else list(self.sigma),
+            "drift": None if self.drift is None else self.drift.to_dict(),
+            "stuck_at": None if self.stuck_at is None else self.stuck_at.to_dict(),
+        }
+
+
+def shipped_profiles() -> dict[str, Path]:
+    """Name -> TOML file of every device profile shipped in ``ftaudit/noise/profiles``."""
+    return {path.stem: path for path in sorted(PROFILE_DIR.glob("*.toml"))}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number_table(
+    spec: dict[str, Any], key: str, allowed: set[str], path: Path
+) -> dict[str, float]:
+    """A TOML table of numbers with only ``allowed`` keys; {} when absent."""
+    table = spec.get(key, {})
+    if not isinstance(table, dict):
+        raise UserError(
+            f"device file {path}: {key} must be a table",
+            hint=f"write [{key}] with keys {', '.join(sorted(allowed))}",
+        )
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise UserError(
+            f"device file {path}: [{key}] has unknown key(s): {', '.join(unknown)}",
+            hint=f"allowed keys: {', '.join(sorted(allowed))}",
+        )
+    for name, value in table.items():
+        if not _is_number(value):
+            raise UserError(f"device file {path}: [{key}] {name} must be a number, got {value!r}")
+    return {name: float(value) for name, value in table.items()}
+
+
+def _profile(spec: dict[str, Any], path: Path) -> DeviceProfile:
+    """The optional sigma, [drift] and [stuck_at] defaults of a device file, validated."""
+    from ftaudit.config import parse_sigmas
+
+    sigma = None
+    if "sigma" in spec:
+        value = spec["sigma"]
+        if not (_is_number(value) or isinstance(value, (str, list))):
+            raise UserError(f"device file {path}: sigma must be a number, a list or a range")
+        try:
+            sigma = parse_sigmas(value)
+        except UserError as exc:
+            raise UserError(f"device file {path}: {exc.message}", hint=exc.hint) from exc
+        if any(not np.isfinite(s) or s < 0 for s in sigma):
+            raise UserError(f"device file {path}: sigma values must be finite and >= 0")
+    drift = None
+    if "drift" in spec:
+        drift = DriftModel(**_number_table(spec, "drift", DRIFT_KEYS, path))
+        drift.validate(f"device file {path}")
+    stuck_at = None
+    if "stuck_at" in spec:
+        stuck_at = StuckAt(**_number_table(spec, "stuck_at", STUCK_AT_KEYS, path))
+        stuck_at.validate(f"device file {path}")
+    description = spec.get("description", "")
+    if not isinstance(description, str):
+        raise UserError(f"device file {path}: description must be a string")
+    return DeviceProfile(description=description, sigma=sigma, drift=drift, stuck_at=stuck_at)
 
 
 def load_device_file(
-    path: Path, *, bits: int | None = None, cell_bits: int | None = None
+    path: Path, *, bits: int | None = None, cell_bits: int | None = None, shipped: bool = False
 ) -> DeviceNoise:
-    """A user-defined device from TOML: bits, cell_bits and a per-level sigma multiplier table."""
+    """A device from TOML: bits, cell_bits, per-level sigma multipliers, optional defaults.
+
+    Optional defaults: ``sigma`` (number, list or range), ``[drift]`` (t0_s, nu_mean, nu_std)
+    and ``[stuck_at]`` (p_low, p_high). ``shipped`` marks a profile from ``ftaudit/noise/profiles``.
+    """
     if not path.is_file():
         raise UserError(f"device file {path} does not exist", hint="check the --noise path")
     try:
@@ -169,9 +310,7 @@ def load_device_file(
             hint=f"allowed keys: {', '.join(sorted(DEVICE_FILE_KEYS))}",
         )
     table = spec.get("sigma_multipliers")
-    if not isinstance(table, list) or not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in table
-    ):
+    if not isinstance(table, list) or not all(_is_number(v) for v in table):
         raise UserError(
             f"device file {path} needs sigma_multipliers, a list of numbers (one per cell level)",
             hint="e.g. sigma_multipliers = [1.0, 4.0, 4.0, 1.0] for 2-bit cells",
@@ -179,10 +318,15 @@ def load_device_file(
     for key in ("bits", "cell_bits"):
         if key in spec and (not isinstance(spec[key], int) or isinstance(spec[key], bool)):
             raise UserError(f"device file {path}: {key} must be a whole number")
-    return DeviceNoise(
+    profile = _profile(spec, path)
+    model = DeviceNoise(
         bits=bits if bits is not None else spec.get("bits"),
         cell_bits=cell_bits if cell_bits is not None else spec.get("cell_bits"),
         multipliers=tuple(float(v) for v in table),
         label=str(spec.get("name", path.stem)),
-        source=str(path),
+        source=None if shipped else str(path),
     )
+    model.profile = profile
+    if shipped:
+        model.profile_name = path.stem
+    return model

@@ -28,6 +28,8 @@ CSV_COLUMNS = (
     "max",
     "drop_mean",
     "drop_kpp",
+    "time_s",
+    "compensation",
 )
 
 
@@ -63,6 +65,8 @@ def report_csv(report: AuditReport) -> str:
                 _cell(s.max),
                 _cell(result.reference_accuracy - s.mean),
                 _cell(result.reference_accuracy - s.kpp),
+                "" if result.time_s is None else _cell(result.time_s),
+                result.compensation or "",
             ]
         )
     return buffer.getvalue()
@@ -70,5 +74,5 @@ def report_csv(report: AuditReport) -> str:
 
 @register_writer("csv")
 def write_csv(report: AuditReport, path: Path) -> None:
-    """Per-sigma statistics as CSV (noise, k, sigma, mean, KPP, intervals, drops)."""
+    """Per-row statistics as CSV (noise, k, sigma, mean, KPP, intervals, drops, time)."""
     atomic_write_text(Path(path), report_csv(report))

@@ -11,9 +11,12 @@ from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
+from ftaudit.device_effects import format_time
 from ftaudit.results import AuditReport
 
 EARLY_STOP_MARK = "*"
+#: short table labels of the compensation modes (the JSON and CSV reports spell them out)
+_COMPENSATION_LABELS = {"none": "none", "global": "gdc"}
 
 
 def _percent(value: float) -> str:
@@ -27,7 +30,8 @@ def _level(confidence: float) -> str:
 
 def _noise_label(noise: dict[str, Any]) -> str:
     """``name(param=value, ...)`` from the report's noise dict."""
-    params = ", ".join(f"{key}={value}" for key, value in noise.items() if key != "name")
+    skip = {"name", "profile", "sigma_multipliers"} if "profile" in noise else {"name"}
+    params = ", ".join(f"{key}={value}" for key, value in noise.items() if key not in skip)
     name = str(noise.get("name", "?"))
     return f"{name}({params})" if params else name
 
@@ -46,6 +50,8 @@ def audit_table(report: AuditReport) -> Table:
     if report.quantized_accuracy is not None:
         caption_parts.append(f"quantised clean accuracy {_percent(report.quantized_accuracy)}%")
     caption_parts.append("accuracies in %; n samples; Δ = drop from the unperturbed accuracy")
+    caption_parts.extend(_effects_caption(report))
+    with_time = any(result.time_s is not None for result in report.results)
     if any(result.stopped_early for result in report.results):
         caption_parts.append(f"{EARLY_STOP_MARK} stopped early: target interval width reached")
     # One caption line per fact: a long single line would wrap mid-phrase at the table's width.
@@ -63,37 +69,61 @@ def audit_table(report: AuditReport) -> Table:
     mean_level = _level(first.mean_interval.confidence) if first else "95%"
     kpp_level = _level(first.kpp_interval.confidence) if first else "95%"
     kpp_header = f"KPP k={report.k:g} [{kpp_level}]"
-    for header in (
-        "sigma",
-        "n",
-        f"mean ±{mean_level}",
-        escape(kpp_header),
-        "min",
-        "max",
-        "Δmean",
-        "ΔKPP",
-    ):
+    # with drift, time and compensation replace min/max (still in the JSON and CSV reports)
+    headers = ["sigma", "t", "comp"] if with_time else ["sigma"]
+    headers += ["n", f"mean ±{mean_level}", escape(kpp_header)]
+    headers += ["Δmean", "ΔKPP"] if with_time else ["min", "max", "Δmean", "ΔKPP"]
+    for header in headers:
         table.add_column(header, justify="right", no_wrap=True)
 
     for result in report.results:
         s = result.summary
         half_width = s.mean_interval.width() / 2
         samples = f"{s.n}{EARLY_STOP_MARK}" if result.stopped_early else f"{s.n}"
-        table.add_row(
-            f"{result.sigma:g}",
+        cells = [f"{result.sigma:g}"]
+        if with_time:
+            cells += [
+                "" if result.time_s is None else format_time(result.time_s),
+                _COMPENSATION_LABELS.get(result.compensation or "", ""),
+            ]
+        cells += [
             samples,
             f"{_percent(s.mean)} ± {_percent(half_width)}",
             escape(
                 f"{_percent(s.kpp)} [{_percent(s.kpp_interval.low)}, "
                 f"{_percent(s.kpp_interval.high)}]"
             ),
-            _percent(s.min),
-            _percent(s.max),
-            # The per-result reference is what the JSON report's drops use; keep them identical.
+        ]
+        if not with_time:
+            cells += [_percent(s.min), _percent(s.max)]
+        # The per-result reference is what the JSON report's drops use; keep them identical.
+        cells += [
             _percent(result.reference_accuracy - s.mean),
             _percent(result.reference_accuracy - s.kpp),
-        )
+        ]
+        table.add_row(*cells)
     return table
+
+
+def _effects_caption(report: AuditReport) -> list[str]:
+    """Caption lines for drift and stuck-at faults (none when the report has neither)."""
+    effects = report.device_effects
+    if not effects:
+        return []
+    lines = []
+    drift = effects.get("drift")
+    if drift:
+        lines.append(
+            f"drift g0 (t/t0)^-nu, t0 {format_time(drift['t0_s'])}, nu {drift['nu_mean']:g} ± "
+            f"{drift['nu_std']:g}"
+        )
+        lines.append("t: time after programming; gdc: global drift compensation")
+    stuck = effects.get("stuck_at") or {}
+    if stuck.get("p_low") or stuck.get("p_high"):
+        lines.append(
+            f"stuck-at: {100 * stuck['p_low']:g}% of cells low, {100 * stuck['p_high']:g}% high"
+        )
+    return lines
 
 
 def gates_table(report: AuditReport) -> Table:
@@ -101,14 +131,25 @@ def gates_table(report: AuditReport) -> Table:
     table = Table(title="gates")
     table.add_column("metric")
     table.add_column("sigma", justify="right")
+    with_time = any(gate.time_s is not None for gate in report.gates)
+    if with_time:
+        table.add_column("t", justify="right")
+        table.add_column("comp")
     table.add_column("value %", justify="right")
     table.add_column("threshold %", justify="right")
     table.add_column("verdict")
     for gate in report.gates:
         verdict = "[green]passed[/green]" if gate.passed else "[bold red]FAILED[/bold red]"
+        where = [f"{gate.sigma:g}"]
+        if with_time:
+            time_s = gate.time_s
+            where += [
+                "" if time_s is None else format_time(time_s),
+                escape(gate.compensation or ""),
+            ]
         table.add_row(
             escape(gate.metric),
-            f"{gate.sigma:g}",
+            *where,
             _percent(gate.value),
             _percent(gate.threshold),
             verdict,
