@@ -1,5 +1,7 @@
 """Defaults for ``eval`` from ``ftaudit.toml`` or ``[tool.ftaudit]`` in pyproject.toml.
 
+``compare`` and ``sensitivity`` read the same settings (and their own gate keys).
+
 Precedence: command-line flag > config file > built-in default. Relative paths in a config file
 are resolved against the file's folder, so a config works from any working directory.
 """
@@ -41,6 +43,8 @@ class EvalSettings:
     target_ci: float | None = None
     fail_under_kpp: float | None = None
     fail_under_mean: float | None = None
+    fail_if_worse: float | None = None  # compare's gate (eval ignores it)
+    target_kpp: float | None = None  # sensitivity's keep-digital target (eval ignores it)
     config_file: str | None = None  # where the non-default values came from
 
 
@@ -172,7 +176,14 @@ def settings_from_config(table: dict[str, Any], path: Path) -> EvalSettings:
 
 def _check_types(values: dict[str, Any], path: Path) -> None:
     expect_int = {"bits", "cell_bits", "samples", "seed", "batch_size", "limit"}
-    expect_num = {"k", "target_ci", "fail_under_kpp", "fail_under_mean"}
+    expect_num = {
+        "k",
+        "target_ci",
+        "fail_under_kpp",
+        "fail_under_mean",
+        "fail_if_worse",
+        "target_kpp",
+    }
     expect_str = {"noise", "device", "output"}
     for key, value in values.items():
         bad = (
