@@ -12,12 +12,15 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from ftaudit import __version__
 from ftaudit.errors import GateFailure, UserError
+
+if TYPE_CHECKING:
+    from ftaudit.config import EvalSettings
 
 app = typer.Typer(
     name="ftaudit",
@@ -489,7 +492,7 @@ def _command() -> list[str]:
     return ["ftaudit", *(sys.argv[1:] if _ARGV is None else _ARGV)]
 
 
-def _shared_settings(config: Path | None, flags: dict[str, Any]) -> Any:
+def _shared_settings(config: Path | None, flags: dict[str, Any]) -> EvalSettings:
     """eval's options: ftaudit.toml defaults under the given flags; data and sigma required."""
     from ftaudit.config import load_settings, merge, parse_floats, parse_sigmas
 
@@ -513,7 +516,7 @@ def _shared_settings(config: Path | None, flags: dict[str, Any]) -> Any:
     return settings
 
 
-def _config_sets(settings: Any, key: str) -> bool:
+def _config_sets(settings: EvalSettings, key: str) -> bool:
     """Whether the config file the settings came from sets ``key`` itself."""
     from ftaudit.config import read_config
 
