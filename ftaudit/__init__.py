@@ -14,10 +14,12 @@ except metadata.PackageNotFoundError:  # running from a source tree that is not 
     __version__ = "0+unknown"
 
 if TYPE_CHECKING:
+    from ftaudit.compare import compare
     from ftaudit.evaluation import audit
     from ftaudit.inspect import inspect_model
+    from ftaudit.sensitivity import sensitivity
 
-__all__ = ["__version__", "audit", "inspect_model"]
+__all__ = ["__version__", "audit", "compare", "inspect_model", "sensitivity"]
 
 
 def __getattr__(name: str) -> Any:
@@ -29,4 +31,12 @@ def __getattr__(name: str) -> Any:
         from ftaudit.inspect import inspect_model
 
         return inspect_model
+    if name == "compare":
+        from ftaudit.compare import compare
+
+        return compare
+    if name == "sensitivity":
+        from ftaudit.sensitivity import sensitivity
+
+        return sensitivity
     raise AttributeError(f"module 'ftaudit' has no attribute {name!r}")

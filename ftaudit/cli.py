@@ -13,12 +13,15 @@ import traceback
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from ftaudit import __version__
 from ftaudit.errors import GateFailure, UserError
+
+if TYPE_CHECKING:
+    from ftaudit.config import EvalSettings
 
 app = typer.Typer(
     name="ftaudit",
@@ -76,6 +79,41 @@ StuckAtOpt = Annotated[
     str | None,
     typer.Option("--stuck-at", help="Fractions of cells stuck low,high, e.g. 0.01,0.005."),
 ]
+DataOpt = Annotated[
+    str | None, typer.Option("--data", help=".npz (x, y), IDX images file, or image folder.")
+]
+SigmaOpt = Annotated[
+    str | None,
+    typer.Option("--sigma", help="Device variation: 0.3, a list 0.1,0.2 or a range 0:0.4:0.05."),
+]
+NoiseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--noise",
+        help="lognormal, gaussian, rram, fefet1, fefet2, a profile (pcm, ...) or DEVICE.toml.",
+    ),
+]
+SamplesOpt = Annotated[
+    int | None, typer.Option("--samples", help="Monte Carlo samples per sigma [1000].")
+]
+KOpt = Annotated[float | None, typer.Option("--k", help="Percentile for KPP, in (0, 100) [1].")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed [0].")]
+BatchSizeOpt = Annotated[
+    int | None, typer.Option("--batch-size", help="Inference batch size [512].")
+]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu or cuda [cpu].")]
+LimitOpt = Annotated[int | None, typer.Option("--limit", help="Use the first N samples.")]
+MeanOpt = Annotated[
+    str | None, typer.Option("--mean", help="Normalise: subtract (scalar or per channel).")
+]
+StdOpt = Annotated[
+    str | None, typer.Option("--std", help="Normalise: divide (scalar or per channel).")
+]
+JsonOpt = Annotated[
+    str | None, typer.Option("--json", help="Write the JSON report here ('-' for stdout).")
+]
+CsvOpt = Annotated[Path | None, typer.Option("--csv", help="Write a CSV table here.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No table on stdout.")]
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -133,53 +171,28 @@ def _show_progress(machine_output: bool) -> bool:
 @exit_codes
 def eval_command(
     model: ModelArg,
-    data: Annotated[
-        str | None, typer.Option("--data", help=".npz (x, y), IDX images file, or image folder.")
-    ] = None,
-    sigma: Annotated[
-        str | None,
-        typer.Option(
-            "--sigma", help="Device variation: 0.3, a list 0.1,0.2 or a range 0:0.4:0.05."
-        ),
-    ] = None,
-    noise: Annotated[
-        str | None,
-        typer.Option(
-            "--noise",
-            help="lognormal, gaussian, rram, fefet1, fefet2, a profile (pcm, ...) or DEVICE.toml.",
-        ),
-    ] = None,
+    data: DataOpt = None,
+    sigma: SigmaOpt = None,
+    noise: NoiseOpt = None,
     bits: BitsOpt = None,
     cell_bits: CellBitsOpt = None,
-    samples: Annotated[
-        int | None, typer.Option("--samples", help="Monte Carlo samples per sigma [1000].")
-    ] = None,
-    k: Annotated[
-        float | None, typer.Option("--k", help="Percentile for KPP, in (0, 100) [1].")
-    ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Random seed [0].")] = None,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="Inference batch size [512].")
-    ] = None,
-    device: Annotated[str | None, typer.Option("--device", help="cpu or cuda [cpu].")] = None,
+    samples: SamplesOpt = None,
+    k: KOpt = None,
+    seed: SeedOpt = None,
+    batch_size: BatchSizeOpt = None,
+    device: DeviceOpt = None,
     layers: LayersOpt = None,
     exclude: ExcludeOpt = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="Use the first N samples.")] = None,
-    mean: Annotated[
-        str | None, typer.Option("--mean", help="Normalise: subtract (scalar or per channel).")
-    ] = None,
-    std: Annotated[
-        str | None, typer.Option("--std", help="Normalise: divide (scalar or per channel).")
-    ] = None,
+    limit: LimitOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     output: OutputOpt = None,
     target_ci: Annotated[
         float | None,
         typer.Option("--target-ci", help="Stop a sigma once its KPP 95% interval is this narrow."),
     ] = None,
-    json_path: Annotated[
-        str | None, typer.Option("--json", help="Write the JSON report here ('-' for stdout).")
-    ] = None,
-    csv_path: Annotated[Path | None, typer.Option("--csv", help="Write a CSV table here.")] = None,
+    json_path: JsonOpt = None,
+    csv_path: CsvOpt = None,
     plot_path: Annotated[
         Path | None, typer.Option("--plot", help="Write a PNG plot of mean/KPP vs sigma.")
     ] = None,
@@ -189,7 +202,7 @@ def eval_command(
     fail_under_mean: Annotated[
         float | None, typer.Option("--fail-under-mean", help="Exit 1 if mean < X at any sigma.")
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table on stdout.")] = False,
+    quiet: QuietOpt = False,
     config: ConfigOpt = None,
     time_spec: TimeOpt = None,
     drift_nu: DriftNuOpt = None,
@@ -522,6 +535,309 @@ def noise_models_command() -> None:
         profile = load_device_file(path, shipped=True).profile
         typer.echo(f"{name:12s} Profile: {profile.description}")
     typer.echo(f"{'FILE.toml':12s} A user-defined multi-level cell device (see the README).")
+
+
+# --- compare and sensitivity: eval's options, several audits on the same draws ---------------
+
+SensitivitySamplesOpt = Annotated[
+    int | None,
+    typer.Option("--samples", help="Monte Carlo samples per sigma of each of the runs [200]."),
+]
+
+
+def _command() -> list[str]:
+    return ["ftaudit", *(sys.argv[1:] if _ARGV is None else _ARGV)]
+
+
+def _shared_settings(config: Path | None, flags: dict[str, Any]) -> EvalSettings:
+    """eval's options: ftaudit.toml defaults under the given flags; data and sigma required."""
+    from ftaudit.config import load_settings, merge, parse_floats, parse_sigmas
+
+    for key, parse in (
+        ("sigma", parse_sigmas),
+        ("mean", lambda v: parse_floats(v, "--mean")),
+        ("std", lambda v: parse_floats(v, "--std")),
+    ):
+        if flags.get(key) is not None:
+            flags[key] = parse(flags[key])
+    for key in ("layers", "exclude"):
+        if key in flags:
+            flags[key] = tuple(flags[key] or ())
+    settings = merge(load_settings(config, Path.cwd()), flags)
+    if settings.sigma is None:
+        raise UserError("no sigma given", hint="pass --sigma 0.3 (or set sigma in ftaudit.toml)")
+    if settings.data is None:
+        raise UserError(
+            "no evaluation data given", hint="pass --data FILE (or set data in ftaudit.toml)"
+        )
+    return settings
+
+
+def _config_sets(settings: EvalSettings, key: str) -> bool:
+    """Whether the config file the settings came from sets ``key`` itself."""
+    from ftaudit.config import read_config
+
+    if settings.config_file is None:
+        return False
+    table = read_config(Path(settings.config_file))
+    return any(raw.replace("-", "_") == key for raw in table)
+
+
+def _check_outputs(inputs: tuple[Path, ...], paths: dict[str, Path | str | None]) -> None:
+    """Validate every output path before any work; '-' (stdout) needs no check."""
+    from ftaudit.fileio import check_output_path
+
+    for what, path in paths.items():
+        if path is None or path == "-":
+            continue
+        if what == "plot":
+            from ftaudit._optional import require_matplotlib
+
+            require_matplotlib("plots")
+        check_output_path(Path(path), what=what, protect=inputs)
+
+
+def _run_with_stages(fn: Any, show: bool, *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn`` with a progress bar on stderr whose label follows the current stage."""
+    if not show:
+        return fn(*args, **kwargs)
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=_stderr_console(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("Monte Carlo samples", total=kwargs.get("samples"))
+
+        def update(stage: str, done: int, total: int) -> None:
+            bar.update(task, description=escape(stage), completed=done, total=total)
+
+        return fn(*args, progress=update, **kwargs)
+
+
+@app.command("compare")
+@exit_codes
+def compare_command(
+    baseline: Annotated[Path, typer.Argument(help="Reference model (ONNX or TorchScript).")],
+    candidate: Annotated[Path, typer.Argument(help="Model compared with it, same crossbars.")],
+    data: DataOpt = None,
+    sigma: SigmaOpt = None,
+    noise: NoiseOpt = None,
+    bits: BitsOpt = None,
+    cell_bits: CellBitsOpt = None,
+    samples: SamplesOpt = None,
+    k: KOpt = None,
+    seed: SeedOpt = None,
+    batch_size: BatchSizeOpt = None,
+    device: DeviceOpt = None,
+    layers: LayersOpt = None,
+    exclude: ExcludeOpt = None,
+    limit: LimitOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    output: OutputOpt = None,
+    fail_if_worse: Annotated[
+        float | None,
+        typer.Option(
+            "--fail-if-worse",
+            help="Exit 1 if the candidate's mean is below the baseline's by more than TOL "
+            "with 95% confidence, at any sigma.",
+        ),
+    ] = None,
+    json_path: JsonOpt = None,
+    csv_path: CsvOpt = None,
+    quiet: QuietOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """BASELINE and CANDIDATE on the same draws: mean, KPP and paired differences per sigma."""
+    from ftaudit.compare import compare
+
+    settings = _shared_settings(
+        config,
+        {
+            "data": data,
+            "sigma": sigma,
+            "noise": noise,
+            "bits": bits,
+            "cell_bits": cell_bits,
+            "samples": samples,
+            "k": k,
+            "seed": seed,
+            "batch_size": batch_size,
+            "device": device,
+            "layers": layers,
+            "exclude": exclude,
+            "limit": limit,
+            "mean": mean,
+            "std": std,
+            "output": output,
+            "fail_if_worse": fail_if_worse,
+        },
+    )
+    _check_outputs(
+        (baseline, candidate, Path(settings.data)),
+        {"JSON report": json_path, "CSV table": csv_path},
+    )
+    machine_output = json_path == "-"
+    report = _run_with_stages(
+        compare,
+        _show_progress(machine_output),
+        baseline,
+        candidate,
+        settings.data,
+        sigmas=settings.sigma,
+        noise=settings.noise,
+        bits=settings.bits,
+        cell_bits=settings.cell_bits,
+        samples=settings.samples,
+        k=settings.k,
+        seed=settings.seed,
+        batch_size=settings.batch_size,
+        device=settings.device,
+        layers=settings.layers,
+        exclude=settings.exclude,
+        limit=settings.limit,
+        mean=settings.mean,
+        std=settings.std,
+        output=settings.output,
+        fail_if_worse=settings.fail_if_worse,
+        command=_command(),
+        config_file=settings.config_file,
+    )
+    from ftaudit.report import compare_report as writers
+
+    if machine_output:
+        sys.stdout.write(writers.payload_json(report.to_dict()))
+    elif json_path is not None:
+        writers.write_compare_json(report, Path(json_path))
+    if csv_path is not None:
+        writers.write_compare_csv(report, csv_path)
+    if not quiet and not machine_output:
+        from rich.console import Console
+
+        Console().print(writers.compare_table(report))
+    failed = report.failed_gates()
+    if failed:
+        raise GateFailure([gate.message() for gate in failed])
+
+
+@app.command("sensitivity")
+@exit_codes
+def sensitivity_command(
+    model: ModelArg,
+    data: DataOpt = None,
+    sigma: SigmaOpt = None,
+    noise: NoiseOpt = None,
+    bits: BitsOpt = None,
+    cell_bits: CellBitsOpt = None,
+    samples: SensitivitySamplesOpt = None,
+    k: KOpt = None,
+    seed: SeedOpt = None,
+    batch_size: BatchSizeOpt = None,
+    device: DeviceOpt = None,
+    layers: Annotated[
+        list[str] | None,
+        typer.Option("--layers", help="Glob over the layers to rank (others stay exact)."),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option("--exclude", help="Glob over layers always exact, not ranked."),
+    ] = None,
+    limit: LimitOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    output: OutputOpt = None,
+    target_kpp: Annotated[
+        float | None,
+        typer.Option(
+            "--target-kpp", help="Find layers to keep digital so KPP >= X at every sigma."
+        ),
+    ] = None,
+    json_path: JsonOpt = None,
+    csv_path: CsvOpt = None,
+    plot_path: Annotated[
+        Path | None, typer.Option("--plot", help="Write a PNG bar chart of the ranking.")
+    ] = None,
+    quiet: QuietOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Rank MODEL's crossbar layers by the KPP they lose under device variation."""
+    from ftaudit.sensitivity import DEFAULT_SENSITIVITY_SAMPLES, sensitivity
+
+    settings = _shared_settings(
+        config,
+        {
+            "data": data,
+            "sigma": sigma,
+            "noise": noise,
+            "bits": bits,
+            "cell_bits": cell_bits,
+            "samples": samples,
+            "k": k,
+            "seed": seed,
+            "batch_size": batch_size,
+            "device": device,
+            "layers": layers,
+            "exclude": exclude,
+            "limit": limit,
+            "mean": mean,
+            "std": std,
+            "output": output,
+            "target_kpp": target_kpp,
+        },
+    )
+    if samples is None and not _config_sets(settings, "samples"):
+        from dataclasses import replace
+
+        settings = replace(settings, samples=DEFAULT_SENSITIVITY_SAMPLES)
+    _check_outputs(
+        (model, Path(settings.data)),
+        {"JSON report": json_path, "CSV table": csv_path, "plot": plot_path},
+    )
+    machine_output = json_path == "-"
+    report = _run_with_stages(
+        sensitivity,
+        _show_progress(machine_output),
+        model,
+        settings.data,
+        sigmas=settings.sigma,
+        noise=settings.noise,
+        bits=settings.bits,
+        cell_bits=settings.cell_bits,
+        samples=settings.samples,
+        k=settings.k,
+        seed=settings.seed,
+        batch_size=settings.batch_size,
+        device=settings.device,
+        layers=settings.layers,
+        exclude=settings.exclude,
+        limit=settings.limit,
+        mean=settings.mean,
+        std=settings.std,
+        output=settings.output,
+        target_kpp=settings.target_kpp,
+        command=_command(),
+        config_file=settings.config_file,
+    )
+    from ftaudit.report import sensitivity_report as writers
+
+    if machine_output:
+        sys.stdout.write(writers.payload_json(report.to_dict()))
+    elif json_path is not None:
+        writers.write_sensitivity_json(report, Path(json_path))
+    if csv_path is not None:
+        writers.write_sensitivity_csv(report, csv_path)
+    if plot_path is not None:
+        writers.write_sensitivity_plot(report, plot_path)
+    if not quiet and not machine_output:
+        from rich.console import Console
+
+        Console().print(writers.sensitivity_renderable(report))
 
 
 #: the arguments ``run`` was called with, recorded in reports (``sys.argv`` when None)

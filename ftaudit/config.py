@@ -1,5 +1,7 @@
 """Defaults for ``eval`` from ``ftaudit.toml`` or ``[tool.ftaudit]`` in pyproject.toml.
 
+``compare`` and ``sensitivity`` read the same settings (and their own gate keys).
+
 Precedence: command-line flag > config file > built-in default. Relative paths in a config file
 are resolved against the file's folder, so a config works from any working directory.
 """
@@ -47,6 +49,8 @@ class EvalSettings:
     drift_t0: float | None = None
     compensation: str | None = None  # none, global or both (default both with time)
     stuck_at: tuple[float, float] | None = None
+    fail_if_worse: float | None = None  # compare's gate (eval ignores it)
+    target_kpp: float | None = None  # sensitivity's keep-digital target (eval ignores it)
     config_file: str | None = None  # where the non-default values came from
 
 
@@ -194,6 +198,8 @@ def _check_types(values: dict[str, Any], path: Path) -> None:
         "drift_nu",
         "drift_nu_std",
         "drift_t0",
+        "fail_if_worse",
+        "target_kpp",
     }
     expect_str = {"noise", "device", "output", "compensation"}
     for key, value in values.items():

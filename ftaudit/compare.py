@@ -1,0 +1,377 @@
+"""``ftaudit.compare``: two models on the same Monte Carlo draws, and their paired difference.
+
+Both models go through ``audit`` with the same seed, sigmas and noise model. Sample i's base
+draws for crossbar layer l come from ``SeedSequence(seed, spawn_key=(i, l))`` whatever the model,
+so once the crossbar layers are checked to match (count and canonical shapes) sample i perturbs
+both models with the same numbers and the per-sample accuracy differences are paired.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftaudit import __version__
+from ftaudit.data import Dataset, load_dataset
+from ftaudit.errors import UserError
+from ftaudit.evaluation import audit, prepare_run, validate_options
+from ftaudit.models import AuditModel, CrossbarLayer, load_model
+from ftaudit.noise import NoiseModel, get_noise_model
+from ftaudit.results import AuditReport, Interval, SigmaResult
+from ftaudit.stats import mean_interval, paired_kpp_difference_interval
+
+COMPARE_SCHEMA_VERSION = "1.0"
+#: SeedSequence key of the paired KPP bootstrap (apart from the samples' (i, l) keys)
+BOOTSTRAP_KEY = 1_000_010
+
+#: ``progress(stage, done, total)``: samples done of ``total`` in the named stage
+StageProgress = Callable[[str, int, int], None]
+
+
+def exact_name_glob(name: str) -> str:
+    """A glob that matches exactly ``name``: ``*``, ``?`` and ``[`` are bracket-escaped."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def exact_globs(layers: Sequence[CrossbarLayer]) -> list[str]:
+    return [exact_name_glob(layer.name) for layer in layers]
+
+
+def validate_fraction(value: float | None, flag: str, example: str) -> None:
+    """A threshold option that is an accuracy (fraction) in [0, 1]."""
+    if value is not None and not (0 <= value <= 1):
+        raise UserError(
+            f"{flag} is a fraction in [0, 1], got {value:g}", hint=f"e.g. {flag} {example}"
+        )
+
+
+def check_matching_layers(baseline: AuditModel, candidate: AuditModel) -> None:
+    """Layer l must be the same crossbar in both models: same count and canonical shapes."""
+    base, cand = baseline.layers, candidate.layers
+    for b, c in zip(base, cand, strict=False):
+        if b.canonical_shape != c.canonical_shape:
+            raise UserError(
+                f"crossbar layer {b.index} differs: baseline '{b.name}' has shape "
+                f"{b.canonical_shape} but candidate '{c.name}' has {c.canonical_shape}",
+                hint="compare two versions of the same architecture (ftaudit inspect lists them)",
+            )
+    if len(base) != len(cand):
+        longer, name = (base, "baseline") if len(base) > len(cand) else (cand, "candidate")
+        extra = longer[min(len(base), len(cand))]
+        raise UserError(
+            f"the baseline has {len(base)} crossbar layers and the candidate {len(cand)}; "
+            f"the first unmatched one is the {name}'s '{extra.name}'",
+            hint="compare two versions of the same architecture (ftaudit inspect lists them)",
+        )
+
+
+def stage_progress(progress: StageProgress | None, stage: str) -> Callable[[int, int], None] | None:
+    """An ``audit`` progress callback reporting under ``stage``."""
+    if progress is None:
+        return None
+    return lambda done, total: progress(stage, done, total)
+
+
+@dataclass(frozen=True)
+class PairedSigmaResult:
+    """Both models at one sigma and the paired difference candidate - baseline."""
+
+    sigma: float
+    baseline: SigmaResult
+    candidate: SigmaResult
+    mean_difference: float
+    mean_difference_interval: Interval
+    kpp_difference: float
+    kpp_difference_interval: Interval | None  # None: too few samples below the KPP rank
+
+    @property
+    def differences(self) -> np.ndarray:
+        """Per-sample accuracy differences, candidate - baseline (same draws)."""
+        return self.candidate.accuracies - self.baseline.accuracies
+
+    def to_dict(self) -> dict[str, Any]:
+        def model(result: SigmaResult) -> dict[str, Any]:
+            s = result.summary
+            return {
+                "mean": s.mean,
+                "mean_interval": s.mean_interval.to_dict(),
+                "kpp": s.kpp,
+                "kpp_interval": s.kpp_interval.to_dict(),
+            }
+
+        interval = self.kpp_difference_interval
+        return {
+            "sigma": self.sigma,
+            "samples": self.baseline.summary.n,
+            "baseline": model(self.baseline),
+            "candidate": model(self.candidate),
+            "mean_difference": self.mean_difference,
+            "mean_difference_interval": self.mean_difference_interval.to_dict(),
+            "kpp_difference": self.kpp_difference,
+            "kpp_difference_interval": None if interval is None else interval.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class WorseGate:
+    """``--fail-if-worse`` at one sigma: fails when the whole difference interval is below -TOL."""
+
+    sigma: float
+    tolerance: float
+    mean_difference: float
+    interval: Interval
+    passed: bool
+
+    def message(self) -> str:
+        level = f"{100 * self.interval.confidence:g}%"
+        verdict = "passed" if self.passed else "FAILED"
+        relation = "does not lie" if self.passed else "lies"
+        return (
+            f"gate {verdict}: candidate - baseline mean accuracy at sigma={self.sigma:g} is "
+            f"{self.mean_difference:+.4f}, its {level} interval "
+            f"[{self.interval.low:+.4f}, {self.interval.high:+.4f}] {relation} below "
+            f"-{self.tolerance:.4f} (--fail-if-worse {self.tolerance:g})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sigma": self.sigma,
+            "tolerance": self.tolerance,
+            "mean_difference": self.mean_difference,
+            "interval_high": self.interval.high,
+            "passed": self.passed,
+        }
+
+
+@dataclass
+class CompareReport:
+    """Two audits on the same draws, their paired differences per sigma, and the gate."""
+
+    ftaudit_version: str
+    command: list[str]
+    baseline: AuditReport
+    candidate: AuditReport
+    layers: list[dict[str, Any]]  # index, both names, op, canonical shape, params, selected
+    results: list[PairedSigmaResult]
+    fail_if_worse: float | None
+    gates: list[WorseGate]
+    elapsed_s: float
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def failed_gates(self) -> list[WorseGate]:
+        return [gate for gate in self.gates if not gate.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        def model(report: AuditReport) -> dict[str, Any]:
+            return {
+                **report.model,
+                "clean_accuracy": report.clean_accuracy,
+                "quantized_accuracy": report.quantized_accuracy,
+                "reference_accuracy": report.reference_accuracy,
+            }
+
+        base = self.baseline
+        return {
+            "schema_version": COMPARE_SCHEMA_VERSION,
+            "ftaudit_version": self.ftaudit_version,
+            "command": self.command,
+            "baseline": model(base),
+            "candidate": model(self.candidate),
+            "layers": self.layers,
+            "data": base.data,
+            "noise": base.noise,
+            "seed": base.seed,
+            "samples": base.samples,
+            "k": base.k,
+            "device": base.device,
+            "results": [result.to_dict() for result in self.results],
+            "fail_if_worse": self.fail_if_worse,
+            "gates": [gate.to_dict() for gate in self.gates],
+            "options": self.options,
+            "elapsed_s": self.elapsed_s,
+        }
+
+
+def paired_result(
+    baseline: SigmaResult, candidate: SigmaResult, *, k: float, rng: np.random.Generator
+) -> PairedSigmaResult:
+    """Mean difference with its Student t interval, KPP difference with a paired bootstrap."""
+    differences = candidate.accuracies - baseline.accuracies
+    interval = mean_interval(differences, bounds=(-1.0, 1.0))
+    # identical differences (identical models, sigma = 0): their value exactly, not a rounded sum
+    constant = bool(np.all(differences == differences[0]))
+    center = float(differences[0]) if constant else float(differences.mean())
+    if baseline.sigma == 0:  # nothing random: the difference is known exactly
+        interval = Interval(interval.low, interval.high, interval.confidence, "exact")
+    return PairedSigmaResult(
+        sigma=baseline.sigma,
+        baseline=baseline,
+        candidate=candidate,
+        mean_difference=center,
+        mean_difference_interval=interval,
+        kpp_difference=candidate.summary.kpp - baseline.summary.kpp,
+        kpp_difference_interval=paired_kpp_difference_interval(
+            baseline.accuracies, candidate.accuracies, k, rng=rng
+        ),
+    )
+
+
+def evaluate_worse_gates(
+    results: Sequence[PairedSigmaResult], tolerance: float | None
+) -> list[WorseGate]:
+    """Fail a sigma when the candidate is worse by more than ``tolerance`` with confidence."""
+    if tolerance is None:
+        return []
+    return [
+        WorseGate(
+            sigma=r.sigma,
+            tolerance=tolerance,
+            mean_difference=r.mean_difference,
+            interval=r.mean_difference_interval,
+            passed=not (r.mean_difference_interval.high < -tolerance),
+        )
+        for r in results
+    ]
+
+
+def compare(
+    baseline: Path | str | AuditModel,
+    candidate: Path | str | AuditModel,
+    data: Path | str | Dataset,
+    *,
+    sigmas: Sequence[float],
+    noise: str | NoiseModel = "lognormal",
+    bits: int | None = None,
+    cell_bits: int | None = None,
+    samples: int = 1000,
+    k: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 512,
+    device: str = "cpu",
+    layers: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    limit: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    output: str | None = None,
+    fail_if_worse: float | None = None,
+    progress: StageProgress | None = None,
+    command: Sequence[str] | None = None,
+    config_file: str | None = None,
+) -> CompareReport:
+    """Audit ``baseline`` and ``candidate`` on the same draws; gates are evaluated, not raised.
+
+    ``layers``/``exclude`` globs are matched against the baseline's layer names; the candidate's
+    layers at the same positions are perturbed.
+    """
+    started = time.perf_counter()
+    sigmas = [float(s) for s in sigmas]
+    validate_options(
+        sigmas=sigmas, samples=samples, k=k, seed=seed, batch_size=batch_size, device=device
+    )
+    validate_fraction(fail_if_worse, "--fail-if-worse", "0.01 for one percentage point")
+    noise_model = (
+        noise
+        if isinstance(noise, NoiseModel)
+        else get_noise_model(noise, bits=bits, cell_bits=cell_bits)
+    )
+    base_model = (
+        baseline if isinstance(baseline, AuditModel) else load_model(baseline, output=output)
+    )
+    cand_model = (
+        candidate if isinstance(candidate, AuditModel) else load_model(candidate, output=output)
+    )
+    check_matching_layers(base_model, cand_model)
+    dataset = (
+        data
+        if isinstance(data, Dataset)
+        else load_dataset(Path(data), limit=limit, mean=mean, std=std)
+    )
+    selected = base_model.select_layers(layers, exclude)
+    positions = {layer.index for layer in selected}
+    cand_selected = [layer for layer in cand_model.layers if layer.index in positions]
+    # The baseline's audit checks the data against the baseline before its Monte Carlo; check
+    # the candidate now too, so a misfit never surfaces after the baseline's samples have run.
+    prepare_run(
+        cand_model,
+        dataset,
+        layers=exact_globs(cand_selected),
+        exclude=None,
+        noise=noise_model,
+        batch_size=batch_size,
+        device=device,
+    )
+    common = {
+        "sigmas": sigmas,
+        "noise": noise_model,
+        "samples": samples,
+        "k": k,
+        "seed": seed,
+        "batch_size": batch_size,
+        "device": device,
+        "mean": mean,
+        "std": std,
+        "output": output,
+        "command": command,
+        "config_file": config_file,
+    }
+    reports = {}
+    for role, model, chosen in (
+        ("baseline", base_model, selected),
+        ("candidate", cand_model, cand_selected),
+    ):
+        reports[role] = audit(
+            model,
+            dataset,
+            layers=exact_globs(chosen),
+            progress=stage_progress(progress, role),
+            **common,
+        )
+    results = [
+        paired_result(
+            b,
+            c,
+            k=k,
+            rng=np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(BOOTSTRAP_KEY, j))),
+        )
+        for j, (b, c) in enumerate(
+            zip(reports["baseline"].results, reports["candidate"].results, strict=True)
+        )
+    ]
+    layer_pairs = [
+        {
+            "index": b.index,
+            "baseline": b.name,
+            "candidate": c.name,
+            "op": b.op,
+            "shape": list(b.canonical_shape),
+            "params": b.params,
+            "selected": b.index in positions,
+        }
+        for b, c in zip(base_model.layers, cand_model.layers, strict=True)
+    ]
+    return CompareReport(
+        ftaudit_version=__version__,
+        command=list(command or []),
+        baseline=reports["baseline"],
+        candidate=reports["candidate"],
+        layers=layer_pairs,
+        results=results,
+        fail_if_worse=fail_if_worse,
+        gates=evaluate_worse_gates(results, fail_if_worse),
+        elapsed_s=time.perf_counter() - started,
+        options={
+            "batch_size": batch_size,
+            "layers": list(layers or []),
+            "exclude": list(exclude or []),
+            "mean": None if mean is None else [float(v) for v in mean],
+            "std": None if std is None else [float(v) for v in std],
+            "output": output,
+            "config_file": config_file,
+        },
+    )

@@ -1,0 +1,142 @@
+"""Renderers of a CompareReport: a rich table, JSON (schema docs/compare.schema.json) and CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path, PurePath
+from typing import TYPE_CHECKING, Any
+
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+
+from ftaudit.fileio import atomic_write_text
+from ftaudit.report.csv_report import _cell
+from ftaudit.report.json_report import to_json_compatible
+from ftaudit.report.table import _noise_label, _percent
+
+if TYPE_CHECKING:
+    from ftaudit.compare import CompareReport, WorseGate
+    from ftaudit.results import Interval
+
+COMPARE_CSV_COLUMNS = (
+    "sigma",
+    "samples",
+    "baseline_mean",
+    "candidate_mean",
+    "baseline_kpp",
+    "candidate_kpp",
+    "mean_difference",
+    "mean_difference_low",
+    "mean_difference_high",
+    "kpp_difference",
+    "kpp_difference_low",
+    "kpp_difference_high",
+    "gate",
+)
+
+
+def payload_json(payload: dict[str, Any]) -> str:
+    """A report dict as strict, indented JSON text (non-finite floats become null)."""
+    return json.dumps(to_json_compatible(payload), indent=2, allow_nan=False) + "\n"
+
+
+def _points(value: float) -> str:
+    """A signed accuracy difference in percentage points."""
+    return f"{100 * value:+.2f}"
+
+
+def _difference(value: float, interval: Interval | None) -> str:
+    if interval is None:
+        return _points(value)
+    return f"{_points(value)} [{_points(interval.low)}, {_points(interval.high)}]"
+
+
+def compare_table(report: CompareReport) -> Table:
+    """One row per sigma: both models' mean and KPP, and the paired differences (in %)."""
+    base, cand = report.baseline, report.candidate
+    title = (
+        f"{escape(PurePath(str(base.model['path'])).name)} (baseline) vs "
+        f"{escape(PurePath(str(cand.model['path'])).name)} (candidate)\n"
+        f"noise {escape(_noise_label(base.noise))} · {base.samples} samples · k={base.k:g} · "
+        f"seed {base.seed}"
+    )
+    caption = [
+        f"clean accuracy {_percent(base.clean_accuracy)}% (baseline), "
+        f"{_percent(cand.clean_accuracy)}% (candidate)",
+        "accuracies in %; Δ = candidate - baseline, same draws",
+        "95% intervals: Δmean paired t, ΔKPP paired bootstrap",
+    ]
+    if any(r.kpp_difference_interval is None for r in report.results):
+        caption.append("(ΔKPP interval only when samples·k/100 >= 10)")
+    if report.fail_if_worse is not None:
+        caption.append(f"gate FAILED if the Δmean interval < -{100 * report.fail_if_worse:.2f}")
+    table = Table(
+        title=title,
+        caption="\n".join(caption),
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    headers = ["sigma", "mean\nbase", "mean\ncand", "KPP\nbase", "KPP\ncand", "Δmean", "ΔKPP"]
+    gates: dict[float, WorseGate] = {gate.sigma: gate for gate in report.gates}
+    if gates:
+        headers.append("gate")
+    for header in headers:
+        table.add_column(escape(header), justify="right", no_wrap=True)
+    for result in report.results:
+        row = [
+            f"{result.sigma:g}",
+            _percent(result.baseline.summary.mean),
+            _percent(result.candidate.summary.mean),
+            _percent(result.baseline.summary.kpp),
+            _percent(result.candidate.summary.kpp),
+            escape(_difference(result.mean_difference, result.mean_difference_interval)),
+            escape(_difference(result.kpp_difference, result.kpp_difference_interval)),
+        ]
+        if gates:
+            passed = gates[result.sigma].passed
+            row.append("[green]ok[/green]" if passed else "[bold red]FAILED[/bold red]")
+        table.add_row(*row)
+    return table
+
+
+def compare_csv(report: CompareReport) -> str:
+    """The per-sigma comparison as CSV text with a header row (accuracies as fractions)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COMPARE_CSV_COLUMNS)
+    gates = {gate.sigma: gate for gate in report.gates}
+    for r in report.results:
+        kpp_interval = r.kpp_difference_interval
+        gate = gates.get(r.sigma)
+        writer.writerow(
+            [
+                _cell(r.sigma),
+                int(r.baseline.summary.n),
+                _cell(r.baseline.summary.mean),
+                _cell(r.candidate.summary.mean),
+                _cell(r.baseline.summary.kpp),
+                _cell(r.candidate.summary.kpp),
+                _cell(r.mean_difference),
+                _cell(r.mean_difference_interval.low),
+                _cell(r.mean_difference_interval.high),
+                _cell(r.kpp_difference),
+                "" if kpp_interval is None else _cell(kpp_interval.low),
+                "" if kpp_interval is None else _cell(kpp_interval.high),
+                "" if gate is None else ("passed" if gate.passed else "failed"),
+            ]
+        )
+    return buffer.getvalue()
+
+
+def write_compare_json(report: CompareReport, path: Path) -> None:
+    """The comparison as JSON; schema in docs/compare.schema.json."""
+    atomic_write_text(Path(path), payload_json(report.to_dict()))
+
+
+def write_compare_csv(report: CompareReport, path: Path) -> None:
+    """The per-sigma comparison as CSV."""
+    atomic_write_text(Path(path), compare_csv(report))

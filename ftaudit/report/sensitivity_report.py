@@ -1,0 +1,176 @@
+"""Renderers of a SensitivityReport: rich table, JSON (docs/sensitivity.schema.json), CSV, bars."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path, PurePath
+from typing import TYPE_CHECKING
+
+import numpy as np
+from rich import box
+from rich.console import Group, RenderableType
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from ftaudit._optional import require_matplotlib
+from ftaudit.fileio import atomic_write, atomic_write_text
+from ftaudit.report.compare_report import payload_json
+from ftaudit.report.csv_report import _cell
+from ftaudit.report.plot import _plain_text
+from ftaudit.report.table import _noise_label, _percent
+
+if TYPE_CHECKING:
+    from ftaudit.sensitivity import SensitivityReport
+
+SENSITIVITY_CSV_COLUMNS = (
+    "rank",
+    "layer",
+    "index",
+    "op",
+    "params",
+    "sigma",
+    "kpp_only",
+    "mean_only",
+    "kpp_drop",
+    "kpp_all_but",
+    "mean_all_but",
+    "kpp_recovered",
+)
+
+
+def _model_name(report: SensitivityReport) -> str:
+    return PurePath(str(report.model.get("path", "?"))).name
+
+
+def _sigmas_text(sigmas: list[float]) -> str:
+    return ", ".join(f"{s:g}" for s in sigmas)
+
+
+def sensitivity_table(report: SensitivityReport) -> Table:
+    """One row per analog layer in rank order; values averaged over the sigmas (in %)."""
+    title = (
+        f"{escape(_model_name(report))}: layer sensitivity\n"
+        f"noise {escape(_noise_label(report.noise))} · sigma {_sigmas_text(report.sigmas)} · "
+        f"{report.samples} samples · k={report.k:g}"
+    )
+    kpp_all = ", ".join(_percent(p.kpp) for p in report.all_layers)
+    caption = [
+        f"clean accuracy {_percent(report.clean_accuracy)}%; all analog: KPP {kpp_all}%",
+        "only: KPP, only this layer perturbed",
+        "all but: KPP, this layer exact",
+        "drop = clean - only; gain = all but - all analog",
+    ]
+    if len(report.sigmas) > 1:
+        caption.append("averages over sigma (per sigma: --json, --csv)")
+    if report.always_digital:
+        caption.append(f"{len(report.always_digital)} layer(s) not selected: always exact")
+    table = Table(
+        title=title,
+        caption="\n".join(caption),
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("layer", overflow="fold", max_width=30)
+    for header in ("params", "only", "drop", "all but", "gain"):
+        table.add_column(header, justify="right", no_wrap=True)
+    for layer in report.layers:
+        table.add_row(
+            str(layer.rank),
+            escape(layer.name),
+            f"{layer.params:,}",
+            _percent(float(np.mean([p.kpp for p in layer.only]))),
+            _percent(layer.score),
+            _percent(float(np.mean([p.kpp for p in layer.all_but]))),
+            _percent(layer.recovered_score),
+        )
+    return table
+
+
+def sensitivity_renderable(report: SensitivityReport) -> RenderableType:
+    """The ranking table, then the keep-digital answer when a target KPP was given."""
+    if report.target is None:
+        return sensitivity_table(report)
+    return Group(sensitivity_table(report), Text(report.target.message()))
+
+
+def sensitivity_csv(report: SensitivityReport) -> str:
+    """One row per (layer, sigma), layers in rank order; accuracies as fractions."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(SENSITIVITY_CSV_COLUMNS)
+    for layer in report.layers:
+        for j, sigma in enumerate(report.sigmas):
+            only, rest = layer.only[j], layer.all_but[j]
+            writer.writerow(
+                [
+                    layer.rank,
+                    layer.name,
+                    layer.index,
+                    layer.op,
+                    layer.params,
+                    _cell(sigma),
+                    _cell(only.kpp),
+                    _cell(only.mean),
+                    _cell(layer.kpp_drop[j]),
+                    _cell(rest.kpp),
+                    _cell(rest.mean),
+                    _cell(layer.kpp_recovered[j]),
+                ]
+            )
+    return buffer.getvalue()
+
+
+def write_sensitivity_json(report: SensitivityReport, path: Path) -> None:
+    """The sensitivity report as JSON; schema in docs/sensitivity.schema.json."""
+    atomic_write_text(Path(path), payload_json(report.to_dict()))
+
+
+def write_sensitivity_csv(report: SensitivityReport, path: Path) -> None:
+    """Per-layer, per-sigma sensitivity as CSV."""
+    atomic_write_text(Path(path), sensitivity_csv(report))
+
+
+def write_sensitivity_plot(report: SensitivityReport, path: Path) -> None:
+    """PNG bar chart: per layer (rank order), KPP drop alone and KPP gained by keeping it exact."""
+    plt = require_matplotlib("plots")
+    layers = report.layers
+    positions = np.arange(len(layers))
+    drops = 100 * np.array([layer.score for layer in layers])
+    gains = 100 * np.array([layer.recovered_score for layer in layers])
+    height = 0.38
+    fig, ax = plt.subplots(figsize=(7.0, 1.2 + 0.45 * max(len(layers), 2)), layout="constrained")
+    try:
+        ax.barh(
+            positions - height / 2,
+            drops,
+            height,
+            color="tab:red",
+            label="KPP drop, only this layer perturbed",
+        )
+        ax.barh(
+            positions + height / 2,
+            gains,
+            height,
+            color="tab:green",
+            label="KPP gained, this layer kept exact",
+        )
+        ax.set_yticks(positions, [_plain_text(layer.name) for layer in layers])
+        ax.invert_yaxis()  # rank 1 on top
+        ax.axvline(0, color="0.3", linewidth=0.8)
+        suffix = " (mean over sigma)" if len(report.sigmas) > 1 else ""
+        ax.set_xlabel(f"percentage points{suffix}")
+        ax.set_title(
+            _plain_text(
+                f"{_model_name(report)} · {report.noise.get('name', '?')} noise · "
+                f"sigma {_sigmas_text(report.sigmas)} · k={report.k:g}"
+            )
+        )
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(loc="best")
+        atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=150))
+    finally:
+        plt.close(fig)

@@ -1,0 +1,409 @@
+"""``ftaudit.sensitivity``: which crossbar layers lose the most accuracy under device variation.
+
+For every analog layer L (those selected by ``layers``/``exclude``; the rest stay exact) the model
+is audited with only L perturbed and with every analog layer but L perturbed, plus once with all
+analog layers perturbed. Draws are keyed by (sample, layer index) whatever the selection, so all
+these audits share their random numbers: layer L sees the same perturbation in every run, and
+differences between runs are paired, not two independent noisy estimates.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftaudit import __version__
+from ftaudit.compare import (
+    StageProgress,
+    exact_globs,
+    stage_progress,
+    validate_fraction,
+)
+from ftaudit.data import Dataset, load_dataset
+from ftaudit.evaluation import audit, model_provenance, validate_options
+from ftaudit.models import AuditModel, CrossbarLayer, load_model
+from ftaudit.noise import NoiseModel, get_noise_model
+from ftaudit.results import AuditReport, Interval, SigmaResult
+
+SENSITIVITY_SCHEMA_VERSION = "1.0"
+#: samples per sigma per audit when none are given: a sensitivity run is 2L + 1 audits
+DEFAULT_SENSITIVITY_SAMPLES = 200
+RANKING = (
+    "mean over sigma of the KPP drop from the clean accuracy when only the layer is perturbed; "
+    "ties broken by the KPP recovered by keeping the layer exact, then by layer position"
+)
+
+
+@dataclass(frozen=True)
+class SigmaPoint:
+    """Mean and KPP of one configuration (a set of perturbed layers) at one sigma."""
+
+    sigma: float
+    samples: int
+    mean: float
+    mean_interval: Interval
+    kpp: float
+    kpp_interval: Interval
+
+    @classmethod
+    def from_result(cls, result: SigmaResult) -> SigmaPoint:
+        s = result.summary
+        return cls(result.sigma, s.n, s.mean, s.mean_interval, s.kpp, s.kpp_interval)
+
+    @classmethod
+    def exact(cls, sigma: float, accuracy: float) -> SigmaPoint:
+        """Nothing perturbed: the clean accuracy, known exactly (no sample was needed)."""
+        point = Interval(accuracy, accuracy, 0.95, "exact")
+        return cls(sigma, 0, accuracy, point, accuracy, point)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sigma": self.sigma,
+            "samples": self.samples,
+            "mean": self.mean,
+            "mean_interval": self.mean_interval.to_dict(),
+            "kpp": self.kpp,
+            "kpp_interval": self.kpp_interval.to_dict(),
+        }
+
+
+def points_of(report: AuditReport) -> list[SigmaPoint]:
+    return [SigmaPoint.from_result(result) for result in report.results]
+
+
+@dataclass(frozen=True)
+class LayerSensitivity:
+    """One analog layer: only it perturbed, all but it perturbed, and what follows per sigma."""
+
+    name: str
+    index: int
+    op: str
+    params: int
+    rank: int  # 1 = most sensitive
+    only: list[SigmaPoint]
+    all_but: list[SigmaPoint]
+    kpp_drop: list[float]  # clean accuracy - KPP with only this layer perturbed
+    kpp_recovered: list[float]  # KPP with all but this layer - KPP with all perturbed
+
+    @property
+    def score(self) -> float:
+        """The ranking metric: the KPP drop averaged over the sigmas."""
+        return float(np.mean(self.kpp_drop))
+
+    @property
+    def recovered_score(self) -> float:
+        return float(np.mean(self.kpp_recovered))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank,
+            "name": self.name,
+            "index": self.index,
+            "op": self.op,
+            "params": self.params,
+            "score": self.score,
+            "recovered_score": self.recovered_score,
+            "kpp_drop": self.kpp_drop,
+            "kpp_recovered": self.kpp_recovered,
+            "only": [p.to_dict() for p in self.only],
+            "all_but": [p.to_dict() for p in self.all_but],
+        }
+
+
+@dataclass(frozen=True)
+class TargetStep:
+    """One evaluated configuration of the greedy search: these layers digital, the rest analog."""
+
+    digital: list[str]
+    points: list[SigmaPoint]
+    meets: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "digital": self.digital,
+            "kpp": [p.kpp for p in self.points],
+            "mean": [p.mean for p in self.points],
+            "meets": self.meets,
+        }
+
+
+@dataclass(frozen=True)
+class TargetSelection:
+    """The layers to keep digital so the KPP reaches ``target_kpp`` at every sigma."""
+
+    target_kpp: float
+    status: str  # "already_met", "met" or "unreachable"
+    digital: list[str]
+    steps: list[TargetStep]
+    clean_accuracy: float
+
+    def message(self) -> str:
+        target = f"{100 * self.target_kpp:.2f}%"
+        if self.status == "already_met":
+            return f"KPP >= {target} at every sigma with all layers analog: none need be digital"
+        if self.status == "unreachable":
+            return (
+                f"KPP {target} is out of reach: even with every layer digital the accuracy is "
+                f"the clean {100 * self.clean_accuracy:.2f}%"
+            )
+        names = ", ".join(self.digital)
+        return f"keep {len(self.digital)} layer(s) digital for KPP >= {target}: {names}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target_kpp": self.target_kpp,
+            "status": self.status,
+            "digital": self.digital,
+            "message": self.message(),
+            "steps": [step.to_dict() for step in self.steps],
+        }
+
+
+@dataclass
+class SensitivityReport:
+    """Per-layer sensitivity ranking of one model, with the optional keep-digital selection."""
+
+    ftaudit_version: str
+    command: list[str]
+    model: dict[str, Any]
+    data: dict[str, Any]
+    noise: dict[str, Any]
+    seed: int
+    samples: int
+    k: float
+    device: str
+    sigmas: list[float]
+    clean_accuracy: float
+    quantized_accuracy: float | None  # all analog layers quantised (device models)
+    all_layers: list[SigmaPoint]  # every analog layer perturbed
+    layers: list[LayerSensitivity]  # in rank order, most sensitive first
+    always_digital: list[str]  # layers outside --layers/--exclude: never perturbed
+    target: TargetSelection | None
+    elapsed_s: float
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SENSITIVITY_SCHEMA_VERSION,
+            "ftaudit_version": self.ftaudit_version,
+            "command": self.command,
+            "model": self.model,
+            "data": self.data,
+            "noise": self.noise,
+            "seed": self.seed,
+            "samples": self.samples,
+            "k": self.k,
+            "device": self.device,
+            "sigmas": self.sigmas,
+            "clean_accuracy": self.clean_accuracy,
+            "quantized_accuracy": self.quantized_accuracy,
+            "ranking": RANKING,
+            "all_layers": [p.to_dict() for p in self.all_layers],
+            "layers": [layer.to_dict() for layer in self.layers],
+            "always_digital": self.always_digital,
+            "target": None if self.target is None else self.target.to_dict(),
+            "options": self.options,
+            "elapsed_s": self.elapsed_s,
+        }
+
+
+def meets_target(points: Sequence[SigmaPoint], target_kpp: float) -> bool:
+    return all(point.kpp >= target_kpp for point in points)
+
+
+def rank_layers(
+    layers: Sequence[CrossbarLayer],
+    only: Sequence[list[SigmaPoint]],
+    all_but: Sequence[list[SigmaPoint]],
+    all_layers: Sequence[SigmaPoint],
+    clean_accuracy: float,
+) -> list[LayerSensitivity]:
+    """Score every layer and sort them, most sensitive first (see ``RANKING``)."""
+    unranked = [
+        LayerSensitivity(
+            name=layer.name,
+            index=layer.index,
+            op=layer.op,
+            params=layer.params,
+            rank=0,
+            only=list(alone),
+            all_but=list(rest),
+            kpp_drop=[clean_accuracy - p.kpp for p in alone],
+            kpp_recovered=[p.kpp - a.kpp for p, a in zip(rest, all_layers, strict=True)],
+        )
+        for layer, alone, rest in zip(layers, only, all_but, strict=True)
+    ]
+    ordered = sorted(unranked, key=lambda s: (-s.score, -s.recovered_score, s.index))
+    return [replace(s, rank=rank) for rank, s in enumerate(ordered, start=1)]
+
+
+def sensitivity(
+    model: Path | str | AuditModel,
+    data: Path | str | Dataset,
+    *,
+    sigmas: Sequence[float],
+    noise: str | NoiseModel = "lognormal",
+    bits: int | None = None,
+    cell_bits: int | None = None,
+    samples: int = DEFAULT_SENSITIVITY_SAMPLES,
+    k: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 512,
+    device: str = "cpu",
+    layers: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    limit: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    output: str | None = None,
+    target_kpp: float | None = None,
+    progress: StageProgress | None = None,
+    command: Sequence[str] | None = None,
+    config_file: str | None = None,
+) -> SensitivityReport:
+    """Rank the analog layers by KPP drop; with ``target_kpp``, pick layers to keep digital.
+
+    ``layers``/``exclude`` choose the analog layers (all by default); the others stay exact in
+    every run and are not ranked. The keep-digital choice is greedy in rank order, and every
+    step is evaluated by Monte Carlo, not estimated.
+    """
+    started = time.perf_counter()
+    sigmas = [float(s) for s in sigmas]
+    validate_options(
+        sigmas=sigmas, samples=samples, k=k, seed=seed, batch_size=batch_size, device=device
+    )
+    validate_fraction(target_kpp, "--target-kpp", "0.9 for 90%")
+    noise_model = (
+        noise
+        if isinstance(noise, NoiseModel)
+        else get_noise_model(noise, bits=bits, cell_bits=cell_bits)
+    )
+    loaded = model if isinstance(model, AuditModel) else load_model(model, output=output)
+    dataset = (
+        data
+        if isinstance(data, Dataset)
+        else load_dataset(Path(data), limit=limit, mean=mean, std=std)
+    )
+    analog = loaded.select_layers(layers, exclude)
+    n_runs = 1 + (2 * len(analog) if len(analog) > 1 else 0)
+    run_number = 0
+
+    def run(perturbed: Sequence[CrossbarLayer], label: str) -> AuditReport:
+        nonlocal run_number
+        run_number += 1
+        counter = f"{run_number}/{n_runs}" if run_number <= n_runs else f"{run_number}"
+        return audit(
+            loaded,
+            dataset,
+            sigmas=sigmas,
+            noise=noise_model,
+            samples=samples,
+            k=k,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            layers=exact_globs(perturbed),
+            progress=stage_progress(progress, f"[{counter}] {label}"),
+        )
+
+    everything = run(analog, "all analog layers")
+    clean = everything.clean_accuracy
+    all_points = points_of(everything)
+    nothing = [SigmaPoint.exact(sigma, clean) for sigma in sigmas]
+    only: list[list[SigmaPoint]] = []
+    all_but: list[list[SigmaPoint]] = []
+    for layer in analog:
+        if len(analog) == 1:  # only L is all layers; all but L perturbs nothing
+            only.append(all_points)
+            all_but.append(nothing)
+            continue
+        only.append(points_of(run([layer], f"only {layer.name}")))
+        rest = [other for other in analog if other is not layer]
+        all_but.append(points_of(run(rest, f"all but {layer.name}")))
+    ranked = rank_layers(analog, only, all_but, all_points, clean)
+
+    target = None
+    if target_kpp is not None:
+        target = select_digital(
+            ranked,
+            analog,
+            all_points=all_points,
+            nothing=nothing,
+            clean_accuracy=clean,
+            target_kpp=target_kpp,
+            evaluate=lambda perturbed, n: points_of(run(perturbed, f"target: {n} digital")),
+        )
+    analog_names = {layer.name for layer in analog}
+    return SensitivityReport(
+        ftaudit_version=__version__,
+        command=list(command or []),
+        model=model_provenance(loaded),
+        data=dict(dataset.source),
+        noise=noise_model.parameters(),
+        seed=seed,
+        samples=samples,
+        k=k,
+        device=device,
+        sigmas=sigmas,
+        clean_accuracy=clean,
+        quantized_accuracy=everything.quantized_accuracy,
+        all_layers=all_points,
+        layers=ranked,
+        always_digital=[la.name for la in loaded.layers if la.name not in analog_names],
+        target=target,
+        elapsed_s=time.perf_counter() - started,
+        options={
+            "batch_size": batch_size,
+            "layers": list(layers or []),
+            "exclude": list(exclude or []),
+            "mean": None if mean is None else [float(v) for v in mean],
+            "std": None if std is None else [float(v) for v in std],
+            "output": output,
+            "target_kpp": target_kpp,
+            "config_file": config_file,
+        },
+    )
+
+
+def select_digital(
+    ranked: Sequence[LayerSensitivity],
+    analog: Sequence[CrossbarLayer],
+    *,
+    all_points: list[SigmaPoint],
+    nothing: list[SigmaPoint],
+    clean_accuracy: float,
+    target_kpp: float,
+    evaluate: Callable[[list[CrossbarLayer], int], list[SigmaPoint]],
+) -> TargetSelection:
+    """Greedy: make layers digital in rank order until the KPP reaches the target at every sigma.
+
+    ``evaluate(perturbed_layers, n_digital)`` runs the Monte Carlo of one configuration. A
+    single digital layer reuses that layer's all-but run; all layers digital is the clean model.
+    Greedy in rank order is not guaranteed to find the smallest set, but every answer is measured.
+    """
+    first = TargetStep([], all_points, meets_target(all_points, target_kpp))
+    if first.meets:
+        return TargetSelection(target_kpp, "already_met", [], [first], clean_accuracy)
+    if clean_accuracy < target_kpp:
+        return TargetSelection(target_kpp, "unreachable", [], [first], clean_accuracy)
+    by_name = {layer.name: layer for layer in analog}
+    steps = [first]
+    digital: list[str] = []
+    for layer in ranked:
+        digital.append(layer.name)
+        perturbed = [by_name[name] for name in by_name if name not in digital]
+        if not perturbed:
+            points = nothing
+        elif len(digital) == 1:
+            points = layer.all_but
+        else:
+            points = evaluate(perturbed, len(digital))
+        steps.append(TargetStep(list(digital), points, meets_target(points, target_kpp)))
+        if steps[-1].meets:
+            break
+    return TargetSelection(target_kpp, "met", list(digital), steps, clean_accuracy)

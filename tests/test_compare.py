@@ -1,0 +1,327 @@
+"""``ftaudit compare``: paired differences on the same draws, the gate, layer matching, reports."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import export_onnx
+
+import ftaudit
+from ftaudit.compare import (
+    check_matching_layers,
+    compare,
+    exact_name_glob,
+)
+from ftaudit.errors import UserError
+from ftaudit.models import load_model
+from ftaudit.stats import kpp, kpp_index, paired_kpp_difference_interval
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = json.loads((REPO / "docs" / "compare.schema.json").read_text(encoding="utf-8"))
+RunCli = Callable[..., tuple[int, str, str]]
+FAST = ("--samples", "30", "--seed", "3")
+
+
+@pytest.fixture(scope="module")
+def damaged_onnx(trained_convnet, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained convnet with every crossbar weight noised: as good clean, worse under noise."""
+    torch = pytest.importorskip("torch")
+    damaged = copy.deepcopy(trained_convnet)
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in damaged.parameters():
+            if p.dim() > 1:
+                p.add_(0.5 * p.std() * torch.randn(p.shape, generator=generator))
+    return export_onnx(damaged, tmp_path_factory.mktemp("compare") / "damaged.onnx")
+
+
+@pytest.fixture(scope="module")
+def deeper_mlp_onnx(trained_mlp, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained MLP with one more Linear layer at the end: 3 crossbar layers instead of 2."""
+    torch = pytest.importorskip("torch")
+    deeper = torch.nn.Sequential(*copy.deepcopy(trained_mlp), torch.nn.Linear(4, 4))
+    return export_onnx(deeper, tmp_path_factory.mktemp("compare") / "deeper.onnx")
+
+
+def t_interval(values: np.ndarray) -> tuple[float, float]:
+    """Student t 95% interval of the mean, from scipy (an independent implementation)."""
+    stats = pytest.importorskip("scipy.stats")
+    half = stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / math.sqrt(values.size)
+    return values.mean() - half, values.mean() + half
+
+
+# --- library ------------------------------------------------------------------------------------
+
+
+def test_identical_models_differ_by_exactly_zero_and_pass(convnet_onnx, blobs_npz) -> None:
+    report = compare(
+        convnet_onnx,
+        convnet_onnx,
+        blobs_npz,
+        sigmas=[0, 0.5, 1.0],
+        samples=40,
+        k=25,
+        fail_if_worse=0.0,
+    )
+    for result in report.results:
+        assert result.mean_difference == 0.0
+        assert result.kpp_difference == 0.0
+        interval = result.mean_difference_interval
+        assert (interval.low, interval.high) == (0.0, 0.0)
+        bootstrap = result.kpp_difference_interval
+        assert bootstrap is not None  # 40 * 25 / 100 = 10 samples below the KPP rank
+        assert (bootstrap.low, bootstrap.high) == (0.0, 0.0)
+        assert np.array_equal(result.differences, np.zeros(40))
+    assert [g.passed for g in report.gates] == [True, True, True]
+    assert report.failed_gates() == []
+
+
+def test_difference_matches_two_independent_audits(convnet_onnx, damaged_onnx, blobs_npz) -> None:
+    sigmas = [0.3, 0.6]
+    report = compare(convnet_onnx, damaged_onnx, blobs_npz, sigmas=sigmas, samples=30, seed=3)
+    base = ftaudit.audit(convnet_onnx, blobs_npz, sigmas=sigmas, samples=30, seed=3)
+    cand = ftaudit.audit(damaged_onnx, blobs_npz, sigmas=sigmas, samples=30, seed=3)
+    for result, b, c in zip(report.results, base.results, cand.results, strict=True):
+        assert np.array_equal(result.baseline.accuracies, b.accuracies)
+        assert np.array_equal(result.candidate.accuracies, c.accuracies)
+        by_hand = np.array([c.accuracies[i] - b.accuracies[i] for i in range(30)])
+        assert result.mean_difference == pytest.approx(by_hand.mean(), abs=1e-15)
+        low, high = t_interval(by_hand)
+        assert result.mean_difference_interval.low == pytest.approx(low, abs=1e-9)
+        assert result.mean_difference_interval.high == pytest.approx(high, abs=1e-9)
+        assert result.kpp_difference == kpp(c.accuracies, 1) - kpp(b.accuracies, 1)
+        assert result.kpp_difference_interval is None  # 30 samples: nothing below the 1st pct
+        assert result.mean_difference < 0  # the damaged copy is worse under noise
+
+
+def test_gate_fails_only_where_the_interval_lies_below_minus_tol(
+    convnet_onnx, damaged_onnx, blobs_npz
+) -> None:
+    report = compare(
+        convnet_onnx, damaged_onnx, blobs_npz, sigmas=[0, 0.3], samples=30, fail_if_worse=0.01
+    )
+    clean, noisy = report.gates
+    assert clean.passed  # sigma 0: both models are exact and equally accurate
+    assert not noisy.passed and noisy.interval.high < -0.01
+    lenient = compare(
+        convnet_onnx, damaged_onnx, blobs_npz, sigmas=[0.3], samples=30, fail_if_worse=0.5
+    )
+    assert lenient.failed_gates() == []
+
+
+def test_layer_globs_select_the_same_positions_in_both(convnet_onnx, convnet_ts, blobs_npz) -> None:
+    # the two formats name the weights differently; the globs follow the baseline's names
+    report = compare(convnet_onnx, convnet_ts, blobs_npz, sigmas=[0.5], samples=10, layers=["0.*"])
+    assert [layer["selected"] for layer in report.layers] == [True, False, False]
+    alone = ftaudit.audit(convnet_onnx, blobs_npz, sigmas=[0.5], samples=10, layers=["0.*"])
+    assert np.array_equal(report.results[0].baseline.accuracies, alone.results[0].accuracies)
+
+
+def test_transposed_storage_is_paired_by_canonical_shape(
+    mlp_onnx, mlp_matmul_onnx, blobs_npz
+) -> None:
+    """Gemm (out, in) and MatMul (in, out) storage of one MLP: same draws, same accuracies."""
+    report = compare(mlp_onnx, mlp_matmul_onnx, blobs_npz, sigmas=[0.5], samples=20)
+    assert np.abs(report.results[0].differences).max() <= 1 / 400  # at most one flipped image
+
+
+def test_mismatched_layers_are_refused_naming_the_first(
+    convnet_onnx, mlp_onnx, deeper_mlp_onnx
+) -> None:
+    with pytest.raises(UserError, match=r"crossbar layer 0 differs: baseline '0.weight'"):
+        check_matching_layers(load_model(convnet_onnx), load_model(mlp_onnx))
+    with pytest.raises(UserError, match="baseline has 2 crossbar layers and the candidate 3"):
+        check_matching_layers(load_model(mlp_onnx), load_model(deeper_mlp_onnx))
+
+
+def test_exact_name_glob_escapes_metacharacters() -> None:
+    import fnmatch
+
+    for name in ("a*b", "w?[0]", "plain.weight", "[x]"):
+        glob = exact_name_glob(name)
+        assert fnmatch.fnmatchcase(name, glob)
+        assert not fnmatch.fnmatchcase(name + "x", glob)
+    assert not fnmatch.fnmatchcase("aXb", exact_name_glob("a*b"))
+
+
+def test_paired_bootstrap_matches_a_direct_loop() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.integers(60, 100, 50) / 100
+    cand = np.clip(base - rng.integers(0, 5, 50) / 100, 0, 1)
+    interval = paired_kpp_difference_interval(
+        base, cand, 20, rng=np.random.default_rng(7), resamples=300
+    )
+    picks = np.random.default_rng(7).integers(0, 50, size=(300, 50))
+    index = kpp_index(50, 20)
+    direct = [np.sort(cand[p])[index] - np.sort(base[p])[index] for p in picks]
+    assert interval is not None
+    assert interval.low == np.quantile(direct, 0.025, method="inverted_cdf")
+    assert interval.high == np.quantile(direct, 0.975, method="inverted_cdf")
+    shifted = paired_kpp_difference_interval(base, base + 0.1, 20, rng=np.random.default_rng(1))
+    assert shifted is not None
+    assert shifted.low == pytest.approx(0.1) and shifted.high == pytest.approx(0.1)
+    assert paired_kpp_difference_interval(base, cand, 1, rng=np.random.default_rng(1)) is None
+
+
+# --- command line --------------------------------------------------------------------------------
+
+
+def test_cli_identical_models_pass_the_gate(run_cli: RunCli, convnet_onnx, blobs_npz) -> None:
+    code, out, err = run_cli(
+        "compare", convnet_onnx, convnet_onnx, "--data", blobs_npz, "--sigma", "0.5",
+        *FAST, "--fail-if-worse", "0",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "+0.00 [+0.00, +0.00]" in out
+    assert "ok" in out
+
+
+def test_cli_worse_candidate_exits_1_with_one_line_per_failed_sigma(
+    run_cli: RunCli, convnet_onnx, damaged_onnx, blobs_npz, tmp_path: Path
+) -> None:
+    report = tmp_path / "compare.json"
+    code, out, err = run_cli(
+        "compare", convnet_onnx, damaged_onnx, "--data", blobs_npz, "--sigma", "0,0.3,0.6",
+        *FAST, "--fail-if-worse", "0.01", "--json", report, "-q",
+    )  # fmt: skip
+    assert code == 1
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 2, err
+    assert lines[0].startswith(
+        "ftaudit: gate FAILED: candidate - baseline mean accuracy at sigma=0.3 is -"
+    )
+    assert lines[1].startswith(
+        "ftaudit: gate FAILED: candidate - baseline mean accuracy at sigma=0.6"
+    )
+    assert "(--fail-if-worse 0.01)" in lines[0]
+    written = json.loads(report.read_text())  # the report is written before the gate exits
+    assert [g["passed"] for g in written["gates"]] == [True, False, False]
+
+
+def test_cli_json_validates_and_csv_has_one_row_per_sigma(
+    run_cli: RunCli, convnet_onnx, damaged_onnx, blobs_npz, tmp_path: Path
+) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+    table = tmp_path / "compare.csv"
+    code, out, err = run_cli(
+        "compare", convnet_onnx, damaged_onnx, "--data", blobs_npz, "--sigma", "0,0.5",
+        "--samples", "40", "--k", "25", "--json", "-", "--csv", table,
+    )  # fmt: skip
+    assert code == 0, err
+    payload = json.loads(out)
+    jsonschema.validate(payload, SCHEMA)
+    assert set(SCHEMA["required"]) == set(payload)
+    assert payload["command"][:2] == ["ftaudit", "compare"]
+    assert payload["baseline"]["sha256"] != payload["candidate"]["sha256"]
+    assert payload["results"][1]["kpp_difference_interval"]["method"] == (
+        "paired percentile bootstrap"
+    )
+    rows = list(csv.DictReader(io.StringIO(table.read_text())))
+    assert [float(r["sigma"]) for r in rows] == [0.0, 0.5]
+    assert float(rows[1]["mean_difference"]) == payload["results"][1]["mean_difference"]
+
+
+def test_cli_reads_fail_if_worse_from_the_config(
+    run_cli: RunCli, convnet_onnx, damaged_onnx, blobs_npz, tmp_path: Path
+) -> None:
+    config = tmp_path / "ftaudit.toml"
+    config.write_text(f'data = "{blobs_npz}"\nsigma = 0.5\nsamples = 30\nfail_if_worse = 0.01\n')
+    code, _, err = run_cli("compare", convnet_onnx, damaged_onnx, "--config", config, "-q")
+    assert code == 1
+    assert "sigma=0.5" in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "expect"),
+    [
+        (("--fail-if-worse", "1.5"), "--fail-if-worse is a fraction in [0, 1]"),
+        (("--fail-if-worse", "-0.1"), "--fail-if-worse is a fraction in [0, 1]"),
+        (("--samples", "0"), "--samples must be at least 1"),
+        (("--layers", "nope*"), "no crossbar layer is selected"),
+        (("--target-ci", "0.1"), "No such option"),
+    ],
+)
+def test_cli_bad_options_exit_2_and_write_nothing(
+    run_cli: RunCli, convnet_onnx, blobs_npz, tmp_path: Path, extra, expect
+) -> None:
+    report = tmp_path / "out.json"
+    code, out, err = run_cli(
+        "compare", convnet_onnx, convnet_onnx, "--data", blobs_npz, "--sigma", "0.3",
+        "--samples", "5", "--json", report, *extra,
+    )  # fmt: skip
+    assert code == 2, err
+    assert out == ""
+    assert expect in err
+    assert "Traceback" not in err
+    assert not report.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_mismatched_models_exit_2(
+    run_cli: RunCli, convnet_onnx, mlp_onnx, blobs_npz, tmp_path: Path
+) -> None:
+    report = tmp_path / "out.json"
+    code, out, err = run_cli(
+        "compare", convnet_onnx, mlp_onnx, "--data", blobs_npz, "--sigma", "0.3", "--json", report
+    )
+    assert code == 2
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("ftaudit: error: crossbar layer 0 differs")
+    assert not report.exists()
+
+
+def test_cli_missing_inputs_exit_2(run_cli: RunCli, convnet_onnx, blobs_npz, tmp_path) -> None:
+    for args in (
+        ("compare", convnet_onnx, tmp_path / "missing.onnx", "--data", blobs_npz, "--sigma", "1"),
+        ("compare", convnet_onnx, convnet_onnx, "--sigma", "0.3"),
+        ("compare", convnet_onnx, convnet_onnx, "--data", blobs_npz),
+        ("compare", convnet_onnx, convnet_onnx, "--data", blobs_npz, "--sigma", "0.3",
+         "--json", tmp_path / "no" / "such" / "folder.json"),
+    ):  # fmt: skip
+        code, out, err = run_cli(*args)
+        assert code == 2, (args, err)
+        assert out == ""
+        assert len(err.strip().splitlines()) == 1, err
+        assert err.startswith("ftaudit: error:")
+
+
+@pytest.mark.parametrize("name", ["compare", "sensitivity"])
+def test_schemas_are_valid_and_document_every_property(name: str) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((REPO / "docs" / f"{name}.schema.json").read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator.check_schema(schema)
+
+    def walk(node: object, where: str) -> None:
+        if isinstance(node, dict):
+            for key, sub in node.get("properties", {}).items():
+                assert "description" in sub, f"{where}.{key} has no description"
+            for key, sub in node.items():
+                walk(sub, f"{where}.{key}")
+        elif isinstance(node, list):
+            for i, sub in enumerate(node):
+                walk(sub, f"{where}[{i}]")
+
+    walk(schema, "$")
+
+
+def test_config_gate_of_the_wrong_type_exits_2(
+    run_cli: RunCli, convnet_onnx, blobs_npz, tmp_path: Path
+) -> None:
+    config = tmp_path / "ftaudit.toml"
+    config.write_text(f'data = "{blobs_npz}"\nsigma = 0.5\nfail_if_worse = "a lot"\n')
+    code, out, err = run_cli("compare", convnet_onnx, convnet_onnx, "--config", config)
+    assert code == 2
+    assert out == ""
+    assert "'fail_if_worse' has the wrong type" in err
