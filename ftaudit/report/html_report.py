@@ -61,9 +61,7 @@ def noise_label(noise: Mapping[str, Any]) -> str:
 def _verdict(gates: list[Mapping[str, Any]]) -> Raw:
     failed = [gate for gate in gates if not gate.get("passed")]
     if not gates:
-        return tag(
-            "div", "No gates set: this audit reports, it does not judge.", class_="verdict none"
-        )
+        return tag("div", "No gates set", class_="verdict none")
     if failed:
         text = f"FAILED: {len(failed)} of {len(gates)} gate{'s' if len(gates) != 1 else ''} failed"
         return tag("div", text, class_="verdict fail")
@@ -76,9 +74,9 @@ def _cards(data: Mapping[str, Any]) -> Raw:
     if data.get("quantized_accuracy") is not None:
         cards.append(("quantised clean accuracy", f"{_pct(data['quantized_accuracy'])}%"))
     results = data.get("results") or []
-    kpps = [r["kpp"] for r in results if r.get("kpp") is not None]
-    if kpps:
-        worst = min(results, key=lambda r: r["kpp"] if r.get("kpp") is not None else 2.0)
+    with_kpp = [r for r in results if r.get("kpp") is not None]
+    if with_kpp:
+        worst = min(with_kpp, key=lambda r: r["kpp"])
         cards.append((f"lowest KPP (σ = {worst['sigma']:g})", f"{_pct(worst['kpp'])}%"))
     cards.append(("Monte Carlo samples / σ", f"{data.get('samples')}"))
     elapsed = data.get("elapsed_s")
