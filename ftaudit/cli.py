@@ -51,6 +51,14 @@ BitsOpt = Annotated[int | None, typer.Option("--bits", help="Device models: weig
 CellBitsOpt = Annotated[
     int | None, typer.Option("--cell-bits", help="Device models: bits per cell B [2].")
 ]
+HtmlOpt = Annotated[
+    Path | None,
+    typer.Option("--html", help="Write a self-contained HTML report here (no network references)."),
+]
+JunitOpt = Annotated[
+    Path | None,
+    typer.Option("--junit", help="Write JUnit XML here: one test case per gate, for CI."),
+]
 ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", help="Config file (default: ./ftaudit.toml or [tool.ftaudit])."),
@@ -196,6 +204,8 @@ def eval_command(
     plot_path: Annotated[
         Path | None, typer.Option("--plot", help="Write a PNG plot of mean/KPP vs sigma.")
     ] = None,
+    html_path: HtmlOpt = None,
+    junit_path: JunitOpt = None,
     fail_under_kpp: Annotated[
         float | None, typer.Option("--fail-under-kpp", help="Exit 1 if KPP < X at any sigma.")
     ] = None,
@@ -287,6 +297,10 @@ def eval_command(
 
         require_matplotlib("plots")
         check_output_path(plot_path, what="plot", protect=inputs)
+    if html_path is not None:
+        check_output_path(html_path, what="HTML report", protect=inputs)
+    if junit_path is not None:
+        check_output_path(junit_path, what="JUnit XML", protect=inputs)
 
     machine_output = json_path == "-"
     report = _run_with_progress(
@@ -325,6 +339,10 @@ def eval_command(
         writers.write_csv(report, csv_path)
     if plot_path is not None:
         writers.write_plot(report, plot_path)
+    if html_path is not None:
+        writers.write_html(report, html_path)
+    if junit_path is not None:
+        writers.write_junit(report, junit_path)
     if not quiet and not machine_output:
         from rich.console import Console
 

@@ -207,3 +207,67 @@ def run_cli(capsys) -> Callable[..., tuple[int, str, str]]:
         return code, out, err
 
     return invoke
+
+
+@pytest.fixture
+def gated_report():
+    """A hand-built AuditReport for report writers: 3 sigmas, 4 gates (2 failed), hostile names.
+
+    Model, layer and noise strings carry HTML/XML metacharacters and a control character, so
+    writers must escape them; sigma 0.2 has a non-finite std (written as null / n/a).
+    """
+    from ftaudit.results import AuditReport, GateResult, Interval, LayerInfo, SigmaResult, Summary
+
+    def result(sigma, n, mean, mean_ci, kpp, kpp_ci, lo, hi, std=0.01, stopped_early=False):
+        summary = Summary(
+            n=n,
+            mean=mean,
+            std=std,
+            mean_interval=Interval(*mean_ci, 0.95, "Student t"),
+            kpp=kpp,
+            kpp_interval=Interval(*kpp_ci, 0.95, "order-statistic (binomial), equal-tailed"),
+            min=lo,
+            max=hi,
+        )
+        accuracies = np.linspace(lo, hi, n)
+        return SigmaResult(sigma, summary, accuracies, 0.9781, stopped_early)
+
+    results = [
+        result(0.1, 200, 0.9712, (0.9706, 0.9718), 0.9641, (0.9625, 0.9652), 0.958, 0.979),
+        result(0.2, 137, 0.9420, (0.9399, 0.9441), 0.9210, (0.9170, 0.9245), 0.901, 0.965,
+               std=float("nan"), stopped_early=True),
+        result(0.3, 200, 0.8730, (0.8681, 0.8779), 0.8105, (0.0, 0.8190), 0.740, 0.920),
+    ]  # fmt: skip
+    return AuditReport(
+        ftaudit_version="0.1.0",
+        command=["ftaudit", "eval", "models/<b>net</b> & co.onnx", "--sigma", "0.1,0.2,0.3"],
+        model={
+            "path": 'models/<b>net</b> & "co".onnx',
+            "sha256": "a" * 64,
+            "format": "onnx",
+            "input": {"name": "input", "shape": [None, 1, 28, 28], "dtype": "float32"},
+            "output": {"name": "logits"},
+        },
+        layers=[
+            LayerInfo("fc1.weight<script>", "Gemm", (128, 784), 100352, 0.71, True, 100352),
+            LayerInfo("fc2.weight", "Gemm", (10, 128), 1280, 0.93, False, None),
+        ],
+        data={"path": "data/test\x01set.npz", "sha256": "0123456789abcdef" * 4, "n": 10000},
+        noise={"name": "rram", "levels": 16},
+        seed=1234,
+        samples=200,
+        k=5.0,
+        device="cpu",
+        clean_accuracy=0.9805,
+        quantized_accuracy=0.9781,
+        results=results,
+        elapsed_s=42.5,
+        target_ci=0.01,
+        gates=[
+            GateResult("kpp", 0.1, 0.9641, 0.93, True),
+            GateResult("mean", 0.1, 0.9712, 0.95, True),
+            GateResult("kpp", 0.3, 0.8105, 0.93, False),
+            GateResult("mean", 0.3, 0.8730, 0.95, False),
+        ],
+        options={"batch_size": 512, "layers": ["fc*"], "config_file": None},
+    )

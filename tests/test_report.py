@@ -415,7 +415,7 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(
 
 
 def test_registry() -> None:
-    assert set(REPORT_WRITERS) == {"json", "csv", "plot"}
+    assert set(REPORT_WRITERS) == {"json", "csv", "plot", "html", "junit"}
     for name, writer in REPORT_WRITERS.items():
         assert (writer.__doc__ or "").strip(), f"writer {name} has no docstring"
     assert get_writer("csv") is write_csv

@@ -1,0 +1,366 @@
+"""Self-contained HTML report of an audit: verdict, chart, results, gates, layers, provenance.
+
+One file with inline CSS and an inline SVG chart drawn from the numbers (no matplotlib, no
+network reference), so it can be attached to a CI run and opened anywhere. It is rendered from
+``report.to_dict()``, the same canonical data the JSON report holds.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+from pathlib import Path, PurePath
+from typing import Any
+
+from ftaudit.fileio import atomic_write_text
+from ftaudit.report._registry import register_writer
+from ftaudit.report.html_page import (
+    ChartSeries,
+    Raw,
+    html_document,
+    html_table,
+    join,
+    key_value_table,
+    line_chart_svg,
+    plain_value,
+    tag,
+)
+from ftaudit.report.json_report import to_json_compatible
+from ftaudit.results import AuditReport
+
+MEAN_COLOR = "#1f6fb4"
+KPP_COLOR = "#d9620b"
+EARLY_STOP_MARK = "*"
+
+
+def _pct(value: float | None) -> str:
+    """An accuracy (fraction) as a percentage with 2 decimals; a missing value is 'n/a'."""
+    return "n/a" if value is None else f"{100 * value:.2f}"
+
+
+def _level(interval: Mapping[str, Any] | None) -> str:
+    confidence = (interval or {}).get("confidence")
+    return "?" if confidence is None else f"{100 * confidence:g}%"
+
+
+def _with_interval(value: float | None, interval: Mapping[str, Any]) -> str:
+    return f"{_pct(value)} [{_pct(interval.get('low'))}, {_pct(interval.get('high'))}]"
+
+
+def _drop(reference: float | None, value: float | None) -> float | None:
+    return None if reference is None or value is None else reference - value
+
+
+def noise_label(noise: Mapping[str, Any]) -> str:
+    """``name(param=value, ...)`` from a report's noise dict."""
+    params = ", ".join(f"{key}={plain_value(v)}" for key, v in noise.items() if key != "name")
+    name = str(noise.get("name", "?"))
+    return f"{name}({params})" if params else name
+
+
+def _verdict(gates: list[Mapping[str, Any]]) -> Raw:
+    failed = [gate for gate in gates if not gate.get("passed")]
+    if not gates:
+        return tag("div", "No gates set", class_="verdict none")
+    if failed:
+        text = f"FAILED: {len(failed)} of {len(gates)} gate{'s' if len(gates) != 1 else ''} failed"
+        return tag("div", text, class_="verdict fail")
+    text = f"PASSED: all {len(gates)} gate{'s' if len(gates) != 1 else ''} passed"
+    return tag("div", text, class_="verdict pass")
+
+
+def _cards(data: Mapping[str, Any]) -> Raw:
+    cards = [("clean accuracy", f"{_pct(data.get('clean_accuracy'))}%")]
+    if data.get("quantized_accuracy") is not None:
+        cards.append(("quantised clean accuracy", f"{_pct(data['quantized_accuracy'])}%"))
+    results = data.get("results") or []
+    with_kpp = [r for r in results if r.get("kpp") is not None]
+    if with_kpp:
+        worst = min(with_kpp, key=lambda r: r["kpp"])
+        cards.append((f"lowest KPP (σ = {worst['sigma']:g})", f"{_pct(worst['kpp'])}%"))
+    cards.append(("Monte Carlo samples / σ", f"{data.get('samples')}"))
+    elapsed = data.get("elapsed_s")
+    cards.append(("run time", "n/a" if elapsed is None else f"{elapsed:.1f} s"))
+    return tag(
+        "div",
+        join(
+            tag(
+                "div",
+                join([tag("div", label, class_="label"), tag("div", value, class_="value")]),
+                class_="card",
+            )
+            for label, value in cards
+        ),
+        class_="cards",
+    )
+
+
+def _chart(data: Mapping[str, Any]) -> Raw:
+    results = sorted(data.get("results") or [], key=lambda r: r["sigma"])
+    if not results:
+        return tag("p", "No sigma was evaluated, so there is nothing to plot.", class_="note")
+    k = data.get("k")
+    mean_level = _level(results[0].get("mean_interval"))
+    kpp_level = _level(results[0].get("kpp_interval"))
+    series = [
+        ChartSeries(
+            f"mean ({mean_level} interval)",
+            MEAN_COLOR,
+            [r.get("mean") for r in results],
+            [r["mean_interval"].get("low") for r in results],
+            [r["mean_interval"].get("high") for r in results],
+        ),
+        ChartSeries(
+            f"KPP, k={k:g} ({kpp_level} interval)",
+            KPP_COLOR,
+            [r.get("kpp") for r in results],
+            [r["kpp_interval"].get("low") for r in results],
+            [r["kpp_interval"].get("high") for r in results],
+        ),
+    ]
+    reference = data.get("reference_accuracy")
+    reference_label = (
+        "clean accuracy" if data.get("quantized_accuracy") is None else "quantised clean accuracy"
+    )
+    svg = line_chart_svg(
+        x=[r["sigma"] for r in results],
+        series=series,
+        reference=reference,
+        x_label="device variation σ",
+        y_label="accuracy (%)",
+        title="accuracy against device variation",
+    )
+    legend = [
+        tag(
+            "span",
+            join(
+                [tag("span", "", class_="swatch", style=f"background:{s.color}"), s.label],
+                separator="",
+            ),
+        )
+        for s in series
+    ]
+    if reference is not None:
+        legend.append(
+            tag(
+                "span",
+                join(
+                    [
+                        tag("span", "", class_="swatch dashed"),
+                        f"{reference_label} ({_pct(reference)}%)",
+                    ],
+                    separator="",
+                ),
+            )
+        )
+    return tag("div", join([svg, tag("div", join(legend), class_="legend")]), class_="chart")
+
+
+def _methods(results: list[Mapping[str, Any]], key: str) -> str:
+    """The distinct interval methods of a column, in order of appearance."""
+    methods = dict.fromkeys(str((r.get(key) or {}).get("method", "?")) for r in results)
+    return " / ".join(methods) or "?"
+
+
+def _kpp_side_unbounded(result: Mapping[str, Any]) -> bool:
+    """True when the KPP interval fell back to a domain bound (0 or 1) away from the KPP."""
+    interval = result.get("kpp_interval") or {}
+    kpp = result.get("kpp")
+    return kpp is not None and (
+        (interval.get("low") == 0.0 and kpp > 0.0) or (interval.get("high") == 1.0 and kpp < 1.0)
+    )
+
+
+def _results_table(data: Mapping[str, Any]) -> Raw:
+    results = data.get("results") or []
+    first = results[0] if results else {}
+    k = data.get("k")
+    headers = [
+        "σ",
+        "n",
+        f"mean [{_level(first.get('mean_interval'))}]",
+        f"KPP k={k:g} [{_level(first.get('kpp_interval'))}]",
+        "std",
+        "min",
+        "max",
+        "Δmean",
+        "ΔKPP",
+    ]
+    reference = data.get("reference_accuracy")
+    rows = []
+    for r in results:
+        samples = f"{r['samples']}{EARLY_STOP_MARK if r.get('stopped_early') else ''}"
+        rows.append(
+            [
+                f"{r['sigma']:g}",
+                samples,
+                _with_interval(r.get("mean"), r.get("mean_interval") or {}),
+                _with_interval(r.get("kpp"), r.get("kpp_interval") or {}),
+                _pct(r.get("std")),
+                _pct(r.get("min")),
+                _pct(r.get("max")),
+                _pct(r.get("drop_mean", _drop(reference, r.get("mean")))),
+                _pct(r.get("drop_kpp", _drop(reference, r.get("kpp")))),
+            ]
+        )
+    notes = [
+        f"Accuracies in %. Intervals: mean by {_methods(results, 'mean_interval')}; KPP by "
+        f"{_methods(results, 'kpp_interval')}. Δ = drop from the unperturbed accuracy."
+    ]
+    if any(_kpp_side_unbounded(r) for r in results):
+        notes.append(
+            "A KPP interval ending at 0.00 or 100.00 has a side that this many samples cannot "
+            "bound at this k; it falls back to the accuracy range. Run more --samples to close it."
+        )
+    if any(r.get("stopped_early") for r in results):
+        notes.append(f"{EARLY_STOP_MARK} stopped early: the target interval width was reached.")
+    return join(
+        [
+            html_table(headers, rows, numeric=range(len(headers))),
+            *(tag("p", note, class_="note") for note in notes),
+        ]
+    )
+
+
+def _gates_table(data: Mapping[str, Any]) -> Raw:
+    gates = data.get("gates") or []
+    if not gates:
+        return tag(
+            "p",
+            "No gates were set. Add --fail-under-kpp or --fail-under-mean to make the audit a "
+            "CI check.",
+            class_="note",
+        )
+    rows = []
+    for gate in gates:
+        passed = bool(gate.get("passed"))
+        badge = tag(
+            "span", "passed" if passed else "FAILED", class_=f"badge {'pass' if passed else 'fail'}"
+        )
+        rows.append(
+            [
+                gate.get("metric", "?"),
+                f"{gate['sigma']:g}",
+                _pct(gate.get("value")),
+                _pct(gate.get("threshold")),
+                badge,
+            ]
+        )
+    headers = ["metric", "σ", "value %", "threshold %", "verdict"]
+    return html_table(headers, rows, numeric=(1, 2, 3), css_class="compact")
+
+
+def _layers_table(data: Mapping[str, Any]) -> Raw:
+    layers = data.get("layers") or []
+    if not layers:
+        return tag("p", "No crossbar layers recorded.", class_="note")
+    rows = [
+        [
+            tag("code", layer.get("name", "?")),
+            layer.get("op", "?"),
+            "×".join(str(d) for d in layer.get("shape") or []),
+            f"{layer.get('params', 0):,}",
+            "—" if layer.get("macs") is None else f"{layer['macs']:,}",
+            "n/a" if layer.get("max_abs") is None else f"{layer['max_abs']:.4g}",
+            "yes" if layer.get("selected") else "no (exact)",
+        ]
+        for layer in layers
+    ]
+    selected = sum(1 for layer in layers if layer.get("selected"))
+    return join(
+        [
+            html_table(
+                ["weight", "op", "shape", "params", "MACs", "max |w|", "perturbed"],
+                rows,
+                numeric=(3, 4, 5),
+            ),
+            tag(
+                "p",
+                f"{selected} of {len(layers)} crossbar weight tensors perturbed.",
+                class_="note",
+            ),
+        ]
+    )
+
+
+def _provenance(data: Mapping[str, Any]) -> Raw:
+    model = dict(data.get("model") or {})
+    dataset = dict(data.get("data") or {})
+    command = data.get("command") or []
+    run = {
+        "command": shlex.join(str(part) for part in command) if command else None,
+        "ftaudit version": data.get("ftaudit_version"),
+        "report schema": data.get("schema_version"),
+        "seed": data.get("seed"),
+        "samples per σ": data.get("samples"),
+        "k (percentile)": data.get("k"),
+        "target interval width": data.get("target_ci"),
+        "device": data.get("device"),
+        "elapsed": None if data.get("elapsed_s") is None else f"{data['elapsed_s']:.2f} s",
+    }
+    sections: list[Any] = [
+        tag("h3", "run"),
+        key_value_table(run, monospace=("command",)),
+        tag("h3", "model"),
+        key_value_table(model, monospace=("path", "sha256")),
+        tag("h3", "data"),
+        key_value_table(dataset, monospace=("path", "sha256")),
+        tag("h3", "noise"),
+        key_value_table(
+            {"model": noise_label(data.get("noise") or {}), **dict(data.get("noise") or {})}
+        ),
+    ]
+    options = data.get("options") or {}
+    if options:
+        sections += [tag("h3", "options"), key_value_table(options)]
+    return join(sections)
+
+
+def html_from_report_dict(data: Mapping[str, Any]) -> str:
+    """The HTML page for an audit report dict (``AuditReport.to_dict()`` or a loaded report)."""
+    model_name = PurePath(str((data.get("model") or {}).get("path", "?"))).name
+    noise = noise_label(data.get("noise") or {})
+    subtitle = (
+        f"{model_name} · noise {noise} · {data.get('samples')} samples per σ · "
+        f"k={data.get('k'):g} · seed {data.get('seed')}"
+    )
+    gates = list(data.get("gates") or [])
+    body = join(
+        [
+            tag("h1", f"ftaudit report: {model_name}"),
+            tag("p", subtitle, class_="subtitle"),
+            _verdict(gates),
+            _cards(data),
+            tag("h2", "Accuracy under device variation"),
+            _chart(data),
+            tag("h2", "Results"),
+            _results_table(data),
+            tag("h2", "Gates"),
+            _gates_table(data),
+            tag("h2", "Crossbar layers"),
+            _layers_table(data),
+            tag("h2", "Provenance"),
+            _provenance(data),
+            tag(
+                "footer",
+                f"Generated by ftaudit {data.get('ftaudit_version')}. This file is "
+                "self-contained: it loads nothing from the network.",
+            ),
+        ]
+    )
+    return html_document(
+        title=f"ftaudit report: {model_name}",
+        body=body,
+        generator=f"ftaudit {data.get('ftaudit_version')}",
+    )
+
+
+def report_html(report: AuditReport) -> str:
+    """The report as one self-contained HTML page."""
+    return html_from_report_dict(to_json_compatible(report.to_dict()))
+
+
+@register_writer("html")
+def write_html(report: AuditReport, path: Path) -> None:
+    """Self-contained HTML page: verdict, chart, results, gates, layers, provenance; no network."""
+    atomic_write_text(Path(path), report_html(report))
