@@ -87,6 +87,25 @@ StuckAtOpt = Annotated[
     str | None,
     typer.Option("--stuck-at", help="Fractions of cells stuck low,high, e.g. 0.01,0.005."),
 ]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option("--workers", help="Local worker processes for the Monte Carlo samples [1]."),
+]
+RayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        help="Run samples as Ray tasks: --ray alone starts a local cluster; --ray auto or "
+        "--ray HOST:PORT joins one (pip install 'ftaudit[ray]').",
+    ),
+]
+EvalCheckpointOpt = Annotated[
+    Path | None,
+    typer.Option("--checkpoint-dir", help="Keep counted samples here so --resume can continue."),
+]
+EvalResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue the run checkpointed in --checkpoint-dir.")
+]
 DataOpt = Annotated[
     str | None, typer.Option("--data", help=".npz (x, y), IDX images file, or image folder.")
 ]
@@ -220,11 +239,15 @@ def eval_command(
     drift_t0: DriftT0Opt = None,
     compensation: CompensationOpt = None,
     stuck_at: StuckAtOpt = None,
+    workers: WorkersOpt = None,
+    ray: RayOpt = None,
+    checkpoint_dir: EvalCheckpointOpt = None,
+    resume: EvalResumeOpt = False,
 ) -> None:
     """Monte Carlo accuracy (mean and KPP) of MODEL under device variation."""
     from ftaudit.config import load_settings, merge, parse_floats, parse_sigmas
     from ftaudit.device_effects import parse_stuck_at, parse_time, parse_times, resolve_effects
-    from ftaudit.evaluation import audit, validate_options
+    from ftaudit.evaluation import audit, validate_options, validate_scale_out
     from ftaudit.fileio import check_output_path
     from ftaudit.noise import get_noise_model
 
@@ -256,8 +279,10 @@ def eval_command(
             "drift_t0": parse_time(drift_t0) if drift_t0 is not None else None,
             "compensation": compensation,
             "stuck_at": parse_stuck_at(stuck_at) if stuck_at is not None else None,
+            "workers": workers,
         },
     )
+    validate_scale_out(workers=settings.workers, checkpoint_dir=checkpoint_dir, resume=resume)
     noise_model = get_noise_model(settings.noise, bits=settings.bits, cell_bits=settings.cell_bits)
     if settings.sigma is None and getattr(noise_model.profile, "sigma", None) is not None:
         settings = replace(settings, sigma=noise_model.profile.sigma)
@@ -327,6 +352,10 @@ def eval_command(
         config_file=settings.config_file,
         command=["ftaudit", *(sys.argv[1:] if _ARGV is None else _ARGV)],
         **effect_options,
+        workers=settings.workers,
+        ray=ray,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
     )
 
     from ftaudit import report as writers
@@ -867,7 +896,7 @@ def run(argv: list[str] | None = None) -> int:
     global _ARGV
     _ARGV = None if argv is None else list(argv)
     try:
-        app(args=argv, prog_name="ftaudit")
+        app(args=optional_ray_value(sys.argv[1:] if argv is None else argv), prog_name="ftaudit")
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     except Exception:  # a bug, not bad input: keep the traceback, but never exit 1 (a gate)
@@ -881,6 +910,19 @@ def run(argv: list[str] | None = None) -> int:
     finally:
         _ARGV = None
     return 0
+
+
+def optional_ray_value(argv: list[str]) -> list[str]:
+    """``--ray`` with no address (last, or followed by another option or by the model file)
+    means a local cluster: typer options cannot have optional values, so it is rewritten."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--":
+            break
+        bare = i + 1 == len(out) or out[i + 1].startswith("-") or Path(out[i + 1]).is_file()
+        if arg == "--ray" and bare:
+            out[i] = "--ray=local"
+    return out
 
 
 def main() -> None:

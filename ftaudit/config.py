@@ -49,6 +49,7 @@ class EvalSettings:
     drift_t0: float | None = None
     compensation: str | None = None  # none, global or both (default both with time)
     stuck_at: tuple[float, float] | None = None
+    workers: int = 1  # local worker processes (results do not depend on it)
     fail_if_worse: float | None = None  # compare's gate (eval ignores it)
     target_kpp: float | None = None  # sensitivity's keep-digital target (eval ignores it)
     config_file: str | None = None  # where the non-default values came from
@@ -189,7 +190,7 @@ def settings_from_config(table: dict[str, Any], path: Path) -> EvalSettings:
 
 
 def _check_types(values: dict[str, Any], path: Path) -> None:
-    expect_int = {"bits", "cell_bits", "samples", "seed", "batch_size", "limit"}
+    expect_int = {"bits", "cell_bits", "samples", "seed", "batch_size", "limit", "workers"}
     expect_num = {
         "k",
         "target_ci",

@@ -252,6 +252,7 @@ class RayBackend:
         self.address = address
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.parallelism = max(1, min(workers or cpus, cpus))
+        self.nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
         self._spec = ray.put(spec)
         self._task = ray.remote(num_cpus=1, max_retries=RAY_MAX_RETRIES)(_ray_chunk)
 
@@ -259,12 +260,11 @@ class RayBackend:
         return self._task.remote(self._spec, start, stop, list(active)).future()
 
     def describe(self) -> dict[str, Any]:
-        nodes = [n for n in self._ray.nodes() if n.get("Alive")]
         return {
             "backend": "ray",
             "workers": self.parallelism,
             "address": self.address,
-            "nodes": len(nodes),
+            "nodes": self.nodes,
         }
 
     def close(self) -> None:
