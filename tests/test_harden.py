@@ -222,3 +222,14 @@ def test_cli_harden_refuses_input_as_output_and_bad_data(setup, run_cli, tmp_pat
     np.savez(labels, x=np.zeros((10, 1, 8, 8), np.uint8), y=np.full(10, 7, np.int64))
     code, _, err = run_cli("harden", setup["onnx"], "--data", labels, "--sigma", "0.5", "-o", out)
     assert code == 2 and "label" in err and not out.exists()
+
+
+def test_a_collapsed_training_is_flagged() -> None:
+    from types import SimpleNamespace
+
+    from ftaudit.harden.api import collapse_warnings
+
+    good = SimpleNamespace(clean_accuracy=0.9)
+    assert collapse_warnings(good, SimpleNamespace(clean_accuracy=0.75)) == []
+    (note,) = collapse_warnings(good, SimpleNamespace(clean_accuracy=0.1))
+    assert "10.0%" in note and "80.0 points below" in note and "--sigma" in note

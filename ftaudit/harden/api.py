@@ -350,6 +350,7 @@ def harden(
     )
     before = audit(source, eval_data, **common)
     after = audit(load_model(output_path), eval_data, **common)
+    notes.extend(collapse_warnings(before, after))
     return HardenReport(
         ftaudit_version=__version__,
         command=list(command or []),
@@ -370,3 +371,19 @@ def harden(
         elapsed_s=time.perf_counter() - started,
         notes=notes,
     )
+
+
+#: a hardened model this far below the input's clean accuracy is reported as collapsed
+COLLAPSE_DROP = 0.2
+
+
+def collapse_warnings(before: AuditReport, after: AuditReport) -> list[str]:
+    """A note when training wrecked the clean accuracy (e.g. noise too strong to learn under)."""
+    drop = before.clean_accuracy - after.clean_accuracy
+    if drop < COLLAPSE_DROP:
+        return []
+    return [
+        f"warning: the hardened model's clean accuracy is {100 * after.clean_accuracy:.1f}%, "
+        f"{100 * drop:.1f} points below the input's ({100 * before.clean_accuracy:.1f}%): "
+        "training did not cope with the noise; try a smaller --sigma or --lr"
+    ]
