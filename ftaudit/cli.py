@@ -597,13 +597,18 @@ def _command() -> list[str]:
 
 
 def _shared_settings(config: Path | None, flags: dict[str, Any]) -> EvalSettings:
-    """eval's options: ftaudit.toml defaults under the given flags; data and sigma required."""
+    """eval's options: ftaudit.toml defaults under the given flags; data and sigma required
+    (sigma defaults to the noise profile's, as in eval)."""
     from ftaudit.config import load_settings, merge, parse_floats, parse_sigmas
+    from ftaudit.device_effects import parse_stuck_at, parse_time, parse_times
 
     for key, parse in (
         ("sigma", parse_sigmas),
         ("mean", lambda v: parse_floats(v, "--mean")),
         ("std", lambda v: parse_floats(v, "--std")),
+        ("time", parse_times),
+        ("drift_t0", parse_time),
+        ("stuck_at", parse_stuck_at),
     ):
         if flags.get(key) is not None:
             flags[key] = parse(flags[key])
@@ -612,12 +617,36 @@ def _shared_settings(config: Path | None, flags: dict[str, Any]) -> EvalSettings
             flags[key] = tuple(flags[key] or ())
     settings = merge(load_settings(config, Path.cwd()), flags)
     if settings.sigma is None:
+        from ftaudit.noise import get_noise_model
+
+        noise = get_noise_model(settings.noise, bits=settings.bits, cell_bits=settings.cell_bits)
+        if getattr(noise.profile, "sigma", None) is not None:
+            settings = replace(settings, sigma=noise.profile.sigma)
+    if settings.sigma is None:
         raise UserError("no sigma given", hint="pass --sigma 0.3 (or set sigma in ftaudit.toml)")
     if settings.data is None:
         raise UserError(
             "no evaluation data given", hint="pass --data FILE (or set data in ftaudit.toml)"
         )
     return settings
+
+
+def _effect_options(settings: EvalSettings) -> dict[str, Any]:
+    """The drift and stuck-at options as audit/compare keywords, checked like eval's (exit 2)."""
+    from ftaudit.device_effects import resolve_effects
+    from ftaudit.noise import get_noise_model
+
+    options = {
+        "times": settings.time,
+        "drift_nu": settings.drift_nu,
+        "drift_nu_std": settings.drift_nu_std,
+        "drift_t0": settings.drift_t0,
+        "compensation": settings.compensation,
+        "stuck_at": settings.stuck_at,
+    }
+    noise = get_noise_model(settings.noise, bits=settings.bits, cell_bits=settings.cell_bits)
+    resolve_effects(**options, profile=noise.profile)  # bad values fail here, before any work
+    return options
 
 
 def _config_sets(settings: EvalSettings, key: str) -> bool:
@@ -693,15 +722,22 @@ def compare_command(
         typer.Option(
             "--fail-if-worse",
             help="Exit 1 if the candidate's mean is below the baseline's by more than TOL "
-            "with 95% confidence, at any sigma.",
+            "with 95% confidence, at any sigma (and time).",
         ),
     ] = None,
     json_path: JsonOpt = None,
     csv_path: CsvOpt = None,
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
+    time_spec: TimeOpt = None,
+    drift_nu: DriftNuOpt = None,
+    drift_nu_std: DriftNuStdOpt = None,
+    drift_t0: DriftT0Opt = None,
+    compensation: CompensationOpt = None,
+    stuck_at: StuckAtOpt = None,
 ) -> None:
-    """BASELINE and CANDIDATE on the same draws: mean, KPP and paired differences per sigma."""
+    """BASELINE and CANDIDATE on the same draws: mean, KPP and paired differences per sigma
+    (and time, compensation with --time)."""
     from ftaudit.compare import compare
 
     settings = _shared_settings(
@@ -724,8 +760,15 @@ def compare_command(
             "std": std,
             "output": output,
             "fail_if_worse": fail_if_worse,
+            "time": time_spec,
+            "drift_nu": drift_nu,
+            "drift_nu_std": drift_nu_std,
+            "drift_t0": drift_t0,
+            "compensation": compensation,
+            "stuck_at": stuck_at,
         },
     )
+    effect_options = _effect_options(settings)
     _check_outputs(
         (baseline, candidate, Path(settings.data)),
         {"JSON report": json_path, "CSV table": csv_path},
@@ -755,6 +798,7 @@ def compare_command(
         fail_if_worse=settings.fail_if_worse,
         command=_command(),
         config_file=settings.config_file,
+        **effect_options,
     )
     from ftaudit.report import compare_report as writers
 

@@ -3,7 +3,9 @@
 Both models go through ``audit`` with the same seed, sigmas and noise model. Sample i's base
 draws for crossbar layer l come from ``SeedSequence(seed, spawn_key=(i, l))`` whatever the model,
 so once the crossbar layers are checked to match (count and canonical shapes) sample i perturbs
-both models with the same numbers and the per-sample accuracy differences are paired.
+both models with the same numbers and the per-sample accuracy differences are paired. Drift
+exponents and stuck-at masks (``times``, ``stuck_at``) are keyed by (sample, layer index) too, so
+they pair the same way; rows are paired by (sigma, time, compensation).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 
 from ftaudit import __version__
 from ftaudit.data import Dataset, load_dataset
+from ftaudit.device_effects import format_time, resolve_effects
 from ftaudit.errors import UserError
 from ftaudit.evaluation import audit, prepare_run, validate_options
 from ftaudit.models import AuditModel, CrossbarLayer, load_model
@@ -70,6 +73,19 @@ def check_matching_layers(baseline: AuditModel, candidate: AuditModel) -> None:
         )
 
 
+def row_key(result: SigmaResult) -> tuple[float, float | None, str | None]:
+    """What identifies a report row: its sigma, and with drift its time and compensation."""
+    return result.sigma, result.time_s, result.compensation
+
+
+def row_label(sigma: float, time_s: float | None, compensation: str | None) -> str:
+    """'sigma=0.3', or 'sigma=0.3, t=1y, compensation=global' for a drift row."""
+    label = f"sigma={sigma:g}"
+    if time_s is not None:
+        label += f", t={format_time(time_s)}, compensation={compensation}"
+    return label
+
+
 def stage_progress(progress: StageProgress | None, stage: str) -> Callable[[int, int], None] | None:
     """An ``audit`` progress callback reporting under ``stage``."""
     if progress is None:
@@ -79,7 +95,7 @@ def stage_progress(progress: StageProgress | None, stage: str) -> Callable[[int,
 
 @dataclass(frozen=True)
 class PairedSigmaResult:
-    """Both models at one sigma and the paired difference candidate - baseline."""
+    """Both models at one row (sigma; with drift also time and compensation), paired."""
 
     sigma: float
     baseline: SigmaResult
@@ -88,6 +104,8 @@ class PairedSigmaResult:
     mean_difference_interval: Interval
     kpp_difference: float
     kpp_difference_interval: Interval | None  # None: too few samples below the KPP rank
+    time_s: float | None = None  # seconds after programming (drift), None without times
+    compensation: str | None = None  # "none" or "global", with time_s
 
     @property
     def differences(self) -> np.ndarray:
@@ -105,8 +123,11 @@ class PairedSigmaResult:
             }
 
         interval = self.kpp_difference_interval
-        return {
-            "sigma": self.sigma,
+        row: dict[str, Any] = {"sigma": self.sigma}
+        if self.time_s is not None:
+            row["time_s"] = self.time_s
+            row["compensation"] = self.compensation
+        return row | {
             "samples": self.baseline.summary.n,
             "baseline": model(self.baseline),
             "candidate": model(self.candidate),
@@ -119,28 +140,34 @@ class PairedSigmaResult:
 
 @dataclass(frozen=True)
 class WorseGate:
-    """``--fail-if-worse`` at one sigma: fails when the whole difference interval is below -TOL."""
+    """``--fail-if-worse`` at one row: fails when the whole difference interval is below -TOL."""
 
     sigma: float
     tolerance: float
     mean_difference: float
     interval: Interval
     passed: bool
+    time_s: float | None = None  # the row's time and compensation, when the report has drift
+    compensation: str | None = None
 
     def message(self) -> str:
         level = f"{100 * self.interval.confidence:g}%"
         verdict = "passed" if self.passed else "FAILED"
         relation = "does not lie" if self.passed else "lies"
         return (
-            f"gate {verdict}: candidate - baseline mean accuracy at sigma={self.sigma:g} is "
+            f"gate {verdict}: candidate - baseline mean accuracy at "
+            f"{row_label(self.sigma, self.time_s, self.compensation)} is "
             f"{self.mean_difference:+.4f}, its {level} interval "
             f"[{self.interval.low:+.4f}, {self.interval.high:+.4f}] {relation} below "
             f"-{self.tolerance:.4f} (--fail-if-worse {self.tolerance:g})"
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "sigma": self.sigma,
+        row: dict[str, Any] = {"sigma": self.sigma}
+        if self.time_s is not None:
+            row["time_s"] = self.time_s
+            row["compensation"] = self.compensation
+        return row | {
             "tolerance": self.tolerance,
             "mean_difference": self.mean_difference,
             "interval_high": self.interval.high,
@@ -150,7 +177,7 @@ class WorseGate:
 
 @dataclass
 class CompareReport:
-    """Two audits on the same draws, their paired differences per sigma, and the gate."""
+    """Two audits on the same draws, their paired differences per row, and the gate."""
 
     ftaudit_version: str
     command: list[str]
@@ -194,19 +221,30 @@ class CompareReport:
             "gates": [gate.to_dict() for gate in self.gates],
             "options": self.options,
             "elapsed_s": self.elapsed_s,
+            "device_effects": base.device_effects,
         }
 
 
 def paired_result(
-    baseline: SigmaResult, candidate: SigmaResult, *, k: float, rng: np.random.Generator
+    baseline: SigmaResult,
+    candidate: SigmaResult,
+    *,
+    k: float,
+    rng: np.random.Generator,
+    random_effects: bool = False,
 ) -> PairedSigmaResult:
-    """Mean difference with its Student t interval, KPP difference with a paired bootstrap."""
+    """Mean difference with its Student t interval, KPP difference with a paired bootstrap.
+
+    ``random_effects``: stuck-at faults or drift were drawn, so sigma 0 is random too.
+    """
+    if row_key(baseline) != row_key(candidate):
+        raise AssertionError(f"unpaired rows {row_key(baseline)} and {row_key(candidate)}")
     differences = candidate.accuracies - baseline.accuracies
     interval = mean_interval(differences, bounds=(-1.0, 1.0))
     # identical differences (identical models, sigma = 0): their value exactly, not a rounded sum
     constant = bool(np.all(differences == differences[0]))
     center = float(differences[0]) if constant else float(differences.mean())
-    if baseline.sigma == 0:  # nothing random: the difference is known exactly
+    if baseline.sigma == 0 and not random_effects:  # nothing random: the difference is exact
         interval = Interval(interval.low, interval.high, interval.confidence, "exact")
     return PairedSigmaResult(
         sigma=baseline.sigma,
@@ -218,13 +256,15 @@ def paired_result(
         kpp_difference_interval=paired_kpp_difference_interval(
             baseline.accuracies, candidate.accuracies, k, rng=rng
         ),
+        time_s=baseline.time_s,
+        compensation=baseline.compensation,
     )
 
 
 def evaluate_worse_gates(
     results: Sequence[PairedSigmaResult], tolerance: float | None
 ) -> list[WorseGate]:
-    """Fail a sigma when the candidate is worse by more than ``tolerance`` with confidence."""
+    """Fail a row when the candidate is worse by more than ``tolerance`` with confidence."""
     if tolerance is None:
         return []
     return [
@@ -234,6 +274,8 @@ def evaluate_worse_gates(
             mean_difference=r.mean_difference,
             interval=r.mean_difference_interval,
             passed=not (r.mean_difference_interval.high < -tolerance),
+            time_s=r.time_s,
+            compensation=r.compensation,
         )
         for r in results
     ]
@@ -244,7 +286,7 @@ def compare(
     candidate: Path | str | AuditModel,
     data: Path | str | Dataset,
     *,
-    sigmas: Sequence[float],
+    sigmas: Sequence[float] | None = None,
     noise: str | NoiseModel = "lognormal",
     bits: int | None = None,
     cell_bits: int | None = None,
@@ -263,23 +305,44 @@ def compare(
     progress: StageProgress | None = None,
     command: Sequence[str] | None = None,
     config_file: str | None = None,
+    times: Sequence[float] | None = None,
+    drift_nu: float | None = None,
+    drift_nu_std: float | None = None,
+    drift_t0: float | None = None,
+    compensation: str | None = None,
+    stuck_at: tuple[float, float] | None = None,
 ) -> CompareReport:
     """Audit ``baseline`` and ``candidate`` on the same draws; gates are evaluated, not raised.
 
     ``layers``/``exclude`` globs are matched against the baseline's layer names; the candidate's
-    layers at the same positions are perturbed.
+    layers at the same positions are perturbed. ``sigmas`` defaults to the noise profile's;
+    ``times``, the drift options and ``stuck_at`` are ``audit``'s, applied to both models, and
+    give one paired row per (sigma, time, compensation).
     """
     started = time.perf_counter()
-    sigmas = [float(s) for s in sigmas]
-    validate_options(
-        sigmas=sigmas, samples=samples, k=k, seed=seed, batch_size=batch_size, device=device
-    )
-    validate_fraction(fail_if_worse, "--fail-if-worse", "0.01 for one percentage point")
     noise_model = (
         noise
         if isinstance(noise, NoiseModel)
         else get_noise_model(noise, bits=bits, cell_bits=cell_bits)
     )
+    if sigmas is None:
+        sigmas = getattr(noise_model.profile, "sigma", None)
+        if sigmas is None:
+            raise UserError("no sigma given", hint="pass --sigma 0.3 (or sigmas=[0.3])")
+    sigmas = [float(s) for s in sigmas]
+    effect_options = {
+        "times": times,
+        "drift_nu": drift_nu,
+        "drift_nu_std": drift_nu_std,
+        "drift_t0": drift_t0,
+        "compensation": compensation,
+        "stuck_at": stuck_at,
+    }
+    effects = resolve_effects(**effect_options, profile=noise_model.profile)
+    validate_options(
+        sigmas=sigmas, samples=samples, k=k, seed=seed, batch_size=batch_size, device=device
+    )
+    validate_fraction(fail_if_worse, "--fail-if-worse", "0.01 for one percentage point")
     base_model = (
         baseline if isinstance(baseline, AuditModel) else load_model(baseline, output=output)
     )
@@ -319,6 +382,7 @@ def compare(
         "output": output,
         "command": command,
         "config_file": config_file,
+        **effect_options,
     }
     reports = {}
     for role, model, chosen in (
@@ -338,6 +402,7 @@ def compare(
             c,
             k=k,
             rng=np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(BOOTSTRAP_KEY, j))),
+            random_effects=effects is not None,
         )
         for j, (b, c) in enumerate(
             zip(reports["baseline"].results, reports["candidate"].results, strict=True)

@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((REPO / "docs" / "compare.schema.json").read_text(encoding="utf-8"))
 RunCli = Callable[..., tuple[int, str, str]]
 FAST = ("--samples", "30", "--seed", "3")
+YEAR = 365 * 86400.0
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +221,9 @@ def test_cli_json_validates_and_csv_has_one_row_per_sigma(
     assert code == 0, err
     payload = json.loads(out)
     jsonschema.validate(payload, SCHEMA)
-    assert set(SCHEMA["required"]) == set(payload)
+    assert set(payload) == {*SCHEMA["required"], "device_effects"}
+    assert payload["device_effects"] is None
+    assert "time_s" not in payload["results"][0]
     assert payload["command"][:2] == ["ftaudit", "compare"]
     assert payload["baseline"]["sha256"] != payload["candidate"]["sha256"]
     assert payload["results"][1]["kpp_difference_interval"]["method"] == (
@@ -249,6 +252,14 @@ def test_cli_reads_fail_if_worse_from_the_config(
         (("--samples", "0"), "--samples must be at least 1"),
         (("--layers", "nope*"), "no crossbar layer is selected"),
         (("--target-ci", "0.1"), "No such option"),
+        (("--time", "soon"), "is not a duration"),
+        (("--time", "-1h"), "negative"),
+        (("--stuck-at", "1.5,0"), "[0, 1]"),
+        (("--stuck-at", "0.6,0.6"), "> 1"),
+        (("--stuck-at", "0.1"), "two fractions"),
+        (("--time", "1d", "--compensation", "maybe"), "unknown compensation"),
+        (("--time", "1d", "--drift-t0", "0"), "t0"),
+        (("--drift-nu", "0.05"), "without --time"),
     ],
 )
 def test_cli_bad_options_exit_2_and_write_nothing(
@@ -325,3 +336,160 @@ def test_config_gate_of_the_wrong_type_exits_2(
     assert code == 2
     assert out == ""
     assert "'fail_if_worse' has the wrong type" in err
+
+
+# --- drift and stuck-at faults ----------------------------------------------------------------
+
+
+def row_labels(results) -> list[tuple[float, float | None, str | None]]:
+    return [(r.sigma, r.time_s, r.compensation) for r in results]
+
+
+def test_identical_models_with_drift_and_faults_differ_by_exactly_zero(
+    convnet_onnx, blobs_npz
+) -> None:
+    """Drift exponents and stuck masks are keyed by (sample, layer): the same for both models."""
+    report = compare(
+        convnet_onnx, convnet_onnx, blobs_npz, sigmas=[0, 0.4], samples=12, seed=1,
+        times=[1.0, YEAR], stuck_at=(0.02, 0.01), fail_if_worse=0.0,
+    )  # fmt: skip
+    expected = [(s, t, c) for s in (0.0, 0.4) for t in (1.0, YEAR) for c in ("none", "global")]
+    assert row_labels(report.results) == expected
+    assert row_labels(report.gates) == expected
+    for result in report.results:
+        assert np.array_equal(result.differences, np.zeros(12))
+        assert result.mean_difference == 0.0 and result.kpp_difference == 0.0
+        interval = result.mean_difference_interval
+        assert (interval.low, interval.high) == (0.0, 0.0)
+        assert interval.method != "exact"  # stuck cells are random even at sigma 0
+    assert report.failed_gates() == []
+    rows = {(r.sigma, r.time_s, r.compensation): r for r in report.results}
+    # the effects were applied: faults cost accuracy at sigma 0, a year of drift costs more
+    assert rows[0.0, 1.0, "none"].baseline.summary.mean < report.baseline.clean_accuracy
+    assert (
+        rows[0.4, YEAR, "none"].baseline.summary.mean < rows[0.4, 1.0, "none"].baseline.summary.mean
+    )
+    assert report.to_dict()["device_effects"] == {
+        "times_s": [1.0, YEAR],
+        "compensation": ["none", "global"],
+        "drift": {"t0_s": 20.0, "nu_mean": 0.05, "nu_std": 0.01},
+        "stuck_at": {"p_low": 0.02, "p_high": 0.01},
+    }
+
+
+def test_drift_difference_matches_two_independent_audits(
+    convnet_onnx, damaged_onnx, blobs_npz
+) -> None:
+    options = {
+        "sigmas": [0.0, 0.3],
+        "samples": 20,
+        "seed": 3,
+        "times": [3600.0, YEAR],
+        "compensation": "global",
+        "drift_nu": 0.08,
+        "stuck_at": (0.01, 0.0),
+    }
+    report = compare(convnet_onnx, damaged_onnx, blobs_npz, **options)
+    base = ftaudit.audit(convnet_onnx, blobs_npz, **options)
+    cand = ftaudit.audit(damaged_onnx, blobs_npz, **options)
+    assert row_labels(report.results) == [
+        (0.0, 3600.0, "global"), (0.0, YEAR, "global"),
+        (0.3, 3600.0, "global"), (0.3, YEAR, "global"),
+    ]  # fmt: skip
+    for result, b, c in zip(report.results, base.results, cand.results, strict=True):
+        assert (b.sigma, b.time_s, b.compensation) == (c.sigma, c.time_s, c.compensation)
+        assert (result.sigma, result.time_s, result.compensation) == (
+            b.sigma, b.time_s, b.compensation,
+        )  # fmt: skip
+        by_hand = np.array([c.accuracies[i] - b.accuracies[i] for i in range(20)])
+        assert result.mean_difference == pytest.approx(by_hand.mean(), abs=1e-15)
+        low, high = t_interval(by_hand)
+        assert result.mean_difference_interval.low == pytest.approx(low, abs=1e-9)
+        assert result.mean_difference_interval.high == pytest.approx(high, abs=1e-9)
+        assert result.kpp_difference == kpp(c.accuracies, 1) - kpp(b.accuracies, 1)
+    assert report.results[-1].mean_difference < 0  # the damaged copy is worse under noise
+    assert report.to_dict()["device_effects"] == base.device_effects
+
+
+def test_cli_drift_rows_labels_schema_csv_and_width(
+    run_cli: RunCli, convnet_onnx, blobs_npz, tmp_path: Path
+) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    code, out, err = run_cli(
+        "compare", convnet_onnx, convnet_onnx, "--data", blobs_npz, "--sigma", "0.2,0.4",
+        "--samples", "6", "--time", "1s,1y", "--stuck-at", "0.01,0.01", "--fail-if-worse", "0",
+        "--json", tmp_path / "c.json", "--csv", tmp_path / "c.csv",
+    )  # fmt: skip
+    assert code == 0, err
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "…" not in out
+    assert "gdc" in out and "1y" in out and "stuck-at: 1% of cells low, 1% high" in out
+    payload = json.loads((tmp_path / "c.json").read_text())
+    jsonschema.validate(payload, SCHEMA)
+    expected = [[s, t, c] for s in (0.2, 0.4) for t in (1.0, YEAR) for c in ("none", "global")]
+    assert [[r["sigma"], r["time_s"], r["compensation"]] for r in payload["results"]] == expected
+    assert [[g["sigma"], g["time_s"], g["compensation"]] for g in payload["gates"]] == expected
+    assert all(r["mean_difference"] == 0 for r in payload["results"])
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "c.csv").read_text())))
+    assert [[float(r["sigma"]), float(r["time_s"]), r["compensation"]] for r in rows] == expected
+    assert {r["gate"] for r in rows} == {"passed"}
+
+
+def test_cli_drift_gate_fails_per_row_naming_time_and_compensation(
+    run_cli: RunCli, convnet_onnx, damaged_onnx, blobs_npz
+) -> None:
+    code, out, err = run_cli(
+        "compare", convnet_onnx, damaged_onnx, "--data", blobs_npz, "--sigma", "0,0.3", *FAST,
+        "--time", "1h,1y", "--drift-nu-std", "0", "--compensation", "global",
+        "--fail-if-worse", "0.01", "-q",
+    )  # fmt: skip
+    assert code == 1
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert lines == [line for line in lines if line.startswith("ftaudit: gate FAILED: ")]
+    # sigma 0: one nu for all cells, compensated exactly, so both keep their clean accuracy
+    assert len(lines) == 2, err
+    assert "at sigma=0.3, t=1h, compensation=global is -" in lines[0]
+    assert "at sigma=0.3, t=1y, compensation=global is -" in lines[1]
+
+
+def test_cli_sigma_defaults_to_the_profile(run_cli: RunCli, convnet_onnx, blobs_npz) -> None:
+    code, out, err = run_cli(
+        "compare", convnet_onnx, convnet_onnx, "--data", blobs_npz, "--noise", "pcm",
+        "--samples", "4", "--time", "1d", "--compensation", "global", "--json", "-",
+    )  # fmt: skip
+    assert code == 0, err
+    payload = json.loads(out)
+    assert [(r["sigma"], r["time_s"], r["compensation"]) for r in payload["results"]] == [
+        (0.63, 86400.0, "global")
+    ]
+    assert payload["device_effects"]["drift"] == {"t0_s": 20.0, "nu_mean": 0.05, "nu_std": 0.01}
+
+
+def test_table_fits_80_columns_with_wide_values(convnet_onnx, blobs_npz) -> None:
+    """Worst realistic cells (two-digit negative differences, a ΔKPP interval) in both layouts."""
+    from dataclasses import replace
+
+    from rich.console import Console
+
+    from ftaudit.report.compare_report import compare_table
+    from ftaudit.results import Interval
+
+    wide = {
+        "mean_difference": -0.1234,
+        "mean_difference_interval": Interval(-0.1412, -0.1050, 0.95, "t"),
+        "kpp_difference": -0.2,
+        "kpp_difference_interval": Interval(-0.25, -0.15, 0.95, "paired percentile bootstrap"),
+    }
+    for drift in ({}, {"times": [60.0, YEAR], "stuck_at": (0.01, 0.01)}):
+        report = compare(
+            convnet_onnx, convnet_onnx, blobs_npz, sigmas=[0.05, 0.63], samples=2,
+            fail_if_worse=0.01, **drift,
+        )  # fmt: skip
+        report.results[:] = [replace(r, **wide) for r in report.results]
+        console = Console(width=80, record=True)
+        console.print(compare_table(report))
+        text = console.export_text()
+        assert "…" not in text
+        assert "-12.34 [-14.12, -10.50]" in text
+        assert max(len(line.rstrip()) for line in text.splitlines()) <= 80

@@ -12,13 +12,14 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
+from ftaudit.device_effects import format_time
 from ftaudit.fileio import atomic_write_text
 from ftaudit.report.csv_report import _cell
 from ftaudit.report.json_report import to_json_compatible
-from ftaudit.report.table import _noise_label, _percent
+from ftaudit.report.table import _COMPENSATION_LABELS, _effects_caption, _noise_label, _percent
 
 if TYPE_CHECKING:
-    from ftaudit.compare import CompareReport, WorseGate
+    from ftaudit.compare import CompareReport, PairedSigmaResult, WorseGate
     from ftaudit.results import Interval
 
 COMPARE_CSV_COLUMNS = (
@@ -35,7 +36,20 @@ COMPARE_CSV_COLUMNS = (
     "kpp_difference_low",
     "kpp_difference_high",
     "gate",
+    "time_s",
+    "compensation",
 )
+
+RowKey = tuple[float, float | None, str | None]
+
+
+def _row_gates(report: CompareReport) -> dict[RowKey, WorseGate]:
+    """The gate of each row, by (sigma, time, compensation)."""
+    return {(g.sigma, g.time_s, g.compensation): g for g in report.gates}
+
+
+def _key(result: PairedSigmaResult) -> RowKey:
+    return result.sigma, result.time_s, result.compensation
 
 
 def payload_json(payload: dict[str, Any]) -> str:
@@ -55,7 +69,12 @@ def _difference(value: float, interval: Interval | None) -> str:
 
 
 def compare_table(report: CompareReport) -> Table:
-    """One row per sigma: both models' mean and KPP, and the paired differences (in %)."""
+    """One row per sigma (and time, compensation): both models' mean and KPP, and the paired
+    differences (in %).
+
+    Compact on purpose, so a row fits an 80-column terminal: the ΔKPP bootstrap interval is
+    left to the JSON and CSV reports, and with drift t and comp take the place of the two KPP
+    columns (ΔKPP stays)."""
     base, cand = report.baseline, report.candidate
     title = (
         f"{escape(PurePath(str(base.model['path'])).name)} (baseline) vs "
@@ -67,10 +86,9 @@ def compare_table(report: CompareReport) -> Table:
         f"clean accuracy {_percent(base.clean_accuracy)}% (baseline), "
         f"{_percent(cand.clean_accuracy)}% (candidate)",
         "accuracies in %; Δ = candidate - baseline, same draws",
-        "95% intervals: Δmean paired t, ΔKPP paired bootstrap",
+        "Δmean: paired t 95% interval; ΔKPP interval (bootstrap) in JSON/CSV",
     ]
-    if any(r.kpp_difference_interval is None for r in report.results):
-        caption.append("(ΔKPP interval only when samples·k/100 >= 10)")
+    caption.extend(_effects_caption(base))
     if report.fail_if_worse is not None:
         caption.append(f"gate FAILED if the Δmean interval < -{100 * report.fail_if_worse:.2f}")
     table = Table(
@@ -80,38 +98,47 @@ def compare_table(report: CompareReport) -> Table:
         pad_edge=False,
         collapse_padding=True,
     )
-    headers = ["sigma", "mean\nbase", "mean\ncand", "KPP\nbase", "KPP\ncand", "Δmean", "ΔKPP"]
-    gates: dict[float, WorseGate] = {gate.sigma: gate for gate in report.gates}
+    with_time = any(r.time_s is not None for r in report.results)
+    headers = ["sigma", "t", "comp"] if with_time else ["sigma"]
+    headers += ["mean\nbase", "mean\ncand"]
+    headers += [] if with_time else ["KPP\nbase", "KPP\ncand"]
+    headers += ["Δmean", "ΔKPP"]
+    gates = _row_gates(report)
     if gates:
         headers.append("gate")
     for header in headers:
         table.add_column(escape(header), justify="right", no_wrap=True)
     for result in report.results:
-        row = [
-            f"{result.sigma:g}",
-            _percent(result.baseline.summary.mean),
-            _percent(result.candidate.summary.mean),
-            _percent(result.baseline.summary.kpp),
-            _percent(result.candidate.summary.kpp),
+        row = [f"{result.sigma:g}"]
+        if with_time:
+            row += [
+                "" if result.time_s is None else format_time(result.time_s),
+                _COMPENSATION_LABELS.get(result.compensation or "", ""),
+            ]
+        row += [_percent(result.baseline.summary.mean), _percent(result.candidate.summary.mean)]
+        if not with_time:
+            row += [_percent(result.baseline.summary.kpp), _percent(result.candidate.summary.kpp)]
+        row += [
             escape(_difference(result.mean_difference, result.mean_difference_interval)),
-            escape(_difference(result.kpp_difference, result.kpp_difference_interval)),
+            escape(_points(result.kpp_difference)),
         ]
         if gates:
-            passed = gates[result.sigma].passed
+            passed = gates[_key(result)].passed
             row.append("[green]ok[/green]" if passed else "[bold red]FAILED[/bold red]")
         table.add_row(*row)
     return table
 
 
 def compare_csv(report: CompareReport) -> str:
-    """The per-sigma comparison as CSV text with a header row (accuracies as fractions)."""
+    """The per-row comparison as CSV text with a header row (accuracies as fractions); time_s
+    and compensation are empty without drift."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(COMPARE_CSV_COLUMNS)
-    gates = {gate.sigma: gate for gate in report.gates}
+    gates = _row_gates(report)
     for r in report.results:
         kpp_interval = r.kpp_difference_interval
-        gate = gates.get(r.sigma)
+        gate = gates.get(_key(r))
         writer.writerow(
             [
                 _cell(r.sigma),
@@ -127,6 +154,8 @@ def compare_csv(report: CompareReport) -> str:
                 "" if kpp_interval is None else _cell(kpp_interval.low),
                 "" if kpp_interval is None else _cell(kpp_interval.high),
                 "" if gate is None else ("passed" if gate.passed else "failed"),
+                "" if r.time_s is None else _cell(r.time_s),
+                r.compensation or "",
             ]
         )
     return buffer.getvalue()
@@ -138,5 +167,5 @@ def write_compare_json(report: CompareReport, path: Path) -> None:
 
 
 def write_compare_csv(report: CompareReport, path: Path) -> None:
-    """The per-sigma comparison as CSV."""
+    """The per-row comparison as CSV."""
     atomic_write_text(Path(path), compare_csv(report))
