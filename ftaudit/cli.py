@@ -735,6 +735,8 @@ def compare_command(
     drift_t0: DriftT0Opt = None,
     compensation: CompensationOpt = None,
     stuck_at: StuckAtOpt = None,
+    workers: WorkersOpt = None,
+    ray: RayOpt = None,
 ) -> None:
     """BASELINE and CANDIDATE on the same draws: mean, KPP and paired differences per sigma
     (and time, compensation with --time)."""
@@ -766,8 +768,12 @@ def compare_command(
             "drift_t0": drift_t0,
             "compensation": compensation,
             "stuck_at": stuck_at,
+            "workers": workers,
         },
     )
+    from ftaudit.evaluation import validate_scale_out
+
+    validate_scale_out(workers=settings.workers, checkpoint_dir=None, resume=False)
     effect_options = _effect_options(settings)
     _check_outputs(
         (baseline, candidate, Path(settings.data)),
@@ -799,6 +805,8 @@ def compare_command(
         command=_command(),
         config_file=settings.config_file,
         **effect_options,
+        workers=settings.workers,
+        ray=ray,
     )
     from ftaudit.report import compare_report as writers
 
@@ -856,6 +864,8 @@ def sensitivity_command(
     ] = None,
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
+    workers: WorkersOpt = None,
+    ray: RayOpt = None,
 ) -> None:
     """Rank MODEL's crossbar layers by the KPP they lose under device variation."""
     from ftaudit.sensitivity import DEFAULT_SENSITIVITY_SAMPLES, sensitivity
@@ -880,8 +890,12 @@ def sensitivity_command(
             "std": std,
             "output": output,
             "target_kpp": target_kpp,
+            "workers": workers,
         },
     )
+    from ftaudit.evaluation import validate_scale_out
+
+    validate_scale_out(workers=settings.workers, checkpoint_dir=None, resume=False)
     if samples is None and not _config_sets(settings, "samples"):
         from dataclasses import replace
 
@@ -914,6 +928,8 @@ def sensitivity_command(
         target_kpp=settings.target_kpp,
         command=_command(),
         config_file=settings.config_file,
+        workers=settings.workers,
+        ray=ray,
     )
     from ftaudit.report import sensitivity_report as writers
 

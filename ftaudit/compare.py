@@ -25,6 +25,7 @@ from ftaudit.errors import UserError
 from ftaudit.evaluation import audit, prepare_run, validate_options
 from ftaudit.models import AuditModel, CrossbarLayer, load_model
 from ftaudit.noise import NoiseModel, get_noise_model
+from ftaudit.parallel import ray_session
 from ftaudit.results import AuditReport, Interval, SigmaResult
 from ftaudit.stats import mean_interval, paired_kpp_difference_interval
 
@@ -305,6 +306,8 @@ def compare(
     progress: StageProgress | None = None,
     command: Sequence[str] | None = None,
     config_file: str | None = None,
+    workers: int = 1,
+    ray: str | None = None,
     times: Sequence[float] | None = None,
     drift_nu: float | None = None,
     drift_nu_std: float | None = None,
@@ -382,20 +385,23 @@ def compare(
         "output": output,
         "command": command,
         "config_file": config_file,
+        "workers": workers,
+        "ray": ray,
         **effect_options,
     }
     reports = {}
-    for role, model, chosen in (
-        ("baseline", base_model, selected),
-        ("candidate", cand_model, cand_selected),
-    ):
-        reports[role] = audit(
-            model,
-            dataset,
-            layers=exact_globs(chosen),
-            progress=stage_progress(progress, role),
-            **common,
-        )
+    with ray_session(ray, workers):
+        for role, model, chosen in (
+            ("baseline", base_model, selected),
+            ("candidate", cand_model, cand_selected),
+        ):
+            reports[role] = audit(
+                model,
+                dataset,
+                layers=exact_globs(chosen),
+                progress=stage_progress(progress, role),
+                **common,
+            )
     results = [
         paired_result(
             b,

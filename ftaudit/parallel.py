@@ -15,9 +15,10 @@ import multiprocessing
 import os
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -221,34 +222,54 @@ def check_ray_address(address: str) -> None:
         ) from exc
 
 
+def _init_ray(address: str, workers: int | None) -> bool:
+    """Connect to (or start) Ray unless already connected; True when this call started it."""
+    ray = require_ray()
+    check_ray_address(address)
+    if ray.is_initialized():
+        return False
+    options: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "configure_logging": True,
+        "logging_level": "ERROR",
+    }
+    try:
+        if address == "local":
+            ray.init(num_cpus=workers, **options)
+        else:
+            ray.init(address=address, **options)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UserError(
+            f"cannot connect to the Ray cluster at {address}: {first[:200]}",
+            hint="start one with `ray start --head`, check the address, or pass --ray "
+            "alone to start a local cluster",
+        ) from exc
+    return True
+
+
+@contextmanager
+def ray_session(address: str | None, workers: int = 1) -> Iterator[None]:
+    """One Ray connection for several audits (compare, sensitivity, harden), closed at the end."""
+    if address is None:
+        yield
+        return
+    started = _init_ray(address, None if workers == 1 else workers)
+    try:
+        yield
+    finally:
+        if started:
+            require_ray().shutdown()
+
+
 class RayBackend:
     """Ray tasks on an existing cluster, or on a local one started (and stopped) here."""
 
     def __init__(self, spec: WorkerSpec, address: str, workers: int | None) -> None:
         ray = require_ray()
-        check_ray_address(address)
         self._ray = ray
-        self._started = False
-        if not ray.is_initialized():
-            options: dict[str, Any] = {
-                "include_dashboard": False,
-                "log_to_driver": False,
-                "configure_logging": True,
-                "logging_level": "ERROR",
-            }
-            try:
-                if address == "local":
-                    ray.init(num_cpus=workers, **options)
-                else:
-                    ray.init(address=address, **options)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                raise UserError(
-                    f"cannot connect to the Ray cluster at {address}: {first[:200]}",
-                    hint="start one with `ray start --head`, check the address, or pass --ray "
-                    "alone to start a local cluster",
-                ) from exc
-            self._started = True
+        self._started = _init_ray(address, workers)
         self.address = address
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.parallelism = max(1, min(workers or cpus, cpus))

@@ -28,6 +28,7 @@ from ftaudit.data import Dataset, load_dataset
 from ftaudit.evaluation import audit, model_provenance, validate_options
 from ftaudit.models import AuditModel, CrossbarLayer, load_model
 from ftaudit.noise import NoiseModel, get_noise_model
+from ftaudit.parallel import ray_session
 from ftaudit.results import AuditReport, Interval, SigmaResult
 
 SENSITIVITY_SCHEMA_VERSION = "1.0"
@@ -265,6 +266,8 @@ def sensitivity(
     progress: StageProgress | None = None,
     command: Sequence[str] | None = None,
     config_file: str | None = None,
+    workers: int = 1,
+    ray: str | None = None,
 ) -> SensitivityReport:
     """Rank the analog layers by KPP drop; with ``target_kpp``, pick layers to keep digital.
 
@@ -309,35 +312,38 @@ def sensitivity(
             device=device,
             layers=exact_globs(perturbed),
             progress=stage_progress(progress, f"[{counter}] {label}"),
+            workers=workers,
+            ray=ray,
         )
 
-    everything = run(analog, "all analog layers")
-    clean = everything.clean_accuracy
-    all_points = points_of(everything)
-    nothing = [SigmaPoint.exact(sigma, clean) for sigma in sigmas]
-    only: list[list[SigmaPoint]] = []
-    all_but: list[list[SigmaPoint]] = []
-    for layer in analog:
-        if len(analog) == 1:  # only L is all layers; all but L perturbs nothing
-            only.append(all_points)
-            all_but.append(nothing)
-            continue
-        only.append(points_of(run([layer], f"only {layer.name}")))
-        rest = [other for other in analog if other is not layer]
-        all_but.append(points_of(run(rest, f"all but {layer.name}")))
-    ranked = rank_layers(analog, only, all_but, all_points, clean)
+    with ray_session(ray, workers):  # one Ray connection for every run
+        everything = run(analog, "all analog layers")
+        clean = everything.clean_accuracy
+        all_points = points_of(everything)
+        nothing = [SigmaPoint.exact(sigma, clean) for sigma in sigmas]
+        only: list[list[SigmaPoint]] = []
+        all_but: list[list[SigmaPoint]] = []
+        for layer in analog:
+            if len(analog) == 1:  # only L is all layers; all but L perturbs nothing
+                only.append(all_points)
+                all_but.append(nothing)
+                continue
+            only.append(points_of(run([layer], f"only {layer.name}")))
+            rest = [other for other in analog if other is not layer]
+            all_but.append(points_of(run(rest, f"all but {layer.name}")))
+        ranked = rank_layers(analog, only, all_but, all_points, clean)
 
-    target = None
-    if target_kpp is not None:
-        target = select_digital(
-            ranked,
-            analog,
-            all_points=all_points,
-            nothing=nothing,
-            clean_accuracy=clean,
-            target_kpp=target_kpp,
-            evaluate=lambda perturbed, n: points_of(run(perturbed, f"target: {n} digital")),
-        )
+        target = None
+        if target_kpp is not None:
+            target = select_digital(
+                ranked,
+                analog,
+                all_points=all_points,
+                nothing=nothing,
+                clean_accuracy=clean,
+                target_kpp=target_kpp,
+                evaluate=lambda perturbed, n: points_of(run(perturbed, f"target: {n} digital")),
+            )
     analog_names = {layer.name for layer in analog}
     return SensitivityReport(
         ftaudit_version=__version__,
