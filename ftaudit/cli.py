@@ -103,6 +103,13 @@ EvalCheckpointOpt = Annotated[
     Path | None,
     typer.Option("--checkpoint-dir", help="Keep counted samples here so --resume can continue."),
 ]
+BatchSamplesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-samples",
+        help="Monte Carlo samples per forward pass (torch vmap, ONNX models) [16 on cuda, else 1].",
+    ),
+]
 EvalResumeOpt = Annotated[
     bool, typer.Option("--resume", help="Continue the run checkpointed in --checkpoint-dir.")
 ]
@@ -243,6 +250,7 @@ def eval_command(
     ray: RayOpt = None,
     checkpoint_dir: EvalCheckpointOpt = None,
     resume: EvalResumeOpt = False,
+    batch_samples: BatchSamplesOpt = None,
 ) -> None:
     """Monte Carlo accuracy (mean and KPP) of MODEL under device variation."""
     from ftaudit.config import load_settings, merge, parse_floats, parse_sigmas
@@ -356,6 +364,7 @@ def eval_command(
         ray=ray,
         checkpoint_dir=checkpoint_dir,
         resume=resume,
+        batch_samples=batch_samples,
     )
 
     from ftaudit import report as writers

@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from ftaudit import __version__
+from ftaudit.batched import resolve_batch_samples
 from ftaudit.data import Dataset, load_dataset, validate_labels
 from ftaudit.device_effects import Condition, resolve_effects
 from ftaudit.errors import UserError
 from ftaudit.eval_checkpoint import CheckpointWriter, check_checkpoint_dir, load_progress
 from ftaudit.fileio import sha256_file
-from ftaudit.models import AuditModel, load_model
+from ftaudit.models import AuditModel, CrossbarLayer, ModelRunner, load_model
 from ftaudit.montecarlo import (
     ChunkEvaluator,
     Crossbar,
@@ -145,17 +146,34 @@ def prepare_run(
     noise: NoiseModel,
     batch_size: int,
     device: str,
+    batch_samples: int = 1,
 ):
     """Select layers, bind data to a runner and check the data fits the model's output."""
     selected = model.select_layers(layers, exclude)
     x = model.fit_input(dataset.x)
-    runner = model.runner(selected, device=device)
+    runner = build_runner(model, selected, device=device, batch_samples=batch_samples)
     runner.bind_data(x, dataset.y, batch_size=batch_size)
     logits = runner.checked_logits(x.shape)
     validate_labels(dataset.y, logits.shape[1])
     crossbar = Crossbar.prepare(selected, model.clean_weights(), noise)
     clean_correct = int(np.count_nonzero(logits.argmax(axis=1) == dataset.y))
     return selected, runner, crossbar, clean_correct
+
+
+def build_runner(
+    model: AuditModel,
+    selected: Sequence[CrossbarLayer],
+    *,
+    device: str,
+    threads: int | None = None,
+    batch_samples: int = 1,
+) -> ModelRunner:
+    """The model's own runner, or the vmapped torch runner when samples are batched."""
+    if batch_samples > 1:
+        from ftaudit.batched import BatchedTorchRunner
+
+        return BatchedTorchRunner(model, selected, device=device)
+    return model.runner(selected, device=device, threads=threads)
 
 
 def audit(
@@ -193,6 +211,7 @@ def audit(
     ray: str | None = None,
     checkpoint_dir: Path | str | None = None,
     resume: bool = False,
+    batch_samples: int | None = None,
 ) -> AuditReport:
     """Run the Monte Carlo audit and return the report; gates are evaluated, not raised.
 
@@ -204,6 +223,8 @@ def audit(
     ``workers`` > 1 spreads samples over local processes, ``ray`` over a Ray cluster ('local'
     starts one, 'auto' or an address joins one); the numbers are the same either way.
     ``checkpoint_dir`` keeps the counted samples so a killed run continues with ``resume``.
+    ``batch_samples`` evaluates that many weight sets per forward pass (torch vmap; default 16
+    for an ONNX model on CUDA, else 1).
     """
     started = time.perf_counter()
     noise_model = (
@@ -243,6 +264,9 @@ def audit(
         if isinstance(data, Dataset)
         else load_dataset(Path(data), limit=limit, mean=mean, std=std)
     )
+    samples_per_pass = resolve_batch_samples(
+        batch_samples, device=device, model_format=loaded.format
+    )
     selected, runner, crossbar, clean_correct = prepare_run(
         loaded,
         dataset,
@@ -251,6 +275,7 @@ def audit(
         noise=noise_model,
         batch_size=batch_size,
         device=device,
+        batch_samples=samples_per_pass,
     )
     n = len(dataset.y)
     clean_accuracy = clean_correct / n
@@ -305,9 +330,12 @@ def audit(
             device=device,
             threads=1 if ray is not None else threads_per_worker(workers),
             effects=effects,
+            batch_samples=samples_per_pass,
         )
     else:
-        evaluator = ChunkEvaluator(runner, crossbar, sigmas, seed, effects)
+        evaluator = ChunkEvaluator(
+            runner, crossbar, sigmas, seed, effects, batch_samples=samples_per_pass
+        )
     backend = make_backend(spec, evaluator, workers=workers, ray=ray)
     try:
         counts = run_monte_carlo(
@@ -333,6 +361,7 @@ def audit(
             evaluator.close()
     execution = backend.describe()
     execution["resumed_samples"] = 0 if restored is None else int(restored.done.sum())
+    execution["batch_samples"] = samples_per_pass
     results = []
     for j, condition in enumerate(conditions):
         accuracies = counts.accuracies(j, n)

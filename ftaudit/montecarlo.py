@@ -101,8 +101,11 @@ class ChunkEvaluator:
         sigmas: Sequence[float],
         seed: int,
         effects: DeviceEffects | None = None,
+        batch_samples: int = 1,
     ) -> None:
         self.runner = runner
+        #: weight sets per runner call (``count_correct_many``); drift and faults use 1
+        self.batch_samples = batch_samples if effects is None else 1
         self.crossbar = crossbar
         self.sigmas = [float(s) for s in sigmas]
         self.seed = seed
@@ -119,6 +122,10 @@ class ChunkEvaluator:
             [np.empty((d, *la.canonical_shape), np.float32) for la in layers] for _ in "ab"
         ]
         self._weights = [np.empty(layer.shape, np.float32) for layer in layers]
+        self._staged = [
+            [np.empty(layer.shape, np.float32) for layer in layers]
+            for _ in range(self.batch_samples if self.batch_samples > 1 else 0)
+        ]
         self._pool = ThreadPoolExecutor(max_workers=1)
 
     def evaluate(self, start: int, stop: int, active: Sequence[int]) -> np.ndarray:
@@ -128,11 +135,25 @@ class ChunkEvaluator:
         if not active or stop <= start:
             return counts
         pending = self._pool.submit(self._draw, start, 0)
+        staged: list[tuple[int, int]] = []  # (sample offset, row) of the staged weight sets
         for offset, i in enumerate(range(start, stop)):
             draws, extra = pending.result()
             if i + 1 < stop:
                 pending = self._pool.submit(self._draw, i + 1, ~offset & 1)
-            if self.engine is None:
+            if self.batch_samples > 1:
+                native = [
+                    la.to_native(z) for la, z in zip(self.crossbar.layers, draws, strict=True)
+                ]
+                for j in active:
+                    buffers = self._staged[len(staged)]
+                    for state, z, buf in zip(self.crossbar.states, native, buffers, strict=True):
+                        result = state.perturb(z, self.sigmas[j], out=buf)
+                        if result is not buf:
+                            np.copyto(buf, result)
+                    staged.append((offset, j))
+                    if len(staged) == self.batch_samples:
+                        self._flush(staged, counts)
+            elif self.engine is None:
                 _evaluate_sample(
                     self.runner,
                     self.crossbar,
@@ -146,7 +167,17 @@ class ChunkEvaluator:
                 self.engine.evaluate(
                     self.runner, self.sigmas, active, draws, extra, counts[:, offset]
                 )
+        if staged:
+            self._flush(staged, counts)
         return counts
+
+    def _flush(self, staged: list[tuple[int, int]], counts: np.ndarray) -> None:
+        """Evaluate the staged weight sets in one runner call and empty the stage."""
+        names = [layer.name for layer in self.crossbar.layers]
+        sets = [dict(zip(names, self._staged[k], strict=True)) for k in range(len(staged))]
+        for (offset, j), correct in zip(staged, self.runner.count_correct_many(sets), strict=True):
+            counts[j, offset] = correct
+        staged.clear()
 
     def _draw(self, sample: int, buffer: int) -> tuple[list[np.ndarray], Any]:
         """Sample ``sample``'s base draws (into buffer set ``buffer``) and effect draws."""

@@ -55,6 +55,7 @@ class WorkerSpec:
     device: str
     threads: int | None = None
     effects: DeviceEffects | None = None
+    batch_samples: int = 1
     key: str = field(default="", compare=False)
 
     def with_key(self) -> WorkerSpec:
@@ -74,6 +75,7 @@ class WorkerSpec:
                     self.device,
                     self.threads,
                     None if self.effects is None else self.effects.to_dict(),
+                    self.batch_samples,
                 )
             ).encode()
         )
@@ -81,6 +83,7 @@ class WorkerSpec:
 
     def build(self) -> ChunkEvaluator:
         """Load the model from its bytes, bind the data and prepare the crossbar."""
+        from ftaudit.evaluation import build_runner
         from ftaudit.models import load_model_bytes
 
         if self.threads is not None:
@@ -88,10 +91,18 @@ class WorkerSpec:
         model = load_model_bytes(self.model_path, self.model_bytes, output=self.output)
         chosen = set(self.layer_names)
         selected = [layer for layer in model.layers if layer.name in chosen]
-        runner = model.runner(selected, device=self.device, threads=self.threads)
+        runner = build_runner(
+            model,
+            selected,
+            device=self.device,
+            threads=self.threads,
+            batch_samples=self.batch_samples,
+        )
         runner.bind_data(self.x, self.y, batch_size=self.batch_size)
         crossbar = Crossbar.prepare(selected, model.clean_weights(), self.noise)
-        return ChunkEvaluator(runner, crossbar, self.sigmas, self.seed, self.effects)
+        return ChunkEvaluator(
+            runner, crossbar, self.sigmas, self.seed, self.effects, self.batch_samples
+        )
 
 
 def _limit_threads(threads: int) -> None:

@@ -86,6 +86,14 @@ class ModelRunner(ABC):
         """Number of bound samples whose arg-max logit equals the label."""
         return int(np.count_nonzero(self.logits().argmax(axis=1) == self._labels))
 
+    def count_correct_many(self, weight_sets: Sequence[Mapping[str, np.ndarray]]) -> list[int]:
+        """Correct counts for several weight sets; runners that can batch them override this."""
+        counts = []
+        for weights in weight_sets:
+            self.set_weights(weights)
+            counts.append(self.count_correct())
+        return counts
+
     def checked_logits(self, data_shape: tuple[int, ...]) -> np.ndarray:
         """Logits of the first pass, turning framework errors and odd outputs into UserErrors."""
         try:

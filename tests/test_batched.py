@@ -1,0 +1,89 @@
+"""Several samples per forward pass (--batch-samples): same counts as one sample at a time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ftaudit
+from ftaudit.data import load_dataset
+from ftaudit.errors import UserError
+from ftaudit.evaluation import prepare_run
+from ftaudit.models import load_model
+from ftaudit.montecarlo import ChunkEvaluator
+from ftaudit.noise import get_noise_model
+
+pytestmark = pytest.mark.torch
+SIGMAS = [0.0, 0.3, 0.7]
+
+
+def accuracies(report) -> np.ndarray:
+    return np.stack([r.accuracies for r in report.results])
+
+
+@pytest.mark.parametrize("batch_samples", [2, 3, 7])
+def test_staging_weight_sets_changes_no_count(convnet_onnx: Path, blobs_npz: Path, batch_samples):
+    """The stage-and-flush logic with ONNX Runtime's one-at-a-time count_correct_many: exact."""
+    model = load_model(convnet_onnx)
+    noise = get_noise_model("rram")
+    data = load_dataset(blobs_npz)
+    _, runner, crossbar, _ = prepare_run(
+        model, data, layers=None, exclude=None, noise=noise, batch_size=64, device="cpu"
+    )
+    one = ChunkEvaluator(runner, crossbar, [0.2, 0.5], seed=1).evaluate(3, 13, [0, 1])
+    many = ChunkEvaluator(runner, crossbar, [0.2, 0.5], 1, batch_samples=batch_samples)
+    assert np.array_equal(many.evaluate(3, 13, [0, 1]), one)
+    assert np.array_equal(many.evaluate(3, 13, [1])[1], one[1])
+
+
+@pytest.mark.parametrize("fixture", ["convnet_onnx", "mlp_matmul_onnx"])
+def test_vmapped_torch_runner_matches_the_onnx_runtime_counts(
+    fixture: str, blobs_npz: Path, request
+) -> None:
+    """Conv (grouped under vmap) and MatMul (weights stored transposed) models."""
+    model = request.getfixturevalue(fixture)
+    options = dict(sigmas=SIGMAS, samples=24, seed=2)
+    one = ftaudit.audit(model, blobs_npz, **options)
+    batched = ftaudit.audit(model, blobs_npz, batch_samples=5, **options)
+    assert batched.options["execution"]["batch_samples"] == 5
+    assert one.options["execution"]["batch_samples"] == 1
+    # torch and ONNX Runtime round differently: at most a rare tie flips one of 400 predictions
+    diff = np.abs(accuracies(batched) - accuracies(one))
+    assert diff.max() <= 1 / 400 + 1e-12
+    assert (diff > 0).mean() <= 0.05
+
+
+def test_batched_samples_on_workers_match_in_process(convnet_onnx: Path, blobs_npz: Path):
+    options = dict(sigmas=[0.4], samples=12, seed=3, batch_samples=4)
+    one = ftaudit.audit(convnet_onnx, blobs_npz, **options)
+    two = ftaudit.audit(convnet_onnx, blobs_npz, workers=2, **options)
+    assert np.array_equal(accuracies(one), accuracies(two))
+
+
+def test_drift_rows_fall_back_to_one_sample_per_pass(convnet_onnx: Path, blobs_npz: Path):
+    options = dict(sigmas=[0.3], samples=6, seed=3, times=[86400.0], compensation="none")
+    one = ftaudit.audit(convnet_onnx, blobs_npz, **options)
+    batched = ftaudit.audit(convnet_onnx, blobs_npz, batch_samples=3, **options)
+    assert np.abs(accuracies(batched) - accuracies(one)).max() <= 1 / 400 + 1e-12
+
+
+def test_bad_batch_samples(convnet_onnx: Path, convnet_ts: Path, blobs_npz: Path, run_cli):
+    with pytest.raises(UserError, match="needs an ONNX model"):
+        ftaudit.audit(convnet_ts, blobs_npz, sigmas=[0.3], samples=2, batch_samples=2)
+    code, _, err = run_cli(
+        "eval", convnet_onnx, "--data", blobs_npz, "--sigma", "0.3", "--batch-samples", "0"
+    )
+    assert code == 2 and "--batch-samples must be at least 1" in err
+
+
+def test_cuda_defaults_to_batches_for_onnx_only() -> None:
+    from ftaudit.batched import DEFAULT_CUDA_BATCH_SAMPLES, resolve_batch_samples
+
+    assert resolve_batch_samples(None, device="cuda", model_format="onnx") == (
+        DEFAULT_CUDA_BATCH_SAMPLES
+    )
+    assert resolve_batch_samples(None, device="cuda", model_format="torchscript") == 1
+    assert resolve_batch_samples(None, device="cpu", model_format="onnx") == 1
+    assert resolve_batch_samples(4, device="cpu", model_format="onnx") == 4
