@@ -44,6 +44,7 @@ def test_two_worker_processes_give_identical_numbers(single, convnet_onnx, blobs
         "backend": "processes",
         "workers": 2,
         "resumed_samples": 0,
+        "batch_samples": 1,
     }
     assert single.options["execution"]["backend"] == "local"
 
