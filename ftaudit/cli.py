@@ -500,6 +500,17 @@ def harden_command(
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table on stdout.")] = False,
+    workers: Annotated[
+        int, typer.Option("--workers", help="Local worker processes for the Monte Carlo [1].")
+    ] = 1,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            help="Run the Monte Carlo as Ray tasks: --ray local starts a cluster; --ray auto or "
+            "--ray HOST:PORT joins one (pip install 'ftaudit[ray]').",
+        ),
+    ] = None,
 ) -> None:
     """Retrain MODEL to survive device variation; write it in the input's format."""
     from ftaudit.fileio import check_output_path
@@ -558,6 +569,8 @@ def harden_command(
         checkpoint_dir=checkpoint_dir,
         resume=resume,
         on_epoch=on_epoch,
+        workers=workers,
+        ray=ray,
         command=["ftaudit", *(sys.argv[1:] if _ARGV is None else _ARGV)],
     )
     for note in report.notes:

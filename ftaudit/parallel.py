@@ -21,7 +21,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -36,6 +36,16 @@ RAY_MAX_RETRIES = 3
 PROCESS_MAX_RETRIES = 3
 #: seconds to wait for a TCP answer from an explicit Ray address before calling it unreachable
 CONNECT_TIMEOUT_S = 5.0
+
+
+class EvaluatorSpec(Protocol):
+    """What backends ship to workers: picklable, with a ``key`` under which a worker keeps the
+    evaluator it builds (``WorkerSpec`` for eval, ``TrainableWorkerSpec`` for harden)."""
+
+    @property
+    def key(self) -> str: ...
+
+    def build(self) -> ChunkEvaluator: ...
 
 
 @dataclass(frozen=True)
@@ -117,7 +127,7 @@ def _limit_threads(threads: int) -> None:
 _EVALUATORS: dict[str, ChunkEvaluator] = {}
 
 
-def _evaluator(spec: WorkerSpec) -> ChunkEvaluator:
+def _evaluator(spec: EvaluatorSpec) -> ChunkEvaluator:
     """The worker's evaluator for ``spec``, built on first use and kept for later chunks."""
     evaluator = _EVALUATORS.get(spec.key)
     if evaluator is None:
@@ -128,7 +138,7 @@ def _evaluator(spec: WorkerSpec) -> ChunkEvaluator:
     return evaluator
 
 
-def _init_process_worker(spec: WorkerSpec) -> None:
+def _init_process_worker(spec: EvaluatorSpec | None) -> None:
     # Ctrl-C goes to the whole process group: the parent handles it and stops the pool
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     globals()["_PROCESS_SPEC"] = spec
@@ -138,7 +148,7 @@ def _process_chunk(start: int, stop: int, active: list[int]) -> np.ndarray:
     return _evaluator(globals()["_PROCESS_SPEC"]).evaluate(start, stop, active)
 
 
-def _ray_chunk(spec: WorkerSpec, start: int, stop: int, active: list[int]) -> np.ndarray:
+def _ray_chunk(spec: EvaluatorSpec, start: int, stop: int, active: list[int]) -> np.ndarray:
     return _evaluator(spec).evaluate(start, stop, active)
 
 
@@ -148,10 +158,17 @@ class _RetriedChunk:
 
     def __init__(self, backend: ProcessBackend, start: int, stop: int, active: list[int]) -> None:
         self.backend, self.args = backend, (start, stop, active)
-        self.generation, self.future = (
-            backend.generation,
-            backend.pool.submit(_process_chunk, *self.args),
-        )
+        self._submit()
+
+    def _submit(self) -> None:
+        """Submit to the backend's pool, replacing it first if a worker died while it idled."""
+        self.generation = self.backend.generation
+        try:
+            self.future = self.backend.pool.submit(_process_chunk, *self.args)
+        except BrokenProcessPool:
+            self.backend.restart(self.generation)
+            self.generation = self.backend.generation
+            self.future = self.backend.pool.submit(_process_chunk, *self.args)
 
     def result(self) -> np.ndarray:
         for _ in range(PROCESS_MAX_RETRIES):
@@ -159,8 +176,7 @@ class _RetriedChunk:
                 return self.future.result()
             except BrokenProcessPool:
                 self.backend.restart(self.generation)
-                self.generation = self.backend.generation
-                self.future = self.backend.pool.submit(_process_chunk, *self.args)
+                self._submit()
         return self.future.result()
 
     def cancel(self) -> bool:
@@ -170,7 +186,8 @@ class _RetriedChunk:
 class ProcessBackend:
     """Local worker processes (spawned, so no runtime state is shared with the parent)."""
 
-    def __init__(self, spec: WorkerSpec, workers: int) -> None:
+    def __init__(self, spec: EvaluatorSpec | None, workers: int) -> None:
+        """``spec`` None: the chunks carry their own (see ftaudit.harden.parallel_eval)."""
         self.parallelism = workers
         self.spec = spec
         self.generation = 0
@@ -277,7 +294,7 @@ def ray_session(address: str | None, workers: int = 1) -> Iterator[None]:
 class RayBackend:
     """Ray tasks on an existing cluster, or on a local one started (and stopped) here."""
 
-    def __init__(self, spec: WorkerSpec, address: str, workers: int | None) -> None:
+    def __init__(self, spec: EvaluatorSpec | None, address: str, workers: int | None) -> None:
         ray = require_ray()
         self._ray = ray
         self._started = _init_ray(address, workers)

@@ -29,6 +29,7 @@ from ftaudit.harden.bayesft import (
 )
 from ftaudit.harden.checkpoint import load_checkpoint
 from ftaudit.harden.methods import EpochCallback, HardenContext, get_method
+from ftaudit.harden.parallel_eval import open_workers
 from ftaudit.harden.trainable import export_hardened
 from ftaudit.harden.training import TrainingData
 from ftaudit.models import load_model
@@ -141,6 +142,17 @@ def validate_harden_options(
         raise UserError(f"k must lie strictly between 0 and 100, got {k:g}")
 
 
+def validate_harden_workers(*, workers: int, ray: str | None) -> None:
+    """Reject bad --workers/--ray before anything is loaded or trained."""
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}", hint="e.g. --workers 2")
+    if ray is not None:
+        from ftaudit.parallel import check_ray_address, require_ray
+
+        check_ray_address(ray)
+        require_ray()
+
+
 def _training_data(model, dataset: Dataset) -> TrainingData:
     x = model.fit_input(dataset.x)
     return TrainingData(np.ascontiguousarray(x, dtype=np.float32), dataset.y.astype(np.int64))
@@ -180,8 +192,14 @@ def harden(
     resume: bool = False,
     on_epoch: EpochCallback | None = None,
     command: Sequence[str] | None = None,
+    workers: int = 1,
+    ray: str | None = None,
 ) -> HardenReport:
-    """Train ``model`` with ``method`` against ``noise`` at ``sigma`` and write it to ``output``."""
+    """Train ``model`` with ``method`` against ``noise`` at ``sigma`` and write it to ``output``.
+
+    ``workers`` > 1 runs the Monte Carlo evaluations (TRICE's validation KPPs, the before/after
+    report) on that many local processes, ``ray`` on a Ray cluster ('local' starts one, 'auto' or
+    host:port joins one); the trained model and every number are the same either way."""
     started = time.perf_counter()
     validate_harden_options(
         epochs=epochs,
@@ -194,6 +212,7 @@ def harden(
         eval_samples=eval_samples,
         k=k,
     )
+    validate_harden_workers(workers=workers, ray=ray)
     method_impl = get_method(method)
     validate_bayesft_options(
         method=method,
@@ -318,39 +337,57 @@ def harden(
         resume_state=resume_state,
         on_epoch=on_epoch,
     )
-    result = method_impl.run(ctx)
-    notes.extend(result.notes)
-    metadata = {
-        "ftaudit_version": __version__,
-        "method": method,
-        "noise": noise_model.parameters(),
-        "sigma": sigma,
-        "seed": seed,
-        "epochs": epochs,
-        **{k_: v for k_, v in result.details.items() if k_ != "search"},
-    }
-    export_hardened(result.trainable, output_path, metadata=metadata)
+    # one pool of workers for the whole training (processes start at the first evaluation);
+    # a Ray connection is kept for the before/after audits, which then reuse it
+    ctx.workers = open_workers(
+        source, val, layers=layers, noise=noise_model, workers=workers, ray=ray, device=device
+    )
+    try:
+        result = method_impl.run(ctx)
+        notes.extend(result.notes)
+        metadata = {
+            "ftaudit_version": __version__,
+            "method": method,
+            "noise": noise_model.parameters(),
+            "sigma": sigma,
+            "seed": seed,
+            "epochs": epochs,
+            **{k_: v for k_, v in result.details.items() if k_ != "search"},
+        }
+        export_hardened(result.trainable, output_path, metadata=metadata)
+        if ctx.workers is not None and ray is None:  # the audits start their own processes
+            ctx.workers.close()
 
-    grid = list(eval_sigmas) if eval_sigmas is not None else default_eval_sigmas(sigma)
-    common = dict(
-        sigmas=grid, noise=noise_model, samples=eval_samples, k=k, seed=seed, device=device
-    )
-    eval_data = Dataset(
-        val.x,
-        val.y,
-        {**val_set.source}
-        if val_data is not None
-        else {
-            "path": f"{data} (held-out validation part)",
-            "sha256": train_set.source["sha256"],
-            "kind": train_set.source["kind"],
-            "n": len(val),
-            "limit": limit,
-        },
-    )
-    before = audit(source, eval_data, **common)
-    after = audit(load_model(output_path), eval_data, **common)
-    notes.extend(collapse_warnings(before, after))
+        grid = list(eval_sigmas) if eval_sigmas is not None else default_eval_sigmas(sigma)
+        common = dict(
+            sigmas=grid,
+            noise=noise_model,
+            samples=eval_samples,
+            k=k,
+            seed=seed,
+            device=device,
+            workers=workers,
+            ray=ray,
+        )
+        eval_data = Dataset(
+            val.x,
+            val.y,
+            {**val_set.source}
+            if val_data is not None
+            else {
+                "path": f"{data} (held-out validation part)",
+                "sha256": train_set.source["sha256"],
+                "kind": train_set.source["kind"],
+                "n": len(val),
+                "limit": limit,
+            },
+        )
+        before = audit(source, eval_data, **common)
+        after = audit(load_model(output_path), eval_data, **common)
+        notes.extend(collapse_warnings(before, after))
+    finally:
+        if ctx.workers is not None:
+            ctx.workers.close()
     return HardenReport(
         ftaudit_version=__version__,
         command=list(command or []),
@@ -362,6 +399,8 @@ def harden(
             "device": device,
             "eval_sigmas": grid,
             "eval_samples": eval_samples,
+            "workers": workers,
+            "ray": ray,
         },
         validation=validation,
         details=result.details,

@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from ftaudit.harden.training import TrainingData, TrainingNoise, quantile_eval, 
 from ftaudit.harden.trice_search import TriceSearch
 from ftaudit.models.base import AuditModel, CrossbarLayer
 from ftaudit.noise import NoiseModel
+
+if TYPE_CHECKING:
+    from ftaudit.harden.parallel_eval import HardenWorkers
 
 EVAL_KEY = 1_000_003
 
@@ -53,6 +56,8 @@ class HardenContext:
     checkpoint_dir: Path | None = None
     resume_state: dict[str, Any] | None = None
     on_epoch: EpochCallback | None = None
+    #: where validation Monte Carlo runs (None: this process); the numbers are the same
+    workers: HardenWorkers | None = None
 
     def new_model(self) -> TrainableModel:
         """A fresh trainable copy of the input model on this run's device."""
@@ -221,6 +226,7 @@ class TriceMethod(HardenMethod):
                         k=ctx.k,
                         seed=ctx.eval_seed(epoch),
                         device=ctx.device,
+                        workers=ctx.workers,
                     )
                     for m in models
                 )

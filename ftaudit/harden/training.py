@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from ftaudit.models.base import CrossbarLayer, ModelRunner
 from ftaudit.montecarlo import Crossbar, run_monte_carlo
 from ftaudit.noise import NoiseModel
 from ftaudit.stats import kpp
+
+if TYPE_CHECKING:
+    from ftaudit.harden.parallel_eval import HardenWorkers
 
 ORDER_KEY = 1_000_001
 NOISE_KEY = 1_000_002
@@ -172,10 +175,12 @@ def quantile_eval(
     seed: int,
     batch_size: int = 512,
     device: str = "cpu",
+    workers: HardenWorkers | None = None,
 ) -> float:
     """KPP of the module's current weights under the evaluation noise (TRICE QuantileEval).
 
-    Uses the eval Monte Carlo engine on the in-memory module and restores the clean weights."""
+    Uses the eval Monte Carlo engine on the in-memory module, or on ``workers`` (the same
+    numbers), and restores the clean weights."""
     module = trainable.module
     was_training = module.training
     module.eval()
@@ -184,8 +189,18 @@ def quantile_eval(
         runner = TrainableRunner(trainable, device)
         runner.bind_data(data.x, data.y, batch_size=batch_size)
         crossbar = Crossbar.prepare(layers, clean, noise)
+        backend = None
+        if workers is not None and sigma > 0:  # sigma = 0 is one evaluation, here
+            backend = workers.backend(trainable, sigmas=[sigma], seed=seed, batch_size=batch_size)
         counts = run_monte_carlo(
-            runner, crossbar, [sigma], samples=samples, seed=seed, n_data=len(data), k=k
+            runner,
+            crossbar,
+            [sigma],
+            samples=samples,
+            seed=seed,
+            n_data=len(data),
+            k=k,
+            backend=backend,
         )
         return kpp(counts.accuracies(0, len(data)), k)
     finally:

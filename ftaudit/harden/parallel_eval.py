@@ -1,0 +1,282 @@
+"""Harden's Monte Carlo evaluations on local worker processes or Ray, one pool for the whole run.
+
+A trainable model lives in memory and its weights change every epoch, so each evaluation ships a
+``TrainableWorkerSpec``: the input model's bytes, the module's current state (``torch.save``
+bytes), the validation data and the noise. A worker rebuilds the trainable once per spec (the
+key changes with the weights) and runs the same ``ChunkEvaluator`` as ``ftaudit eval``. Sample
+i's draws depend only on (seed, i, layer) and chunks come back in index order, so TRICE's KPPs,
+its choice of sigma_t and therefore the exported weights are the same for any worker count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Sequence
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ftaudit._optional import require_torch
+from ftaudit.harden.trainable import TrainableModel
+from ftaudit.harden.training import TrainingData
+from ftaudit.models.base import AuditModel, CrossbarLayer
+from ftaudit.montecarlo import ChunkEvaluator, Crossbar, SampleBackend
+from ftaudit.noise.base import NoiseModel
+from ftaudit.parallel import (
+    PROCESS_MAX_RETRIES,
+    ProcessBackend,
+    RayBackend,
+    _limit_threads,
+    _ray_chunk,
+    threads_per_worker,
+)
+
+FEATURE = "ftaudit harden --workers"
+
+
+@dataclass(frozen=True)
+class TrainableWorkerSpec:
+    """One evaluation of a trainable model's current weights, as bytes and arrays only."""
+
+    model_path: str
+    model_bytes: bytes
+    state: bytes
+    x: np.ndarray
+    y: np.ndarray
+    layer_names: tuple[str, ...]
+    noise: NoiseModel
+    sigmas: tuple[float, ...]
+    seed: int
+    batch_size: int
+    device: str
+    threads: int | None = None
+    #: 'counts': correct predictions per sigma (the eval engine); 'loss': BayesFT's objective
+    objective: str = "counts"
+    key: str = field(default="", compare=False)
+
+    def build(self) -> ChunkEvaluator:
+        """Recreate the trainable from the model's bytes, load the weights, bind the data."""
+        from ftaudit.harden.trainable import make_trainable
+        from ftaudit.harden.training import TrainableRunner
+        from ftaudit.models import load_model_bytes
+
+        torch = require_torch(FEATURE)
+        if self.threads is not None:
+            _limit_threads(self.threads)
+        source = load_model_bytes(self.model_path, self.model_bytes)
+        trainable = make_trainable(source)
+        trainable.module.to(self.device)
+        state = torch.load(io.BytesIO(self.state), map_location=self.device, weights_only=True)
+        trainable.load_state_dict(state)
+        trainable.module.eval()
+        by_name = {layer.name: layer for layer in source.layers}
+        layers = [by_name[name] for name in self.layer_names]
+        if self.objective == "loss":
+            # BayesFT's dropout modules hold no state and act only in train mode: the plain
+            # trainable loads the state and computes the same eval-mode outputs
+            from ftaudit.harden.bayesft import ObjectiveEvaluator
+
+            (sigma,) = self.sigmas
+            return ObjectiveEvaluator(  # type: ignore[return-value]
+                trainable,
+                TrainingData(self.x, self.y),
+                layers=layers,
+                noise=self.noise,
+                sigma=sigma,
+                seed=self.seed,
+                batch_size=self.batch_size,
+                device=self.device,
+            )
+        runner = TrainableRunner(trainable, self.device)
+        runner.bind_data(self.x, self.y, batch_size=self.batch_size)
+        crossbar = Crossbar.prepare(layers, trainable.crossbar_arrays(), self.noise)
+        return ChunkEvaluator(runner, crossbar, self.sigmas, self.seed)
+
+
+def state_bytes(trainable: TrainableModel) -> bytes:
+    """The module's parameters and buffers as ``torch.save`` bytes (CPU tensors)."""
+    torch = require_torch(FEATURE)
+    state = {name: value.detach().cpu() for name, value in trainable.state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+# --- one pool for the run; chunks carry their evaluation's spec ------------------------------
+class _SpecChunk:
+    """A chunk on the shared process pool, resubmitted on a fresh pool if a worker dies."""
+
+    def __init__(self, pool: _ProcessPool, spec: TrainableWorkerSpec, args: tuple) -> None:
+        self.pool, self.spec, self.args = pool, spec, args
+        self.future = self._submit()
+
+    def _submit(self) -> Future[np.ndarray]:
+        self.generation = self.pool.generation
+        try:
+            return self.pool.pool.submit(_ray_chunk, self.spec, *self.args)
+        except BrokenProcessPool:  # a worker died since the last evaluation (the pool idled)
+            self.pool.restart(self.generation)
+            self.generation = self.pool.generation
+            return self.pool.pool.submit(_ray_chunk, self.spec, *self.args)
+
+    def result(self) -> np.ndarray:
+        for _ in range(PROCESS_MAX_RETRIES):
+            try:
+                return self.future.result()
+            except BrokenProcessPool:
+                self.pool.restart(self.generation)
+                self.future = self._submit()
+        return self.future.result()
+
+    def cancel(self) -> bool:
+        return self.future.cancel()
+
+
+class _ProcessPool(ProcessBackend):
+    """Spawned worker processes started once; every chunk names the spec it evaluates."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(None, workers)
+
+    def handle(self, spec: TrainableWorkerSpec) -> Any:
+        return spec
+
+    def submit_spec(self, handle: Any, start: int, stop: int, active: Sequence[int]) -> Any:
+        return _SpecChunk(self, handle, (start, stop, list(active)))
+
+
+class _RayPool(RayBackend):
+    """A Ray connection kept for the run; each spec is put in the object store once."""
+
+    def __init__(self, address: str, workers: int | None) -> None:
+        super().__init__(None, address, workers)
+
+    def handle(self, spec: TrainableWorkerSpec) -> Any:
+        return self._ray.put(spec)
+
+    def submit_spec(self, handle: Any, start: int, stop: int, active: Sequence[int]) -> Any:
+        return self._task.remote(handle, start, stop, list(active)).future()
+
+
+@dataclass
+class _BoundBackend:
+    """The ``SampleBackend`` of one evaluation: the run's pool with that evaluation's spec."""
+
+    pool: _ProcessPool | _RayPool
+    handle: Any
+    parallelism: int
+
+    def submit(self, start: int, stop: int, active: Sequence[int]) -> Future[np.ndarray]:
+        return self.pool.submit_spec(self.handle, start, stop, active)
+
+    def describe(self) -> dict[str, Any]:
+        return self.pool.describe()
+
+
+class HardenWorkers:
+    """The workers of one harden run: started once, given a new spec per evaluation."""
+
+    def __init__(
+        self,
+        source: AuditModel,
+        data: TrainingData,
+        *,
+        layers: Sequence[CrossbarLayer],
+        noise: NoiseModel,
+        workers: int,
+        ray: str | None,
+        device: str = "cpu",
+    ) -> None:
+        from ftaudit.evaluation import model_bytes
+
+        self._static: dict[str, Any] = {
+            "model_path": str(source.path),
+            "model_bytes": model_bytes(source),
+            "x": np.ascontiguousarray(data.x, dtype=np.float32),
+            "y": np.asarray(data.y),
+            "layer_names": tuple(layer.name for layer in layers),
+            "noise": noise,
+            "device": device,
+            "threads": 1 if ray is not None else threads_per_worker(workers),
+        }
+        digest = hashlib.sha256(self._static["model_bytes"])
+        for array in (self._static["x"], self._static["y"]):
+            digest.update(hashlib.sha256(array.tobytes()).digest())
+        static = {k: v for k, v in self._static.items() if k not in ("model_bytes", "x", "y")}
+        static["noise"] = noise.parameters()
+        digest.update(repr(sorted(static.items())).encode())
+        self._digest = digest.digest()
+        self.pool: _ProcessPool | _RayPool = (
+            _RayPool(ray, None if workers == 1 else workers)
+            if ray is not None
+            else _ProcessPool(workers)
+        )
+
+    def spec(
+        self,
+        trainable: TrainableModel,
+        *,
+        sigmas: Sequence[float],
+        seed: int,
+        batch_size: int,
+        objective: str = "counts",
+    ) -> TrainableWorkerSpec:
+        """The spec of evaluating ``trainable``'s current weights at ``sigmas`` with ``seed``."""
+        state = state_bytes(trainable)
+        sigmas = tuple(float(s) for s in sigmas)
+        digest = hashlib.sha256(self._digest)
+        digest.update(hashlib.sha256(state).digest())
+        digest.update(repr((sigmas, seed, batch_size, objective)).encode())
+        return TrainableWorkerSpec(
+            **self._static,
+            state=state,
+            sigmas=sigmas,
+            seed=seed,
+            batch_size=batch_size,
+            objective=objective,
+            key=digest.hexdigest(),
+        )
+
+    def backend(
+        self,
+        trainable: TrainableModel,
+        *,
+        sigmas: Sequence[float],
+        seed: int,
+        batch_size: int,
+        objective: str = "counts",
+    ) -> SampleBackend:
+        """A backend over ``trainable``'s current weights (for ``run_monte_carlo``, or BayesFT's
+        objective with ``objective='loss'``)."""
+        spec = self.spec(
+            trainable, sigmas=sigmas, seed=seed, batch_size=batch_size, objective=objective
+        )
+        return _BoundBackend(self.pool, self.pool.handle(spec), self.pool.parallelism)
+
+    def describe(self) -> dict[str, Any]:
+        return self.pool.describe()
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def open_workers(
+    source: AuditModel,
+    data: TrainingData,
+    *,
+    layers: Sequence[CrossbarLayer],
+    noise: NoiseModel,
+    workers: int,
+    ray: str | None,
+    device: str = "cpu",
+) -> HardenWorkers | None:
+    """The run's workers for ``--workers``/``--ray``; None: evaluate in this process."""
+    if workers == 1 and ray is None:
+        return None
+    return HardenWorkers(
+        source, data, layers=layers, noise=noise, workers=workers, ray=ray, device=device
+    )
