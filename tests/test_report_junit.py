@@ -200,3 +200,21 @@ def test_cli_bad_output_path_exits_2_before_the_run(
     assert len(lines) == 1 and lines[0].startswith("ftaudit: error:"), err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert data.read_bytes() == blobs_npz.read_bytes()
+
+
+def test_drift_rows_get_distinct_cases_naming_time_and_compensation() -> None:
+    import xml.etree.ElementTree as ET
+
+    from ftaudit.report.junit_report import junit_xml
+
+    gates = [
+        {"metric": "kpp", "sigma": 0.3, "value": v, "threshold": 0.8, "passed": v >= 0.8,
+         "time_s": t, "compensation": c}
+        for v, t, c in [(0.9, 3600.0, "none"), (0.7, 3.1536e7, "none"), (0.85, 3.1536e7, "global")]
+    ]  # fmt: skip
+    root = ET.fromstring(junit_xml(suite_name="s", classname="c", gates=gates).split("\n", 1)[1])
+    names = [case.get("name") for case in root.iter("testcase")]
+    assert len(set(names)) == 3
+    assert "kpp >= 0.8 at sigma 0.3, t=1h, compensation=none" in names
+    (failure,) = root.iter("failure")
+    assert "t=1y, compensation=none" in failure.get("message")

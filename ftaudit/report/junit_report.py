@@ -36,18 +36,28 @@ def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.10g}"
 
 
+def _where(gate: Mapping[str, Any], sep: str = " ") -> str:
+    """``sigma 0.3`` (``sep`` "=": ``sigma=0.3``), plus the time and compensation of a drift row."""
+    where = f"sigma{sep}{_number(gate['sigma'])}"
+    if gate.get("time_s") is not None:
+        from ftaudit.device_effects import format_time
+
+        where += f", t={format_time(gate['time_s'])}, compensation={gate.get('compensation')}"
+    return where
+
+
 def gate_case_name(gate: Mapping[str, Any]) -> str:
-    """``kpp >= 0.8 at sigma 0.3``: what the gate demands, unique per metric and sigma."""
-    return f"{gate['metric']} >= {_number(gate['threshold'])} at sigma {_number(gate['sigma'])}"
+    """``kpp >= 0.8 at sigma 0.3``: what the gate demands, unique per metric and row."""
+    return f"{gate['metric']} >= {_number(gate['threshold'])} at {_where(gate)}"
 
 
 def gate_failure_message(gate: Mapping[str, Any]) -> str:
     """One line, as the CLI prints it for a failed gate."""
     value = gate.get("value")
     shown = "n/a" if value is None else f"{value:.4f}"
+    threshold = gate["threshold"]
     return (
-        f"{gate['metric']} at sigma={_number(gate['sigma'])} is {shown}, "
-        f"below the threshold {gate['threshold']:.4f}"
+        f"{gate['metric']} at {_where(gate, '=')} is {shown}, below the threshold {threshold:.4f}"
     )
 
 
