@@ -237,3 +237,22 @@ def test_renders_in_headless_chromium(gated_report: AuditReport, tmp_path: Path)
     # the SVG chart was drawn: both line colours cover a visible area
     assert close_to(MEAN_COLOR) > 300
     assert close_to(KPP_COLOR) > 300
+
+
+def test_drift_rows_get_time_columns_and_a_time_chart(convnet_onnx, blobs_npz, tmp_path) -> None:
+    import ftaudit
+    from ftaudit.report.html_report import html_from_report_dict
+
+    report = ftaudit.audit(
+        convnet_onnx,
+        blobs_npz,
+        sigmas=[0.3],
+        samples=5,
+        times=[3600.0, 3.1536e7],
+        fail_under_kpp=0.1,
+    )
+    page = html_from_report_dict(report.to_dict())
+    assert "<th>t</th>" in page.replace(' class="num"', "") or ">t</th>" in page
+    assert ">1y<" in page and ">1h<" in page and ">global<" in page and ">none<" in page
+    assert "KPP against time after programming" in page
+    assert "KPP at σ=0.3, compensation global" in page

@@ -7,6 +7,7 @@ network reference), so it can be attached to a CI run and opened anywhere. It is
 
 from __future__ import annotations
 
+import math
 import shlex
 from collections.abc import Mapping
 from pathlib import Path, PurePath
@@ -30,6 +31,8 @@ from ftaudit.results import AuditReport
 
 MEAN_COLOR = "#1f6fb4"
 KPP_COLOR = "#d9620b"
+#: one colour per (sigma, compensation) line of the drift chart (colour-blind-safe order)
+DRIFT_PALETTE = ("#1f6fb4", "#d9620b", "#2a9d4a", "#8e44ad", "#b8860b", "#c0392b", "#17a2b8")
 EARLY_STOP_MARK = "*"
 
 
@@ -95,7 +98,59 @@ def _cards(data: Mapping[str, Any]) -> Raw:
     )
 
 
+def _has_times(data: Mapping[str, Any]) -> bool:
+    return any(r.get("time_s") is not None for r in data.get("results") or [])
+
+
+def _time(value: float | None) -> str:
+    from ftaudit.device_effects import format_time
+
+    return "" if value is None else format_time(value)
+
+
+def _legend(items: list[tuple[str, str]]) -> Raw:
+    return tag(
+        "div",
+        join(
+            tag(
+                "span",
+                join([tag("span", "", class_="swatch", style=f"background:{c}"), label], ""),
+            )
+            for label, c in items
+        ),
+        class_="legend",
+    )
+
+
+def _drift_chart(data: Mapping[str, Any]) -> Raw:
+    """KPP against time after programming: one line per (sigma, compensation)."""
+    results = data.get("results") or []
+    times = sorted({r["time_s"] for r in results})
+    groups: dict[tuple[float, str], dict[float, Mapping[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["sigma"], str(r.get("compensation"))), {})[r["time_s"]] = r
+    series = []
+    for index, ((sigma, compensation), rows) in enumerate(sorted(groups.items())):
+        color = DRIFT_PALETTE[index % len(DRIFT_PALETTE)]
+        kpps = [rows[t].get("kpp") if t in rows else None for t in times]
+        label = f"KPP at σ={sigma:g}, compensation {compensation}"
+        # lines only: overlapping bands of several series would hide each other (the
+        # intervals are in the table below)
+        series.append(ChartSeries(label, color, kpps))
+    svg = line_chart_svg(
+        x=[math.log10(max(t, 1e-9)) for t in times],
+        series=series,
+        reference=data.get("reference_accuracy"),
+        x_label="time after programming, log10(seconds)  (1h = 3.6, 1d = 4.9, 1y = 7.5)",
+        y_label="accuracy (%)",
+        title="KPP against time after programming",
+    )
+    return tag("div", join([svg, _legend([(s.label, s.color) for s in series])]), class_="chart")
+
+
 def _chart(data: Mapping[str, Any]) -> Raw:
+    if _has_times(data):
+        return _drift_chart(data)
     results = sorted(data.get("results") or [], key=lambda r: r["sigma"])
     if not results:
         return tag("p", "No sigma was evaluated, so there is nothing to plot.", class_="note")
@@ -175,8 +230,10 @@ def _results_table(data: Mapping[str, Any]) -> Raw:
     results = data.get("results") or []
     first = results[0] if results else {}
     k = data.get("k")
+    drift = _has_times(data)
     headers = [
         "σ",
+        *(["t", "comp"] if drift else []),
         "n",
         f"mean [{_level(first.get('mean_interval'))}]",
         f"KPP k={k:g} [{_level(first.get('kpp_interval'))}]",
@@ -193,6 +250,7 @@ def _results_table(data: Mapping[str, Any]) -> Raw:
         rows.append(
             [
                 f"{r['sigma']:g}",
+                *([_time(r.get("time_s")), r.get("compensation") or ""] if drift else []),
                 samples,
                 _with_interval(r.get("mean"), r.get("mean_interval") or {}),
                 _with_interval(r.get("kpp"), r.get("kpp_interval") or {}),
@@ -216,7 +274,9 @@ def _results_table(data: Mapping[str, Any]) -> Raw:
         notes.append(f"{EARLY_STOP_MARK} stopped early: the target interval width was reached.")
     return join(
         [
-            html_table(headers, rows, numeric=range(len(headers))),
+            html_table(
+                headers, rows, numeric=[i for i, h in enumerate(headers) if h not in ("comp",)]
+            ),
             *(tag("p", note, class_="note") for note in notes),
         ]
     )
@@ -231,6 +291,7 @@ def _gates_table(data: Mapping[str, Any]) -> Raw:
             "CI check.",
             class_="note",
         )
+    drift = any(gate.get("time_s") is not None for gate in gates)
     rows = []
     for gate in gates:
         passed = bool(gate.get("passed"))
@@ -241,13 +302,22 @@ def _gates_table(data: Mapping[str, Any]) -> Raw:
             [
                 gate.get("metric", "?"),
                 f"{gate['sigma']:g}",
+                *([_time(gate.get("time_s")), gate.get("compensation") or ""] if drift else []),
                 _pct(gate.get("value")),
                 _pct(gate.get("threshold")),
                 badge,
             ]
         )
-    headers = ["metric", "σ", "value %", "threshold %", "verdict"]
-    return html_table(headers, rows, numeric=(1, 2, 3), css_class="compact")
+    headers = [
+        "metric",
+        "σ",
+        *(["t", "comp"] if drift else []),
+        "value %",
+        "threshold %",
+        "verdict",
+    ]
+    numeric = [i for i, h in enumerate(headers) if h not in ("metric", "comp", "verdict")]
+    return html_table(headers, rows, numeric=numeric, css_class="compact")
 
 
 def _layers_table(data: Mapping[str, Any]) -> Raw:
