@@ -749,6 +749,7 @@ def compare_command(
     ] = None,
     json_path: JsonOpt = None,
     csv_path: CsvOpt = None,
+    junit_path: JunitOpt = None,
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
     time_spec: TimeOpt = None,
@@ -799,7 +800,7 @@ def compare_command(
     effect_options = _effect_options(settings)
     _check_outputs(
         (baseline, candidate, Path(settings.data)),
-        {"JSON report": json_path, "CSV table": csv_path},
+        {"JSON report": json_path, "CSV table": csv_path, "JUnit XML": junit_path},
     )
     machine_output = json_path == "-"
     report = _run_with_stages(
@@ -838,6 +839,8 @@ def compare_command(
         writers.write_compare_json(report, Path(json_path))
     if csv_path is not None:
         writers.write_compare_csv(report, csv_path)
+    if junit_path is not None:
+        writers.write_compare_junit(report, junit_path)
     if not quiet and not machine_output:
         from rich.console import Console
 

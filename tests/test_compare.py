@@ -192,9 +192,18 @@ def test_cli_worse_candidate_exits_1_with_one_line_per_failed_sigma(
     code, out, err = run_cli(
         "compare", convnet_onnx, damaged_onnx, "--data", blobs_npz, "--sigma", "0,0.3,0.6",
         *FAST, "--fail-if-worse", "0.01", "--json", report, "-q",
+        "--junit", tmp_path / "gates.xml",
     )  # fmt: skip
     assert code == 1
     assert out == ""
+    import xml.etree.ElementTree as ET
+
+    suite = ET.parse(tmp_path / "gates.xml").getroot().find("testsuite")
+    assert suite is not None
+    assert (suite.get("tests"), suite.get("failures")) == ("3", "2")
+    cases = suite.findall("testcase")
+    assert [case.find("failure") is None for case in cases] == [True, False, False]
+    assert cases[1].get("name") == ("upper 95% bound of the mean difference >= -0.01 at sigma 0.3")
     lines = err.strip().splitlines()
     assert len(lines) == 2, err
     assert lines[0].startswith(

@@ -169,3 +169,38 @@ def write_compare_json(report: CompareReport, path: Path) -> None:
 def write_compare_csv(report: CompareReport, path: Path) -> None:
     """The per-row comparison as CSV."""
     atomic_write_text(Path(path), compare_csv(report))
+
+
+def compare_junit(report: CompareReport) -> str:
+    """JUnit XML: one test case per ``--fail-if-worse`` row (none set: one passing case)."""
+    from ftaudit.report.junit_report import junit_xml
+
+    gates = [
+        {
+            **gate.to_dict(),
+            "metric": "upper 95% bound of the mean difference",
+            "value": gate.interval.high,
+            "threshold": -gate.tolerance,
+            "details": gate.message(),
+        }
+        for gate in report.gates
+    ]
+    data = report.to_dict()
+    names = [Path(str(data[role]["path"])).name for role in ("baseline", "candidate")]
+    return junit_xml(
+        suite_name=f"ftaudit compare {names[0]} {names[1]}",
+        classname="ftaudit.compare",
+        gates=gates,
+        properties={
+            "ftaudit_version": data.get("ftaudit_version"),
+            "baseline.sha256": data["baseline"].get("sha256"),
+            "candidate.sha256": data["candidate"].get("sha256"),
+            "seed": data.get("seed"),
+            "samples": data.get("samples"),
+        },
+        elapsed_s=data.get("elapsed_s"),
+    )
+
+
+def write_compare_junit(report: CompareReport, path: Path) -> None:
+    atomic_write_text(path, compare_junit(report))

@@ -127,10 +127,14 @@ def _result_line(result: Mapping[str, Any], k: float) -> str:
 def junit_from_report_dict(data: Mapping[str, Any], *, command_name: str = "eval") -> str:
     """JUnit XML for an audit report dict (``AuditReport.to_dict()`` or a loaded JSON report)."""
     k = data.get("k", 1.0)
-    by_sigma = {result["sigma"]: result for result in data.get("results") or []}
+
+    def row(item: Mapping[str, Any]) -> tuple[Any, ...]:
+        return (item["sigma"], item.get("time_s"), item.get("compensation"))
+
+    by_row = {row(result): result for result in data.get("results") or []}
     gates = []
     for gate in data.get("gates") or []:
-        result = by_sigma.get(gate["sigma"])
+        result = by_row.get(row(gate))
         details = gate_failure_message(gate)
         if result is not None:
             details += "\n" + _result_line(result, k)
