@@ -11,7 +11,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -19,6 +19,7 @@ import typer
 
 from ftaudit import __version__
 from ftaudit.errors import GateFailure, UserError
+from ftaudit.harden.settings import HARDEN_DEFAULTS as _HARDEN
 
 if TYPE_CHECKING:
     from ftaudit.config import EvalSettings
@@ -441,52 +442,110 @@ def inspect_command(
 @exit_codes
 def harden_command(
     model: ModelArg,
-    data: Annotated[str, typer.Option("--data", help="Training data (.npz, IDX or image folder).")],
-    sigma: Annotated[float, typer.Option("--sigma", help="Target device variation.")],
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Where to write the hardened model.")
     ],
+    data: Annotated[
+        str | None,
+        typer.Option("--data", help="Training data (.npz, IDX or image folder) [config: data]."),
+    ] = None,
+    sigma: Annotated[
+        float | None, typer.Option("--sigma", help="Target device variation [config: sigma].")
+    ] = None,
     method: Annotated[
-        str, typer.Option("--method", help="trice, noise, erm or bayesft.")
-    ] = "trice",
-    noise: Annotated[str, typer.Option("--noise", help="Evaluation noise model.")] = "lognormal",
+        str | None,
+        typer.Option("--method", help=f"trice, noise, erm or bayesft [{_HARDEN.method}]."),
+    ] = None,
+    noise: Annotated[
+        str | None, typer.Option("--noise", help=f"Evaluation noise model [{_HARDEN.noise}].")
+    ] = None,
     bits: BitsOpt = None,
     cell_bits: CellBitsOpt = None,
     val_data: Annotated[
         str | None, typer.Option("--val-data", help="Validation data (default: 10% held out).")
     ] = None,
-    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 10,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.")] = 128,
-    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
-    k: Annotated[float, typer.Option("--k", help="Percentile for KPP.")] = 1.0,
-    trice_start: Annotated[float, typer.Option("--trice-start", help="TRICE search start.")] = 0.0,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", help=f"Training epochs [{_HARDEN.epochs}].")
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", help=f"Training batch size [{_HARDEN.batch_size}]."),
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help=f"Adam learning rate [{_HARDEN.lr:g}].")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help=f"Random seed [{_HARDEN.seed}].")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help=f"cpu or cuda [{_HARDEN.device}].")
+    ] = None,
+    k: Annotated[
+        float | None, typer.Option("--k", help=f"Percentile for KPP [{_HARDEN.k:g}].")
+    ] = None,
+    trice_start: Annotated[
+        float | None,
+        typer.Option("--trice-start", help=f"TRICE search start [{_HARDEN.trice_start:g}]."),
+    ] = None,
     trice_end: Annotated[
         float | None, typer.Option("--trice-end", help="TRICE search end [2*sigma].")
     ] = None,
     threshold: Annotated[
-        float, typer.Option("--threshold", help="RC-Gaussian censoring threshold th.")
-    ] = 2.0,
-    warmup: Annotated[int, typer.Option("--warmup", help="TRICE warm-up epochs.")] = 5,
+        float | None,
+        typer.Option(
+            "--threshold", help=f"RC-Gaussian censoring threshold th [{_HARDEN.threshold:g}]."
+        ),
+    ] = None,
+    warmup: Annotated[
+        int | None, typer.Option("--warmup", help=f"TRICE warm-up epochs [{_HARDEN.warmup}].")
+    ] = None,
     search_samples: Annotated[
-        int, typer.Option("--search-samples", help="MC samples per TRICE KPP estimate.")
-    ] = 300,
+        int | None,
+        typer.Option(
+            "--search-samples",
+            help=f"MC samples per TRICE KPP estimate [{_HARDEN.search_samples}].",
+        ),
+    ] = None,
     eval_samples: Annotated[
-        int, typer.Option("--eval-samples", help="MC samples of the before/after report.")
-    ] = 1000,
+        int | None,
+        typer.Option(
+            "--eval-samples",
+            help=f"MC samples of the before/after report [{_HARDEN.eval_samples}].",
+        ),
+    ] = None,
+    eval_sigmas: Annotated[
+        str | None,
+        typer.Option(
+            "--eval-sigmas",
+            help="Sigmas of the before/after report, a list or a range [0, sigma/2, sigma, "
+            "3 sigma/2].",
+        ),
+    ] = None,
     max_dropout: Annotated[
-        float, typer.Option("--max-dropout", help="BayesFT: upper end of every dropout rate.")
-    ] = 0.5,
+        float | None,
+        typer.Option(
+            "--max-dropout",
+            help=f"BayesFT: upper end of every dropout rate [{_HARDEN.max_dropout:g}].",
+        ),
+    ] = None,
     trials: Annotated[
-        int, typer.Option("--trials", help="BayesFT: Bayesian-optimisation trials.")
-    ] = 10,
+        int | None,
+        typer.Option("--trials", help=f"BayesFT: Bayesian-optimisation trials [{_HARDEN.trials}]."),
+    ] = None,
     epochs_per_trial: Annotated[
-        int, typer.Option("--epochs-per-trial", help="BayesFT: training epochs per trial.")
-    ] = 1,
+        int | None,
+        typer.Option(
+            "--epochs-per-trial",
+            help=f"BayesFT: training epochs per trial [{_HARDEN.epochs_per_trial}].",
+        ),
+    ] = None,
     objective_samples: Annotated[
-        int, typer.Option("--objective-samples", help="BayesFT: MC samples of the objective.")
-    ] = 20,
+        int | None,
+        typer.Option(
+            "--objective-samples",
+            help=f"BayesFT: MC samples of the objective [{_HARDEN.objective_samples}].",
+        ),
+    ] = None,
     study: Annotated[
         Path | None,
         typer.Option("--study", help="BayesFT: SQLite file holding the search (resumable)."),
@@ -501,8 +560,11 @@ def harden_command(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table on stdout.")] = False,
     workers: Annotated[
-        int, typer.Option("--workers", help="Local worker processes for the Monte Carlo [1].")
-    ] = 1,
+        int | None,
+        typer.Option(
+            "--workers", help=f"Local worker processes for the Monte Carlo [{_HARDEN.workers}]."
+        ),
+    ] = None,
     ray: Annotated[
         str | None,
         typer.Option(
@@ -511,13 +573,58 @@ def harden_command(
             "--ray HOST:PORT joins one (pip install 'ftaudit[ray]').",
         ),
     ] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Retrain MODEL to survive device variation; write it in the input's format."""
+    from ftaudit.config import merge, parse_sigmas
     from ftaudit.fileio import check_output_path
-    from ftaudit.harden.api import harden
+    from ftaudit.harden.settings import load_harden_settings
 
+    settings = merge(
+        load_harden_settings(config, Path.cwd()),
+        {
+            "data": data,
+            "sigma": sigma,
+            "method": method,
+            "noise": noise,
+            "bits": bits,
+            "cell_bits": cell_bits,
+            "val_data": val_data,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "seed": seed,
+            "device": device,
+            "k": k,
+            "trice_start": trice_start,
+            "trice_end": trice_end,
+            "threshold": threshold,
+            "warmup": warmup,
+            "search_samples": search_samples,
+            "eval_samples": eval_samples,
+            "eval_sigmas": parse_sigmas(eval_sigmas) if eval_sigmas is not None else None,
+            "max_dropout": max_dropout,
+            "trials": trials,
+            "epochs_per_trial": epochs_per_trial,
+            "objective_samples": objective_samples,
+            "limit": limit,
+            "workers": workers,
+        },
+    )
+    if settings.data is None:
+        raise UserError(
+            "no training data given",
+            hint="pass --data FILE (or set data in the [harden] table of ftaudit.toml)",
+        )
+    if settings.sigma is None:
+        raise UserError(
+            "no target sigma given",
+            hint="pass --sigma 0.3 (or set sigma in the [harden] table of ftaudit.toml)",
+        )
     if report_path is not None:
         check_output_path(report_path, what="harden report", protect=(model, output))
+    from ftaudit.harden.api import harden
+
     err = _stderr_console()
     show = not quiet and not os.environ.get("CI")
 
@@ -525,51 +632,30 @@ def harden_command(
         if not show:
             return
         if "trial" in info:  # bayesft: one line per trial
-            parts = [f"trial {info['index'] + 1}/{trials}", f"loss {info['loss']:.4f}"]
+            parts = [f"trial {info['index'] + 1}/{settings.trials}", f"loss {info['loss']:.4f}"]
             parts.append("rates " + "/".join(f"{r:.3f}" for r in info["rates"].values()))
             objective = info["objective"]
             parts.append("objective " + ("non-finite" if objective is None else f"{objective:.4f}"))
             err.print(" · ".join(parts), highlight=False)
             return
-        parts = [f"epoch {epoch + 1}/{epochs}", f"loss {info['loss']:.4f}"]
+        parts = [f"epoch {epoch + 1}/{settings.epochs}", f"loss {info['loss']:.4f}"]
         if info.get("sigma_t") is not None:
             parts.append(f"sigma_t {info['sigma_t']:.4g}")
         if "kpps" in info:
             parts.append("val KPP " + "/".join(f"{v:.3f}" for v in info["kpps"]))
         err.print(" · ".join(parts), highlight=False)
 
+    options = {f.name: getattr(settings, f.name) for f in fields(settings)}
+    training_data = options.pop("data")
     report = harden(
         model,
-        data,
+        training_data,
         output=output,
-        method=method,
-        sigma=sigma,
-        noise=noise,
-        bits=bits,
-        cell_bits=cell_bits,
-        val_data=val_data,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        device=device,
-        k=k,
-        trice_start=trice_start,
-        trice_end=trice_end,
-        threshold=threshold,
-        warmup=warmup,
-        search_samples=search_samples,
-        eval_samples=eval_samples,
-        max_dropout=max_dropout,
-        trials=trials,
-        epochs_per_trial=epochs_per_trial,
-        objective_samples=objective_samples,
+        **options,
         study=study,
-        limit=limit,
         checkpoint_dir=checkpoint_dir,
         resume=resume,
         on_epoch=on_epoch,
-        workers=workers,
         ray=ray,
         command=["ftaudit", *(sys.argv[1:] if _ARGV is None else _ARGV)],
     )

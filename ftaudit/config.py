@@ -1,6 +1,8 @@
 """Defaults for ``eval`` from ``ftaudit.toml`` or ``[tool.ftaudit]`` in pyproject.toml.
 
-``compare`` and ``sensitivity`` read the same settings (and their own gate keys).
+``compare`` and ``sensitivity`` read the same settings (and their own gate keys); ``harden``
+reads the shared device keys from them and its own from a ``[harden]`` table
+(ftaudit/harden/settings.py).
 
 Precedence: command-line flag > config file > built-in default. Relative paths in a config file
 are resolved against the file's folder, so a config works from any working directory.
@@ -13,7 +15,7 @@ import math
 import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -54,6 +56,8 @@ class EvalSettings:
     target_kpp: float | None = None  # sensitivity's keep-digital target (eval ignores it)
     config_file: str | None = None  # where the non-default values came from
 
+
+SettingsT = TypeVar("SettingsT")  # a settings dataclass
 
 PATH_KEYS = {"data"}
 TUPLE_KEYS = {"layers", "exclude"}
@@ -129,8 +133,12 @@ def find_config(cwd: Path) -> Path | None:
     return None
 
 
-def read_config(path: Path) -> dict[str, Any]:
-    """The raw ftaudit table of a config file (top level of ftaudit.toml, or [tool.ftaudit])."""
+#: the table of harden-only settings (``[harden]`` or ``[tool.ftaudit.harden]``)
+HARDEN_TABLE = "harden"
+
+
+def _ftaudit_content(path: Path) -> dict[str, Any]:
+    """The whole ftaudit part of a config file (ftaudit.toml, or [tool.ftaudit])."""
     if not path.is_file():
         raise UserError(f"config file {path} does not exist", hint="check the --config path")
     try:
@@ -142,10 +150,26 @@ def read_config(path: Path) -> dict[str, Any]:
         content = tool.get("ftaudit", {}) if isinstance(tool, dict) else None
     if not isinstance(content, dict):
         raise UserError(f"config file {path}: the ftaudit settings must be a table")
-    table = content.get("eval", content)  # an optional [eval] section
-    if not isinstance(table, dict):
-        raise UserError(f"config file {path}: the ftaudit settings must be a table")
-    return table
+    if not isinstance(content.get(HARDEN_TABLE, {}), dict):
+        raise UserError(f"config file {path}: [{HARDEN_TABLE}] must be a table")
+    return content
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The raw eval table of a config file: the top level (without the [harden] table) or an
+    optional [eval] table."""
+    content = _ftaudit_content(path)
+    if "eval" in content:
+        table = content["eval"]
+        if not isinstance(table, dict):
+            raise UserError(f"config file {path}: the ftaudit settings must be a table")
+        return table
+    return {key: value for key, value in content.items() if key != HARDEN_TABLE}
+
+
+def read_harden_table(path: Path) -> dict[str, Any]:
+    """The raw [harden] table of a config file (empty when it has none)."""
+    return _ftaudit_content(path).get(HARDEN_TABLE, {})
 
 
 def settings_from_config(table: dict[str, Any], path: Path) -> EvalSettings:
@@ -224,7 +248,7 @@ def load_settings(config: Path | None, cwd: Path) -> EvalSettings:
     return settings_from_config(read_config(path), path)
 
 
-def merge(settings: EvalSettings, overrides: dict[str, Any]) -> EvalSettings:
+def merge(settings: SettingsT, overrides: dict[str, Any]) -> SettingsT:
     """Apply command-line values that were given (not None, not empty) over the settings."""
     given = {k: v for k, v in overrides.items() if v is not None and v != ()}
     return replace(settings, **given)

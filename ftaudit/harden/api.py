@@ -20,16 +20,11 @@ from ftaudit.data import Dataset, load_dataset, validate_labels
 from ftaudit.errors import UserError
 from ftaudit.evaluation import audit
 from ftaudit.fileio import check_output_path, sha256_file
-from ftaudit.harden.bayesft import (
-    DEFAULT_EPOCHS_PER_TRIAL,
-    DEFAULT_MAX_DROPOUT,
-    DEFAULT_OBJECTIVE_SAMPLES,
-    DEFAULT_TRIALS,
-    validate_bayesft_options,
-)
+from ftaudit.harden.bayesft import validate_bayesft_options
 from ftaudit.harden.checkpoint import load_checkpoint
 from ftaudit.harden.methods import EpochCallback, HardenContext, get_method
 from ftaudit.harden.parallel_eval import open_workers
+from ftaudit.harden.settings import HARDEN_DEFAULTS as DEFAULTS
 from ftaudit.harden.trainable import export_hardened
 from ftaudit.harden.training import TrainingData
 from ftaudit.models import load_model
@@ -142,6 +137,20 @@ def validate_harden_options(
         raise UserError(f"k must lie strictly between 0 and 100, got {k:g}")
 
 
+def validate_eval_sigmas(eval_sigmas: Sequence[float] | None) -> None:
+    """The report's grid is checked before training, not after the model is written."""
+    if eval_sigmas is None:
+        return
+    if len(eval_sigmas) == 0:
+        raise UserError("--eval-sigmas is empty", hint="e.g. --eval-sigmas 0,0.2,0.4")
+    for value in eval_sigmas:
+        if not (math.isfinite(value) and value >= 0):
+            raise UserError(
+                f"--eval-sigmas values must be finite numbers >= 0, got {value:g}",
+                hint="e.g. --eval-sigmas 0,0.2,0.4",
+            )
+
+
 def validate_harden_workers(*, workers: int, ray: str | None) -> None:
     """Reject bad --workers/--ray before anything is loaded or trained."""
     if workers < 1:
@@ -163,43 +172,46 @@ def harden(
     data: Path | str,
     *,
     output: Path | str,
-    method: str = "trice",
+    method: str = DEFAULTS.method,
     sigma: float,
-    noise: str = "lognormal",
-    bits: int | None = None,
-    cell_bits: int | None = None,
-    val_data: Path | str | None = None,
-    epochs: int = 10,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    seed: int = 0,
-    device: str = "cpu",
-    k: float = 1.0,
-    trice_start: float = 0.0,
-    trice_end: float | None = None,
-    threshold: float = 2.0,
-    warmup: int = 5,
-    search_samples: int = 300,
-    eval_samples: int = 1000,
-    eval_sigmas: Sequence[float] | None = None,
-    max_dropout: float = DEFAULT_MAX_DROPOUT,
-    trials: int = DEFAULT_TRIALS,
-    epochs_per_trial: int = DEFAULT_EPOCHS_PER_TRIAL,
-    objective_samples: int = DEFAULT_OBJECTIVE_SAMPLES,
+    noise: str = DEFAULTS.noise,
+    bits: int | None = DEFAULTS.bits,
+    cell_bits: int | None = DEFAULTS.cell_bits,
+    val_data: Path | str | None = DEFAULTS.val_data,
+    epochs: int = DEFAULTS.epochs,
+    batch_size: int = DEFAULTS.batch_size,
+    lr: float = DEFAULTS.lr,
+    seed: int = DEFAULTS.seed,
+    device: str = DEFAULTS.device,
+    k: float = DEFAULTS.k,
+    trice_start: float = DEFAULTS.trice_start,
+    trice_end: float | None = DEFAULTS.trice_end,
+    threshold: float = DEFAULTS.threshold,
+    warmup: int = DEFAULTS.warmup,
+    search_samples: int = DEFAULTS.search_samples,
+    eval_samples: int = DEFAULTS.eval_samples,
+    eval_sigmas: Sequence[float] | None = DEFAULTS.eval_sigmas,
+    max_dropout: float = DEFAULTS.max_dropout,
+    trials: int = DEFAULTS.trials,
+    epochs_per_trial: int = DEFAULTS.epochs_per_trial,
+    objective_samples: int = DEFAULTS.objective_samples,
     study: Path | str | None = None,
-    limit: int | None = None,
+    limit: int | None = DEFAULTS.limit,
     checkpoint_dir: Path | str | None = None,
     resume: bool = False,
     on_epoch: EpochCallback | None = None,
     command: Sequence[str] | None = None,
-    workers: int = 1,
+    workers: int = DEFAULTS.workers,
     ray: str | None = None,
+    config_file: str | None = None,
 ) -> HardenReport:
     """Train ``model`` with ``method`` against ``noise`` at ``sigma`` and write it to ``output``.
 
     ``workers`` > 1 runs the Monte Carlo evaluations (TRICE's validation KPPs, the before/after
     report) on that many local processes, ``ray`` on a Ray cluster ('local' starts one, 'auto' or
-    host:port joins one); the trained model and every number are the same either way."""
+    host:port joins one); the trained model and every number are the same either way.
+    ``config_file`` is recorded in the report's settings (the CLI passes the file it read).
+    The defaults are those of ``HardenSettings`` (ftaudit/harden/settings.py)."""
     started = time.perf_counter()
     validate_harden_options(
         epochs=epochs,
@@ -213,6 +225,7 @@ def harden(
         k=k,
     )
     validate_harden_workers(workers=workers, ray=ray)
+    validate_eval_sigmas(eval_sigmas)
     method_impl = get_method(method)
     validate_bayesft_options(
         method=method,
@@ -401,6 +414,7 @@ def harden(
             "eval_samples": eval_samples,
             "workers": workers,
             "ray": ray,
+            "config_file": config_file,
         },
         validation=validation,
         details=result.details,

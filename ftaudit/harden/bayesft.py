@@ -53,14 +53,8 @@ if TYPE_CHECKING:
 
 FEATURE = "the bayesft harden method"
 
-#: upper end of every dropout rate's range (the paper searches [0, 1]; 0.5 keeps training stable)
-DEFAULT_MAX_DROPOUT = 0.5
-#: Bayesian-optimisation trials (Algorithm 1's outer loop)
-DEFAULT_TRIALS = 10
-#: training epochs per trial (Algorithm 1's E)
-DEFAULT_EPOCHS_PER_TRIAL = 1
-#: Monte Carlo samples T of the objective (eq. 3-4)
-DEFAULT_OBJECTIVE_SAMPLES = 20
+# the defaults of --max-dropout, --trials, --epochs-per-trial and --objective-samples live in
+# HardenSettings (ftaudit/harden/settings.py)
 #: random trials before the GP guides the search. Algorithm 1 starts from one uniform draw;
 #: optuna's default (10) would make the default 10-trial search a plain random search
 STARTUP_TRIALS = 3
