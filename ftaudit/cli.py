@@ -696,7 +696,9 @@ def noise_models_command() -> None:
 
 SensitivitySamplesOpt = Annotated[
     int | None,
-    typer.Option("--samples", help="Monte Carlo samples per sigma of each of the runs [200]."),
+    typer.Option(
+        "--samples", help="Monte Carlo samples per sigma (and time) of each of the runs [200]."
+    ),
 ]
 
 
@@ -965,7 +967,8 @@ def sensitivity_command(
     target_kpp: Annotated[
         float | None,
         typer.Option(
-            "--target-kpp", help="Find layers to keep digital so KPP >= X at every sigma."
+            "--target-kpp",
+            help="Find layers to keep digital so KPP >= X at every sigma (and time).",
         ),
     ] = None,
     json_path: JsonOpt = None,
@@ -975,10 +978,17 @@ def sensitivity_command(
     ] = None,
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
+    time_spec: TimeOpt = None,
+    drift_nu: DriftNuOpt = None,
+    drift_nu_std: DriftNuStdOpt = None,
+    drift_t0: DriftT0Opt = None,
+    compensation: CompensationOpt = None,
+    stuck_at: StuckAtOpt = None,
     workers: WorkersOpt = None,
     ray: RayOpt = None,
 ) -> None:
-    """Rank MODEL's crossbar layers by the KPP they lose under device variation."""
+    """Rank MODEL's crossbar layers by the KPP they lose under device variation (and drift,
+    stuck-at faults with --time, --stuck-at)."""
     from ftaudit.sensitivity import DEFAULT_SENSITIVITY_SAMPLES, sensitivity
 
     settings = _shared_settings(
@@ -1001,12 +1011,19 @@ def sensitivity_command(
             "std": std,
             "output": output,
             "target_kpp": target_kpp,
+            "time": time_spec,
+            "drift_nu": drift_nu,
+            "drift_nu_std": drift_nu_std,
+            "drift_t0": drift_t0,
+            "compensation": compensation,
+            "stuck_at": stuck_at,
             "workers": workers,
         },
     )
     from ftaudit.evaluation import validate_scale_out
 
     validate_scale_out(workers=settings.workers, checkpoint_dir=None, resume=False)
+    effect_options = _effect_options(settings)
     if samples is None and not _config_sets(settings, "samples"):
         from dataclasses import replace
 
@@ -1039,6 +1056,7 @@ def sensitivity_command(
         target_kpp=settings.target_kpp,
         command=_command(),
         config_file=settings.config_file,
+        **effect_options,
         workers=settings.workers,
         ray=ray,
     )

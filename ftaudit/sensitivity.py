@@ -5,6 +5,11 @@ is audited with only L perturbed and with every analog layer but L perturbed, pl
 analog layers perturbed. Draws are keyed by (sample, layer index) whatever the selection, so all
 these audits share their random numbers: layer L sees the same perturbation in every run, and
 differences between runs are paired, not two independent noisy estimates.
+
+With drift or stuck-at faults (``times``, ``stuck_at``; audit's options) every audit has one row
+per (sigma, time, compensation); drift exponents and fault masks are keyed by (sample, layer
+index) too, so the pairing holds per row. Layers outside the perturbed set get no drift and no
+faults, so "every layer digital" is still the clean model, exactly.
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ from ftaudit import __version__
 from ftaudit.compare import (
     StageProgress,
     exact_globs,
+    row_label,
     stage_progress,
     validate_fraction,
 )
 from ftaudit.data import Dataset, load_dataset
+from ftaudit.device_effects import Condition, resolve_effects
+from ftaudit.errors import UserError
 from ftaudit.evaluation import audit, model_provenance, validate_options
 from ftaudit.models import AuditModel, CrossbarLayer, load_model
 from ftaudit.noise import NoiseModel, get_noise_model
@@ -35,14 +43,16 @@ SENSITIVITY_SCHEMA_VERSION = "1.0"
 #: samples per sigma per audit when none are given: a sensitivity run is 2L + 1 audits
 DEFAULT_SENSITIVITY_SAMPLES = 200
 RANKING = (
-    "mean over sigma of the KPP drop from the clean accuracy when only the layer is perturbed; "
-    "ties broken by the KPP recovered by keeping the layer exact, then by layer position"
+    "mean over the report rows (each sigma; with --time each sigma, time and compensation) of "
+    "the KPP drop from the clean accuracy when only the layer is perturbed; ties broken by the "
+    "KPP recovered by keeping the layer exact, then by layer position"
 )
 
 
 @dataclass(frozen=True)
 class SigmaPoint:
-    """Mean and KPP of one configuration (a set of perturbed layers) at one sigma."""
+    """Mean and KPP of one configuration (a set of perturbed layers) at one report row: a
+    sigma, and with drift also a time and a compensation."""
 
     sigma: float
     samples: int
@@ -50,21 +60,41 @@ class SigmaPoint:
     mean_interval: Interval
     kpp: float
     kpp_interval: Interval
+    time_s: float | None = None  # seconds after programming (drift), None without times
+    compensation: str | None = None  # "none" or "global", with time_s
 
     @classmethod
     def from_result(cls, result: SigmaResult) -> SigmaPoint:
         s = result.summary
-        return cls(result.sigma, s.n, s.mean, s.mean_interval, s.kpp, s.kpp_interval)
+        return cls(
+            result.sigma,
+            s.n,
+            s.mean,
+            s.mean_interval,
+            s.kpp,
+            s.kpp_interval,
+            result.time_s,
+            result.compensation,
+        )
 
     @classmethod
-    def exact(cls, sigma: float, accuracy: float) -> SigmaPoint:
-        """Nothing perturbed: the clean accuracy, known exactly (no sample was needed)."""
+    def exact(cls, row: Condition, accuracy: float) -> SigmaPoint:
+        """Nothing perturbed: the clean accuracy, known exactly (no sample was needed). Exact
+        with drift and faults too: layers that are not perturbed get neither."""
         point = Interval(accuracy, accuracy, 0.95, "exact")
-        return cls(sigma, 0, accuracy, point, accuracy, point)
+        return cls(row.sigma, 0, accuracy, point, accuracy, point, row.time_s, row.compensation)
+
+    @property
+    def label(self) -> str:
+        """'sigma=0.3', or 'sigma=0.3, t=1y, compensation=global' with drift."""
+        return row_label(self.sigma, self.time_s, self.compensation)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "sigma": self.sigma,
+        row: dict[str, Any] = {"sigma": self.sigma}
+        if self.time_s is not None:
+            row["time_s"] = self.time_s
+            row["compensation"] = self.compensation
+        return row | {
             "samples": self.samples,
             "mean": self.mean,
             "mean_interval": self.mean_interval.to_dict(),
@@ -79,7 +109,7 @@ def points_of(report: AuditReport) -> list[SigmaPoint]:
 
 @dataclass(frozen=True)
 class LayerSensitivity:
-    """One analog layer: only it perturbed, all but it perturbed, and what follows per sigma."""
+    """One analog layer: only it perturbed, all but it perturbed, and what follows per row."""
 
     name: str
     index: int
@@ -93,7 +123,7 @@ class LayerSensitivity:
 
     @property
     def score(self) -> float:
-        """The ranking metric: the KPP drop averaged over the sigmas."""
+        """The ranking metric: the KPP drop averaged over the rows (sigma, time, compensation)."""
         return float(np.mean(self.kpp_drop))
 
     @property
@@ -135,18 +165,21 @@ class TargetStep:
 
 @dataclass(frozen=True)
 class TargetSelection:
-    """The layers to keep digital so the KPP reaches ``target_kpp`` at every sigma."""
+    """The layers to keep digital so the KPP reaches ``target_kpp`` at every row."""
 
     target_kpp: float
     status: str  # "already_met", "met" or "unreachable"
     digital: list[str]
     steps: list[TargetStep]
     clean_accuracy: float
+    rows: str = "sigma"  # what the rows are, in words: "sigma" or "sigma, time and compensation"
 
     def message(self) -> str:
         target = f"{100 * self.target_kpp:.2f}%"
         if self.status == "already_met":
-            return f"KPP >= {target} at every sigma with all layers analog: none need be digital"
+            return (
+                f"KPP >= {target} at every {self.rows} with all layers analog: none need be digital"
+            )
         if self.status == "unreachable":
             return (
                 f"KPP {target} is out of reach: even with every layer digital the accuracy is "
@@ -178,15 +211,21 @@ class SensitivityReport:
     samples: int
     k: float
     device: str
-    sigmas: list[float]
+    sigmas: list[float]  # with drift, every row's sigma is one of these (see all_layers)
     clean_accuracy: float
     quantized_accuracy: float | None  # all analog layers quantised (device models)
-    all_layers: list[SigmaPoint]  # every analog layer perturbed
+    all_layers: list[SigmaPoint]  # every analog layer perturbed, one point per row
     layers: list[LayerSensitivity]  # in rank order, most sensitive first
     always_digital: list[str]  # layers outside --layers/--exclude: never perturbed
     target: TargetSelection | None
     elapsed_s: float
     options: dict[str, Any] = field(default_factory=dict)
+    device_effects: dict[str, Any] | None = None  # drift and stuck-at faults, as in audit
+
+    @property
+    def rows(self) -> list[SigmaPoint]:
+        """The report rows in audit's order (sigma-major, then time, then compensation)."""
+        return self.all_layers
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -210,6 +249,7 @@ class SensitivityReport:
             "target": None if self.target is None else self.target.to_dict(),
             "options": self.options,
             "elapsed_s": self.elapsed_s,
+            "device_effects": self.device_effects,
         }
 
 
@@ -247,7 +287,7 @@ def sensitivity(
     model: Path | str | AuditModel,
     data: Path | str | Dataset,
     *,
-    sigmas: Sequence[float],
+    sigmas: Sequence[float] | None = None,
     noise: str | NoiseModel = "lognormal",
     bits: int | None = None,
     cell_bits: int | None = None,
@@ -268,24 +308,47 @@ def sensitivity(
     config_file: str | None = None,
     workers: int = 1,
     ray: str | None = None,
+    times: Sequence[float] | None = None,
+    drift_nu: float | None = None,
+    drift_nu_std: float | None = None,
+    drift_t0: float | None = None,
+    compensation: str | None = None,
+    stuck_at: tuple[float, float] | None = None,
 ) -> SensitivityReport:
     """Rank the analog layers by KPP drop; with ``target_kpp``, pick layers to keep digital.
 
     ``layers``/``exclude`` choose the analog layers (all by default); the others stay exact in
-    every run and are not ranked. The keep-digital choice is greedy in rank order, and every
-    step is evaluated by Monte Carlo, not estimated.
+    every run (no noise, drift or faults) and are not ranked. ``sigmas`` defaults to the noise
+    profile's; ``times``, the drift options and ``stuck_at`` are ``audit``'s and give one row
+    per (sigma, time, compensation); the ranking averages over the rows and ``target_kpp`` must
+    hold at every row. The keep-digital choice is greedy in rank order, and every step is
+    evaluated by Monte Carlo, not estimated.
     """
     started = time.perf_counter()
-    sigmas = [float(s) for s in sigmas]
-    validate_options(
-        sigmas=sigmas, samples=samples, k=k, seed=seed, batch_size=batch_size, device=device
-    )
-    validate_fraction(target_kpp, "--target-kpp", "0.9 for 90%")
     noise_model = (
         noise
         if isinstance(noise, NoiseModel)
         else get_noise_model(noise, bits=bits, cell_bits=cell_bits)
     )
+    if sigmas is None:
+        sigmas = getattr(noise_model.profile, "sigma", None)
+        if sigmas is None:
+            raise UserError("no sigma given", hint="pass --sigma 0.3 (or sigmas=[0.3])")
+    sigmas = [float(s) for s in sigmas]
+    effect_options: dict[str, Any] = {
+        "times": times,
+        "drift_nu": drift_nu,
+        "drift_nu_std": drift_nu_std,
+        "drift_t0": drift_t0,
+        "compensation": compensation,
+        "stuck_at": stuck_at,
+    }
+    effects = resolve_effects(**effect_options, profile=noise_model.profile)
+    validate_options(
+        sigmas=sigmas, samples=samples, k=k, seed=seed, batch_size=batch_size, device=device
+    )
+    validate_fraction(target_kpp, "--target-kpp", "0.9 for 90%")
+    rows = [Condition(s) for s in sigmas] if effects is None else effects.conditions(sigmas)
     loaded = model if isinstance(model, AuditModel) else load_model(model, output=output)
     dataset = (
         data
@@ -314,13 +377,18 @@ def sensitivity(
             progress=stage_progress(progress, f"[{counter}] {label}"),
             workers=workers,
             ray=ray,
+            **effect_options,
         )
 
     with ray_session(ray, workers):  # one Ray connection for every run
         everything = run(analog, "all analog layers")
         clean = everything.clean_accuracy
         all_points = points_of(everything)
-        nothing = [SigmaPoint.exact(sigma, clean) for sigma in sigmas]
+        row_keys = [(p.sigma, p.time_s, p.compensation) for p in all_points]
+        if row_keys != [(r.sigma, r.time_s, r.compensation) for r in rows]:
+            raise AssertionError(f"audit rows {row_keys} are not the expected {rows}")
+        # every layer digital: no noise, drift or faults anywhere, the clean model at every row
+        nothing = [SigmaPoint.exact(row, clean) for row in rows]
         only: list[list[SigmaPoint]] = []
         all_but: list[list[SigmaPoint]] = []
         for layer in analog:
@@ -342,6 +410,7 @@ def sensitivity(
                 nothing=nothing,
                 clean_accuracy=clean,
                 target_kpp=target_kpp,
+                rows="sigma, time and compensation" if effects and effects.times else "sigma",
                 evaluate=lambda perturbed, n: points_of(run(perturbed, f"target: {n} digital")),
             )
     analog_names = {layer.name for layer in analog}
@@ -373,6 +442,7 @@ def sensitivity(
             "target_kpp": target_kpp,
             "config_file": config_file,
         },
+        device_effects=everything.device_effects,
     )
 
 
@@ -385,8 +455,10 @@ def select_digital(
     clean_accuracy: float,
     target_kpp: float,
     evaluate: Callable[[list[CrossbarLayer], int], list[SigmaPoint]],
+    rows: str = "sigma",
 ) -> TargetSelection:
-    """Greedy: make layers digital in rank order until the KPP reaches the target at every sigma.
+    """Greedy: make layers digital in rank order until the KPP reaches the target at every row
+    (``rows`` names them in the message: "sigma", or "sigma, time and compensation").
 
     ``evaluate(perturbed_layers, n_digital)`` runs the Monte Carlo of one configuration. A
     single digital layer reuses that layer's all-but run; all layers digital is the clean model.
@@ -394,9 +466,9 @@ def select_digital(
     """
     first = TargetStep([], all_points, meets_target(all_points, target_kpp))
     if first.meets:
-        return TargetSelection(target_kpp, "already_met", [], [first], clean_accuracy)
+        return TargetSelection(target_kpp, "already_met", [], [first], clean_accuracy, rows)
     if clean_accuracy < target_kpp:
-        return TargetSelection(target_kpp, "unreachable", [], [first], clean_accuracy)
+        return TargetSelection(target_kpp, "unreachable", [], [first], clean_accuracy, rows)
     by_name = {layer.name: layer for layer in analog}
     steps = [first]
     digital: list[str] = []
@@ -412,4 +484,4 @@ def select_digital(
         steps.append(TargetStep(list(digital), points, meets_target(points, target_kpp)))
         if steps[-1].meets:
             break
-    return TargetSelection(target_kpp, "met", list(digital), steps, clean_accuracy)
+    return TargetSelection(target_kpp, "met", list(digital), steps, clean_accuracy, rows)

@@ -15,11 +15,17 @@ from rich.table import Table
 from rich.text import Text
 
 from ftaudit._optional import require_matplotlib
+from ftaudit.device_effects import format_time
 from ftaudit.fileio import atomic_write, atomic_write_text
 from ftaudit.report.compare_report import payload_json
 from ftaudit.report.csv_report import _cell
 from ftaudit.report.plot import _plain_text
-from ftaudit.report.table import _noise_label, _percent
+from ftaudit.report.table import (
+    _COMPENSATION_LABELS,
+    _noise_label,
+    _percent,
+    effects_caption_lines,
+)
 
 if TYPE_CHECKING:
     from ftaudit.sensitivity import SensitivityReport
@@ -37,6 +43,8 @@ SENSITIVITY_CSV_COLUMNS = (
     "kpp_all_but",
     "mean_all_but",
     "kpp_recovered",
+    "time_s",
+    "compensation",
 )
 
 
@@ -48,21 +56,43 @@ def _sigmas_text(sigmas: list[float]) -> str:
     return ", ".join(f"{s:g}" for s in sigmas)
 
 
+def _times(report: SensitivityReport) -> list[float]:
+    """The drift times of the report's rows, in order; empty without drift."""
+    return list(dict.fromkeys(p.time_s for p in report.rows if p.time_s is not None))
+
+
+def _conditions_text(report: SensitivityReport) -> str:
+    """'sigma 0.3, 0.5', plus ' · t 1h, 1y' with drift."""
+    text = f"sigma {_sigmas_text(report.sigmas)}"
+    times = _times(report)
+    if times:
+        text += " · t " + ", ".join(format_time(t) for t in times)
+    return text
+
+
 def sensitivity_table(report: SensitivityReport) -> Table:
-    """One row per analog layer in rank order; values averaged over the sigmas (in %)."""
+    """One row per analog layer in rank order; values averaged over the report rows (in %)."""
     title = (
         f"{escape(_model_name(report))}: layer sensitivity\n"
-        f"noise {escape(_noise_label(report.noise))} · sigma {_sigmas_text(report.sigmas)} · "
+        f"noise {escape(_noise_label(report.noise))} · {_conditions_text(report)} · "
         f"{report.samples} samples · k={report.k:g}"
     )
-    kpp_all = ", ".join(_percent(p.kpp) for p in report.all_layers)
-    caption = [
-        f"clean accuracy {_percent(report.clean_accuracy)}%; all analog: KPP {kpp_all}%",
+    clean = f"clean accuracy {_percent(report.clean_accuracy)}%"
+    if _times(report):  # the all-analog KPP per row is in its own labelled table
+        caption = [clean]
+    else:
+        kpp_all = ", ".join(_percent(p.kpp) for p in report.all_layers)
+        caption = [f"{clean}; all analog: KPP {kpp_all}%"]
+    caption += [
         "only: KPP, only this layer perturbed",
         "all but: KPP, this layer exact",
         "drop = clean - only; gain = all but - all analog",
     ]
-    if len(report.sigmas) > 1:
+    caption.extend(effects_caption_lines(report.device_effects))
+    if _times(report):
+        caption.append(f"averages over the {len(report.rows)} (sigma, t, comp) rows")
+        caption.append("(per row: --json, --csv)")
+    elif len(report.rows) > 1:
         caption.append("averages over sigma (per sigma: --json, --csv)")
     if report.always_digital:
         caption.append(f"{len(report.always_digital)} layer(s) not selected: always exact")
@@ -90,21 +120,47 @@ def sensitivity_table(report: SensitivityReport) -> Table:
     return table
 
 
+def rows_table(report: SensitivityReport) -> Table:
+    """All analog layers perturbed, one line per (sigma, time, compensation) row (in %)."""
+    table = Table(
+        title="all analog, per row",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for header in ("sigma", "t", "comp", "mean", "KPP"):
+        table.add_column(header, justify="right", no_wrap=True)
+    for point in report.rows:
+        table.add_row(
+            f"{point.sigma:g}",
+            "" if point.time_s is None else format_time(point.time_s),
+            _COMPENSATION_LABELS.get(point.compensation or "", ""),
+            _percent(point.mean),
+            _percent(point.kpp),
+        )
+    return table
+
+
 def sensitivity_renderable(report: SensitivityReport) -> RenderableType:
-    """The ranking table, then the keep-digital answer when a target KPP was given."""
-    if report.target is None:
-        return sensitivity_table(report)
-    return Group(sensitivity_table(report), Text(report.target.message()))
+    """The ranking table, with drift the all-analog rows, then the keep-digital answer when a
+    target KPP was given."""
+    parts: list[RenderableType] = [sensitivity_table(report)]
+    if _times(report):
+        parts.append(rows_table(report))
+    if report.target is not None:
+        parts.append(Text(report.target.message()))
+    return parts[0] if len(parts) == 1 else Group(*parts)
 
 
 def sensitivity_csv(report: SensitivityReport) -> str:
-    """One row per (layer, sigma), layers in rank order; accuracies as fractions."""
+    """One row per (layer, report row), layers in rank order; accuracies as fractions; time_s
+    and compensation are empty without drift."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(SENSITIVITY_CSV_COLUMNS)
     for layer in report.layers:
-        for j, sigma in enumerate(report.sigmas):
-            only, rest = layer.only[j], layer.all_but[j]
+        for j, only in enumerate(layer.only):
+            rest = layer.all_but[j]
             writer.writerow(
                 [
                     layer.rank,
@@ -112,13 +168,15 @@ def sensitivity_csv(report: SensitivityReport) -> str:
                     layer.index,
                     layer.op,
                     layer.params,
-                    _cell(sigma),
+                    _cell(only.sigma),
                     _cell(only.kpp),
                     _cell(only.mean),
                     _cell(layer.kpp_drop[j]),
                     _cell(rest.kpp),
                     _cell(rest.mean),
                     _cell(layer.kpp_recovered[j]),
+                    "" if only.time_s is None else _cell(only.time_s),
+                    only.compensation or "",
                 ]
             )
     return buffer.getvalue()
@@ -130,7 +188,7 @@ def write_sensitivity_json(report: SensitivityReport, path: Path) -> None:
 
 
 def write_sensitivity_csv(report: SensitivityReport, path: Path) -> None:
-    """Per-layer, per-sigma sensitivity as CSV."""
+    """Per-layer, per-row sensitivity as CSV."""
     atomic_write_text(Path(path), sensitivity_csv(report))
 
 
@@ -161,12 +219,12 @@ def write_sensitivity_plot(report: SensitivityReport, path: Path) -> None:
         ax.set_yticks(positions, [_plain_text(layer.name) for layer in layers])
         ax.invert_yaxis()  # rank 1 on top
         ax.axvline(0, color="0.3", linewidth=0.8)
-        suffix = " (mean over sigma)" if len(report.sigmas) > 1 else ""
+        suffix = " (mean over the rows)" if len(report.rows) > 1 else ""
         ax.set_xlabel(f"percentage points{suffix}")
         ax.set_title(
             _plain_text(
                 f"{_model_name(report)} · {report.noise.get('name', '?')} noise · "
-                f"sigma {_sigmas_text(report.sigmas)} · k={report.k:g}"
+                f"{_conditions_text(report)} · k={report.k:g}"
             )
         )
         ax.grid(axis="x", alpha=0.3)

@@ -107,7 +107,11 @@ def audit_table(report: AuditReport) -> Table:
 
 def _effects_caption(report: AuditReport) -> list[str]:
     """Caption lines for drift and stuck-at faults (none when the report has neither)."""
-    effects = report.device_effects
+    return effects_caption_lines(report.device_effects)
+
+
+def effects_caption_lines(effects: dict[str, Any] | None) -> list[str]:
+    """Caption lines for a report's ``device_effects`` dict (none when it is None)."""
     if not effects:
         return []
     lines = []
