@@ -759,6 +759,32 @@ def _effect_options(settings: EvalSettings) -> dict[str, Any]:
     return options
 
 
+def _audit_options(settings: EvalSettings, ray: str | None) -> dict[str, Any]:
+    """The keyword options compare and sensitivity pass through to every audit they run."""
+    return {
+        "sigmas": settings.sigma,
+        "noise": settings.noise,
+        "bits": settings.bits,
+        "cell_bits": settings.cell_bits,
+        "samples": settings.samples,
+        "k": settings.k,
+        "seed": settings.seed,
+        "batch_size": settings.batch_size,
+        "device": settings.device,
+        "layers": settings.layers,
+        "exclude": settings.exclude,
+        "limit": settings.limit,
+        "mean": settings.mean,
+        "std": settings.std,
+        "output": settings.output,
+        "command": _command(),
+        "config_file": settings.config_file,
+        **_effect_options(settings),
+        "workers": settings.workers,
+        "ray": ray,
+    }
+
+
 def _config_sets(settings: EvalSettings, key: str) -> bool:
     """Whether the config file the settings came from sets ``key`` itself."""
     from ftaudit.config import read_config
@@ -885,7 +911,7 @@ def compare_command(
     from ftaudit.evaluation import validate_scale_out
 
     validate_scale_out(workers=settings.workers, checkpoint_dir=None, resume=False)
-    effect_options = _effect_options(settings)
+    _effect_options(settings)  # bad drift or fault values fail here, before any output check
     _check_outputs(
         (baseline, candidate, Path(settings.data)),
         {"JSON report": json_path, "CSV table": csv_path, "JUnit XML": junit_path},
@@ -897,27 +923,8 @@ def compare_command(
         baseline,
         candidate,
         settings.data,
-        sigmas=settings.sigma,
-        noise=settings.noise,
-        bits=settings.bits,
-        cell_bits=settings.cell_bits,
-        samples=settings.samples,
-        k=settings.k,
-        seed=settings.seed,
-        batch_size=settings.batch_size,
-        device=settings.device,
-        layers=settings.layers,
-        exclude=settings.exclude,
-        limit=settings.limit,
-        mean=settings.mean,
-        std=settings.std,
-        output=settings.output,
         fail_if_worse=settings.fail_if_worse,
-        command=_command(),
-        config_file=settings.config_file,
-        **effect_options,
-        workers=settings.workers,
-        ray=ray,
+        **_audit_options(settings, ray),
     )
     from ftaudit.report import compare_report as writers
 
@@ -1023,7 +1030,7 @@ def sensitivity_command(
     from ftaudit.evaluation import validate_scale_out
 
     validate_scale_out(workers=settings.workers, checkpoint_dir=None, resume=False)
-    effect_options = _effect_options(settings)
+    _effect_options(settings)  # bad drift or fault values fail here, before any output check
     if samples is None and not _config_sets(settings, "samples"):
         from dataclasses import replace
 
@@ -1038,27 +1045,8 @@ def sensitivity_command(
         _show_progress(machine_output),
         model,
         settings.data,
-        sigmas=settings.sigma,
-        noise=settings.noise,
-        bits=settings.bits,
-        cell_bits=settings.cell_bits,
-        samples=settings.samples,
-        k=settings.k,
-        seed=settings.seed,
-        batch_size=settings.batch_size,
-        device=settings.device,
-        layers=settings.layers,
-        exclude=settings.exclude,
-        limit=settings.limit,
-        mean=settings.mean,
-        std=settings.std,
-        output=settings.output,
         target_kpp=settings.target_kpp,
-        command=_command(),
-        config_file=settings.config_file,
-        **effect_options,
-        workers=settings.workers,
-        ray=ray,
+        **_audit_options(settings, ray),
     )
     from ftaudit.report import sensitivity_report as writers
 

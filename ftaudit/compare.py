@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 
 from ftaudit import __version__
-from ftaudit.data import Dataset, load_dataset
+from ftaudit.data import Dataset
 from ftaudit.device_effects import format_time, resolve_effects
 from ftaudit.errors import UserError
-from ftaudit.evaluation import audit, prepare_run, validate_options
+from ftaudit.evaluation import audit, prepare_run, resolve_data, resolve_noise, validate_options
 from ftaudit.models import AuditModel, CrossbarLayer, load_model
-from ftaudit.noise import NoiseModel, get_noise_model
+from ftaudit.noise import NoiseModel
 from ftaudit.parallel import ray_session
 from ftaudit.results import AuditReport, Interval, SigmaResult
 from ftaudit.stats import mean_interval, paired_kpp_difference_interval
@@ -323,16 +323,7 @@ def compare(
     give one paired row per (sigma, time, compensation).
     """
     started = time.perf_counter()
-    noise_model = (
-        noise
-        if isinstance(noise, NoiseModel)
-        else get_noise_model(noise, bits=bits, cell_bits=cell_bits)
-    )
-    if sigmas is None:
-        sigmas = getattr(noise_model.profile, "sigma", None)
-        if sigmas is None:
-            raise UserError("no sigma given", hint="pass --sigma 0.3 (or sigmas=[0.3])")
-    sigmas = [float(s) for s in sigmas]
+    noise_model, sigmas = resolve_noise(noise, sigmas, bits=bits, cell_bits=cell_bits)
     effect_options = {
         "times": times,
         "drift_nu": drift_nu,
@@ -353,11 +344,7 @@ def compare(
         candidate if isinstance(candidate, AuditModel) else load_model(candidate, output=output)
     )
     check_matching_layers(base_model, cand_model)
-    dataset = (
-        data
-        if isinstance(data, Dataset)
-        else load_dataset(Path(data), limit=limit, mean=mean, std=std)
-    )
+    dataset = resolve_data(data, limit=limit, mean=mean, std=std)
     selected = base_model.select_layers(layers, exclude)
     positions = {layer.index for layer in selected}
     cand_selected = [layer for layer in cand_model.layers if layer.index in positions]

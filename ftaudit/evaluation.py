@@ -160,6 +160,40 @@ def prepare_run(
     return selected, runner, crossbar, clean_correct
 
 
+def resolve_noise(
+    noise: str | NoiseModel,
+    sigmas: Sequence[float] | None,
+    *,
+    bits: int | None = None,
+    cell_bits: int | None = None,
+) -> tuple[NoiseModel, list[float]]:
+    """The noise model (a registered name, a profile, a device file, or a model) and the sigma
+    grid, defaulting to the profile's; shared by audit, compare and sensitivity."""
+    noise_model = (
+        noise
+        if isinstance(noise, NoiseModel)
+        else get_noise_model(noise, bits=bits, cell_bits=cell_bits)
+    )
+    if sigmas is None:
+        sigmas = getattr(noise_model.profile, "sigma", None)
+        if sigmas is None:
+            raise UserError("no sigma given", hint="pass --sigma 0.3 (or sigmas=[0.3])")
+    return noise_model, [float(s) for s in sigmas]
+
+
+def resolve_data(
+    data: Path | str | Dataset,
+    *,
+    limit: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Dataset:
+    """A loaded Dataset as is, else the file or folder loaded with the options."""
+    if isinstance(data, Dataset):
+        return data
+    return load_dataset(Path(data), limit=limit, mean=mean, std=std)
+
+
 def build_runner(
     model: AuditModel,
     selected: Sequence[CrossbarLayer],
@@ -227,16 +261,7 @@ def audit(
     for an ONNX model on CUDA, else 1).
     """
     started = time.perf_counter()
-    noise_model = (
-        noise
-        if isinstance(noise, NoiseModel)
-        else get_noise_model(noise, bits=bits, cell_bits=cell_bits)
-    )
-    if sigmas is None:
-        sigmas = getattr(noise_model.profile, "sigma", None)
-        if sigmas is None:
-            raise UserError("no sigma given", hint="pass --sigma 0.3 (or sigmas=[0.3])")
-    sigmas = [float(s) for s in sigmas]
+    noise_model, sigmas = resolve_noise(noise, sigmas, bits=bits, cell_bits=cell_bits)
     effects = resolve_effects(
         times=times,
         drift_nu=drift_nu,
@@ -259,11 +284,7 @@ def audit(
     )
     validate_scale_out(workers=workers, checkpoint_dir=checkpoint_dir, resume=resume)
     loaded = model if isinstance(model, AuditModel) else load_model(model, output=output)
-    dataset = (
-        data
-        if isinstance(data, Dataset)
-        else load_dataset(Path(data), limit=limit, mean=mean, std=std)
-    )
+    dataset = resolve_data(data, limit=limit, mean=mean, std=std)
     samples_per_pass = resolve_batch_samples(
         batch_samples, device=device, model_format=loaded.format
     )

@@ -30,12 +30,17 @@ from ftaudit.compare import (
     stage_progress,
     validate_fraction,
 )
-from ftaudit.data import Dataset, load_dataset
+from ftaudit.data import Dataset
 from ftaudit.device_effects import Condition, resolve_effects
-from ftaudit.errors import UserError
-from ftaudit.evaluation import audit, model_provenance, validate_options
+from ftaudit.evaluation import (
+    audit,
+    model_provenance,
+    resolve_data,
+    resolve_noise,
+    validate_options,
+)
 from ftaudit.models import AuditModel, CrossbarLayer, load_model
-from ftaudit.noise import NoiseModel, get_noise_model
+from ftaudit.noise import NoiseModel
 from ftaudit.parallel import ray_session
 from ftaudit.results import AuditReport, Interval, SigmaResult
 
@@ -325,16 +330,7 @@ def sensitivity(
     evaluated by Monte Carlo, not estimated.
     """
     started = time.perf_counter()
-    noise_model = (
-        noise
-        if isinstance(noise, NoiseModel)
-        else get_noise_model(noise, bits=bits, cell_bits=cell_bits)
-    )
-    if sigmas is None:
-        sigmas = getattr(noise_model.profile, "sigma", None)
-        if sigmas is None:
-            raise UserError("no sigma given", hint="pass --sigma 0.3 (or sigmas=[0.3])")
-    sigmas = [float(s) for s in sigmas]
+    noise_model, sigmas = resolve_noise(noise, sigmas, bits=bits, cell_bits=cell_bits)
     effect_options: dict[str, Any] = {
         "times": times,
         "drift_nu": drift_nu,
@@ -350,11 +346,7 @@ def sensitivity(
     validate_fraction(target_kpp, "--target-kpp", "0.9 for 90%")
     rows = [Condition(s) for s in sigmas] if effects is None else effects.conditions(sigmas)
     loaded = model if isinstance(model, AuditModel) else load_model(model, output=output)
-    dataset = (
-        data
-        if isinstance(data, Dataset)
-        else load_dataset(Path(data), limit=limit, mean=mean, std=std)
-    )
+    dataset = resolve_data(data, limit=limit, mean=mean, std=std)
     analog = loaded.select_layers(layers, exclude)
     n_runs = 1 + (2 * len(analog) if len(analog) > 1 else 0)
     run_number = 0
