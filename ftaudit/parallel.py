@@ -347,4 +347,5 @@ def close_backend(backend: SampleBackend) -> None:
 
 def threads_per_worker(workers: int) -> int:
     """Each worker's share of the machine's cores (at least one)."""
-    return max(1, (os.cpu_count() or 1) // workers)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // workers)

@@ -246,7 +246,7 @@ def test_address_checks_accept_the_special_names() -> None:
 
 
 def test_threads_per_worker_share_the_cores() -> None:
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert threads_per_worker(1) == cores
     assert threads_per_worker(cores * 4) == 1
 
