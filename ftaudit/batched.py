@@ -66,6 +66,8 @@ class BatchedTorchRunner(ModelRunner):
         self._batches: list[Any] = []
         self._labels_t: list[Any] = []
         self.runtime_errors = (RuntimeError,)
+        #: why weight sets run one by one after all (an op torch cannot vmap), else None
+        self.fallback: str | None = None
         self._call = torch.func.vmap(self._forward, in_dims=(0, None))
 
     def _forward(self, weights: dict[str, Any], x: Any) -> Any:
@@ -107,9 +109,18 @@ class BatchedTorchRunner(ModelRunner):
             if transposed:
                 value = value.transpose(-1, -2)
             stacked[target] = value.to(self.device, non_blocking=True)
+        if self.fallback is not None:
+            return super().count_correct_many(weight_sets)
         correct = torch.zeros(len(weight_sets), dtype=torch.int64, device=self.device)
-        with torch.no_grad():
-            for batch, labels in zip(self._batches, self._labels_t, strict=True):
-                logits = self._call(stacked, batch)  # (S, batch, classes)
-                correct += (logits.argmax(dim=-1) == labels).sum(dim=-1)
+        try:
+            with torch.no_grad():
+                for batch, labels in zip(self._batches, self._labels_t, strict=True):
+                    logits = self._call(stacked, batch)  # (S, batch, classes)
+                    correct += (logits.argmax(dim=-1) == labels).sum(dim=-1)
+        except (RuntimeError, NotImplementedError) as exc:
+            # an op with no batching rule: evaluate the weight sets one by one from now on
+            # (the first pass already ran this module on the data, so the data is not at fault)
+            text = str(exc).strip().splitlines()
+            self.fallback = f"vmap failed, one sample per pass: {text[0][:200] if text else exc}"
+            return super().count_correct_many(weight_sets)
         return [int(c) for c in correct.cpu()]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ftaudit import __version__
-from ftaudit.batched import resolve_batch_samples
+from ftaudit.batched import BatchedTorchRunner, resolve_batch_samples
 from ftaudit.data import Dataset, load_dataset, validate_labels
 from ftaudit.device_effects import Condition, resolve_effects
 from ftaudit.errors import UserError
@@ -147,11 +147,18 @@ def prepare_run(
     batch_size: int,
     device: str,
     batch_samples: int = 1,
+    batch_required: bool = True,
 ):
     """Select layers, bind data to a runner and check the data fits the model's output."""
     selected = model.select_layers(layers, exclude)
     x = model.fit_input(dataset.x)
-    runner = build_runner(model, selected, device=device, batch_samples=batch_samples)
+    runner = build_runner(
+        model,
+        selected,
+        device=device,
+        batch_samples=batch_samples,
+        batch_required=batch_required,
+    )
     runner.bind_data(x, dataset.y, batch_size=batch_size)
     logits = runner.checked_logits(x.shape)
     validate_labels(dataset.y, logits.shape[1])
@@ -201,12 +208,21 @@ def build_runner(
     device: str,
     threads: int | None = None,
     batch_samples: int = 1,
+    batch_required: bool = True,
 ) -> ModelRunner:
-    """The model's own runner, or the vmapped torch runner when samples are batched."""
+    """The model's own runner, or the vmapped torch runner when samples are batched.
+
+    When batching was only a default (``batch_required`` False: ``--device cuda`` without
+    ``--batch-samples``), a model torch cannot take, or no torch at all, falls back to the
+    model's own runner instead of failing."""
     if batch_samples > 1:
         from ftaudit.batched import BatchedTorchRunner
 
-        return BatchedTorchRunner(model, selected, device=device)
+        try:
+            return BatchedTorchRunner(model, selected, device=device)
+        except UserError:
+            if batch_required:
+                raise
     return model.runner(selected, device=device, threads=threads)
 
 
@@ -297,7 +313,10 @@ def audit(
         batch_size=batch_size,
         device=device,
         batch_samples=samples_per_pass,
+        batch_required=batch_samples is not None,
     )
+    if not isinstance(runner, BatchedTorchRunner):  # batching was a default it could not use
+        samples_per_pass = 1
     n = len(dataset.y)
     clean_accuracy = clean_correct / n
     quantized_accuracy = None
@@ -383,6 +402,8 @@ def audit(
     execution = backend.describe()
     execution["resumed_samples"] = 0 if restored is None else int(restored.done.sum())
     execution["batch_samples"] = samples_per_pass
+    if getattr(runner, "fallback", None):
+        execution["batch_fallback"] = runner.fallback
     results = []
     for j, condition in enumerate(conditions):
         accuracies = counts.accuracies(j, n)

@@ -87,3 +87,37 @@ def test_cuda_defaults_to_batches_for_onnx_only() -> None:
     assert resolve_batch_samples(None, device="cuda", model_format="torchscript") == 1
     assert resolve_batch_samples(None, device="cpu", model_format="onnx") == 1
     assert resolve_batch_samples(4, device="cpu", model_format="onnx") == 4
+
+
+def test_an_op_torch_cannot_vmap_falls_back_to_one_set_per_pass(
+    monkeypatch, convnet_onnx: Path, blobs_npz: Path
+) -> None:
+    from ftaudit.batched import BatchedTorchRunner
+
+    def no_batching_rule(self, weights, x):
+        raise NotImplementedError("no batching rule for OnnxSomething")
+
+    options = dict(sigmas=[0.3], samples=6, seed=1)
+    one = ftaudit.audit(convnet_onnx, blobs_npz, **options)
+    monkeypatch.setattr(BatchedTorchRunner, "_forward", no_batching_rule)
+    batched = ftaudit.audit(convnet_onnx, blobs_npz, batch_samples=3, **options)
+    assert np.abs(accuracies(batched) - accuracies(one)).max() <= 1 / 400 + 1e-12
+    assert "no batching rule for OnnxSomething" in batched.options["execution"]["batch_fallback"]
+
+
+def test_a_default_batch_falls_back_when_torch_cannot_take_the_model(
+    monkeypatch, convnet_onnx: Path
+) -> None:
+    import ftaudit.batched
+    from ftaudit.evaluation import build_runner
+    from ftaudit.models.onnx import OnnxRunner
+
+    def unsupported(*args, **kwargs):
+        raise UserError("onnx2torch cannot convert op Foo")
+
+    monkeypatch.setattr(ftaudit.batched, "BatchedTorchRunner", unsupported)
+    model = load_model(convnet_onnx)
+    runner = build_runner(model, model.layers, device="cpu", batch_samples=16, batch_required=False)
+    assert isinstance(runner, OnnxRunner)
+    with pytest.raises(UserError, match="cannot convert op Foo"):
+        build_runner(model, model.layers, device="cpu", batch_samples=16, batch_required=True)
