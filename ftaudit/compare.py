@@ -22,7 +22,14 @@ from ftaudit import __version__
 from ftaudit.data import Dataset
 from ftaudit.device_effects import format_time, resolve_effects
 from ftaudit.errors import UserError
-from ftaudit.evaluation import audit, prepare_run, resolve_data, resolve_noise, validate_options
+from ftaudit.evaluation import (
+    audit,
+    prepare_run,
+    resolve_data,
+    resolve_noise,
+    resolved_options,
+    validate_options,
+)
 from ftaudit.models import AuditModel, CrossbarLayer, load_model
 from ftaudit.noise import NoiseModel
 from ftaudit.parallel import ray_session
@@ -424,12 +431,14 @@ def compare(
         gates=evaluate_worse_gates(results, fail_if_worse),
         elapsed_s=time.perf_counter() - started,
         options={
-            "batch_size": batch_size,
-            "layers": list(layers or []),
-            "exclude": list(exclude or []),
-            "mean": None if mean is None else [float(v) for v in mean],
-            "std": None if std is None else [float(v) for v in std],
-            "output": output,
+            **resolved_options(
+                batch_size=batch_size,
+                layers=layers,
+                exclude=exclude,
+                mean=mean,
+                std=std,
+                output=output,
+            ),
             "config_file": config_file,
         },
     )

@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -199,6 +200,26 @@ def resolve_data(
     if isinstance(data, Dataset):
         return data
     return load_dataset(Path(data), limit=limit, mean=mean, std=std)
+
+
+def resolved_options(
+    *,
+    batch_size: int,
+    layers: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    output: str | None,
+) -> dict[str, Any]:
+    """The report's ``options`` entries every command records (JSON-ready lists and floats)."""
+    return {
+        "batch_size": batch_size,
+        "layers": list(layers or []),
+        "exclude": list(exclude or []),
+        "mean": None if mean is None else [float(v) for v in mean],
+        "std": None if std is None else [float(v) for v in std],
+        "output": output,
+    }
 
 
 def build_runner(
@@ -443,12 +464,14 @@ def audit(
             results, fail_under_kpp=fail_under_kpp, fail_under_mean=fail_under_mean
         ),
         options={
-            "batch_size": batch_size,
-            "layers": list(layers or []),
-            "exclude": list(exclude or []),
-            "mean": None if mean is None else [float(v) for v in mean],
-            "std": None if std is None else [float(v) for v in std],
-            "output": output,
+            **resolved_options(
+                batch_size=batch_size,
+                layers=layers,
+                exclude=exclude,
+                mean=mean,
+                std=std,
+                output=output,
+            ),
             "config_file": config_file,
             "execution": execution,
         },

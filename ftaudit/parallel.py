@@ -15,11 +15,12 @@ import multiprocessing
 import os
 import signal
 import socket
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any, Protocol
 
@@ -89,7 +90,7 @@ class WorkerSpec:
                 )
             ).encode()
         )
-        return WorkerSpec(**{**self.__dict__, "key": digest.hexdigest()})
+        return replace(self, key=digest.hexdigest())
 
     def build(self) -> ChunkEvaluator:
         """Load the model from its bytes, bind the data and prepare the crossbar."""
@@ -118,7 +119,7 @@ class WorkerSpec:
 def _limit_threads(threads: int) -> None:
     """Keep a worker's intra-op threads to its share of the cores (torch is per process)."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    torch = __import__("sys").modules.get("torch")
+    torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(threads)
 
@@ -153,22 +154,22 @@ def _ray_chunk(spec: EvaluatorSpec, start: int, stop: int, active: list[int]) ->
 
 
 # --- backends -------------------------------------------------------------------------------
-class _RetriedChunk:
-    """A chunk on the process pool that is resubmitted (on a fresh pool) if a worker dies."""
+class RetriedChunk:
+    """``fn(*args)`` on a backend's process pool, resubmitted on a fresh pool if a worker dies
+    (also one that died while the pool idled, which breaks the next submit)."""
 
-    def __init__(self, backend: ProcessBackend, start: int, stop: int, active: list[int]) -> None:
-        self.backend, self.args = backend, (start, stop, active)
+    def __init__(self, backend: ProcessBackend, fn: Callable[..., np.ndarray], args: tuple) -> None:
+        self.backend, self.fn, self.args = backend, fn, args
         self._submit()
 
     def _submit(self) -> None:
-        """Submit to the backend's pool, replacing it first if a worker died while it idled."""
         self.generation = self.backend.generation
         try:
-            self.future = self.backend.pool.submit(_process_chunk, *self.args)
+            self.future = self.backend.pool.submit(self.fn, *self.args)
         except BrokenProcessPool:
             self.backend.restart(self.generation)
             self.generation = self.backend.generation
-            self.future = self.backend.pool.submit(_process_chunk, *self.args)
+            self.future = self.backend.pool.submit(self.fn, *self.args)
 
     def result(self) -> np.ndarray:
         for _ in range(PROCESS_MAX_RETRIES):
@@ -209,7 +210,8 @@ class ProcessBackend:
             self.generation += 1
 
     def submit(self, start: int, stop: int, active: Sequence[int]) -> Future[np.ndarray]:
-        return _RetriedChunk(self, start, stop, list(active))  # type: ignore[return-value]
+        chunk = RetriedChunk(self, _process_chunk, (start, stop, list(active)))
+        return chunk  # type: ignore[return-value]
 
     def describe(self) -> dict[str, Any]:
         return {"backend": "processes", "workers": self.parallelism}

@@ -37,6 +37,7 @@ from ftaudit.evaluation import (
     model_provenance,
     resolve_data,
     resolve_noise,
+    resolved_options,
     validate_options,
 )
 from ftaudit.models import AuditModel, CrossbarLayer, load_model
@@ -425,12 +426,14 @@ def sensitivity(
         target=target,
         elapsed_s=time.perf_counter() - started,
         options={
-            "batch_size": batch_size,
-            "layers": list(layers or []),
-            "exclude": list(exclude or []),
-            "mean": None if mean is None else [float(v) for v in mean],
-            "std": None if std is None else [float(v) for v in std],
-            "output": output,
+            **resolved_options(
+                batch_size=batch_size,
+                layers=layers,
+                exclude=exclude,
+                mean=mean,
+                std=std,
+                output=output,
+            ),
             "target_kpp": target_kpp,
             "config_file": config_file,
         },

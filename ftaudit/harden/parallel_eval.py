@@ -14,7 +14,6 @@ import hashlib
 import io
 from collections.abc import Sequence
 from concurrent.futures import Future
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,9 +26,9 @@ from ftaudit.models.base import AuditModel, CrossbarLayer
 from ftaudit.montecarlo import ChunkEvaluator, Crossbar, SampleBackend
 from ftaudit.noise.base import NoiseModel
 from ftaudit.parallel import (
-    PROCESS_MAX_RETRIES,
     ProcessBackend,
     RayBackend,
+    RetriedChunk,
     _limit_threads,
     _ray_chunk,
     threads_per_worker,
@@ -107,35 +106,6 @@ def state_bytes(trainable: TrainableModel) -> bytes:
 
 
 # --- one pool for the run; chunks carry their evaluation's spec ------------------------------
-class _SpecChunk:
-    """A chunk on the shared process pool, resubmitted on a fresh pool if a worker dies."""
-
-    def __init__(self, pool: _ProcessPool, spec: TrainableWorkerSpec, args: tuple) -> None:
-        self.pool, self.spec, self.args = pool, spec, args
-        self.future = self._submit()
-
-    def _submit(self) -> Future[np.ndarray]:
-        self.generation = self.pool.generation
-        try:
-            return self.pool.pool.submit(_ray_chunk, self.spec, *self.args)
-        except BrokenProcessPool:  # a worker died since the last evaluation (the pool idled)
-            self.pool.restart(self.generation)
-            self.generation = self.pool.generation
-            return self.pool.pool.submit(_ray_chunk, self.spec, *self.args)
-
-    def result(self) -> np.ndarray:
-        for _ in range(PROCESS_MAX_RETRIES):
-            try:
-                return self.future.result()
-            except BrokenProcessPool:
-                self.pool.restart(self.generation)
-                self.future = self._submit()
-        return self.future.result()
-
-    def cancel(self) -> bool:
-        return self.future.cancel()
-
-
 class _ProcessPool(ProcessBackend):
     """Spawned worker processes started once; every chunk names the spec it evaluates."""
 
@@ -146,7 +116,7 @@ class _ProcessPool(ProcessBackend):
         return spec
 
     def submit_spec(self, handle: Any, start: int, stop: int, active: Sequence[int]) -> Any:
-        return _SpecChunk(self, handle, (start, stop, list(active)))
+        return RetriedChunk(self, _ray_chunk, (handle, start, stop, list(active)))
 
 
 class _RayPool(RayBackend):
