@@ -257,7 +257,6 @@ def eval_command(
     from ftaudit.config import load_settings, merge, parse_floats, parse_sigmas
     from ftaudit.device_effects import parse_stuck_at, parse_time, parse_times, resolve_effects
     from ftaudit.evaluation import audit, validate_options, validate_scale_out
-    from ftaudit.fileio import check_output_path
     from ftaudit.noise import get_noise_model
 
     settings = merge(
@@ -321,20 +320,16 @@ def eval_command(
         fail_under_kpp=settings.fail_under_kpp,
         fail_under_mean=settings.fail_under_mean,
     )
-    inputs = (model, Path(settings.data))
-    if json_path is not None and json_path != "-":
-        check_output_path(Path(json_path), what="JSON report", protect=inputs)
-    if csv_path is not None:
-        check_output_path(csv_path, what="CSV table", protect=inputs)
-    if plot_path is not None:
-        from ftaudit._optional import require_matplotlib
-
-        require_matplotlib("plots")
-        check_output_path(plot_path, what="plot", protect=inputs)
-    if html_path is not None:
-        check_output_path(html_path, what="HTML report", protect=inputs)
-    if junit_path is not None:
-        check_output_path(junit_path, what="JUnit XML", protect=inputs)
+    _check_outputs(
+        _inputs(settings, model),
+        {
+            "JSON report": json_path,
+            "CSV table": csv_path,
+            "plot": plot_path,
+            "HTML report": html_path,
+            "JUnit XML": junit_path,
+        },
+    )
 
     machine_output = json_path == "-"
     report = _run_with_progress(
@@ -369,19 +364,21 @@ def eval_command(
     )
 
     from ftaudit import report as writers
+    from ftaudit.fileio import output_set
 
     if json_path == "-":
         sys.stdout.write(writers.report_json(report) + "\n")
-    elif json_path is not None:
-        writers.write_json(report, Path(json_path))
-    if csv_path is not None:
-        writers.write_csv(report, csv_path)
-    if plot_path is not None:
-        writers.write_plot(report, plot_path)
-    if html_path is not None:
-        writers.write_html(report, html_path)
-    if junit_path is not None:
-        writers.write_junit(report, junit_path)
+    with output_set():  # all of them or none
+        if json_path is not None and json_path != "-":
+            writers.write_json(report, Path(json_path))
+        if csv_path is not None:
+            writers.write_csv(report, csv_path)
+        if plot_path is not None:
+            writers.write_plot(report, plot_path)
+        if html_path is not None:
+            writers.write_html(report, html_path)
+        if junit_path is not None:
+            writers.write_junit(report, junit_path)
     if not quiet and not machine_output:
         from rich.console import Console
 
@@ -577,7 +574,6 @@ def harden_command(
 ) -> None:
     """Retrain MODEL to survive device variation; write it in the input's format."""
     from ftaudit.config import merge, parse_sigmas
-    from ftaudit.fileio import check_output_path
     from ftaudit.harden.settings import load_harden_settings
 
     settings = merge(
@@ -621,8 +617,11 @@ def harden_command(
             "no target sigma given",
             hint="pass --sigma 0.3 (or set sigma in the [harden] table of ftaudit.toml)",
         )
-    if report_path is not None:
-        check_output_path(report_path, what="harden report", protect=(model, output))
+    noise_file = settings.noise if settings.noise.lower().endswith(".toml") else None
+    _check_outputs(
+        (model, settings.data, settings.val_data, noise_file, settings.config_file),
+        {"hardened model": output, "harden report": report_path, "study database": study},
+    )
     from ftaudit.harden.api import harden
 
     err = _stderr_console()
@@ -795,18 +794,25 @@ def _config_sets(settings: EvalSettings, key: str) -> bool:
     return any(raw.replace("-", "_") == key for raw in table)
 
 
-def _check_outputs(inputs: tuple[Path, ...], paths: dict[str, Path | str | None]) -> None:
-    """Validate every output path before any work; '-' (stdout) needs no check."""
-    from ftaudit.fileio import check_output_path
+def _inputs(settings: EvalSettings, *models: Path) -> tuple[Path | str | None, ...]:
+    """Every file a run reads: the models, the data, a device file and the config file."""
+    noise = settings.noise
+    device_file = noise if noise.lower().endswith(".toml") else None
+    return (*models, settings.data, device_file, settings.config_file)
 
-    for what, path in paths.items():
-        if path is None or path == "-":
-            continue
-        if what == "plot":
-            from ftaudit._optional import require_matplotlib
 
-            require_matplotlib("plots")
-        check_output_path(Path(path), what=what, protect=inputs)
+def _check_outputs(
+    inputs: tuple[Path | str | None, ...], paths: dict[str, Path | str | None]
+) -> None:
+    """Validate every output path before any work, against every input and every other
+    output; '-' (stdout) needs no check."""
+    from ftaudit.fileio import check_outputs
+
+    if paths.get("plot") is not None:
+        from ftaudit._optional import require_matplotlib
+
+        require_matplotlib("plots")
+    check_outputs(paths, inputs=inputs)
 
 
 def _run_with_stages(fn: Any, show: bool, *args: Any, **kwargs: Any) -> Any:
@@ -913,7 +919,7 @@ def compare_command(
     validate_scale_out(workers=settings.workers, checkpoint_dir=None, resume=False)
     _effect_options(settings)  # bad drift or fault values fail here, before any output check
     _check_outputs(
-        (baseline, candidate, Path(settings.data)),
+        _inputs(settings, baseline, candidate),
         {"JSON report": json_path, "CSV table": csv_path, "JUnit XML": junit_path},
     )
     machine_output = json_path == "-"
@@ -926,16 +932,18 @@ def compare_command(
         fail_if_worse=settings.fail_if_worse,
         **_audit_options(settings, ray),
     )
+    from ftaudit.fileio import output_set
     from ftaudit.report import compare_report as writers
 
     if machine_output:
         sys.stdout.write(writers.payload_json(report.to_dict()))
-    elif json_path is not None:
-        writers.write_compare_json(report, Path(json_path))
-    if csv_path is not None:
-        writers.write_compare_csv(report, csv_path)
-    if junit_path is not None:
-        writers.write_compare_junit(report, junit_path)
+    with output_set():  # all of them or none
+        if json_path is not None and not machine_output:
+            writers.write_compare_json(report, Path(json_path))
+        if csv_path is not None:
+            writers.write_compare_csv(report, csv_path)
+        if junit_path is not None:
+            writers.write_compare_junit(report, junit_path)
     if not quiet and not machine_output:
         from rich.console import Console
 
@@ -1036,7 +1044,7 @@ def sensitivity_command(
 
         settings = replace(settings, samples=DEFAULT_SENSITIVITY_SAMPLES)
     _check_outputs(
-        (model, Path(settings.data)),
+        _inputs(settings, model),
         {"JSON report": json_path, "CSV table": csv_path, "plot": plot_path},
     )
     machine_output = json_path == "-"
@@ -1048,16 +1056,18 @@ def sensitivity_command(
         target_kpp=settings.target_kpp,
         **_audit_options(settings, ray),
     )
+    from ftaudit.fileio import output_set
     from ftaudit.report import sensitivity_report as writers
 
     if machine_output:
         sys.stdout.write(writers.payload_json(report.to_dict()))
-    elif json_path is not None:
-        writers.write_sensitivity_json(report, Path(json_path))
-    if csv_path is not None:
-        writers.write_sensitivity_csv(report, csv_path)
-    if plot_path is not None:
-        writers.write_sensitivity_plot(report, plot_path)
+    with output_set():  # all of them or none
+        if json_path is not None and not machine_output:
+            writers.write_sensitivity_json(report, Path(json_path))
+        if csv_path is not None:
+            writers.write_sensitivity_csv(report, csv_path)
+        if plot_path is not None:
+            writers.write_sensitivity_plot(report, plot_path)
     if not quiet and not machine_output:
         from rich.console import Console
 

@@ -32,6 +32,7 @@ import gzip
 import hashlib
 import math
 import re
+import warnings
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -43,6 +44,7 @@ import numpy as np
 
 from ftaudit.errors import UserError
 from ftaudit.fileio import sha256_file
+from ftaudit.limits import check_memory, read_exactly, require_regular_file
 
 SUPPORTED_FORMATS = (
     "an .npz file with arrays x and y; an MNIST/Fashion-MNIST IDX images file "
@@ -96,9 +98,14 @@ def load_dataset(
             f"data file {path} does not exist",
             hint="check the path; a relative path starts from the current folder",
         )
+    if not path.is_dir():
+        require_regular_file(path, "data file")
     kind, files = _find_source(path)
+    for file in files:
+        require_regular_file(file, "data file")
     x, y, sha256 = _LOADERS[kind](path, files, limit)
     x = _to_float32(x, path)
+    _check_finite(x, path)
     if mean is not None or std is not None:
         x = _normalise(x, mean=mean, std=std)
     source = {"path": str(path), "sha256": sha256, "kind": kind, "n": len(y), "limit": limit}
@@ -236,126 +243,215 @@ def _load_npz(path: Path, files: list[Path], limit: int | None) -> _Loaded:
             f"{path} is not a valid .npz archive (not a zip file, or truncated)",
             hint="save the data with np.savez(path, x=inputs, y=labels)",
         )
-    with np.load(path, allow_pickle=False) as archive:
-        for key in ("x", "y"):
-            if key not in archive.files:
-                present = ", ".join(archive.files) or "none"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = {name[:-4] for name in archive.namelist() if name.endswith(".npy")}
+            for key in ("x", "y"):
+                if key not in names:
+                    present = ", ".join(sorted(names)) or "none"
+                    raise UserError(
+                        f"{path} has no array '{key}' (arrays present: {present})",
+                        hint="save the inputs as x and the labels as y: "
+                        "np.savez(path, x=inputs, y=labels)",
+                    )
+            x_shape = _npz_header(archive, "x", path)[0]
+            y_shape = _npz_header(archive, "y", path)[0]
+            if len(x_shape) == 0:
                 raise UserError(
-                    f"{path} has no array '{key}' (arrays present: {present})",
-                    hint="save the inputs as x and the labels as y: "
-                    "np.savez(path, x=inputs, y=labels)",
+                    f"array x in {path} is a single number, not a batch of inputs",
+                    hint="x must have the batch axis first: shape (N, ...)",
                 )
-        x = _read_npz_array(archive, "x", path)
-        y = _read_npz_array(archive, "y", path)
-    if x.ndim == 0:
+            if len(y_shape) != 1:
+                raise UserError(
+                    f"array y in {path} has shape {y_shape}; it must be 1-D class indices",
+                    hint="for one-hot labels save y.argmax(axis=1)",
+                )
+            if x_shape[0] != y_shape[0]:
+                raise UserError(
+                    f"{path} holds {x_shape[0]} inputs (x) but {y_shape[0]} labels (y)",
+                    hint="x and y must have one entry per sample along the first axis",
+                )
+            _check_not_empty(y_shape[0], path)
+            x = _read_npz_rows(archive, "x", path, limit)
+            y = _read_npz_rows(archive, "y", path, limit)
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as exc:
         raise UserError(
-            f"array x in {path} is a single number, not a batch of inputs",
-            hint="x must have the batch axis first: shape (N, ...)",
-        )
-    if y.ndim != 1:
-        raise UserError(
-            f"array y in {path} has shape {y.shape}; it must be 1-D class indices",
-            hint="for one-hot labels save y.argmax(axis=1)",
-        )
-    if len(x) != len(y):
-        raise UserError(
-            f"{path} holds {len(x)} inputs (x) but {len(y)} labels (y)",
-            hint="x and y must have one entry per sample along the first axis",
-        )
-    _check_not_empty(len(y), path)
-    x, y = x[:limit], y[:limit]
+            f"cannot read {path}: {exc}",
+            hint="the file looks corrupt; save it again with np.savez",
+        ) from exc
     return x, _labels(y, path), sha256_file(path)
 
 
-def _read_npz_array(archive: Any, key: str, path: Path) -> np.ndarray:
-    """Read one array; object arrays are reported as pickles before numpy is asked to load them."""
+def _npz_header(
+    archive: zipfile.ZipFile, key: str, path: Path
+) -> tuple[tuple[int, ...], bool, Any]:
+    """Shape, Fortran order and dtype of one array, read from its .npy header alone; pickled
+    object arrays and headers that promise more bytes than the entry holds are refused."""
+    info = archive.getinfo(f"{key}.npy")
     try:
-        with archive.zip.open(f"{key}.npy") as member:
+        with archive.open(info) as member:
             version = np.lib.format.read_magic(member)
             read_header = (
                 np.lib.format.read_array_header_1_0
                 if version == (1, 0)
                 else np.lib.format.read_array_header_2_0
             )
-            _shape, _fortran_order, dtype = read_header(member)
-        if dtype.hasobject:
-            raise UserError(
-                f"array {key} in {path} holds pickled Python objects, and ftaudit never "
-                "unpickles data (it can run arbitrary code)",
-                hint="save plain numeric arrays with np.savez(path, x=inputs, y=labels)",
-            )
-        return np.asarray(archive[key])
-    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+            shape, fortran_order, dtype = read_header(member)
+            header_size = member.tell()
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise UserError(
             f"cannot read array {key} from {path}: {exc}",
             hint="the file looks corrupt; save it again with np.savez",
         ) from exc
+    if dtype.hasobject:
+        raise UserError(
+            f"array {key} in {path} holds pickled Python objects, and ftaudit never "
+            "unpickles data (it can run arbitrary code)",
+            hint="save plain numeric arrays with np.savez(path, x=inputs, y=labels)",
+        )
+    declared = math.prod(shape) * dtype.itemsize
+    if header_size + declared != info.file_size:
+        raise UserError(
+            f"array {key} in {path} declares shape {shape} ({declared} bytes) but its entry "
+            f"holds {info.file_size - header_size} data bytes",
+            hint="the file is corrupt or was edited; save it again with np.savez",
+        )
+    return tuple(shape), fortran_order, dtype, header_size
+
+
+def _read_npz_rows(archive: zipfile.ZipFile, key: str, path: Path, limit: int | None) -> np.ndarray:
+    """The first ``limit`` rows of one array, decompressing only the bytes they need."""
+    shape, fortran_order, dtype, header_size = _npz_header(archive, key, path)
+    rows = shape[0] if limit is None or fortran_order else min(limit, shape[0])
+    row_bytes = math.prod(shape[1:]) * dtype.itemsize
+    check_memory(
+        rows * row_bytes,
+        f"array {key} of {path} (shape {shape})",
+        hint="pass --limit N to read only the first N samples",
+    )
+    try:
+        with archive.open(f"{key}.npy") as member:
+            read_exactly(member, header_size)  # skip to the data
+            data = read_exactly(member, rows * row_bytes)
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise UserError(
+            f"cannot read array {key} from {path}: {exc}",
+            hint="the file looks corrupt; save it again with np.savez",
+        ) from exc
+    if len(data) != rows * row_bytes:
+        raise UserError(f"array {key} in {path} is truncated", hint="save it again with np.savez")
+    if fortran_order:
+        array = np.frombuffer(data, dtype=dtype).reshape(shape[::-1]).transpose()
+        return array[:limit]
+    return np.frombuffer(data, dtype=dtype).reshape((rows, *shape[1:]))
 
 
 def _load_idx(path: Path, files: list[Path], limit: int | None) -> _Loaded:
     images_file, labels_file = files
-    x = _parse_idx(_read_maybe_gzip(images_file), images_file)
-    y = _parse_idx(_read_maybe_gzip(labels_file), labels_file)
-    if y.ndim != 1:
+    x_dims = _idx_header(images_file)[0]
+    y_dims = _idx_header(labels_file)[0]
+    if len(y_dims) != 1:
         raise UserError(
-            f"IDX labels file {labels_file} has shape {y.shape}; labels must be 1-D",
+            f"IDX labels file {labels_file} has shape {y_dims}; labels must be 1-D",
             hint="check that the labels file is the *-labels-idx1-* file of this data set",
         )
-    if len(x) != len(y):
+    if x_dims[0] != y_dims[0]:
         raise UserError(
-            f"IDX images file {images_file} holds {len(x)} images but {labels_file} holds "
-            f"{len(y)} labels",
+            f"IDX images file {images_file} holds {x_dims[0]} images but {labels_file} holds "
+            f"{y_dims[0]} labels",
             hint="the two files must come from the same data set split",
         )
-    _check_not_empty(len(y), images_file)
-    return x[:limit], _labels(y[:limit], labels_file), _sha256_files(images_file.parent, files)
+    _check_not_empty(y_dims[0], images_file)
+    x = _read_idx(images_file, limit)
+    y = _read_idx(labels_file, limit)
+    return x, _labels(y, labels_file), _sha256_files(images_file.parent, files)
 
 
-def _read_maybe_gzip(path: Path) -> bytes:
+def _open_maybe_gzip(path: Path) -> Any:
     with open(path, "rb") as handle:
         compressed = handle.read(2) == _GZIP_MAGIC
-    if not compressed:
-        return path.read_bytes()
+    return gzip.open(path, "rb") if compressed else open(path, "rb")
+
+
+def _idx_header(path: Path) -> tuple[tuple[int, ...], np.dtype[Any], int, bool]:
+    """Dims, dtype, header size and compression of an IDX file, from its header alone.
+
+    A raw file must hold exactly the bytes its header promises (checked against its size before
+    reading); a .gz file is checked as it is decompressed, never beyond what was promised."""
     try:
-        with gzip.open(path, "rb") as handle:
-            return handle.read()
+        with _open_maybe_gzip(path) as handle:
+            compressed = isinstance(handle, gzip.GzipFile)
+            head = read_exactly(handle, 4)
+            if len(head) < 4 or head[:2] != b"\x00\x00":
+                raise UserError(
+                    f"{path} is not an IDX file (it does not start with the IDX magic bytes 00 00)",
+                    hint="pass the original MNIST/Fashion-MNIST files",
+                )
+            code, ndim = head[2], head[3]
+            if code not in IDX_DTYPES:
+                raise UserError(
+                    f"{path} has the unknown IDX data type code 0x{code:02x}",
+                    hint="known codes: " + ", ".join(f"0x{known:02x}" for known in IDX_DTYPES),
+                )
+            raw_dims = read_exactly(handle, 4 * ndim)
     except (OSError, EOFError, zlib.error) as exc:
         raise UserError(
             f"cannot decompress {path}: {exc}",
             hint="the file is corrupt or truncated; download it again",
         ) from exc
-
-
-def _parse_idx(data: bytes, path: Path) -> np.ndarray:
-    """Parse an IDX file: magic 00 00 <type code> <ndim>, ndim big-endian uint32 sizes, data."""
-    if len(data) < 4 or data[:2] != b"\x00\x00":
-        raise UserError(
-            f"{path} is not an IDX file (it does not start with the IDX magic bytes 00 00)",
-            hint="pass the original MNIST/Fashion-MNIST files",
-        )
-    code, ndim = data[2], data[3]
-    if code not in IDX_DTYPES:
-        raise UserError(
-            f"{path} has the unknown IDX data type code 0x{code:02x}",
-            hint="known codes: " + ", ".join(f"0x{known:02x}" for known in IDX_DTYPES),
-        )
-    header_size = 4 + 4 * ndim
-    if ndim == 0 or len(data) < header_size:
+    if ndim == 0 or len(raw_dims) < 4 * ndim:
         raise UserError(
             f"{path} has a truncated or empty IDX header", hint="download the file again"
         )
-    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    dims = tuple(int.from_bytes(raw_dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
     dtype = IDX_DTYPES[code]
+    header_size = 4 + 4 * ndim
+    if not compressed:
+        expected = math.prod(dims) * dtype.itemsize
+        actual = path.stat().st_size - header_size
+        if actual != expected:
+            _idx_size_error(path, dims, expected, actual)
+    return dims, dtype, header_size, compressed
+
+
+def _idx_size_error(path: Path, dims: tuple[int, ...], expected: int, actual: int) -> None:
+    problem = "is truncated" if actual < expected else "has trailing bytes"
+    raise UserError(
+        f"{path} {problem}: its header promises {expected} data bytes for shape {dims} "
+        f"but it holds {actual}",
+        hint="download the file again",
+    )
+
+
+def _read_idx(path: Path, limit: int | None) -> np.ndarray:
+    """The first ``limit`` records of an IDX file, reading (decompressing) only those."""
+    dims, dtype, header_size, compressed = _idx_header(path)
+    rows = dims[0] if limit is None else min(limit, dims[0])
+    row_bytes = math.prod(dims[1:]) * dtype.itemsize
     expected = math.prod(dims) * dtype.itemsize
-    actual = len(data) - header_size
-    if actual != expected:
-        problem = "is truncated" if actual < expected else "has trailing bytes"
+    check_memory(
+        rows * row_bytes,
+        f"IDX file {path} (shape {dims})",
+        hint="pass --limit N to read only the first N samples",
+    )
+    try:
+        with _open_maybe_gzip(path) as handle:
+            read_exactly(handle, header_size)
+            data = read_exactly(handle, rows * row_bytes)
+            if len(data) < rows * row_bytes:
+                raise UserError(
+                    f"{path} is truncated: its header promises {expected} data bytes for shape "
+                    f"{dims} but the data ends sooner",
+                    hint="download the file again",
+                )
+            if compressed and rows == dims[0] and handle.read(1):
+                _idx_size_error(path, dims, expected, expected + 1)
+    except (OSError, EOFError, zlib.error) as exc:
         raise UserError(
-            f"{path} {problem}: its header promises {expected} data bytes for shape {dims} "
-            f"but it holds {actual}",
-            hint="download the file again",
-        )
-    return np.frombuffer(data, dtype=dtype, offset=header_size).reshape(dims)
+            f"cannot decompress {path}: {exc}",
+            hint="the file is corrupt or truncated; download it again",
+        ) from exc
+    return np.frombuffer(data, dtype=dtype).reshape((rows, *dims[1:]))
 
 
 def _load_image_folder(path: Path, files: list[Path], limit: int | None) -> _Loaded:
@@ -378,11 +474,20 @@ def _load_image_folder(path: Path, files: list[Path], limit: int | None) -> _Loa
     reference: tuple[tuple[int, int], str] | None = None
     for index, (file, _label) in enumerate(samples):
         try:
-            with Image.open(file) as image:
-                image.load()
-                pixels = np.asarray(image)
-                size_mode = (image.size, image.mode)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            with warnings.catch_warnings():
+                # a decompression-bomb warning is an error here: one line, not a warning
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(file) as image:
+                    image.load()
+                    pixels = np.asarray(image)
+                    size_mode = (image.size, image.mode)
+        except (
+            OSError,
+            SyntaxError,
+            ValueError,
+            Image.DecompressionBombError,
+            Image.DecompressionBombWarning,
+        ) as exc:
             raise UserError(
                 f"cannot read image {file}: {exc}",
                 hint="remove or replace the file (only PNG/JPEG images are read)",
@@ -432,20 +537,39 @@ def _sha256_files(root: Path, files: list[Path]) -> str:
 def _labels(y: np.ndarray, path: Path) -> np.ndarray:
     """Class indices as int64; float labels are accepted when they are whole numbers."""
     if np.issubdtype(y.dtype, np.integer):
+        if y.size and y.dtype == np.uint64 and int(y.max()) > np.iinfo(np.int64).max:
+            first = int(np.argmax(y > np.iinfo(np.int64).max))
+            raise UserError(
+                f"label y[{first}] = {y[first]} in {path} is not a class index",
+                hint="y must hold integer class indices (0, 1, 2, ...)",
+            )
         return y.astype(np.int64)
     if np.issubdtype(y.dtype, np.floating):
-        not_whole = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
+        # a whole number beyond 2**53 is no class index, and would wrap when cast to int64
+        not_whole = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)) | (np.abs(y) >= 2.0**53))
         if not_whole.size == 0:
             return y.astype(np.int64)
         first = int(not_whole[0])
         raise UserError(
-            f"label y[{first}] = {y[first]} in {path} is not a whole number",
+            f"label y[{first}] = {y[first]} in {path} is not a whole-number class index",
             hint="y must hold integer class indices (0, 1, 2, ...)",
         )
     raise UserError(
         f"labels y in {path} have dtype {y.dtype}; they must be integer class indices",
         hint="save y as an integer array, e.g. y.astype(np.int64)",
     )
+
+
+def _check_finite(x: np.ndarray, path: Path) -> None:
+    """NaN or infinite inputs would give silently wrong accuracies: refuse them."""
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1) if x.size else np.zeros(0, bool)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise UserError(
+            f"inputs x in {path} hold NaN or infinite values ({int(bad.sum())} samples, the "
+            f"first is sample {first})",
+            hint="clean the data (or a float32 overflow of large values) before the audit",
+        )
 
 
 def _to_float32(x: np.ndarray, path: Path) -> np.ndarray:

@@ -18,8 +18,8 @@ import numpy as np
 from ftaudit import __version__
 from ftaudit.data import Dataset, load_dataset, validate_labels
 from ftaudit.errors import UserError
-from ftaudit.evaluation import audit
-from ftaudit.fileio import check_output_path, sha256_file
+from ftaudit.evaluation import audit, model_sha256
+from ftaudit.fileio import check_output_path
 from ftaudit.harden.bayesft import validate_bayesft_options
 from ftaudit.harden.checkpoint import load_checkpoint
 from ftaudit.harden.methods import EpochCallback, HardenContext, get_method
@@ -307,7 +307,7 @@ def harden(
         "objective_samples": objective_samples,
     }
     fingerprint = {
-        "model_sha256": sha256_file(model_path),
+        "model_sha256": model_sha256(source),
         "data_sha256": train_set.source["sha256"],
         "method": method,
         "noise": noise_model.parameters(),

@@ -37,7 +37,14 @@ def load_checkpoint(directory: Path, fingerprint: dict[str, Any]) -> dict[str, A
             f"checkpoint {path} is unreadable ({exc.__class__.__name__})",
             hint="delete it to start over, or point --checkpoint-dir elsewhere",
         ) from exc
-    saved = json.loads(state.get("fingerprint", "{}"))
+    try:
+        saved = json.loads(state.get("fingerprint", "{}")) if isinstance(state, dict) else None
+    except (TypeError, ValueError):
+        saved = None
+    if not isinstance(saved, dict):
+        raise UserError(
+            f"checkpoint {path} is damaged (no fingerprint table)", hint="delete it to start over"
+        )
     if saved != fingerprint:
         differing = sorted(
             k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k)

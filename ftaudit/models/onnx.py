@@ -48,11 +48,53 @@ def _check_external_data(model: Any, base_dir: Path, path: Path) -> None:
                 f"{path} refers to external data '{location}' outside the model's folder",
                 hint="ftaudit only reads external data files next to the model; move them there",
             )
-        if not target.is_file():
+        if not target.exists():
             raise UserError(
                 f"{path} needs its external data file '{location}', which is missing",
                 hint=f"put '{location}' next to the model file",
             )
+        _check_external_extent(tensor, entries, target, path)
+
+
+def _check_external_extent(tensor: Any, entries: dict[str, str], target: Path, path: Path) -> None:
+    """The tensor's offset and length must lie inside its (regular) external data file, and its
+    length must match its shape, before onnx reads a byte of it."""
+    from ftaudit.limits import require_regular_file
+
+    size = require_regular_file(target, f"external data file of {path}:")
+    try:
+        offset = int(entries.get("offset", "0"))
+        length = int(entries["length"]) if "length" in entries else size - offset
+    except ValueError:
+        offset, length = -1, -1
+    problem = None
+    if offset < 0 or length < 0:
+        problem = f"a bad offset/length ({entries.get('offset')}, {entries.get('length')})"
+    elif offset + length > size:
+        problem = f"bytes {offset} to {offset + length}, beyond the file's {size} bytes"
+    else:
+        onnx = _onnx()
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        expected = int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+        if length != expected:
+            problem = f"{length} bytes, but its shape {list(tensor.dims)} needs {expected}"
+    if problem is not None:
+        raise UserError(
+            f"{path}: tensor '{tensor.name}' declares {problem} in external data file "
+            f"'{entries.get('location')}'",
+            hint="the model and its external data do not belong together; export them again",
+        )
+
+
+def external_data_files(model: Any, base_dir: Path) -> list[Path]:
+    """The external data files a (checked) ONNX model reads, sorted, each once."""
+    onnx = _onnx()
+    files = set()
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            entries = {e.key: e.value for e in tensor.external_data}
+            files.add(base_dir / entries.get("location", ""))
+    return sorted(files)
 
 
 def _tensor_spec(value_info: Any) -> TensorSpec:
@@ -67,8 +109,9 @@ def _tensor_spec(value_info: Any) -> TensorSpec:
     return TensorSpec(value_info.name, dims, dtype)
 
 
-def load_onnx_bytes(path: Path, raw: bytes) -> Any:
-    """Parse and check an ONNX model, with external data read only from the model's folder."""
+def load_onnx_bytes(path: Path, raw: bytes, *, external_files: list[Path] | None = None) -> Any:
+    """Parse and check an ONNX model, with external data read only from the model's folder
+    (the files it read are appended to ``external_files``)."""
     onnx = _onnx()
     from google.protobuf.message import DecodeError
 
@@ -86,6 +129,8 @@ def load_onnx_bytes(path: Path, raw: bytes) -> Any:
             hint="pass a .onnx file or a torch.jit.save archive",
         )
     _check_external_data(model, path.parent, path)
+    if external_files is not None:
+        external_files.extend(external_data_files(model, path.parent))
     onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     try:
         onnx.checker.check_model(model)
@@ -172,11 +217,14 @@ class OnnxModel(AuditModel):
 
     proto: Any = None
     initializers: dict[str, np.ndarray] = field(default_factory=dict)
+    #: external data files the weights were read from (hashed with the model file)
+    external_files: tuple[Path, ...] = ()
 
     @classmethod
     def from_bytes(cls, path: Path, raw: bytes, *, output: str | None = None) -> OnnxModel:
         onnx = _onnx()
-        model = load_onnx_bytes(path, raw)
+        external_files: list[Path] = []
+        model = load_onnx_bytes(path, raw, external_files=external_files)
         _constant_nodes_to_initializers(model)
         initializer_names = {t.name for t in model.graph.initializer}
         graph_inputs = [i for i in model.graph.input if i.name not in initializer_names]
@@ -272,6 +320,7 @@ class OnnxModel(AuditModel):
             metadata=metadata,
             proto=model,
             initializers={name: info["array"] for name, info in found.items()},
+            external_files=tuple(external_files),
         )
 
     def clean_weights(self) -> dict[str, np.ndarray]:
