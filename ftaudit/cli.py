@@ -20,6 +20,7 @@ import typer
 from ftaudit import __version__
 from ftaudit.errors import GateFailure, UserError
 from ftaudit.harden.settings import HARDEN_DEFAULTS as _HARDEN
+from ftaudit.text import printable
 
 if TYPE_CHECKING:
     from ftaudit.config import EvalSettings
@@ -162,11 +163,11 @@ def exit_codes(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except UserError as exc:
-            print(f"ftaudit: error: {exc}", file=sys.stderr)
+            print(f"ftaudit: error: {printable(str(exc))}", file=sys.stderr)
             raise typer.Exit(2) from None
         except GateFailure as exc:
             for line in exc.lines:
-                print(f"ftaudit: {line}", file=sys.stderr)
+                print(f"ftaudit: {printable(line)}", file=sys.stderr)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             print("ftaudit: interrupted; no output was written", file=sys.stderr)
@@ -658,8 +659,10 @@ def harden_command(
         ray=ray,
         command=["ftaudit", *(sys.argv[1:] if _ARGV is None else _ARGV)],
     )
+    from ftaudit.text import escape
+
     for note in report.notes:
-        err.print(f"note: {note}", highlight=False)
+        err.print(f"note: {escape(note)}", highlight=False)
     if report_path is not None:
         import json
 
@@ -819,8 +822,9 @@ def _run_with_stages(fn: Any, show: bool, *args: Any, **kwargs: Any) -> Any:
     """Call ``fn`` with a progress bar on stderr whose label follows the current stage."""
     if not show:
         return fn(*args, **kwargs)
-    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from ftaudit.text import escape
 
     with Progress(
         "[progress.description]{task.description}",

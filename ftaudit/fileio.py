@@ -131,7 +131,7 @@ _STAGED: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.Co
 
 
 def _write_error(path: Path, exc: OSError) -> UserError:
-    reason = exc.strerror or exc.__class__.__name__
+    reason = exc.strerror or str(exc) or exc.__class__.__name__
     return UserError(
         f"cannot write {path}: {reason}; no output was written",
         hint="free disk space or choose another folder, then run again",
