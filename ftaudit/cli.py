@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import fields, replace
@@ -160,6 +162,35 @@ def exit_codes(command: F) -> F:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import warnings
+
+        # library warnings (numpy casts, Pillow) are held back: after bad input the one error
+        # line is all stderr shows; after a run that ends normally they are shown as usual
+        result, error = None, None
+        with warnings.catch_warnings(record=True) as held:
+            try:
+                result = command(*args, **kwargs)
+            except BaseException as exc:  # re-raised below, once the warnings are sorted
+                error = exc
+        if not isinstance(error, UserError):
+            _show_warnings(held)
+        if error is not None:
+            raise error
+        return result
+
+    return _exit_codes(wrapper)  # type: ignore[return-value]
+
+
+def _show_warnings(held: list[Any]) -> None:
+    import warnings
+
+    for item in held:
+        warnings.showwarning(item.message, item.category, item.filename, item.lineno)
+
+
+def _exit_codes(command: F) -> F:
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except UserError as exc:
@@ -169,11 +200,42 @@ def exit_codes(command: F) -> F:
             for line in exc.lines:
                 print(f"ftaudit: {printable(line)}", file=sys.stderr)
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            print("ftaudit: interrupted; no output was written", file=sys.stderr)
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, Terminated)
+            what = "terminated (SIGTERM)" if terminated else "interrupted"
+            print(f"ftaudit: {what}; {_kept(kwargs.get('checkpoint_dir'))}", file=sys.stderr)
+            raise typer.Exit(143 if terminated else 130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: checkpoints are written, no report is, exit 143."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _kept(checkpoint_dir: Path | None) -> str:
+    """What an interrupted run leaves: the checkpoint and the command that continues it."""
+    import shlex
+
+    from ftaudit.eval_checkpoint import checkpoint_file
+    from ftaudit.harden.checkpoint import checkpoint_path
+
+    if checkpoint_dir is None or not any(
+        path.is_file()
+        for path in (checkpoint_file(checkpoint_dir), checkpoint_path(checkpoint_dir))
+    ):
+        return "no output was written"
+    argv = list(sys.argv[1:] if _ARGV is None else _ARGV)
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return (
+        f"checkpoint kept in {printable(str(checkpoint_dir))}; continue with: "
+        f"{printable(shlex.join(['ftaudit', *argv]))}"
+    )
 
 
 def _version(value: bool) -> None:
@@ -427,7 +489,10 @@ def inspect_command(
     if as_json:
         import json
 
-        sys.stdout.write(json.dumps(summary.to_dict(), indent=2) + "\n")
+        from ftaudit.report.json_report import to_json_compatible
+
+        payload = to_json_compatible(summary.to_dict())  # NaN (a broken weight) -> null
+        sys.stdout.write(json.dumps(payload, indent=2, allow_nan=False) + "\n")
         return
     from rich.console import Console
 
@@ -1086,6 +1151,8 @@ def run(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` and return the exit code (what ``main`` exits with)."""
     global _ARGV
     _ARGV = None if argv is None else list(argv)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
         app(args=optional_ray_value(sys.argv[1:] if argv is None else argv), prog_name="ftaudit")
     except SystemExit as exc:
@@ -1100,6 +1167,8 @@ def run(argv: list[str] | None = None) -> int:
         return 3
     finally:
         _ARGV = None
+        if in_main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     return 0
 
 

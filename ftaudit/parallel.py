@@ -16,6 +16,8 @@ import os
 import signal
 import socket
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -139,10 +141,28 @@ def _evaluator(spec: EvaluatorSpec) -> ChunkEvaluator:
     return evaluator
 
 
+#: seconds between a worker's checks that its parent is still alive
+PARENT_POLL_S = 0.5
+
+
 def _init_process_worker(spec: EvaluatorSpec | None) -> None:
     # Ctrl-C goes to the whole process group: the parent handles it and stops the pool
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     globals()["_PROCESS_SPEC"] = spec
+    _exit_with_parent(os.getppid())
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose parent died (kill -9, OOM killer) exits too, instead of idling on with a
+    model and data in memory: a daemon thread watches the parent's pid. Once every worker is
+    gone, multiprocessing's resource tracker sees its pipe close and exits as well."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="ftaudit-parent-watchdog", daemon=True).start()
 
 
 def _process_chunk(start: int, stop: int, active: list[int]) -> np.ndarray:
@@ -154,6 +174,19 @@ def _ray_chunk(spec: EvaluatorSpec, start: int, stop: int, active: list[int]) ->
 
 
 # --- backends -------------------------------------------------------------------------------
+class WorkersDied(UserError):
+    """Worker processes kept dying on the same samples (out of memory, or killed): one line,
+    exit 2, not a traceback."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(
+            f"the worker processes died {PROCESS_MAX_RETRIES + 1} times running the same "
+            "samples (out of memory, or killed)",
+            hint=f"run with fewer --workers than {workers} (each holds the model and the data) "
+            "or a smaller --batch-size; --checkpoint-dir keeps the samples already counted",
+        )
+
+
 class RetriedChunk:
     """``fn(*args)`` on a backend's process pool, resubmitted on a fresh pool if a worker dies
     (also one that died while the pool idled, which breaks the next submit)."""
@@ -169,7 +202,10 @@ class RetriedChunk:
         except BrokenProcessPool:
             self.backend.restart(self.generation)
             self.generation = self.backend.generation
-            self.future = self.backend.pool.submit(self.fn, *self.args)
+            try:
+                self.future = self.backend.pool.submit(self.fn, *self.args)
+            except BrokenProcessPool as exc:
+                raise WorkersDied(self.backend.parallelism) from exc
 
     def result(self) -> np.ndarray:
         for _ in range(PROCESS_MAX_RETRIES):
@@ -178,7 +214,10 @@ class RetriedChunk:
             except BrokenProcessPool:
                 self.backend.restart(self.generation)
                 self._submit()
-        return self.future.result()
+        try:
+            return self.future.result()
+        except BrokenProcessPool as exc:
+            raise WorkersDied(self.backend.parallelism) from exc
 
     def cancel(self) -> bool:
         return self.future.cancel()
