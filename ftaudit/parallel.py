@@ -145,11 +145,13 @@ def _evaluator(spec: EvaluatorSpec) -> ChunkEvaluator:
 PARENT_POLL_S = 0.5
 
 
-def _init_process_worker(spec: EvaluatorSpec | None) -> None:
+def _init_process_worker(spec: EvaluatorSpec | None, parent: int | None = None) -> None:
     # Ctrl-C goes to the whole process group: the parent handles it and stops the pool
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     globals()["_PROCESS_SPEC"] = spec
-    _exit_with_parent(os.getppid())
+    # the parent's pid comes from the parent: if it died while this worker was starting, the
+    # worker's parent is already another process, and it exits at once
+    _exit_with_parent(os.getppid() if parent is None else parent)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -238,7 +240,7 @@ class ProcessBackend:
             max_workers=self.parallelism,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_process_worker,
-            initargs=(self.spec,),
+            initargs=(self.spec, os.getpid()),
         )
 
     def restart(self, generation: int) -> None:

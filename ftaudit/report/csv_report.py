@@ -49,7 +49,7 @@ def text_cell(value: str) -> str:
     """A string cell safe to open in a spreadsheet: NUL dropped, CR/LF made spaces, and a
     leading formula character neutralised by a single quote, as OWASP advises."""
     value = value.replace("\0", "").replace("\r\n", " ").replace("\r", " ").replace("\n", " ")
-    return "'" + value if value.startswith(_FORMULA_START) else value
+    return "'" + value if value.lstrip(" ").startswith(_FORMULA_START) else value
 
 
 class SafeCsvWriter:
