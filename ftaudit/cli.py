@@ -1,28 +1,26 @@
 """Command-line interface: parses options, calls the library, prints, and sets the exit code.
 
 Exit codes: 0 ok, 1 a CI gate failed, 2 bad input or usage, 3 internal error (a bug),
-130 interrupted.
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM); see ftaudit/exit_codes.py.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ftaudit import __version__
 from ftaudit.errors import GateFailure, UserError
+from ftaudit.exit_codes import exit_codes, on_sigterm, run_argv, set_run_argv
 from ftaudit.harden.settings import HARDEN_DEFAULTS as _HARDEN
-from ftaudit.text import printable
 
 if TYPE_CHECKING:
     from ftaudit.config import EvalSettings
@@ -152,90 +150,6 @@ JsonOpt = Annotated[
 ]
 CsvOpt = Annotated[Path | None, typer.Option("--csv", help="Write a CSV table here.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No table on stdout.")]
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def exit_codes(command: F) -> F:
-    """Turn UserError into one stderr line + exit 2, GateFailure into exit 1, Ctrl-C into 130."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        import warnings
-
-        # library warnings (numpy casts, Pillow) are held back: after bad input the one error
-        # line is all stderr shows; after a run that ends normally they are shown as usual
-        result, error = None, None
-        with warnings.catch_warnings(record=True) as held:
-            try:
-                result = command(*args, **kwargs)
-            except BaseException as exc:  # re-raised below, once the warnings are sorted
-                error = exc
-        if not isinstance(error, UserError):
-            _show_warnings(held)
-        if error is not None:
-            raise error
-        return result
-
-    return _exit_codes(wrapper)  # type: ignore[return-value]
-
-
-def _show_warnings(held: list[Any]) -> None:
-    import warnings
-
-    for item in held:
-        warnings.showwarning(item.message, item.category, item.filename, item.lineno)
-
-
-def _exit_codes(command: F) -> F:
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except UserError as exc:
-            print(f"ftaudit: error: {printable(str(exc))}", file=sys.stderr)
-            raise typer.Exit(2) from None
-        except GateFailure as exc:
-            for line in exc.lines:
-                print(f"ftaudit: {printable(line)}", file=sys.stderr)
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt as exc:
-            terminated = isinstance(exc, Terminated)
-            what = "terminated (SIGTERM)" if terminated else "interrupted"
-            print(f"ftaudit: {what}; {_kept(kwargs.get('checkpoint_dir'))}", file=sys.stderr)
-            raise typer.Exit(143 if terminated else 130) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C: checkpoints are written, no report is, exit 143."""
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Terminated()
-
-
-def _kept(checkpoint_dir: Path | None) -> str:
-    """What an interrupted run leaves: the checkpoint and the command that continues it."""
-    import shlex
-
-    from ftaudit.eval_checkpoint import checkpoint_file
-    from ftaudit.harden.checkpoint import checkpoint_path
-
-    if checkpoint_dir is None or not any(
-        path.is_file()
-        for path in (checkpoint_file(checkpoint_dir), checkpoint_path(checkpoint_dir))
-    ):
-        return "no output was written"
-    argv = list(sys.argv[1:] if _ARGV is None else _ARGV)
-    if "--resume" not in argv:
-        argv.append("--resume")
-    return (
-        f"checkpoint kept in {printable(str(checkpoint_dir))}; continue with: "
-        f"{printable(shlex.join(['ftaudit', *argv]))}"
-    )
 
 
 def _version(value: bool) -> None:
@@ -417,7 +331,7 @@ def eval_command(
         fail_under_kpp=settings.fail_under_kpp,
         fail_under_mean=settings.fail_under_mean,
         config_file=settings.config_file,
-        command=["ftaudit", *(sys.argv[1:] if _ARGV is None else _ARGV)],
+        command=["ftaudit", *run_argv()],
         **effect_options,
         workers=settings.workers,
         ray=ray,
@@ -722,7 +636,7 @@ def harden_command(
         resume=resume,
         on_epoch=on_epoch,
         ray=ray,
-        command=["ftaudit", *(sys.argv[1:] if _ARGV is None else _ARGV)],
+        command=["ftaudit", *run_argv()],
     )
     from ftaudit.text import escape
 
@@ -770,7 +684,7 @@ SensitivitySamplesOpt = Annotated[
 
 
 def _command() -> list[str]:
-    return ["ftaudit", *(sys.argv[1:] if _ARGV is None else _ARGV)]
+    return ["ftaudit", *run_argv()]
 
 
 def _shared_settings(config: Path | None, flags: dict[str, Any]) -> EvalSettings:
@@ -1143,16 +1057,11 @@ def sensitivity_command(
         Console().print(writers.sensitivity_renderable(report))
 
 
-#: the arguments ``run`` was called with, recorded in reports (``sys.argv`` when None)
-_ARGV: list[str] | None = None
-
-
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` and return the exit code (what ``main`` exits with)."""
-    global _ARGV
-    _ARGV = None if argv is None else list(argv)
+    set_run_argv(argv)
     in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main else None
     try:
         app(args=optional_ray_value(sys.argv[1:] if argv is None else argv), prog_name="ftaudit")
     except SystemExit as exc:
@@ -1166,7 +1075,7 @@ def run(argv: list[str] | None = None) -> int:
         )
         return 3
     finally:
-        _ARGV = None
+        set_run_argv(None)
         if in_main:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     return 0

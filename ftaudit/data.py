@@ -28,7 +28,6 @@ nor on unrelated files lying next to the data.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import math
 import re
@@ -42,9 +41,10 @@ from typing import Any
 
 import numpy as np
 
+from ftaudit.data_files import idx_header, npz_header, read_idx, read_npz_rows
 from ftaudit.errors import UserError
 from ftaudit.fileio import sha256_file
-from ftaudit.limits import check_memory, read_exactly, require_regular_file
+from ftaudit.limits import require_regular_file
 
 SUPPORTED_FORMATS = (
     "an .npz file with arrays x and y; an MNIST/Fashion-MNIST IDX images file "
@@ -53,18 +53,8 @@ SUPPORTED_FORMATS = (
 )
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 
-# IDX type codes (third magic byte) -> big-endian numpy dtype, from the MNIST file format.
-IDX_DTYPES: dict[int, np.dtype[Any]] = {
-    0x08: np.dtype("u1"),
-    0x09: np.dtype("i1"),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
 _IDX_IMAGES = re.compile(r"images([-.])idx3")
 _IDX_LABELS = re.compile(r"labels([-.])idx1")
-_GZIP_MAGIC = b"\x1f\x8b"
 
 # What each loader returns: raw x (limit applied, dtype as stored), int64 y, source sha256.
 _Loaded = tuple[np.ndarray, np.ndarray, str]
@@ -254,8 +244,8 @@ def _load_npz(path: Path, files: list[Path], limit: int | None) -> _Loaded:
                         hint="save the inputs as x and the labels as y: "
                         "np.savez(path, x=inputs, y=labels)",
                     )
-            x_shape = _npz_header(archive, "x", path)[0]
-            y_shape = _npz_header(archive, "y", path)[0]
+            x_shape = npz_header(archive, "x", path)[0]
+            y_shape = npz_header(archive, "y", path)[0]
             if len(x_shape) == 0:
                 raise UserError(
                     f"array x in {path} is a single number, not a batch of inputs",
@@ -272,8 +262,8 @@ def _load_npz(path: Path, files: list[Path], limit: int | None) -> _Loaded:
                     hint="x and y must have one entry per sample along the first axis",
                 )
             _check_not_empty(y_shape[0], path)
-            x = _read_npz_rows(archive, "x", path, limit)
-            y = _read_npz_rows(archive, "y", path, limit)
+            x = read_npz_rows(archive, "x", path, limit)
+            y = read_npz_rows(archive, "y", path, limit)
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as exc:
         raise UserError(
             f"cannot read {path}: {exc}",
@@ -282,74 +272,10 @@ def _load_npz(path: Path, files: list[Path], limit: int | None) -> _Loaded:
     return x, _labels(y, path), sha256_file(path)
 
 
-def _npz_header(
-    archive: zipfile.ZipFile, key: str, path: Path
-) -> tuple[tuple[int, ...], bool, Any]:
-    """Shape, Fortran order and dtype of one array, read from its .npy header alone; pickled
-    object arrays and headers that promise more bytes than the entry holds are refused."""
-    info = archive.getinfo(f"{key}.npy")
-    try:
-        with archive.open(info) as member:
-            version = np.lib.format.read_magic(member)
-            read_header = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            shape, fortran_order, dtype = read_header(member)
-            header_size = member.tell()
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise UserError(
-            f"cannot read array {key} from {path}: {exc}",
-            hint="the file looks corrupt; save it again with np.savez",
-        ) from exc
-    if dtype.hasobject:
-        raise UserError(
-            f"array {key} in {path} holds pickled Python objects, and ftaudit never "
-            "unpickles data (it can run arbitrary code)",
-            hint="save plain numeric arrays with np.savez(path, x=inputs, y=labels)",
-        )
-    declared = math.prod(shape) * dtype.itemsize
-    if header_size + declared != info.file_size:
-        raise UserError(
-            f"array {key} in {path} declares shape {shape} ({declared} bytes) but its entry "
-            f"holds {info.file_size - header_size} data bytes",
-            hint="the file is corrupt or was edited; save it again with np.savez",
-        )
-    return tuple(shape), fortran_order, dtype, header_size
-
-
-def _read_npz_rows(archive: zipfile.ZipFile, key: str, path: Path, limit: int | None) -> np.ndarray:
-    """The first ``limit`` rows of one array, decompressing only the bytes they need."""
-    shape, fortran_order, dtype, header_size = _npz_header(archive, key, path)
-    rows = shape[0] if limit is None or fortran_order else min(limit, shape[0])
-    row_bytes = math.prod(shape[1:]) * dtype.itemsize
-    check_memory(
-        rows * row_bytes,
-        f"array {key} of {path} (shape {shape})",
-        hint="pass --limit N to read only the first N samples",
-    )
-    try:
-        with archive.open(f"{key}.npy") as member:
-            read_exactly(member, header_size)  # skip to the data
-            data = read_exactly(member, rows * row_bytes)
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise UserError(
-            f"cannot read array {key} from {path}: {exc}",
-            hint="the file looks corrupt; save it again with np.savez",
-        ) from exc
-    if len(data) != rows * row_bytes:
-        raise UserError(f"array {key} in {path} is truncated", hint="save it again with np.savez")
-    if fortran_order:
-        array = np.frombuffer(data, dtype=dtype).reshape(shape[::-1]).transpose()
-        return array[:limit]
-    return np.frombuffer(data, dtype=dtype).reshape((rows, *shape[1:]))
-
-
 def _load_idx(path: Path, files: list[Path], limit: int | None) -> _Loaded:
     images_file, labels_file = files
-    x_dims = _idx_header(images_file)[0]
-    y_dims = _idx_header(labels_file)[0]
+    x_dims = idx_header(images_file)[0]
+    y_dims = idx_header(labels_file)[0]
     if len(y_dims) != 1:
         raise UserError(
             f"IDX labels file {labels_file} has shape {y_dims}; labels must be 1-D",
@@ -362,96 +288,9 @@ def _load_idx(path: Path, files: list[Path], limit: int | None) -> _Loaded:
             hint="the two files must come from the same data set split",
         )
     _check_not_empty(y_dims[0], images_file)
-    x = _read_idx(images_file, limit)
-    y = _read_idx(labels_file, limit)
+    x = read_idx(images_file, limit)
+    y = read_idx(labels_file, limit)
     return x, _labels(y, labels_file), _sha256_files(images_file.parent, files)
-
-
-def _open_maybe_gzip(path: Path) -> Any:
-    with open(path, "rb") as handle:
-        compressed = handle.read(2) == _GZIP_MAGIC
-    return gzip.open(path, "rb") if compressed else open(path, "rb")
-
-
-def _idx_header(path: Path) -> tuple[tuple[int, ...], np.dtype[Any], int, bool]:
-    """Dims, dtype, header size and compression of an IDX file, from its header alone.
-
-    A raw file must hold exactly the bytes its header promises (checked against its size before
-    reading); a .gz file is checked as it is decompressed, never beyond what was promised."""
-    try:
-        with _open_maybe_gzip(path) as handle:
-            compressed = isinstance(handle, gzip.GzipFile)
-            head = read_exactly(handle, 4)
-            if len(head) < 4 or head[:2] != b"\x00\x00":
-                raise UserError(
-                    f"{path} is not an IDX file (it does not start with the IDX magic bytes 00 00)",
-                    hint="pass the original MNIST/Fashion-MNIST files",
-                )
-            code, ndim = head[2], head[3]
-            if code not in IDX_DTYPES:
-                raise UserError(
-                    f"{path} has the unknown IDX data type code 0x{code:02x}",
-                    hint="known codes: " + ", ".join(f"0x{known:02x}" for known in IDX_DTYPES),
-                )
-            raw_dims = read_exactly(handle, 4 * ndim)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise UserError(
-            f"cannot decompress {path}: {exc}",
-            hint="the file is corrupt or truncated; download it again",
-        ) from exc
-    if ndim == 0 or len(raw_dims) < 4 * ndim:
-        raise UserError(
-            f"{path} has a truncated or empty IDX header", hint="download the file again"
-        )
-    dims = tuple(int.from_bytes(raw_dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
-    dtype = IDX_DTYPES[code]
-    header_size = 4 + 4 * ndim
-    if not compressed:
-        expected = math.prod(dims) * dtype.itemsize
-        actual = path.stat().st_size - header_size
-        if actual != expected:
-            _idx_size_error(path, dims, expected, actual)
-    return dims, dtype, header_size, compressed
-
-
-def _idx_size_error(path: Path, dims: tuple[int, ...], expected: int, actual: int) -> None:
-    problem = "is truncated" if actual < expected else "has trailing bytes"
-    raise UserError(
-        f"{path} {problem}: its header promises {expected} data bytes for shape {dims} "
-        f"but it holds {actual}",
-        hint="download the file again",
-    )
-
-
-def _read_idx(path: Path, limit: int | None) -> np.ndarray:
-    """The first ``limit`` records of an IDX file, reading (decompressing) only those."""
-    dims, dtype, header_size, compressed = _idx_header(path)
-    rows = dims[0] if limit is None else min(limit, dims[0])
-    row_bytes = math.prod(dims[1:]) * dtype.itemsize
-    expected = math.prod(dims) * dtype.itemsize
-    check_memory(
-        rows * row_bytes,
-        f"IDX file {path} (shape {dims})",
-        hint="pass --limit N to read only the first N samples",
-    )
-    try:
-        with _open_maybe_gzip(path) as handle:
-            read_exactly(handle, header_size)
-            data = read_exactly(handle, rows * row_bytes)
-            if len(data) < rows * row_bytes:
-                raise UserError(
-                    f"{path} is truncated: its header promises {expected} data bytes for shape "
-                    f"{dims} but the data ends sooner",
-                    hint="download the file again",
-                )
-            if compressed and rows == dims[0] and handle.read(1):
-                _idx_size_error(path, dims, expected, expected + 1)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise UserError(
-            f"cannot decompress {path}: {exc}",
-            hint="the file is corrupt or truncated; download it again",
-        ) from exc
-    return np.frombuffer(data, dtype=dtype).reshape((rows, *dims[1:]))
 
 
 def _load_image_folder(path: Path, files: list[Path], limit: int | None) -> _Loaded:

@@ -153,8 +153,8 @@ class DeviceNoise(NoiseModel):
             )
         if any(not np.isfinite(m) or m < 0 or m > MAX_MULTIPLIER for m in table):
             raise UserError(
-                f"noise model {self.label} has a negative, non-finite or absurd multiplier "
-                f"(allowed: 0 to {MAX_MULTIPLIER:g})",
+                f"noise model {self.label} has a negative or non-finite multiplier, or one "
+                f"above {MAX_MULTIPLIER:g} (sigma times it overflows)",
                 hint="multipliers scale sigma per cell level, e.g. [1.0, 4.0, 4.0, 1.0]",
             )
         self.multipliers = np.asarray(table, dtype=np.float64)
