@@ -598,8 +598,9 @@ def harden_command(
             hint="pass --sigma 0.3 (or set sigma in the [harden] table of ftaudit.toml)",
         )
     noise_file = settings.noise if settings.noise.lower().endswith(".toml") else None
+    inputs = (model, *_external_data((model,)), settings.data, settings.val_data, noise_file)
     _check_outputs(
-        (model, settings.data, settings.val_data, noise_file, settings.config_file),
+        (*inputs, settings.config_file),
         {"hardened model": output, "harden report": report_path, "study database": study},
     )
     from ftaudit.harden.api import harden
@@ -780,7 +781,13 @@ def _inputs(settings: EvalSettings, *models: Path) -> tuple[Path | str | None, .
     """Every file a run reads: the models, the data, a device file and the config file."""
     noise = settings.noise
     device_file = noise if noise.lower().endswith(".toml") else None
-    return (*models, settings.data, device_file, settings.config_file)
+    return (*models, *_external_data(models), settings.data, device_file, settings.config_file)
+
+
+def _external_data(models: tuple[Path, ...]) -> list[Path]:
+    from ftaudit.models.onnx import declared_external_files
+
+    return [file for model in models for file in declared_external_files(Path(model))]
 
 
 def _check_outputs(

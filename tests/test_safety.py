@@ -271,6 +271,13 @@ CASES: dict[str, Case] = {
         2,
         "would both be written",
     ),
+    "json-over-external-data": Case(
+        lambda d, r: _eval(
+            d, "--json", str(d / "weights.bin"), model=tiny_onnx(d / "ext.onnx", external=True)
+        ),
+        2,
+        "over the input file",
+    ),
     # 5. unbounded reads
     "npz-header-lies": Case(
         lambda d, r: _eval(d, data=lying_npz(d / "lie.npz")), 2, "declares shape"

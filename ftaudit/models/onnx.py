@@ -86,6 +86,26 @@ def _check_external_extent(tensor: Any, entries: dict[str, str], target: Path, p
         )
 
 
+#: model files up to this size are parsed before a run to find the external data files that
+#: outputs must not overwrite (a model that keeps its weights outside is small)
+EXTERNAL_DATA_PROBE_BYTES = 64 << 20
+
+
+def declared_external_files(path: Path) -> list[Path]:
+    """The external data files an ONNX model file names (without reading them), for the
+    output-path checks; [] for other formats, unreadable or large files."""
+    try:
+        if path.stat().st_size > EXTERNAL_DATA_PROBE_BYTES or not path.is_file():
+            return []
+        with open(path, "rb") as handle:
+            if handle.read(4) == b"PK\x03\x04":  # TorchScript
+                return []
+        model = _onnx().load_model(str(path), load_external_data=False)
+    except Exception:  # not a readable ONNX file: the loader reports it properly later
+        return []
+    return external_data_files(model, path.parent)
+
+
 def external_data_files(model: Any, base_dir: Path) -> list[Path]:
     """The external data files a (checked) ONNX model reads, sorted, each once."""
     onnx = _onnx()
