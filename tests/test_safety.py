@@ -798,3 +798,23 @@ def test_sigterm_keeps_the_checkpoint_and_names_the_resume_command(tmp_path: Pat
     assert lines[0].endswith("--checkpoint-dir " + str(ck) + " --resume")
     with np.load(ck / "ftaudit-eval.ckpt.npz") as saved:
         assert saved["done"].sum() > 0
+
+
+def test_edited_harden_checkpoint_is_refused(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from ftaudit.errors import UserError
+    from ftaudit.harden.methods import _restore
+
+    class Module:
+        def load_state_dict(self, state: dict) -> None:
+            raise RuntimeError("size mismatch for fc.weight")
+
+    state = {"models": [{}], "optimizers": [], "epochs_done": 1, "method_state": "{}"}
+    ctx = SimpleNamespace(resume_state=state, checkpoint_dir=tmp_path, epochs=3)
+    with pytest.raises(UserError, match="damaged or was edited"):
+        _restore(ctx, [SimpleNamespace(module=Module())], [])
+    ok = SimpleNamespace(module=SimpleNamespace(load_state_dict=lambda state: None))
+    state.update(epochs_done=999999, history="[]")
+    with pytest.raises(UserError, match="epochs done: 999999 of 3"):
+        _restore(ctx, [ok], [])
