@@ -250,6 +250,26 @@ def load_models(names: list[str], folder: Path) -> list[tuple[str, Path, np.ndar
     return found
 
 
+def aihwkit_row(python: str, lenet: dict, args) -> str:
+    """ftaudit's LeNet cost per sample against IBM aihwkit's on the same model and data."""
+    import json
+    import subprocess
+
+    samples = max(10, args.samples // 4)
+    script = Path(__file__).resolve().parent / "aihwkit_compare.py"
+    command = [python, str(script), "--samples", str(samples), "--sigma", str(SIGMA)]
+    found = json.loads(subprocess.run(command, check=True, capture_output=True).stdout)
+    return (
+        "| side by side (lenet, 2,000 images, weights-only lognormal noise, sigma "
+        f"{SIGMA}) | ms/sample | mean accuracy |\n| --- | ---: | ---: |\n"
+        f"| IBM aihwkit 1.2.0 (ideal forward, programming noise only; {samples} samples) "
+        f"| {found['ms_per_sample']:.2f} | {found['mean_accuracy']:.4f} "
+        f"± {found['standard_error']:.4f} |\n"
+        f"| ftaudit (this table's lenet row) | {lenet['mc']:.2f} | |\n"
+        f"| ftaudit cost / aihwkit cost | {lenet['mc'] / found['ms_per_sample']:.2f} | |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=200, help="MC samples timed per model")
@@ -260,6 +280,10 @@ def main() -> None:
         default="lenet,mlp,rescnn,mobilenet,resnet18w",
         help="comma-separated: lenet, mlp, rescnn, mobilenet, resnet18w",
     )
+    parser.add_argument(
+        "--aihwkit-python",
+        help="a Python with aihwkit 1.2.0: adds the side-by-side LeNet row (aihwkit_compare.py)",
+    )
     parser.add_argument("--write", action="store_true", help="write docs/benchmarks.md")
     args = parser.parse_args()
 
@@ -269,6 +293,9 @@ def main() -> None:
             rows.append(measure(name, path, x, y, args))
             print(render(rows[-1:]).splitlines()[-1], flush=True)
     table = render(rows)
+    lenet = next((r for r in rows if r["model"] == "lenet"), None)
+    if args.aihwkit_python and lenet is not None:
+        table += "\n\n" + aihwkit_row(args.aihwkit_python, lenet, args)
     summary = (
         f"Machine: {machine()}. Run on {time.strftime('%Y-%m-%d')} "
         f"(`python benchmarks/mc_throughput.py --write`).\n\n"
