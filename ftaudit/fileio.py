@@ -30,21 +30,23 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-#: folders whose entries name open files or devices (/dev/stdout, /proc/self/fd/3): written in
+#: folders whose links name open files (/dev/stdout, /dev/fd/3, /proc/self/fd/3): written in
 #: place even when they lead to a regular file, so the data goes where the descriptor points
 _IN_PLACE_FOLDERS = ("/dev/", "/proc/")
 
 
 def _is_special(path: Path) -> bool:
     """An existing target that must be written in place: not a regular file once links are
-    followed (a device, FIFO, socket), or a /dev or /proc name for an open file."""
+    followed (a device, FIFO, socket), or a /dev or /proc link to an open file."""
     try:
         mode = os.stat(path).st_mode
     except OSError:
         return False
     if stat.S_ISDIR(mode):
         return False
-    return not stat.S_ISREG(mode) or os.path.abspath(path).startswith(_IN_PLACE_FOLDERS)
+    if not stat.S_ISREG(mode):
+        return True
+    return os.path.abspath(path).startswith(_IN_PLACE_FOLDERS) and os.path.islink(path)
 
 
 def _real(path: Path) -> Path:

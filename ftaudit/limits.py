@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import IO
 
 from ftaudit.errors import UserError
 
@@ -72,7 +73,7 @@ def check_memory(nbytes: int, what: str, *, hint: str) -> None:
         )
 
 
-def read_exactly(handle, nbytes: int) -> bytes:  # type: ignore[no-untyped-def]
+def read_exactly(handle: IO[bytes], nbytes: int) -> bytes:
     """Up to ``nbytes`` from a stream, grown as data arrives (a lying size never allocates
     more than the stream really holds)."""
     parts: list[bytes] = []
