@@ -131,7 +131,8 @@ def config(folder: Path, text: str) -> Path:
 
 
 def torchscript_module(folder: Path, kind: str) -> Path:
-    """A scripted Linear model whose forward raises (torch.jit.Error), or returns a dict."""
+    """A scripted Linear model whose forward raises (torch.jit.Error), returns a dict, or
+    returns integer class indices."""
     torch = pytest.importorskip("torch")
     nn = torch.nn
 
@@ -153,7 +154,15 @@ def torchscript_module(folder: Path, kind: str) -> Path:
         def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
             return {"logits": self.fc(x.flatten(1))}
 
-    module = {"raises": Raises, "dict": ReturnsDict}[kind]()
+    class ReturnsClasses(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(64, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.flatten(1)).argmax(dim=1, keepdim=True).expand(-1, 4)
+
+    module = {"raises": Raises, "dict": ReturnsDict, "ints": ReturnsClasses}[kind]()
     path = folder / f"{kind}.pt"
     torch.jit.save(torch.jit.script(module), str(path))
     return path
@@ -334,6 +343,9 @@ CASES: dict[str, Case] = {
     ),
     "torchscript-returns-dict": Case(
         lambda d, r: _eval(d, model=torchscript_module(d, "dict")), 2, "returns a dict"
+    ),
+    "torchscript-int-logits": Case(
+        lambda d, r: _eval(d, model=torchscript_module(d, "ints")), 2, "floating-point logits"
     ),
     "empty-sigma-multipliers": Case(
         lambda d, r: _eval(
@@ -781,17 +793,22 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
-def test_sigterm_keeps_the_checkpoint_and_names_the_resume_command(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_keeps_the_checkpoint_and_names_the_resume_command(
+    tmp_path: Path, workers: str
+) -> None:
     ck = tmp_path / "ck"
-    parent = _start(tmp_path, "--checkpoint-dir", str(ck))
+    parent = _start(tmp_path, "--workers", workers, "--checkpoint-dir", str(ck))
     try:
         assert _wait_for(lambda: (ck / "ftaudit-eval.ckpt.npz").exists(), 60)
+        children = _children(parent.pid)
         parent.send_signal(signal.SIGTERM)
         _, err = parent.communicate(timeout=60)
     finally:
         if parent.poll() is None:
             parent.kill()
     assert parent.returncode == 143, err
+    assert _wait_for(lambda: not any(_alive(pid) for pid in children), 10)
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert f"checkpoint kept in {ck}" in lines[0]
