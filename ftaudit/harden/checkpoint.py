@@ -9,6 +9,7 @@ from typing import Any
 from ftaudit._optional import require_torch
 from ftaudit.errors import UserError
 from ftaudit.fileio import atomic_write
+from ftaudit.limits import require_regular_file
 
 CHECKPOINT_NAME = "ftaudit-harden.ckpt"
 
@@ -30,6 +31,7 @@ def load_checkpoint(directory: Path, fingerprint: dict[str, Any]) -> dict[str, A
     path = checkpoint_path(directory)
     if not path.exists():
         return None
+    require_regular_file(path, "checkpoint")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt archives

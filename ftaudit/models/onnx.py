@@ -74,10 +74,12 @@ def _check_external_extent(tensor: Any, entries: dict[str, str], target: Path, p
     elif offset + length > size:
         problem = f"bytes {offset} to {offset + length}, beyond the file's {size} bytes"
     else:
-        onnx = _onnx()
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-        expected = int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
-        if length != expected:
+        try:
+            dtype = _onnx().helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        except (KeyError, ValueError):  # an unknown type: onnx.checker reports it
+            dtype = np.dtype(object)
+        expected = int(np.prod(tensor.dims, dtype=np.int64)) * dtype.itemsize
+        if dtype.kind in "biufc" and length != expected:  # numbers: the size is known
             problem = f"{length} bytes, but its shape {list(tensor.dims)} needs {expected}"
     if problem is not None:
         raise UserError(
@@ -95,15 +97,17 @@ EXTERNAL_DATA_PROBE_BYTES = 64 << 20
 def declared_external_files(path: Path) -> list[Path]:
     """The external data files an ONNX model file names (without reading them), for the
     output-path checks; [] for other formats, unreadable or large files."""
+    from google.protobuf.message import DecodeError
+
     try:
-        if path.stat().st_size > EXTERNAL_DATA_PROBE_BYTES or not path.is_file():
+        if not path.is_file() or path.stat().st_size > EXTERNAL_DATA_PROBE_BYTES:
             return []
         with open(path, "rb") as handle:
             if handle.read(4) == b"PK\x03\x04":  # TorchScript
                 return []
         model = _onnx().load_model(str(path), load_external_data=False)
-    except Exception:  # not a readable ONNX file: the loader reports it properly later
-        return []
+    except (OSError, ValueError, RuntimeError, DecodeError):
+        return []  # not a readable ONNX file: the loader reports why, later
     return external_data_files(model, path.parent)
 
 
