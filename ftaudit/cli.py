@@ -82,7 +82,10 @@ DriftT0Opt = Annotated[
 ]
 CompensationOpt = Annotated[
     str | None,
-    typer.Option("--compensation", help="Global drift compensation: none, global or both [both]."),
+    typer.Option(
+        "--compensation",
+        help="Drift compensation: none, global (alias gdc) or both [both].",
+    ),
 ]
 StuckAtOpt = Annotated[
     str | None,

@@ -326,7 +326,7 @@ def test_cli_drift_table_json_csv(run_cli: RunCli, dead_branch_onnx, blobs_npz, 
     )  # fmt: skip
     assert code == 0, err
     assert max(len(line) for line in out.splitlines()) <= 80
-    assert "t 1h, 1y" in out and "per row" in out and "gdc" in out
+    assert "t 1h, 1y" in out and "per row" in out and " global " in out and "gdc" not in out
     assert "stuck-at: 1% of cells low" in out
     assert "every sigma, time and compensation" in out
     payload = json.loads(paths["json"].read_text())
