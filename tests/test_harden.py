@@ -158,8 +158,11 @@ def test_torchscript_in_torchscript_out(setup) -> None:
 
 def test_cli_harden_writes_model_and_report(setup, run_cli, tmp_path) -> None:
     out, report = tmp_path / "h.onnx", tmp_path / "r.json"
+    checkpoints = tmp_path / "new" / "checkpoints"  # missing: created, as eval does
     code, stdout, err = run_cli(
         "harden",
+        "--checkpoint-dir",
+        checkpoints,
         setup["onnx"],
         "--data",
         setup["data"],
@@ -179,6 +182,7 @@ def test_cli_harden_writes_model_and_report(setup, run_cli, tmp_path) -> None:
     assert code == 0, err
     data = json.loads(report.read_text())
     assert data["method"] == "erm" and len(data["paired_differences"]) == 4
+    assert checkpoints.is_dir() and any(checkpoints.iterdir())
     assert data["before"]["seed"] == data["after"]["seed"]
     assert "mean before" in stdout
 
@@ -190,13 +194,14 @@ def test_cli_harden_writes_model_and_report(setup, run_cli, tmp_path) -> None:
         (["--epochs", "0"], "--epochs must be at least 1"),
         (["--lr", "-1"], "--lr must be a positive"),
         (["--resume"], "--resume needs --checkpoint-dir"),
-        (["--checkpoint-dir", "/nonexistent/dir"], "does not exist"),
+        (["--checkpoint-dir", "{data}"], "is a file"),
         (["--trice-start", "2", "--trice-end", "1"], "0 <= --trice-start <= --trice-end"),
         (["--noise", "lognormel"], "did you mean 'lognormal'"),
     ],
 )
 def test_cli_harden_bad_options(setup, run_cli, tmp_path, extra, message) -> None:
     out = tmp_path / "h.onnx"
+    extra = [str(setup["data"]) if arg == "{data}" else arg for arg in extra]
     code, _, err = run_cli(
         "harden", setup["onnx"], "--data", setup["data"], "--sigma", "0.5", "-o", out, *extra
     )

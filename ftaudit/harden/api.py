@@ -17,6 +17,7 @@ import numpy as np
 
 from ftaudit import __version__
 from ftaudit.data import Dataset, load_dataset, validate_labels
+from ftaudit.eval_checkpoint import check_checkpoint_dir
 from ftaudit.errors import UserError
 from ftaudit.evaluation import audit
 from ftaudit.fileio import check_output_path, sha256_file
@@ -255,10 +256,8 @@ def harden(
         raise UserError(
             "--resume needs --checkpoint-dir", hint="point it at the interrupted run's folder"
         )
-    if checkpoint_dir is not None and not Path(checkpoint_dir).is_dir():
-        raise UserError(
-            f"checkpoint folder {checkpoint_dir} does not exist", hint="create it first"
-        )
+    if checkpoint_dir is not None and Path(checkpoint_dir).exists():
+        check_checkpoint_dir(checkpoint_dir)  # a file in the way fails before any work
     noise_model = get_noise_model(noise, bits=bits, cell_bits=cell_bits)
     source = load_model(model_path)
     layers = source.select_layers()
@@ -322,6 +321,8 @@ def harden(
         "n_val": len(val),
     }
     resume_state = None
+    if checkpoint_dir is not None:  # created when missing, as eval's is
+        checkpoint_dir = check_checkpoint_dir(checkpoint_dir)
     if checkpoint_dir is not None and resume:
         resume_state = load_checkpoint(Path(checkpoint_dir), fingerprint)
         if resume_state is None:
