@@ -174,7 +174,7 @@ class TargetSelection:
     """The layers to keep digital so the KPP reaches ``target_kpp`` at every row."""
 
     target_kpp: float
-    status: str  # "already_met", "met" or "unreachable"
+    status: str  # "already_met", "met", "all_digital" or "unreachable"
     digital: list[str]
     steps: list[TargetStep]
     clean_accuracy: float
@@ -190,6 +190,12 @@ class TargetSelection:
             return (
                 f"KPP {target} is out of reach: even with every layer digital the accuracy is "
                 f"the clean {100 * self.clean_accuracy:.2f}%"
+            )
+        if self.status == "all_digital":
+            return (
+                f"KPP {target} is out of reach with any layer analog: only keeping all "
+                f"{len(self.digital)} analog layer(s) digital reaches it (no analog compute left);"
+                f" lower --target-kpp or harden the model"
             )
         names = ", ".join(self.digital)
         return f"keep {len(self.digital)} layer(s) digital for KPP >= {target}: {names}"
@@ -479,4 +485,8 @@ def select_digital(
         steps.append(TargetStep(list(digital), points, meets_target(points, target_kpp)))
         if steps[-1].meets:
             break
+    if not steps[-1].meets:  # even the fully digital model misses it (e.g. quantised weights)
+        return TargetSelection(target_kpp, "unreachable", [], steps, clean_accuracy, rows)
+    if len(digital) == len(analog):
+        return TargetSelection(target_kpp, "all_digital", list(digital), steps, clean_accuracy, rows)
     return TargetSelection(target_kpp, "met", list(digital), steps, clean_accuracy, rows)

@@ -127,6 +127,20 @@ def test_target_kpp_known_answers(dead_branch_onnx, blobs_npz, ranked) -> None:
     assert clean.steps[1].points == ranked.layers[0].all_but
 
 
+def test_target_reached_only_with_every_layer_digital_says_so(dead_branch_onnx, blobs_npz) -> None:
+    # the dead layer stays exact (not ranked), so both analog layers must go digital
+    ranked_live = sensitivity(
+        dead_branch_onnx, blobs_npz, sigmas=[SIGMA], samples=30, seed=1,
+        exclude=["dead_w"], target_kpp=1.0,
+    )  # fmt: skip
+    assert ranked_live.clean_accuracy == 1.0
+    target = ranked_live.target
+    assert target.status == "all_digital"
+    assert sorted(target.digital) == ["fc1_w", "fc2_w"]
+    assert "out of reach with any layer analog" in target.message()
+    assert target.to_dict()["status"] == "all_digital"
+
+
 def test_target_unreachable_above_the_clean_accuracy(dead_branch_onnx, blobs, tmp_path) -> None:
     x, y = blobs
     y = y.copy()
