@@ -194,6 +194,19 @@ def _root(
     """Audit neural networks for analog compute-in-memory hardware under device variation."""
 
 
+def _warn(lines: Any) -> None:
+    """Print what the user is probably wrong about, one stderr line each (never fatal)."""
+    for line in lines:
+        if line:
+            print(f"ftaudit: warning: {line}", file=sys.stderr)
+
+
+def _warn_workers(workers: int, ray: str | None) -> None:
+    from ftaudit.parallel import oversubscription_warning
+
+    _warn([oversubscription_warning(workers, ray)])
+
+
 def _stderr_console():
     from rich.console import Console
 
@@ -295,6 +308,7 @@ def eval_command(
         },
     )
     validate_scale_out(workers=settings.workers, checkpoint_dir=checkpoint_dir, resume=resume)
+    _warn_workers(settings.workers, ray)
     noise_model = get_noise_model(settings.noise, bits=settings.bits, cell_bits=settings.cell_bits)
     if settings.sigma is None and getattr(noise_model.profile, "sigma", None) is not None:
         settings = replace(settings, sigma=noise_model.profile.sigma)
@@ -370,6 +384,7 @@ def eval_command(
         resume=resume,
         batch_samples=batch_samples,
     )
+    _warn(report.warnings)
 
     from ftaudit import report as writers
 
@@ -626,6 +641,7 @@ def harden_command(
         )
     if report_path is not None:
         check_output_path(report_path, what="harden report", protect=(model, output))
+    _warn_workers(settings.workers, ray)
     from ftaudit.harden.api import harden
 
     err = _stderr_console()
@@ -914,6 +930,7 @@ def compare_command(
     from ftaudit.evaluation import validate_scale_out
 
     validate_scale_out(workers=settings.workers, checkpoint_dir=None, resume=False)
+    _warn_workers(settings.workers, ray)
     _effect_options(settings)  # bad drift or fault values fail here, before any output check
     _check_outputs(
         (baseline, candidate, Path(settings.data)),
@@ -929,6 +946,7 @@ def compare_command(
         fail_if_worse=settings.fail_if_worse,
         **_audit_options(settings, ray),
     )
+    _warn(report.baseline.warnings)
     from ftaudit.report import compare_report as writers
 
     if machine_output:
@@ -1033,6 +1051,7 @@ def sensitivity_command(
     from ftaudit.evaluation import validate_scale_out
 
     validate_scale_out(workers=settings.workers, checkpoint_dir=None, resume=False)
+    _warn_workers(settings.workers, ray)
     _effect_options(settings)  # bad drift or fault values fail here, before any output check
     if samples is None and not _config_sets(settings, "samples"):
         from dataclasses import replace
@@ -1051,6 +1070,7 @@ def sensitivity_command(
         target_kpp=settings.target_kpp,
         **_audit_options(settings, ray),
     )
+    _warn(report.warnings)
     from ftaudit.report import sensitivity_report as writers
 
     if machine_output:

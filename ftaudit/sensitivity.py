@@ -233,6 +233,7 @@ class SensitivityReport:
     elapsed_s: float
     options: dict[str, Any] = field(default_factory=dict)
     device_effects: dict[str, Any] | None = None  # drift and stuck-at faults, as in audit
+    warnings: list[str] = field(default_factory=list)  # printed by the CLI; not in the JSON
 
     @property
     def rows(self) -> list[SigmaPoint]:
@@ -429,6 +430,7 @@ def sensitivity(
         all_layers=all_points,
         layers=ranked,
         always_digital=[la.name for la in loaded.layers if la.name not in analog_names],
+        warnings=list(dataset.warnings),
         target=target,
         elapsed_s=time.perf_counter() - started,
         options={
@@ -487,6 +489,5 @@ def select_digital(
             break
     if not steps[-1].meets:  # even the fully digital model misses it (e.g. quantised weights)
         return TargetSelection(target_kpp, "unreachable", [], steps, clean_accuracy, rows)
-    if len(digital) == len(analog):
-        return TargetSelection(target_kpp, "all_digital", list(digital), steps, clean_accuracy, rows)
-    return TargetSelection(target_kpp, "met", list(digital), steps, clean_accuracy, rows)
+    status = "all_digital" if len(digital) == len(analog) else "met"
+    return TargetSelection(target_kpp, status, list(digital), steps, clean_accuracy, rows)

@@ -664,3 +664,16 @@ def test_report_records_resolved_options(run_cli, convnet_onnx, blobs_npz, tmp_p
     assert options["exclude"] == ["*fc*"]
     assert options["config_file"] == str(config)
     assert options["mean"] is None and options["output"] is None
+
+
+def test_pixel_values_as_floats_are_a_warning(run_cli, convnet_onnx, blobs, tmp_path) -> None:
+    x, y = blobs
+    data = tmp_path / "float_pixels.npz"
+    np.savez(data, x=x.astype(np.float32), y=y)  # 0..255 floats: used unchanged, not / 255
+    code, _, err = run_cli("eval", convnet_onnx, "--data", data, "--sigma", "0", "-q")
+    assert code == 0, err
+    assert "ftaudit: warning: inputs x in" in err and "--std 255" in err
+    code, _, err = run_cli(
+        "eval", convnet_onnx, "--data", data, "--sigma", "0", "-q", "--std", "255"
+    )
+    assert code == 0 and "warning" not in err

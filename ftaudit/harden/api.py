@@ -17,8 +17,8 @@ import numpy as np
 
 from ftaudit import __version__
 from ftaudit.data import Dataset, load_dataset, validate_labels
-from ftaudit.eval_checkpoint import check_checkpoint_dir
 from ftaudit.errors import UserError
+from ftaudit.eval_checkpoint import check_checkpoint_dir
 from ftaudit.evaluation import audit
 from ftaudit.fileio import check_output_path, sha256_file
 from ftaudit.harden.bayesft import validate_bayesft_options
