@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from ftaudit import __version__
+from ftaudit import __version__, cli_help
 from ftaudit.errors import GateFailure, UserError
 from ftaudit.harden.settings import HARDEN_DEFAULTS as _HARDEN
 
@@ -30,7 +30,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
-    rich_markup_mode=None,
+    rich_markup_mode="markdown",
 )
 
 # Shared option aliases, defined once and reused by every command.
@@ -132,7 +132,8 @@ NoiseOpt = Annotated[
     ),
 ]
 SamplesOpt = Annotated[
-    int | None, typer.Option("--samples", help="Monte Carlo samples per sigma [1000].")
+    int | None,
+    typer.Option("--samples", help="Monte Carlo samples (noise draws) per sigma [1000]."),
 ]
 KOpt = Annotated[float | None, typer.Option("--k", help="Percentile for KPP, in (0, 100) [1].")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed [0].")]
@@ -140,7 +141,12 @@ BatchSizeOpt = Annotated[
     int | None, typer.Option("--batch-size", help="Inference batch size [512].")
 ]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu or cuda [cpu].")]
-LimitOpt = Annotated[int | None, typer.Option("--limit", help="Use the first N samples.")]
+LimitOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--limit", help="Evaluate on only the first N examples of the data (not --samples)."
+    ),
+]
 MeanOpt = Annotated[
     str | None, typer.Option("--mean", help="Normalise: subtract (scalar or per channel).")
 ]
@@ -188,7 +194,9 @@ def _version(value: bool) -> None:
 def _root(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+        typer.Option(
+            "--version", callback=_version, is_eager=True, metavar="", help="Show the version."
+        ),
     ] = False,
 ) -> None:
     """Audit neural networks for analog compute-in-memory hardware under device variation."""
@@ -218,7 +226,7 @@ def _show_progress(machine_output: bool) -> bool:
     return not machine_output and not os.environ.get("CI") and sys.stderr.isatty()
 
 
-@app.command("eval")
+@app.command("eval", cls=cli_help.HelpfulCommand, epilog=cli_help.EVAL_EXAMPLES)
 @exit_codes
 def eval_command(
     model: ModelArg,
@@ -431,7 +439,7 @@ def _run_with_progress(audit_fn: Any, show: bool, *args: Any, **kwargs: Any) -> 
         )
 
 
-@app.command("inspect")
+@app.command("inspect", cls=cli_help.HelpfulCommand, epilog=cli_help.INSPECT_EXAMPLES)
 @exit_codes
 def inspect_command(
     model: ModelArg,
@@ -456,7 +464,7 @@ def inspect_command(
     Console().print(inspect_renderable(summary))
 
 
-@app.command("harden")
+@app.command("harden", cls=cli_help.HelpfulCommand, epilog=cli_help.HARDEN_EXAMPLES)
 @exit_codes
 def harden_command(
     model: ModelArg,
@@ -568,7 +576,9 @@ def harden_command(
         Path | None,
         typer.Option("--study", help="BayesFT: SQLite file holding the search (resumable)."),
     ] = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="Train on the first N.")] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Train on only the first N examples.")
+    ] = None,
     report_path: Annotated[
         Path | None, typer.Option("--report", help="Write the JSON report here.")
     ] = None,
@@ -697,7 +707,7 @@ def harden_command(
         Console().print(harden_table(report))
 
 
-@app.command("noise-models")
+@app.command("noise-models", cls=cli_help.HelpfulCommand)
 def noise_models_command() -> None:
     """List the registered noise models."""
     from ftaudit.noise import NOISE_MODELS
@@ -851,7 +861,7 @@ def _run_with_stages(fn: Any, show: bool, *args: Any, **kwargs: Any) -> Any:
         return fn(*args, progress=update, **kwargs)
 
 
-@app.command("compare")
+@app.command("compare", cls=cli_help.HelpfulCommand, epilog=cli_help.COMPARE_EXAMPLES)
 @exit_codes
 def compare_command(
     baseline: Annotated[Path, typer.Argument(help="Reference model (ONNX or TorchScript).")],
@@ -966,7 +976,7 @@ def compare_command(
         raise GateFailure([gate.message() for gate in failed])
 
 
-@app.command("sensitivity")
+@app.command("sensitivity", cls=cli_help.HelpfulCommand, epilog=cli_help.SENSITIVITY_EXAMPLES)
 @exit_codes
 def sensitivity_command(
     model: ModelArg,
