@@ -892,6 +892,7 @@ def compare_command(
     ] = None,
     json_path: JsonOpt = None,
     csv_path: CsvOpt = None,
+    html_path: HtmlOpt = None,
     junit_path: JunitOpt = None,
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
@@ -944,7 +945,12 @@ def compare_command(
     _effect_options(settings)  # bad drift or fault values fail here, before any output check
     _check_outputs(
         (baseline, candidate, Path(settings.data)),
-        {"JSON report": json_path, "CSV table": csv_path, "JUnit XML": junit_path},
+        {
+            "JSON report": json_path,
+            "CSV table": csv_path,
+            "HTML report": html_path,
+            "JUnit XML": junit_path,
+        },
     )
     machine_output = json_path == "-"
     report = _run_with_stages(
@@ -965,6 +971,10 @@ def compare_command(
         writers.write_compare_json(report, Path(json_path))
     if csv_path is not None:
         writers.write_compare_csv(report, csv_path)
+    if html_path is not None:
+        from ftaudit.report.compare_html import write_compare_html
+
+        write_compare_html(report, html_path)
     if junit_path is not None:
         writers.write_compare_junit(report, junit_path)
     if not quiet and not machine_output:
@@ -1013,6 +1023,13 @@ def sensitivity_command(
     csv_path: CsvOpt = None,
     plot_path: Annotated[
         Path | None, typer.Option("--plot", help="Write a PNG bar chart of the ranking.")
+    ] = None,
+    html_path: HtmlOpt = None,
+    junit_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--junit", help="Write JUnit XML here: the --target-kpp answer per row, for CI."
+        ),
     ] = None,
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
@@ -1069,7 +1086,13 @@ def sensitivity_command(
         settings = replace(settings, samples=DEFAULT_SENSITIVITY_SAMPLES)
     _check_outputs(
         (model, Path(settings.data)),
-        {"JSON report": json_path, "CSV table": csv_path, "plot": plot_path},
+        {
+            "JSON report": json_path,
+            "CSV table": csv_path,
+            "plot": plot_path,
+            "HTML report": html_path,
+            "JUnit XML": junit_path,
+        },
     )
     machine_output = json_path == "-"
     report = _run_with_stages(
@@ -1091,6 +1114,13 @@ def sensitivity_command(
         writers.write_sensitivity_csv(report, csv_path)
     if plot_path is not None:
         writers.write_sensitivity_plot(report, plot_path)
+    if html_path is not None or junit_path is not None:
+        from ftaudit.report import sensitivity_html
+
+        if html_path is not None:
+            sensitivity_html.write_sensitivity_html(report, html_path)
+        if junit_path is not None:
+            sensitivity_html.write_sensitivity_junit(report, junit_path)
     if not quiet and not machine_output:
         from rich.console import Console
 
