@@ -676,7 +676,9 @@ def harden_command(
 
     options = {f.name: getattr(settings, f.name) for f in fields(settings)}
     training_data = options.pop("data")
-    report = harden(
+    report = _run_with_stages(
+        harden,
+        show and _show_progress(False),
         model,
         training_data,
         output=output,
@@ -687,6 +689,7 @@ def harden_command(
         on_epoch=on_epoch,
         ray=ray,
         command=["ftaudit", *(sys.argv[1:] if _ARGV is None else _ARGV)],
+        console=err,
     )
     for note in report.notes:
         err.print(f"note: {note}", highlight=False)
@@ -838,8 +841,11 @@ def _check_outputs(inputs: tuple[Path, ...], paths: dict[str, Path | str | None]
         check_output_path(Path(path), what=what, protect=inputs)
 
 
-def _run_with_stages(fn: Any, show: bool, *args: Any, **kwargs: Any) -> Any:
-    """Call ``fn`` with a progress bar on stderr whose label follows the current stage."""
+def _run_with_stages(
+    fn: Any, show: bool, *args: Any, console: Any = None, **kwargs: Any
+) -> Any:
+    """Call ``fn`` with a progress bar (with ETA) on stderr whose label follows the current
+    stage; lines printed on ``console`` meanwhile appear above the bar."""
     if not show:
         return fn(*args, **kwargs)
     from rich.markup import escape
@@ -850,10 +856,10 @@ def _run_with_stages(fn: Any, show: bool, *args: Any, **kwargs: Any) -> Any:
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
-        console=_stderr_console(),
+        console=console or _stderr_console(),
         transient=True,
     ) as bar:
-        task = bar.add_task("Monte Carlo samples", total=kwargs.get("samples"))
+        task = bar.add_task("starting", total=kwargs.get("samples"))
 
         def update(stage: str, done: int, total: int) -> None:
             bar.update(task, description=escape(stage), completed=done, total=total)
