@@ -169,6 +169,10 @@ class TargetStep:
         }
 
 
+#: target statuses that leave no analog layer (a warning: the user likely asked for too much)
+OUT_OF_REACH = ("all_digital", "unreachable")
+
+
 @dataclass(frozen=True)
 class TargetSelection:
     """The layers to keep digital so the KPP reaches ``target_kpp`` at every row."""
@@ -430,7 +434,10 @@ def sensitivity(
         all_layers=all_points,
         layers=ranked,
         always_digital=[la.name for la in loaded.layers if la.name not in analog_names],
-        warnings=list(dataset.warnings),
+        warnings=[
+            *dataset.warnings,
+            *([target.message()] if target is not None and target.status in OUT_OF_REACH else []),
+        ],
         target=target,
         elapsed_s=time.perf_counter() - started,
         options={

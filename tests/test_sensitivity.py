@@ -139,6 +139,7 @@ def test_target_reached_only_with_every_layer_digital_says_so(dead_branch_onnx, 
     assert sorted(target.digital) == ["fc1_w", "fc2_w"]
     assert "out of reach with any layer analog" in target.message()
     assert target.to_dict()["status"] == "all_digital"
+    assert ranked_live.warnings == [target.message()]  # the CLI prints it on stderr
 
 
 def test_target_unreachable_above_the_clean_accuracy(dead_branch_onnx, blobs, tmp_path) -> None:
@@ -152,6 +153,7 @@ def test_target_unreachable_above_the_clean_accuracy(dead_branch_onnx, blobs, tm
     assert report.target.status == "unreachable"
     assert report.target.digital == []
     assert "out of reach" in report.target.message()
+    assert report.warnings == [report.target.message()]
 
 
 def test_one_analog_layer_needs_one_run(dead_branch_onnx, blobs_npz) -> None:
