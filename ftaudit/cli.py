@@ -841,9 +841,7 @@ def _check_outputs(inputs: tuple[Path, ...], paths: dict[str, Path | str | None]
         check_output_path(Path(path), what=what, protect=inputs)
 
 
-def _run_with_stages(
-    fn: Any, show: bool, *args: Any, console: Any = None, **kwargs: Any
-) -> Any:
+def _run_with_stages(fn: Any, show: bool, *args: Any, console: Any = None, **kwargs: Any) -> Any:
     """Call ``fn`` with a progress bar (with ETA) on stderr whose label follows the current
     stage; lines printed on ``console`` meanwhile appear above the bar."""
     if not show:

@@ -75,7 +75,10 @@ def _cards(data: Mapping[str, Any]) -> Raw:
     if results:
         worst = min(results, key=lambda r: r["mean_difference"])
         cards.append(
-            (f"largest mean loss ({row_label(worst)})", f"{_points(worst['mean_difference'])} pts")
+            (
+                f"worst mean difference ({row_label(worst)})",
+                f"{_points(worst['mean_difference'])} pts",
+            )
         )
     cards.append(("Monte Carlo samples / row", str(data.get("samples"))))
     return tag(

@@ -62,7 +62,6 @@ code, .mono { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, mo
 .legend span.swatch.line-dashed { height: 0; border-top: 3px dashed #1d232b; background: none; }
 .legend span.swatch.line-solid { height: 0; border-top: 3px solid #1d232b; background: none; }
 .charts2 { display: grid; grid-template-columns: 1fr 1fr; gap: 12px; }
-table.kv.device th { width: 230px; }
 .note { color: var(--muted); font-size: 13px; margin: 6px 0 0; }
 footer { margin-top: 36px; color: var(--muted); font-size: 13px; }
 @media print { main { padding: 0; } .chart, .card { break-inside: avoid; } }
