@@ -31,6 +31,7 @@ TRAINING_PANEL = "Training"
 TRICE_PANEL = "TRICE (--method trice)"
 BAYESFT_PANEL = "BayesFT (--method bayesft)"
 REPORT_PANEL = "Before/after report"
+HELP_PANEL = "Help"
 
 
 def examples(*lines: tuple[str, str]) -> str:
@@ -246,6 +247,7 @@ class HelpfulCommand(TyperCommand):
         option = super().get_help_option(ctx)
         if option is not None:
             option.metavar = ""  # a flag takes no value (typer would show <bool>)
+            option.rich_help_panel = HELP_PANEL  # last, after the panels that matter
         return option
 
     def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
