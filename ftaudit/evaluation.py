@@ -505,6 +505,7 @@ def audit(
             "execution": execution,
         },
         device_effects=None if effects is None else effects.to_dict(),
+        warnings=list(dataset.warnings),
     )
 
 
