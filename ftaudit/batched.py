@@ -124,3 +124,26 @@ class BatchedTorchRunner(ModelRunner):
             self.fallback = f"vmap failed, one sample per pass: {text[0][:200] if text else exc}"
             return super().count_correct_many(weight_sets)
         return [int(c) for c in correct.cpu()]
+
+
+def build_runner(
+    model: AuditModel,
+    selected: Sequence[CrossbarLayer],
+    *,
+    device: str,
+    threads: int | None = None,
+    batch_samples: int = 1,
+    batch_required: bool = True,
+) -> ModelRunner:
+    """The model's own runner, or the vmapped torch runner when samples are batched.
+
+    When batching was only a default (``batch_required`` False: ``--device cuda`` without
+    ``--batch-samples``), a model torch cannot take, or no torch at all, falls back to the
+    model's own runner instead of failing."""
+    if batch_samples > 1:
+        try:
+            return BatchedTorchRunner(model, selected, device=device)
+        except UserError:
+            if batch_required:
+                raise
+    return model.runner(selected, device=device, threads=threads)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Sequence
@@ -13,13 +12,13 @@ from typing import Any
 import numpy as np
 
 from ftaudit import __version__
-from ftaudit.batched import BatchedTorchRunner, resolve_batch_samples
+from ftaudit.batched import BatchedTorchRunner, build_runner, resolve_batch_samples
 from ftaudit.data import Dataset, load_dataset, validate_labels
 from ftaudit.device_effects import Condition, resolve_effects
 from ftaudit.errors import UserError
 from ftaudit.eval_checkpoint import CheckpointWriter, check_checkpoint_dir, load_progress
-from ftaudit.fileio import sha256_file
-from ftaudit.models import AuditModel, CrossbarLayer, ModelRunner, load_model
+from ftaudit.models import AuditModel, load_model
+from ftaudit.models.fingerprint import model_bytes, model_sha256
 from ftaudit.montecarlo import (
     ChunkEvaluator,
     Crossbar,
@@ -249,31 +248,6 @@ def resolved_options(
         "std": None if std is None else [float(v) for v in std],
         "output": output,
     }
-
-
-def build_runner(
-    model: AuditModel,
-    selected: Sequence[CrossbarLayer],
-    *,
-    device: str,
-    threads: int | None = None,
-    batch_samples: int = 1,
-    batch_required: bool = True,
-) -> ModelRunner:
-    """The model's own runner, or the vmapped torch runner when samples are batched.
-
-    When batching was only a default (``batch_required`` False: ``--device cuda`` without
-    ``--batch-samples``), a model torch cannot take, or no torch at all, falls back to the
-    model's own runner instead of failing."""
-    if batch_samples > 1:
-        from ftaudit.batched import BatchedTorchRunner
-
-        try:
-            return BatchedTorchRunner(model, selected, device=device)
-        except UserError:
-            if batch_required:
-                raise
-    return model.runner(selected, device=device, threads=threads)
 
 
 def audit(
@@ -518,22 +492,3 @@ def validate_scale_out(*, workers: int, checkpoint_dir: Path | str | None, resum
             "--resume needs the --checkpoint-dir of the interrupted run",
             hint="pass --checkpoint-dir DIR --resume",
         )
-
-
-def model_bytes(model: AuditModel) -> bytes:
-    """The model file's bytes, as loaded (workers rebuild the model from them)."""
-    raw = getattr(model, "raw", None)
-    return raw if isinstance(raw, bytes) else Path(model.path).read_bytes()
-
-
-def model_sha256(model: AuditModel) -> str:
-    """sha256 of the model file; with external weight data, of the file's and those files'
-    sha256s, so a changed weights file is a changed model (reports, --resume)."""
-    digest = hashlib.sha256(model_bytes(model)).hexdigest()
-    external = getattr(model, "external_files", ())
-    if not external:
-        return digest
-    combined = hashlib.sha256(f"{Path(model.path).name}\0{digest}\n".encode())
-    for file in external:
-        combined.update(f"{Path(file).name}\0{sha256_file(Path(file))}\n".encode())
-    return combined.hexdigest()

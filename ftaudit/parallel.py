@@ -96,7 +96,7 @@ class WorkerSpec:
 
     def build(self) -> ChunkEvaluator:
         """Load the model from its bytes, bind the data and prepare the crossbar."""
-        from ftaudit.evaluation import build_runner
+        from ftaudit.batched import build_runner
         from ftaudit.models import load_model_bytes
 
         if self.threads is not None:

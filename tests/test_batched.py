@@ -109,7 +109,7 @@ def test_a_default_batch_falls_back_when_torch_cannot_take_the_model(
     monkeypatch, convnet_onnx: Path
 ) -> None:
     import ftaudit.batched
-    from ftaudit.evaluation import build_runner
+    from ftaudit.batched import build_runner
     from ftaudit.models.onnx import OnnxRunner
 
     def unsupported(*args, **kwargs):

@@ -19,7 +19,7 @@ from ftaudit import __version__
 from ftaudit.data import Dataset, load_dataset, validate_labels
 from ftaudit.errors import UserError
 from ftaudit.eval_checkpoint import check_checkpoint_dir
-from ftaudit.evaluation import audit, model_sha256
+from ftaudit.evaluation import audit
 from ftaudit.fileio import check_output_path
 from ftaudit.harden.bayesft import validate_bayesft_options
 from ftaudit.harden.checkpoint import load_checkpoint
@@ -30,6 +30,7 @@ from ftaudit.harden.settings import HARDEN_DEFAULTS as DEFAULTS
 from ftaudit.harden.trainable import export_hardened
 from ftaudit.harden.training import TrainingData
 from ftaudit.models import load_model
+from ftaudit.models.fingerprint import model_sha256
 from ftaudit.noise import get_noise_model
 from ftaudit.results import AuditReport
 

@@ -33,8 +33,7 @@ from ftaudit._optional import require_torch
 from ftaudit.errors import MissingExtraError, UserError
 from ftaudit.fileio import check_output_path
 from ftaudit.harden.checkpoint import save_checkpoint
-from ftaudit.harden.methods import (
-    HARDEN_METHODS,
+from ftaudit.harden.method_base import (
     HardenContext,
     HardenMethod,
     MethodResult,
@@ -42,13 +41,12 @@ from ftaudit.harden.methods import (
     _restore,
 )
 from ftaudit.harden.trainable import TrainableModel
-from ftaudit.harden.training import TrainingData
+from ftaudit.harden.training import SampleWorkers, TrainingData
 from ftaudit.models.base import CrossbarLayer
 from ftaudit.montecarlo import Crossbar, chunk_size, draws_for_sample
 from ftaudit.noise import NoiseModel
 
 if TYPE_CHECKING:
-    from ftaudit.harden.parallel_eval import HardenWorkers
     from ftaudit.models.onnx import OnnxModel
 
 FEATURE = "the bayesft harden method"
@@ -337,7 +335,7 @@ def bayesft_objective(
     seed: int,
     batch_size: int = 512,
     device: str = "cpu",
-    workers: HardenWorkers | None = None,
+    workers: SampleWorkers | None = None,
 ) -> float:
     """u (eq. 3-4): minus the mean over ``samples`` Monte Carlo draws of the validation
     cross-entropy, weights perturbed by ``noise`` at ``sigma``, in eval mode (no dropout).
@@ -705,7 +703,8 @@ class BayesftMethod(HardenMethod):
         history: list[dict[str, Any]],
         table: list[dict[str, Any]],
     ) -> None:
-        """``methods._checkpoint``'s layout, plus the trial table and the best trial's weights."""
+        """``method_base._checkpoint``'s layout, plus the trial table and the best trial's
+        weights."""
         if ctx.checkpoint_dir is None:
             return
         state: dict[str, Any] = {
@@ -719,6 +718,3 @@ class BayesftMethod(HardenMethod):
         if best_state is not None:
             state["best_model"] = best_state
         save_checkpoint(ctx.checkpoint_dir, state)
-
-
-HARDEN_METHODS[BayesftMethod.name] = BayesftMethod

@@ -161,7 +161,7 @@ class HardenWorkers:
         ray: str | None,
         device: str = "cpu",
     ) -> None:
-        from ftaudit.evaluation import model_bytes
+        from ftaudit.models.fingerprint import model_bytes
 
         self._static: dict[str, Any] = {
             "model_path": str(source.path),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -23,7 +23,23 @@ from ftaudit.noise import NoiseModel
 from ftaudit.stats import kpp
 
 if TYPE_CHECKING:
-    from ftaudit.harden.parallel_eval import HardenWorkers
+    from ftaudit.montecarlo import SampleBackend
+
+
+class SampleWorkers(Protocol):
+    """Where validation Monte Carlo runs besides this process (``parallel_eval.HardenWorkers``):
+    declared here so the training loop does not import the worker machinery built on it."""
+
+    def backend(
+        self,
+        trainable: TrainableModel,
+        *,
+        sigmas: Sequence[float],
+        seed: int,
+        batch_size: int,
+        objective: str = "counts",
+    ) -> SampleBackend: ...
+
 
 ORDER_KEY = 1_000_001
 NOISE_KEY = 1_000_002
@@ -175,7 +191,7 @@ def quantile_eval(
     seed: int,
     batch_size: int = 512,
     device: str = "cpu",
-    workers: HardenWorkers | None = None,
+    workers: SampleWorkers | None = None,
 ) -> float:
     """KPP of the module's current weights under the evaluation noise (TRICE QuantileEval).
 

@@ -1,0 +1,186 @@
+"""What every harden method builds on: the context a method gets (data, noise, settings, the
+shared training epoch), its result, resume from a checkpoint, and the plain one-model loop.
+
+The methods themselves (erm, noise, trice in ``methods``, bayesft in ``bayesft``) import this
+module; the registry in ``methods`` imports them, so the dependency runs one way."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftaudit._optional import require_torch
+from ftaudit.errors import UserError
+from ftaudit.harden.checkpoint import save_checkpoint
+from ftaudit.harden.trainable import TrainableModel, make_trainable
+from ftaudit.harden.training import SampleWorkers, TrainingData, TrainingNoise, train_epoch
+from ftaudit.models.base import AuditModel, CrossbarLayer
+from ftaudit.noise import NoiseModel
+
+EVAL_KEY = 1_000_003
+
+#: called after every epoch with (epoch, info) for progress displays
+EpochCallback = Callable[[int, dict[str, Any]], None]
+#: called with (stage, done, total) within a stage (training steps of an epoch, Monte Carlo
+#: samples of the before/after report), for progress bars
+StageProgress = Callable[[str, int, int], None]
+
+
+@dataclass
+class HardenContext:
+    """Everything a method needs; built and validated by ``ftaudit.harden``."""
+
+    source: AuditModel
+    layers: list[CrossbarLayer]
+    train: TrainingData
+    val: TrainingData
+    noise: NoiseModel
+    sigma: float
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+    k: float
+    device: str
+    options: dict[str, Any]
+    fingerprint: dict[str, Any]
+    checkpoint_dir: Path | None = None
+    resume_state: dict[str, Any] | None = None
+    on_epoch: EpochCallback | None = None
+    progress: StageProgress | None = None
+    #: where validation Monte Carlo runs (None: this process); the numbers are the same
+    workers: SampleWorkers | None = None
+
+    def new_model(self) -> TrainableModel:
+        """A fresh trainable copy of the input model on this run's device."""
+        model = make_trainable(self.source)
+        model.module.to(self.device)
+        return model
+
+    def train_epoch(
+        self, model: TrainableModel, optimizer: Any, epoch: int, noise: TrainingNoise | None
+    ) -> float:
+        """One epoch of ``model`` on the training data with this run's seed and settings."""
+        on_step = None
+        if self.progress is not None:
+            steps = -(-len(self.train) // self.batch_size)
+            stage = f"training, epoch {epoch + 1}"
+            progress = self.progress
+
+            def on_step(step: int, loss: float) -> None:
+                progress(stage, step + 1, steps)
+
+        return train_epoch(
+            model,
+            optimizer,
+            self.train,
+            epoch=epoch,
+            seed=self.seed,
+            batch_size=self.batch_size,
+            layers=self.layers,
+            noise=noise,
+            device=self.device,
+            on_step=on_step,
+        )
+
+    def eval_seed(self, epoch: int) -> int:
+        """Seed of the validation Monte Carlo of one epoch (shared by the candidates: paired)."""
+        sequence = np.random.SeedSequence(self.seed, spawn_key=(EVAL_KEY, epoch))
+        return int(sequence.generate_state(1)[0])
+
+
+@dataclass
+class MethodResult:
+    """The trained model to export and what the method chose along the way."""
+
+    trainable: TrainableModel
+    details: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    #: lines for the user (the report's notes, shown by the CLI)
+    notes: list[str] = field(default_factory=list)
+
+
+def _optimizer(trainable: TrainableModel, lr: float) -> Any:
+    torch = require_torch("ftaudit harden")
+    return torch.optim.Adam(trainable.module.parameters(), lr=lr)
+
+
+def _checkpoint(
+    ctx: HardenContext,
+    epoch: int,
+    models: list[TrainableModel],
+    optimizers: list[Any],
+    method_state: dict[str, Any],
+    history: list[dict[str, Any]],
+) -> None:
+    if ctx.checkpoint_dir is None:
+        return
+    save_checkpoint(
+        ctx.checkpoint_dir,
+        {
+            "fingerprint": json.dumps(ctx.fingerprint, sort_keys=True),
+            "epochs_done": epoch + 1,
+            "models": [m.module.state_dict() for m in models],
+            "optimizers": [o.state_dict() for o in optimizers],
+            "method_state": json.dumps(method_state),
+            "history": json.dumps(history),
+        },
+    )
+
+
+def _restore(ctx: HardenContext, models: list[TrainableModel], optimizers: list[Any]):
+    """Load a resumed run's state; returns (first epoch to run, method state, history)."""
+    state = ctx.resume_state
+    if state is None:
+        return 0, {}, []
+    try:
+        for model, saved in zip(models, state["models"], strict=True):
+            model.module.load_state_dict(saved)
+        for optimizer, saved in zip(optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+        restored = (
+            int(state["epochs_done"]),
+            json.loads(state["method_state"]),
+            json.loads(state["history"]),
+        )
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # an edited checkpoint
+        raise UserError(
+            f"checkpoint in {ctx.checkpoint_dir} is damaged or was edited "
+            f"({exc.__class__.__name__})",
+            hint="delete it to start over",
+        ) from exc
+    if not 0 <= restored[0] <= ctx.epochs or not isinstance(restored[2], list):
+        raise UserError(
+            f"checkpoint in {ctx.checkpoint_dir} is damaged or was edited "
+            f"(epochs done: {restored[0]} of {ctx.epochs})",
+            hint="delete it to start over",
+        )
+    return restored
+
+
+class HardenMethod:
+    """Base: one model trained ``ctx.epochs`` epochs with ``training_noise`` (None: plain)."""
+
+    name = ""
+
+    def training_noise(self, ctx: HardenContext) -> TrainingNoise | None:
+        return None
+
+    def run(self, ctx: HardenContext) -> MethodResult:
+        model = ctx.new_model()
+        optimizer = _optimizer(model, ctx.lr)
+        start, _, history = _restore(ctx, [model], [optimizer])
+        noise = self.training_noise(ctx)
+        for epoch in range(start, ctx.epochs):
+            loss = ctx.train_epoch(model, optimizer, epoch, noise)
+            info = {"epoch": epoch, "loss": loss, "sigma_t": None if noise is None else noise.sigma}
+            history.append(info)
+            _checkpoint(ctx, epoch, [model], [optimizer], {}, history)
+            if ctx.on_epoch is not None:
+                ctx.on_epoch(epoch, info)
+        return MethodResult(model, {}, history)

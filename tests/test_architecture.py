@@ -1,0 +1,92 @@
+"""The module graph: no import cycles, and dependencies run one way (docs/architecture.md).
+
+Imports are read from the source with ``ast`` (nothing is imported), including imports inside
+functions and under ``TYPE_CHECKING``: a cycle hidden in a function is still a cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+import graphlib
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "ftaudit"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _graph() -> dict[str, set[str]]:
+    files = sorted(PACKAGE.rglob("*.py"))
+    names = {f: _module_name(f) for f in files}
+    known = set(names.values())
+
+    def resolve(target: str) -> str | None:
+        while target and target not in known:
+            target = target.rpartition(".")[0]
+        return target or None
+
+    graph: dict[str, set[str]] = {}
+    for file, name in names.items():
+        is_package = file.name == "__init__.py"
+        package = name if is_package else name.rpartition(".")[0]
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    base = ".".join(up + ([base] if base else []))
+                targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
+            for target in targets:
+                module = resolve(target)
+                # a package re-exporting its own children is not a cycle
+                if module and module != name and not (is_package and module.startswith(name + ".")):
+                    found.add(module)
+        graph[name] = found
+    return graph
+
+
+def test_no_import_cycles():
+    try:
+        tuple(graphlib.TopologicalSorter(_graph()).static_order())
+    except graphlib.CycleError as exc:
+        pytest.fail(f"import cycle: {' -> '.join(exc.args[1])}")
+
+
+def test_the_cycle_check_finds_a_cycle():
+    """The check above can fail: a two-module cycle is reported."""
+    with pytest.raises(graphlib.CycleError):
+        tuple(graphlib.TopologicalSorter({"a": {"b"}, "b": {"a"}}).static_order())
+
+
+@pytest.mark.parametrize(
+    ("lower", "upper"),
+    [
+        ("ftaudit.report", "ftaudit.cli"),
+        ("ftaudit.harden", "ftaudit.cli"),
+        ("ftaudit.noise", "ftaudit.evaluation"),
+        ("ftaudit.models", "ftaudit.evaluation"),
+        ("ftaudit.stats", "ftaudit.evaluation"),
+        ("ftaudit.montecarlo", "ftaudit.evaluation"),
+        ("ftaudit.parallel", "ftaudit.evaluation"),
+    ],
+)
+def test_dependencies_run_one_way(lower, upper):
+    """Library layers never import the layers above them (the CLI, the api functions)."""
+    graph = _graph()
+    offenders = sorted(
+        f"{module} imports {target}"
+        for module, targets in graph.items()
+        if module == lower or module.startswith(lower + ".")
+        for target in targets
+        if target == upper or target.startswith(upper + ".")
+    )
+    assert not offenders
