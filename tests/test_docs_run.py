@@ -58,7 +58,7 @@ def fenced_commands(path: Path) -> list[str]:
 
 
 def help_examples() -> list[str]:
-    from ftaudit import cli_help
+    from ftaudit.cli import help as cli_help
 
     epilogs = [getattr(cli_help, name) for name in dir(cli_help) if name.endswith("_EXAMPLES")]
     return [c for text in epilogs for c in re.findall(r"```\n(.*?)\n```", text, re.S)]

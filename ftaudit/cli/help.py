@@ -2,7 +2,7 @@
 "no such option" errors whose suggestions come from the command's own options (and say which
 other command has the option, when one does).
 
-Kept apart from cli.py so the commands stay a list of options; nothing here imports more than
+Kept apart from the command modules so they stay a list of options; nothing here imports more than
 typer and click.
 """
 

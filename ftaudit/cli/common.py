@@ -1,0 +1,209 @@
+"""What every command shares after parsing: eval's settings from flags and config (parsed and
+checked once), the drift/stuck-at options, the output-path checks, warnings and progress bars."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ftaudit.cli.exit_codes import run_argv
+from ftaudit.errors import UserError
+
+if TYPE_CHECKING:
+    from ftaudit.config import EvalSettings
+
+
+def warn(lines: Any) -> None:
+    """Print what the user is probably wrong about, one stderr line each (never fatal)."""
+    from ftaudit.text import printable
+
+    for line in lines:
+        if line:
+            print(f"ftaudit: warning: {printable(line)}", file=sys.stderr)
+
+
+def warn_workers(workers: int, ray: str | None) -> None:
+    from ftaudit.parallel import oversubscription_warning
+
+    warn([oversubscription_warning(workers, ray)])
+
+
+def stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def show_progress(machine_output: bool) -> bool:
+    """A progress bar only for people: not for machine output, CI, or a redirected stderr."""
+    return not machine_output and not os.environ.get("CI") and sys.stderr.isatty()
+
+
+def run_with_progress(audit_fn: Any, show: bool, *args: Any, **kwargs: Any) -> Any:
+    """Call ``audit_fn`` with a rich progress bar on stderr when a person is watching."""
+    if not show:
+        return audit_fn(*args, **kwargs)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=stderr_console(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("Monte Carlo samples", total=kwargs.get("samples"))
+        return audit_fn(
+            *args,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            **kwargs,
+        )
+
+
+def run_with_stages(fn: Any, show: bool, *args: Any, console: Any = None, **kwargs: Any) -> Any:
+    """Call ``fn`` with a progress bar (with ETA) on stderr whose label follows the current
+    stage; lines printed on ``console`` meanwhile appear above the bar."""
+    if not show:
+        return fn(*args, **kwargs)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from ftaudit.text import escape
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console or stderr_console(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("starting", total=kwargs.get("samples"))
+
+        def update(stage: str, done: int, total: int) -> None:
+            bar.update(task, description=escape(stage), completed=done, total=total)
+
+        return fn(*args, progress=update, **kwargs)
+
+
+def command_line() -> list[str]:
+    return ["ftaudit", *run_argv()]
+
+
+def shared_settings(config: Path | None, flags: dict[str, Any]) -> EvalSettings:
+    """eval's options: ftaudit.toml defaults under the given flags; data and sigma required
+    (sigma defaults to the noise profile's, as in eval)."""
+    from ftaudit.config import load_settings, merge, parse_floats, parse_sigmas
+    from ftaudit.device_effects import parse_stuck_at, parse_time, parse_times
+
+    for key, parse in (
+        ("sigma", parse_sigmas),
+        ("mean", lambda v: parse_floats(v, "--mean")),
+        ("std", lambda v: parse_floats(v, "--std")),
+        ("time", parse_times),
+        ("drift_t0", parse_time),
+        ("stuck_at", parse_stuck_at),
+    ):
+        if flags.get(key) is not None:
+            flags[key] = parse(flags[key])
+    for key in ("layers", "exclude"):
+        if key in flags:
+            flags[key] = tuple(flags[key] or ())
+    settings = merge(load_settings(config, Path.cwd()), flags)
+    if settings.sigma is None:
+        from ftaudit.noise import get_noise_model
+
+        noise = get_noise_model(settings.noise, bits=settings.bits, cell_bits=settings.cell_bits)
+        if getattr(noise.profile, "sigma", None) is not None:
+            settings = replace(settings, sigma=noise.profile.sigma)
+    if settings.sigma is None:
+        raise UserError("no sigma given", hint="pass --sigma 0.3 (or set sigma in ftaudit.toml)")
+    if settings.data is None:
+        raise UserError(
+            "no evaluation data given", hint="pass --data FILE (or set data in ftaudit.toml)"
+        )
+    return settings
+
+
+def effect_options(settings: EvalSettings) -> dict[str, Any]:
+    """The drift and stuck-at options as audit/compare keywords, checked like eval's (exit 2)."""
+    from ftaudit.device_effects import resolve_effects
+    from ftaudit.noise import get_noise_model
+
+    options = {
+        "times": settings.time,
+        "drift_nu": settings.drift_nu,
+        "drift_nu_std": settings.drift_nu_std,
+        "drift_t0": settings.drift_t0,
+        "compensation": settings.compensation,
+        "stuck_at": settings.stuck_at,
+    }
+    noise = get_noise_model(settings.noise, bits=settings.bits, cell_bits=settings.cell_bits)
+    resolve_effects(**options, profile=noise.profile)  # bad values fail here, before any work
+    return options
+
+
+def audit_options(settings: EvalSettings, ray: str | None) -> dict[str, Any]:
+    """The keyword options compare and sensitivity pass through to every audit they run."""
+    return {
+        "sigmas": settings.sigma,
+        "noise": settings.noise,
+        "bits": settings.bits,
+        "cell_bits": settings.cell_bits,
+        "samples": settings.samples,
+        "k": settings.k,
+        "seed": settings.seed,
+        "batch_size": settings.batch_size,
+        "device": settings.device,
+        "layers": settings.layers,
+        "exclude": settings.exclude,
+        "limit": settings.limit,
+        "mean": settings.mean,
+        "std": settings.std,
+        "output": settings.output,
+        "command": command_line(),
+        "config_file": settings.config_file,
+        **effect_options(settings),
+        "workers": settings.workers,
+        "ray": ray,
+    }
+
+
+def config_sets(settings: EvalSettings, key: str) -> bool:
+    """Whether the config file the settings came from sets ``key`` itself."""
+    from ftaudit.config import read_config
+
+    if settings.config_file is None:
+        return False
+    table = read_config(Path(settings.config_file))
+    return any(raw.replace("-", "_") == key for raw in table)
+
+
+def input_files(settings: EvalSettings, *models: Path) -> tuple[Path | str | None, ...]:
+    """Every file a run reads: the models, the data, a device file and the config file."""
+    noise = settings.noise
+    device_file = noise if noise.lower().endswith(".toml") else None
+    return (*models, *external_data(models), settings.data, device_file, settings.config_file)
+
+
+def external_data(models: tuple[Path, ...]) -> list[Path]:
+    from ftaudit.models.onnx import declared_external_files
+
+    return [file for model in models for file in declared_external_files(Path(model))]
+
+
+def check_output_paths(
+    inputs: tuple[Path | str | None, ...], paths: dict[str, Path | str | None]
+) -> None:
+    """Validate every output path before any work, against every input and every other
+    output; '-' (stdout) needs no check."""
+    from ftaudit.fileio import check_outputs
+
+    if paths.get("plot") is not None:
+        from ftaudit._optional import require_matplotlib
+
+        require_matplotlib("plots")
+    check_outputs(paths, inputs=inputs)

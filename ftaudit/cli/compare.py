@@ -1,0 +1,181 @@
+"""``ftaudit compare``: two models on the same draws, with paired differences."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ftaudit.cli.common import (
+    audit_options,
+    check_output_paths,
+    effect_options,
+    input_files,
+    run_with_stages,
+    shared_settings,
+    show_progress,
+    warn,
+    warn_workers,
+)
+from ftaudit.cli.exit_codes import exit_codes
+from ftaudit.cli.options import (
+    BatchSizeOpt,
+    BitsOpt,
+    CellBitsOpt,
+    CompensationOpt,
+    ConfigOpt,
+    CsvOpt,
+    DataOpt,
+    DeviceOpt,
+    DriftNuOpt,
+    DriftNuStdOpt,
+    DriftT0Opt,
+    ExcludeOpt,
+    HtmlOpt,
+    JsonOpt,
+    JunitOpt,
+    KOpt,
+    LayersOpt,
+    LimitOpt,
+    MeanOpt,
+    NoiseOpt,
+    OutputOpt,
+    QuietOpt,
+    RayOpt,
+    SamplesOpt,
+    SeedOpt,
+    SigmaOpt,
+    StdOpt,
+    StuckAtOpt,
+    TimeOpt,
+    WorkersOpt,
+)
+from ftaudit.errors import GateFailure
+
+
+@exit_codes
+def compare_command(
+    baseline: Annotated[Path, typer.Argument(help="Reference model (ONNX or TorchScript).")],
+    candidate: Annotated[Path, typer.Argument(help="Model compared with it, same crossbars.")],
+    data: DataOpt = None,
+    sigma: SigmaOpt = None,
+    noise: NoiseOpt = None,
+    bits: BitsOpt = None,
+    cell_bits: CellBitsOpt = None,
+    samples: SamplesOpt = None,
+    k: KOpt = None,
+    seed: SeedOpt = None,
+    batch_size: BatchSizeOpt = None,
+    device: DeviceOpt = None,
+    layers: LayersOpt = None,
+    exclude: ExcludeOpt = None,
+    limit: LimitOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    output: OutputOpt = None,
+    fail_if_worse: Annotated[
+        float | None,
+        typer.Option(
+            "--fail-if-worse",
+            help="Exit 1 if the candidate's mean is below the baseline's by more than TOL "
+            "with 95% confidence, at any sigma (and time).",
+        ),
+    ] = None,
+    json_path: JsonOpt = None,
+    csv_path: CsvOpt = None,
+    html_path: HtmlOpt = None,
+    junit_path: JunitOpt = None,
+    quiet: QuietOpt = False,
+    config: ConfigOpt = None,
+    time_spec: TimeOpt = None,
+    drift_nu: DriftNuOpt = None,
+    drift_nu_std: DriftNuStdOpt = None,
+    drift_t0: DriftT0Opt = None,
+    compensation: CompensationOpt = None,
+    stuck_at: StuckAtOpt = None,
+    workers: WorkersOpt = None,
+    ray: RayOpt = None,
+) -> None:
+    """BASELINE and CANDIDATE on the same draws: mean, KPP and paired differences per sigma
+    (and time, compensation with --time)."""
+    from ftaudit.compare import compare
+
+    settings = shared_settings(
+        config,
+        {
+            "data": data,
+            "sigma": sigma,
+            "noise": noise,
+            "bits": bits,
+            "cell_bits": cell_bits,
+            "samples": samples,
+            "k": k,
+            "seed": seed,
+            "batch_size": batch_size,
+            "device": device,
+            "layers": layers,
+            "exclude": exclude,
+            "limit": limit,
+            "mean": mean,
+            "std": std,
+            "output": output,
+            "fail_if_worse": fail_if_worse,
+            "time": time_spec,
+            "drift_nu": drift_nu,
+            "drift_nu_std": drift_nu_std,
+            "drift_t0": drift_t0,
+            "compensation": compensation,
+            "stuck_at": stuck_at,
+            "workers": workers,
+        },
+    )
+    from ftaudit.evaluation import validate_scale_out
+
+    validate_scale_out(workers=settings.workers, checkpoint_dir=None, resume=False)
+    warn_workers(settings.workers, ray)
+    effect_options(settings)  # bad drift or fault values fail here, before any output check
+    check_output_paths(
+        input_files(settings, baseline, candidate),
+        {
+            "JSON report": json_path,
+            "CSV table": csv_path,
+            "HTML report": html_path,
+            "JUnit XML": junit_path,
+        },
+    )
+    machine_output = json_path == "-"
+    report = run_with_stages(
+        compare,
+        show_progress(machine_output),
+        baseline,
+        candidate,
+        settings.data,
+        fail_if_worse=settings.fail_if_worse,
+        **audit_options(settings, ray),
+    )
+    warn(report.baseline.warnings)
+    from ftaudit.fileio import output_set
+    from ftaudit.report import compare_report as writers
+
+    if machine_output:
+        sys.stdout.write(writers.payload_json(report.to_dict()))
+    with output_set():  # all of them or none
+        if json_path is not None and not machine_output:
+            writers.write_compare_json(report, Path(json_path))
+        if csv_path is not None:
+            writers.write_compare_csv(report, csv_path)
+        if html_path is not None:
+            from ftaudit.report.compare_html import write_compare_html
+
+            write_compare_html(report, html_path)
+        if junit_path is not None:
+            writers.write_compare_junit(report, junit_path)
+    if not quiet and not machine_output:
+        from rich.console import Console
+
+        Console().print(writers.compare_table(report))
+    failed = report.failed_gates()
+    if failed:
+        raise GateFailure([gate.message() for gate in failed])

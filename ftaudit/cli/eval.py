@@ -1,0 +1,244 @@
+"""``ftaudit eval``: Monte Carlo accuracy of one model under device variation."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ftaudit.cli.common import (
+    check_output_paths,
+    input_files,
+    run_with_progress,
+    show_progress,
+    warn,
+    warn_workers,
+)
+from ftaudit.cli.exit_codes import exit_codes, run_argv
+from ftaudit.cli.options import (
+    BatchSamplesOpt,
+    BatchSizeOpt,
+    BitsOpt,
+    CellBitsOpt,
+    CompensationOpt,
+    ConfigOpt,
+    CsvOpt,
+    DataOpt,
+    DeviceOpt,
+    DriftNuOpt,
+    DriftNuStdOpt,
+    DriftT0Opt,
+    EvalCheckpointOpt,
+    EvalResumeOpt,
+    ExcludeOpt,
+    HtmlOpt,
+    JsonOpt,
+    JunitOpt,
+    KOpt,
+    LayersOpt,
+    LimitOpt,
+    MeanOpt,
+    ModelArg,
+    NoiseOpt,
+    OutputOpt,
+    QuietOpt,
+    RayOpt,
+    SamplesOpt,
+    SeedOpt,
+    SigmaOpt,
+    StdOpt,
+    StuckAtOpt,
+    TimeOpt,
+    WorkersOpt,
+)
+from ftaudit.errors import GateFailure, UserError
+
+
+@exit_codes
+def eval_command(
+    model: ModelArg,
+    data: DataOpt = None,
+    sigma: SigmaOpt = None,
+    noise: NoiseOpt = None,
+    bits: BitsOpt = None,
+    cell_bits: CellBitsOpt = None,
+    samples: SamplesOpt = None,
+    k: KOpt = None,
+    seed: SeedOpt = None,
+    batch_size: BatchSizeOpt = None,
+    device: DeviceOpt = None,
+    layers: LayersOpt = None,
+    exclude: ExcludeOpt = None,
+    limit: LimitOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    output: OutputOpt = None,
+    target_ci: Annotated[
+        float | None,
+        typer.Option("--target-ci", help="Stop a sigma once its KPP 95% interval is this narrow."),
+    ] = None,
+    json_path: JsonOpt = None,
+    csv_path: CsvOpt = None,
+    plot_path: Annotated[
+        Path | None, typer.Option("--plot", help="Write a PNG plot of mean/KPP vs sigma.")
+    ] = None,
+    html_path: HtmlOpt = None,
+    junit_path: JunitOpt = None,
+    fail_under_kpp: Annotated[
+        float | None, typer.Option("--fail-under-kpp", help="Exit 1 if KPP < X at any sigma.")
+    ] = None,
+    fail_under_mean: Annotated[
+        float | None, typer.Option("--fail-under-mean", help="Exit 1 if mean < X at any sigma.")
+    ] = None,
+    quiet: QuietOpt = False,
+    config: ConfigOpt = None,
+    time_spec: TimeOpt = None,
+    drift_nu: DriftNuOpt = None,
+    drift_nu_std: DriftNuStdOpt = None,
+    drift_t0: DriftT0Opt = None,
+    compensation: CompensationOpt = None,
+    stuck_at: StuckAtOpt = None,
+    workers: WorkersOpt = None,
+    ray: RayOpt = None,
+    checkpoint_dir: EvalCheckpointOpt = None,
+    resume: EvalResumeOpt = False,
+    batch_samples: BatchSamplesOpt = None,
+) -> None:
+    """Monte Carlo accuracy (mean and KPP) of MODEL under device variation."""
+    from ftaudit.config import load_settings, merge, parse_floats, parse_sigmas
+    from ftaudit.device_effects import parse_stuck_at, parse_time, parse_times, resolve_effects
+    from ftaudit.evaluation import audit, validate_options, validate_scale_out
+    from ftaudit.noise import get_noise_model
+
+    settings = merge(
+        load_settings(config, Path.cwd()),
+        {
+            "data": data,
+            "sigma": parse_sigmas(sigma) if sigma is not None else None,
+            "noise": noise,
+            "bits": bits,
+            "cell_bits": cell_bits,
+            "samples": samples,
+            "k": k,
+            "seed": seed,
+            "batch_size": batch_size,
+            "device": device,
+            "layers": tuple(layers or ()),
+            "exclude": tuple(exclude or ()),
+            "limit": limit,
+            "mean": parse_floats(mean, "--mean") if mean is not None else None,
+            "std": parse_floats(std, "--std") if std is not None else None,
+            "output": output,
+            "target_ci": target_ci,
+            "fail_under_kpp": fail_under_kpp,
+            "fail_under_mean": fail_under_mean,
+            "time": parse_times(time_spec) if time_spec is not None else None,
+            "drift_nu": drift_nu,
+            "drift_nu_std": drift_nu_std,
+            "drift_t0": parse_time(drift_t0) if drift_t0 is not None else None,
+            "compensation": compensation,
+            "stuck_at": parse_stuck_at(stuck_at) if stuck_at is not None else None,
+            "workers": workers,
+        },
+    )
+    validate_scale_out(workers=settings.workers, checkpoint_dir=checkpoint_dir, resume=resume)
+    warn_workers(settings.workers, ray)
+    noise_model = get_noise_model(settings.noise, bits=settings.bits, cell_bits=settings.cell_bits)
+    if settings.sigma is None and getattr(noise_model.profile, "sigma", None) is not None:
+        settings = replace(settings, sigma=noise_model.profile.sigma)
+    if settings.sigma is None:
+        raise UserError("no sigma given", hint="pass --sigma 0.3 (or set sigma in ftaudit.toml)")
+    effect_options = {
+        "times": settings.time,
+        "drift_nu": settings.drift_nu,
+        "drift_nu_std": settings.drift_nu_std,
+        "drift_t0": settings.drift_t0,
+        "compensation": settings.compensation,
+        "stuck_at": settings.stuck_at,
+    }
+    resolve_effects(**effect_options, profile=noise_model.profile)  # bad values fail here
+    if settings.data is None:
+        raise UserError(
+            "no evaluation data given", hint="pass --data FILE (or set data in ftaudit.toml)"
+        )
+    validate_options(
+        sigmas=settings.sigma,
+        samples=settings.samples,
+        k=settings.k,
+        seed=settings.seed,
+        batch_size=settings.batch_size,
+        device=settings.device,
+        target_ci=settings.target_ci,
+        fail_under_kpp=settings.fail_under_kpp,
+        fail_under_mean=settings.fail_under_mean,
+    )
+    check_output_paths(
+        input_files(settings, model),
+        {
+            "JSON report": json_path,
+            "CSV table": csv_path,
+            "plot": plot_path,
+            "HTML report": html_path,
+            "JUnit XML": junit_path,
+        },
+    )
+
+    machine_output = json_path == "-"
+    report = run_with_progress(
+        audit,
+        show_progress(machine_output),
+        model,
+        settings.data,
+        sigmas=settings.sigma,
+        noise=noise_model,
+        samples=settings.samples,
+        k=settings.k,
+        seed=settings.seed,
+        batch_size=settings.batch_size,
+        device=settings.device,
+        layers=settings.layers,
+        exclude=settings.exclude,
+        limit=settings.limit,
+        mean=settings.mean,
+        std=settings.std,
+        output=settings.output,
+        target_ci=settings.target_ci,
+        fail_under_kpp=settings.fail_under_kpp,
+        fail_under_mean=settings.fail_under_mean,
+        config_file=settings.config_file,
+        command=["ftaudit", *run_argv()],
+        **effect_options,
+        workers=settings.workers,
+        ray=ray,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        batch_samples=batch_samples,
+    )
+    warn(report.warnings)
+
+    from ftaudit import report as writers
+    from ftaudit.fileio import output_set
+
+    if json_path == "-":
+        sys.stdout.write(writers.report_json(report) + "\n")
+    with output_set():  # all of them or none
+        if json_path is not None and json_path != "-":
+            writers.write_json(report, Path(json_path))
+        if csv_path is not None:
+            writers.write_csv(report, csv_path)
+        if plot_path is not None:
+            writers.write_plot(report, plot_path)
+        if html_path is not None:
+            writers.write_html(report, html_path)
+        if junit_path is not None:
+            writers.write_junit(report, junit_path)
+    if not quiet and not machine_output:
+        from rich.console import Console
+
+        Console().print(writers.report_renderable(report))
+    failed = report.failed_gates()
+    if failed:
+        raise GateFailure([gate.message() for gate in failed])
