@@ -207,3 +207,15 @@ def check_output_paths(
 
         require_matplotlib("plots")
     check_outputs(paths, inputs=inputs)
+
+
+def write_report_files(kind: str, report: Any, paths: dict[str, Path | str | None]) -> None:
+    """Write ``report`` in each format of ``paths`` given a path, with the writer registered
+    for (``kind``, format): all of the files or none ('-', stdout, is the caller's)."""
+    from ftaudit.fileio import output_set
+    from ftaudit.report import get_writer
+
+    with output_set():
+        for fmt, path in paths.items():
+            if path is not None and path != "-":
+                get_writer(fmt, kind)(report, Path(path))

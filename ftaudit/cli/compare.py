@@ -18,6 +18,7 @@ from ftaudit.cli.common import (
     show_progress,
     warn,
     warn_workers,
+    write_report_files,
 )
 from ftaudit.cli.exit_codes import exit_codes
 from ftaudit.cli.options import (
@@ -156,22 +157,15 @@ def compare_command(
         **audit_options(settings, ray),
     )
     warn(report.baseline.warnings)
-    from ftaudit.fileio import output_set
     from ftaudit.report import compare_report as writers
 
     if machine_output:
         sys.stdout.write(writers.payload_json(report.to_dict()))
-    with output_set():  # all of them or none
-        if json_path is not None and not machine_output:
-            writers.write_compare_json(report, Path(json_path))
-        if csv_path is not None:
-            writers.write_compare_csv(report, csv_path)
-        if html_path is not None:
-            from ftaudit.report.compare_html import write_compare_html
-
-            write_compare_html(report, html_path)
-        if junit_path is not None:
-            writers.write_compare_junit(report, junit_path)
+    write_report_files(
+        "compare",
+        report,
+        {"json": json_path, "csv": csv_path, "html": html_path, "junit": junit_path},
+    )
     if not quiet and not machine_output:
         from rich.console import Console
 

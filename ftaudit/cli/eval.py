@@ -16,6 +16,7 @@ from ftaudit.cli.common import (
     show_progress,
     warn,
     warn_workers,
+    write_report_files,
 )
 from ftaudit.cli.exit_codes import exit_codes, run_argv
 from ftaudit.cli.options import (
@@ -220,21 +221,20 @@ def eval_command(
     warn(report.warnings)
 
     from ftaudit import report as writers
-    from ftaudit.fileio import output_set
 
     if json_path == "-":
         sys.stdout.write(writers.report_json(report) + "\n")
-    with output_set():  # all of them or none
-        if json_path is not None and json_path != "-":
-            writers.write_json(report, Path(json_path))
-        if csv_path is not None:
-            writers.write_csv(report, csv_path)
-        if plot_path is not None:
-            writers.write_plot(report, plot_path)
-        if html_path is not None:
-            writers.write_html(report, html_path)
-        if junit_path is not None:
-            writers.write_junit(report, junit_path)
+    write_report_files(
+        "audit",
+        report,
+        {
+            "json": json_path,
+            "csv": csv_path,
+            "plot": plot_path,
+            "html": html_path,
+            "junit": junit_path,
+        },
+    )
     if not quiet and not machine_output:
         from rich.console import Console
 

@@ -19,6 +19,7 @@ from ftaudit.cli.common import (
     show_progress,
     warn,
     warn_workers,
+    write_report_files,
 )
 from ftaudit.cli.exit_codes import exit_codes
 from ftaudit.cli.options import (
@@ -170,25 +171,21 @@ def sensitivity_command(
         **audit_options(settings, ray),
     )
     warn(report.warnings)
-    from ftaudit.fileio import output_set
     from ftaudit.report import sensitivity_report as writers
 
     if machine_output:
         sys.stdout.write(writers.payload_json(report.to_dict()))
-    with output_set():  # all of them or none
-        if json_path is not None and not machine_output:
-            writers.write_sensitivity_json(report, Path(json_path))
-        if csv_path is not None:
-            writers.write_sensitivity_csv(report, csv_path)
-        if plot_path is not None:
-            writers.write_sensitivity_plot(report, plot_path)
-        if html_path is not None or junit_path is not None:
-            from ftaudit.report import sensitivity_html
-
-            if html_path is not None:
-                sensitivity_html.write_sensitivity_html(report, html_path)
-            if junit_path is not None:
-                sensitivity_html.write_sensitivity_junit(report, junit_path)
+    write_report_files(
+        "sensitivity",
+        report,
+        {
+            "json": json_path,
+            "csv": csv_path,
+            "plot": plot_path,
+            "html": html_path,
+            "junit": junit_path,
+        },
+    )
     if not quiet and not machine_output:
         from rich.console import Console
 

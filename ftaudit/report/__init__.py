@@ -1,12 +1,22 @@
 """Report writers: a rich table for the terminal, and JSON, CSV, PNG, HTML and JUnit XML files.
 
-File writers are registered by name in ``REPORT_WRITERS`` (``get_writer("json")``); each takes
-``(report, path)`` and writes atomically. Writing to ``-`` (stdout) is the CLI's job.
+File writers are registered by (report kind, format) in ``WRITERS`` (``get_writer("json")`` for
+the audit report, ``get_writer("csv", "compare")``); each takes ``(report, path)`` and writes
+atomically. Importing this package registers them all. Writing to ``-`` (stdout) is the CLI's
+job.
 """
 
 from __future__ import annotations
 
-from ftaudit.report._registry import REPORT_WRITERS, ReportWriter, get_writer, register_writer
+from ftaudit.report import compare_html, compare_report, sensitivity_html, sensitivity_report
+from ftaudit.report._registry import (
+    REPORT_KINDS,
+    REPORT_WRITERS,
+    WRITERS,
+    ReportWriter,
+    get_writer,
+    register_writer,
+)
 from ftaudit.report.csv_report import CSV_COLUMNS, report_csv, write_csv
 from ftaudit.report.html_report import html_from_report_dict, report_html, write_html
 from ftaudit.report.json_report import report_json, to_json_compatible, write_json
@@ -16,9 +26,13 @@ from ftaudit.report.table import audit_table, gates_table, report_renderable
 
 __all__ = [
     "CSV_COLUMNS",
+    "REPORT_KINDS",
     "REPORT_WRITERS",
+    "WRITERS",
     "ReportWriter",
     "audit_table",
+    "compare_html",
+    "compare_report",
     "gates_table",
     "get_writer",
     "html_from_report_dict",
@@ -30,6 +44,8 @@ __all__ = [
     "report_json",
     "report_junit",
     "report_renderable",
+    "sensitivity_html",
+    "sensitivity_report",
     "to_json_compatible",
     "write_csv",
     "write_html",

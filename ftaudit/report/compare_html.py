@@ -11,6 +11,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from ftaudit.fileio import atomic_write_text
+from ftaudit.report._registry import register_writer
 from ftaudit.report.html_charts import ChartLine, Marker, interval_rows_svg, legend
 from ftaudit.report.html_page import Raw, html_document, html_table, join, key_value_table, tag
 from ftaudit.report.html_report import noise_label
@@ -270,5 +271,7 @@ def compare_html(report: Any) -> str:
     return html_from_compare_dict(to_json_compatible(report.to_dict()))
 
 
+@register_writer("html", kind="compare")
 def write_compare_html(report: Any, path: Path) -> None:
+    """A self-contained HTML page of the comparison."""
     atomic_write_text(Path(path), compare_html(report))

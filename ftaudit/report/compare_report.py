@@ -12,6 +12,7 @@ from rich.table import Table
 
 from ftaudit.device_effects import format_time
 from ftaudit.fileio import atomic_write_text
+from ftaudit.report._registry import register_writer
 from ftaudit.report.csv_report import SafeCsvWriter, _cell
 from ftaudit.report.json_report import to_json_compatible
 from ftaudit.report.table import _COMPENSATION_LABELS, _effects_caption, _noise_label, _percent
@@ -160,11 +161,13 @@ def compare_csv(report: CompareReport) -> str:
     return buffer.getvalue()
 
 
+@register_writer("json", kind="compare")
 def write_compare_json(report: CompareReport, path: Path) -> None:
     """The comparison as JSON; schema in docs/compare.schema.json."""
     atomic_write_text(Path(path), payload_json(report.to_dict()))
 
 
+@register_writer("csv", kind="compare")
 def write_compare_csv(report: CompareReport, path: Path) -> None:
     """The per-row comparison as CSV."""
     atomic_write_text(Path(path), compare_csv(report))
@@ -201,5 +204,7 @@ def compare_junit(report: CompareReport) -> str:
     )
 
 
+@register_writer("junit", kind="compare")
 def write_compare_junit(report: CompareReport, path: Path) -> None:
+    """JUnit XML: one test case per ``--fail-if-worse`` row, for CI."""
     atomic_write_text(path, compare_junit(report))

@@ -12,6 +12,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from ftaudit.fileio import atomic_write_text
+from ftaudit.report._registry import register_writer
 from ftaudit.report.compare_html import row_label
 from ftaudit.report.html_charts import ChartLine, Marker, bar_rows_svg, legend
 from ftaudit.report.html_page import Raw, html_document, html_table, join, key_value_table, tag
@@ -228,7 +229,9 @@ def sensitivity_html(report: Any) -> str:
     return html_from_sensitivity_dict(to_json_compatible(report.to_dict()))
 
 
+@register_writer("html", kind="sensitivity")
 def write_sensitivity_html(report: Any, path: Path) -> None:
+    """A self-contained HTML page of the ranking."""
     atomic_write_text(Path(path), sensitivity_html(report))
 
 
@@ -274,5 +277,7 @@ def sensitivity_junit(report: Any) -> str:
     )
 
 
+@register_writer("junit", kind="sensitivity")
 def write_sensitivity_junit(report: Any, path: Path) -> None:
+    """JUnit XML: the ``--target-kpp`` answer per row, for CI."""
     atomic_write_text(Path(path), sensitivity_junit(report))

@@ -15,6 +15,7 @@ from rich.text import Text
 from ftaudit._optional import require_matplotlib
 from ftaudit.device_effects import format_time
 from ftaudit.fileio import atomic_write, atomic_write_text
+from ftaudit.report._registry import register_writer
 from ftaudit.report.compare_report import payload_json
 from ftaudit.report.csv_report import SafeCsvWriter, _cell
 from ftaudit.report.plot import _plain_text
@@ -181,16 +182,19 @@ def sensitivity_csv(report: SensitivityReport) -> str:
     return buffer.getvalue()
 
 
+@register_writer("json", kind="sensitivity")
 def write_sensitivity_json(report: SensitivityReport, path: Path) -> None:
     """The sensitivity report as JSON; schema in docs/sensitivity.schema.json."""
     atomic_write_text(Path(path), payload_json(report.to_dict()))
 
 
+@register_writer("csv", kind="sensitivity")
 def write_sensitivity_csv(report: SensitivityReport, path: Path) -> None:
     """Per-layer, per-row sensitivity as CSV."""
     atomic_write_text(Path(path), sensitivity_csv(report))
 
 
+@register_writer("plot", kind="sensitivity")
 def write_sensitivity_plot(report: SensitivityReport, path: Path) -> None:
     """PNG bar chart: per layer (rank order), KPP drop alone and KPP gained by keeping it exact."""
     plt = require_matplotlib("plots")
