@@ -20,7 +20,7 @@ import numpy as np
 
 from ftaudit import __version__
 from ftaudit.data import Dataset
-from ftaudit.device_effects import format_time, resolve_effects
+from ftaudit.device_effects import format_time
 from ftaudit.errors import UserError
 from ftaudit.evaluation import (
     audit,
@@ -32,6 +32,7 @@ from ftaudit.evaluation import (
 )
 from ftaudit.models import AuditModel, CrossbarLayer, load_model
 from ftaudit.noise import NoiseModel
+from ftaudit.options import DeviceEffectOptions, MonteCarloOptions, PerturbOptions, ScaleOutOptions
 from ftaudit.parallel import ray_session
 from ftaudit.results import AuditReport, Interval, SigmaResult
 from ftaudit.stats import mean_interval, paired_kpp_difference_interval
@@ -295,14 +296,14 @@ def compare(
     data: Path | str | Dataset,
     *,
     sigmas: Sequence[float] | None = None,
-    noise: str | NoiseModel = "lognormal",
+    noise: str | NoiseModel = PerturbOptions.noise,
     bits: int | None = None,
     cell_bits: int | None = None,
-    samples: int = 1000,
-    k: float = 1.0,
-    seed: int = 0,
-    batch_size: int = 512,
-    device: str = "cpu",
+    samples: int = MonteCarloOptions.samples,
+    k: float = MonteCarloOptions.k,
+    seed: int = MonteCarloOptions.seed,
+    batch_size: int = MonteCarloOptions.batch_size,
+    device: str = MonteCarloOptions.device,
     layers: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     limit: int | None = None,
@@ -313,7 +314,7 @@ def compare(
     progress: StageProgress | None = None,
     command: Sequence[str] | None = None,
     config_file: str | None = None,
-    workers: int = 1,
+    workers: int = ScaleOutOptions.workers,
     ray: str | None = None,
     times: Sequence[float] | None = None,
     drift_nu: float | None = None,
@@ -331,15 +332,15 @@ def compare(
     """
     started = time.perf_counter()
     noise_model, sigmas = resolve_noise(noise, sigmas, bits=bits, cell_bits=cell_bits)
-    effect_options = {
-        "times": times,
-        "drift_nu": drift_nu,
-        "drift_nu_std": drift_nu_std,
-        "drift_t0": drift_t0,
-        "compensation": compensation,
-        "stuck_at": stuck_at,
-    }
-    effects = resolve_effects(**effect_options, profile=noise_model.profile)
+    effect_options = DeviceEffectOptions(
+        times=times,
+        drift_nu=drift_nu,
+        drift_nu_std=drift_nu_std,
+        drift_t0=drift_t0,
+        compensation=compensation,
+        stuck_at=stuck_at,
+    )
+    effects = effect_options.resolve(noise_model.profile)
     validate_options(
         sigmas=sigmas, samples=samples, k=k, seed=seed, batch_size=batch_size, device=device
     )
@@ -381,7 +382,7 @@ def compare(
         "config_file": config_file,
         "workers": workers,
         "ray": ray,
-        **effect_options,
+        **effect_options.as_kwargs(),
     }
     reports = {}
     with ray_session(ray, workers):

@@ -20,22 +20,24 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ftaudit.errors import UserError
+from ftaudit.options import MonteCarloOptions, PerturbOptions, ScaleOutOptions
 
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """Every ``eval`` option with its built-in default (the one source of truth)."""
+    """Every ``eval`` option with its built-in default (read from ``ftaudit.options``, the one
+    source of truth)."""
 
     data: str | None = None
     sigma: tuple[float, ...] | None = None
-    noise: str = "lognormal"
+    noise: str = PerturbOptions.noise
     bits: int | None = None
     cell_bits: int | None = None
-    samples: int = 1000
-    k: float = 1.0
-    seed: int = 0
-    batch_size: int = 512
-    device: str = "cpu"
+    samples: int = MonteCarloOptions.samples
+    k: float = MonteCarloOptions.k
+    seed: int = MonteCarloOptions.seed
+    batch_size: int = MonteCarloOptions.batch_size
+    device: str = MonteCarloOptions.device
     layers: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     limit: int | None = None
@@ -51,7 +53,7 @@ class EvalSettings:
     drift_t0: float | None = None
     compensation: str | None = None  # none, global or both (default both with time)
     stuck_at: tuple[float, float] | None = None
-    workers: int = 1  # local worker processes (results do not depend on it)
+    workers: int = ScaleOutOptions.workers  # local worker processes (results do not depend on it)
     fail_if_worse: float | None = None  # compare's gate (eval ignores it)
     target_kpp: float | None = None  # sensitivity's keep-digital target (eval ignores it)
     config_file: str | None = None  # where the non-default values came from

@@ -14,7 +14,7 @@ import numpy as np
 from ftaudit import __version__
 from ftaudit.batched import BatchedTorchRunner, build_runner, resolve_batch_samples
 from ftaudit.data import Dataset, load_dataset, validate_labels
-from ftaudit.device_effects import Condition, resolve_effects
+from ftaudit.device_effects import Condition
 from ftaudit.errors import UserError
 from ftaudit.eval_checkpoint import CheckpointWriter, check_checkpoint_dir, load_progress
 from ftaudit.models import AuditModel, load_model
@@ -27,6 +27,7 @@ from ftaudit.montecarlo import (
     run_monte_carlo,
 )
 from ftaudit.noise import NoiseModel, get_noise_model
+from ftaudit.options import DeviceEffectOptions, MonteCarloOptions, PerturbOptions, ScaleOutOptions
 from ftaudit.parallel import WorkerSpec, close_backend, make_backend, threads_per_worker
 from ftaudit.results import AuditReport, GateResult, Interval, LayerInfo, SigmaResult
 from ftaudit.stats import summarize
@@ -255,14 +256,14 @@ def audit(
     data: Path | str | Dataset,
     *,
     sigmas: Sequence[float] | None = None,
-    noise: str | NoiseModel = "lognormal",
+    noise: str | NoiseModel = PerturbOptions.noise,
     bits: int | None = None,
     cell_bits: int | None = None,
-    samples: int = 1000,
-    k: float = 1.0,
-    seed: int = 0,
-    batch_size: int = 512,
-    device: str = "cpu",
+    samples: int = MonteCarloOptions.samples,
+    k: float = MonteCarloOptions.k,
+    seed: int = MonteCarloOptions.seed,
+    batch_size: int = MonteCarloOptions.batch_size,
+    device: str = MonteCarloOptions.device,
     layers: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     limit: int | None = None,
@@ -281,7 +282,7 @@ def audit(
     drift_t0: float | None = None,
     compensation: str | None = None,
     stuck_at: tuple[float, float] | None = None,
-    workers: int = 1,
+    workers: int = ScaleOutOptions.workers,
     ray: str | None = None,
     checkpoint_dir: Path | str | None = None,
     resume: bool = False,
@@ -302,15 +303,14 @@ def audit(
     """
     started = time.perf_counter()
     noise_model, sigmas = resolve_noise(noise, sigmas, bits=bits, cell_bits=cell_bits)
-    effects = resolve_effects(
+    effects = DeviceEffectOptions(
         times=times,
         drift_nu=drift_nu,
         drift_nu_std=drift_nu_std,
         drift_t0=drift_t0,
         compensation=compensation,
         stuck_at=stuck_at,
-        profile=noise_model.profile,
-    )
+    ).resolve(noise_model.profile)
     validate_options(
         sigmas=sigmas,
         samples=samples,

@@ -31,7 +31,7 @@ from ftaudit.compare import (
     validate_fraction,
 )
 from ftaudit.data import Dataset
-from ftaudit.device_effects import Condition, resolve_effects
+from ftaudit.device_effects import Condition
 from ftaudit.evaluation import (
     audit,
     model_provenance,
@@ -42,6 +42,7 @@ from ftaudit.evaluation import (
 )
 from ftaudit.models import AuditModel, CrossbarLayer, load_model
 from ftaudit.noise import NoiseModel
+from ftaudit.options import DeviceEffectOptions, MonteCarloOptions, PerturbOptions, ScaleOutOptions
 from ftaudit.parallel import ray_session
 from ftaudit.results import AuditReport, Interval, SigmaResult
 
@@ -305,14 +306,14 @@ def sensitivity(
     data: Path | str | Dataset,
     *,
     sigmas: Sequence[float] | None = None,
-    noise: str | NoiseModel = "lognormal",
+    noise: str | NoiseModel = PerturbOptions.noise,
     bits: int | None = None,
     cell_bits: int | None = None,
     samples: int = DEFAULT_SENSITIVITY_SAMPLES,
-    k: float = 1.0,
-    seed: int = 0,
-    batch_size: int = 512,
-    device: str = "cpu",
+    k: float = MonteCarloOptions.k,
+    seed: int = MonteCarloOptions.seed,
+    batch_size: int = MonteCarloOptions.batch_size,
+    device: str = MonteCarloOptions.device,
     layers: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     limit: int | None = None,
@@ -323,7 +324,7 @@ def sensitivity(
     progress: StageProgress | None = None,
     command: Sequence[str] | None = None,
     config_file: str | None = None,
-    workers: int = 1,
+    workers: int = ScaleOutOptions.workers,
     ray: str | None = None,
     times: Sequence[float] | None = None,
     drift_nu: float | None = None,
@@ -343,15 +344,15 @@ def sensitivity(
     """
     started = time.perf_counter()
     noise_model, sigmas = resolve_noise(noise, sigmas, bits=bits, cell_bits=cell_bits)
-    effect_options: dict[str, Any] = {
-        "times": times,
-        "drift_nu": drift_nu,
-        "drift_nu_std": drift_nu_std,
-        "drift_t0": drift_t0,
-        "compensation": compensation,
-        "stuck_at": stuck_at,
-    }
-    effects = resolve_effects(**effect_options, profile=noise_model.profile)
+    effect_options = DeviceEffectOptions(
+        times=times,
+        drift_nu=drift_nu,
+        drift_nu_std=drift_nu_std,
+        drift_t0=drift_t0,
+        compensation=compensation,
+        stuck_at=stuck_at,
+    )
+    effects = effect_options.resolve(noise_model.profile)
     validate_options(
         sigmas=sigmas, samples=samples, k=k, seed=seed, batch_size=batch_size, device=device
     )
@@ -381,7 +382,7 @@ def sensitivity(
             progress=stage_progress(progress, f"[{counter}] {label}"),
             workers=workers,
             ray=ray,
-            **effect_options,
+            **effect_options.as_kwargs(),
         )
 
     with ray_session(ray, workers):  # one Ray connection for every run

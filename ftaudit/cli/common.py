@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ftaudit.cli.exit_codes import run_argv
 from ftaudit.errors import UserError
+from ftaudit.options import DeviceEffectOptions, MonteCarloOptions, PerturbOptions
 
 if TYPE_CHECKING:
     from ftaudit.config import EvalSettings
@@ -128,45 +129,26 @@ def shared_settings(config: Path | None, flags: dict[str, Any]) -> EvalSettings:
     return settings
 
 
-def effect_options(settings: EvalSettings) -> dict[str, Any]:
-    """The drift and stuck-at options as audit/compare keywords, checked like eval's (exit 2)."""
-    from ftaudit.device_effects import resolve_effects
+def effect_options(settings: EvalSettings) -> DeviceEffectOptions:
+    """The drift and stuck-at options, checked against the noise profile like eval's (exit 2)
+    before any work or output check."""
     from ftaudit.noise import get_noise_model
 
-    options = {
-        "times": settings.time,
-        "drift_nu": settings.drift_nu,
-        "drift_nu_std": settings.drift_nu_std,
-        "drift_t0": settings.drift_t0,
-        "compensation": settings.compensation,
-        "stuck_at": settings.stuck_at,
-    }
+    options = DeviceEffectOptions.from_settings(settings)
     noise = get_noise_model(settings.noise, bits=settings.bits, cell_bits=settings.cell_bits)
-    resolve_effects(**options, profile=noise.profile)  # bad values fail here, before any work
+    options.resolve(noise.profile)  # bad values fail here, before any work
     return options
 
 
 def audit_options(settings: EvalSettings, ray: str | None) -> dict[str, Any]:
-    """The keyword options compare and sensitivity pass through to every audit they run."""
+    """The keyword options compare and sensitivity pass through to every audit they run
+    (the option groups of ``ftaudit.options``; the effects were checked by ``effect_options``)."""
     return {
-        "sigmas": settings.sigma,
-        "noise": settings.noise,
-        "bits": settings.bits,
-        "cell_bits": settings.cell_bits,
-        "samples": settings.samples,
-        "k": settings.k,
-        "seed": settings.seed,
-        "batch_size": settings.batch_size,
-        "device": settings.device,
-        "layers": settings.layers,
-        "exclude": settings.exclude,
-        "limit": settings.limit,
-        "mean": settings.mean,
-        "std": settings.std,
-        "output": settings.output,
+        **PerturbOptions.from_settings(settings).as_kwargs(),
+        **MonteCarloOptions.from_settings(settings).as_kwargs(),
+        **DeviceEffectOptions.from_settings(settings).as_kwargs(),
         "command": command_line(),
         "config_file": settings.config_file,
-        **effect_options(settings),
         "workers": settings.workers,
         "ray": ray,
     }

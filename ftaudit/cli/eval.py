@@ -56,6 +56,7 @@ from ftaudit.cli.options import (
     WorkersOpt,
 )
 from ftaudit.errors import GateFailure, UserError
+from ftaudit.options import DeviceEffectOptions
 
 
 @exit_codes
@@ -110,7 +111,7 @@ def eval_command(
 ) -> None:
     """Monte Carlo accuracy (mean and KPP) of MODEL under device variation."""
     from ftaudit.config import load_settings, merge, parse_floats, parse_sigmas
-    from ftaudit.device_effects import parse_stuck_at, parse_time, parse_times, resolve_effects
+    from ftaudit.device_effects import parse_stuck_at, parse_time, parse_times
     from ftaudit.evaluation import audit, validate_options, validate_scale_out
     from ftaudit.noise import get_noise_model
 
@@ -152,15 +153,8 @@ def eval_command(
         settings = replace(settings, sigma=noise_model.profile.sigma)
     if settings.sigma is None:
         raise UserError("no sigma given", hint="pass --sigma 0.3 (or set sigma in ftaudit.toml)")
-    effect_options = {
-        "times": settings.time,
-        "drift_nu": settings.drift_nu,
-        "drift_nu_std": settings.drift_nu_std,
-        "drift_t0": settings.drift_t0,
-        "compensation": settings.compensation,
-        "stuck_at": settings.stuck_at,
-    }
-    resolve_effects(**effect_options, profile=noise_model.profile)  # bad values fail here
+    effect_options = DeviceEffectOptions.from_settings(settings)
+    effect_options.resolve(noise_model.profile)  # bad values fail here
     if settings.data is None:
         raise UserError(
             "no evaluation data given", hint="pass --data FILE (or set data in ftaudit.toml)"
@@ -211,7 +205,7 @@ def eval_command(
         fail_under_mean=settings.fail_under_mean,
         config_file=settings.config_file,
         command=["ftaudit", *run_argv()],
-        **effect_options,
+        **effect_options.as_kwargs(),
         workers=settings.workers,
         ray=ray,
         checkpoint_dir=checkpoint_dir,

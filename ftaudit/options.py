@@ -1,0 +1,134 @@
+"""Frozen option groups shared by the config file, the CLI and the library: the one home of
+every default of the audit commands (eval, compare, sensitivity).
+
+- ``PerturbOptions``: what to perturb (sigmas, noise model, layers, the logits output)
+- ``DeviceEffectOptions``: drift, compensation and stuck-at cells
+- ``MonteCarloOptions``: the run (samples, k, seed, batch size, device, data subset)
+- ``ScaleOutOptions``: where samples run (worker processes, Ray) and checkpoints
+- ``OutputOptions``: the report files and the terminal table
+
+``ftaudit.config.EvalSettings`` takes its defaults from these classes, and the keyword defaults
+of ``audit``/``compare``/``sensitivity`` are read from them too, so a default is changed here
+once. ``from_settings`` builds a group from resolved settings (config file under flags);
+``as_kwargs`` gives the library keywords the group stands for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from ftaudit.device_effects import DeviceEffects
+
+GroupT = TypeVar("GroupT", bound="_Group")
+
+
+class _Group:
+    """What every option group shares: built from settings, spread into library keywords."""
+
+    @classmethod
+    def from_settings(cls: type[GroupT], settings: Any, **overrides: Any) -> GroupT:
+        """The group from an object carrying its fields (``EvalSettings``), then ``overrides``."""
+        values = {
+            f.name: getattr(settings, _SETTING_NAMES.get(f.name, f.name))
+            for f in fields(cls)  # type: ignore[arg-type]
+            if hasattr(settings, _SETTING_NAMES.get(f.name, f.name))
+        }
+        values.update(overrides)
+        return cls(**values)
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The library keywords (``audit(**group.as_kwargs())``)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+
+#: option name -> the EvalSettings field holding it, where the two differ
+_SETTING_NAMES = {"sigmas": "sigma", "times": "time"}
+
+
+@dataclass(frozen=True)
+class PerturbOptions(_Group):
+    """What to perturb: the device variation, its noise model and the crossbar layers."""
+
+    sigmas: tuple[float, ...] | None = None  # None: the noise profile's sigma
+    noise: str = "lognormal"
+    bits: int | None = None  # device models: weight bits H (None: the model's default)
+    cell_bits: int | None = None  # device models: bits per cell B
+    layers: tuple[str, ...] = ()  # globs over crossbar weight names (empty: all)
+    exclude: tuple[str, ...] = ()
+    output: str | None = None  # the ONNX output holding the logits (None: the first)
+
+
+@dataclass(frozen=True)
+class DeviceEffectOptions(_Group):
+    """Conductance drift after programming, its compensation, and stuck-at cells."""
+
+    times: tuple[float, ...] | None = None  # seconds after programming
+    drift_nu: float | None = None  # None: the noise profile's, else DriftModel's default
+    drift_nu_std: float | None = None
+    drift_t0: float | None = None
+    compensation: str | None = None  # none, global or both (both when times are given)
+    stuck_at: tuple[float, float] | None = None  # fractions of cells stuck low, high
+
+    def resolve(self, profile: Any = None) -> DeviceEffects | None:
+        """The device effects these options ask for over ``profile``'s defaults (None: no
+        effect); a bad value raises UserError."""
+        from ftaudit.device_effects import resolve_effects
+
+        return resolve_effects(**self.as_kwargs(), profile=profile)
+
+
+@dataclass(frozen=True)
+class MonteCarloOptions(_Group):
+    """The Monte Carlo run: how many samples, which percentile, which seed, on what data."""
+
+    samples: int = 1000
+    k: float = 1.0
+    seed: int = 0
+    batch_size: int = 512
+    device: str = "cpu"
+    limit: int | None = None  # evaluate on only the first N examples
+    mean: tuple[float, ...] | None = None  # normalisation: subtract
+    std: tuple[float, ...] | None = None  # normalisation: divide
+
+
+@dataclass(frozen=True)
+class ScaleOutOptions(_Group):
+    """Where the samples run; the numbers do not depend on it."""
+
+    workers: int = 1
+    ray: str | None = None  # 'local', 'auto' or HOST:PORT
+    checkpoint_dir: Path | None = None
+    resume: bool = False
+
+
+@dataclass(frozen=True)
+class OutputOptions(_Group):
+    """The report files (None: not written; JSON '-' is stdout) and the terminal table."""
+
+    json: str | None = None
+    csv: Path | None = None
+    plot: Path | None = None
+    html: Path | None = None
+    junit: Path | None = None
+    quiet: bool = False
+
+    @property
+    def machine_output(self) -> bool:
+        """JSON on stdout: no table and no progress bar beside it."""
+        return self.json == "-"
+
+    def files(self) -> dict[str, Path | str | None]:
+        """format -> path of every report file (stdout excluded), for the writer registry."""
+        return {fmt: path for fmt, path in asdict(self).items() if fmt != "quiet" and path != "-"}
+
+
+#: the default of every audit option, by name (what ``EvalSettings`` starts from)
+AUDIT_DEFAULTS: dict[str, Any] = {
+    **PerturbOptions().as_kwargs(),
+    **DeviceEffectOptions().as_kwargs(),
+    **MonteCarloOptions().as_kwargs(),
+    **ScaleOutOptions().as_kwargs(),
+}
