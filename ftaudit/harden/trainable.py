@@ -76,8 +76,12 @@ class TrainableModel:
     source: AuditModel
     crossbar: dict[str, torch.Tensor]
     slots: dict[str, TensorSlot] = field(default_factory=dict)
+    #: crossbar layer name -> its torch tensor is the 2-D transpose of the layer's layout
+    crossbar_transposed: dict[str, bool] = field(default_factory=dict)
 
     def _transposed(self, name: str) -> bool:
+        if name in self.crossbar_transposed:
+            return self.crossbar_transposed[name]
         slot = self.slots.get(name)
         return slot is not None and slot.transposed
 
@@ -187,7 +191,14 @@ def _onnx_trainable(model: AuditModel) -> TrainableModel:
         if onnx.helper.tensor_dtype_to_np_dtype(t.data_type).kind == "f"
     }
     found = _trace_initializers(module, graph, stored)
-    crossbar_names = {layer.name for layer in model.layers}
+    onnx_model = cast("OnnxModel", model)
+    # each crossbar layer is its root initializer, as stored or transposed (Transpose(W))
+    roots = {layer.name: onnx_model.roots.get(layer.name, layer.name) for layer in model.layers}
+    swapped = {
+        layer.name: _layout_of(onnx_model, layer.name, stored.get(roots[layer.name]))
+        for layer in model.layers
+    }
+    crossbar_names = set(roots.values())
     missing = sorted(crossbar_names - found.keys())
     if missing:
         raise UserError(
@@ -202,8 +213,38 @@ def _onnx_trainable(model: AuditModel) -> TrainableModel:
         for name, places in found.items()
     }
     module.eval()
-    crossbar = {layer.name: _tensor_at(module, slots[layer.name].target) for layer in model.layers}
-    return TrainableModel(module=module, source=model, crossbar=crossbar, slots=slots)
+    crossbar = {
+        layer.name: _tensor_at(module, slots[roots[layer.name]].target) for layer in model.layers
+    }
+    transposed = {
+        layer.name: slots[roots[layer.name]].transposed != swapped[layer.name]
+        for layer in model.layers
+    }
+    return TrainableModel(
+        module=module,
+        source=model,
+        crossbar=crossbar,
+        slots=slots,
+        crossbar_transposed=transposed,
+    )
+
+
+def _layout_of(model: OnnxModel, name: str, root: np.ndarray | None) -> bool:
+    """Whether crossbar layer ``name`` is its root initializer transposed (MatMul of
+    Transpose(W)); a UserError when it is neither the initializer nor its transpose (a
+    dequantised or re-typed weight, which training cannot write back)."""
+    value = model.initializers[name]
+    if root is not None and value.dtype == root.dtype:
+        if _equal(value, root, False):
+            return False
+        if _equal(value, root, True):
+            return True
+    raise UserError(
+        f"{model.path}: crossbar weight {name} is computed from initializer "
+        f"{model.roots.get(name, name)} (dequantised, re-typed or reshaped), so trained values "
+        "could not be written back into the file",
+        hint="harden the float model before quantising or converting it",
+    )
 
 
 def _bypass_initializer_identities(graph: Any) -> None:

@@ -124,6 +124,8 @@ class AuditModel(ABC):
     output: TensorSpec
     layers: list[CrossbarLayer]
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: multiply operators whose weight is NOT perturbed, with why (``onnx_graph.UntracedOp``)
+    untraced: list[Any] = field(default_factory=list)
 
     @abstractmethod
     def clean_weights(self) -> dict[str, np.ndarray]:

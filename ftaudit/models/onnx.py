@@ -16,9 +16,15 @@ import numpy as np
 
 from ftaudit.errors import UserError
 from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner, TensorSpec
+from ftaudit.models.onnx_graph import (
+    CROSSBAR_WEIGHT_INPUT,
+    UntracedOp,
+    evaluate_values,
+    module_path_names,
+    trace_crossbar_weights,
+)
 
-#: op type -> index of the weight input that a crossbar stores
-CROSSBAR_WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1}
+__all__ = ["CROSSBAR_WEIGHT_INPUT", "OnnxModel", "OnnxRunner", "load_onnx_bytes", "ort_providers"]
 
 
 def _onnx():
@@ -166,16 +172,41 @@ def _node_macs(
     return int(np.prod(out) * contracted) // batch
 
 
+def _layer_names(
+    found: Mapping[str, Mapping[str, Any]], readable: Mapping[str, str], initializers: set[str]
+) -> dict[str, str]:
+    """A unique, readable layer name per fed value: the value itself when it is an initializer,
+    else its module path (dynamo metadata) or the initializer it is derived from."""
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+    roots = [info["trace"].root for info in found.values()]
+    for value, info in found.items():
+        root = info["trace"].root
+        candidates = [readable.get(value)]
+        if value not in initializers:
+            candidates.append(root if roots.count(root) == 1 else None)
+        candidates.append(value)
+        name = next((c for c in candidates if c and c not in taken), f"{value}#{len(names)}")
+        names[value] = name
+        taken.add(name)
+    return names
+
+
 @dataclass
 class OnnxModel(AuditModel):
     """An ONNX model; crossbar weights: Conv/ConvTranspose/Gemm weights and MatMul constants."""
 
     proto: Any = None
+    #: crossbar layer name -> its clean weight, in the layout the operator reads
     initializers: dict[str, np.ndarray] = field(default_factory=dict)
+    #: crossbar layer name -> the graph value the runner feeds (an initializer, or the output
+    #: of a weight-only subgraph such as Transpose(W) or DequantizeLinear(W_int8))
+    feed_names: dict[str, str] = field(default_factory=dict)
+    #: crossbar layer name -> the initializer the weight is stored in
+    roots: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_bytes(cls, path: Path, raw: bytes, *, output: str | None = None) -> OnnxModel:
-        onnx = _onnx()
         model = load_onnx_bytes(path, raw)
         _constant_nodes_to_initializers(model)
         initializer_names = {t.name for t in model.graph.initializer}
@@ -194,59 +225,42 @@ class OnnxModel(AuditModel):
                 f"{path} has no output named '{out_name}'",
                 hint=f"its outputs are: {', '.join(outputs)}",
             )
-        producers = {o: n for n in model.graph.node for o in n.output}
-
-        def source(name: str) -> str:
-            # weights shared through Identity nodes are still the same stored tensor
-            while name in producers and producers[name].op_type == "Identity":
-                name = producers[name].input[0]
-            return name
-
-        tensors = {t.name: t for t in model.graph.initializer}
+        traces, untraced = trace_crossbar_weights(model.graph)
+        arrays = evaluate_values(model, list(dict.fromkeys(t.value for t in traces)))
         shapes = _infer_shapes(model)
         batch_axis = graph_inputs[0].type.tensor_type.shape.dim
         batch = batch_axis[0].dim_value if len(batch_axis) and batch_axis[0].dim_value > 0 else 1
-        found: dict[str, dict[str, Any]] = {}
-        for node in model.graph.node:
-            if node.domain not in ("", "ai.onnx"):
-                continue
-            picked: tuple[str, bool] | None = None
-            if node.op_type in CROSSBAR_WEIGHT_INPUT and len(node.input) > 1:
-                name = source(node.input[CROSSBAR_WEIGHT_INPUT[node.op_type]])
-                trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-                picked = (name, node.op_type == "Gemm" and not trans_b)
-            elif node.op_type == "MatMul":
-                right, left = source(node.input[1]), source(node.input[0])
-                if right in tensors:
-                    picked = (right, True)
-                elif left in tensors:
-                    picked = (left, False)
-            if picked is None or picked[0] not in tensors:
-                continue
-            name, transposed = picked
-            array = onnx.numpy_helper.to_array(tensors[name])
+        readable = module_path_names(traces)
+        found: dict[str, dict[str, Any]] = {}  # by the value the operator reads
+        for trace in traces:
+            node, array = trace.node, arrays[trace.value]
             if not np.issubdtype(array.dtype, np.floating) or array.ndim < 2:
+                kind = "integer" if not np.issubdtype(array.dtype, np.floating) else "1-D"
+                untraced.append(
+                    UntracedOp(
+                        node.name or node.op_type,
+                        node.op_type,
+                        f"its weight '{trace.value}' is {kind} ({array.dtype}, shape "
+                        f"{tuple(array.shape)}), not a matrix of real values a crossbar stores",
+                    )
+                )
                 continue
-            macs = _node_macs(
-                node,
-                array,
-                shapes,
-                batch=batch,
-                weight_on_left=node.op_type == "MatMul" and not transposed,
-            )
-            if name in found:  # a weight shared by several nodes is one crossbar layer
-                prev = found[name]["macs"]
-                found[name]["macs"] = None if prev is None or macs is None else prev + macs
+            macs = _node_macs(node, array, shapes, batch=batch, weight_on_left=trace.weight_on_left)
+            if trace.value in found:  # a weight shared by several nodes is one crossbar layer
+                prev = found[trace.value]["macs"]
+                found[trace.value]["macs"] = None if prev is None or macs is None else prev + macs
                 continue
-            found[name] = {
+            found[trace.value] = {
                 "op": node.op_type,
                 "array": array,
-                "transposed": transposed and array.ndim == 2,
+                "transposed": trace.transposed and array.ndim == 2,
                 "macs": macs,
+                "trace": trace,
             }
+        names = _layer_names(found, readable, initializer_names)
         layers = [
             CrossbarLayer(
-                name=name,
+                name=names[value],
                 op=info["op"],
                 index=i,
                 shape=tuple(info["array"].shape),
@@ -254,7 +268,7 @@ class OnnxModel(AuditModel):
                 transposed=info["transposed"],
                 macs=info["macs"],
             )
-            for i, (name, info) in enumerate(found.items())
+            for i, (value, info) in enumerate(found.items())
         ]
         opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
         metadata = {
@@ -270,8 +284,11 @@ class OnnxModel(AuditModel):
             output=_tensor_spec(outputs[out_name]),
             layers=layers,
             metadata=metadata,
+            untraced=untraced,
             proto=model,
-            initializers={name: info["array"] for name, info in found.items()},
+            initializers={names[value]: info["array"] for value, info in found.items()},
+            feed_names={names[value]: value for value in found},
+            roots={names[value]: info["trace"].root for value, info in found.items()},
         )
 
     def clean_weights(self) -> dict[str, np.ndarray]:
@@ -329,18 +346,31 @@ class OnnxRunner(ModelRunner):
         graph_model = onnx.ModelProto()
         graph_model.CopyFrom(model.proto)
         graph = graph_model.graph
-        names = {layer.name for layer in selected}
+        feeds = {model.feed_names[layer.name] for layer in selected}
         listed_inputs = {i.name for i in graph.input}
         for tensor in graph.initializer:
-            if tensor.name in names and tensor.name not in listed_inputs:
+            if tensor.name in feeds and tensor.name not in listed_inputs:
                 graph.input.append(
                     onnx.helper.make_tensor_value_info(
                         tensor.name, tensor.data_type, list(tensor.dims)
                     )
                 )
-        kept = [t for t in graph.initializer if t.name not in names]
+        kept = [t for t in graph.initializer if t.name not in feeds]
         del graph.initializer[:]
         graph.initializer.extend(kept)
+        # weights computed by a weight-only subgraph (Transpose(W), DequantizeLinear(W_int8)):
+        # the node producing the value the operator reads gives way to a graph input
+        produced = [n for n in graph.node if any(o in feeds for o in n.output)]
+        for node in produced:
+            graph.node.remove(node)
+        stored = {t.name for t in model.proto.graph.initializer}
+        for layer in selected:
+            value = model.feed_names[layer.name]
+            if value not in listed_inputs and value not in stored:
+                elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(layer.dtype))
+                graph.input.append(
+                    onnx.helper.make_tensor_value_info(value, elem, list(layer.shape))
+                )
         # the evaluated output must be a graph output; keep only it so nothing else is computed
         outputs = [o for o in graph.output if o.name == model.output.name]
         del graph.output[:]
@@ -351,8 +381,9 @@ class OnnxRunner(ModelRunner):
         self.output_name = model.output.name
         self.input_dtype = np.dtype(model.input.dtype)
         self.dtypes = {layer.name: np.dtype(layer.dtype) for layer in selected}
+        self.feed_names = {layer.name: model.feed_names[layer.name] for layer in selected}
         self.feed: dict[str, np.ndarray] = {
-            layer.name: model.initializers[layer.name] for layer in selected
+            self.feed_names[layer.name]: model.initializers[layer.name] for layer in selected
         }
         self.session = self._new_session()
         self._batches: list[np.ndarray] = []
@@ -393,7 +424,9 @@ class OnnxRunner(ModelRunner):
     def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
         for name, array in weights.items():
             dtype = self.dtypes[name]
-            self.feed[name] = array if array.dtype == dtype else array.astype(dtype)
+            self.feed[self.feed_names[name]] = (
+                array if array.dtype == dtype else array.astype(dtype)
+            )
 
     def logits(self) -> np.ndarray:
         outs = [
