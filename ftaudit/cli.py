@@ -370,6 +370,7 @@ def eval_command(
 
     from ftaudit import report as writers
 
+    warn_untraced(report.model)
     if json_path == "-":
         sys.stdout.write(writers.report_json(report) + "\n")
     elif json_path is not None:
@@ -389,6 +390,15 @@ def eval_command(
     failed = report.failed_gates()
     if failed:
         raise GateFailure([gate.message() for gate in failed])
+
+
+def warn_untraced(model_block: dict[str, Any]) -> None:
+    """One stderr warning per multiply operator whose weight the audit left exact."""
+    for op in model_block.get("untraced") or []:
+        print(
+            f"ftaudit: warning: {op['op']} '{op['node']}' is not perturbed: {op['reason']}",
+            file=sys.stderr,
+        )
 
 
 def _run_with_progress(audit_fn: Any, show: bool, *args: Any, **kwargs: Any) -> Any:

@@ -110,6 +110,8 @@ def model_provenance(model: AuditModel) -> dict[str, object]:
         "output": model.output.to_dict(),
         "producer": model.metadata.get("producer"),
         "opset": model.metadata.get("opset"),
+        # multiply operators whose weight is NOT perturbed, with why (never skipped silently)
+        "untraced": [op.to_dict() for op in model.untraced],
     }
 
 

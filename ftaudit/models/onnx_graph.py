@@ -169,7 +169,7 @@ def trace_crossbar_weights(graph: Any) -> tuple[list[WeightTrace], list[Untraced
 
 def evaluate_values(model: Any, names: list[str]) -> dict[str, np.ndarray]:
     """Values of constant tensors: initializers directly, the rest by running their (weight-only)
-    subgraph once with ONNX's reference evaluator."""
+    subgraph once with ONNX Runtime."""
     import onnx
     from onnx import numpy_helper
 
@@ -200,10 +200,17 @@ def evaluate_values(model: Any, names: list[str]) -> dict[str, np.ndarray]:
         [onnx.helper.make_empty_tensor_value_info(n) for n in wanted],
         initializer=[tensors[n] for n in used if n in tensors],
     )
-    probe = onnx.helper.make_model(graph, opset_imports=list(model.opset_import))
-    from onnx.reference import ReferenceEvaluator
+    probe = onnx.helper.make_model(
+        graph, opset_imports=list(model.opset_import), ir_version=model.ir_version
+    )
+    import onnxruntime
 
-    results = ReferenceEvaluator(probe).run(None, {})
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(
+        probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    results = session.run(wanted, {})
     arrays.update({n: np.asarray(r) for n, r in zip(wanted, results, strict=True)})
     return arrays
 
