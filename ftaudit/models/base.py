@@ -158,6 +158,16 @@ class AuditModel(ABC):
             if (not include or any(fnmatch.fnmatchcase(layer.name, g) for g in include))
             and not any(fnmatch.fnmatchcase(layer.name, g) for g in (exclude or ()))
         ]
+        if not self.layers and self.untraced:
+            ops = sorted({op.op for op in self.untraced})
+            raise UserError(
+                f"{self.path} has no crossbar weight ftaudit can perturb: its "
+                f"{len(self.untraced)} multiply operator(s) ({', '.join(ops)}) are not traceable "
+                f"because {self.untraced[0].reason.split('; ')[0]}",
+                hint=self.untraced[0].reason.split("; ")[-1]
+                if "; " in self.untraced[0].reason
+                else "run ftaudit inspect to see each operator and why",
+            )
         if not self.layers:
             raise UserError(
                 f"{self.path} has no crossbar layer (no Conv, ConvTranspose, Gemm, MatMul or "

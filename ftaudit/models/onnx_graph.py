@@ -41,9 +41,11 @@ WEIGHT_ONLY_OPS = frozenset(
 QOPERATOR_WEIGHT_INPUT = {
     "QLinearConv": 3,
     "QLinearMatMul": 3,
+    "QGemm": 3,  # com.microsoft
     "ConvInteger": 1,
     "MatMulInteger": 1,
 }
+_QUANT_DOMAINS = ("", "ai.onnx", "com.microsoft")
 QOPERATOR_REASON = (
     "an int8 QOperator kernel computes it from integer levels that cannot carry device noise; "
     "quantise the model with QuantFormat.QDQ (onnxruntime.quantization) to audit its levels"
@@ -117,11 +119,11 @@ def trace_crossbar_weights(graph: Any) -> tuple[list[WeightTrace], list[Untraced
     traces: list[WeightTrace] = []
     untraced: list[UntracedOp] = []
     for i, node in enumerate(graph.node):
-        if node.domain not in ("", "ai.onnx"):
-            continue
         label = _node_label(node, i)
-        if node.op_type in QOPERATOR_WEIGHT_INPUT:
+        if node.op_type in QOPERATOR_WEIGHT_INPUT and node.domain in _QUANT_DOMAINS:
             untraced.append(UntracedOp(label, node.op_type, QOPERATOR_REASON))
+            continue
+        if node.domain not in ("", "ai.onnx"):
             continue
         weight_on_left = False
         if node.op_type in CROSSBAR_WEIGHT_INPUT:
@@ -217,7 +219,8 @@ def evaluate_values(model: Any, names: list[str]) -> dict[str, np.ndarray]:
 
 def module_path_names(traces: list[WeightTrace]) -> dict[str, str]:
     """``value -> module.path.weight`` for weights whose stored name the exporter made up
-    (``val_31``), from the consuming node's recorded module scope (torch dynamo metadata)."""
+    (``val_31``, ``onnx::MatMul_12``), from the consuming node's recorded module scope (torch
+    dynamo's name_scopes metadata, or the legacy exporter's node names such as /layer1/Conv)."""
     names: dict[str, str] = {}
     for trace in traces:
         if not _GENERATED_NAME.match(trace.root):
@@ -226,6 +229,11 @@ def module_path_names(traces: list[WeightTrace]) -> dict[str, str]:
         scopes = _parse_scopes(props.get("pkg.torch.onnx.name_scopes", ""))
         if len(scopes) >= 2 and scopes[-2]:
             names[trace.value] = f"{scopes[-2]}.weight"
+        elif trace.node.name.startswith("/") and trace.node.name.count("/") >= 2:
+            # torch's legacy exporter names nodes by module scope: /features/0/Conv
+            path = ".".join(p for p in trace.node.name.split("/")[1:-1] if p)
+            if path:
+                names[trace.value] = f"{path}.weight"
     return names
 
 
