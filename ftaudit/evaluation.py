@@ -154,7 +154,7 @@ def prepare_run(
 ):
     """Select layers, bind data to a runner and check the data fits the model's output."""
     selected = model.select_layers(layers, exclude)
-    x = model.fit_input(dataset.x)
+    x = model.input_array(dataset)
     runner = build_runner(
         model,
         selected,
@@ -383,7 +383,7 @@ def audit(
             model_path=str(loaded.path),
             model_bytes=model_bytes(loaded),
             output=output,
-            x=loaded.fit_input(dataset.x),
+            x=loaded.input_array(dataset),
             y=dataset.y,
             layer_names=tuple(layer.name for layer in selected),
             noise=noise_model,

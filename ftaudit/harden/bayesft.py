@@ -43,7 +43,7 @@ from ftaudit.harden.methods import (
 )
 from ftaudit.harden.trainable import TrainableModel
 from ftaudit.harden.training import TrainingData
-from ftaudit.models.base import CrossbarLayer
+from ftaudit.models.base import CrossbarLayer, contiguous_input
 from ftaudit.montecarlo import Crossbar, chunk_size, draws_for_sample
 from ftaudit.noise import NoiseModel
 
@@ -278,7 +278,7 @@ class ObjectiveEvaluator:
         self.clean = trainable.crossbar_arrays()
         self.crossbar = Crossbar.prepare(layers, self.clean, noise)
         self.n = len(data)
-        x = np.ascontiguousarray(data.x, dtype=np.float32)
+        x = contiguous_input(data.x)
         self.batches = [
             (
                 torch.from_numpy(x[s : s + batch_size]).to(device),

@@ -14,6 +14,14 @@ import numpy as np
 from ftaudit.errors import UserError
 
 
+def contiguous_input(x: np.ndarray) -> np.ndarray:
+    """Model input as a contiguous array: float32 for real-valued data; integer data (token ids,
+    already checked against the model's input dtype) keep their integer type."""
+    if np.issubdtype(x.dtype, np.integer):
+        return np.ascontiguousarray(x)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
 @dataclass(frozen=True)
 class CrossbarLayer:
     """One weight tensor that an analog crossbar stores (perturbed by the noise models).
@@ -137,6 +145,20 @@ class AuditModel(ABC):
     ) -> ModelRunner:
         """A runner whose ``selected`` layers take their weights from ``set_weights``
         (``threads``: intra-op threads, None for the runtime's default)."""
+
+    @property
+    def integer_input(self) -> bool:
+        """The model takes integers (token ids): data are fed unscaled."""
+        return np.issubdtype(np.dtype(self.input.dtype), np.integer)
+
+    def input_array(self, dataset: Any) -> np.ndarray:
+        """A Dataset's x as this model takes it: the stored integers for an integer input
+        (never divided by 255), float32 otherwise; reshaped by ``fit_input``."""
+        if self.integer_input:
+            from ftaudit.data import integer_input
+
+            return self.fit_input(integer_input(dataset, self.input.dtype, name=self.input.name))
+        return self.fit_input(dataset.x)
 
     def fit_input(self, x: np.ndarray) -> np.ndarray:
         """Data x reshaped to the model's declared input shape (or a UserError)."""

@@ -231,7 +231,10 @@ def module_path_names(traces: list[WeightTrace]) -> dict[str, str]:
             names[trace.value] = f"{scopes[-2]}.weight"
         elif trace.node.name.startswith("/") and trace.node.name.count("/") >= 2:
             # torch's legacy exporter names nodes by module scope: /features/0/Conv
-            path = ".".join(p for p in trace.node.name.split("/")[1:-1] if p)
+            path = ""
+            for part in trace.node.name.split("/")[1:-1]:
+                # each scope is the child's name (layer1) or, in containers, its full path (mlp.0)
+                path = part if not path or part.startswith(f"{path}.") else f"{path}.{part}"
             if path:
                 names[trace.value] = f"{path}.weight"
     return names

@@ -13,7 +13,7 @@ import numpy as np
 
 from ftaudit._optional import require_torch
 from ftaudit.errors import UserError
-from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner, TensorSpec
+from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner, TensorSpec, contiguous_input
 
 #: TorchScript module types whose ``weight`` a crossbar stores
 CROSSBAR_MODULES = (
@@ -53,6 +53,25 @@ def resolve_torch_device(device: str) -> str:
     return device
 
 
+#: ops whose integer argument makes the module's input a tensor of indices (token ids)
+_INDEX_OPS = {"aten::embedding": 1, "aten::one_hot": 0, "aten::embedding_bag": 1}
+
+
+def _input_dtype(module: Any) -> str:
+    """'int64' when the module's one input is fed straight to an embedding (token ids), else
+    'float32' (TorchScript keeps no input dtype)."""
+    try:
+        inputs = list(module.inlined_graph.inputs())[1:]  # the first is the module itself
+    except RuntimeError:
+        return "float32"
+    if len(inputs) != 1:
+        return "float32"
+    for use in inputs[0].uses():
+        if _INDEX_OPS.get(use.user.kind()) == use.offset:
+            return "int64"
+    return "float32"
+
+
 @dataclass
 class TorchScriptModel(AuditModel):
     """A ``torch.jit.save`` archive, kept in memory; the file is never written back."""
@@ -83,7 +102,7 @@ class TorchScriptModel(AuditModel):
             path=path,
             format="torchscript",
             # TorchScript keeps no input signature: shapes are checked when data first runs
-            input=TensorSpec("input", None, "float32"),
+            input=TensorSpec("input", None, _input_dtype(module)),
             output=TensorSpec("output", None, "float32"),
             layers=layers,
             metadata={"producer": f"torch {require_torch('TorchScript models').__version__}"},
@@ -109,7 +128,7 @@ class TorchScriptModel(AuditModel):
         module = jit_load(self.raw, self.path)
         try:
             with torch.no_grad():
-                module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+                module(torch.from_numpy(contiguous_input(x)))
         except RuntimeError:
             return False
         return True
@@ -147,7 +166,7 @@ class TorchScriptRunner(ModelRunner):
 
     def bind_data(self, x: np.ndarray, y: np.ndarray, *, batch_size: int) -> None:
         torch = self.torch
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = contiguous_input(x)
         self._batches = [
             torch.from_numpy(x[s : s + batch_size]).to(self.device)
             for s in range(0, len(x), batch_size)
