@@ -165,15 +165,15 @@ def _onnx_trainable(model: AuditModel) -> TrainableModel:
     """onnx2torch conversion of ``model.proto`` with every float initializer traced."""
     import onnx
 
+    from ftaudit.models.onnx import select_output
+
     torch = require_torch(FEATURE)
     onnx2torch = _import_onnx2torch()
     proto = onnx.ModelProto()
     proto.CopyFrom(cast("OnnxModel", model).proto)
     graph = proto.graph
     # the module returns the evaluated output only, like the ONNX runner
-    outputs = [o for o in graph.output if o.name == model.output.name]
-    del graph.output[:]
-    graph.output.extend(outputs)
+    select_output(graph, model.output)
     _bypass_initializer_identities(graph)
     _check_convertible(proto, model.path)
     try:

@@ -122,6 +122,60 @@ def _constant_nodes_to_initializers(model: Any) -> None:
     model.graph.node.extend(keep)
 
 
+def _classifier_output(model: Any, requested: str | None, path: Path) -> TensorSpec:
+    """The evaluated output: ``requested`` or the first real-valued tensor output. A ZipMap's
+    sequence of maps (scikit-learn's default ONNX output) stands for the probability tensor it
+    is made from."""
+    zipped = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "ZipMap"}
+    outputs = {o.name: o for o in model.graph.output}
+    if requested is not None and requested not in outputs:
+        raise UserError(
+            f"{path} has no output named '{requested}'",
+            hint=f"its outputs are: {', '.join(outputs)}",
+        )
+    candidates = [requested] if requested is not None else list(outputs)
+    for name in candidates:
+        if name in zipped:
+            return _value_spec(model, zipped[name])
+        if outputs[name].type.WhichOneof("value") != "tensor_type":
+            continue
+        spec = _tensor_spec(outputs[name])
+        if requested is not None or np.issubdtype(np.dtype(spec.dtype), np.floating):
+            return spec
+    kinds = ", ".join(f"{o.name} ({o.type.WhichOneof('value')})" for o in model.graph.output)
+    raise UserError(
+        f"{path} has no real-valued tensor output to read class scores from (outputs: {kinds})",
+        hint="choose the scores or probabilities with --output NAME, or re-export the "
+        "classifier with a tensor output",
+    )
+
+
+def _value_spec(model: Any, name: str) -> TensorSpec:
+    """Spec of an intermediate value (from shape inference), float32 with unknown shape else."""
+    onnx = _onnx()
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # shape inference is best effort; the runner checks the real output
+        return TensorSpec(name, None, "float32")
+    for value in [*inferred.graph.value_info, *inferred.graph.output]:
+        if value.name == name and value.type.tensor_type.elem_type:
+            return _tensor_spec(value)
+    return TensorSpec(name, None, "float32")
+
+
+def select_output(graph: Any, spec: TensorSpec) -> None:
+    """Make ``spec`` the graph's only output, so nothing else is computed (an intermediate
+    value such as the probabilities under a ZipMap becomes an output)."""
+    onnx = _onnx()
+    kept = [o for o in graph.output if o.name == spec.name]
+    if not kept:
+        elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(spec.dtype))
+        shape = None if spec.shape is None else list(spec.shape)
+        kept = [onnx.helper.make_tensor_value_info(spec.name, elem, shape)]
+    del graph.output[:]
+    graph.output.extend(kept)
+
+
 def _infer_shapes(model: Any) -> dict[str, tuple[int, ...]]:
     """Static shapes of every value for a batch of one (for MAC counts); {} when unknown."""
     onnx = _onnx()
@@ -137,6 +191,8 @@ def _infer_shapes(model: Any) -> dict[str, tuple[int, ...]]:
         return {}
     shapes = {}
     for value in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]:
+        if value.type.WhichOneof("value") != "tensor_type" or not value.type.tensor_type.elem_type:
+            continue  # sequences and maps (a ZipMap's output) have no shape
         spec = _tensor_spec(value)
         if spec.shape is not None and all(d is not None and d > 0 for d in spec.shape):
             shapes[value.name] = tuple(int(d) for d in spec.shape)  # type: ignore[arg-type]
@@ -218,13 +274,7 @@ class OnnxModel(AuditModel):
                 "single-input classifiers",
                 hint="export the model with one input tensor",
             )
-        outputs = {o.name: o for o in model.graph.output}
-        out_name = output or model.graph.output[0].name
-        if out_name not in outputs:
-            raise UserError(
-                f"{path} has no output named '{out_name}'",
-                hint=f"its outputs are: {', '.join(outputs)}",
-            )
+        output_spec = _classifier_output(model, output, path)
         traces, untraced = trace_crossbar_weights(model.graph)
         arrays = evaluate_values(model, list(dict.fromkeys(t.value for t in traces)))
         shapes = _infer_shapes(model)
@@ -281,7 +331,7 @@ class OnnxModel(AuditModel):
             path=path,
             format="onnx",
             input=_tensor_spec(graph_inputs[0]),
-            output=_tensor_spec(outputs[out_name]),
+            output=output_spec,
             layers=layers,
             metadata=metadata,
             untraced=untraced,
@@ -371,10 +421,7 @@ class OnnxRunner(ModelRunner):
                 graph.input.append(
                     onnx.helper.make_tensor_value_info(value, elem, list(layer.shape))
                 )
-        # the evaluated output must be a graph output; keep only it so nothing else is computed
-        outputs = [o for o in graph.output if o.name == model.output.name]
-        del graph.output[:]
-        graph.output.extend(outputs)
+        select_output(graph, model.output)
         self._model_bytes = graph_model.SerializeToString()
         self.model = model
         self.input_name = model.input.name
