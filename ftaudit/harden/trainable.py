@@ -564,11 +564,71 @@ def _export_torchscript(trainable: TrainableModel, out: Path, metadata: dict[str
     atomic_write(out, save)
 
 
+# ---------------------------------------------------------------------------------------------
+# torch.export
+
+
+def _program_trainable(model: AuditModel) -> TrainableModel:
+    """``ExportedProgram.module()`` of the archive; crossbar names are parameter names.
+
+    The exported graph is fixed in the mode it was exported in (eval: BatchNorm uses its running
+    statistics, dropout is off), so training fine-tunes that graph; the module's ``train()``,
+    which torch refuses for exported programs, only records the mode."""
+    import types
+
+    from ftaudit.models.export import load_program
+
+    batch = model.input.shape[0] if model.input.shape else None
+    if batch is not None:
+        raise UserError(
+            f"{model.path} was exported for batches of exactly {batch}, so it cannot be trained "
+            "on mini-batches",
+            hint="export with a dynamic batch axis: torch.export.export(model, (x,), "
+            "dynamic_shapes=({0: torch.export.Dim('batch')},))",
+        )
+    module = load_program(cast("Any", model).raw, model.path).module()
+
+    def record_mode(self: Any, mode: bool = True) -> Any:
+        self.training = mode
+        return self
+
+    module.train = types.MethodType(record_mode, module)
+    module.eval = types.MethodType(lambda self: self.train(False), module)
+    parameters = dict(module.named_parameters())
+    crossbar = {layer.name: parameters[layer.name] for layer in model.layers}
+    return TrainableModel(module=module, source=model, crossbar=crossbar)
+
+
+def _export_program(trainable: TrainableModel, out: Path, metadata: dict[str, Any]) -> None:
+    """The original program with trained parameter values (same graph), torch.export.save'd
+    with the metadata as extra file ftaudit.json."""
+    from ftaudit.models.export import load_program
+
+    torch = require_torch(FEATURE)
+    source = trainable.source
+    program = load_program(cast("Any", source).raw, source.path)
+    trained = dict(trainable.module.named_parameters())
+    with torch.no_grad():
+        for name, tensor in program.state_dict.items():
+            if name in trained:
+                tensor.copy_(trained[name].detach().to(tensor.device))
+    extra = {"ftaudit.json": json.dumps(metadata, sort_keys=True)}
+
+    def save(tmp: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.export.save(program, str(tmp), extra_files=extra)
+
+    atomic_write(out, save)
+
+
 _MAKERS: dict[str, Callable[[AuditModel], TrainableModel]] = {
     "onnx": _onnx_trainable,
+    "torch.export": _program_trainable,
     "torchscript": _torchscript_trainable,
 }
 _EXPORTERS: dict[str, Callable[[TrainableModel, Path, dict[str, Any]], None]] = {
     "onnx": _export_onnx,
+    "torch.export": _export_program,
     "torchscript": _export_torchscript,
 }

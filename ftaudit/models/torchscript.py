@@ -72,6 +72,31 @@ def _input_dtype(module: Any) -> str:
     return "float32"
 
 
+_FROZEN_REASON = (
+    "the archive is frozen (torch.jit.freeze folded its weights into graph constants, which "
+    "cannot be overwritten); save the scripted module before freezing it, or export it with "
+    "torch.export or to ONNX"
+)
+
+
+def _frozen_ops(module: Any) -> list[Any]:
+    """Convolution and linear calls of a module without parameters: a frozen archive."""
+    from ftaudit.models.onnx_graph import UntracedOp
+
+    if any(True for _ in module.parameters()):
+        return []
+    try:
+        nodes = list(module.inlined_graph.nodes())
+    except RuntimeError:
+        return []
+    kinds = ("aten::linear", "aten::conv", "aten::_convolution", "aten::matmul", "aten::addmm")
+    return [
+        UntracedOp(f"{node.kind()}#{i}", node.kind().removeprefix("aten::"), _FROZEN_REASON)
+        for i, node in enumerate(nodes)
+        if node.kind().startswith(kinds)
+    ]
+
+
 @dataclass
 class TorchScriptModel(AuditModel):
     """A ``torch.jit.save`` archive, kept in memory; the file is never written back."""
@@ -99,6 +124,7 @@ class TorchScriptModel(AuditModel):
                 )
             )
         return cls(
+            untraced=[] if layers else _frozen_ops(module),
             path=path,
             format="torchscript",
             # TorchScript keeps no input signature: shapes are checked when data first runs
