@@ -233,6 +233,14 @@ def eval_command(
     ] = None,
     html_path: HtmlOpt = None,
     junit_path: JunitOpt = None,
+    fold_batchnorm: Annotated[
+        bool,
+        typer.Option(
+            "--fold-batchnorm/--no-fold-batchnorm",
+            help="Perturb convolution weights with the following BatchNorm folded in, as a "
+            "chip stores them [on].",
+        ),
+    ] = True,
     fail_under_kpp: Annotated[
         float | None, typer.Option("--fail-under-kpp", help="Exit 1 if KPP < X at any sigma.")
     ] = None,
@@ -366,6 +374,7 @@ def eval_command(
         checkpoint_dir=checkpoint_dir,
         resume=resume,
         batch_samples=batch_samples,
+        fold_batchnorm=fold_batchnorm,
     )
 
     from ftaudit import report as writers

@@ -398,7 +398,7 @@ def test_integer_input_feeds_stored_integers_unscaled_and_checks_the_dtype_range
     fed = integer_input(data, "int64")
     assert fed.dtype == np.int64
     np.testing.assert_array_equal(fed, ids.astype(np.int64))  # not divided by 255
-    with pytest.raises(UserError, match=r"from 0 to 255, outside the range .* \(int8: -128 to 127\)"):
+    with pytest.raises(UserError, match=r"from 0 to 255, outside .* \(int8: -128 to 127\)"):
         integer_input(data, "int8")
     # float data are accepted only when every value is whole
     whole = Dataset(np.array([[1.0, 2.0]], np.float32), np.zeros(1, np.int64), {})

@@ -435,3 +435,42 @@ def test_sklearn_mlp_loads_with_and_without_zipmap(sklearn_mlp, zipmap: bool, ru
     code, out, err = run_cli("inspect", paths[zipmap])
     assert "ZipMap" not in out and str(len(clf.coefs_)) in out
     assert code == 0, err
+
+
+# --- BatchNorm folded for device models ------------------------------------------------------
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("fmt", ["torchscript", "export", "dynamo_noopt"])
+def test_device_models_agree_across_batchnorm_folding(matrix: Matrix, fmt: str):
+    """A quantising device model sees the folded weights in every format: TorchScript,
+    torch.export and dynamo keep BatchNorm, the legacy ONNX export folds it; the numbers agree."""
+    from ftaudit.compare import compare
+    from ftaudit.models import load_model
+
+    folded = load_model(matrix.file("resnet", "legacy"))
+    unfused = load_model(matrix.file("resnet", fmt))
+    assert folded.fold_scales == {}  # the exporter already folded it
+    assert len(unfused.fold_scales) == 3  # every conv of the ResNet stand-in has a BatchNorm
+    ours, theirs = unfused.crossbar_weights(), folded.crossbar_weights()
+    for a, b in zip(unfused.layers, folded.layers, strict=True):
+        np.testing.assert_allclose(ours[a.name], theirs[b.name], rtol=1e-5, atol=1e-6)
+    report = compare(
+        folded, unfused, matrix.dataset("resnet"), sigmas=[0.0, 0.3], noise="rram", samples=3
+    )
+    assert report.baseline.quantized_accuracy == report.candidate.quantized_accuracy
+    for base, cand in zip(report.baseline.results, report.candidate.results, strict=True):
+        np.testing.assert_array_equal(base.accuracies, cand.accuracies)
+
+
+@pytest.mark.torch
+def test_fold_batchnorm_off_perturbs_the_stored_weights(matrix: Matrix):
+    import ftaudit
+
+    path, data = matrix.file("resnet", "torchscript"), matrix.dataset("resnet")
+    on = ftaudit.audit(path, data, sigmas=[0.0], noise="rram", samples=1)
+    off = ftaudit.audit(path, data, sigmas=[0.0], noise="rram", samples=1, fold_batchnorm=False)
+    assert on.model["batchnorm_folded"] == ["0.weight", "3.conv1.weight", "3.conv2.weight"]
+    assert off.model["batchnorm_folded"] == [] and off.options["fold_batchnorm"] is False
+    # quantising W instead of W * s changes the quantised model (the issue's 0.242 vs 0.395)
+    assert [layer.max_abs for layer in on.layers] != [layer.max_abs for layer in off.layers]

@@ -134,6 +134,9 @@ class AuditModel(ABC):
     metadata: dict[str, Any] = field(default_factory=dict)
     #: multiply operators whose weight is NOT perturbed, with why (``onnx_graph.UntracedOp``)
     untraced: list[Any] = field(default_factory=list)
+    #: conv layer name -> its following BatchNorm's per-channel factor (``models.folding``);
+    #: cleared to perturb the unfolded weights
+    fold_scales: dict[str, np.ndarray] = field(default_factory=dict)
 
     @abstractmethod
     def clean_weights(self) -> dict[str, np.ndarray]:
@@ -145,6 +148,14 @@ class AuditModel(ABC):
     ) -> ModelRunner:
         """A runner whose ``selected`` layers take their weights from ``set_weights``
         (``threads``: intra-op threads, None for the runtime's default)."""
+
+    def crossbar_weights(self) -> dict[str, np.ndarray]:
+        """The weights the crossbar stores: ``clean_weights`` with BatchNorm folded into the
+        convolutions before it (see ``ftaudit.models.folding``)."""
+        weights = self.clean_weights()
+        for name, scale in self.fold_scales.items():
+            weights[name] = (weights[name] * scale).astype(weights[name].dtype, copy=False)
+        return weights
 
     @property
     def integer_input(self) -> bool:

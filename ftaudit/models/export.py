@@ -137,6 +137,12 @@ class ExportedProgramModel(AuditModel):
                         "computed weight); export without run_decompositions()",
                     )
                 )
+        shapes = {layer.name: layer.shape for layer in layers}
+        fold_scales = {
+            name: scale.reshape(-1, *([1] * (len(shapes[name]) - 1)))
+            for name, scale in _batchnorm_scales(program).items()
+            if name in shapes
+        }
         output_nodes = [n for n in program.graph.nodes if n.op == "output"]
         outputs = output_nodes[0].args[0] if output_nodes else ()
         first_out = outputs[0] if isinstance(outputs, (tuple, list)) and outputs else None
@@ -150,6 +156,7 @@ class ExportedProgramModel(AuditModel):
             layers=layers,
             metadata={"producer": f"torch {torch.__version__} (torch.export)"},
             untraced=untraced,
+            fold_scales=fold_scales,
             raw=raw,
         )
 
@@ -184,6 +191,50 @@ def _parameter_behind(arg: Any, parameters: Mapping[str, str]) -> str | None:
     while getattr(arg, "op", None) == "call_function" and str(arg.target) in _VIEWS:
         arg = arg.args[0]
     return parameters.get(getattr(arg, "name", None)) if hasattr(arg, "name") else None
+
+
+#: BatchNorm calls -> index of their eps argument
+_BATCHNORM_EPS = {
+    "aten.batch_norm.default": 7,
+    "aten._native_batch_norm_legit_no_training.default": 6,
+}
+
+
+def _batchnorm_scales(program: Any) -> dict[str, np.ndarray]:
+    """Conv weight name -> gamma / sqrt(var + eps) of the BatchNorm that alone takes the
+    convolution's output (``ftaudit.models.folding``)."""
+    from ftaudit.models.folding import fold_scale
+
+    signature = program.graph_signature
+    names = {**signature.inputs_to_parameters, **signature.inputs_to_buffers}
+    state = {**program.state_dict, **dict(program.named_buffers())}
+    found: dict[str, np.ndarray] = {}
+    for node in program.graph.nodes:
+        eps_at = _BATCHNORM_EPS.get(str(node.target)) if node.op == "call_function" else None
+        if eps_at is None or len(node.args) <= eps_at:
+            continue
+        conv = node.args[0]
+        if (
+            getattr(conv, "op", None) != "call_function"
+            or not CROSSBAR_CALLS.get(str(conv.target), "").startswith("Conv")
+            or "Transpose" in CROSSBAR_CALLS[str(conv.target)]
+            or len(conv.users) != 1
+        ):
+            continue
+        weight = names.get(getattr(conv.args[1], "name", None))
+        gamma = names.get(getattr(node.args[1], "name", None))
+        var = names.get(getattr(node.args[4], "name", None))
+        if weight is None or var not in state:
+            continue
+        scale = fold_scale(
+            None if gamma is None else state[gamma].detach().cpu().numpy(),
+            state[var].detach().cpu().numpy(),
+            float(node.args[eps_at]),
+            1,
+        )
+        if scale is not None:
+            found[weight] = scale
+    return found
 
 
 class ExportedProgramRunner(ModelRunner):

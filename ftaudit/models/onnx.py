@@ -19,6 +19,7 @@ from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner, TensorSp
 from ftaudit.models.onnx_graph import (
     CROSSBAR_WEIGHT_INPUT,
     UntracedOp,
+    batchnorm_scales,
     evaluate_values,
     module_path_names,
     trace_crossbar_weights,
@@ -339,6 +340,11 @@ class OnnxModel(AuditModel):
             initializers={names[value]: info["array"] for value, info in found.items()},
             feed_names={names[value]: value for value in found},
             roots={names[value]: info["trace"].root for value, info in found.items()},
+            fold_scales={
+                names[value]: scale.reshape(-1, *([1] * (found[value]["array"].ndim - 1)))
+                for value, scale in batchnorm_scales(model.graph, traces).items()
+                if value in found
+            },
         )
 
     def clean_weights(self) -> dict[str, np.ndarray]:

@@ -246,3 +246,42 @@ def _parse_scopes(text: str) -> list[str]:
     if not (text.startswith("[") and text.endswith("]")):
         return []
     return [part.strip().strip("'\"") for part in text[1:-1].split(",")]
+
+
+def batchnorm_scales(graph: Any, traces: list[WeightTrace]) -> dict[str, np.ndarray]:
+    """``value -> gamma / sqrt(var + eps)`` (one factor per output channel) for Conv weights
+    used once, whose output goes only to a BatchNormalization with constant statistics (see
+    ``ftaudit.models.folding``)."""
+    from onnx import numpy_helper
+
+    from ftaudit.models.folding import fold_scale
+
+    tensors = {t.name: t for t in graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    uses: dict[str, int] = {}
+    for trace in traces:
+        uses[trace.value] = uses.get(trace.value, 0) + 1
+    scales: dict[str, np.ndarray] = {}
+    for trace in traces:
+        node = trace.node
+        users = consumers.get(node.output[0], [])
+        if node.op_type != "Conv" or uses[trace.value] != 1 or len(users) != 1:
+            continue
+        bn = users[0]
+        if bn.op_type != "BatchNormalization" or bn.domain not in ("", "ai.onnx"):
+            continue
+        if bn.input[1] not in tensors or bn.input[4] not in tensors:
+            continue
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        scale = fold_scale(
+            numpy_helper.to_array(tensors[bn.input[1]]),
+            numpy_helper.to_array(tensors[bn.input[4]]),
+            eps,
+            1,
+        )
+        if scale is not None:
+            scales[trace.value] = scale
+    return scales

@@ -72,6 +72,56 @@ def _input_dtype(module: Any) -> str:
     return "float32"
 
 
+_SHAPE_OPS = {"aten::dim", "aten::size", "aten::len", "prim::shape"}
+_CONV_KINDS = ("aten::_convolution", "aten::conv1d", "aten::conv2d", "aten::conv3d")
+
+
+def _attr_path(value: Any) -> str | None:
+    """``conv1.weight`` for a value read by a chain of prim::GetAttr from the module itself."""
+    node, parts = value.node(), []
+    while node.kind() == "prim::GetAttr":
+        parts.append(node.s("name"))
+        node = node.inputsAt(0).node()
+    return ".".join(reversed(parts)) if node.kind() == "prim::Param" and parts else None
+
+
+def _batchnorm_scales(module: Any) -> dict[str, np.ndarray]:
+    """Conv weight name -> gamma / sqrt(var + eps) of the BatchNorm that alone takes the
+    convolution's output (``ftaudit.models.folding``)."""
+    from ftaudit.models.folding import fold_scale
+
+    try:
+        nodes = list(module.inlined_graph.nodes())
+    except RuntimeError:
+        return {}
+    tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    found: dict[str, np.ndarray] = {}
+    for node in nodes:
+        if node.kind() != "aten::batch_norm":
+            continue
+        inputs = list(node.inputs())
+        conv = inputs[0].node()
+        # scripted BatchNorm also reads its input's dim() and size(): those compute nothing
+        users = [u.user.kind() for u in inputs[0].uses()]
+        if conv.kind() not in _CONV_KINDS or len([k for k in users if k not in _SHAPE_OPS]) != 1:
+            continue
+        if conv.kind() == "aten::_convolution" and conv.inputsAt(6).toIValue():
+            continue  # a transposed convolution: its output channels are not the first axis
+        weight, gamma, var = (_attr_path(v) for v in (conv.inputsAt(1), inputs[1], inputs[4]))
+        eps = inputs[7].toIValue()
+        if weight is None or var not in tensors or not isinstance(eps, float):
+            continue
+        scale = fold_scale(
+            None if gamma is None else tensors[gamma].detach().cpu().numpy(),
+            tensors[var].detach().cpu().numpy(),
+            eps,
+            1,
+        )
+        if scale is not None:
+            found[weight] = scale
+    return found
+
+
 _FROZEN_REASON = (
     "the archive is frozen (torch.jit.freeze folded its weights into graph constants, which "
     "cannot be overwritten); save the scripted module before freezing it, or export it with "
@@ -123,7 +173,13 @@ class TorchScriptModel(AuditModel):
                     dtype=str(weight.dtype).removeprefix("torch."),
                 )
             )
+        shapes = {layer.name: layer.shape for layer in layers}
         return cls(
+            fold_scales={
+                name: scale.reshape(-1, *([1] * (len(shapes[name]) - 1)))
+                for name, scale in _batchnorm_scales(module).items()
+                if name in shapes
+            },
             untraced=[] if layers else _frozen_ops(module),
             path=path,
             format="torchscript",
