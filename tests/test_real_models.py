@@ -31,7 +31,7 @@ FLOAT_FORMATS = ("legacy", "dynamo", "dynamo_noopt", "torchscript", "export")
 SLOW_FORMATS = {"dynamo"}  # the optimising dynamo exporter takes seconds per model
 FORMATS = (*FLOAT_FORMATS, "float16", "qdq")
 #: cells whose harden gives one clear line and exit 2 (listed in the README)
-HARDEN_UNSUPPORTED = {"float16", "qdq"}
+HARDEN_UNSUPPORTED = {"qdq"}
 
 
 class Residual(nn.Module):
@@ -351,7 +351,9 @@ def _constant_multiplies(graph) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("arch", "fmt"),
-    [(a, f) for a in ("resnet", "text") for f in ("legacy", "torchscript", "export", "qdq")],
+    [("resnet", f) for f in FORMATS]
+    + [("text", f) for f in ("legacy", "dynamo_noopt", "export")]
+    + [("vit", "dynamo_noopt")],
 )
 def test_harden_one_epoch_keeps_the_graph(matrix: Matrix, arch: str, fmt: str, run_cli, tmp_path):
     source = matrix.file(arch, fmt)

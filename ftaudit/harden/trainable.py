@@ -158,6 +158,9 @@ def _import_onnx2torch() -> Any:
         import onnx2torch
     except ImportError as exc:
         raise MissingExtraError("hardened ONNX models", "torch", "onnx2torch") from exc
+    from ftaudit.harden.onnx2torch_compat import register_converters
+
+    register_converters()  # the opset 18+ versions torch's default exporter writes
     return onnx2torch
 
 
@@ -175,6 +178,10 @@ def _onnx_trainable(model: AuditModel) -> TrainableModel:
     # the module returns the evaluated output only, like the ONNX runner
     select_output(graph, model.output)
     _bypass_initializer_identities(graph)
+    model_roots = cast("OnnxModel", model).roots
+    folded = _fold_integer_constants(
+        proto, {model_roots.get(la.name, la.name) for la in model.layers}
+    )
     _check_convertible(proto, model.path)
     try:
         module = onnx2torch.convert(proto, attach_onnx_mapping=True)
@@ -185,10 +192,10 @@ def _onnx_trainable(model: AuditModel) -> TrainableModel:
             hint="re-export the model with simpler operators, or harden it as TorchScript",
         ) from exc
 
-    stored = {
+    stored = {  # folded constants are not in the file: they stay constants here
         t.name: onnx.numpy_helper.to_array(t)
         for t in graph.initializer
-        if onnx.helper.tensor_dtype_to_np_dtype(t.data_type).kind == "f"
+        if onnx.helper.tensor_dtype_to_np_dtype(t.data_type).kind == "f" and t.name not in folded
     }
     found = _trace_initializers(module, graph, stored)
     onnx_model = cast("OnnxModel", model)
@@ -213,6 +220,10 @@ def _onnx_trainable(model: AuditModel) -> TrainableModel:
         for name, places in found.items()
     }
     module.eval()
+    if model.input.dtype == "float16" or any(la.dtype == "float16" for la in model.layers):
+        # a float16 model trains in float32 (the data is float32; Adam needs the precision);
+        # the export casts the trained values back to the file's float16 initializers
+        module.float()
     crossbar = {
         layer.name: _tensor_at(module, slots[roots[layer.name]].target) for layer in model.layers
     }
@@ -274,6 +285,70 @@ def _bypass_initializer_identities(graph: Any) -> None:
     if renamed:
         del graph.node[:]
         graph.node.extend(kept)
+
+
+def _cast_like_to_cast(proto: Any) -> None:
+    """``CastLike(c, x)`` -> ``Cast(c, to=dtype of x)`` where x's type is known (torch's
+    exporter builds zero biases as CastLike(0, input)), so constant folding can see through."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto)
+    except Exception:  # best effort: shape inference fails on some valid models
+        return
+    types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
+        if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type
+    }
+    types.update({t.name: t.data_type for t in proto.graph.initializer})
+    for node in proto.graph.node:
+        if node.op_type == "CastLike" and node.domain in ("", "ai.onnx") and node.input[1] in types:
+            to = types[node.input[1]]
+            node.op_type = "Cast"
+            del node.input[1:]
+            del node.attribute[:]
+            node.attribute.append(onnx.helper.make_attribute("to", to))
+
+
+def _fold_integer_constants(proto: Any, weights: set[str]) -> set[str]:
+    """Replace nodes that compute constants by initializers: integer ones (shapes and axes,
+    e.g. dynamo's ``Reshape(Constant, Constant)`` feeding ReduceMean's axes) and float ones not
+    computed from a crossbar weight in ``weights`` (a zero bias built by Expand); onnx2torch
+    reads such inputs only as initializers. Values computed from crossbar weights
+    (``Transpose(W)``) are left alone, so weights are still traced to the stored initializers."""
+    from onnx import numpy_helper
+
+    from ftaudit.models.onnx_graph import evaluate_values
+
+    graph = proto.graph
+    _cast_like_to_cast(proto)
+    constant = {t.name for t in graph.initializer}
+    candidates = []
+    for node in graph.node:
+        inputs = [v for v in node.input if v]
+        if node.op_type == "Constant" or (inputs and all(v in constant for v in inputs)):
+            constant.update(node.output)
+            candidates.append(node)
+    if not candidates:
+        return set()
+    values = evaluate_values(proto, [out for node in candidates for out in node.output])
+    # float values computed from crossbar weights must stay traceable to their initializers
+    stored = set(weights)
+    folded = set()
+    for node in candidates:
+        arrays = [values[out] for out in node.output]
+        integer = all(np.issubdtype(a.dtype, np.integer) for a in arrays)
+        if not integer and any(v in stored for v in node.input):
+            stored.update(node.output)
+            continue
+        for out, array in zip(node.output, arrays, strict=True):
+            graph.initializer.append(numpy_helper.from_array(array, out))
+        folded.add(id(node))
+    kept = [node for node in graph.node if id(node) not in folded]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return {out for node in candidates if id(node) in folded for out in node.output}
 
 
 def _check_convertible(proto: Any, path: Path) -> None:
