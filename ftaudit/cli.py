@@ -947,6 +947,8 @@ def compare_command(
     )
     from ftaudit.report import compare_report as writers
 
+    warn_untraced(report.baseline.model)
+    warn_untraced(report.candidate.model)
     if machine_output:
         sys.stdout.write(writers.payload_json(report.to_dict()))
     elif json_path is not None:
@@ -1069,6 +1071,7 @@ def sensitivity_command(
     )
     from ftaudit.report import sensitivity_report as writers
 
+    warn_untraced(report.model)
     if machine_output:
         sys.stdout.write(writers.payload_json(report.to_dict()))
     elif json_path is not None:

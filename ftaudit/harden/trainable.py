@@ -168,6 +168,11 @@ def _onnx_trainable(model: AuditModel) -> TrainableModel:
     """onnx2torch conversion of ``model.proto`` with every float initializer traced."""
     import onnx
 
+    from ftaudit.harden.onnx2torch_compat import (
+        bypass_initializer_identities,
+        check_convertible,
+        fold_constants,
+    )
     from ftaudit.models.onnx import select_output
 
     torch = require_torch(FEATURE)
@@ -177,12 +182,10 @@ def _onnx_trainable(model: AuditModel) -> TrainableModel:
     graph = proto.graph
     # the module returns the evaluated output only, like the ONNX runner
     select_output(graph, model.output)
-    _bypass_initializer_identities(graph)
+    bypass_initializer_identities(graph)
     model_roots = cast("OnnxModel", model).roots
-    folded = _fold_integer_constants(
-        proto, {model_roots.get(la.name, la.name) for la in model.layers}
-    )
-    _check_convertible(proto, model.path)
+    folded = fold_constants(proto, {model_roots.get(la.name, la.name) for la in model.layers})
+    check_convertible(proto, model.path)
     try:
         module = onnx2torch.convert(proto, attach_onnx_mapping=True)
     except NotImplementedError as exc:  # raised by converters for unsupported attribute values
@@ -256,125 +259,6 @@ def _layout_of(model: OnnxModel, name: str, root: np.ndarray | None) -> bool:
         "could not be written back into the file",
         hint="harden the float model before quantising or converting it",
     )
-
-
-def _bypass_initializer_identities(graph: Any) -> None:
-    """Feed initializers straight to the consumers of Identity nodes that copy them.
-
-    onnx2torch folds Conv/Gemm weights into modules only when they are initializers; torch's
-    exporter routes shared weights through Identity nodes. The export writes by initializer name,
-    so this changes nothing there.
-    """
-    initializers = {t.name for t in graph.initializer}
-    graph_outputs = {o.name for o in graph.output}
-    renamed: dict[str, str] = {}
-    kept = []
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name in renamed:
-                node.input[i] = renamed[name]
-        if (
-            node.op_type == "Identity"
-            and node.domain in ("", "ai.onnx")
-            and node.input[0] in initializers
-            and node.output[0] not in graph_outputs
-        ):
-            renamed[node.output[0]] = node.input[0]
-        else:
-            kept.append(node)
-    if renamed:
-        del graph.node[:]
-        graph.node.extend(kept)
-
-
-def _cast_like_to_cast(proto: Any) -> None:
-    """``CastLike(c, x)`` -> ``Cast(c, to=dtype of x)`` where x's type is known (torch's
-    exporter builds zero biases as CastLike(0, input)), so constant folding can see through."""
-    import onnx
-
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto)
-    except Exception:  # best effort: shape inference fails on some valid models
-        return
-    types = {
-        v.name: v.type.tensor_type.elem_type
-        for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
-        if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type
-    }
-    types.update({t.name: t.data_type for t in proto.graph.initializer})
-    for node in proto.graph.node:
-        if node.op_type == "CastLike" and node.domain in ("", "ai.onnx") and node.input[1] in types:
-            to = types[node.input[1]]
-            node.op_type = "Cast"
-            del node.input[1:]
-            del node.attribute[:]
-            node.attribute.append(onnx.helper.make_attribute("to", to))
-
-
-def _fold_integer_constants(proto: Any, weights: set[str]) -> set[str]:
-    """Replace nodes that compute constants by initializers: integer ones (shapes and axes,
-    e.g. dynamo's ``Reshape(Constant, Constant)`` feeding ReduceMean's axes) and float ones not
-    computed from a crossbar weight in ``weights`` (a zero bias built by Expand); onnx2torch
-    reads such inputs only as initializers. Values computed from crossbar weights
-    (``Transpose(W)``) are left alone, so weights are still traced to the stored initializers."""
-    from onnx import numpy_helper
-
-    from ftaudit.models.onnx_graph import evaluate_values
-
-    graph = proto.graph
-    _cast_like_to_cast(proto)
-    constant = {t.name for t in graph.initializer}
-    candidates = []
-    for node in graph.node:
-        inputs = [v for v in node.input if v]
-        if node.op_type == "Constant" or (inputs and all(v in constant for v in inputs)):
-            constant.update(node.output)
-            candidates.append(node)
-    if not candidates:
-        return set()
-    values = evaluate_values(proto, [out for node in candidates for out in node.output])
-    # float values computed from crossbar weights must stay traceable to their initializers
-    stored = set(weights)
-    folded = set()
-    for node in candidates:
-        arrays = [values[out] for out in node.output]
-        integer = all(np.issubdtype(a.dtype, np.integer) for a in arrays)
-        if not integer and any(v in stored for v in node.input):
-            stored.update(node.output)
-            continue
-        for out, array in zip(node.output, arrays, strict=True):
-            graph.initializer.append(numpy_helper.from_array(array, out))
-        folded.add(id(node))
-    kept = [node for node in graph.node if id(node) not in folded]
-    del graph.node[:]
-    graph.node.extend(kept)
-    return {out for node in candidates if id(node) in folded for out in node.output}
-
-
-def _check_convertible(proto: Any, path: Path) -> None:
-    """One UserError naming every operator that onnx2torch has no converter for."""
-    from onnx2torch.node_converters import get_converter
-
-    opsets = {o.domain: o.version for o in proto.opset_import}
-    unsupported: dict[str, None] = {}
-    for node in proto.graph.node:
-        op = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
-        version = opsets.get(node.domain)
-        if version is None:
-            unsupported[f"{op} (no opset imported for its domain)"] = None
-            continue
-        try:
-            get_converter(domain=node.domain, operation_type=node.op_type, version=version)
-        except NotImplementedError:
-            unsupported[f"{op} (opset {version})"] = None
-    if unsupported:
-        raise UserError(
-            f"{path} uses operator(s) that onnx2torch cannot convert to PyTorch for training: "
-            f"{', '.join(unsupported)}",
-            hint="re-export the model without them (its supported operators are listed at "
-            "https://github.com/ENOT-AutoDL/onnx2torch/blob/main/operators.md), or harden the "
-            "PyTorch model saved as TorchScript",
-        )
 
 
 def _trace_initializers(
