@@ -434,6 +434,8 @@ def test_sklearn_mlp_loads_with_and_without_zipmap(sklearn_mlp, zipmap: bool, ru
     report = ftaudit.audit(paths[zipmap], data, sigmas=[0.0, 0.3], samples=3)
     assert report.clean_accuracy == pytest.approx(float(np.mean(clf.predict(x) == y)))
     assert report.results[0].summary.mean == report.clean_accuracy
+    named = "output_probability" if zipmap else "probabilities"
+    assert load_model(paths[zipmap], output=named).output == model.output  # --output NAME
     code, out, err = run_cli("inspect", paths[zipmap])
     assert "ZipMap" not in out and str(len(clf.coefs_)) in out
     assert code == 0, err
@@ -476,3 +478,20 @@ def test_fold_batchnorm_off_perturbs_the_stored_weights(matrix: Matrix):
     assert off.model["batchnorm_folded"] == [] and off.options["fold_batchnorm"] is False
     # quantising W instead of W * s changes the quantised model (the issue's 0.242 vs 0.395)
     assert [layer.max_abs for layer in on.layers] != [layer.max_abs for layer in off.layers]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(("arch", "fmt"), _cells(FLOAT_FORMATS))
+def test_layer_names_are_the_torch_module_paths(matrix: Matrix, arch: str, fmt: str):
+    """Made-up stored names (dynamo's val_31, legacy's onnx::MatMul_12) are replaced by the
+    module path the exporter recorded, so --layers globs and sensitivity tables read like the
+    PyTorch model."""
+    from ftaudit.models import load_model
+
+    expected = [
+        f"{name}.weight"
+        for name, module in matrix.model(arch).named_modules()
+        if isinstance(module, (nn.Conv2d, nn.Linear))
+    ]
+    names = [layer.name for layer in load_model(matrix.file(arch, fmt)).layers]
+    assert sorted(names) == sorted(expected)
