@@ -24,6 +24,7 @@ from ftaudit.models.onnx_graph import (
     module_path_names,
     trace_crossbar_weights,
 )
+from ftaudit.models.onnx_prepack import DerivedInput, build_prepacked_graph
 
 __all__ = ["CROSSBAR_WEIGHT_INPUT", "OnnxModel", "OnnxRunner", "load_onnx_bytes", "ort_providers"]
 
@@ -377,13 +378,43 @@ def ort_providers(device: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
+def _stored_sources(
+    model: OnnxModel, selected: Sequence[CrossbarLayer]
+) -> dict[str, tuple[str, bool]] | None:
+    """Crossbar layer -> (the initializer it is stored in, whether the layer is its 2-D
+    transpose), for the pre-packed graph, which maps optimised inputs to initializers; None
+    when a layer is not a plain or transposed initializer (Cast, DequantizeLinear) or two
+    layers share one."""
+    onnx = _onnx()
+    tensors = {t.name: t for t in model.proto.graph.initializer}
+    sources: dict[str, tuple[str, bool]] = {}
+    for layer in selected:
+        root = model.roots.get(layer.name, model.feed_names[layer.name])
+        value = model.initializers[layer.name]
+        if root not in tensors:
+            return None
+        if model.feed_names[layer.name] == root:
+            sources[layer.name] = (root, False)
+            continue
+        stored = onnx.numpy_helper.to_array(tensors[root])
+        if stored.dtype != value.dtype or stored.ndim != 2 or stored.T.shape != value.shape:
+            return None
+        if not np.array_equal(stored.T, value):
+            return None
+        sources[layer.name] = (root, True)
+    if len({root for root, _ in sources.values()}) != len(sources):
+        return None
+    return sources
+
+
 class OnnxRunner(ModelRunner):
     """One ONNX Runtime session whose selected crossbar weights are graph inputs.
 
     Each sample feeds its perturbed weights like any other input: no session is rebuilt and
-    nothing is re-serialised. (A fresh session per sample lets ONNX Runtime prepack constant
-    weights, but the session build costs more than it saves: the "naive" column of
-    docs/benchmarks.md.)
+    nothing is re-serialised. On the CPU the graph is the optimiser's own, with the weights it
+    pre-packed (blocked NCHWc convolutions, folded BatchNorm) turned into inputs fed through a
+    precomputed gather (``onnx_prepack``): convolutions keep their fast kernels. Where that map
+    cannot be read off the optimiser, the original graph takes the weights as inputs.
     """
 
     runtime_errors = _ort_runtime_errors()
@@ -401,8 +432,55 @@ class OnnxRunner(ModelRunner):
         self.threads = threads
         graph_model = onnx.ModelProto()
         graph_model.CopyFrom(model.proto)
+        select_output(graph_model.graph, model.output)
+        self.model = model
+        self.dtypes = {layer.name: np.dtype(layer.dtype) for layer in selected}
+        #: crossbar layer -> the graph value its weight is fed to (plain graph)
+        self.feed_names = {layer.name: model.feed_names[layer.name] for layer in selected}
+        self.feed: dict[str, np.ndarray] = {}
+        #: stored initializer -> the optimised graph's inputs derived from it (CPU, float32)
+        self._derived: dict[str, list[DerivedInput]] = {}
+        #: crossbar layer -> (its stored initializer, the layer is that initializer transposed)
+        self._sources = _stored_sources(model, selected)
+        plan = (
+            build_prepacked_graph(
+                graph_model,
+                {
+                    root: (model.initializers[name].T if swap else model.initializers[name])
+                    for name, (root, swap) in self._sources.items()
+                },
+            )
+            if device == "cpu" and self._sources is not None
+            else None
+        )
+        if plan is not None:
+            self._model_bytes = plan.model_bytes
+            self._derived = plan.by_source()
+            for derived in plan.inputs:
+                self.feed[derived.name] = np.empty(derived.shape, np.float32)
+        else:
+            self._sources = None
+            self._plain_graph(graph_model, selected)
+        self.set_weights({layer.name: model.initializers[layer.name] for layer in selected})
+        self.input_name = model.input.name
+        self.output_name = model.output.name
+        self.input_dtype = np.dtype(model.input.dtype)
+        self.session = self._new_session()
+        self._batches: list[np.ndarray] = []
+        self._n = 0
+
+    @property
+    def prepacked(self) -> bool:
+        """Whether the runner uses the optimiser's pre-packed weight layouts."""
+        return bool(self._derived)
+
+    def _plain_graph(self, graph_model: Any, selected: Sequence[CrossbarLayer]) -> None:
+        """The original graph with the selected crossbar weights as graph inputs: initializers
+        moved to the inputs, or the value a weight-only subgraph computes (Transpose(W),
+        DequantizeLinear(W_int8)) fed in place of the node producing it."""
+        onnx = _onnx()
         graph = graph_model.graph
-        feeds = {model.feed_names[layer.name] for layer in selected}
+        feeds = set(self.feed_names.values())
         listed_inputs = {i.name for i in graph.input}
         for tensor in graph.initializer:
             if tensor.name in feeds and tensor.name not in listed_inputs:
@@ -411,36 +489,21 @@ class OnnxRunner(ModelRunner):
                         tensor.name, tensor.data_type, list(tensor.dims)
                     )
                 )
+        stored = {t.name for t in graph.initializer}
         kept = [t for t in graph.initializer if t.name not in feeds]
         del graph.initializer[:]
         graph.initializer.extend(kept)
-        # weights computed by a weight-only subgraph (Transpose(W), DequantizeLinear(W_int8)):
-        # the node producing the value the operator reads gives way to a graph input
         produced = [n for n in graph.node if any(o in feeds for o in n.output)]
         for node in produced:
             graph.node.remove(node)
-        stored = {t.name for t in model.proto.graph.initializer}
         for layer in selected:
-            value = model.feed_names[layer.name]
+            value = self.feed_names[layer.name]
             if value not in listed_inputs and value not in stored:
                 elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(layer.dtype))
                 graph.input.append(
                     onnx.helper.make_tensor_value_info(value, elem, list(layer.shape))
                 )
-        select_output(graph, model.output)
         self._model_bytes = graph_model.SerializeToString()
-        self.model = model
-        self.input_name = model.input.name
-        self.output_name = model.output.name
-        self.input_dtype = np.dtype(model.input.dtype)
-        self.dtypes = {layer.name: np.dtype(layer.dtype) for layer in selected}
-        self.feed_names = {layer.name: model.feed_names[layer.name] for layer in selected}
-        self.feed: dict[str, np.ndarray] = {
-            self.feed_names[layer.name]: model.initializers[layer.name] for layer in selected
-        }
-        self.session = self._new_session()
-        self._batches: list[np.ndarray] = []
-        self._n = 0
 
     def _new_session(self) -> Any:
         ort = _ort()
@@ -477,9 +540,18 @@ class OnnxRunner(ModelRunner):
     def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
         for name, array in weights.items():
             dtype = self.dtypes[name]
-            self.feed[self.feed_names[name]] = (
-                array if array.dtype == dtype else array.astype(dtype)
-            )
+            array = array if array.dtype == dtype else array.astype(dtype)
+            if self._sources is None:
+                self.feed[self.feed_names[name]] = array
+                continue
+            root, swap = self._sources[name]
+            if swap:
+                array = np.ascontiguousarray(array.T)
+            for derived in self._derived.get(root, ()):
+                if derived.index is None and derived.scale is None:
+                    self.feed[derived.name] = array  # same layout: fed as is, no copy
+                else:
+                    derived.compute(array, self.feed[derived.name])
 
     def logits(self) -> np.ndarray:
         outs = [
