@@ -352,7 +352,7 @@ def _constant_multiplies(graph) -> int:
 @pytest.mark.parametrize(
     ("arch", "fmt"),
     [("resnet", f) for f in FORMATS]
-    + [("text", f) for f in ("legacy", "dynamo_noopt", "export")]
+    + [("text", f) for f in ("legacy", "dynamo_noopt", "torchscript", "export")]
     + [("vit", "dynamo_noopt")],
 )
 def test_harden_one_epoch_keeps_the_graph(matrix: Matrix, arch: str, fmt: str, run_cli, tmp_path):
@@ -478,6 +478,23 @@ def test_fold_batchnorm_off_perturbs_the_stored_weights(matrix: Matrix):
     assert off.model["batchnorm_folded"] == [] and off.options["fold_batchnorm"] is False
     # quantising W instead of W * s changes the quantised model (the 0.242 vs 0.395)
     assert [layer.max_abs for layer in on.layers] != [layer.max_abs for layer in off.layers]
+
+
+@pytest.mark.torch
+def test_no_fold_batchnorm_flag(matrix: Matrix, run_cli):
+    import json
+
+    path, data = matrix.file("resnet", "export"), matrix.dataset("resnet")
+    args = ("eval", path, "--data", data, "--sigma", "0", "--samples", "1", "--json", "-")
+    code, out, err = run_cli(*args, "--no-fold-batchnorm")
+    assert code == 0, err
+    report = json.loads(out)
+    assert (
+        report["options"]["fold_batchnorm"] is False and report["model"]["batchnorm_folded"] == []
+    )
+    code, out, err = run_cli(*args)
+    assert code == 0, err
+    assert len(json.loads(out)["model"]["batchnorm_folded"]) == 3
 
 
 @pytest.mark.torch
