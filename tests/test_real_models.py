@@ -512,3 +512,16 @@ def test_layer_names_are_the_torch_module_paths(matrix: Matrix, arch: str, fmt: 
     ]
     names = [layer.name for layer in load_model(matrix.file(arch, fmt)).layers]
     assert sorted(names) == sorted(expected)
+
+
+@pytest.mark.torch
+def test_frozen_torchscript_names_the_cause_and_the_fix(matrix: Matrix, tmp_path, run_cli):
+    path = tmp_path / "frozen.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        frozen = torch.jit.freeze(torch.jit.script(matrix.model("mobilenet")))
+        torch.jit.save(frozen, str(path))
+    code, out, err = run_cli("eval", path, "--data", matrix.dataset("mobilenet"), "--sigma", "0.1")
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert "torch.jit.freeze" in err and "save the scripted module before freezing" in err

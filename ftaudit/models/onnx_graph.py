@@ -29,7 +29,6 @@ WEIGHT_ONLY_OPS = frozenset(
         "Identity",
         "Transpose",
         "Cast",
-        "CastLike",
         "Reshape",
         "Unsqueeze",
         "Squeeze",
