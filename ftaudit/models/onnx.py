@@ -278,7 +278,14 @@ class OnnxModel(AuditModel):
             )
         output_spec = _classifier_output(model, output, path)
         traces, untraced = trace_crossbar_weights(model.graph)
-        arrays = evaluate_values(model, list(dict.fromkeys(t.value for t in traces)))
+        try:
+            arrays = evaluate_values(model, list(dict.fromkeys(t.value for t in traces)))
+        except _ort_runtime_errors() as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "failed"
+            raise UserError(
+                f"ONNX Runtime cannot compute the crossbar weights of {path}: {first[:300]}",
+                hint="check that the model runs with onnxruntime on its own",
+            ) from exc
         shapes = _infer_shapes(model)
         batch_axis = graph_inputs[0].type.tensor_type.shape.dim
         batch = batch_axis[0].dim_value if len(batch_axis) and batch_axis[0].dim_value > 0 else 1
