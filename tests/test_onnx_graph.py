@@ -101,17 +101,24 @@ def test_runner_feeds_each_traced_weight_where_the_operator_reads_it(chains):
         runner.set_weights(clean)
 
 
-def test_qoperator_kernels_are_listed_as_untraced(tmp_path: Path):
+def test_qoperator_kernels_become_dequantised_crossbar_weights(tmp_path: Path):
+    """A QLinearMatMul is rewritten as DequantizeLinear -> MatMul -> QuantizeLinear in memory:
+    its int8 levels (times their scale) are the crossbar weight, and the predictions at sigma 0
+    are ONNX Runtime's on the file itself."""
+    import onnxruntime
+
+    scale = np.float32(0.05)
     inits = [
         numpy_helper.from_array(W3_LEVELS, "w_q"),
         numpy_helper.from_array(np.array(0, np.int8), "zp"),
-        numpy_helper.from_array(np.array(0.5, np.float32), "s"),
-        numpy_helper.from_array(np.array(0, np.uint8), "uzp"),
+        numpy_helper.from_array(np.array(scale, np.float32), "s"),
+        numpy_helper.from_array(np.array(128, np.uint8), "uzp"),
+        numpy_helper.from_array(np.array(0.02, np.float32), "xs"),
     ]
     nodes = [
-        helper.make_node("QuantizeLinear", ["x", "s", "uzp"], ["xq"]),
+        helper.make_node("QuantizeLinear", ["x", "xs", "uzp"], ["xq"]),
         helper.make_node(
-            "QLinearMatMul", ["xq", "s", "uzp", "w_q", "s", "zp", "s", "uzp"], ["yq"], name="qmm"
+            "QLinearMatMul", ["xq", "xs", "uzp", "w_q", "s", "zp", "s", "uzp"], ["yq"], name="qmm"
         ),
         helper.make_node("DequantizeLinear", ["yq", "s", "uzp"], ["y"]),
     ]
@@ -126,9 +133,16 @@ def test_qoperator_kernels_are_listed_as_untraced(tmp_path: Path):
     model.ir_version = 8
     onnx.save(model, tmp_path / "qop.onnx")
     loaded = load_model(tmp_path / "qop.onnx")
-    assert loaded.layers == []
-    assert [(u.node, u.op) for u in loaded.untraced] == [("qmm", "QLinearMatMul")]
-    assert "QuantFormat.QDQ" in loaded.untraced[0].reason
+    assert [(layer.name, layer.op) for layer in loaded.layers] == [("w_q", "MatMul")]
+    assert loaded.untraced == []
+    np.testing.assert_array_equal(loaded.clean_weights()["w_q"], W3_LEVELS * scale)
+    x = RNG.normal(size=(16, 4)).astype(np.float32)
+    expected = onnxruntime.InferenceSession(str(tmp_path / "qop.onnx")).run(None, {"x": x})[0]
+    runner = loaded.runner(loaded.layers, device="cpu")
+    runner.bind_data(x, np.zeros(16, np.int64), batch_size=16)
+    np.testing.assert_allclose(runner.logits(), expected, atol=float(scale) + 1e-6)
+    runner.set_weights({"w_q": -loaded.clean_weights()["w_q"]})
+    assert not np.allclose(runner.logits(), expected)
 
 
 def test_inspect_lists_untraced_ops_and_eval_warns(chains, tmp_path: Path, run_cli):

@@ -29,9 +29,12 @@ nn = torch.nn
 N = 32
 FLOAT_FORMATS = ("legacy", "dynamo", "dynamo_noopt", "torchscript", "export")
 SLOW_FORMATS = {"dynamo"}  # the optimising dynamo exporter takes seconds per model
-FORMATS = (*FLOAT_FORMATS, "float16", "qdq")
+#: onnxruntime.quantization: static QDQ, static QOperator (QLinearConv, QGemm), dynamic
+#: (MatMulInteger, ConvInteger)
+QUANTISED = ("qdq", "qoperator", "dynamic")
+FORMATS = (*FLOAT_FORMATS, "float16", *QUANTISED)
 #: cells whose harden gives one clear line and exit 2 (listed in the README)
-HARDEN_UNSUPPORTED = {"qdq"}
+HARDEN_UNSUPPORTED = set(QUANTISED)
 
 
 class Residual(nn.Module):
@@ -151,8 +154,8 @@ def _export(model: nn.Module, x: np.ndarray, fmt: str, path: Path, calib: np.nda
     example = torch.from_numpy(x[:2])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if fmt in ("legacy", "float16", "qdq"):
-            legacy = path.with_suffix(".legacy.onnx") if fmt == "qdq" else path
+        if fmt in ("legacy", "float16", *QUANTISED):
+            legacy = path.with_suffix(".legacy.onnx") if fmt in QUANTISED else path
             net = model
             if fmt == "float16":
                 net = _half(model)
@@ -167,8 +170,8 @@ def _export(model: nn.Module, x: np.ndarray, fmt: str, path: Path, calib: np.nda
                 dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}},
                 opset_version=17,
             )
-            if fmt == "qdq":
-                _quantize(legacy, path, calib)
+            if fmt in QUANTISED:
+                _quantize(legacy, path, calib, fmt)
         elif fmt in ("dynamo", "dynamo_noopt"):
             torch.onnx.export(
                 model,
@@ -193,8 +196,17 @@ def _half(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).half()
 
 
-def _quantize(source: Path, target: Path, calib: np.ndarray) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+def _quantize(source: Path, target: Path, calib: np.ndarray, fmt: str) -> None:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    if fmt == "dynamic":
+        quantize_dynamic(str(source), str(target))
+        return
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -203,7 +215,8 @@ def _quantize(source: Path, target: Path, calib: np.ndarray) -> None:
         def get_next(self):
             return next(self.batches, None)
 
-    quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ)
+    quant_format = QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator
+    quantize_static(str(source), str(target), Reader(), quant_format=quant_format)
 
 
 SUFFIX = {"torchscript": ".pt", "export": ".pt2"}
@@ -278,7 +291,7 @@ def test_sigma_zero_is_the_clean_accuracy(matrix: Matrix, arch: str, fmt: str):
     assert report.results[0].summary.mean == report.clean_accuracy
     if fmt in FLOAT_FORMATS:  # labels are the float model's own argmax
         assert report.clean_accuracy == 1.0
-    if fmt == "qdq":  # the quantised model's accuracy, as ONNX Runtime computes it on its own
+    if fmt in QUANTISED:  # the quantised model's accuracy, as ONNX Runtime computes it alone
         assert report.clean_accuracy == pytest.approx(_ort_accuracy(matrix, arch, fmt), abs=0.04)
 
 

@@ -25,6 +25,7 @@ from ftaudit.models.onnx_graph import (
     trace_crossbar_weights,
 )
 from ftaudit.models.onnx_prepack import DerivedInput, build_prepacked_graph
+from ftaudit.models.onnx_quant import qoperator_to_qdq
 
 __all__ = ["CROSSBAR_WEIGHT_INPUT", "OnnxModel", "OnnxRunner", "load_onnx_bytes", "ort_providers"]
 
@@ -267,6 +268,9 @@ class OnnxModel(AuditModel):
     def from_bytes(cls, path: Path, raw: bytes, *, output: str | None = None) -> OnnxModel:
         model = load_onnx_bytes(path, raw)
         _constant_nodes_to_initializers(model)
+        # int8 QOperator kernels become dequantise -> float op -> quantise, so their levels can
+        # carry device noise like a QDQ model's (the file is never modified)
+        qoperator_to_qdq(model)
         initializer_names = {t.name for t in model.graph.initializer}
         graph_inputs = [i for i in model.graph.input if i.name not in initializer_names]
         if len(graph_inputs) != 1:

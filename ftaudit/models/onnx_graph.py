@@ -46,8 +46,9 @@ QOPERATOR_WEIGHT_INPUT = {
 }
 _QUANT_DOMAINS = ("", "ai.onnx", "com.microsoft")
 QOPERATOR_REASON = (
-    "an int8 QOperator kernel computes it from integer levels that cannot carry device noise; "
-    "quantise the model with QuantFormat.QDQ (onnxruntime.quantization) to audit its levels"
+    "an int8 QOperator kernel computes it from integer levels that cannot carry device noise, "
+    "and ftaudit could not rewrite it into dequantise -> float op -> quantise; quantise the "
+    "model with QuantFormat.QDQ (onnxruntime.quantization) to audit its levels"
 )
 #: names exporters make up for folded constants (torch dynamo's val_31, legacy onnx::MatMul_12)
 _GENERATED_NAME = re.compile(r"^(val_\d+|_?v_\d+|onnx::\w+_\d+|\d+|_val_\d+)$")
@@ -120,7 +121,9 @@ def trace_crossbar_weights(graph: Any) -> tuple[list[WeightTrace], list[Untraced
     for i, node in enumerate(graph.node):
         label = _node_label(node, i)
         if node.op_type in QOPERATOR_WEIGHT_INPUT and node.domain in _QUANT_DOMAINS:
-            untraced.append(UntracedOp(label, node.op_type, QOPERATOR_REASON))
+            operands = (node.input[0], node.input[QOPERATOR_WEIGHT_INPUT[node.op_type]])
+            if any(v in constant for v in operands):  # else activations x activations
+                untraced.append(UntracedOp(label, node.op_type, QOPERATOR_REASON))
             continue
         if node.domain not in ("", "ai.onnx"):
             continue
@@ -222,7 +225,9 @@ def module_path_names(traces: list[WeightTrace]) -> dict[str, str]:
     dynamo's name_scopes metadata, or the legacy exporter's node names such as /layer1/Conv)."""
     names: dict[str, str] = {}
     for trace in traces:
-        if not _GENERATED_NAME.match(trace.root):
+        # onnxruntime.quantization appends suffixes to the float weight's name
+        stem = re.sub(r"(_Transposed)?(_quantized)?$", "", trace.root)
+        if not _GENERATED_NAME.match(stem):
             continue
         props: Mapping[str, str] = {p.key: p.value for p in trace.node.metadata_props}
         scopes = _parse_scopes(props.get("pkg.torch.onnx.name_scopes", ""))
