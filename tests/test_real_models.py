@@ -538,3 +538,18 @@ def test_frozen_torchscript_names_the_cause_and_the_fix(matrix: Matrix, tmp_path
     assert code == 2 and out == "" and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert "torch.jit.freeze" in err and "save the scripted module before freezing" in err
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("arch", ["vit", "text"])
+def test_batched_samples_see_weights_behind_transposes(matrix: Matrix, arch: str):
+    """--batch-samples runs the onnx2torch module: weights the dynamo exporter reads through
+    Transpose(W) are written there transposed, so both paths give the same accuracies."""
+    import ftaudit
+
+    path, data = matrix.file(arch, "dynamo_noopt"), matrix.dataset(arch)
+    one = ftaudit.audit(path, data, sigmas=[0.5], samples=8, seed=4, batch_samples=1)
+    many = ftaudit.audit(path, data, sigmas=[0.5], samples=8, seed=4, batch_samples=4)
+    assert many.options["execution"]["batch_samples"] == 4
+    np.testing.assert_array_equal(one.results[0].accuracies, many.results[0].accuracies)
+    assert one.results[0].summary.mean < 1.0
