@@ -35,6 +35,10 @@ from ftaudit.stats import summarize
 DEVICES = ("cpu", "cuda")
 
 
+#: the most Monte Carlo samples per sigma a run accepts (the counts stay in memory)
+MAX_SAMPLES = 100_000_000
+
+
 def validate_options(
     *,
     sigmas: Sequence[float],
@@ -62,6 +66,20 @@ def validate_options(
         raise UserError(f"k must lie strictly between 0 and 100, got {k:g}", hint="e.g. --k 1")
     if samples < 1:
         raise UserError(f"--samples must be at least 1, got {samples}", hint="e.g. --samples 1000")
+    if samples > MAX_SAMPLES:
+        raise UserError(
+            f"--samples {samples} is more than ftaudit runs ({MAX_SAMPLES:,} per sigma)",
+            hint="KPP intervals are tight after 10^4 samples; e.g. --samples 10000 "
+            "or --target-ci 0.005",
+        )
+    from ftaudit.limits import check_memory
+
+    # the run keeps one count and one flag per (sigma, sample)
+    check_memory(
+        9 * samples * len(sigmas),
+        f"--samples {samples} with {len(sigmas)} sigmas",
+        hint="pass fewer --samples",
+    )
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
     if batch_size < 1:
@@ -104,7 +122,7 @@ def model_provenance(model: AuditModel) -> dict[str, object]:
     """The report's ``model`` block: path, hash, format and interface."""
     return {
         "path": str(model.path),
-        "sha256": sha256_file(model.path),
+        "sha256": model_sha256(model),
         "format": model.format,
         "input": model.input.to_dict(),
         "output": model.output.to_dict(),
@@ -156,6 +174,7 @@ def prepare_run(
 ):
     """Select layers, bind data to a runner and check the data fits the model's output."""
     selected = model.select_layers(layers, exclude)
+    check_finite_weights(model)
     x = model.input_array(dataset)
     runner = build_runner(
         model,
@@ -173,6 +192,16 @@ def prepare_run(
     crossbar = Crossbar.prepare(selected, weights, noise)
     clean_correct = int(np.count_nonzero(logits.argmax(axis=1) == dataset.y))
     return selected, runner, crossbar, clean_correct
+
+
+def check_finite_weights(model: AuditModel) -> None:
+    """NaN or infinite crossbar weights make every accuracy meaningless: refuse the model."""
+    for name, weight in model.clean_weights().items():
+        if not np.isfinite(weight).all():
+            raise UserError(
+                f"{model.path}: crossbar weight {name} holds NaN or infinite values",
+                hint="the model is broken (diverged training?); export it again",
+            )
 
 
 def resolve_noise(
@@ -500,6 +529,8 @@ def audit(
             "fold_batchnorm": fold_batchnorm,
         },
         device_effects=None if effects is None else effects.to_dict(),
+        # token ids are integers by design: the 0..255 pixel-scale warning does not apply
+        warnings=[] if loaded.integer_input else list(dataset.warnings),
     )
 
 
@@ -521,4 +552,13 @@ def model_bytes(model: AuditModel) -> bytes:
 
 
 def model_sha256(model: AuditModel) -> str:
-    return hashlib.sha256(model_bytes(model)).hexdigest()
+    """sha256 of the model file; with external weight data, of the file's and those files'
+    sha256s, so a changed weights file is a changed model (reports, --resume)."""
+    digest = hashlib.sha256(model_bytes(model)).hexdigest()
+    external = getattr(model, "external_files", ())
+    if not external:
+        return digest
+    combined = hashlib.sha256(f"{Path(model.path).name}\0{digest}\n".encode())
+    for file in external:
+        combined.update(f"{Path(file).name}\0{sha256_file(Path(file))}\n".encode())
+    return combined.hexdigest()

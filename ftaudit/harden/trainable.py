@@ -146,7 +146,21 @@ def export_hardened(trainable: TrainableModel, out: Path, *, metadata: dict[str,
     """
     source = trainable.source
     out = check_output_path(Path(out), what="hardened model", protect=(source.path,))
+    _refuse_non_finite(trainable)
     _EXPORTERS[source.format](trainable, out, metadata)
+
+
+def _refuse_non_finite(trainable: TrainableModel) -> None:
+    """Training that diverged (e.g. a huge --lr) leaves NaN/inf weights: never write them."""
+    torch = require_torch(FEATURE)
+    tensors = [*trainable.module.named_parameters(), *trainable.module.named_buffers()]
+    for name, tensor in tensors:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(
+                f"training diverged: weight {name} of the hardened model is NaN or infinite, "
+                "so no model was written",
+                hint="train again with a smaller --lr (or --sigma)",
+            )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -52,11 +52,15 @@ def sniff_format(path: Path, raw: bytes) -> str:
 
 def load_model(path: Path | str, *, output: str | None = None) -> AuditModel:
     """Load an ONNX, torch.export or TorchScript model read-only; bad files raise UserError."""
+    from ftaudit.limits import check_memory, require_regular_file
+
     path = Path(path)
     if not path.exists():
         raise UserError(f"model file {path} does not exist", hint="check the path")
     if path.is_dir():
         raise UserError(f"model path {path} is a folder", hint="pass the model file itself")
+    size = require_regular_file(path, "model file")
+    check_memory(size, f"model file {path}", hint="audit a smaller model, or on a larger machine")
     try:
         raw = path.read_bytes()
     except OSError as exc:

@@ -119,6 +119,17 @@ class ModelRunner(ABC):
                 f"of shape (N, classes) for N = {data_shape[0]} inputs",
                 hint="evaluate a classifier output (ONNX: choose it with --output NAME)",
             )
+        if not np.issubdtype(logits.dtype, np.floating):
+            raise UserError(
+                f"the model's output has dtype {logits.dtype}; ftaudit expects floating-point "
+                "logits (an arg-max over integers or booleans ties silently)",
+                hint="evaluate the class scores (ONNX: choose them with --output NAME)",
+            )
+        if not np.isfinite(logits).all():
+            raise UserError(
+                "the model's output on the clean data holds NaN or infinite values",
+                hint="check the model's weights and the data (NaN weights, overflowing inputs)",
+            )
         return logits
 
 

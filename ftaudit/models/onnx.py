@@ -57,11 +57,77 @@ def _check_external_data(model: Any, base_dir: Path, path: Path) -> None:
                 f"{path} refers to external data '{location}' outside the model's folder",
                 hint="ftaudit only reads external data files next to the model; move them there",
             )
-        if not target.is_file():
+        if not target.exists():
             raise UserError(
                 f"{path} needs its external data file '{location}', which is missing",
                 hint=f"put '{location}' next to the model file",
             )
+        _check_external_extent(tensor, entries, target, path)
+
+
+def _check_external_extent(tensor: Any, entries: dict[str, str], target: Path, path: Path) -> None:
+    """The tensor's offset and length must lie inside its (regular) external data file, and its
+    length must match its shape, before onnx reads a byte of it."""
+    from ftaudit.limits import require_regular_file
+
+    size = require_regular_file(target, f"external data file of {path}:")
+    try:
+        offset = int(entries.get("offset", "0"))
+        length = int(entries["length"]) if "length" in entries else size - offset
+    except ValueError:
+        offset, length = -1, -1
+    problem = None
+    if offset < 0 or length < 0:
+        problem = f"a bad offset/length ({entries.get('offset')}, {entries.get('length')})"
+    elif offset + length > size:
+        problem = f"bytes {offset} to {offset + length}, beyond the file's {size} bytes"
+    else:
+        try:
+            dtype = _onnx().helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        except (KeyError, ValueError):  # an unknown type: onnx.checker reports it
+            dtype = np.dtype(object)
+        expected = int(np.prod(tensor.dims, dtype=np.int64)) * dtype.itemsize
+        if dtype.kind in "biufc" and length != expected:  # numbers: the size is known
+            problem = f"{length} bytes, but its shape {list(tensor.dims)} needs {expected}"
+    if problem is not None:
+        raise UserError(
+            f"{path}: tensor '{tensor.name}' declares {problem} in external data file "
+            f"'{entries.get('location')}'",
+            hint="the model and its external data do not belong together; export them again",
+        )
+
+
+#: model files up to this size are parsed before a run to find the external data files that
+#: outputs must not overwrite (a model that keeps its weights outside is small)
+EXTERNAL_DATA_PROBE_BYTES = 64 << 20
+
+
+def declared_external_files(path: Path) -> list[Path]:
+    """The external data files an ONNX model file names (without reading them), for the
+    output-path checks; [] for other formats, unreadable or large files."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        if not path.is_file() or path.stat().st_size > EXTERNAL_DATA_PROBE_BYTES:
+            return []
+        with open(path, "rb") as handle:
+            if handle.read(4) == b"PK\x03\x04":  # TorchScript
+                return []
+        model = _onnx().load_model(str(path), load_external_data=False)
+    except (OSError, ValueError, RuntimeError, DecodeError):
+        return []  # not a readable ONNX file: the loader reports why, later
+    return external_data_files(model, path.parent)
+
+
+def external_data_files(model: Any, base_dir: Path) -> list[Path]:
+    """The external data files a (checked) ONNX model reads, sorted, each once."""
+    onnx = _onnx()
+    files = set()
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            entries = {e.key: e.value for e in tensor.external_data}
+            files.add(base_dir / entries.get("location", ""))
+    return sorted(files)
 
 
 def _tensor_spec(value_info: Any) -> TensorSpec:
@@ -76,8 +142,9 @@ def _tensor_spec(value_info: Any) -> TensorSpec:
     return TensorSpec(value_info.name, dims, dtype)
 
 
-def load_onnx_bytes(path: Path, raw: bytes) -> Any:
-    """Parse and check an ONNX model, with external data read only from the model's folder."""
+def load_onnx_bytes(path: Path, raw: bytes, *, external_files: list[Path] | None = None) -> Any:
+    """Parse and check an ONNX model, with external data read only from the model's folder
+    (the files it read are appended to ``external_files``)."""
     onnx = _onnx()
     from google.protobuf.message import DecodeError
 
@@ -95,6 +162,8 @@ def load_onnx_bytes(path: Path, raw: bytes) -> Any:
             hint="pass a .onnx file or a torch.jit.save archive",
         )
     _check_external_data(model, path.parent, path)
+    if external_files is not None:
+        external_files.extend(external_data_files(model, path.parent))
     onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     try:
         onnx.checker.check_model(model)
@@ -145,12 +214,23 @@ def _classifier_output(model: Any, requested: str | None, path: Path) -> TensorS
         spec = _tensor_spec(outputs[name])
         if requested is not None or np.issubdtype(np.dtype(spec.dtype), np.floating):
             return spec
-    kinds = ", ".join(f"{o.name} ({o.type.WhichOneof('value')})" for o in model.graph.output)
+    kinds = ", ".join(f"{o.name} ({_kind(o)})" for o in model.graph.output)
     raise UserError(
-        f"{path} has no real-valued tensor output to read class scores from (outputs: {kinds})",
+        f"{path} has no output of floating-point logits or probabilities (outputs: {kinds})",
         hint="choose the scores or probabilities with --output NAME, or re-export the "
         "classifier with a tensor output",
     )
+
+
+def _kind(value_info: Any) -> str:
+    """``float32 tensor``, ``bool tensor``, ``sequence``, ... for messages."""
+    kind = value_info.type.WhichOneof("value") or "unknown"
+    if kind != "tensor_type":
+        return kind.removesuffix("_type")
+    try:
+        return f"{_tensor_spec(value_info).dtype} tensor"
+    except KeyError:  # an undefined element type
+        return "tensor"
 
 
 def _value_spec(model: Any, name: str) -> TensorSpec:
@@ -263,10 +343,13 @@ class OnnxModel(AuditModel):
     feed_names: dict[str, str] = field(default_factory=dict)
     #: crossbar layer name -> the initializer the weight is stored in
     roots: dict[str, str] = field(default_factory=dict)
+    #: external data files the weights were read from (hashed with the model file)
+    external_files: tuple[Path, ...] = ()
 
     @classmethod
     def from_bytes(cls, path: Path, raw: bytes, *, output: str | None = None) -> OnnxModel:
-        model = load_onnx_bytes(path, raw)
+        external_files: list[Path] = []
+        model = load_onnx_bytes(path, raw, external_files=external_files)
         _constant_nodes_to_initializers(model)
         # int8 QOperator kernels become dequantise -> float op -> quantise, so their levels can
         # carry device noise like a QDQ model's (the file is never modified)
@@ -357,6 +440,7 @@ class OnnxModel(AuditModel):
                 for value, scale in batchnorm_scales(model.graph, traces).items()
                 if value in found
             },
+            external_files=tuple(external_files),
         )
 
     def clean_weights(self) -> dict[str, np.ndarray]:

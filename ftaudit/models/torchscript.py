@@ -211,7 +211,7 @@ class TorchScriptModel(AuditModel):
         try:
             with torch.no_grad():
                 module(torch.from_numpy(contiguous_input(x)))
-        except RuntimeError:
+        except (RuntimeError, torch.jit.Error):
             return False
         return True
 
@@ -232,12 +232,14 @@ class TorchScriptModel(AuditModel):
 class TorchScriptRunner(ModelRunner):
     """A private copy of the module whose selected parameters are overwritten per sample."""
 
-    runtime_errors = (RuntimeError,)  # torch.jit.Error is a RuntimeError
+    runtime_errors: tuple[type[BaseException], ...] = (RuntimeError,)
 
     def __init__(
         self, model: TorchScriptModel, selected: Sequence[CrossbarLayer], *, device: str
     ) -> None:
         self.torch = require_torch("TorchScript models")
+        # torch.jit.Error (a scripted `raise`) is not a RuntimeError
+        self.runtime_errors = (RuntimeError, self.torch.jit.Error)
         self.module = jit_load(model.raw, model.path, map_location=device)
         self.module.eval()
         self.device = device
@@ -267,7 +269,24 @@ class TorchScriptRunner(ModelRunner):
         with torch.no_grad():
             for batch in self._batches:
                 out = self.module(batch)
-                if isinstance(out, (tuple, list)):
+                if isinstance(out, (tuple, list)) and out:
                     out = out[0]
-                outs.append(out.float().cpu().numpy())
+                outs.append(tensor_logits(torch, out))
         return np.concatenate(outs) if len(outs) > 1 else outs[0]
+
+
+def tensor_logits(torch: Any, out: Any) -> np.ndarray:
+    """A forward's output as float logits; anything else (a dict, ints, bools) is refused."""
+    if not isinstance(out, torch.Tensor):
+        raise UserError(
+            f"the TorchScript model's forward returns a {type(out).__name__}, not a tensor of "
+            "logits",
+            hint="script a model whose forward returns the class scores (N, classes)",
+        )
+    if not out.is_floating_point():
+        raise UserError(
+            f"the model's output has dtype {str(out.dtype).removeprefix('torch.')}; ftaudit "
+            "expects floating-point logits",
+            hint="return the class scores, not the predicted classes",
+        )
+    return out.float().cpu().numpy()

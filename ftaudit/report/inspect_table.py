@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rich.console import Group, RenderableType
-from rich.markup import escape
 from rich.table import Table
+
+from ftaudit.text import escape
 
 if TYPE_CHECKING:
     from ftaudit.inspect import ModelSummary
