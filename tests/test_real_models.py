@@ -553,3 +553,23 @@ def test_batched_samples_see_weights_behind_transposes(matrix: Matrix, arch: str
     assert many.options["execution"]["batch_samples"] == 4
     np.testing.assert_array_equal(one.results[0].accuracies, many.results[0].accuracies)
     assert one.results[0].summary.mean < 1.0
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("fmt", ["export", "dynamo_noopt"])
+def test_sensitivity_ranks_the_transformer_layers_by_module_path(matrix: Matrix, fmt: str):
+    """sensitivity on a ViT from torch.export or dynamo: one row per Linear/Conv, named by its
+    module path, and --layers globs over those names select the attention projections."""
+    from ftaudit.sensitivity import sensitivity
+
+    report = sensitivity(
+        matrix.file("vit", fmt),
+        matrix.dataset("vit"),
+        sigmas=[0.5],
+        samples=3,
+        layers=["attn.*"],
+    )
+    assert sorted(row.name for row in report.layers) == [
+        f"attn.{p}.weight" for p in ("k", "o", "q", "v")
+    ]
+    assert "patch.weight" in report.always_digital and "head.weight" in report.always_digital
