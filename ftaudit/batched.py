@@ -17,7 +17,7 @@ import numpy as np
 
 from ftaudit._optional import require_torch
 from ftaudit.errors import UserError
-from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner
+from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner, contiguous_input
 
 FEATURE = "--batch-samples (several Monte Carlo samples per forward pass)"
 #: samples per forward pass on a GPU when --batch-samples is not given
@@ -75,7 +75,7 @@ class BatchedTorchRunner(ModelRunner):
         return out[0] if isinstance(out, (tuple, list)) else out
 
     def bind_data(self, x: np.ndarray, y: np.ndarray, *, batch_size: int) -> None:
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = contiguous_input(x)
         torch = self.torch
         self._batches = [
             torch.from_numpy(x[s : s + batch_size]).to(self.device)
@@ -140,10 +140,19 @@ def build_runner(
     When batching was only a default (``batch_required`` False: ``--device cuda`` without
     ``--batch-samples``), a model torch cannot take, or no torch at all, falls back to the
     model's own runner instead of failing."""
+    runner: ModelRunner | None = None
     if batch_samples > 1:
         try:
-            return BatchedTorchRunner(model, selected, device=device)
+            runner = BatchedTorchRunner(model, selected, device=device)
         except UserError:
             if batch_required:
                 raise
-    return model.runner(selected, device=device, threads=threads)
+    if runner is None:
+        runner = model.runner(selected, device=device, threads=threads)
+    chosen = {layer.name for layer in selected}
+    scales = {name: s for name, s in model.fold_scales.items() if name in chosen}
+    if scales:
+        from ftaudit.models.folding import FoldedRunner
+
+        return FoldedRunner(runner, scales)
+    return runner

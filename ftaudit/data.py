@@ -13,7 +13,9 @@ Sources (``load_dataset`` tells them apart by name, never by unpickling anything
   all must share one size and mode, ``L`` (giving ``(H, W)``) or ``RGB`` (giving channels-first
   ``(3, H, W)``). Files without a .png/.jpg/.jpeg suffix and hidden files are ignored.
 
-dtype handling, applied after ``limit`` so that only the kept samples are converted:
+dtype handling, applied after ``limit`` so that only the kept samples are converted: a model
+whose input is an integer type (token ids) is fed the stored integers unscaled, checked to fit
+its dtype (``integer_input``). For float inputs,
 uint8 inputs are scaled to float32 in [0, 1] by dividing by 255; other integer and all float
 inputs are cast to float32 with their values unchanged; bool inputs are refused. Then the
 optional normalisation ``(x - mean) / std`` runs on those values, with ``mean``/``std`` either
@@ -67,6 +69,9 @@ class Dataset:
     x: np.ndarray
     y: np.ndarray
     source: dict[str, Any]
+    #: x as stored when it was stored as integers (unscaled, unnormalised): what a model with
+    #: an integer input (token ids) is fed instead of ``x``
+    x_raw: np.ndarray | None = None
     #: things the user is probably wrong about (shown as warnings by the CLI), e.g. pixel values
     warnings: tuple[str, ...] = ()
 
@@ -96,6 +101,7 @@ def load_dataset(
     for file in files:
         require_regular_file(file, "data file")
     x, y, sha256 = _LOADERS[kind](path, files, limit)
+    x_raw = x if np.issubdtype(x.dtype, np.integer) and mean is None and std is None else None
     scale_warning = None if x.dtype == np.uint8 else pixel_scale_warning(x, path)
     x = _to_float32(x, path)
     _check_finite(x, path)
@@ -103,7 +109,40 @@ def load_dataset(
         x = _normalise(x, mean=mean, std=std)
         scale_warning = None  # the user chose a scale
     source = {"path": str(path), "sha256": sha256, "kind": kind, "n": len(y), "limit": limit}
-    return Dataset(x=x, y=y, source=source, warnings=(scale_warning,) if scale_warning else ())
+    return Dataset(
+        x=x,
+        y=y,
+        source=source,
+        warnings=(scale_warning,) if scale_warning else (),
+        x_raw=x_raw,
+    )
+
+
+def integer_input(dataset: Dataset, dtype: str, *, name: str = "input") -> np.ndarray:
+    """Data for a model whose input is integer (token ids, class indices): the stored integers,
+    unscaled, checked to fit ``dtype``; float data only when every value is a whole number."""
+    target = np.dtype(dtype)
+    values = dataset.x_raw
+    if values is None:
+        whole = np.isfinite(dataset.x) & (dataset.x == np.round(dataset.x))
+        if not whole.all():
+            first = tuple(int(i) for i in np.argwhere(~whole)[0])
+            raise UserError(
+                f"the model input '{name}' is {target.name} (e.g. token ids), but data x"
+                f"{list(first)} = {dataset.x[first]:g} is not a whole number",
+                hint="save x as integers, without --mean/--std (integer inputs are fed as "
+                "stored, never scaled or normalised)",
+            )
+        values = dataset.x
+    info = np.iinfo(target)
+    low, high = (values.min(), values.max()) if values.size else (0, 0)
+    if low < info.min or high > info.max:
+        raise UserError(
+            f"data x holds values from {low:g} to {high:g}, outside the range of the model "
+            f"input '{name}' ({target.name}: {info.min} to {info.max})",
+            hint="check that the data belongs to this model (token ids within its vocabulary)",
+        )
+    return values.astype(target)
 
 
 def pixel_scale_warning(x: np.ndarray, path: Path) -> str | None:

@@ -103,7 +103,7 @@ def validate_options(
 
 def layer_infos(model: AuditModel, selected: Sequence[str]) -> list[LayerInfo]:
     """Report rows for every crossbar layer of ``model``."""
-    weights = model.clean_weights()
+    weights = model.crossbar_weights()
     return [
         LayerInfo(
             name=layer.name,
@@ -128,6 +128,10 @@ def model_provenance(model: AuditModel) -> dict[str, object]:
         "output": model.output.to_dict(),
         "producer": model.metadata.get("producer"),
         "opset": model.metadata.get("opset"),
+        # multiply operators whose weight is NOT perturbed, with why (never skipped silently)
+        "untraced": [op.to_dict() for op in model.untraced],
+        # conv layers perturbed with their BatchNorm folded in (ftaudit.models.folding)
+        "batchnorm_folded": sorted(model.fold_scales),
     }
 
 
@@ -171,7 +175,7 @@ def prepare_run(
     """Select layers, bind data to a runner and check the data fits the model's output."""
     selected = model.select_layers(layers, exclude)
     check_finite_weights(model)
-    x = model.fit_input(dataset.x)
+    x = model.input_array(dataset)
     runner = build_runner(
         model,
         selected,
@@ -180,9 +184,12 @@ def prepare_run(
         batch_required=batch_required,
     )
     runner.bind_data(x, dataset.y, batch_size=batch_size)
+    weights = model.crossbar_weights()
+    if model.fold_scales:  # the clean pass runs the folded weights too (same rounding as sigma 0)
+        runner.set_weights({layer.name: weights[layer.name] for layer in selected})
     logits = runner.checked_logits(x.shape)
     validate_labels(dataset.y, logits.shape[1])
-    crossbar = Crossbar.prepare(selected, model.clean_weights(), noise)
+    crossbar = Crossbar.prepare(selected, weights, noise)
     clean_correct = int(np.count_nonzero(logits.argmax(axis=1) == dataset.y))
     return selected, runner, crossbar, clean_correct
 
@@ -287,6 +294,7 @@ def audit(
     checkpoint_dir: Path | str | None = None,
     resume: bool = False,
     batch_samples: int | None = None,
+    fold_batchnorm: bool = True,
 ) -> AuditReport:
     """Run the Monte Carlo audit and return the report; gates are evaluated, not raised.
 
@@ -299,7 +307,8 @@ def audit(
     starts one, 'auto' or an address joins one); the numbers are the same either way.
     ``checkpoint_dir`` keeps the counted samples so a killed run continues with ``resume``.
     ``batch_samples`` evaluates that many weight sets per forward pass (torch vmap; default 16
-    for an ONNX model on CUDA, else 1).
+    for an ONNX model on CUDA, else 1). ``fold_batchnorm`` (default) perturbs convolution
+    weights with their BatchNorm folded in, as a chip stores them (ftaudit.models.folding).
     """
     started = time.perf_counter()
     noise_model, sigmas = resolve_noise(noise, sigmas, bits=bits, cell_bits=cell_bits)
@@ -324,6 +333,8 @@ def audit(
     )
     validate_scale_out(workers=workers, checkpoint_dir=checkpoint_dir, resume=resume)
     loaded = model if isinstance(model, AuditModel) else load_model(model, output=output)
+    if not fold_batchnorm:
+        loaded = replace(loaded, fold_scales={})
     dataset = resolve_data(data, limit=limit, mean=mean, std=std)
     samples_per_pass = resolve_batch_samples(
         batch_samples, device=device, model_format=loaded.format
@@ -339,7 +350,8 @@ def audit(
         batch_samples=samples_per_pass,
         batch_required=batch_samples is not None,
     )
-    if not isinstance(runner, BatchedTorchRunner):  # batching was a default it could not use
+    if not isinstance(getattr(runner, "inner", runner), BatchedTorchRunner):
+        # batching was a default it could not use
         samples_per_pass = 1
     n = len(dataset.y)
     clean_accuracy = clean_correct / n
@@ -364,6 +376,7 @@ def audit(
         "target_ci": target_ci,
         "device": device,
         "device_effects": None if effects is None else effects.to_dict(),
+        "fold_batchnorm": sorted(loaded.fold_scales),
     }
     restored, on_chunk, writer = None, None, None
     if checkpoint_dir is not None:
@@ -384,7 +397,7 @@ def audit(
             model_path=str(loaded.path),
             model_bytes=model_bytes(loaded),
             output=output,
-            x=loaded.fit_input(dataset.x),
+            x=loaded.input_array(dataset),
             y=dataset.y,
             layer_names=tuple(layer.name for layer in selected),
             noise=noise_model,
@@ -395,6 +408,7 @@ def audit(
             threads=1 if ray is not None else threads_per_worker(workers),
             effects=effects,
             batch_samples=samples_per_pass,
+            fold_batchnorm=fold_batchnorm,
         )
     else:
         evaluator = ChunkEvaluator(
@@ -477,9 +491,11 @@ def audit(
             ),
             "config_file": config_file,
             "execution": execution,
+            "fold_batchnorm": fold_batchnorm,
         },
         device_effects=None if effects is None else effects.to_dict(),
-        warnings=list(dataset.warnings),
+        # token ids are integers by design: the 0..255 pixel-scale warning does not apply
+        warnings=[] if loaded.integer_input else list(dataset.warnings),
     )
 
 

@@ -69,6 +69,7 @@ class WorkerSpec:
     threads: int | None = None
     effects: DeviceEffects | None = None
     batch_samples: int = 1
+    fold_batchnorm: bool = True
     key: str = field(default="", compare=False)
 
     def with_key(self) -> WorkerSpec:
@@ -89,6 +90,7 @@ class WorkerSpec:
                     self.threads,
                     None if self.effects is None else self.effects.to_dict(),
                     self.batch_samples,
+                    self.fold_batchnorm,
                 )
             ).encode()
         )
@@ -102,6 +104,8 @@ class WorkerSpec:
         if self.threads is not None:
             _limit_threads(self.threads)
         model = load_model_bytes(self.model_path, self.model_bytes, output=self.output)
+        if not self.fold_batchnorm:
+            model.fold_scales.clear()
         chosen = set(self.layer_names)
         selected = [layer for layer in model.layers if layer.name in chosen]
         runner = build_runner(
@@ -112,7 +116,7 @@ class WorkerSpec:
             batch_samples=self.batch_samples,
         )
         runner.bind_data(self.x, self.y, batch_size=self.batch_size)
-        crossbar = Crossbar.prepare(selected, model.clean_weights(), self.noise)
+        crossbar = Crossbar.prepare(selected, model.crossbar_weights(), self.noise)
         return ChunkEvaluator(
             runner, crossbar, self.sigmas, self.seed, self.effects, self.batch_samples
         )

@@ -201,3 +201,12 @@ def write_report_files(kind: str, report: Any, paths: dict[str, Path | str | Non
         for fmt, path in paths.items():
             if path is not None and path != "-":
                 get_writer(fmt, kind)(report, Path(path))
+
+
+def warn_untraced(model_block: dict[str, Any]) -> None:
+    """One stderr warning per multiply operator whose weight the audit left exact."""
+    for op in model_block.get("untraced") or []:
+        print(
+            f"ftaudit: warning: {op['op']} '{op['node']}' is not perturbed: {op['reason']}",
+            file=sys.stderr,
+        )

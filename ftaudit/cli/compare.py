@@ -17,6 +17,7 @@ from ftaudit.cli.common import (
     shared_settings,
     show_progress,
     warn,
+    warn_untraced,
     warn_workers,
     write_report_files,
 )
@@ -159,6 +160,8 @@ def compare_command(
     warn(report.baseline.warnings)
     from ftaudit.report import compare_report as writers
 
+    warn_untraced(report.baseline.model)
+    warn_untraced(report.candidate.model)
     if machine_output:
         sys.stdout.write(writers.payload_json(report.to_dict()))
     write_report_files(

@@ -15,6 +15,7 @@ from ftaudit.cli.common import (
     run_with_progress,
     show_progress,
     warn,
+    warn_untraced,
     warn_workers,
     write_report_files,
 )
@@ -89,6 +90,14 @@ def eval_command(
     ] = None,
     html_path: HtmlOpt = None,
     junit_path: JunitOpt = None,
+    fold_batchnorm: Annotated[
+        bool,
+        typer.Option(
+            "--fold-batchnorm/--no-fold-batchnorm",
+            help="Perturb convolution weights with the following BatchNorm folded in, as a "
+            "chip stores them [on].",
+        ),
+    ] = True,
     fail_under_kpp: Annotated[
         float | None, typer.Option("--fail-under-kpp", help="Exit 1 if KPP < X at any sigma.")
     ] = None,
@@ -211,11 +220,13 @@ def eval_command(
         checkpoint_dir=checkpoint_dir,
         resume=resume,
         batch_samples=batch_samples,
+        fold_batchnorm=fold_batchnorm,
     )
     warn(report.warnings)
 
     from ftaudit import report as writers
 
+    warn_untraced(report.model)
     if json_path == "-":
         sys.stdout.write(writers.report_json(report) + "\n")
     write_report_files(

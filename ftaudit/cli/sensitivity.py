@@ -18,6 +18,7 @@ from ftaudit.cli.common import (
     shared_settings,
     show_progress,
     warn,
+    warn_untraced,
     warn_workers,
     write_report_files,
 )
@@ -173,6 +174,7 @@ def sensitivity_command(
     warn(report.warnings)
     from ftaudit.report import sensitivity_report as writers
 
+    warn_untraced(report.model)
     if machine_output:
         sys.stdout.write(writers.payload_json(report.to_dict()))
     write_report_files(

@@ -166,8 +166,9 @@ def validate_harden_workers(*, workers: int, ray: str | None) -> None:
 
 
 def _training_data(model, dataset: Dataset) -> TrainingData:
-    x = model.fit_input(dataset.x)
-    return TrainingData(np.ascontiguousarray(x, dtype=np.float32), dataset.y.astype(np.int64))
+    x = model.input_array(dataset)
+    dtype = x.dtype if model.integer_input else np.float32
+    return TrainingData(np.ascontiguousarray(x, dtype=dtype), dataset.y.astype(np.int64))
 
 
 def harden(
@@ -401,6 +402,7 @@ def harden(
                 "n": len(val),
                 "limit": limit,
             },
+            x_raw=val.x if source.integer_input else None,
         )
         before = audit(
             source, eval_data, progress=_stage(progress, "evaluating the input model"), **common
