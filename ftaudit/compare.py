@@ -30,10 +30,10 @@ from ftaudit.evaluation import (
     resolved_options,
     validate_options,
 )
+from ftaudit.execution import execution_session
 from ftaudit.models import AuditModel, CrossbarLayer, load_model
 from ftaudit.noise import NoiseModel
 from ftaudit.options import DeviceEffectOptions, MonteCarloOptions, PerturbOptions, ScaleOutOptions
-from ftaudit.parallel import ray_session
 from ftaudit.results import AuditReport, Interval, SigmaResult
 from ftaudit.stats import mean_interval, paired_kpp_difference_interval
 
@@ -385,7 +385,7 @@ def compare(
         **effect_options.as_kwargs(),
     }
     reports = {}
-    with ray_session(ray, workers):
+    with execution_session(workers, ray):  # one pool (or Ray connection) for both
         for role, model, chosen in (
             ("baseline", base_model, selected),
             ("candidate", cand_model, cand_selected),

@@ -17,6 +17,7 @@ from ftaudit.data import Dataset, load_dataset, validate_labels
 from ftaudit.device_effects import Condition
 from ftaudit.errors import UserError
 from ftaudit.eval_checkpoint import CheckpointWriter, check_checkpoint_dir, load_progress
+from ftaudit.execution import backend_for, release
 from ftaudit.models import AuditModel, load_model
 from ftaudit.models.fingerprint import model_bytes, model_sha256
 from ftaudit.montecarlo import (
@@ -28,7 +29,7 @@ from ftaudit.montecarlo import (
 )
 from ftaudit.noise import NoiseModel, get_noise_model
 from ftaudit.options import DeviceEffectOptions, MonteCarloOptions, PerturbOptions, ScaleOutOptions
-from ftaudit.parallel import WorkerSpec, close_backend, make_backend, threads_per_worker
+from ftaudit.parallel import WorkerSpec, threads_per_worker
 from ftaudit.results import AuditReport, GateResult, Interval, LayerInfo, SigmaResult
 from ftaudit.stats import summarize
 
@@ -414,7 +415,7 @@ def audit(
         evaluator = ChunkEvaluator(
             runner, crossbar, sigmas, seed, effects, batch_samples=samples_per_pass
         )
-    backend = make_backend(spec, evaluator, workers=workers, ray=ray)
+    backend = backend_for(spec, evaluator, workers=workers, ray=ray)
     try:
         counts = run_monte_carlo(
             runner,
@@ -434,7 +435,7 @@ def audit(
     finally:
         if writer is not None and latest:
             writer(latest[0], force=True)  # also after Ctrl-C: nothing counted is lost
-        close_backend(backend)
+        release(backend)
         if evaluator is not None:
             evaluator.close()
     execution = backend.describe()

@@ -40,10 +40,10 @@ from ftaudit.evaluation import (
     resolved_options,
     validate_options,
 )
+from ftaudit.execution import execution_session
 from ftaudit.models import AuditModel, CrossbarLayer, load_model
 from ftaudit.noise import NoiseModel
 from ftaudit.options import DeviceEffectOptions, MonteCarloOptions, PerturbOptions, ScaleOutOptions
-from ftaudit.parallel import ray_session
 from ftaudit.results import AuditReport, Interval, SigmaResult
 
 SENSITIVITY_SCHEMA_VERSION = "1.0"
@@ -385,7 +385,7 @@ def sensitivity(
             **effect_options.as_kwargs(),
         )
 
-    with ray_session(ray, workers):  # one Ray connection for every run
+    with execution_session(workers, ray):  # one pool (or Ray connection) for every run
         everything = run(analog, "all analog layers")
         clean = everything.clean_accuracy
         all_points = points_of(everything)

@@ -13,26 +13,19 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ftaudit._optional import require_torch
+from ftaudit.execution import Pool, bind, open_pool
 from ftaudit.harden.trainable import TrainableModel
 from ftaudit.harden.training import TrainingData
 from ftaudit.models.base import AuditModel, CrossbarLayer, contiguous_input
 from ftaudit.montecarlo import ChunkEvaluator, Crossbar, SampleBackend
 from ftaudit.noise.base import NoiseModel
-from ftaudit.parallel import (
-    ProcessBackend,
-    RayBackend,
-    RetriedChunk,
-    _limit_threads,
-    _ray_chunk,
-    threads_per_worker,
-)
+from ftaudit.parallel import _limit_threads, threads_per_worker
 
 FEATURE = "ftaudit harden --workers"
 
@@ -105,46 +98,7 @@ def state_bytes(trainable: TrainableModel) -> bytes:
     return buffer.getvalue()
 
 
-# --- one pool for the run; chunks carry their evaluation's spec ------------------------------
-class _ProcessPool(ProcessBackend):
-    """Spawned worker processes started once; every chunk names the spec it evaluates."""
-
-    def __init__(self, workers: int) -> None:
-        super().__init__(None, workers)
-
-    def handle(self, spec: TrainableWorkerSpec) -> Any:
-        return spec
-
-    def submit_spec(self, handle: Any, start: int, stop: int, active: Sequence[int]) -> Any:
-        return RetriedChunk(self, _ray_chunk, (handle, start, stop, list(active)))
-
-
-class _RayPool(RayBackend):
-    """A Ray connection kept for the run; each spec is put in the object store once."""
-
-    def __init__(self, address: str, workers: int | None) -> None:
-        super().__init__(None, address, workers)
-
-    def handle(self, spec: TrainableWorkerSpec) -> Any:
-        return self._ray.put(spec)
-
-    def submit_spec(self, handle: Any, start: int, stop: int, active: Sequence[int]) -> Any:
-        return self._task.remote(handle, start, stop, list(active)).future()
-
-
-@dataclass
-class _BoundBackend:
-    """The ``SampleBackend`` of one evaluation: the run's pool with that evaluation's spec."""
-
-    pool: _ProcessPool | _RayPool
-    handle: Any
-    parallelism: int
-
-    def submit(self, start: int, stop: int, active: Sequence[int]) -> Future[np.ndarray]:
-        return self.pool.submit_spec(self.handle, start, stop, active)
-
-    def describe(self) -> dict[str, Any]:
-        return self.pool.describe()
+# --- one pool for the run (ftaudit.execution); chunks carry their evaluation's spec ----------
 
 
 class HardenWorkers:
@@ -180,11 +134,10 @@ class HardenWorkers:
         static["noise"] = noise.parameters()
         digest.update(repr(sorted(static.items())).encode())
         self._digest = digest.digest()
-        self.pool: _ProcessPool | _RayPool = (
-            _RayPool(ray, None if workers == 1 else workers)
-            if ray is not None
-            else _ProcessPool(workers)
-        )
+        # every epoch's weights make a new spec, never released: each chunk carries it
+        pool = open_pool(workers, ray, by_file=False)
+        assert pool is not None  # open_workers asks for workers only with --workers/--ray
+        self.pool: Pool = pool
 
     def spec(
         self,
@@ -225,7 +178,7 @@ class HardenWorkers:
         spec = self.spec(
             trainable, sigmas=sigmas, seed=seed, batch_size=batch_size, objective=objective
         )
-        return _BoundBackend(self.pool, self.pool.handle(spec), self.pool.parallelism)
+        return bind(self.pool, spec)
 
     def describe(self) -> dict[str, Any]:
         return self.pool.describe()
