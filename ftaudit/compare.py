@@ -24,6 +24,7 @@ from ftaudit.device_effects import format_time
 from ftaudit.errors import UserError
 from ftaudit.evaluation import (
     audit,
+    exact_name_glob,  # noqa: F401 (re-exported)
     prepare_run,
     resolve_data,
     resolve_noise,
@@ -31,7 +32,7 @@ from ftaudit.evaluation import (
     validate_options,
 )
 from ftaudit.execution import execution_session
-from ftaudit.models import AuditModel, CrossbarLayer, load_model
+from ftaudit.models import AuditModel, load_model
 from ftaudit.noise import NoiseModel
 from ftaudit.options import DeviceEffectOptions, MonteCarloOptions, PerturbOptions, ScaleOutOptions
 from ftaudit.results import AuditReport, Interval, SigmaResult
@@ -43,15 +44,6 @@ BOOTSTRAP_KEY = 1_000_010
 
 #: ``progress(stage, done, total)``: samples done of ``total`` in the named stage
 StageProgress = Callable[[str, int, int], None]
-
-
-def exact_name_glob(name: str) -> str:
-    """A glob that matches exactly ``name``: ``*``, ``?`` and ``[`` are bracket-escaped."""
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
-
-
-def exact_globs(layers: Sequence[CrossbarLayer]) -> list[str]:
-    return [exact_name_glob(layer.name) for layer in layers]
 
 
 def validate_fraction(value: float | None, flag: str, example: str) -> None:
@@ -361,7 +353,7 @@ def compare(
     prepare_run(
         cand_model,
         dataset,
-        layers=exact_globs(cand_selected),
+        layers=cand_selected,
         exclude=None,
         noise=noise_model,
         batch_size=batch_size,
@@ -393,7 +385,7 @@ def compare(
             reports[role] = audit(
                 model,
                 dataset,
-                layers=exact_globs(chosen),
+                layers=chosen,
                 progress=stage_progress(progress, role),
                 **common,
             )

@@ -18,7 +18,7 @@ from ftaudit.device_effects import Condition
 from ftaudit.errors import UserError
 from ftaudit.eval_checkpoint import CheckpointWriter, check_checkpoint_dir, load_progress
 from ftaudit.execution import backend_for, release
-from ftaudit.models import AuditModel, load_model
+from ftaudit.models import AuditModel, CrossbarLayer, load_model
 from ftaudit.models.fingerprint import model_bytes, model_sha256
 from ftaudit.montecarlo import (
     ChunkEvaluator,
@@ -161,11 +161,45 @@ def evaluate_gates(
     return gates
 
 
+def exact_name_glob(name: str) -> str:
+    """A glob that matches exactly ``name``: ``*``, ``?`` and ``[`` are bracket-escaped."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+#: ``layers`` of audit: name globs, or crossbar layers already resolved (compare, sensitivity)
+LayerChoice = str | CrossbarLayer
+
+
+def choose_layers(
+    model: AuditModel, layers: Sequence[LayerChoice] | None, exclude: Sequence[str] | None
+) -> list[CrossbarLayer]:
+    """The crossbar layers to perturb: resolved layers are taken as they are (in the model's
+    order), globs matched against the model's layer names."""
+    if layers and all(isinstance(layer, CrossbarLayer) for layer in layers):
+        names = {layer.name for layer in layers if isinstance(layer, CrossbarLayer)}
+        chosen = [layer for layer in model.select_layers(None, exclude) if layer.name in names]
+        if chosen:
+            return chosen
+        # all of them excluded: the globs' error names the model's layers
+        return model.select_layers([exact_name_glob(name) for name in sorted(names)], exclude)
+    return model.select_layers(layer_globs(layers), exclude)
+
+
+def layer_globs(layers: Sequence[LayerChoice] | None) -> list[str] | None:
+    """``layers`` as the globs a report records (a resolved layer: its exact-name glob)."""
+    if layers is None:
+        return None
+    return [
+        exact_name_glob(layer.name) if isinstance(layer, CrossbarLayer) else layer
+        for layer in layers
+    ]
+
+
 def prepare_run(
     model: AuditModel,
     dataset: Dataset,
     *,
-    layers: Sequence[str] | None,
+    layers: Sequence[LayerChoice] | None,
     exclude: Sequence[str] | None,
     noise: NoiseModel,
     batch_size: int,
@@ -174,7 +208,7 @@ def prepare_run(
     batch_required: bool = True,
 ):
     """Select layers, bind data to a runner and check the data fits the model's output."""
-    selected = model.select_layers(layers, exclude)
+    selected = choose_layers(model, layers, exclude)
     check_finite_weights(model)
     x = model.input_array(dataset)
     runner = build_runner(
@@ -272,7 +306,7 @@ def audit(
     seed: int = MonteCarloOptions.seed,
     batch_size: int = MonteCarloOptions.batch_size,
     device: str = MonteCarloOptions.device,
-    layers: Sequence[str] | None = None,
+    layers: Sequence[LayerChoice] | None = None,
     exclude: Sequence[str] | None = None,
     limit: int | None = None,
     mean: Sequence[float] | None = None,
@@ -484,7 +518,7 @@ def audit(
         options={
             **resolved_options(
                 batch_size=batch_size,
-                layers=layers,
+                layers=layer_globs(layers),
                 exclude=exclude,
                 mean=mean,
                 std=std,

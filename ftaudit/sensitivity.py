@@ -25,7 +25,6 @@ import numpy as np
 from ftaudit import __version__
 from ftaudit.compare import (
     StageProgress,
-    exact_globs,
     row_label,
     stage_progress,
     validate_fraction,
@@ -378,7 +377,7 @@ def sensitivity(
             seed=seed,
             batch_size=batch_size,
             device=device,
-            layers=exact_globs(perturbed),
+            layers=perturbed,
             progress=stage_progress(progress, f"[{counter}] {label}"),
             workers=workers,
             ray=ray,
