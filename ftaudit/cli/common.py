@@ -44,30 +44,31 @@ def show_progress(machine_output: bool) -> bool:
 
 
 def run_with_progress(audit_fn: Any, show: bool, *args: Any, **kwargs: Any) -> Any:
-    """Call ``audit_fn`` with a rich progress bar on stderr when a person is watching."""
-    if not show:
-        return audit_fn(*args, **kwargs)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    """Call ``audit_fn`` (whose ``progress`` takes (done, total)) with the progress bar of
+    ``run_with_stages``, labelled "Monte Carlo samples" throughout."""
+    label = "Monte Carlo samples"
 
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=stderr_console(),
-        transient=True,
-    ) as bar:
-        task = bar.add_task("Monte Carlo samples", total=kwargs.get("samples"))
+    def staged(*inner: Any, progress: Any, **options: Any) -> Any:
         return audit_fn(
-            *args,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-            **kwargs,
+            *inner, progress=lambda done, total: progress(label, done, total), **options
         )
 
+    if not show:
+        return audit_fn(*args, **kwargs)
+    return run_with_stages(staged, show, *args, first_stage=label, **kwargs)
 
-def run_with_stages(fn: Any, show: bool, *args: Any, console: Any = None, **kwargs: Any) -> Any:
+
+def run_with_stages(
+    fn: Any,
+    show: bool,
+    *args: Any,
+    console: Any = None,
+    first_stage: str = "starting",
+    **kwargs: Any,
+) -> Any:
     """Call ``fn`` with a progress bar (with ETA) on stderr whose label follows the current
-    stage; lines printed on ``console`` meanwhile appear above the bar."""
+    stage (``progress(stage, done, total)``); lines printed on ``console`` meanwhile appear
+    above the bar."""
     if not show:
         return fn(*args, **kwargs)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -82,7 +83,7 @@ def run_with_stages(fn: Any, show: bool, *args: Any, console: Any = None, **kwar
         console=console or stderr_console(),
         transient=True,
     ) as bar:
-        task = bar.add_task("starting", total=kwargs.get("samples"))
+        task = bar.add_task(escape(first_stage), total=kwargs.get("samples"))
 
         def update(stage: str, done: int, total: int) -> None:
             bar.update(task, description=escape(stage), completed=done, total=total)
