@@ -95,6 +95,14 @@ def command_line() -> list[str]:
     return ["ftaudit", *run_argv()]
 
 
+def noise_of(settings: Any) -> Any:
+    """The noise model the settings name (with their device options): the one place the CLI
+    builds it from settings."""
+    from ftaudit.noise import get_noise_model
+
+    return get_noise_model(settings.noise, bits=settings.bits, cell_bits=settings.cell_bits)
+
+
 def shared_settings(config: Path | None, flags: dict[str, Any]) -> EvalSettings:
     """eval's options: ftaudit.toml defaults under the given flags; data and sigma required
     (sigma defaults to the noise profile's, as in eval)."""
@@ -116,9 +124,7 @@ def shared_settings(config: Path | None, flags: dict[str, Any]) -> EvalSettings:
             flags[key] = tuple(flags[key] or ())
     settings = merge(load_settings(config, Path.cwd()), flags)
     if settings.sigma is None:
-        from ftaudit.noise import get_noise_model
-
-        noise = get_noise_model(settings.noise, bits=settings.bits, cell_bits=settings.cell_bits)
+        noise = noise_of(settings)
         if getattr(noise.profile, "sigma", None) is not None:
             settings = replace(settings, sigma=noise.profile.sigma)
     if settings.sigma is None:
@@ -133,10 +139,8 @@ def shared_settings(config: Path | None, flags: dict[str, Any]) -> EvalSettings:
 def effect_options(settings: EvalSettings) -> DeviceEffectOptions:
     """The drift and stuck-at options, checked against the noise profile like eval's (exit 2)
     before any work or output check."""
-    from ftaudit.noise import get_noise_model
-
     options = DeviceEffectOptions.from_settings(settings)
-    noise = get_noise_model(settings.noise, bits=settings.bits, cell_bits=settings.cell_bits)
+    noise = noise_of(settings)
     options.resolve(noise.profile)  # bad values fail here, before any work
     return options
 

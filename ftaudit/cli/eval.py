@@ -12,6 +12,7 @@ import typer
 from ftaudit.cli.common import (
     check_output_paths,
     input_files,
+    noise_of,
     run_with_progress,
     show_progress,
     warn,
@@ -122,7 +123,6 @@ def eval_command(
     from ftaudit.config import load_settings, merge, parse_floats, parse_sigmas
     from ftaudit.device_effects import parse_stuck_at, parse_time, parse_times
     from ftaudit.evaluation import audit, validate_options, validate_scale_out
-    from ftaudit.noise import get_noise_model
 
     settings = merge(
         load_settings(config, Path.cwd()),
@@ -157,7 +157,7 @@ def eval_command(
     )
     validate_scale_out(workers=settings.workers, checkpoint_dir=checkpoint_dir, resume=resume)
     warn_workers(settings.workers, ray)
-    noise_model = get_noise_model(settings.noise, bits=settings.bits, cell_bits=settings.cell_bits)
+    noise_model = noise_of(settings)
     if settings.sigma is None and getattr(noise_model.profile, "sigma", None) is not None:
         settings = replace(settings, sigma=noise_model.profile.sigma)
     if settings.sigma is None:
