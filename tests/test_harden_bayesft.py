@@ -15,8 +15,8 @@ optuna = pytest.importorskip("optuna")
 
 from ftaudit.errors import UserError  # noqa: E402
 from ftaudit.harden.api import harden  # noqa: E402
-from ftaudit.harden.bayesft import bayesft_objective, insert_dropout  # noqa: E402
 from ftaudit.harden.methods import HARDEN_METHODS  # noqa: E402
+from ftaudit.harden.methods.bayesft import bayesft_objective, insert_dropout  # noqa: E402
 from ftaudit.harden.trainable import make_trainable  # noqa: E402
 from ftaudit.harden.training import TrainingData  # noqa: E402
 from ftaudit.models import load_model  # noqa: E402

@@ -114,7 +114,7 @@ def test_bayesft_objective_from_a_worker_spec_matches_the_local_one(setup) -> No
     """In process: a worker's objective evaluator (plain trainable, no dropout modules, loaded
     from the dropout model's state) gives the local objective, chunk by chunk."""
     torch = pytest.importorskip("torch")
-    from ftaudit.harden.bayesft import bayesft_objective, insert_dropout
+    from ftaudit.harden.methods.bayesft import bayesft_objective, insert_dropout
 
     source = load_model(setup["onnx"])
     layers = source.select_layers()

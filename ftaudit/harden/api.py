@@ -21,9 +21,9 @@ from ftaudit.errors import UserError
 from ftaudit.eval_checkpoint import check_checkpoint_dir
 from ftaudit.evaluation import audit
 from ftaudit.fileio import check_output_path
-from ftaudit.harden.bayesft import validate_bayesft_options
 from ftaudit.harden.checkpoint import load_checkpoint
 from ftaudit.harden.methods import EpochCallback, HardenContext, StageProgress, get_method
+from ftaudit.harden.methods.bayesft import validate_bayesft_options
 from ftaudit.harden.parallel_eval import open_workers
 from ftaudit.harden.settings import CLEAN_DROP_NOTICE
 from ftaudit.harden.settings import HARDEN_DEFAULTS as DEFAULTS

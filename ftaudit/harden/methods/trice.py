@@ -1,58 +1,21 @@
-"""Harden methods, registered by name: erm (plain fine-tuning), noise (NoiseTrain), trice, and
-bayesft (defined in ``bayesft``). The shared base (context, result, resume) lives in
-``method_base``, which the methods import; this registry imports the methods.
-
-Each method trains from the input model's weights and returns the model to export plus what
-it chose; the shared loop, noise and evaluation live in ``training``.
-"""
+"""TRICE (Algorithm 3 of the paper): three models trained under right-censored noise while a
+search narrows the training sigma_t by their validation KPP."""
 
 from __future__ import annotations
 
 import copy
-import difflib
 from typing import Any
 
-from ftaudit.errors import UserError
-from ftaudit.harden.bayesft import BayesftMethod
-from ftaudit.harden.method_base import (
-    EVAL_KEY,
-    EpochCallback,
+from ftaudit.harden.methods.base import (
     HardenContext,
     HardenMethod,
     MethodResult,
-    StageProgress,
     _checkpoint,
     _optimizer,
     _restore,
 )
 from ftaudit.harden.training import TrainingNoise, quantile_eval
 from ftaudit.harden.trice_search import TriceSearch
-
-__all__ = [
-    "EVAL_KEY",
-    "HARDEN_METHODS",
-    "EpochCallback",
-    "HardenContext",
-    "HardenMethod",
-    "MethodResult",
-    "StageProgress",
-    "get_method",
-]
-
-
-class ErmMethod(HardenMethod):
-    """Plain fine-tuning without noise (the 'w/o noise' baseline)."""
-
-    name = "erm"
-
-
-class NoiseMethod(HardenMethod):
-    """NoiseTrain (TRICE Algorithm 1): gradients at weights perturbed by the evaluation noise."""
-
-    name = "noise"
-
-    def training_noise(self, ctx: HardenContext) -> TrainingNoise | None:
-        return TrainingNoise(ctx.noise, ctx.sigma)
 
 
 class TriceMethod(HardenMethod):
@@ -127,22 +90,3 @@ class TriceMethod(HardenMethod):
             "search": search.to_dict(),
         }
         return MethodResult(models[final], details, history)
-
-
-#: name -> method; the docstring's first line is the help text
-HARDEN_METHODS: dict[str, type[HardenMethod]] = {
-    cls.name: cls for cls in (ErmMethod, NoiseMethod, TriceMethod, BayesftMethod)
-}
-
-
-def get_method(name: str) -> HardenMethod:
-    """A harden method by name, with a 'did you mean' for typos."""
-    cls = HARDEN_METHODS.get(name)
-    if cls is None:
-        close = difflib.get_close_matches(name, list(HARDEN_METHODS), n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise UserError(
-            f"unknown harden method '{name}'",
-            hint=f"{hint}choose one of {', '.join(HARDEN_METHODS)}",
-        )
-    return cls()

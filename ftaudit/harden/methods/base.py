@@ -1,8 +1,8 @@
 """What every harden method builds on: the context a method gets (data, noise, settings, the
 shared training epoch), its result, resume from a checkpoint, and the plain one-model loop.
 
-The methods themselves (erm, noise, trice in ``methods``, bayesft in ``bayesft``) import this
-module; the registry in ``methods`` imports them, so the dependency runs one way."""
+The methods (``erm``, ``noise``, ``trice``, ``bayesft`` beside this module) import it; the
+registry in the package's ``__init__`` imports them, so the dependency runs one way."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ from ftaudit._optional import require_torch
 from ftaudit.errors import MissingExtraError, UserError
 from ftaudit.fileio import check_output_path
 from ftaudit.harden.checkpoint import save_checkpoint
-from ftaudit.harden.method_base import (
+from ftaudit.harden.methods.base import (
     HardenContext,
     HardenMethod,
     MethodResult,
@@ -703,7 +703,7 @@ class BayesftMethod(HardenMethod):
         history: list[dict[str, Any]],
         table: list[dict[str, Any]],
     ) -> None:
-        """``method_base._checkpoint``'s layout, plus the trial table and the best trial's
+        """``base._checkpoint``'s layout, plus the trial table and the best trial's
         weights."""
         if ctx.checkpoint_dir is None:
             return
