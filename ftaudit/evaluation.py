@@ -535,11 +535,5 @@ def audit(
 
 
 def validate_scale_out(*, workers: int, checkpoint_dir: Path | str | None, resume: bool) -> None:
-    """Reject impossible --workers/--resume combinations before any work."""
-    if workers < 1:
-        raise UserError(f"--workers must be at least 1, got {workers}", hint="e.g. --workers 2")
-    if resume and checkpoint_dir is None:
-        raise UserError(
-            "--resume needs the --checkpoint-dir of the interrupted run",
-            hint="pass --checkpoint-dir DIR --resume",
-        )
+    """Reject impossible --workers/--resume combinations before any work (``ScaleOutOptions``)."""
+    ScaleOutOptions(workers=workers, checkpoint_dir=checkpoint_dir, resume=resume).validate()

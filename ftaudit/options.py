@@ -100,8 +100,22 @@ class ScaleOutOptions(_Group):
 
     workers: int = 1
     ray: str | None = None  # 'local', 'auto' or HOST:PORT
-    checkpoint_dir: Path | None = None
+    checkpoint_dir: Path | str | None = None
     resume: bool = False
+
+    def validate(self) -> None:
+        """Reject impossible --workers/--resume combinations before any work."""
+        from ftaudit.errors import UserError
+
+        if self.workers < 1:
+            raise UserError(
+                f"--workers must be at least 1, got {self.workers}", hint="e.g. --workers 2"
+            )
+        if self.resume and self.checkpoint_dir is None:
+            raise UserError(
+                "--resume needs the --checkpoint-dir of the interrupted run",
+                hint="pass --checkpoint-dir DIR --resume",
+            )
 
 
 @dataclass(frozen=True)

@@ -77,3 +77,11 @@ def test_output_files_leave_stdout_to_the_caller():
     outputs = OutputOptions(json="-", csv=Path("t.csv"), quiet=True)
     assert outputs.machine_output
     assert outputs.files() == {"csv": Path("t.csv"), "plot": None, "html": None, "junit": None}
+
+
+def test_scale_out_is_validated_in_one_place():
+    ScaleOutOptions(workers=2, checkpoint_dir="ckpt", resume=True).validate()
+    with pytest.raises(UserError, match="--workers must be at least 1, got 0"):
+        ScaleOutOptions(workers=0).validate()
+    with pytest.raises(UserError, match="--resume needs the --checkpoint-dir"):
+        ScaleOutOptions(resume=True).validate()

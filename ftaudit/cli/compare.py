@@ -55,6 +55,7 @@ from ftaudit.cli.options import (
     WorkersOpt,
 )
 from ftaudit.errors import GateFailure
+from ftaudit.options import OutputOptions
 
 
 @exit_codes
@@ -147,7 +148,10 @@ def compare_command(
             "JUnit XML": junit_path,
         },
     )
-    machine_output = json_path == "-"
+    outputs = OutputOptions(
+        json=json_path, csv=csv_path, html=html_path, junit=junit_path, quiet=quiet
+    )
+    machine_output = outputs.machine_output
     report = run_with_stages(
         compare,
         show_progress(machine_output),
@@ -164,11 +168,7 @@ def compare_command(
     warn_untraced(report.candidate.model)
     if machine_output:
         sys.stdout.write(writers.payload_json(report.to_dict()))
-    write_report_files(
-        "compare",
-        report,
-        {"json": json_path, "csv": csv_path, "html": html_path, "junit": junit_path},
-    )
+    write_report_files("compare", report, outputs.files())
     if not quiet and not machine_output:
         from rich.console import Console
 

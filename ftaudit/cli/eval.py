@@ -58,7 +58,7 @@ from ftaudit.cli.options import (
     WorkersOpt,
 )
 from ftaudit.errors import GateFailure, UserError
-from ftaudit.options import DeviceEffectOptions
+from ftaudit.options import DeviceEffectOptions, OutputOptions
 
 
 @exit_codes
@@ -190,7 +190,10 @@ def eval_command(
         },
     )
 
-    machine_output = json_path == "-"
+    outputs = OutputOptions(
+        json=json_path, csv=csv_path, plot=plot_path, html=html_path, junit=junit_path, quiet=quiet
+    )
+    machine_output = outputs.machine_output
     report = run_with_progress(
         audit,
         show_progress(machine_output),
@@ -229,17 +232,7 @@ def eval_command(
     warn_untraced(report.model)
     if json_path == "-":
         sys.stdout.write(writers.report_json(report) + "\n")
-    write_report_files(
-        "audit",
-        report,
-        {
-            "json": json_path,
-            "csv": csv_path,
-            "plot": plot_path,
-            "html": html_path,
-            "junit": junit_path,
-        },
-    )
+    write_report_files("audit", report, outputs.files())
     if not quiet and not machine_output:
         from rich.console import Console
 

@@ -53,6 +53,7 @@ from ftaudit.cli.options import (
     TimeOpt,
     WorkersOpt,
 )
+from ftaudit.options import OutputOptions
 
 
 @exit_codes
@@ -162,7 +163,10 @@ def sensitivity_command(
             "JUnit XML": junit_path,
         },
     )
-    machine_output = json_path == "-"
+    outputs = OutputOptions(
+        json=json_path, csv=csv_path, plot=plot_path, html=html_path, junit=junit_path, quiet=quiet
+    )
+    machine_output = outputs.machine_output
     report = run_with_stages(
         sensitivity,
         show_progress(machine_output),
@@ -177,17 +181,7 @@ def sensitivity_command(
     warn_untraced(report.model)
     if machine_output:
         sys.stdout.write(writers.payload_json(report.to_dict()))
-    write_report_files(
-        "sensitivity",
-        report,
-        {
-            "json": json_path,
-            "csv": csv_path,
-            "plot": plot_path,
-            "html": html_path,
-            "junit": junit_path,
-        },
-    )
+    write_report_files("sensitivity", report, outputs.files())
     if not quiet and not machine_output:
         from rich.console import Console
 
