@@ -20,7 +20,6 @@ import numpy as np
 
 from ftaudit import __version__
 from ftaudit.data import Dataset
-from ftaudit.device_effects import format_time
 from ftaudit.errors import UserError
 from ftaudit.evaluation import (
     audit,
@@ -37,6 +36,7 @@ from ftaudit.noise import NoiseModel
 from ftaudit.options import DeviceEffectOptions, MonteCarloOptions, PerturbOptions, ScaleOutOptions
 from ftaudit.results import AuditReport, Interval, SigmaResult
 from ftaudit.stats import mean_interval, paired_kpp_difference_interval
+from ftaudit.units import format_time
 
 COMPARE_SCHEMA_VERSION = "1.0"
 #: SeedSequence key of the paired KPP bootstrap (apart from the samples' (i, l) keys)

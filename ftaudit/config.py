@@ -214,11 +214,11 @@ def settings_from_config(table: dict[str, Any], path: Path) -> EvalSettings:
         elif key in FLOAT_LIST_KEYS:
             value = parse_floats(value, key)
         elif key == "time":
-            from ftaudit.device_effects import parse_times
+            from ftaudit.units import parse_times
 
             value = parse_times(value)
         elif key == "stuck_at":
-            from ftaudit.device_effects import parse_stuck_at
+            from ftaudit.units import parse_stuck_at
 
             value = parse_stuck_at(value)
         elif key in TUPLE_KEYS:

@@ -107,7 +107,7 @@ class GateResult:
         verdict = "passed" if self.passed else "FAILED"
         where = f"sigma={self.sigma:g}"
         if self.time_s is not None:
-            from ftaudit.device_effects import format_time
+            from ftaudit.units import format_time
 
             where += f", t={format_time(self.time_s)}, compensation={self.compensation}"
         return (

@@ -77,6 +77,10 @@ def test_the_cycle_check_finds_a_cycle():
         ("ftaudit.stats", "ftaudit.evaluation"),
         ("ftaudit.montecarlo", "ftaudit.evaluation"),
         ("ftaudit.parallel", "ftaudit.evaluation"),
+        ("ftaudit.report", "ftaudit.device_effects"),
+        ("ftaudit.report", "ftaudit.models"),
+        ("ftaudit.results", "ftaudit.device_effects"),
+        ("ftaudit.options", "ftaudit.evaluation"),
     ],
 )
 def test_dependencies_run_one_way(lower, upper):

@@ -107,7 +107,7 @@ def shared_settings(config: Path | None, flags: dict[str, Any]) -> EvalSettings:
     """eval's options: ftaudit.toml defaults under the given flags; data and sigma required
     (sigma defaults to the noise profile's, as in eval)."""
     from ftaudit.config import load_settings, merge, parse_floats, parse_sigmas
-    from ftaudit.device_effects import parse_stuck_at, parse_time, parse_times
+    from ftaudit.units import parse_stuck_at, parse_time, parse_times
 
     for key, parse in (
         ("sigma", parse_sigmas),

@@ -121,8 +121,8 @@ def eval_command(
 ) -> None:
     """Monte Carlo accuracy (mean and KPP) of MODEL under device variation."""
     from ftaudit.config import load_settings, merge, parse_floats, parse_sigmas
-    from ftaudit.device_effects import parse_stuck_at, parse_time, parse_times
     from ftaudit.evaluation import audit, validate_options, validate_scale_out
+    from ftaudit.units import parse_stuck_at, parse_time, parse_times
 
     settings = merge(
         load_settings(config, Path.cwd()),

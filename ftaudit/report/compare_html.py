@@ -38,7 +38,7 @@ def _interval(interval: Mapping[str, Any] | None) -> str:
 
 def row_label(row: Mapping[str, Any]) -> str:
     """'σ 0.3', or 'σ 0.3 · 1y · global' for a drift row."""
-    from ftaudit.device_effects import format_time
+    from ftaudit.units import format_time
 
     label = f"σ {row['sigma']:g}"
     if row.get("time_s") is not None:

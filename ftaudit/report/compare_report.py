@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 from rich import box
 from rich.table import Table
 
-from ftaudit.device_effects import format_time
 from ftaudit.fileio import atomic_write_text
 from ftaudit.report._registry import register_writer
 from ftaudit.report.csv_report import SafeCsvWriter, _cell
 from ftaudit.report.json_report import to_json_compatible
 from ftaudit.report.table import _COMPENSATION_LABELS, _effects_caption, _noise_label, _percent
 from ftaudit.text import escape
+from ftaudit.units import format_time
 
 if TYPE_CHECKING:
     from ftaudit.compare import CompareReport, PairedSigmaResult, WorseGate

@@ -103,7 +103,7 @@ def _has_times(data: Mapping[str, Any]) -> bool:
 
 
 def _time(value: float | None) -> str:
-    from ftaudit.device_effects import format_time
+    from ftaudit.units import format_time
 
     return "" if value is None else format_time(value)
 
@@ -239,7 +239,7 @@ def _drift_chart(data: Mapping[str, Any]) -> Raw:
 def device_summary(data: Mapping[str, Any]) -> dict[str, str]:
     """The device in a few readable lines: noise model, weight encoding, the per-level
     multipliers as a range, drift, compensation and stuck-at faults."""
-    from ftaudit.device_effects import format_time
+    from ftaudit.units import format_time
 
     noise = dict(data.get("noise") or {})
     name = str(noise.pop("name", "?"))

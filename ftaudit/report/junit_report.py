@@ -40,7 +40,7 @@ def _where(gate: Mapping[str, Any], sep: str = " ") -> str:
     """``sigma 0.3`` (``sep`` "=": ``sigma=0.3``), plus the time and compensation of a drift row."""
     where = f"sigma{sep}{_number(gate['sigma'])}"
     if gate.get("time_s") is not None:
-        from ftaudit.device_effects import format_time
+        from ftaudit.units import format_time
 
         where += f", t={format_time(gate['time_s'])}, compensation={gate.get('compensation')}"
     return where

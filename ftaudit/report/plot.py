@@ -92,7 +92,7 @@ def write_plot(report: AuditReport, path: Path) -> None:
 def _write_time_plot(plt: Any, report: AuditReport, path: Path) -> None:
     """Mean (left) and KPP (right) against time after programming: one colour per sigma,
     solid with global drift compensation, dashed without; times as evenly spaced labels."""
-    from ftaudit.device_effects import format_time
+    from ftaudit.units import format_time
 
     times = sorted({float(r.time_s) for r in report.results if r.time_s is not None})
     sigmas = sorted({r.sigma for r in report.results})

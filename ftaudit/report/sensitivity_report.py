@@ -13,7 +13,6 @@ from rich.table import Table
 from rich.text import Text
 
 from ftaudit._optional import require_matplotlib
-from ftaudit.device_effects import format_time
 from ftaudit.fileio import atomic_write, atomic_write_text
 from ftaudit.report._registry import register_writer
 from ftaudit.report.compare_report import payload_json
@@ -26,6 +25,7 @@ from ftaudit.report.table import (
     effects_caption_lines,
 )
 from ftaudit.text import escape
+from ftaudit.units import format_time
 
 if TYPE_CHECKING:
     from ftaudit.sensitivity import SensitivityReport

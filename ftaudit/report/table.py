@@ -10,9 +10,9 @@ from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
 
-from ftaudit.device_effects import format_time
 from ftaudit.results import AuditReport
 from ftaudit.text import escape
+from ftaudit.units import format_time
 
 EARLY_STOP_MARK = "*"
 #: table labels of the compensation modes: the names --compensation takes and the reports use
