@@ -546,6 +546,13 @@ def harden_command(
             help=f"BayesFT: MC samples of the objective [{_HARDEN.objective_samples}].",
         ),
     ] = None,
+    train_draws: Annotated[
+        int | None,
+        typer.Option(
+            "--train-draws",
+            help=f"BayesFT: noise draws averaged per training step [{_HARDEN.train_draws}].",
+        ),
+    ] = None,
     study: Annotated[
         Path | None,
         typer.Option("--study", help="BayesFT: SQLite file holding the search (resumable)."),
@@ -607,6 +614,7 @@ def harden_command(
             "trials": trials,
             "epochs_per_trial": epochs_per_trial,
             "objective_samples": objective_samples,
+            "train_draws": train_draws,
             "limit": limit,
             "workers": workers,
         },

@@ -195,6 +195,7 @@ def harden(
     trials: int = DEFAULTS.trials,
     epochs_per_trial: int = DEFAULTS.epochs_per_trial,
     objective_samples: int = DEFAULTS.objective_samples,
+    train_draws: int = DEFAULTS.train_draws,
     study: Path | str | None = None,
     limit: int | None = DEFAULTS.limit,
     checkpoint_dir: Path | str | None = None,
@@ -233,6 +234,7 @@ def harden(
         trials=trials,
         epochs_per_trial=epochs_per_trial,
         objective_samples=objective_samples,
+        train_draws=train_draws,
         study=study,
         protect=(Path(model), Path(data), Path(output)),
     )
@@ -305,6 +307,7 @@ def harden(
         "max_dropout": max_dropout,
         "epochs_per_trial": epochs_per_trial,
         "objective_samples": objective_samples,
+        "train_draws": train_draws,
     }
     fingerprint = {
         "model_sha256": sha256_file(model_path),

@@ -46,12 +46,14 @@ class HardenSettings:
     search_samples: int = 300
     eval_samples: int = 1000
     eval_sigmas: tuple[float, ...] | None = None  # None: 0, sigma/2, sigma, 3 sigma/2
-    #: BayesFT: upper end of every dropout rate's range (the paper searches [0, 1]; 0.5 keeps
-    #: training stable)
-    max_dropout: float = 0.5
+    #: BayesFT: upper end of every dropout rate's range (the paper's [0, 1], Algorithm 1 line 3)
+    max_dropout: float = 1.0
     trials: int = 10  # BayesFT: Bayesian-optimisation trials (Algorithm 1's outer loop)
     epochs_per_trial: int = 1  # BayesFT: training epochs per trial (Algorithm 1's E)
     objective_samples: int = 20  # BayesFT: Monte Carlo samples T of the objective (eq. 3-4)
+    #: BayesFT: noise draws averaged per training step (Monte Carlo gradient of u, eq. 3-4;
+    #: one draw is already an unbiased estimate, and each further draw costs a forward/backward)
+    train_draws: int = 1
     limit: int | None = None  # train on the first N samples
     workers: int = 1
     config_file: str | None = None  # where the non-default values came from
