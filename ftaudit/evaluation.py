@@ -30,7 +30,7 @@ from ftaudit.montecarlo import (
 from ftaudit.noise import NoiseModel, get_noise_model
 from ftaudit.parallel import WorkerSpec, close_backend, make_backend, threads_per_worker
 from ftaudit.results import AuditReport, GateResult, Interval, LayerInfo, SigmaResult
-from ftaudit.stats import summarize
+from ftaudit.stats import sequential_summary, summarize
 
 DEVICES = ("cpu", "cuda")
 
@@ -428,7 +428,11 @@ def audit(
     results = []
     for j, condition in enumerate(conditions):
         accuracies = counts.accuracies(j, n)
-        summary = summarize(accuracies, k=k)
+        summary = (
+            summarize(accuracies, k=k)
+            if target_ci is None
+            else sequential_summary(accuracies, k=k, samples=samples)
+        )
         if condition.sigma == 0 and effects is None:  # nothing random: the accuracy is exact
             exact = Interval(summary.kpp, summary.kpp, summary.kpp_interval.confidence, "exact")
             summary = replace(summary, kpp_interval=exact, mean_interval=exact)

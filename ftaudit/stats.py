@@ -260,6 +260,69 @@ def kpp_interval_width(
 
 
 # --------------------------------------------------------------------------------------------
+# Early stopping (--target-ci) that keeps the nominal coverage
+
+#: the first sequential look, in samples; later looks double it (50, 100, 200, ...)
+FIRST_LOOK = 50
+SEQUENTIAL_METHOD = "alpha split over the looks at {looks} samples (Bonferroni), {level} each"
+
+
+def sequential_looks(samples: int, first: int = FIRST_LOOK) -> list[int]:
+    """Sample counts at which --target-ci checks its criterion: a geometric schedule
+    first, 2 first, 4 first, ... below ``samples``, then ``samples`` itself (the last look).
+
+    Few looks (log2 of samples/first) keep the per-look level close to the nominal one."""
+    if samples < 1:
+        raise ValueError(f"samples must be at least 1, got {samples}")
+    looks = []
+    n = first
+    while n < samples:
+        looks.append(n)
+        n *= 2
+    return [*looks, samples]
+
+
+def look_confidence(confidence: float, looks: int) -> float:
+    """The level of each look's interval so that, whichever look a run stops at, its interval
+    covers with probability >= ``confidence``: alpha / looks per look (the union bound over
+    the looks holds for any stopping rule, so stopping on the interval's own width is safe)."""
+    _check_confidence(confidence)
+    if looks < 1:
+        raise ValueError(f"looks must be at least 1, got {looks}")
+    return 1.0 - (1.0 - confidence) / looks
+
+
+def sequential_summary(
+    accuracies: np.ndarray | list[float], *, k: float, samples: int, confidence: float = 0.95
+) -> Summary:
+    """``summarize`` of a run that may have stopped early on --target-ci: both intervals at the
+    per-look level of ``sequential_looks(samples)``, labelled with the nominal ``confidence``
+    they keep after stopping."""
+    looks = sequential_looks(samples)
+    level = look_confidence(confidence, len(looks))
+    summary = summarize(accuracies, k=k, confidence=level)
+    note = SEQUENTIAL_METHOD.format(
+        looks=", ".join(str(n) for n in looks), level=f"{100 * level:.4g}%"
+    )
+
+    def relabel(interval: Interval) -> Interval:
+        return Interval(
+            interval.low, interval.high, float(confidence), f"{interval.method}; {note}"
+        )
+
+    return Summary(
+        n=summary.n,
+        mean=summary.mean,
+        std=summary.std,
+        mean_interval=relabel(summary.mean_interval),
+        kpp=summary.kpp,
+        kpp_interval=relabel(summary.kpp_interval),
+        min=summary.min,
+        max=summary.max,
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # Quantiles of the normal and Student t distributions
 
 _ACKLAM_A = (
