@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -12,15 +13,24 @@ REPORT_SCHEMA_VERSION = "1.0"
 
 @dataclass(frozen=True)
 class Interval:
-    """A two-sided confidence interval [low, high] at ``confidence`` (e.g. 0.95)."""
+    """A two-sided confidence interval [low, high] at ``confidence`` (e.g. 0.95).
 
-    low: float
-    high: float
+    A side is None when the samples cannot reach it at this level (the KPP interval with fewer
+    samples than ``stats.kpp_min_samples`` asks for): unavailable, not a bound at 0 or 1."""
+
+    low: float | None
+    high: float | None
     confidence: float
     method: str
 
     def width(self) -> float:
+        """high - low; +inf while a side is unavailable."""
+        if self.low is None or self.high is None:
+            return math.inf
         return self.high - self.low
+
+    def two_sided(self) -> bool:
+        return self.low is not None and self.high is not None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -421,3 +421,17 @@ def test_registry() -> None:
     assert get_writer("csv") is write_csv
     with pytest.raises(UserError, match="did you mean 'json'"):
         get_writer("jsno")
+
+
+def test_table_shows_an_unavailable_kpp_side_as_a_dash_with_the_samples_it_needs(
+    gated_report: AuditReport,
+) -> None:
+    """sigma 0.3's KPP interval has no lower side: a dash, not 0.00, and one footer line."""
+    from ftaudit.stats import kpp_min_samples
+
+    text = _render(audit_table(gated_report))
+    assert "81.05 [–, 81.90]" in text and "[0.00," not in text
+    words = " ".join(text.split())
+    assert f"needs at least {kpp_min_samples(gated_report.k)} samples" in words
+    data = gated_report.to_dict()
+    assert data["results"][2]["kpp_interval"]["low"] is None  # null in the JSON report

@@ -150,23 +150,37 @@ def test_kpp_interval_covers_the_true_percentile_of_a_normal(k: float) -> None:
     assert (interval.low, interval.high) == (samples[0, lo], samples[0, hi])
 
 
-def test_kpp_interval_small_n_falls_back_to_the_lower_bound() -> None:
+def test_kpp_interval_small_n_leaves_the_lower_side_unavailable() -> None:
     values = [0.91, 0.88, 0.93, 0.90, 0.89]
     # n = 5, q = 0.01: P(B <= 0) = 0.99**5 = 0.951 > 0.025, so no order statistic is low enough;
     # P(B <= 1) = 0.951 + 5 * 0.01 * 0.99**4 = 0.9990 >= 0.975, so the upper end is X_(2).
     assert stats.kpp_interval_ranks(5, 1) == (None, 1)
     interval = stats.kpp_interval(values, 1)
-    assert interval == Interval(0.0, 0.89, 0.95, "order-statistic (binomial), equal-tailed")
+    assert interval == Interval(None, 0.89, 0.95, "order-statistic (binomial), equal-tailed")
+    assert not interval.two_sided() and interval.width() == math.inf
+    assert interval.to_dict()["low"] is None  # null in JSON, not a bound at 0
     assert stats.kpp_interval_width(values, 1) == math.inf
 
 
-def test_kpp_interval_small_n_falls_back_to_the_upper_bound() -> None:
+def test_kpp_interval_small_n_leaves_the_upper_side_unavailable() -> None:
     values = [0.91, 0.88, 0.93, 0.90, 0.89]
     # n = 5, q = 0.99: P(B <= 4) = 1 - 0.99**5 = 0.049 < 0.975, so no upper order statistic;
     # P(B <= 3) = 1 - 0.99**5 - 5 * 0.99**4 * 0.01 = 0.00098 <= 0.025, so the lower end is X_(4).
     assert stats.kpp_interval_ranks(5, 99) == (3, None)
-    interval = stats.kpp_interval(values, 99, bounds=(0.0, 0.95))
-    assert (interval.low, interval.high) == (0.91, 0.95)
+    interval = stats.kpp_interval(values, 99)
+    assert (interval.low, interval.high) == (0.91, None)
+
+
+@pytest.mark.parametrize(
+    ("k", "confidence", "expected"),
+    [(1, 0.95, 368), (5, 0.95, 72), (10, 0.95, 36), (99, 0.95, 368), (1, 0.99, 528)],
+)
+def test_kpp_min_samples_is_the_first_n_with_both_sides(k, confidence, expected) -> None:
+    """k = 1: 0.99**367 = 0.02505 > 0.025 >= 0.99**368 = 0.02480 (the README said 367)."""
+    assert stats.kpp_min_samples(k, confidence) == expected
+    assert None not in stats.kpp_interval_ranks(expected, k, confidence)
+    assert None in stats.kpp_interval_ranks(expected - 1, k, confidence)
+    assert 0.99**367 > 0.025 >= 0.99**368
 
 
 def test_kpp_interval_width_is_the_distance_between_the_order_statistics() -> None:
@@ -277,7 +291,7 @@ def test_summarize_by_hand() -> None:
             pytest.approx(0.7 - half_width), pytest.approx(0.7 + half_width), 0.95, "Student t"
         ),
         kpp=0.6,
-        kpp_interval=Interval(0.0, 0.8, 0.95, "order-statistic (binomial), equal-tailed"),
+        kpp_interval=Interval(None, 0.8, 0.95, "order-statistic (binomial), equal-tailed"),
         min=0.5,
         max=0.9,
     )
@@ -292,8 +306,8 @@ def test_summarize_single_sample() -> None:
     summary = stats.summarize(np.array([0.42]), k=50, confidence=0.9)
     assert (summary.n, summary.mean, summary.std, summary.kpp) == (1, 0.42, 0.0, 0.42)
     assert (summary.mean_interval.low, summary.mean_interval.high) == (0.42, 0.42)
-    # B ~ Bin(1, 0.5): P(B <= 0) = 0.5 is neither <= 0.05 nor >= 0.95, so both sides fall back.
-    assert (summary.kpp_interval.low, summary.kpp_interval.high) == (0.0, 1.0)
+    # B ~ Bin(1, 0.5): P(B <= 0) = 0.5 is neither <= 0.05 nor >= 0.95: both sides unavailable.
+    assert (summary.kpp_interval.low, summary.kpp_interval.high) == (None, None)
     assert summary.kpp_interval.confidence == 0.9
 
 
