@@ -869,6 +869,14 @@ def compare_command(
             "with 95% confidence, at any sigma (and time).",
         ),
     ] = None,
+    gate_correction: Annotated[
+        str | None,
+        typer.Option(
+            "--gate-correction",
+            help="How --fail-if-worse shares its 2.5% error over the rows: holm (family-wise) "
+            "or per-row [holm].",
+        ),
+    ] = None,
     json_path: JsonOpt = None,
     csv_path: CsvOpt = None,
     junit_path: JunitOpt = None,
@@ -907,6 +915,7 @@ def compare_command(
             "std": std,
             "output": output,
             "fail_if_worse": fail_if_worse,
+            "gate_correction": gate_correction,
             "time": time_spec,
             "drift_nu": drift_nu,
             "drift_nu_std": drift_nu_std,
@@ -932,6 +941,7 @@ def compare_command(
         candidate,
         settings.data,
         fail_if_worse=settings.fail_if_worse,
+        gate_correction=settings.gate_correction,
         **_audit_options(settings, ray),
     )
     from ftaudit.report import compare_report as writers

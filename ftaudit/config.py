@@ -53,6 +53,7 @@ class EvalSettings:
     stuck_at: tuple[float, float] | None = None
     workers: int = 1  # local worker processes (results do not depend on it)
     fail_if_worse: float | None = None  # compare's gate (eval ignores it)
+    gate_correction: str = "holm"  # compare: holm or per-row (ftaudit/compare.py)
     target_kpp: float | None = None  # sensitivity's keep-digital target (eval ignores it)
     config_file: str | None = None  # where the non-default values came from
 
@@ -226,7 +227,7 @@ def _check_types(values: dict[str, Any], path: Path) -> None:
         "fail_if_worse",
         "target_kpp",
     }
-    expect_str = {"noise", "device", "output", "compensation"}
+    expect_str = {"noise", "device", "output", "compensation", "gate_correction"}
     for key, value in values.items():
         bad = (
             (key in expect_int and (not isinstance(value, int) or isinstance(value, bool)))

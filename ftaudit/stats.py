@@ -420,6 +420,32 @@ def _t_cdf_upper_half(t: float, df: int) -> float:
     return 0.5 + 0.5 * two_sided
 
 
+def t_cdf(t: float, df: int) -> float:
+    """P(T <= t) for Student t with integer ``df`` (exact finite series, A&S 26.7.3-4)."""
+    if df < 1 or int(df) != df:
+        raise ValueError(f"df must be a positive integer, got {df!r}")
+    if math.isinf(t):
+        return 1.0 if t > 0 else 0.0
+    if t >= 0:
+        return _t_cdf_upper_half(t, int(df))
+    return 1.0 - _t_cdf_upper_half(-t, int(df))
+
+
+def holm_rejections(p_values: list[float] | np.ndarray, alpha: float) -> list[bool]:
+    """Holm's step-down procedure: which hypotheses to reject with family-wise error <= alpha.
+
+    Sort the p-values ascending; reject the i-th smallest (1-based) while p_(i) <= alpha /
+    (m - i + 1), stop at the first that is not. Valid under any dependence between the tests
+    (the rows of a compare share their draws)."""
+    p = np.asarray(p_values, dtype=np.float64)
+    reject = [False] * p.size
+    for rank, index in enumerate(np.argsort(p, kind="stable")):
+        if p[index] > alpha / (p.size - rank):
+            break
+        reject[int(index)] = True
+    return reject
+
+
 def _t_pdf(t: float, df: int) -> float:
     log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
     return math.exp(log_norm - (df + 1) / 2 * math.log1p(t * t / df))
