@@ -52,6 +52,17 @@ BitsOpt = Annotated[int | None, typer.Option("--bits", help="Device models: weig
 CellBitsOpt = Annotated[
     int | None, typer.Option("--cell-bits", help="Device models: bits per cell B [2].")
 ]
+ClampOpt = Annotated[
+    bool | None,
+    typer.Option("--clamp/--no-clamp", help="Device models: keep cell conductances >= 0 [clamp]."),
+]
+CellNoiseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cell-noise",
+        help="Device models: one dg per cell (independent) or per weight (shared) [independent].",
+    ),
+]
 HtmlOpt = Annotated[
     Path | None,
     typer.Option("--html", help="Write a self-contained HTML report here (no network references)."),
@@ -211,6 +222,8 @@ def eval_command(
     noise: NoiseOpt = None,
     bits: BitsOpt = None,
     cell_bits: CellBitsOpt = None,
+    clamp: ClampOpt = None,
+    cell_noise: CellNoiseOpt = None,
     samples: SamplesOpt = None,
     k: KOpt = None,
     seed: SeedOpt = None,
@@ -258,7 +271,6 @@ def eval_command(
     from ftaudit.device_effects import parse_stuck_at, parse_time, parse_times, resolve_effects
     from ftaudit.evaluation import audit, validate_options, validate_scale_out
     from ftaudit.fileio import check_output_path
-    from ftaudit.noise import get_noise_model
 
     settings = merge(
         load_settings(config, Path.cwd()),
@@ -268,6 +280,8 @@ def eval_command(
             "noise": noise,
             "bits": bits,
             "cell_bits": cell_bits,
+            "clamp": clamp,
+            "cell_noise": cell_noise,
             "samples": samples,
             "k": k,
             "seed": seed,
@@ -292,7 +306,7 @@ def eval_command(
         },
     )
     validate_scale_out(workers=settings.workers, checkpoint_dir=checkpoint_dir, resume=resume)
-    noise_model = get_noise_model(settings.noise, bits=settings.bits, cell_bits=settings.cell_bits)
+    noise_model = _noise_of(settings)
     if settings.sigma is None and getattr(noise_model.profile, "sigma", None) is not None:
         settings = replace(settings, sigma=noise_model.profile.sigma)
     if settings.sigma is None:
@@ -461,6 +475,8 @@ def harden_command(
     ] = None,
     bits: BitsOpt = None,
     cell_bits: CellBitsOpt = None,
+    clamp: ClampOpt = None,
+    cell_noise: CellNoiseOpt = None,
     val_data: Annotated[
         str | None, typer.Option("--val-data", help="Validation data (default: 10% held out).")
     ] = None,
@@ -519,6 +535,14 @@ def harden_command(
             "--eval-sigmas",
             help="Sigmas of the before/after report, a list or a range [0, sigma/2, sigma, "
             "3 sigma/2].",
+        ),
+    ] = None,
+    rc_negative: Annotated[
+        str | None,
+        typer.Option(
+            "--rc-negative",
+            help="TRICE: censor a negative weight's |w| growth (magnitude) or its rise (value) "
+            f"[{_HARDEN.rc_negative}].",
         ),
     ] = None,
     max_dropout: Annotated[
@@ -596,6 +620,8 @@ def harden_command(
             "noise": noise,
             "bits": bits,
             "cell_bits": cell_bits,
+            "clamp": clamp,
+            "cell_noise": cell_noise,
             "val_data": val_data,
             "epochs": epochs,
             "batch_size": batch_size,
@@ -610,6 +636,7 @@ def harden_command(
             "search_samples": search_samples,
             "eval_samples": eval_samples,
             "eval_sigmas": parse_sigmas(eval_sigmas) if eval_sigmas is not None else None,
+            "rc_negative": rc_negative,
             "max_dropout": max_dropout,
             "trials": trials,
             "epochs_per_trial": epochs_per_trial,
@@ -735,9 +762,7 @@ def _shared_settings(config: Path | None, flags: dict[str, Any]) -> EvalSettings
             flags[key] = tuple(flags[key] or ())
     settings = merge(load_settings(config, Path.cwd()), flags)
     if settings.sigma is None:
-        from ftaudit.noise import get_noise_model
-
-        noise = get_noise_model(settings.noise, bits=settings.bits, cell_bits=settings.cell_bits)
+        noise = _noise_of(settings)
         if getattr(noise.profile, "sigma", None) is not None:
             settings = replace(settings, sigma=noise.profile.sigma)
     if settings.sigma is None:
@@ -752,7 +777,6 @@ def _shared_settings(config: Path | None, flags: dict[str, Any]) -> EvalSettings
 def _effect_options(settings: EvalSettings) -> dict[str, Any]:
     """The drift and stuck-at options as audit/compare keywords, checked like eval's (exit 2)."""
     from ftaudit.device_effects import resolve_effects
-    from ftaudit.noise import get_noise_model
 
     options = {
         "times": settings.time,
@@ -762,9 +786,22 @@ def _effect_options(settings: EvalSettings) -> dict[str, Any]:
         "compensation": settings.compensation,
         "stuck_at": settings.stuck_at,
     }
-    noise = get_noise_model(settings.noise, bits=settings.bits, cell_bits=settings.cell_bits)
+    noise = _noise_of(settings)
     resolve_effects(**options, profile=noise.profile)  # bad values fail here, before any work
     return options
+
+
+def _noise_of(settings: Any) -> Any:
+    """The noise model the settings name, with their device-physics choices."""
+    from ftaudit.noise import get_noise_model
+
+    return get_noise_model(
+        settings.noise,
+        bits=settings.bits,
+        cell_bits=settings.cell_bits,
+        clamp=settings.clamp,
+        cell_noise=settings.cell_noise,
+    )
 
 
 def _audit_options(settings: EvalSettings, ray: str | None) -> dict[str, Any]:
@@ -774,6 +811,8 @@ def _audit_options(settings: EvalSettings, ray: str | None) -> dict[str, Any]:
         "noise": settings.noise,
         "bits": settings.bits,
         "cell_bits": settings.cell_bits,
+        "clamp": settings.clamp,
+        "cell_noise": settings.cell_noise,
         "samples": settings.samples,
         "k": settings.k,
         "seed": settings.seed,
@@ -850,6 +889,8 @@ def compare_command(
     noise: NoiseOpt = None,
     bits: BitsOpt = None,
     cell_bits: CellBitsOpt = None,
+    clamp: ClampOpt = None,
+    cell_noise: CellNoiseOpt = None,
     samples: SamplesOpt = None,
     k: KOpt = None,
     seed: SeedOpt = None,
@@ -903,6 +944,8 @@ def compare_command(
             "noise": noise,
             "bits": bits,
             "cell_bits": cell_bits,
+            "clamp": clamp,
+            "cell_noise": cell_noise,
             "samples": samples,
             "k": k,
             "seed": seed,
@@ -972,6 +1015,8 @@ def sensitivity_command(
     noise: NoiseOpt = None,
     bits: BitsOpt = None,
     cell_bits: CellBitsOpt = None,
+    clamp: ClampOpt = None,
+    cell_noise: CellNoiseOpt = None,
     samples: SensitivitySamplesOpt = None,
     k: KOpt = None,
     seed: SeedOpt = None,
@@ -1024,6 +1069,8 @@ def sensitivity_command(
             "noise": noise,
             "bits": bits,
             "cell_bits": cell_bits,
+            "clamp": clamp,
+            "cell_noise": cell_noise,
             "samples": samples,
             "k": k,
             "seed": seed,

@@ -371,6 +371,8 @@ def compare(
     noise: str | NoiseModel = "lognormal",
     bits: int | None = None,
     cell_bits: int | None = None,
+    clamp: bool = True,
+    cell_noise: str = "independent",
     samples: int = 1000,
     k: float = 1.0,
     seed: int = 0,
@@ -404,7 +406,9 @@ def compare(
     give one paired row per (sigma, time, compensation).
     """
     started = time.perf_counter()
-    noise_model, sigmas = resolve_noise(noise, sigmas, bits=bits, cell_bits=cell_bits)
+    noise_model, sigmas = resolve_noise(
+        noise, sigmas, bits=bits, cell_bits=cell_bits, clamp=clamp, cell_noise=cell_noise
+    )
     effect_options = {
         "times": times,
         "drift_nu": drift_nu,

@@ -31,6 +31,8 @@ class EvalSettings:
     noise: str = "lognormal"
     bits: int | None = None
     cell_bits: int | None = None
+    clamp: bool = True  # device models: conductances stay >= 0
+    cell_noise: str = "independent"  # device models: independent or shared dg per weight
     samples: int = 1000
     k: float = 1.0
     seed: int = 0
@@ -227,7 +229,7 @@ def _check_types(values: dict[str, Any], path: Path) -> None:
         "fail_if_worse",
         "target_kpp",
     }
-    expect_str = {"noise", "device", "output", "compensation", "gate_correction"}
+    expect_str = {"noise", "device", "output", "compensation", "gate_correction", "cell_noise"}
     for key, value in values.items():
         bad = (
             (key in expect_int and (not isinstance(value, int) or isinstance(value, bool)))
@@ -236,6 +238,7 @@ def _check_types(values: dict[str, Any], path: Path) -> None:
                 and (not isinstance(value, (int, float)) or isinstance(value, bool))
             )
             or (key in expect_str and not isinstance(value, str))
+            or (key == "clamp" and not isinstance(value, bool))
         )
         if bad:
             raise UserError(f"config file {path}: '{key}' has the wrong type ({value!r})")

@@ -174,13 +174,17 @@ def resolve_noise(
     *,
     bits: int | None = None,
     cell_bits: int | None = None,
+    clamp: bool = True,
+    cell_noise: str = "independent",
 ) -> tuple[NoiseModel, list[float]]:
     """The noise model (a registered name, a profile, a device file, or a model) and the sigma
     grid, defaulting to the profile's; shared by audit, compare and sensitivity."""
     noise_model = (
         noise
         if isinstance(noise, NoiseModel)
-        else get_noise_model(noise, bits=bits, cell_bits=cell_bits)
+        else get_noise_model(
+            noise, bits=bits, cell_bits=cell_bits, clamp=clamp, cell_noise=cell_noise
+        )
     )
     if sigmas is None:
         sigmas = getattr(noise_model.profile, "sigma", None)
@@ -255,6 +259,8 @@ def audit(
     noise: str | NoiseModel = "lognormal",
     bits: int | None = None,
     cell_bits: int | None = None,
+    clamp: bool = True,
+    cell_noise: str = "independent",
     samples: int = 1000,
     k: float = 1.0,
     seed: int = 0,
@@ -298,7 +304,9 @@ def audit(
     for an ONNX model on CUDA, else 1).
     """
     started = time.perf_counter()
-    noise_model, sigmas = resolve_noise(noise, sigmas, bits=bits, cell_bits=cell_bits)
+    noise_model, sigmas = resolve_noise(
+        noise, sigmas, bits=bits, cell_bits=cell_bits, clamp=clamp, cell_noise=cell_noise
+    )
     effects = resolve_effects(
         times=times,
         drift_nu=drift_nu,

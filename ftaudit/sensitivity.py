@@ -297,6 +297,8 @@ def sensitivity(
     noise: str | NoiseModel = "lognormal",
     bits: int | None = None,
     cell_bits: int | None = None,
+    clamp: bool = True,
+    cell_noise: str = "independent",
     samples: int = DEFAULT_SENSITIVITY_SAMPLES,
     k: float = 1.0,
     seed: int = 0,
@@ -331,7 +333,9 @@ def sensitivity(
     evaluated by Monte Carlo, not estimated.
     """
     started = time.perf_counter()
-    noise_model, sigmas = resolve_noise(noise, sigmas, bits=bits, cell_bits=cell_bits)
+    noise_model, sigmas = resolve_noise(
+        noise, sigmas, bits=bits, cell_bits=cell_bits, clamp=clamp, cell_noise=cell_noise
+    )
     effect_options: dict[str, Any] = {
         "times": times,
         "drift_nu": drift_nu,

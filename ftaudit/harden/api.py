@@ -177,6 +177,9 @@ def harden(
     noise: str = DEFAULTS.noise,
     bits: int | None = DEFAULTS.bits,
     cell_bits: int | None = DEFAULTS.cell_bits,
+    clamp: bool = DEFAULTS.clamp,
+    cell_noise: str = DEFAULTS.cell_noise,
+    rc_negative: str = DEFAULTS.rc_negative,
     val_data: Path | str | None = DEFAULTS.val_data,
     epochs: int = DEFAULTS.epochs,
     batch_size: int = DEFAULTS.batch_size,
@@ -226,6 +229,14 @@ def harden(
         k=k,
     )
     validate_harden_workers(workers=workers, ray=ray)
+    from ftaudit.harden.training import RC_NEGATIVE
+
+    if rc_negative not in RC_NEGATIVE:
+        raise UserError(
+            f"--rc-negative must be one of {', '.join(RC_NEGATIVE)}, got '{rc_negative}'",
+            hint="magnitude (default) censors |w| growth for every weight; value censors a "
+            "negative weight's rise",
+        )
     validate_eval_sigmas(eval_sigmas)
     method_impl = get_method(method)
     validate_bayesft_options(
@@ -261,7 +272,9 @@ def harden(
         raise UserError(
             f"checkpoint folder {checkpoint_dir} does not exist", hint="create it first"
         )
-    noise_model = get_noise_model(noise, bits=bits, cell_bits=cell_bits)
+    noise_model = get_noise_model(
+        noise, bits=bits, cell_bits=cell_bits, clamp=clamp, cell_noise=cell_noise
+    )
     source = load_model(model_path)
     layers = source.select_layers()
     train_set = load_dataset(Path(data), limit=limit)
@@ -300,6 +313,7 @@ def harden(
         "threshold": threshold,
         "warmup": warmup,
         "search_samples": search_samples,
+        "rc_negative": rc_negative,
     }
     # --trials and --study are left out of the fingerprint: a larger --trials continues the same
     # study and checkpoint, and the study file may move

@@ -213,7 +213,9 @@ class TriceMethod(HardenMethod):
             sigmas = (search.start,) if converged else search.candidates()
             losses = []
             for model, optimizer, sigma_t in zip(models, optimizers, sigmas, strict=False):
-                noise = TrainingNoise(ctx.noise, sigma_t, threshold)
+                noise = TrainingNoise(
+                    ctx.noise, sigma_t, threshold, str(opts.get("rc_negative", "magnitude"))
+                )
                 losses.append(ctx.train_epoch(model, optimizer, epoch, noise))
             info: dict[str, Any] = {
                 "epoch": epoch,

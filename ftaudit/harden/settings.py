@@ -32,6 +32,11 @@ class HardenSettings:
     noise: str = "lognormal"
     bits: int | None = None
     cell_bits: int | None = None
+    clamp: bool = True  # device models: conductances stay >= 0 (as aihwkit clamps)
+    cell_noise: str = "independent"  # device models: one dg per cell, or shared per weight
+    #: TRICE: RC-Gaussian censoring of a negative weight's draws: its magnitude (the mirrored
+    #: array's conductance, default) or its value
+    rc_negative: str = "magnitude"
     val_data: str | None = None  # None: a seeded 10% of the training data is held out
     epochs: int = 10
     batch_size: int = 128  # the training batch
@@ -62,7 +67,17 @@ class HardenSettings:
 HARDEN_DEFAULTS = HardenSettings()
 
 #: keys of the eval settings (top level or [eval]) that harden uses too
-SHARED_KEYS = ("noise", "bits", "cell_bits", "seed", "device", "k", "workers")
+SHARED_KEYS = (
+    "noise",
+    "bits",
+    "cell_bits",
+    "clamp",
+    "cell_noise",
+    "seed",
+    "device",
+    "k",
+    "workers",
+)
 #: keys holding paths, resolved against the config file's folder
 PATH_KEYS = ("data", "val_data")
 CONFIG_KEYS = tuple(f.name for f in fields(HardenSettings) if f.name != "config_file")
@@ -114,6 +129,10 @@ def _convert(key: str, raw_key: str, value: Any, path: Path) -> Any:
     kinds = [a for a in getattr(hint, "__args__", ()) if a is not type(None)]
     kind = kinds[0] if isinstance(hint, types.UnionType) else hint
     wrong = UserError(f"config file {path}: '{raw_key}' has the wrong type ({value!r})")
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise wrong
+        return value
     if isinstance(value, bool):
         raise wrong
     if kind is int:

@@ -29,14 +29,25 @@ ORDER_KEY = 1_000_001
 NOISE_KEY = 1_000_002
 
 
+#: --rc-negative choices: how TRICE's right-censoring treats the draws of a negative weight
+RC_NEGATIVE = {
+    "magnitude": "every draw censored above, min(z, th): for lognormal and device models the "
+    "growth of |w| is capped, negative weights included (a mirrored array's conductance)",
+    "value": "a negative weight's draws censored below, max(z, -th): the rise of its value is "
+    "capped instead, as for a positive weight",
+}
+
+
 @dataclass(frozen=True)
 class TrainingNoise:
     """Noise injected while training: the evaluation noise model at ``sigma``, with its base
-    draws right-censored at ``threshold`` for TRICE (None: plain Gaussian draws, NoiseTrain)."""
+    draws right-censored at ``threshold`` for TRICE (None: plain Gaussian draws, NoiseTrain);
+    ``negative`` says how a negative weight's draws are censored (``RC_NEGATIVE``)."""
 
     model: NoiseModel
     sigma: float
     threshold: float | None = None
+    negative: str = "magnitude"
 
 
 @dataclass(frozen=True)
@@ -84,11 +95,19 @@ def perturbed_arrays(
         z = noise_generator(seed, epoch, step, layer.index, draw).standard_normal(
             (d, *layer.canonical_shape), dtype=np.float32
         )
-        if noise.threshold is not None:
+        native = layer.to_native(z)
+        if noise.threshold is not None and noise.negative == "value":
+            negative = np.asarray(weight) < 0
+            native = np.where(
+                negative,
+                np.maximum(native, np.float32(-noise.threshold)),
+                np.minimum(native, np.float32(noise.threshold)),
+            )
+        elif noise.threshold is not None:
             censor_draws(z, noise.threshold, out=z)
         state = noise.model.prepare(weight)
         out[layer.name] = state.perturb(
-            layer.to_native(z), noise.sigma, np.empty(weight.shape, np.float32)
+            native, noise.sigma, np.empty(weight.shape, np.float32)
         ).astype(weight.dtype, copy=False)
     return out
 
