@@ -235,6 +235,14 @@ def eval_command(
     mean: MeanOpt = None,
     std: StdOpt = None,
     output: OutputOpt = None,
+    test_set_error: Annotated[
+        bool | None,
+        typer.Option(
+            "--test-set-error/--no-test-set-error",
+            help="Intervals also cover the test set's sampling error (binomial bound) "
+            "[monte-carlo only].",
+        ),
+    ] = None,
     target_ci: Annotated[
         float | None,
         typer.Option("--target-ci", help="Stop a sigma once its KPP 95% interval is this narrow."),
@@ -294,6 +302,7 @@ def eval_command(
             "std": parse_floats(std, "--std") if std is not None else None,
             "output": output,
             "target_ci": target_ci,
+            "test_set_error": test_set_error,
             "fail_under_kpp": fail_under_kpp,
             "fail_under_mean": fail_under_mean,
             "time": parse_times(time_spec) if time_spec is not None else None,
@@ -370,6 +379,7 @@ def eval_command(
         std=settings.std,
         output=settings.output,
         target_ci=settings.target_ci,
+        test_set_error=settings.test_set_error,
         fail_under_kpp=settings.fail_under_kpp,
         fail_under_mean=settings.fail_under_mean,
         config_file=settings.config_file,

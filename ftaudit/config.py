@@ -45,6 +45,7 @@ class EvalSettings:
     std: tuple[float, ...] | None = None
     output: str | None = None
     target_ci: float | None = None
+    test_set_error: bool = False  # eval: intervals also cover the test set's sampling error
     fail_under_kpp: float | None = None
     fail_under_mean: float | None = None
     time: tuple[float, ...] | None = None  # seconds after programming (drift)
@@ -238,7 +239,7 @@ def _check_types(values: dict[str, Any], path: Path) -> None:
                 and (not isinstance(value, (int, float)) or isinstance(value, bool))
             )
             or (key in expect_str and not isinstance(value, str))
-            or (key == "clamp" and not isinstance(value, bool))
+            or (key in ("clamp", "test_set_error") and not isinstance(value, bool))
         )
         if bad:
             raise UserError(f"config file {path}: '{key}' has the wrong type ({value!r})")

@@ -30,7 +30,7 @@ from ftaudit.montecarlo import (
 from ftaudit.noise import NoiseModel, get_noise_model
 from ftaudit.parallel import WorkerSpec, close_backend, make_backend, threads_per_worker
 from ftaudit.results import AuditReport, GateResult, Interval, LayerInfo, SigmaResult
-from ftaudit.stats import sequential_summary, summarize
+from ftaudit.stats import sequential_summary, summarize, with_test_set_error
 
 DEVICES = ("cpu", "cuda")
 
@@ -273,6 +273,7 @@ def audit(
     std: Sequence[float] | None = None,
     output: str | None = None,
     target_ci: float | None = None,
+    test_set_error: bool = False,
     fail_under_kpp: float | None = None,
     fail_under_mean: float | None = None,
     progress: ProgressCallback | None = None,
@@ -444,6 +445,8 @@ def audit(
         if condition.sigma == 0 and effects is None:  # nothing random: the accuracy is exact
             exact = Interval(summary.kpp, summary.kpp, summary.kpp_interval.confidence, "exact")
             summary = replace(summary, kpp_interval=exact, mean_interval=exact)
+        if test_set_error:
+            summary = with_test_set_error(summary, n)
         results.append(
             SigmaResult(
                 sigma=condition.sigma,
@@ -488,6 +491,7 @@ def audit(
             "execution": execution,
         },
         device_effects=None if effects is None else effects.to_dict(),
+        test_set_error=test_set_error,
     )
 
 

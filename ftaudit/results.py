@@ -156,6 +156,22 @@ class AuditReport:
     options: dict[str, Any] = field(default_factory=dict)
     #: stuck-at faults and drift (``DeviceEffects.to_dict()``), None when neither was applied
     device_effects: dict[str, Any] | None = None
+    #: the intervals also cover the test set's sampling error (--test-set-error)
+    test_set_error: bool = False
+
+    def interval_scope(self) -> dict[str, Any]:
+        """What the intervals cover, with the size of the test-set error they may leave out."""
+        from ftaudit.stats import test_set_half_width
+
+        n = int(self.data.get("n") or 0)
+        half = test_set_half_width(self.reference_accuracy, n) if n else None
+        covers = "monte-carlo and test-set sampling" if self.test_set_error else "monte-carlo"
+        return {
+            "covers": covers,
+            "test_images": n,
+            "test_set_half_width": half,
+            "statement": interval_statement(self.test_set_error, n, half),
+        }
 
     @property
     def reference_accuracy(self) -> float:
@@ -178,6 +194,7 @@ class AuditReport:
             "samples": self.samples,
             "k": self.k,
             "target_ci": self.target_ci,
+            "interval_scope": self.interval_scope(),
             "device": self.device,
             "clean_accuracy": self.clean_accuracy,
             "quantized_accuracy": self.quantized_accuracy,
@@ -188,3 +205,17 @@ class AuditReport:
             "elapsed_s": self.elapsed_s,
             "device_effects": self.device_effects,
         }
+
+
+def interval_statement(test_set_error: bool, n: int, half_width: float | None) -> str:
+    """One sentence on what the intervals cover (the table footer, the HTML and the JSON)."""
+    size = "" if half_width is None else f" (about ±{100 * half_width:.2f} points here)"
+    if test_set_error:
+        return (
+            f"intervals cover the Monte Carlo error and the sampling of the {n} test images"
+            f"{size}, widened by a binomial bound (conservative)"
+        )
+    return (
+        f"intervals cover the Monte Carlo error only, for these {n} test images; the test "
+        f"set's own sampling error{size} is not included (--test-set-error adds it)"
+    )

@@ -344,6 +344,59 @@ def sequential_summary(
 
 
 # --------------------------------------------------------------------------------------------
+# What the intervals cover: Monte Carlo error, and optionally the test set's sampling error
+
+TEST_SET_METHOD = "widened for test-set sampling (binomial bound a(1-a)/N over {n} images)"
+
+
+def test_set_half_width(accuracy: float, n_images: int, confidence: float = 0.95) -> float:
+    """z * sqrt(a (1 - a) / N): the sampling error of an accuracy a measured on N test images
+    drawn from a larger population (a(1-a)/N bounds the variance of the mean over images of
+    each image's chance of being right, whatever the noise does to it)."""
+    _check_confidence(confidence)
+    a = min(max(float(accuracy), 0.0), 1.0)
+    return normal_quantile(1.0 - (1.0 - confidence) / 2.0) * math.sqrt(a * (1.0 - a) / n_images)
+
+
+def with_test_set_error(summary: Summary, n_images: int) -> Summary:
+    """``summary`` with intervals that also cover the test set's sampling error (conservative).
+
+    Mean: the Monte Carlo half-width and the test-set one added in quadrature (independent
+    errors). KPP: each available side moved out by the test-set half-width at that side's
+    accuracy. Both use the binomial bound, which overstates the test-set error when the same
+    images are right under every draw, so the widened intervals err on the wide side."""
+
+    def widen(interval: Interval, mean: float | None) -> Interval:
+        note = TEST_SET_METHOD.format(n=n_images)
+        method = f"{interval.method}; {note}"
+        if interval.low is None and interval.high is None:
+            return Interval(None, None, interval.confidence, method)
+        if mean is not None and interval.low is not None and interval.high is not None:
+            mc = (interval.high - interval.low) / 2
+            half = math.hypot(mc, test_set_half_width(mean, n_images, interval.confidence))
+            low, high = max(mean - half, 0.0), min(mean + half, 1.0)
+            return Interval(low, high, interval.confidence, method)
+        low = interval.low
+        high = interval.high
+        if low is not None:
+            low = max(low - test_set_half_width(low, n_images, interval.confidence), 0.0)
+        if high is not None:
+            high = min(high + test_set_half_width(high, n_images, interval.confidence), 1.0)
+        return Interval(low, high, interval.confidence, method)
+
+    return Summary(
+        n=summary.n,
+        mean=summary.mean,
+        std=summary.std,
+        mean_interval=widen(summary.mean_interval, summary.mean),
+        kpp=summary.kpp,
+        kpp_interval=widen(summary.kpp_interval, None),
+        min=summary.min,
+        max=summary.max,
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # Quantiles of the normal and Student t distributions
 
 _ACKLAM_A = (

@@ -350,3 +350,42 @@ def test_target_ci_stopped_intervals_keep_their_95_percent_coverage() -> None:
     (0.9445 with these draws), which is what this test guards against."""
     assert _stopped_coverage(2000, sequential=True) >= 0.95
     assert _stopped_coverage(2000, sequential=False) < 0.95
+
+
+def test_test_set_error_widens_the_mean_interval_in_quadrature_by_hand() -> None:
+    rng = np.random.default_rng(1)
+    accuracies = rng.normal(0.8, 0.02, 400)
+    base = stats.summarize(accuracies, k=1)
+    wide = stats.with_test_set_error(base, 2000)
+    mc = (base.mean_interval.high - base.mean_interval.low) / 2
+    test_set = 1.959963984540054 * math.sqrt(base.mean * (1 - base.mean) / 2000)
+    assert test_set == pytest.approx(0.0175, abs=1e-4)  # about ±1.75 points near 80%
+    half = math.hypot(mc, test_set)
+    assert wide.mean_interval.low == pytest.approx(base.mean - half)
+    assert wide.mean_interval.high == pytest.approx(base.mean + half)
+    low, high = base.kpp_interval.low, base.kpp_interval.high
+    z = 1.959963984540054
+    assert wide.kpp_interval.low == pytest.approx(low - z * math.sqrt(low * (1 - low) / 2000))
+    assert wide.kpp_interval.high == pytest.approx(high + z * math.sqrt(high * (1 - high) / 2000))
+    assert "test-set sampling" in wide.mean_interval.method
+
+
+def test_test_set_error_intervals_cover_the_population_mean() -> None:
+    """500 simulated audits: 2,000 test images drawn from a population whose per-image
+    difficulty s ~ U(0, 1), a draw with threshold theta ~ N(0.8, 0.02^2) gets image j right
+    iff s_j < theta, 200 draws per audit. The population mean accuracy is 0.8. Monte Carlo
+    intervals alone cover it rarely (they measure this test set, about ±0.2 points, against a
+    test-set error of ±1.75); with --test-set-error they cover it at least 95% of the time."""
+    rng = np.random.default_rng(11)
+    covered_mc = covered_wide = 0
+    runs = 500
+    for _ in range(runs):
+        scores = np.sort(rng.uniform(size=2000))
+        thresholds = rng.normal(0.8, 0.02, 200)
+        accuracies = np.searchsorted(scores, thresholds) / 2000
+        base = stats.summarize(accuracies, k=1)
+        wide = stats.with_test_set_error(base, 2000)
+        covered_mc += base.mean_interval.low <= 0.8 <= base.mean_interval.high
+        covered_wide += wide.mean_interval.low <= 0.8 <= wide.mean_interval.high
+    assert covered_mc / runs < 0.5
+    assert covered_wide / runs >= 0.95

@@ -273,6 +273,9 @@ def _results_table(data: Mapping[str, Any]) -> Raw:
 
         confidence = (one_sided[0].get("kpp_interval") or {}).get("confidence", 0.95)
         notes.append(kpp_unavailable_line(float(k), float(confidence)) + " (run more --samples).")
+    scope = (data.get("interval_scope") or {}).get("statement")
+    if scope:
+        notes.append(scope[0].upper() + scope[1:] + ".")
     if any(r.get("stopped_early") for r in results):
         notes.append(f"{EARLY_STOP_MARK} stopped early: the target interval width was reached.")
     return join(

@@ -68,6 +68,7 @@ def audit_table(report: AuditReport) -> Table:
     if report.quantized_accuracy is not None:
         caption_parts.append(f"quantised clean accuracy {_percent(report.quantized_accuracy)}%")
     caption_parts.append("accuracies in %; n samples; Δ = drop from the unperturbed accuracy")
+    caption_parts.append(escape(report.interval_scope()["statement"]))
     caption_parts.extend(_effects_caption(report))
     with_time = any(result.time_s is not None for result in report.results)
     if any(result.stopped_early for result in report.results):
