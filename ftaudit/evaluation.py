@@ -14,6 +14,7 @@ import numpy as np
 
 from ftaudit import __version__
 from ftaudit.batched import BatchedTorchRunner, resolve_batch_samples
+from ftaudit.coverage import sequential_summary, with_test_set_error
 from ftaudit.data import Dataset, load_dataset, validate_labels
 from ftaudit.device_effects import Condition, resolve_effects
 from ftaudit.errors import UserError
@@ -30,7 +31,7 @@ from ftaudit.montecarlo import (
 from ftaudit.noise import NoiseModel, get_noise_model
 from ftaudit.parallel import WorkerSpec, close_backend, make_backend, threads_per_worker
 from ftaudit.results import AuditReport, GateResult, Interval, LayerInfo, SigmaResult
-from ftaudit.stats import sequential_summary, summarize, with_test_set_error
+from ftaudit.stats import summarize
 
 DEVICES = ("cpu", "cuda")
 

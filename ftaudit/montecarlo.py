@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from ftaudit.coverage import look_confidence, sequential_looks
 from ftaudit.models.base import CrossbarLayer, ModelRunner
 from ftaudit.noise.base import LayerNoise, NoiseModel
-from ftaudit.stats import kpp_interval_width, look_confidence, sequential_looks
+from ftaudit.stats import kpp_interval_width
 
 if TYPE_CHECKING:
     from ftaudit.device_effects import DeviceEffects

@@ -161,8 +161,6 @@ class AuditReport:
 
     def interval_scope(self) -> dict[str, Any]:
         """What the intervals cover, with the size of the test-set error they may leave out."""
-        from ftaudit.stats import test_set_half_width
-
         n = int(self.data.get("n") or 0)
         half = test_set_half_width(self.reference_accuracy, n) if n else None
         covers = "monte-carlo and test-set sampling" if self.test_set_error else "monte-carlo"
@@ -219,3 +217,14 @@ def interval_statement(test_set_error: bool, n: int, half_width: float | None) -
         f"intervals cover the Monte Carlo error only, for these {n} test images; the test "
         f"set's own sampling error{size} is not included (--test-set-error adds it)"
     )
+
+
+def test_set_half_width(accuracy: float, n_images: int, confidence: float = 0.95) -> float:
+    """z * sqrt(a (1 - a) / N): the sampling error of an accuracy a measured on N test images
+    drawn from a larger population (a(1-a)/N bounds the variance over images of each image's
+    chance of being right, whatever the noise does to it). z from ``statistics.NormalDist``."""
+    from statistics import NormalDist
+
+    a = min(max(float(accuracy), 0.0), 1.0)
+    z = NormalDist().inv_cdf(1.0 - (1.0 - confidence) / 2.0)
+    return z * math.sqrt(a * (1.0 - a) / n_images)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from ftaudit import stats
+from ftaudit import coverage, stats
 from ftaudit.results import Interval, Summary
 
 scipy_stats = pytest.importorskip("scipy.stats")
@@ -312,10 +312,10 @@ def test_summarize_single_sample() -> None:
 
 
 def test_sequential_looks_double_from_50_and_end_at_the_sample_count() -> None:
-    assert stats.sequential_looks(1000) == [50, 100, 200, 400, 800, 1000]
-    assert stats.sequential_looks(400) == [50, 100, 200, 400]
-    assert stats.sequential_looks(30) == [30]
-    assert stats.look_confidence(0.95, 5) == pytest.approx(0.99)
+    assert coverage.sequential_looks(1000) == [50, 100, 200, 400, 800, 1000]
+    assert coverage.sequential_looks(400) == [50, 100, 200, 400]
+    assert coverage.sequential_looks(30) == [30]
+    assert coverage.look_confidence(0.95, 5) == pytest.approx(0.99)
 
 
 def _stopped_coverage(runs: int, *, sequential: bool) -> float:
@@ -324,8 +324,8 @@ def _stopped_coverage(runs: int, *, sequential: bool) -> float:
     stop early). ``sequential=False`` is the old rule: a look every 50 samples at 95%."""
     samples, k, target = 1000, 10.0, 0.006
     true_kpp = 0.8 + 0.02 * stats.normal_quantile(k / 100)
-    looks = stats.sequential_looks(samples) if sequential else list(range(50, samples + 1, 50))
-    level = stats.look_confidence(0.95, len(looks)) if sequential else 0.95
+    looks = coverage.sequential_looks(samples) if sequential else list(range(50, samples + 1, 50))
+    level = coverage.look_confidence(0.95, len(looks)) if sequential else 0.95
     rng = np.random.default_rng(7)
     covered = stopped = 0
     for _ in range(runs):
@@ -335,7 +335,7 @@ def _stopped_coverage(runs: int, *, sequential: bool) -> float:
                 break
         stopped += n < samples
         if sequential:
-            interval = stats.sequential_summary(x[:n], k=k, samples=samples).kpp_interval
+            interval = coverage.sequential_summary(x[:n], k=k, samples=samples).kpp_interval
             assert interval.confidence == 0.95 and "Bonferroni" in interval.method
         else:
             interval = stats.kpp_interval(x[:n], k)
@@ -356,7 +356,7 @@ def test_test_set_error_widens_the_mean_interval_in_quadrature_by_hand() -> None
     rng = np.random.default_rng(1)
     accuracies = rng.normal(0.8, 0.02, 400)
     base = stats.summarize(accuracies, k=1)
-    wide = stats.with_test_set_error(base, 2000)
+    wide = coverage.with_test_set_error(base, 2000)
     mc = (base.mean_interval.high - base.mean_interval.low) / 2
     test_set = 1.959963984540054 * math.sqrt(base.mean * (1 - base.mean) / 2000)
     assert test_set == pytest.approx(0.0175, abs=1e-4)  # about ±1.75 points near 80%
@@ -384,7 +384,7 @@ def test_test_set_error_intervals_cover_the_population_mean() -> None:
         thresholds = rng.normal(0.8, 0.02, 200)
         accuracies = np.searchsorted(scores, thresholds) / 2000
         base = stats.summarize(accuracies, k=1)
-        wide = stats.with_test_set_error(base, 2000)
+        wide = coverage.with_test_set_error(base, 2000)
         covered_mc += base.mean_interval.low <= 0.8 <= base.mean_interval.high
         covered_wide += wide.mean_interval.low <= 0.8 <= wide.mean_interval.high
     assert covered_mc / runs < 0.5
