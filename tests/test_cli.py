@@ -686,3 +686,21 @@ def test_report_records_resolved_options(run_cli, convnet_onnx, blobs_npz, tmp_p
     assert options["exclude"] == ["*fc*"]
     assert options["config_file"] == str(config)
     assert options["mean"] is None and options["output"] is None
+
+
+def test_device_physics_options_reach_the_noise_model(
+    run_cli: RunCli, convnet_onnx, blobs_npz
+) -> None:
+    base = ("eval", convnet_onnx, "--data", blobs_npz, "--sigma", "0.3", *FAST, "--noise", "rram")
+    code, out, err = run_cli(*base, "--json", "-")
+    assert code == 0, err
+    noise = json.loads(out)["noise"]
+    assert (noise["clamp"], noise["cell_noise"]) == (True, "independent")  # the defaults
+    code, out, err = run_cli(*base, "--no-clamp", "--cell-noise", "shared", "--json", "-")
+    assert code == 0, err
+    noise = json.loads(out)["noise"]
+    assert (noise["clamp"], noise["cell_noise"]) == (False, "shared")
+    code, out, err = run_cli(*base, "--cell-noise", "both")
+    assert code == 2 and out == ""
+    assert "--cell-noise must be one of independent, shared" in err
+    assert len(err.strip().splitlines()) == 1
