@@ -1,11 +1,15 @@
 """Monte Carlo throughput of ftaudit against plain inference and the naive way.
 
-For each sample model (LeNet, MLP) on the shipped 2,000-image Fashion-MNIST subset it measures
-(a) plain inference of the clean model over the data (ONNX Runtime; torch for TorchScript),
-(b) ftaudit's Monte Carlo time per sample (draws + perturbation + inference + bookkeeping),
+For each model (the sample LeNet and MLP on the shipped 2,000 Fashion-MNIST images; a residual
+CNN, a ResNet-18-width CNN and a MobileNet-style CNN built by ``bench_models.py``) it measures
+(a) plain inference of the clean model over the data (ONNX Runtime, weights as constants),
+(b) ftaudit's Monte Carlo time per sample (draws + perturbation + inference + bookkeeping) on one
+    sigma and per sigma on a grid of five, and the same with the pre-packed graph turned off
+    (weights fed to the original graph, the route before the pre-packing),
 (c) the naive way: perturb, re-serialise, build a new ONNX Runtime session per sample,
-(d) numpy's dense float32 matmul throughput on this machine,
-and writes the table to docs/benchmarks.md (``--write``). Timings are medians of repeats.
+(d) a drift row (one time, no compensation / global compensation) against a plain row,
+and writes the table to docs/benchmarks.md (``--write``). Timings are medians of repeats, or
+means over many samples; every figure comes from the same run on the same machine.
 
     python benchmarks/mc_throughput.py --write
 """
@@ -16,17 +20,22 @@ import argparse
 import os
 import platform
 import statistics
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "sample_models"
 DATA = MODELS / "fmnist_test_2000.npz"
 SIGMA = 0.3
 GRID = (0.1, 0.2, 0.3, 0.4, 0.5)  # one run over five sigmas shares each sample's draws
+BATCH = 512
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -54,40 +63,40 @@ def plain_onnx_seconds(path: Path, x: np.ndarray, batch_size: int, repeats: int)
     return median_time(run, repeats)
 
 
-def plain_torch_seconds(path: Path, x: np.ndarray, batch_size: int, repeats: int) -> float:
-    """(a') The TorchScript module over the data with torch.no_grad."""
-    import torch
-
-    from ftaudit.models.torchscript import jit_load
-
-    module = jit_load(path.read_bytes(), path).eval()
-    batches = [torch.from_numpy(x[s : s + batch_size]) for s in range(0, len(x), batch_size)]
-
-    def run() -> None:
-        with torch.no_grad():
-            for batch in batches:
-                module(batch)
-
-    return median_time(run, repeats)
-
-
 def ftaudit_seconds_per_sample(
-    path: Path, x: np.ndarray, y: np.ndarray, samples: int, sigmas: tuple[float, ...] = (SIGMA,)
+    path: Path,
+    x: np.ndarray,
+    y: np.ndarray,
+    samples: int,
+    sigmas: tuple[float, ...] = (SIGMA,),
+    *,
+    prepacked: bool = True,
+    effects=None,
+    batch_size: int = BATCH,
 ) -> float:
-    """(b) ftaudit's Monte Carlo loop per sample and sigma (setup excluded)."""
+    """(b) ftaudit's Monte Carlo loop per sample and row (setup excluded); ``prepacked=False``
+    feeds the weights to the original graph; ``effects`` adds drift rows."""
     from ftaudit.models import load_model
+    from ftaudit.models import onnx as onnx_models
     from ftaudit.montecarlo import Crossbar, run_monte_carlo
     from ftaudit.noise import get_noise_model
 
     model = load_model(path)
     x_fit = model.fit_input(x)
-    runner = model.runner(model.layers, device="cpu")
-    runner.bind_data(x_fit, y, batch_size=512)
+    builder = onnx_models.build_prepacked_graph
+    if not prepacked:
+        onnx_models.build_prepacked_graph = lambda *a, **k: None
+    try:
+        runner = model.runner(model.layers, device="cpu")
+    finally:
+        onnx_models.build_prepacked_graph = builder
+    runner.bind_data(x_fit, y, batch_size=batch_size)
     crossbar = Crossbar.prepare(model.layers, model.clean_weights(), get_noise_model("lognormal"))
-    run_monte_carlo(runner, crossbar, sigmas, samples=3, seed=1, n_data=len(y), k=1.0)
+    options = dict(n_data=len(y), k=1.0, effects=effects)
+    run_monte_carlo(runner, crossbar, sigmas, samples=2, seed=1, **options)
     start = time.perf_counter()
-    run_monte_carlo(runner, crossbar, sigmas, samples=samples, seed=0, n_data=len(y), k=1.0)
-    return (time.perf_counter() - start) / samples / len(sigmas)
+    counts = run_monte_carlo(runner, crossbar, sigmas, samples=samples, seed=0, **options)
+    return (time.perf_counter() - start) / samples / counts.counts.shape[0]
 
 
 def draw_seconds_per_sample(path: Path, samples: int = 50) -> float:
@@ -125,17 +134,9 @@ def naive_seconds_per_sample(path: Path, x: np.ndarray, samples: int) -> float:
                 tensor.CopyFrom(numpy_helper.from_array(noisy.astype(w.dtype), tensor.name))
         session = ort.InferenceSession(copy.SerializeToString(), providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
-        for s in range(0, len(x), 512):
-            session.run(None, {name: x[s : s + 512]})
+        for s in range(0, len(x), BATCH):
+            session.run(None, {name: x[s : s + BATCH]})
     return (time.perf_counter() - start) / samples
-
-
-def numpy_macs_per_second(size: int = 1024, repeats: int = 10) -> float:
-    """(d) Dense float32 matmul throughput, multiply-accumulates per second."""
-    rng = np.random.default_rng(0)
-    a = rng.random((size, size), dtype=np.float32)
-    b = rng.random((size, size), dtype=np.float32)
-    return size**3 / median_time(lambda: a @ b, repeats)
 
 
 def machine() -> str:
@@ -165,72 +166,145 @@ def machine() -> str:
     return ", ".join(parts)
 
 
+def drift_effects(compensation: str):
+    from ftaudit.device_effects import DeviceEffects, DriftModel
+
+    return DeviceEffects(
+        times=(3600.0,), compensations=(compensation,), drift=DriftModel(20.0, 0.05, 0.01)
+    )
+
+
+def measure(name: str, path: Path, x: np.ndarray, y: np.ndarray, args) -> dict:
+    """Every column of one model's row, measured back to back."""
+    from ftaudit.models import load_model
+
+    samples = max(4, int(args.samples * SCALE.get(name, 1.0)))
+    model = load_model(path)
+    x = model.fit_input(x)
+    macs = sum(layer.macs or 0 for layer in model.layers) * len(x)
+    weights = sum(layer.params for layer in model.layers)
+    plain = plain_onnx_seconds(path, x, BATCH, args.repeats)
+    mc = ftaudit_seconds_per_sample(path, x, y, samples)
+    mc_old = ftaudit_seconds_per_sample(path, x, y, samples, prepacked=False)
+    grid = ftaudit_seconds_per_sample(path, x, y, max(2, samples // 2), GRID)
+    drift = ftaudit_seconds_per_sample(path, x, y, samples, effects=drift_effects("none"))
+    drift_comp = ftaudit_seconds_per_sample(path, x, y, samples, effects=drift_effects("global"))
+    naive = naive_seconds_per_sample(path, x, max(3, int(args.naive_samples * SCALE.get(name, 1))))
+    draws = draw_seconds_per_sample(path)
+    return {
+        "model": name,
+        "images": len(x),
+        "weights": weights,
+        "macs": macs,
+        "plain": plain * 1e3,
+        "mc": mc * 1e3,
+        "mc_old": mc_old * 1e3,
+        "grid": grid * 1e3,
+        "drift": drift * 1e3,
+        "drift_comp": drift_comp * 1e3,
+        "naive": naive * 1e3,
+        "draws": draws * 1e3,
+        "samples": samples,
+    }
+
+
+#: fraction of --samples timed per model (the larger models cost seconds per sample)
+SCALE = {"resnet18w": 0.1, "mobilenet": 0.25}
+
+
+def render(rows: list[dict]) -> str:
+    header = (
+        "| model | images | crossbar weights | MACs / pass | (a) plain ORT ms "
+        "| (b) MC ms/sample | efficiency (a)/(b) | 5 sigmas: ms/sample/sigma "
+        "| efficiency, 5 sigmas "
+        "| before pre-packing: ms/sample | efficiency before | (c) naive ms/sample "
+        "| speed-up over naive | drift row ms | drift row / plain row "
+        "| drift + global comp. row ms | comp. row / plain row | draws ms/sample |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: | ---: | ---: | ---: | ---: | ---: |"
+    )
+    lines = [
+        f"| {r['model']} | {r['images']:,} | {r['weights']:,} | {r['macs']:,} "
+        f"| {r['plain']:.2f} | {r['mc']:.2f} | {r['plain'] / r['mc']:.2f} "
+        f"| {r['grid']:.2f} | {r['plain'] / r['grid']:.2f} "
+        f"| {r['mc_old']:.2f} | {r['plain'] / r['mc_old']:.2f} | {r['naive']:.2f} "
+        f"| {r['naive'] / r['mc']:.1f}x | {r['drift']:.2f} | {r['drift'] / r['mc']:.2f} "
+        f"| {r['drift_comp']:.2f} | {r['drift_comp'] / r['mc']:.2f} | {r['draws']:.2f} |"
+        for r in rows
+    ]
+    return "\n".join([header, *lines])
+
+
+def load_models(names: list[str], folder: Path) -> list[tuple[str, Path, np.ndarray, np.ndarray]]:
+    from ftaudit.data import load_dataset
+
+    data = load_dataset(DATA)
+    found = []
+    for name in names:
+        if name in ("lenet", "mlp"):
+            found.append((name, MODELS / f"{name}.onnx", data.x, data.y))
+        else:
+            import bench_models
+
+            found.append((name, *bench_models.build(name, folder)))
+    return found
+
+
+def aihwkit_row(python: str, lenet: dict, args) -> str:
+    """ftaudit's LeNet cost per sample against IBM aihwkit's on the same model and data."""
+    import json
+    import subprocess
+
+    samples = max(10, args.samples // 4)
+    script = Path(__file__).resolve().parent / "aihwkit_compare.py"
+    command = [python, str(script), "--samples", str(samples), "--sigma", str(SIGMA)]
+    found = json.loads(subprocess.run(command, check=True, capture_output=True).stdout)
+    return (
+        "| side by side (lenet, 2,000 images, weights-only lognormal noise, sigma "
+        f"{SIGMA}) | ms/sample | mean accuracy |\n| --- | ---: | ---: |\n"
+        f"| IBM aihwkit 1.2.0 (ideal forward, programming noise only; {samples} samples) "
+        f"| {found['ms_per_sample']:.2f} | {found['mean_accuracy']:.4f} "
+        f"± {found['standard_error']:.4f} |\n"
+        f"| ftaudit (this table's lenet row) | {lenet['mc']:.2f} | |\n"
+        f"| ftaudit cost / aihwkit cost | {lenet['mc'] / found['ms_per_sample']:.2f} | |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=200, help="MC samples timed for (b)")
+    parser.add_argument("--samples", type=int, default=200, help="MC samples timed per model")
     parser.add_argument("--naive-samples", type=int, default=20, help="samples timed for (c)")
     parser.add_argument("--repeats", type=int, default=20, help="repeats for (a)")
+    parser.add_argument(
+        "--models",
+        default="lenet,mlp,rescnn,mobilenet,resnet18w",
+        help="comma-separated: lenet, mlp, rescnn, mobilenet, resnet18w",
+    )
+    parser.add_argument(
+        "--aihwkit-python",
+        help="a Python with aihwkit 1.2.0: adds the side-by-side LeNet row (aihwkit_compare.py)",
+    )
     parser.add_argument("--write", action="store_true", help="write docs/benchmarks.md")
     args = parser.parse_args()
 
-    from ftaudit.data import load_dataset
-    from ftaudit.models import load_model
-
-    data = load_dataset(DATA)
-    x, y = data.x, data.y
-    macs_peak = numpy_macs_per_second()
-    rows = []
-    for name in ("lenet", "mlp"):
-        onnx_path, ts_path = MODELS / f"{name}.onnx", MODELS / f"{name}.pt"
-        macs = sum(layer.macs or 0 for layer in load_model(onnx_path).layers) * len(x)
-        plain = plain_onnx_seconds(onnx_path, x, 512, args.repeats)
-        plain_ts = plain_torch_seconds(ts_path, x, 512, args.repeats)
-        mc_onnx = ftaudit_seconds_per_sample(onnx_path, x, y, args.samples)
-        mc_ts = ftaudit_seconds_per_sample(ts_path, x, y, args.samples)
-        mc_grid = ftaudit_seconds_per_sample(onnx_path, x, y, args.samples // 2, GRID)
-        draws = draw_seconds_per_sample(onnx_path)
-        naive = naive_seconds_per_sample(onnx_path, x, args.naive_samples)
-        rows.append(
-            {
-                "model": name,
-                "macs": macs,
-                "plain_onnx_ms": plain * 1e3,
-                "plain_torch_ms": plain_ts * 1e3,
-                "mc_onnx_ms": mc_onnx * 1e3,
-                "mc_ts_ms": mc_ts * 1e3,
-                "mc_grid_ms": mc_grid * 1e3,
-                "draws_ms": draws * 1e3,
-                "eff_grid": plain / mc_grid,
-                "naive_ms": naive * 1e3,
-                "eff_onnx": plain / mc_onnx,
-                "eff_ts": plain_ts / mc_ts,
-                "eff_ts_vs_ort": plain / mc_ts,
-                "speedup": naive / mc_onnx,
-                "mac_fraction": macs / mc_onnx / macs_peak,
-            }
-        )
-    header = (
-        "| model | MACs / pass | (a) plain ORT ms | (a') plain torch ms | (b) MC ONNX ms/sample "
-        "| (b) MC TorchScript ms/sample | (c) naive ms/sample | efficiency ONNX (a)/(b) "
-        "| efficiency TorchScript (a')/(b) | speed-up over naive | MAC/s vs numpy matmul "
-        "| draws ms/sample | (b) ONNX, 5 sigmas, ms/sample/sigma | efficiency, 5 sigmas |\n"
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-        "| ---: | ---: | ---: |"
-    )
-    lines = [
-        f"| {r['model']} | {r['macs']:,} | {r['plain_onnx_ms']:.1f} | {r['plain_torch_ms']:.1f} "
-        f"| {r['mc_onnx_ms']:.1f} | {r['mc_ts_ms']:.1f} | {r['naive_ms']:.1f} "
-        f"| {r['eff_onnx']:.2f} | {r['eff_ts']:.2f} | {r['speedup']:.1f}x "
-        f"| {r['mac_fraction']:.1%} | {r['draws_ms']:.2f} | {r['mc_grid_ms']:.1f} "
-        f"| {r['eff_grid']:.2f} |"
-        for r in rows
-    ]
-    table = "\n".join([header, *lines])
+    with tempfile.TemporaryDirectory(prefix="ftaudit-bench-") as tmp:
+        rows = []
+        for name, path, x, y in load_models(args.models.split(","), Path(tmp)):
+            rows.append(measure(name, path, x, y, args))
+            print(render(rows[-1:]).splitlines()[-1], flush=True)
+    table = render(rows)
+    lenet = next((r for r in rows if r["model"] == "lenet"), None)
+    if args.aihwkit_python and lenet is not None:
+        table += "\n\n" + aihwkit_row(args.aihwkit_python, lenet, args)
     summary = (
-        f"Machine: {machine()}.\n\nData: {len(x):,} images (sample_models/fmnist_test_2000.npz), "
-        f"batch size 512, lognormal noise at sigma={SIGMA}, {args.samples} Monte Carlo samples "
-        f"timed per model and format, {args.naive_samples} for the naive way. numpy dense "
-        f"float32 matmul: {macs_peak / 1e9:.1f} GMAC/s.\n"
+        f"Machine: {machine()}. Run on {time.strftime('%Y-%m-%d')} "
+        f"(`python benchmarks/mc_throughput.py --write`).\n\n"
+        f"Lognormal noise at sigma={SIGMA} (5-sigma grid {GRID}), batch size {BATCH}, "
+        f"{args.samples} Monte Carlo samples timed per model (fewer for the two large models: "
+        f"the samples column of the script's output), {args.naive_samples} for the naive way. "
+        "lenet and mlp run on the 2,000 shipped Fashion-MNIST images; the other models on "
+        "random inputs labelled by the clean model (bench_models.py). Drift rows: one time "
+        "(1 hour), nu 0.05 +- 0.01. No GPU was lent to this session: no GPU rows.\n"
     )
     print(summary)
     print(table)

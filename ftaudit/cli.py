@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from ftaudit import __version__
+from ftaudit import __version__, cli_help
 from ftaudit.errors import GateFailure, UserError
 from ftaudit.harden.settings import HARDEN_DEFAULTS as _HARDEN
 
@@ -30,7 +30,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
-    rich_markup_mode=None,
+    rich_markup_mode="markdown",
 )
 
 # Shared option aliases, defined once and reused by every command.
@@ -93,7 +93,10 @@ DriftT0Opt = Annotated[
 ]
 CompensationOpt = Annotated[
     str | None,
-    typer.Option("--compensation", help="Global drift compensation: none, global or both [both]."),
+    typer.Option(
+        "--compensation",
+        help="Drift compensation: none, global (alias gdc) or both [both].",
+    ),
 ]
 StuckAtOpt = Annotated[
     str | None,
@@ -140,7 +143,8 @@ NoiseOpt = Annotated[
     ),
 ]
 SamplesOpt = Annotated[
-    int | None, typer.Option("--samples", help="Monte Carlo samples per sigma [1000].")
+    int | None,
+    typer.Option("--samples", help="Monte Carlo samples (noise draws) per sigma [1000]."),
 ]
 KOpt = Annotated[float | None, typer.Option("--k", help="Percentile for KPP, in (0, 100) [1].")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed [0].")]
@@ -148,7 +152,12 @@ BatchSizeOpt = Annotated[
     int | None, typer.Option("--batch-size", help="Inference batch size [512].")
 ]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu or cuda [cpu].")]
-LimitOpt = Annotated[int | None, typer.Option("--limit", help="Use the first N samples.")]
+LimitOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--limit", help="Evaluate on only the first N examples of the data (not --samples)."
+    ),
+]
 MeanOpt = Annotated[
     str | None, typer.Option("--mean", help="Normalise: subtract (scalar or per channel).")
 ]
@@ -196,10 +205,25 @@ def _version(value: bool) -> None:
 def _root(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+        typer.Option(
+            "--version", callback=_version, is_eager=True, metavar="", help="Show the version."
+        ),
     ] = False,
 ) -> None:
     """Audit neural networks for analog compute-in-memory hardware under device variation."""
+
+
+def _warn(lines: Any) -> None:
+    """Print what the user is probably wrong about, one stderr line each (never fatal)."""
+    for line in lines:
+        if line:
+            print(f"ftaudit: warning: {line}", file=sys.stderr)
+
+
+def _warn_workers(workers: int, ray: str | None) -> None:
+    from ftaudit.parallel import oversubscription_warning
+
+    _warn([oversubscription_warning(workers, ray)])
 
 
 def _stderr_console():
@@ -213,7 +237,7 @@ def _show_progress(machine_output: bool) -> bool:
     return not machine_output and not os.environ.get("CI") and sys.stderr.isatty()
 
 
-@app.command("eval")
+@app.command("eval", cls=cli_help.HelpfulCommand, epilog=cli_help.EVAL_EXAMPLES)
 @exit_codes
 def eval_command(
     model: ModelArg,
@@ -315,6 +339,7 @@ def eval_command(
         },
     )
     validate_scale_out(workers=settings.workers, checkpoint_dir=checkpoint_dir, resume=resume)
+    _warn_workers(settings.workers, ray)
     noise_model = _noise_of(settings)
     if settings.sigma is None and getattr(noise_model.profile, "sigma", None) is not None:
         settings = replace(settings, sigma=noise_model.profile.sigma)
@@ -391,6 +416,7 @@ def eval_command(
         resume=resume,
         batch_samples=batch_samples,
     )
+    _warn(report.warnings)
 
     from ftaudit import report as writers
 
@@ -437,7 +463,7 @@ def _run_with_progress(audit_fn: Any, show: bool, *args: Any, **kwargs: Any) -> 
         )
 
 
-@app.command("inspect")
+@app.command("inspect", cls=cli_help.HelpfulCommand, epilog=cli_help.INSPECT_EXAMPLES)
 @exit_codes
 def inspect_command(
     model: ModelArg,
@@ -462,7 +488,7 @@ def inspect_command(
     Console().print(inspect_renderable(summary))
 
 
-@app.command("harden")
+@app.command("harden", cls=cli_help.HelpfulCommand, epilog=cli_help.HARDEN_EXAMPLES)
 @exit_codes
 def harden_command(
     model: ModelArg,
@@ -591,7 +617,9 @@ def harden_command(
         Path | None,
         typer.Option("--study", help="BayesFT: SQLite file holding the search (resumable)."),
     ] = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="Train on the first N.")] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Train on only the first N examples.")
+    ] = None,
     report_path: Annotated[
         Path | None, typer.Option("--report", help="Write the JSON report here.")
     ] = None,
@@ -668,6 +696,7 @@ def harden_command(
         )
     if report_path is not None:
         check_output_path(report_path, what="harden report", protect=(model, output))
+    _warn_workers(settings.workers, ray)
     from ftaudit.harden.api import harden
 
     err = _stderr_console()
@@ -692,7 +721,9 @@ def harden_command(
 
     options = {f.name: getattr(settings, f.name) for f in fields(settings)}
     training_data = options.pop("data")
-    report = harden(
+    report = _run_with_stages(
+        harden,
+        show and _show_progress(False),
         model,
         training_data,
         output=output,
@@ -703,6 +734,7 @@ def harden_command(
         on_epoch=on_epoch,
         ray=ray,
         command=["ftaudit", *(sys.argv[1:] if _ARGV is None else _ARGV)],
+        console=err,
     )
     for note in report.notes:
         err.print(f"note: {note}", highlight=False)
@@ -723,7 +755,7 @@ def harden_command(
         Console().print(harden_table(report))
 
 
-@app.command("noise-models")
+@app.command("noise-models", cls=cli_help.HelpfulCommand)
 def noise_models_command() -> None:
     """List the registered noise models."""
     from ftaudit.noise import NOISE_MODELS
@@ -866,8 +898,9 @@ def _check_outputs(inputs: tuple[Path, ...], paths: dict[str, Path | str | None]
         check_output_path(Path(path), what=what, protect=inputs)
 
 
-def _run_with_stages(fn: Any, show: bool, *args: Any, **kwargs: Any) -> Any:
-    """Call ``fn`` with a progress bar on stderr whose label follows the current stage."""
+def _run_with_stages(fn: Any, show: bool, *args: Any, console: Any = None, **kwargs: Any) -> Any:
+    """Call ``fn`` with a progress bar (with ETA) on stderr whose label follows the current
+    stage; lines printed on ``console`` meanwhile appear above the bar."""
     if not show:
         return fn(*args, **kwargs)
     from rich.markup import escape
@@ -878,10 +911,10 @@ def _run_with_stages(fn: Any, show: bool, *args: Any, **kwargs: Any) -> Any:
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
-        console=_stderr_console(),
+        console=console or _stderr_console(),
         transient=True,
     ) as bar:
-        task = bar.add_task("Monte Carlo samples", total=kwargs.get("samples"))
+        task = bar.add_task("starting", total=kwargs.get("samples"))
 
         def update(stage: str, done: int, total: int) -> None:
             bar.update(task, description=escape(stage), completed=done, total=total)
@@ -889,7 +922,7 @@ def _run_with_stages(fn: Any, show: bool, *args: Any, **kwargs: Any) -> Any:
         return fn(*args, progress=update, **kwargs)
 
 
-@app.command("compare")
+@app.command("compare", cls=cli_help.HelpfulCommand, epilog=cli_help.COMPARE_EXAMPLES)
 @exit_codes
 def compare_command(
     baseline: Annotated[Path, typer.Argument(help="Reference model (ONNX or TorchScript).")],
@@ -930,6 +963,7 @@ def compare_command(
     ] = None,
     json_path: JsonOpt = None,
     csv_path: CsvOpt = None,
+    html_path: HtmlOpt = None,
     junit_path: JunitOpt = None,
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
@@ -981,10 +1015,16 @@ def compare_command(
     from ftaudit.evaluation import validate_scale_out
 
     validate_scale_out(workers=settings.workers, checkpoint_dir=None, resume=False)
+    _warn_workers(settings.workers, ray)
     _effect_options(settings)  # bad drift or fault values fail here, before any output check
     _check_outputs(
         (baseline, candidate, Path(settings.data)),
-        {"JSON report": json_path, "CSV table": csv_path, "JUnit XML": junit_path},
+        {
+            "JSON report": json_path,
+            "CSV table": csv_path,
+            "HTML report": html_path,
+            "JUnit XML": junit_path,
+        },
     )
     machine_output = json_path == "-"
     report = _run_with_stages(
@@ -997,6 +1037,7 @@ def compare_command(
         gate_correction=settings.gate_correction,
         **_audit_options(settings, ray),
     )
+    _warn(report.baseline.warnings)
     from ftaudit.report import compare_report as writers
 
     if machine_output:
@@ -1005,6 +1046,10 @@ def compare_command(
         writers.write_compare_json(report, Path(json_path))
     if csv_path is not None:
         writers.write_compare_csv(report, csv_path)
+    if html_path is not None:
+        from ftaudit.report.compare_html import write_compare_html
+
+        write_compare_html(report, html_path)
     if junit_path is not None:
         writers.write_compare_junit(report, junit_path)
     if not quiet and not machine_output:
@@ -1016,7 +1061,7 @@ def compare_command(
         raise GateFailure([gate.message() for gate in failed])
 
 
-@app.command("sensitivity")
+@app.command("sensitivity", cls=cli_help.HelpfulCommand, epilog=cli_help.SENSITIVITY_EXAMPLES)
 @exit_codes
 def sensitivity_command(
     model: ModelArg,
@@ -1055,6 +1100,13 @@ def sensitivity_command(
     csv_path: CsvOpt = None,
     plot_path: Annotated[
         Path | None, typer.Option("--plot", help="Write a PNG bar chart of the ranking.")
+    ] = None,
+    html_path: HtmlOpt = None,
+    junit_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--junit", help="Write JUnit XML here: the --target-kpp answer per row, for CI."
+        ),
     ] = None,
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
@@ -1105,6 +1157,7 @@ def sensitivity_command(
     from ftaudit.evaluation import validate_scale_out
 
     validate_scale_out(workers=settings.workers, checkpoint_dir=None, resume=False)
+    _warn_workers(settings.workers, ray)
     _effect_options(settings)  # bad drift or fault values fail here, before any output check
     if samples is None and not _config_sets(settings, "samples"):
         from dataclasses import replace
@@ -1112,7 +1165,13 @@ def sensitivity_command(
         settings = replace(settings, samples=DEFAULT_SENSITIVITY_SAMPLES)
     _check_outputs(
         (model, Path(settings.data)),
-        {"JSON report": json_path, "CSV table": csv_path, "plot": plot_path},
+        {
+            "JSON report": json_path,
+            "CSV table": csv_path,
+            "plot": plot_path,
+            "HTML report": html_path,
+            "JUnit XML": junit_path,
+        },
     )
     machine_output = json_path == "-"
     report = _run_with_stages(
@@ -1123,6 +1182,7 @@ def sensitivity_command(
         target_kpp=settings.target_kpp,
         **_audit_options(settings, ray),
     )
+    _warn(report.warnings)
     from ftaudit.report import sensitivity_report as writers
 
     if machine_output:
@@ -1133,6 +1193,13 @@ def sensitivity_command(
         writers.write_sensitivity_csv(report, csv_path)
     if plot_path is not None:
         writers.write_sensitivity_plot(report, plot_path)
+    if html_path is not None or junit_path is not None:
+        from ftaudit.report import sensitivity_html
+
+        if html_path is not None:
+            sensitivity_html.write_sensitivity_html(report, html_path)
+        if junit_path is not None:
+            sensitivity_html.write_sensitivity_junit(report, junit_path)
     if not quiet and not machine_output:
         from rich.console import Console
 

@@ -75,6 +75,8 @@ class Dataset:
     x: np.ndarray
     y: np.ndarray
     source: dict[str, Any]
+    #: things the user is probably wrong about (shown as warnings by the CLI), e.g. pixel values
+    warnings: tuple[str, ...] = ()
 
 
 def load_dataset(
@@ -98,11 +100,30 @@ def load_dataset(
         )
     kind, files = _find_source(path)
     x, y, sha256 = _LOADERS[kind](path, files, limit)
+    scale_warning = None if x.dtype == np.uint8 else pixel_scale_warning(x, path)
     x = _to_float32(x, path)
     if mean is not None or std is not None:
         x = _normalise(x, mean=mean, std=std)
+        scale_warning = None  # the user chose a scale
     source = {"path": str(path), "sha256": sha256, "kind": kind, "n": len(y), "limit": limit}
-    return Dataset(x=x, y=y, source=source)
+    return Dataset(x=x, y=y, source=source, warnings=(scale_warning,) if scale_warning else ())
+
+
+def pixel_scale_warning(x: np.ndarray, path: Path) -> str | None:
+    """A warning when non-uint8 inputs look like 0..255 pixel values (used unchanged, unlike
+    uint8, which is scaled to [0, 1]): a model trained on [0, 1] silently loses accuracy."""
+    if x.size == 0 or not (
+        np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
+    ):
+        return None
+    low, high = float(np.min(x)), float(np.max(x))
+    if not (math.isfinite(low) and math.isfinite(high)) or low < 0 or not 1.0 < high <= 255.0:
+        return None
+    return (
+        f"inputs x in {path} are {x.dtype} values in [{low:g}, {high:g}], used unchanged; a model "
+        "trained on [0, 1] inputs loses accuracy on them: save x / 255 (or uint8, which is "
+        "scaled), or pass --std 255, unless the model expects 0..255"
+    )
 
 
 def fit_to_model(

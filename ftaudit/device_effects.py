@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ftaudit.errors import UserError
-from ftaudit.models.base import CrossbarLayer, ModelRunner
+from ftaudit.models.base import CrossbarLayer
 
 #: spawn-key tails of the new random streams (3-element keys never meet the engine's 2-element)
 DRIFT_STREAM = 0xD21F7
@@ -35,6 +35,8 @@ CALIBRATION_VECTORS = 64
 
 COMPENSATIONS = ("none", "global")
 COMPENSATION_CHOICES = ("none", "global", "both")
+#: other spellings accepted for a compensation mode (reports always say "global")
+COMPENSATION_ALIASES = {"gdc": "global"}
 
 TIME_UNITS = {
     "s": 1.0,
@@ -238,9 +240,11 @@ def resolve_effects(
     )
     drift.validate()
     choice = "both" if compensation is None else compensation
+    choice = COMPENSATION_ALIASES.get(choice, choice)
     if choice not in COMPENSATION_CHOICES:
         raise UserError(
-            f"unknown compensation '{choice}'", hint="use --compensation none, global or both"
+            f"unknown compensation '{choice}'",
+            hint="use --compensation none, global (alias gdc) or both",
         )
     compensations = COMPENSATIONS if choice == "both" else (choice,)
     if stuck_at is None:
@@ -382,29 +386,26 @@ class EffectsEngine:
 
     # one sample ---------------------------------------------------------------------------
 
-    def evaluate(
+    def weight_sets(
         self,
-        runner: ModelRunner,
         sigmas: Sequence[float],
         active: Sequence[int],
         draws: Sequence[np.ndarray],
         sample: SampleEffects,
-        counts_out: np.ndarray,
-    ) -> None:
-        """Correct counts of one sample at every active row, written to ``counts_out``."""
+    ) -> Iterator[tuple[int, list[np.ndarray]]]:
+        """(row, weights) of one sample at every active row; the arrays are reused buffers,
+        valid until the next item. Rows are (sigma, time, compensation) in ``conditions`` order."""
         effects = self.effects
         per_sigma = max(1, len(effects.times) * len(effects.compensations))
         active_rows = set(active)
         native = [layer.to_native(z) for layer, z in zip(self.layers, draws, strict=True)]
-        names = [layer.name for layer in self.layers]
         for s, sigma in enumerate(sigmas):
             first = s * per_sigma
             if not active_rows.intersection(range(first, first + per_sigma)):
                 continue
             programmed = self._program(native, sigma, sample)
             if not effects.times:
-                runner.set_weights(dict(zip(names, self._assemble(programmed), strict=True)))
-                counts_out[first] = runner.count_correct()
+                yield first, self._assemble(programmed)
                 continue
             baseline = None
             if self.compensates:
@@ -424,8 +425,7 @@ class EffectsEngine:
                         final = weights
                         if compensation == "global" and log_ratio > 0 and baseline is not None:
                             final = self._compensate(weights, baseline)
-                        runner.set_weights(dict(zip(names, final, strict=True)))
-                        counts_out[r] = runner.count_correct()
+                        yield r, final
                 row += len(effects.compensations)
 
     def _program(

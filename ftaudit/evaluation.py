@@ -493,6 +493,7 @@ def audit(
         },
         device_effects=None if effects is None else effects.to_dict(),
         test_set_error=test_set_error,
+        warnings=list(dataset.warnings),
     )
 
 

@@ -10,7 +10,7 @@ numbers), which makes accuracy curves smooth and paired comparisons between mode
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -105,8 +105,8 @@ class ChunkEvaluator:
         batch_samples: int = 1,
     ) -> None:
         self.runner = runner
-        #: weight sets per runner call (``count_correct_many``); drift and faults use 1
-        self.batch_samples = batch_samples if effects is None else 1
+        #: weight sets per runner call (``count_correct_many``), with or without device effects
+        self.batch_samples = batch_samples
         self.crossbar = crossbar
         self.sigmas = [float(s) for s in sigmas]
         self.seed = seed
@@ -135,42 +135,45 @@ class ChunkEvaluator:
         counts = np.zeros((self.rows, stop - start), dtype=np.int64)
         if not active or stop <= start:
             return counts
+        names = [layer.name for layer in self.crossbar.layers]
         pending = self._pool.submit(self._draw, start, 0)
         staged: list[tuple[int, int]] = []  # (sample offset, row) of the staged weight sets
         for offset, i in enumerate(range(start, stop)):
             draws, extra = pending.result()
             if i + 1 < stop:
                 pending = self._pool.submit(self._draw, i + 1, ~offset & 1)
-            if self.batch_samples > 1:
-                native = [
-                    la.to_native(z) for la, z in zip(self.crossbar.layers, draws, strict=True)
-                ]
-                for j in active:
-                    buffers = self._staged[len(staged)]
-                    for state, z, buf in zip(self.crossbar.states, native, buffers, strict=True):
-                        result = state.perturb(z, self.sigmas[j], out=buf)
-                        if result is not buf:
-                            np.copyto(buf, result)
-                    staged.append((offset, j))
+            for row, weights in self._weight_sets(draws, extra, active):
+                if self.batch_samples > 1:
+                    for buffer, weight in zip(self._staged[len(staged)], weights, strict=True):
+                        np.copyto(buffer, weight)
+                    staged.append((offset, row))
                     if len(staged) == self.batch_samples:
                         self._flush(staged, counts)
-            elif self.engine is None:
-                _evaluate_sample(
-                    self.runner,
-                    self.crossbar,
-                    self.sigmas,
-                    active,
-                    draws,
-                    self._weights,
-                    counts[:, offset],
-                )
-            else:
-                self.engine.evaluate(
-                    self.runner, self.sigmas, active, draws, extra, counts[:, offset]
-                )
+                else:
+                    self.runner.set_weights(dict(zip(names, weights, strict=True)))
+                    counts[row, offset] = self.runner.count_correct()
         if staged:
             self._flush(staged, counts)
         return counts
+
+    def _weight_sets(
+        self, draws: Sequence[np.ndarray], extra: Any, active: Sequence[int]
+    ) -> Iterator[tuple[int, list[np.ndarray]]]:
+        """(row, weights) for every active row of one sample; the arrays are reused buffers,
+        valid until the next item."""
+        if self.engine is not None:
+            yield from self.engine.weight_sets(self.sigmas, active, draws, extra)
+            return
+        layers, states = self.crossbar.layers, self.crossbar.states
+        native = [layer.to_native(z) for layer, z in zip(layers, draws, strict=True)]
+        for j in active:
+            yield (
+                j,
+                [
+                    state.perturb(z, self.sigmas[j], out=buffer)
+                    for state, z, buffer in zip(states, native, self._weights, strict=True)
+                ],
+            )
 
     def _flush(self, staged: list[tuple[int, int]], counts: np.ndarray) -> None:
         """Evaluate the staged weight sets in one runner call and empty the stage."""
@@ -328,25 +331,3 @@ def run_monte_carlo(
             if future is not None:
                 future.cancel()
     return MonteCarloCounts(counts=state.counts, used=used, stopped_early=stopped)
-
-
-def _evaluate_sample(
-    runner: ModelRunner,
-    crossbar: Crossbar,
-    sigmas: Sequence[float],
-    active: Sequence[int],
-    draws: Sequence[np.ndarray],
-    weight_buffers: Sequence[np.ndarray],
-    counts_out: np.ndarray,
-) -> None:
-    """Correct counts of one sample's draws at every active sigma, written to ``counts_out``."""
-    native = [layer.to_native(z) for layer, z in zip(crossbar.layers, draws, strict=True)]
-    for j in active:
-        weights = {
-            layer.name: state.perturb(z, sigmas[j], out=buf)
-            for layer, state, z, buf in zip(
-                crossbar.layers, crossbar.states, native, weight_buffers, strict=True
-            )
-        }
-        runner.set_weights(weights)
-        counts_out[j] = runner.count_correct()

@@ -347,7 +347,24 @@ def close_backend(backend: SampleBackend) -> None:
         close()
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's count)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, cores or 1)
+
+
 def threads_per_worker(workers: int) -> int:
     """Each worker's share of the machine's cores (at least one)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // workers)
+    return max(1, usable_cpus() // workers)
+
+
+def oversubscription_warning(workers: int, ray: str | None = None) -> str | None:
+    """A warning when more local worker processes than usable CPUs were asked for: they only
+    compete for the cores (8 workers on 2 cores ran 4x slower than 2). Ray places its own."""
+    cpus = usable_cpus()
+    if ray is not None or workers <= cpus:
+        return None
+    return (
+        f"--workers {workers} is more than the {cpus} CPU(s) this process may use; the extra "
+        f"workers only compete for them and slow the run down: pass --workers {cpus}"
+    )

@@ -156,6 +156,8 @@ class AuditReport:
     options: dict[str, Any] = field(default_factory=dict)
     #: stuck-at faults and drift (``DeviceEffects.to_dict()``), None when neither was applied
     device_effects: dict[str, Any] | None = None
+    #: what the user is probably wrong about (the CLI prints them on stderr; not in the JSON)
+    warnings: list[str] = field(default_factory=list)
     #: the intervals also cover the test set's sampling error (--test-set-error)
     test_set_error: bool = False
 

@@ -121,3 +121,47 @@ def test_a_default_batch_falls_back_when_torch_cannot_take_the_model(
     assert isinstance(runner, OnnxRunner)
     with pytest.raises(UserError, match="cannot convert op Foo"):
         build_runner(model, model.layers, device="cpu", batch_samples=16, batch_required=True)
+
+
+@pytest.mark.parametrize("batch_samples", [2, 5])
+def test_drift_and_stuck_rows_are_staged_like_plain_rows(
+    convnet_onnx: Path, blobs_npz: Path, batch_samples
+):
+    """Device effects no longer switch batching off: staged sets give the one-at-a-time counts."""
+    from ftaudit.device_effects import DeviceEffects, DriftModel, StuckAt
+
+    model = load_model(convnet_onnx)
+    data = load_dataset(blobs_npz)
+    _, runner, crossbar, _ = prepare_run(
+        model,
+        data,
+        layers=None,
+        exclude=None,
+        noise=get_noise_model("rram"),
+        batch_size=64,
+        device="cpu",
+    )
+    effects = DeviceEffects(
+        times=(1.0, 3600.0, 3.0e7),
+        compensations=("none", "global"),
+        drift=DriftModel(20.0, 0.05, 0.02),
+        stuck_at=StuckAt(0.01, 0.02),
+    )
+    one = ChunkEvaluator(runner, crossbar, [0.1, 0.4], 2, effects)
+    many = ChunkEvaluator(runner, crossbar, [0.1, 0.4], 2, effects, batch_samples=batch_samples)
+    assert many.batch_samples == batch_samples
+    rows = list(range(one.rows))
+    expected = one.evaluate(0, 6, rows)
+    assert expected.shape == (2 * 3 * 2, 6)
+    assert np.array_equal(many.evaluate(0, 6, rows), expected)
+    assert np.array_equal(many.evaluate(0, 6, [1, 7])[[1, 7]], expected[[1, 7]])
+
+
+def test_vmapped_runner_with_drift_matches_onnx_runtime(convnet_onnx: Path, blobs_npz: Path):
+    options = dict(sigmas=[0.3], samples=12, seed=4, times=[3600.0], compensation="both")
+    one = ftaudit.audit(convnet_onnx, blobs_npz, **options)
+    batched = ftaudit.audit(convnet_onnx, blobs_npz, batch_samples=4, **options)
+    assert batched.options["execution"]["batch_samples"] == 4
+    diff = np.abs(accuracies(batched) - accuracies(one))
+    assert len(one.results) == 2
+    assert diff.max() <= 1 / 400 + 1e-12

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ftaudit.data import Dataset, fit_to_model, load_dataset, validate_labels
+from ftaudit.data import Dataset, fit_to_model, load_dataset, pixel_scale_warning, validate_labels
 from ftaudit.errors import UserError
 from ftaudit.fileio import sha256_file
 
@@ -388,3 +388,21 @@ def test_validate_labels() -> None:
     assert "label 10" in str(caught.value) and "10 classes" in str(caught.value)
     with pytest.raises(UserError, match="label -1"):
         validate_labels(np.array([-1]), 10)
+
+
+def test_pixel_values_in_floats_are_flagged(tmp_path: Path) -> None:
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(6, 4, 4)).astype(np.float32)
+    labels = np.arange(6) % 2
+    warning = pixel_scale_warning(pixels, Path("d.npz"))
+    assert warning is not None and "[0, 255]" in warning and "--std 255" in warning
+    assert pixel_scale_warning(pixels / 255, Path("d.npz")) is None  # already in [0, 1]
+    assert pixel_scale_warning(pixels - 128, Path("d.npz")) is None  # centred: not pixels
+    assert pixel_scale_warning(pixels * 4, Path("d.npz")) is None  # beyond 255: not pixels
+    for name, x in (("float", pixels), ("int", pixels.astype(np.int64))):
+        np.savez(tmp_path / f"{name}.npz", x=x, y=labels)
+        assert len(load_dataset(tmp_path / f"{name}.npz").warnings) == 1
+        assert load_dataset(tmp_path / f"{name}.npz", std=[255.0]).warnings == ()
+    np.savez(tmp_path / "u8.npz", x=pixels.astype(np.uint8), y=labels)
+    assert load_dataset(tmp_path / "u8.npz").warnings == ()  # uint8 is scaled to [0, 1]

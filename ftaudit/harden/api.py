@@ -18,12 +18,14 @@ import numpy as np
 from ftaudit import __version__
 from ftaudit.data import Dataset, load_dataset, validate_labels
 from ftaudit.errors import UserError
+from ftaudit.eval_checkpoint import check_checkpoint_dir
 from ftaudit.evaluation import audit
 from ftaudit.fileio import check_output_path, sha256_file
 from ftaudit.harden.bayesft import validate_bayesft_options
 from ftaudit.harden.checkpoint import load_checkpoint
-from ftaudit.harden.methods import EpochCallback, HardenContext, get_method
+from ftaudit.harden.methods import EpochCallback, HardenContext, StageProgress, get_method
 from ftaudit.harden.parallel_eval import open_workers
+from ftaudit.harden.settings import CLEAN_DROP_NOTICE
 from ftaudit.harden.settings import HARDEN_DEFAULTS as DEFAULTS
 from ftaudit.harden.trainable import export_hardened
 from ftaudit.harden.training import TrainingData
@@ -204,6 +206,7 @@ def harden(
     checkpoint_dir: Path | str | None = None,
     resume: bool = False,
     on_epoch: EpochCallback | None = None,
+    progress: StageProgress | None = None,
     command: Sequence[str] | None = None,
     workers: int = DEFAULTS.workers,
     ray: str | None = None,
@@ -215,6 +218,8 @@ def harden(
     report) on that many local processes, ``ray`` on a Ray cluster ('local' starts one, 'auto' or
     host:port joins one); the trained model and every number are the same either way.
     ``config_file`` is recorded in the report's settings (the CLI passes the file it read).
+    ``progress(stage, done, total)`` follows the training steps of each epoch and the Monte
+    Carlo samples of the before/after report.
     The defaults are those of ``HardenSettings`` (ftaudit/harden/settings.py)."""
     started = time.perf_counter()
     validate_harden_options(
@@ -268,10 +273,8 @@ def harden(
         raise UserError(
             "--resume needs --checkpoint-dir", hint="point it at the interrupted run's folder"
         )
-    if checkpoint_dir is not None and not Path(checkpoint_dir).is_dir():
-        raise UserError(
-            f"checkpoint folder {checkpoint_dir} does not exist", hint="create it first"
-        )
+    if checkpoint_dir is not None and Path(checkpoint_dir).exists():
+        check_checkpoint_dir(checkpoint_dir)  # a file in the way fails before any work
     noise_model = get_noise_model(
         noise, bits=bits, cell_bits=cell_bits, clamp=clamp, cell_noise=cell_noise
     )
@@ -339,6 +342,8 @@ def harden(
         "n_val": len(val),
     }
     resume_state = None
+    if checkpoint_dir is not None:  # created when missing, as eval's is
+        checkpoint_dir = check_checkpoint_dir(checkpoint_dir)
     if checkpoint_dir is not None and resume:
         resume_state = load_checkpoint(Path(checkpoint_dir), fingerprint)
         if resume_state is None:
@@ -366,6 +371,7 @@ def harden(
         checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir),
         resume_state=resume_state,
         on_epoch=on_epoch,
+        progress=progress,
     )
     # one pool of workers for the whole training (processes start at the first evaluation);
     # a Ray connection is kept for the before/after audits, which then reuse it
@@ -412,9 +418,16 @@ def harden(
                 "limit": limit,
             },
         )
-        before = audit(source, eval_data, **common)
-        after = audit(load_model(output_path), eval_data, **common)
-        notes.extend(collapse_warnings(before, after))
+        before = audit(
+            source, eval_data, progress=_stage(progress, "evaluating the input model"), **common
+        )
+        after = audit(
+            load_model(output_path),
+            eval_data,
+            progress=_stage(progress, "evaluating the hardened model"),
+            **common,
+        )
+        notes.extend(collapse_warnings(before, after) or clean_drop_notes(before, after))
     finally:
         if ctx.workers is not None:
             ctx.workers.close()
@@ -443,8 +456,28 @@ def harden(
     )
 
 
+def _stage(progress: StageProgress | None, stage: str) -> Any:
+    """``progress`` bound to one stage, as audit's (done, total) callback."""
+    if progress is None:
+        return None
+    return lambda done, total: progress(stage, done, total)
+
+
 #: a hardened model this far below the input's clean accuracy is reported as collapsed
 COLLAPSE_DROP = 0.2
+
+
+def clean_drop_notes(before: AuditReport, after: AuditReport) -> list[str]:
+    """A note when hardening cost more than a few points of clean accuracy (not a collapse):
+    the robustness may not be worth it, which the before/after rows show."""
+    drop = before.clean_accuracy - after.clean_accuracy
+    if drop <= CLEAN_DROP_NOTICE:
+        return []
+    return [
+        f"the hardened model's clean accuracy is {100 * drop:.1f} points lower "
+        f"({100 * before.clean_accuracy:.1f}% -> {100 * after.clean_accuracy:.1f}%): check the "
+        "rows below that the robustness is worth it, or try fewer --epochs or a smaller --sigma"
+    ]
 
 
 def collapse_warnings(before: AuditReport, after: AuditReport) -> list[str]:

@@ -33,6 +33,9 @@ EVAL_KEY = 1_000_003
 
 #: called after every epoch with (epoch, info) for progress displays
 EpochCallback = Callable[[int, dict[str, Any]], None]
+#: called with (stage, done, total) within a stage (training steps of an epoch, Monte Carlo
+#: samples of the before/after report), for progress bars
+StageProgress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -56,6 +59,7 @@ class HardenContext:
     checkpoint_dir: Path | None = None
     resume_state: dict[str, Any] | None = None
     on_epoch: EpochCallback | None = None
+    progress: StageProgress | None = None
     #: where validation Monte Carlo runs (None: this process); the numbers are the same
     workers: HardenWorkers | None = None
 
@@ -75,6 +79,15 @@ class HardenContext:
     ) -> float:
         """One epoch of ``model`` on the training data with this run's seed and settings
         (``draws`` noise draws averaged per step)."""
+        on_step = None
+        if self.progress is not None:
+            steps = -(-len(self.train) // self.batch_size)
+            stage = f"training, epoch {epoch + 1}"
+            progress = self.progress
+
+            def on_step(step: int, loss: float) -> None:
+                progress(stage, step + 1, steps)
+
         return train_epoch(
             model,
             optimizer,
@@ -85,6 +98,7 @@ class HardenContext:
             layers=self.layers,
             noise=noise,
             device=self.device,
+            on_step=on_step,
             draws=draws,
         )
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from ftaudit.errors import UserError
 from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner, TensorSpec
+from ftaudit.models.onnx_prepack import DerivedInput, build_prepacked_graph
 
 #: op type -> index of the weight input that a crossbar stores
 CROSSBAR_WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1}
@@ -308,9 +309,10 @@ class OnnxRunner(ModelRunner):
     """One ONNX Runtime session whose selected crossbar weights are graph inputs.
 
     Each sample feeds its perturbed weights like any other input: no session is rebuilt and
-    nothing is re-serialised. (A fresh session per sample lets ONNX Runtime prepack constant
-    weights, but the session build costs more than it saves: the "naive" column of
-    docs/benchmarks.md.)
+    nothing is re-serialised. On the CPU the graph is the optimiser's own, with the weights it
+    pre-packed (blocked NCHWc convolutions, folded BatchNorm) turned into inputs fed through a
+    precomputed gather (``onnx_prepack``): convolutions keep their fast kernels. Where that map
+    cannot be read off the optimiser, the original graph takes the weights as inputs.
     """
 
     runtime_errors = _ort_runtime_errors()
@@ -330,6 +332,47 @@ class OnnxRunner(ModelRunner):
         graph_model.CopyFrom(model.proto)
         graph = graph_model.graph
         names = {layer.name for layer in selected}
+        # the evaluated output must be a graph output; keep only it so nothing else is computed
+        outputs = [o for o in graph.output if o.name == model.output.name]
+        del graph.output[:]
+        graph.output.extend(outputs)
+        self.model = model
+        self.dtypes = {layer.name: np.dtype(layer.dtype) for layer in selected}
+        self.feed: dict[str, np.ndarray] = {}
+        #: crossbar weight -> the optimised graph's inputs derived from it (CPU, float32)
+        self._derived: dict[str, list[DerivedInput]] = {}
+        plan = (
+            build_prepacked_graph(
+                graph_model, {layer.name: model.initializers[layer.name] for layer in selected}
+            )
+            if device == "cpu"
+            else None
+        )
+        if plan is not None:
+            self._model_bytes = plan.model_bytes
+            self._derived = plan.by_source()
+            for derived in plan.inputs:
+                self.feed[derived.name] = np.empty(derived.shape, np.float32)
+            self.set_weights({layer.name: model.initializers[layer.name] for layer in selected})
+        else:
+            self._plain_graph(graph_model, names)
+            self.feed = {layer.name: model.initializers[layer.name] for layer in selected}
+        self.input_name = model.input.name
+        self.output_name = model.output.name
+        self.input_dtype = np.dtype(model.input.dtype)
+        self.session = self._new_session()
+        self._batches: list[np.ndarray] = []
+        self._n = 0
+
+    @property
+    def prepacked(self) -> bool:
+        """Whether the runner uses the optimiser's pre-packed weight layouts."""
+        return bool(self._derived)
+
+    def _plain_graph(self, graph_model: Any, names: set[str]) -> None:
+        """The original graph with the selected crossbar initializers moved to graph inputs."""
+        onnx = _onnx()
+        graph = graph_model.graph
         listed_inputs = {i.name for i in graph.input}
         for tensor in graph.initializer:
             if tensor.name in names and tensor.name not in listed_inputs:
@@ -341,22 +384,7 @@ class OnnxRunner(ModelRunner):
         kept = [t for t in graph.initializer if t.name not in names]
         del graph.initializer[:]
         graph.initializer.extend(kept)
-        # the evaluated output must be a graph output; keep only it so nothing else is computed
-        outputs = [o for o in graph.output if o.name == model.output.name]
-        del graph.output[:]
-        graph.output.extend(outputs)
         self._model_bytes = graph_model.SerializeToString()
-        self.model = model
-        self.input_name = model.input.name
-        self.output_name = model.output.name
-        self.input_dtype = np.dtype(model.input.dtype)
-        self.dtypes = {layer.name: np.dtype(layer.dtype) for layer in selected}
-        self.feed: dict[str, np.ndarray] = {
-            layer.name: model.initializers[layer.name] for layer in selected
-        }
-        self.session = self._new_session()
-        self._batches: list[np.ndarray] = []
-        self._n = 0
 
     def _new_session(self) -> Any:
         ort = _ort()
@@ -393,7 +421,15 @@ class OnnxRunner(ModelRunner):
     def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
         for name, array in weights.items():
             dtype = self.dtypes[name]
-            self.feed[name] = array if array.dtype == dtype else array.astype(dtype)
+            array = array if array.dtype == dtype else array.astype(dtype)
+            if not self._derived:
+                self.feed[name] = array
+                continue
+            for derived in self._derived.get(name, ()):
+                if derived.index is None and derived.scale is None:
+                    self.feed[derived.name] = array  # same layout: fed as is, no copy
+                else:
+                    derived.compute(array, self.feed[derived.name])
 
     def logits(self) -> np.ndarray:
         outs = [

@@ -8,6 +8,8 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
+from ftaudit.harden.settings import CLEAN_DROP_NOTICE
+
 if TYPE_CHECKING:
     from ftaudit.harden.api import HardenReport
 
@@ -26,6 +28,9 @@ def harden_table(report: HardenReport) -> Table:
         f"{report.before.samples} Monte Carlo samples per sigma, same draws for both models; "
         "accuracies in %",
     ]
+    drop = report.before.clean_accuracy - report.after.clean_accuracy
+    if drop > CLEAN_DROP_NOTICE:
+        caption.append(f"[bold red]clean accuracy {100 * drop:.2f} points lower after hardening[/]")
     if "sigma_t" in details:
         from ftaudit.harden.trice_search import trice_summary
 

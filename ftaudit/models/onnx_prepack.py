@@ -1,0 +1,226 @@
+"""Pre-packed (blocked NCHWc) convolution kernels for crossbar weights that change every sample.
+
+ONNX Runtime reorders constant Conv weights into its blocked NCHWc layout when it optimises a
+session; weights fed as graph inputs lose that and run 2-3x slower. This module optimises the
+model once with the weights as constants, then turns every optimised initializer that derives
+from a crossbar weight back into a graph input, together with the map from the original weight
+to it: ``derived.flat[j] = scale[j] * weight.flat[index[j]]`` (a reorder, zero padding for the
+blocked channels, and the per-channel factor of a folded BatchNorm).
+
+The map is read off the optimiser itself, never assumed: the model is optimised again with
+every crossbar weight element replaced by an encoding of its position (all ones for the scale,
+then the low and high digits of a global element id), the ids are decoded from the optimised
+tensors, and the map is checked against the optimiser's output for the real weights. Any
+surprise (a different graph between passes, a value that is not a scaled copy of one weight
+element) returns None and the caller keeps the plain weights-as-inputs graph. Perturbations
+stay in the original layout, so draws and numbers do not depend on the CPU's block size.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: element ids are encoded as two base-RADIX digits, each offset by DIGIT_OFFSET so that no
+#: encoded value equals the all-ones scale pass (the digits stay exact in float32)
+RADIX = 2048
+DIGIT_OFFSET = 2.0
+#: protobuf cannot serialise a model over 2 GiB; larger models keep the plain graph
+MAX_MODEL_BYTES = 1_800_000_000
+
+
+@dataclass(frozen=True)
+class DerivedInput:
+    """An optimised-graph input computed from one crossbar weight by a gather and a scale."""
+
+    name: str
+    source: str
+    shape: tuple[int, ...]
+    #: flat indices into the source weight (None: the weight itself, same layout)
+    index: np.ndarray | None
+    #: per-element factor (None: all ones)
+    scale: np.ndarray | None
+
+    def compute(self, weight: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """This input's value for ``weight`` (stored layout), written into ``out``."""
+        flat = weight.reshape(-1)
+        if self.index is None:
+            np.copyto(out.reshape(-1), flat)
+        else:
+            np.take(flat, self.index, out=out.reshape(-1))
+        if self.scale is not None:
+            np.multiply(out.reshape(-1), self.scale, out=out.reshape(-1))
+        return out
+
+
+@dataclass(frozen=True)
+class PrepackedGraph:
+    """The optimised model with derived crossbar inputs, and how to feed them."""
+
+    model_bytes: bytes
+    inputs: tuple[DerivedInput, ...]
+
+    def by_source(self) -> dict[str, list[DerivedInput]]:
+        grouped: dict[str, list[DerivedInput]] = {}
+        for derived in self.inputs:
+            grouped.setdefault(derived.source, []).append(derived)
+        return grouped
+
+
+def _optimised_initializers(
+    proto: Any, values: Mapping[str, np.ndarray], workdir: Path, tag: str
+) -> tuple[Any, dict[str, np.ndarray]]:
+    """Optimise ``proto`` with the crossbar initializers set to ``values`` (ORT_ENABLE_ALL, CPU);
+    return the optimised model and its initializers."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    for tensor in model.graph.initializer:
+        if tensor.name in values:
+            tensor.CopyFrom(onnx.numpy_helper.from_array(values[tensor.name], tensor.name))
+    source = workdir / f"{tag}.in.onnx"
+    target = workdir / f"{tag}.out.onnx"
+    source.write_bytes(model.SerializeToString())
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(target)
+    options.intra_op_num_threads = 1
+    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    optimised = onnx.load(str(target), load_external_data=False)
+    arrays = {t.name: onnx.numpy_helper.to_array(t) for t in optimised.graph.initializer}
+    return optimised, arrays
+
+
+def _structure(model: Any) -> tuple[Any, ...]:
+    nodes = tuple((n.domain, n.op_type, tuple(n.input), tuple(n.output)) for n in model.graph.node)
+    inits = tuple((t.name, tuple(t.dims), t.data_type) for t in model.graph.initializer)
+    return nodes, inits
+
+
+def build_prepacked_graph(proto: Any, weights: Mapping[str, np.ndarray]) -> PrepackedGraph | None:
+    """The optimised graph of ``proto`` whose crossbar-derived initializers are inputs, or None
+    when the optimiser did something this map cannot express (the caller then keeps the plain
+    graph). ``weights``: the selected crossbar initializers (float32, stored layout)."""
+    import onnx
+
+    if not weights or any(w.dtype != np.float32 for w in weights.values()):
+        return None
+    if proto.ByteSize() > MAX_MODEL_BYTES:
+        return None
+    names = list(weights)
+    sizes = np.array([weights[n].size for n in names], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    total = int(offsets[-1])
+    if total >= RADIX * (1 << 23):
+        return None
+    gid = np.arange(total, dtype=np.int64)
+    low = (gid % RADIX).astype(np.float32) + np.float32(DIGIT_OFFSET)
+    high = (gid // RADIX).astype(np.float32) + np.float32(DIGIT_OFFSET)
+
+    def per_layer(flat: np.ndarray) -> dict[str, np.ndarray]:
+        return {
+            n: flat[offsets[i] : offsets[i + 1]].reshape(weights[n].shape)
+            for i, n in enumerate(names)
+        }
+
+    ones = np.ones(total, dtype=np.float32)
+    try:
+        with tempfile.TemporaryDirectory(prefix="ftaudit-prepack-") as tmp:
+            workdir = Path(tmp)
+            real_model, real = _optimised_initializers(proto, weights, workdir, "real")
+            passes = [
+                _optimised_initializers(proto, per_layer(values), workdir, tag)
+                for tag, values in (("one", ones), ("low", low), ("high", high))
+            ]
+    except Exception:  # the optimiser refused a model the plain session may still run
+        return None
+    shape = _structure(real_model)
+    if any(_structure(model) != shape for model, _ in passes):
+        return None
+    (_, scale_pass), (_, low_pass), (_, high_pass) = passes
+    derived: list[DerivedInput] = []
+    for name, value in real.items():
+        scale, lo, hi = scale_pass[name], low_pass[name], high_pass[name]
+        if np.array_equal(scale, lo) and np.array_equal(lo, hi):
+            continue  # independent of the crossbar weights: stays a constant
+        if value.dtype != np.float32:
+            return None
+        found = _decode(name, value, scale, lo, hi, names, offsets, weights)
+        if found is None:
+            return None
+        derived.append(found)
+    if not derived:
+        return None
+    graph = real_model.graph
+    derived_names = {d.name for d in derived}
+    kept = [t for t in graph.initializer if t.name not in derived_names]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    for d in derived:
+        graph.input.append(
+            onnx.helper.make_tensor_value_info(d.name, onnx.TensorProto.FLOAT, d.shape)
+        )
+    return PrepackedGraph(real_model.SerializeToString(), tuple(derived))
+
+
+def _decode(
+    name: str,
+    value: np.ndarray,
+    scale: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    names: Sequence[str],
+    offsets: np.ndarray,
+    weights: Mapping[str, np.ndarray],
+) -> DerivedInput | None:
+    """The gather-and-scale map of one optimised initializer, checked against its real value."""
+    scale = scale.astype(np.float32).reshape(-1)
+    live = scale != 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lo_digit = np.where(live, lo.reshape(-1) / np.where(live, scale, 1), DIGIT_OFFSET)
+        hi_digit = np.where(live, hi.reshape(-1) / np.where(live, scale, 1), DIGIT_OFFSET)
+    lo_int, hi_int = np.rint(lo_digit), np.rint(hi_digit)
+    if (
+        not np.all(np.isfinite(lo_digit))
+        or np.max(np.abs(lo_digit - lo_int), initial=0) > 0.01
+        or np.max(np.abs(hi_digit - hi_int), initial=0) > 0.01
+        or np.any(lo_int < DIGIT_OFFSET)
+        or np.any(lo_int >= RADIX + DIGIT_OFFSET)
+        or np.any(hi_int < DIGIT_OFFSET)
+    ):
+        return None
+    gid = (hi_int - DIGIT_OFFSET).astype(np.int64) * RADIX + (lo_int - DIGIT_OFFSET).astype(
+        np.int64
+    )
+    if np.any(gid >= offsets[-1]):
+        return None
+    layer = np.searchsorted(offsets, gid, side="right") - 1
+    sources = np.unique(layer[live])
+    if len(sources) != 1:
+        return None  # mixes several weights, or none: keep the plain graph
+    source = int(sources[0])
+    index = np.where(live, gid - offsets[source], 0).astype(np.intp)
+    weight = weights[names[source]]
+    rebuilt = scale * weight.reshape(-1)[index]
+    if not np.allclose(rebuilt, value.reshape(-1), rtol=1e-5, atol=1e-30):
+        return None
+    identity = (
+        value.size == weight.size
+        and tuple(value.shape) == tuple(weight.shape)
+        and np.array_equal(index, np.arange(weight.size))
+    )
+    return DerivedInput(
+        name=name,
+        source=names[source],
+        shape=tuple(int(d) for d in value.shape),
+        index=None if identity else index,
+        scale=None if bool(np.all(scale == 1)) else scale,
+    )
