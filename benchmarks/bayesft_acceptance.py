@@ -89,6 +89,14 @@ def main() -> None:
                 **extra,
             )
             after = independent_mc_accuracy(out, args.sigma, args.samples, seed=12345)
+            for trial in report.history:
+                if "rates" in trial:
+                    rates = "/".join(f"{r:.2f}" for r in trial["rates"].values())
+                    print(
+                        f"  trial {trial['index'] + 1}: rates {rates}, train loss "
+                        f"{trial['loss']:.3f}, objective {trial['objective']}",
+                        flush=True,
+                    )
             gains.append(after - before)
             rates = ", ".join(
                 f"{k} {v:.3f}" for k, v in report.details.get("dropout_rates", {}).items()

@@ -336,7 +336,7 @@ def test_cli_bayesft_writes_model_and_report(setup, run_cli, tmp_path) -> None:
     data = json.loads(report.read_text())
     assert data["method"] == "bayesft" and set(data["details"]["dropout_rates"]) == {"1.weight"}
     assert data["settings"]["options"] == {
-        "max_dropout": 1.0,
+        "max_dropout": 0.5,
         "epochs_per_trial": 1,
         "objective_samples": 5,
         "train_draws": 1,

@@ -92,7 +92,7 @@ def validate_bayesft_options(
     if not (math.isfinite(max_dropout) and 0 <= max_dropout <= 1):
         raise UserError(
             f"--max-dropout must lie in [0, 1], got {max_dropout:g}",
-            hint="the default is the paper's range, 1",
+            hint="the default is 0.5; the paper searches [0, 1]",
         )
     if trials < 1:
         raise UserError(f"--trials must be at least 1, got {trials}")
