@@ -163,7 +163,8 @@ def write(
         f"# {args.setup}: seeded, paired rerun ({setup['model']}, {setup['noise']})",
         "",
         f"Regenerate with `python benchmarks/reproduce_seeds.py {args.setup} --seeds {seeds} "
-        f"--epochs {args.epochs} --samples {args.samples}` ({platform.machine()} "
+        f"--epochs {args.epochs} --samples {args.samples} --search-samples "
+        f"{args.search_samples}` ({platform.machine()} "
         f"{platform.system()}, 2 shared CPU cores, {time.strftime('%Y-%m-%d')}: "
         f"{elapsed / 60:.0f} minutes).",
         "",
