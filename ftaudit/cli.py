@@ -1,24 +1,25 @@
 """Command-line interface: parses options, calls the library, prints, and sets the exit code.
 
 Exit codes: 0 ok, 1 a CI gate failed, 2 bad input or usage, 3 internal error (a bug),
-130 interrupted.
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM); see ftaudit/exit_codes.py.
 """
 
 from __future__ import annotations
 
-import functools
 import os
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ftaudit import __version__, cli_help
 from ftaudit.errors import GateFailure, UserError
+from ftaudit.exit_codes import exit_codes, on_sigterm, run_argv, set_run_argv
 from ftaudit.harden.settings import HARDEN_DEFAULTS as _HARDEN
 
 if TYPE_CHECKING:
@@ -171,30 +172,6 @@ CsvOpt = Annotated[Path | None, typer.Option("--csv", help="Write a CSV table he
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No table on stdout.")]
 
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def exit_codes(command: F) -> F:
-    """Turn UserError into one stderr line + exit 2, GateFailure into exit 1, Ctrl-C into 130."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except UserError as exc:
-            print(f"ftaudit: error: {exc}", file=sys.stderr)
-            raise typer.Exit(2) from None
-        except GateFailure as exc:
-            for line in exc.lines:
-                print(f"ftaudit: {line}", file=sys.stderr)
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            print("ftaudit: interrupted; no output was written", file=sys.stderr)
-            raise typer.Exit(130) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"ftaudit {__version__}")
@@ -215,9 +192,11 @@ def _root(
 
 def _warn(lines: Any) -> None:
     """Print what the user is probably wrong about, one stderr line each (never fatal)."""
+    from ftaudit.text import printable
+
     for line in lines:
         if line:
-            print(f"ftaudit: warning: {line}", file=sys.stderr)
+            print(f"ftaudit: warning: {printable(line)}", file=sys.stderr)
 
 
 def _warn_workers(workers: int, ray: str | None) -> None:
@@ -278,6 +257,14 @@ def eval_command(
     ] = None,
     html_path: HtmlOpt = None,
     junit_path: JunitOpt = None,
+    fold_batchnorm: Annotated[
+        bool,
+        typer.Option(
+            "--fold-batchnorm/--no-fold-batchnorm",
+            help="Perturb convolution weights with the following BatchNorm folded in, as a "
+            "chip stores them [on].",
+        ),
+    ] = True,
     fail_under_kpp: Annotated[
         float | None, typer.Option("--fail-under-kpp", help="Exit 1 if KPP < X at any sigma.")
     ] = None,
@@ -302,7 +289,6 @@ def eval_command(
     from ftaudit.config import load_settings, merge, parse_floats, parse_sigmas
     from ftaudit.device_effects import parse_stuck_at, parse_time, parse_times, resolve_effects
     from ftaudit.evaluation import audit, validate_options, validate_scale_out
-    from ftaudit.fileio import check_output_path
 
     settings = merge(
         load_settings(config, Path.cwd()),
@@ -369,20 +355,16 @@ def eval_command(
         fail_under_kpp=settings.fail_under_kpp,
         fail_under_mean=settings.fail_under_mean,
     )
-    inputs = (model, Path(settings.data))
-    if json_path is not None and json_path != "-":
-        check_output_path(Path(json_path), what="JSON report", protect=inputs)
-    if csv_path is not None:
-        check_output_path(csv_path, what="CSV table", protect=inputs)
-    if plot_path is not None:
-        from ftaudit._optional import require_matplotlib
-
-        require_matplotlib("plots")
-        check_output_path(plot_path, what="plot", protect=inputs)
-    if html_path is not None:
-        check_output_path(html_path, what="HTML report", protect=inputs)
-    if junit_path is not None:
-        check_output_path(junit_path, what="JUnit XML", protect=inputs)
+    _check_outputs(
+        _inputs(settings, model),
+        {
+            "JSON report": json_path,
+            "CSV table": csv_path,
+            "plot": plot_path,
+            "HTML report": html_path,
+            "JUnit XML": junit_path,
+        },
+    )
 
     machine_output = json_path == "-"
     report = _run_with_progress(
@@ -408,30 +390,34 @@ def eval_command(
         fail_under_kpp=settings.fail_under_kpp,
         fail_under_mean=settings.fail_under_mean,
         config_file=settings.config_file,
-        command=["ftaudit", *(sys.argv[1:] if _ARGV is None else _ARGV)],
+        command=["ftaudit", *run_argv()],
         **effect_options,
         workers=settings.workers,
         ray=ray,
         checkpoint_dir=checkpoint_dir,
         resume=resume,
         batch_samples=batch_samples,
+        fold_batchnorm=fold_batchnorm,
     )
     _warn(report.warnings)
 
     from ftaudit import report as writers
+    from ftaudit.fileio import output_set
 
+    warn_untraced(report.model)
     if json_path == "-":
         sys.stdout.write(writers.report_json(report) + "\n")
-    elif json_path is not None:
-        writers.write_json(report, Path(json_path))
-    if csv_path is not None:
-        writers.write_csv(report, csv_path)
-    if plot_path is not None:
-        writers.write_plot(report, plot_path)
-    if html_path is not None:
-        writers.write_html(report, html_path)
-    if junit_path is not None:
-        writers.write_junit(report, junit_path)
+    with output_set():  # all of them or none
+        if json_path is not None and json_path != "-":
+            writers.write_json(report, Path(json_path))
+        if csv_path is not None:
+            writers.write_csv(report, csv_path)
+        if plot_path is not None:
+            writers.write_plot(report, plot_path)
+        if html_path is not None:
+            writers.write_html(report, html_path)
+        if junit_path is not None:
+            writers.write_junit(report, junit_path)
     if not quiet and not machine_output:
         from rich.console import Console
 
@@ -439,6 +425,15 @@ def eval_command(
     failed = report.failed_gates()
     if failed:
         raise GateFailure([gate.message() for gate in failed])
+
+
+def warn_untraced(model_block: dict[str, Any]) -> None:
+    """One stderr warning per multiply operator whose weight the audit left exact."""
+    for op in model_block.get("untraced") or []:
+        print(
+            f"ftaudit: warning: {op['op']} '{op['node']}' is not perturbed: {op['reason']}",
+            file=sys.stderr,
+        )
 
 
 def _run_with_progress(audit_fn: Any, show: bool, *args: Any, **kwargs: Any) -> Any:
@@ -479,7 +474,10 @@ def inspect_command(
     if as_json:
         import json
 
-        sys.stdout.write(json.dumps(summary.to_dict(), indent=2) + "\n")
+        from ftaudit.report.json_report import to_json_compatible
+
+        payload = to_json_compatible(summary.to_dict())  # NaN (a broken weight) -> null
+        sys.stdout.write(json.dumps(payload, indent=2, allow_nan=False) + "\n")
         return
     from rich.console import Console
 
@@ -646,7 +644,6 @@ def harden_command(
 ) -> None:
     """Retrain MODEL to survive device variation; write it in the input's format."""
     from ftaudit.config import merge, parse_sigmas
-    from ftaudit.fileio import check_output_path
     from ftaudit.harden.settings import load_harden_settings
 
     settings = merge(
@@ -694,8 +691,12 @@ def harden_command(
             "no target sigma given",
             hint="pass --sigma 0.3 (or set sigma in the [harden] table of ftaudit.toml)",
         )
-    if report_path is not None:
-        check_output_path(report_path, what="harden report", protect=(model, output))
+    noise_file = settings.noise if settings.noise.lower().endswith(".toml") else None
+    inputs = (model, *_external_data((model,)), settings.data, settings.val_data, noise_file)
+    _check_outputs(
+        (*inputs, settings.config_file),
+        {"hardened model": output, "harden report": report_path, "study database": study},
+    )
     _warn_workers(settings.workers, ray)
     from ftaudit.harden.api import harden
 
@@ -733,11 +734,13 @@ def harden_command(
         resume=resume,
         on_epoch=on_epoch,
         ray=ray,
-        command=["ftaudit", *(sys.argv[1:] if _ARGV is None else _ARGV)],
+        command=["ftaudit", *run_argv()],
         console=err,
     )
+    from ftaudit.text import escape
+
     for note in report.notes:
-        err.print(f"note: {note}", highlight=False)
+        err.print(f"note: {escape(note)}", highlight=False)
     if report_path is not None:
         import json
 
@@ -780,7 +783,7 @@ SensitivitySamplesOpt = Annotated[
 
 
 def _command() -> list[str]:
-    return ["ftaudit", *(sys.argv[1:] if _ARGV is None else _ARGV)]
+    return ["ftaudit", *run_argv()]
 
 
 def _shared_settings(config: Path | None, flags: dict[str, Any]) -> EvalSettings:
@@ -884,18 +887,31 @@ def _config_sets(settings: EvalSettings, key: str) -> bool:
     return any(raw.replace("-", "_") == key for raw in table)
 
 
-def _check_outputs(inputs: tuple[Path, ...], paths: dict[str, Path | str | None]) -> None:
-    """Validate every output path before any work; '-' (stdout) needs no check."""
-    from ftaudit.fileio import check_output_path
+def _inputs(settings: EvalSettings, *models: Path) -> tuple[Path | str | None, ...]:
+    """Every file a run reads: the models, the data, a device file and the config file."""
+    noise = settings.noise
+    device_file = noise if noise.lower().endswith(".toml") else None
+    return (*models, *_external_data(models), settings.data, device_file, settings.config_file)
 
-    for what, path in paths.items():
-        if path is None or path == "-":
-            continue
-        if what == "plot":
-            from ftaudit._optional import require_matplotlib
 
-            require_matplotlib("plots")
-        check_output_path(Path(path), what=what, protect=inputs)
+def _external_data(models: tuple[Path, ...]) -> list[Path]:
+    from ftaudit.models.onnx import declared_external_files
+
+    return [file for model in models for file in declared_external_files(Path(model))]
+
+
+def _check_outputs(
+    inputs: tuple[Path | str | None, ...], paths: dict[str, Path | str | None]
+) -> None:
+    """Validate every output path before any work, against every input and every other
+    output; '-' (stdout) needs no check."""
+    from ftaudit.fileio import check_outputs
+
+    if paths.get("plot") is not None:
+        from ftaudit._optional import require_matplotlib
+
+        require_matplotlib("plots")
+    check_outputs(paths, inputs=inputs)
 
 
 def _run_with_stages(fn: Any, show: bool, *args: Any, console: Any = None, **kwargs: Any) -> Any:
@@ -903,8 +919,9 @@ def _run_with_stages(fn: Any, show: bool, *args: Any, console: Any = None, **kwa
     stage; lines printed on ``console`` meanwhile appear above the bar."""
     if not show:
         return fn(*args, **kwargs)
-    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from ftaudit.text import escape
 
     with Progress(
         "[progress.description]{task.description}",
@@ -1018,7 +1035,7 @@ def compare_command(
     _warn_workers(settings.workers, ray)
     _effect_options(settings)  # bad drift or fault values fail here, before any output check
     _check_outputs(
-        (baseline, candidate, Path(settings.data)),
+        _inputs(settings, baseline, candidate),
         {
             "JSON report": json_path,
             "CSV table": csv_path,
@@ -1038,20 +1055,24 @@ def compare_command(
         **_audit_options(settings, ray),
     )
     _warn(report.baseline.warnings)
+    from ftaudit.fileio import output_set
     from ftaudit.report import compare_report as writers
 
+    warn_untraced(report.baseline.model)
+    warn_untraced(report.candidate.model)
     if machine_output:
         sys.stdout.write(writers.payload_json(report.to_dict()))
-    elif json_path is not None:
-        writers.write_compare_json(report, Path(json_path))
-    if csv_path is not None:
-        writers.write_compare_csv(report, csv_path)
-    if html_path is not None:
-        from ftaudit.report.compare_html import write_compare_html
+    with output_set():  # all of them or none
+        if json_path is not None and not machine_output:
+            writers.write_compare_json(report, Path(json_path))
+        if csv_path is not None:
+            writers.write_compare_csv(report, csv_path)
+        if html_path is not None:
+            from ftaudit.report.compare_html import write_compare_html
 
-        write_compare_html(report, html_path)
-    if junit_path is not None:
-        writers.write_compare_junit(report, junit_path)
+            write_compare_html(report, html_path)
+        if junit_path is not None:
+            writers.write_compare_junit(report, junit_path)
     if not quiet and not machine_output:
         from rich.console import Console
 
@@ -1164,7 +1185,7 @@ def sensitivity_command(
 
         settings = replace(settings, samples=DEFAULT_SENSITIVITY_SAMPLES)
     _check_outputs(
-        (model, Path(settings.data)),
+        _inputs(settings, model),
         {
             "JSON report": json_path,
             "CSV table": csv_path,
@@ -1183,37 +1204,37 @@ def sensitivity_command(
         **_audit_options(settings, ray),
     )
     _warn(report.warnings)
+    from ftaudit.fileio import output_set
     from ftaudit.report import sensitivity_report as writers
 
+    warn_untraced(report.model)
     if machine_output:
         sys.stdout.write(writers.payload_json(report.to_dict()))
-    elif json_path is not None:
-        writers.write_sensitivity_json(report, Path(json_path))
-    if csv_path is not None:
-        writers.write_sensitivity_csv(report, csv_path)
-    if plot_path is not None:
-        writers.write_sensitivity_plot(report, plot_path)
-    if html_path is not None or junit_path is not None:
-        from ftaudit.report import sensitivity_html
+    with output_set():  # all of them or none
+        if json_path is not None and not machine_output:
+            writers.write_sensitivity_json(report, Path(json_path))
+        if csv_path is not None:
+            writers.write_sensitivity_csv(report, csv_path)
+        if plot_path is not None:
+            writers.write_sensitivity_plot(report, plot_path)
+        if html_path is not None or junit_path is not None:
+            from ftaudit.report import sensitivity_html
 
-        if html_path is not None:
-            sensitivity_html.write_sensitivity_html(report, html_path)
-        if junit_path is not None:
-            sensitivity_html.write_sensitivity_junit(report, junit_path)
+            if html_path is not None:
+                sensitivity_html.write_sensitivity_html(report, html_path)
+            if junit_path is not None:
+                sensitivity_html.write_sensitivity_junit(report, junit_path)
     if not quiet and not machine_output:
         from rich.console import Console
 
         Console().print(writers.sensitivity_renderable(report))
 
 
-#: the arguments ``run`` was called with, recorded in reports (``sys.argv`` when None)
-_ARGV: list[str] | None = None
-
-
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` and return the exit code (what ``main`` exits with)."""
-    global _ARGV
-    _ARGV = None if argv is None else list(argv)
+    set_run_argv(argv)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main else None
     try:
         app(args=optional_ray_value(sys.argv[1:] if argv is None else argv), prog_name="ftaudit")
     except SystemExit as exc:
@@ -1227,7 +1248,9 @@ def run(argv: list[str] | None = None) -> int:
         )
         return 3
     finally:
-        _ARGV = None
+        set_run_argv(None)
+        if in_main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     return 0
 
 

@@ -126,6 +126,7 @@ _SHARED_LAYOUT: dict[str, tuple[str, str | None]] = {
     "--drift-t0": (DEVICE_PANEL, "T0"),
     "--compensation": (DEVICE_PANEL, "MODE"),
     "--stuck-at": (DEVICE_PANEL, "LOW,HIGH"),
+    "--fold-batchnorm": (DEVICE_PANEL, None),
     "--samples": (MONTE_CARLO_PANEL, "N"),
     "--k": (MONTE_CARLO_PANEL, "K"),
     "--seed": (MONTE_CARLO_PANEL, "SEED"),

@@ -439,7 +439,7 @@ def sensitivity(
         layers=ranked,
         always_digital=[la.name for la in loaded.layers if la.name not in analog_names],
         warnings=[
-            *dataset.warnings,
+            *([] if loaded.integer_input else dataset.warnings),
             *([target.message()] if target is not None and target.status in OUT_OF_REACH else []),
         ],
         target=target,

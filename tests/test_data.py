@@ -390,6 +390,24 @@ def test_validate_labels() -> None:
         validate_labels(np.array([-1]), 10)
 
 
+def test_integer_input_feeds_stored_integers_unscaled_and_checks_the_dtype_range():
+    from ftaudit.data import integer_input
+
+    ids = np.array([[0, 7, 255], [3, 2, 1]], dtype=np.uint8)
+    data = Dataset(ids.astype(np.float32) / 255, np.zeros(2, np.int64), {}, x_raw=ids)
+    fed = integer_input(data, "int64")
+    assert fed.dtype == np.int64
+    np.testing.assert_array_equal(fed, ids.astype(np.int64))  # not divided by 255
+    with pytest.raises(UserError, match=r"from 0 to 255, outside .* \(int8: -128 to 127\)"):
+        integer_input(data, "int8")
+    # float data are accepted only when every value is whole
+    whole = Dataset(np.array([[1.0, 2.0]], np.float32), np.zeros(1, np.int64), {})
+    np.testing.assert_array_equal(integer_input(whole, "int32"), [[1, 2]])
+    half = Dataset(np.array([[1.0, 2.5]], np.float32), np.zeros(1, np.int64), {})
+    with pytest.raises(UserError, match=r"x\[0, 1\] = 2.5 is not a whole number"):
+        integer_input(half, "int64")
+
+
 def test_pixel_values_in_floats_are_flagged(tmp_path: Path) -> None:
 
     rng = np.random.default_rng(0)

@@ -19,8 +19,8 @@ from ftaudit import __version__
 from ftaudit.data import Dataset, load_dataset, validate_labels
 from ftaudit.errors import UserError
 from ftaudit.eval_checkpoint import check_checkpoint_dir
-from ftaudit.evaluation import audit
-from ftaudit.fileio import check_output_path, sha256_file
+from ftaudit.evaluation import audit, model_sha256
+from ftaudit.fileio import check_output_path
 from ftaudit.harden.bayesft import validate_bayesft_options
 from ftaudit.harden.checkpoint import load_checkpoint
 from ftaudit.harden.methods import EpochCallback, HardenContext, StageProgress, get_method
@@ -165,8 +165,9 @@ def validate_harden_workers(*, workers: int, ray: str | None) -> None:
 
 
 def _training_data(model, dataset: Dataset) -> TrainingData:
-    x = model.fit_input(dataset.x)
-    return TrainingData(np.ascontiguousarray(x, dtype=np.float32), dataset.y.astype(np.int64))
+    x = model.input_array(dataset)
+    dtype = x.dtype if model.integer_input else np.float32
+    return TrainingData(np.ascontiguousarray(x, dtype=dtype), dataset.y.astype(np.int64))
 
 
 def harden(
@@ -327,7 +328,7 @@ def harden(
         "train_draws": train_draws,
     }
     fingerprint = {
-        "model_sha256": sha256_file(model_path),
+        "model_sha256": model_sha256(source),
         "data_sha256": train_set.source["sha256"],
         "method": method,
         "noise": noise_model.parameters(),
@@ -417,6 +418,7 @@ def harden(
                 "n": len(val),
                 "limit": limit,
             },
+            x_raw=val.x if source.integer_input else None,
         )
         before = audit(
             source, eval_data, progress=_stage(progress, "evaluating the input model"), **common

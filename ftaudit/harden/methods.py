@@ -152,15 +152,29 @@ def _restore(ctx: HardenContext, models: list[TrainableModel], optimizers: list[
     state = ctx.resume_state
     if state is None:
         return 0, {}, []
-    for model, saved in zip(models, state["models"], strict=True):
-        model.module.load_state_dict(saved)
-    for optimizer, saved in zip(optimizers, state["optimizers"], strict=True):
-        optimizer.load_state_dict(saved)
-    return (
-        int(state["epochs_done"]),
-        json.loads(state["method_state"]),
-        json.loads(state["history"]),
-    )
+    try:
+        for model, saved in zip(models, state["models"], strict=True):
+            model.module.load_state_dict(saved)
+        for optimizer, saved in zip(optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+        restored = (
+            int(state["epochs_done"]),
+            json.loads(state["method_state"]),
+            json.loads(state["history"]),
+        )
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # an edited checkpoint
+        raise UserError(
+            f"checkpoint in {ctx.checkpoint_dir} is damaged or was edited "
+            f"({exc.__class__.__name__})",
+            hint="delete it to start over",
+        ) from exc
+    if not 0 <= restored[0] <= ctx.epochs or not isinstance(restored[2], list):
+        raise UserError(
+            f"checkpoint in {ctx.checkpoint_dir} is damaged or was edited "
+            f"(epochs done: {restored[0]} of {ctx.epochs})",
+            hint="delete it to start over",
+        )
+    return restored
 
 
 class HardenMethod:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rich import box
-from rich.markup import escape
 from rich.table import Table
 
 from ftaudit.harden.settings import CLEAN_DROP_NOTICE
+from ftaudit.text import escape
 
 if TYPE_CHECKING:
     from ftaudit.harden.api import HardenReport

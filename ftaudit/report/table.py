@@ -8,11 +8,11 @@ from typing import Any
 
 from rich import box
 from rich.console import Group, RenderableType
-from rich.markup import escape
 from rich.table import Table
 
 from ftaudit.device_effects import format_time
 from ftaudit.results import AuditReport
+from ftaudit.text import escape
 
 EARLY_STOP_MARK = "*"
 #: table labels of the compensation modes: the names --compensation takes and the reports use
