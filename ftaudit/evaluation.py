@@ -13,6 +13,7 @@ import numpy as np
 
 from ftaudit import __version__
 from ftaudit.batched import BatchedTorchRunner, build_runner, resolve_batch_samples
+from ftaudit.coverage import sequential_summary, with_test_set_error
 from ftaudit.data import Dataset, load_dataset, validate_labels
 from ftaudit.device_effects import Condition
 from ftaudit.errors import UserError
@@ -245,13 +246,17 @@ def resolve_noise(
     *,
     bits: int | None = None,
     cell_bits: int | None = None,
+    clamp: bool = True,
+    cell_noise: str = "independent",
 ) -> tuple[NoiseModel, list[float]]:
     """The noise model (a registered name, a profile, a device file, or a model) and the sigma
     grid, defaulting to the profile's; shared by audit, compare and sensitivity."""
     noise_model = (
         noise
         if isinstance(noise, NoiseModel)
-        else get_noise_model(noise, bits=bits, cell_bits=cell_bits)
+        else get_noise_model(
+            noise, bits=bits, cell_bits=cell_bits, clamp=clamp, cell_noise=cell_noise
+        )
     )
     if sigmas is None:
         sigmas = getattr(noise_model.profile, "sigma", None)
@@ -301,6 +306,8 @@ def audit(
     noise: str | NoiseModel = PerturbOptions.noise,
     bits: int | None = None,
     cell_bits: int | None = None,
+    clamp: bool = PerturbOptions.clamp,
+    cell_noise: str = PerturbOptions.cell_noise,
     samples: int = MonteCarloOptions.samples,
     k: float = MonteCarloOptions.k,
     seed: int = MonteCarloOptions.seed,
@@ -313,6 +320,7 @@ def audit(
     std: Sequence[float] | None = None,
     output: str | None = None,
     target_ci: float | None = None,
+    test_set_error: bool = False,
     fail_under_kpp: float | None = None,
     fail_under_mean: float | None = None,
     progress: ProgressCallback | None = None,
@@ -346,7 +354,9 @@ def audit(
     weights with their BatchNorm folded in, as a chip stores them (ftaudit.models.folding).
     """
     started = time.perf_counter()
-    noise_model, sigmas = resolve_noise(noise, sigmas, bits=bits, cell_bits=cell_bits)
+    noise_model, sigmas = resolve_noise(
+        noise, sigmas, bits=bits, cell_bits=cell_bits, clamp=clamp, cell_noise=cell_noise
+    )
     effects = DeviceEffectOptions(
         times=times,
         drift_nu=drift_nu,
@@ -480,10 +490,16 @@ def audit(
     results = []
     for j, condition in enumerate(conditions):
         accuracies = counts.accuracies(j, n)
-        summary = summarize(accuracies, k=k)
+        summary = (
+            summarize(accuracies, k=k)
+            if target_ci is None
+            else sequential_summary(accuracies, k=k, samples=samples)
+        )
         if condition.sigma == 0 and effects is None:  # nothing random: the accuracy is exact
             exact = Interval(summary.kpp, summary.kpp, summary.kpp_interval.confidence, "exact")
             summary = replace(summary, kpp_interval=exact, mean_interval=exact)
+        if test_set_error:
+            summary = with_test_set_error(summary, n)
         results.append(
             SigmaResult(
                 sigma=condition.sigma,
@@ -529,6 +545,7 @@ def audit(
             "fold_batchnorm": fold_batchnorm,
         },
         device_effects=None if effects is None else effects.to_dict(),
+        test_set_error=test_set_error,
         # token ids are integers by design: the 0..255 pixel-scale warning does not apply
         warnings=[] if loaded.integer_input else list(dataset.warnings),
     )

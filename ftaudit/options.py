@@ -56,6 +56,8 @@ class PerturbOptions(_Group):
     noise: str = "lognormal"
     bits: int | None = None  # device models: weight bits H (None: the model's default)
     cell_bits: int | None = None  # device models: bits per cell B
+    clamp: bool = True  # device models: cell conductances stay >= 0
+    cell_noise: str = "independent"  # device models: independent or shared dg per weight
     layers: tuple[str, ...] = ()  # globs over crossbar weight names (empty: all)
     exclude: tuple[str, ...] = ()
     output: str | None = None  # the ONNX output holding the logits (None: the first)

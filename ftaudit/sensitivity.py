@@ -308,6 +308,8 @@ def sensitivity(
     noise: str | NoiseModel = PerturbOptions.noise,
     bits: int | None = None,
     cell_bits: int | None = None,
+    clamp: bool = PerturbOptions.clamp,
+    cell_noise: str = PerturbOptions.cell_noise,
     samples: int = DEFAULT_SENSITIVITY_SAMPLES,
     k: float = MonteCarloOptions.k,
     seed: int = MonteCarloOptions.seed,
@@ -342,7 +344,9 @@ def sensitivity(
     evaluated by Monte Carlo, not estimated.
     """
     started = time.perf_counter()
-    noise_model, sigmas = resolve_noise(noise, sigmas, bits=bits, cell_bits=cell_bits)
+    noise_model, sigmas = resolve_noise(
+        noise, sigmas, bits=bits, cell_bits=cell_bits, clamp=clamp, cell_noise=cell_noise
+    )
     effect_options = DeviceEffectOptions(
         times=times,
         drift_nu=drift_nu,

@@ -96,11 +96,17 @@ def command_line() -> list[str]:
 
 
 def noise_of(settings: Any) -> Any:
-    """The noise model the settings name (with their device options): the one place the CLI
-    builds it from settings."""
+    """The noise model the settings name, with their device-physics choices: the one place the
+    CLI builds it from settings."""
     from ftaudit.noise import get_noise_model
 
-    return get_noise_model(settings.noise, bits=settings.bits, cell_bits=settings.cell_bits)
+    return get_noise_model(
+        settings.noise,
+        bits=settings.bits,
+        cell_bits=settings.cell_bits,
+        clamp=settings.clamp,
+        cell_noise=settings.cell_noise,
+    )
 
 
 def shared_settings(config: Path | None, flags: dict[str, Any]) -> EvalSettings:

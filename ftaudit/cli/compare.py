@@ -26,6 +26,8 @@ from ftaudit.cli.options import (
     BatchSizeOpt,
     BitsOpt,
     CellBitsOpt,
+    CellNoiseOpt,
+    ClampOpt,
     CompensationOpt,
     ConfigOpt,
     CsvOpt,
@@ -67,6 +69,8 @@ def compare_command(
     noise: NoiseOpt = None,
     bits: BitsOpt = None,
     cell_bits: CellBitsOpt = None,
+    clamp: ClampOpt = None,
+    cell_noise: CellNoiseOpt = None,
     samples: SamplesOpt = None,
     k: KOpt = None,
     seed: SeedOpt = None,
@@ -84,6 +88,14 @@ def compare_command(
             "--fail-if-worse",
             help="Exit 1 if the candidate's mean is below the baseline's by more than TOL "
             "with 95% confidence, at any sigma (and time).",
+        ),
+    ] = None,
+    gate_correction: Annotated[
+        str | None,
+        typer.Option(
+            "--gate-correction",
+            help="How --fail-if-worse shares its 2.5% error over the rows: holm (family-wise) "
+            "or per-row [holm].",
         ),
     ] = None,
     json_path: JsonOpt = None,
@@ -113,6 +125,8 @@ def compare_command(
             "noise": noise,
             "bits": bits,
             "cell_bits": cell_bits,
+            "clamp": clamp,
+            "cell_noise": cell_noise,
             "samples": samples,
             "k": k,
             "seed": seed,
@@ -125,6 +139,7 @@ def compare_command(
             "std": std,
             "output": output,
             "fail_if_worse": fail_if_worse,
+            "gate_correction": gate_correction,
             "time": time_spec,
             "drift_nu": drift_nu,
             "drift_nu_std": drift_nu_std,
@@ -159,6 +174,7 @@ def compare_command(
         candidate,
         settings.data,
         fail_if_worse=settings.fail_if_worse,
+        gate_correction=settings.gate_correction,
         **audit_options(settings, ray),
     )
     warn(report.baseline.warnings)

@@ -18,7 +18,7 @@ from ftaudit.cli.common import (
     warn_workers,
 )
 from ftaudit.cli.exit_codes import exit_codes, run_argv
-from ftaudit.cli.options import BitsOpt, CellBitsOpt, ConfigOpt, ModelArg
+from ftaudit.cli.options import BitsOpt, CellBitsOpt, CellNoiseOpt, ClampOpt, ConfigOpt, ModelArg
 from ftaudit.errors import UserError
 from ftaudit.harden.settings import HARDEN_DEFAULTS as _HARDEN
 
@@ -45,6 +45,8 @@ def harden_command(
     ] = None,
     bits: BitsOpt = None,
     cell_bits: CellBitsOpt = None,
+    clamp: ClampOpt = None,
+    cell_noise: CellNoiseOpt = None,
     val_data: Annotated[
         str | None, typer.Option("--val-data", help="Validation data (default: 10% held out).")
     ] = None,
@@ -105,6 +107,14 @@ def harden_command(
             "3 sigma/2].",
         ),
     ] = None,
+    rc_negative: Annotated[
+        str | None,
+        typer.Option(
+            "--rc-negative",
+            help="TRICE: censor a negative weight's |w| growth (magnitude) or its rise (value) "
+            f"[{_HARDEN.rc_negative}].",
+        ),
+    ] = None,
     max_dropout: Annotated[
         float | None,
         typer.Option(
@@ -128,6 +138,13 @@ def harden_command(
         typer.Option(
             "--objective-samples",
             help=f"BayesFT: MC samples of the objective [{_HARDEN.objective_samples}].",
+        ),
+    ] = None,
+    train_draws: Annotated[
+        int | None,
+        typer.Option(
+            "--train-draws",
+            help=f"BayesFT: noise draws averaged per training step [{_HARDEN.train_draws}].",
         ),
     ] = None,
     study: Annotated[
@@ -174,6 +191,8 @@ def harden_command(
             "noise": noise,
             "bits": bits,
             "cell_bits": cell_bits,
+            "clamp": clamp,
+            "cell_noise": cell_noise,
             "val_data": val_data,
             "epochs": epochs,
             "batch_size": batch_size,
@@ -188,10 +207,12 @@ def harden_command(
             "search_samples": search_samples,
             "eval_samples": eval_samples,
             "eval_sigmas": parse_sigmas(eval_sigmas) if eval_sigmas is not None else None,
+            "rc_negative": rc_negative,
             "max_dropout": max_dropout,
             "trials": trials,
             "epochs_per_trial": epochs_per_trial,
             "objective_samples": objective_samples,
+            "train_draws": train_draws,
             "limit": limit,
             "workers": workers,
         },

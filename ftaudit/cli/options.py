@@ -27,6 +27,17 @@ BitsOpt = Annotated[int | None, typer.Option("--bits", help="Device models: weig
 CellBitsOpt = Annotated[
     int | None, typer.Option("--cell-bits", help="Device models: bits per cell B [2].")
 ]
+ClampOpt = Annotated[
+    bool | None,
+    typer.Option("--clamp/--no-clamp", help="Device models: keep cell conductances >= 0 [clamp]."),
+]
+CellNoiseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cell-noise",
+        help="Device models: one dg per cell (independent) or per weight (shared) [independent].",
+    ),
+]
 HtmlOpt = Annotated[
     Path | None,
     typer.Option("--html", help="Write a self-contained HTML report here (no network references)."),

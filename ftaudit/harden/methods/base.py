@@ -63,9 +63,15 @@ class HardenContext:
         return model
 
     def train_epoch(
-        self, model: TrainableModel, optimizer: Any, epoch: int, noise: TrainingNoise | None
+        self,
+        model: TrainableModel,
+        optimizer: Any,
+        epoch: int,
+        noise: TrainingNoise | None,
+        draws: int = 1,
     ) -> float:
-        """One epoch of ``model`` on the training data with this run's seed and settings."""
+        """One epoch of ``model`` on the training data with this run's seed and settings
+        (``draws`` noise draws averaged per step)."""
         on_step = None
         if self.progress is not None:
             steps = -(-len(self.train) // self.batch_size)
@@ -86,6 +92,7 @@ class HardenContext:
             noise=noise,
             device=self.device,
             on_step=on_step,
+            draws=draws,
         )
 
     def eval_seed(self, epoch: int) -> int:

@@ -15,7 +15,7 @@ from ftaudit.harden.methods.base import (
     _restore,
 )
 from ftaudit.harden.training import TrainingNoise, quantile_eval
-from ftaudit.harden.trice_search import TriceSearch
+from ftaudit.harden.trice_search import TriceSearch, exported_sigma_t, search_status
 
 
 class TriceMethod(HardenMethod):
@@ -44,7 +44,9 @@ class TriceMethod(HardenMethod):
             sigmas = (search.start,) if converged else search.candidates()
             losses = []
             for model, optimizer, sigma_t in zip(models, optimizers, sigmas, strict=False):
-                noise = TrainingNoise(ctx.noise, sigma_t, threshold)
+                noise = TrainingNoise(
+                    ctx.noise, sigma_t, threshold, str(opts.get("rc_negative", "magnitude"))
+                )
                 losses.append(ctx.train_epoch(model, optimizer, epoch, noise))
             info: dict[str, Any] = {
                 "epoch": epoch,
@@ -76,17 +78,19 @@ class TriceMethod(HardenMethod):
                             copy.deepcopy(optimizers[winner].state_dict())
                         )
                 info.update(kpps=list(kpps), winner=winner, start=search.start, end=search.end)
+                # every copy now holds the winner's weights, trained at the winner's sigma_t
+                info["sigma_t"] = sigmas[winner]
             history.append(info)
             method_state = {"search": search.to_dict(), "winner": winner}
             _checkpoint(ctx, epoch, models, optimizers, method_state, history)
             if ctx.on_epoch is not None:
                 ctx.on_epoch(epoch, info)
         final = 0 if search.converged() else winner
-        chosen = search.start if search.converged() else search.candidates()[winner]
         details = {
-            "sigma_t": chosen,
+            "sigma_t": exported_sigma_t(history),
             "threshold": threshold,
             "converged": search.converged(),
+            "search_status": search_status(search),
             "search": search.to_dict(),
         }
         return MethodResult(models[final], details, history)
