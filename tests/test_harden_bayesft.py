@@ -125,7 +125,7 @@ def test_objective_is_minus_the_monte_carlo_mean_cross_entropy(trained_mlp, mlp_
 def test_weights_train_on_the_loss_under_the_evaluation_noise(setup, monkeypatch) -> None:
     """Algorithm 1 line 6: theta follows the gradient of u, the loss under the drift at sigma
     (not the clean loss), with --train-draws draws per step."""
-    import ftaudit.harden.methods as methods
+    import ftaudit.harden.methods.base as methods  # where HardenContext.train_epoch looks it up
 
     calls = []
     real = methods.train_epoch
