@@ -70,7 +70,7 @@ class TrainableWorkerSpec:
         if self.objective == "loss":
             # BayesFT's dropout modules hold no state and act only in train mode: the plain
             # trainable loads the state and computes the same eval-mode outputs
-            from ftaudit.harden.methods.bayesft import ObjectiveEvaluator
+            from ftaudit.harden.objective import ObjectiveEvaluator
 
             (sigma,) = self.sigmas
             return ObjectiveEvaluator(  # type: ignore[return-value]

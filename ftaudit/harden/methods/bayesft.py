@@ -24,7 +24,6 @@ would have.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
@@ -33,7 +32,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,6 +40,8 @@ from ftaudit._optional import require_torch
 from ftaudit.errors import MissingExtraError, UserError
 from ftaudit.fileio import check_output_path
 from ftaudit.harden.checkpoint import save_checkpoint
+from ftaudit.harden.dropout import dropout_module as dropout_module
+from ftaudit.harden.dropout import insert_dropout
 from ftaudit.harden.methods.base import (
     HardenContext,
     HardenMethod,
@@ -48,14 +49,13 @@ from ftaudit.harden.methods.base import (
     _optimizer,
     _restore,
 )
+from ftaudit.harden.objective import ObjectiveEvaluator as ObjectiveEvaluator
+from ftaudit.harden.objective import bayesft_objective
 from ftaudit.harden.trainable import TrainableModel
-from ftaudit.harden.training import SampleWorkers, TrainingData, TrainingNoise
-from ftaudit.models.base import CrossbarLayer, contiguous_input
-from ftaudit.montecarlo import Crossbar, chunk_size, draws_for_sample
-from ftaudit.noise import NoiseModel
+from ftaudit.harden.training import TrainingNoise
 
 if TYPE_CHECKING:
-    from ftaudit.models.onnx import OnnxModel
+    pass
 
 FEATURE = "the bayesft harden method"
 
@@ -123,272 +123,8 @@ def validate_bayesft_options(
 
 
 # ---------------------------------------------------------------------------------------------
-# Dropout in the trainable copy
-
-
-@functools.cache
-def _seeded_dropout_type() -> type:
-    torch = require_torch(FEATURE)
-
-    class SeededDropout(torch.nn.Dropout):
-        """``nn.Dropout`` whose masks come from its own ``generator`` instead of torch's global
-        RNG, so a run is a function of its seed (the global generator when none is set)."""
-
-        def __init__(self, p: float = 0.0) -> None:
-            super().__init__(p)
-            self.generator: Any = None
-
-        def forward(self, x: Any) -> Any:
-            if not self.training or self.p == 0:
-                return x
-            if self.p >= 1:  # every activation dropped (as torch's dropout does at p = 1)
-                return x * 0.0
-            if self.generator is None:
-                return super().forward(x)
-            keep = torch.empty_like(x).bernoulli_(1.0 - self.p, generator=self.generator)
-            return x * keep / (1.0 - self.p)
-
-    return SeededDropout
-
-
-def dropout_module(p: float = 0.0) -> Any:
-    """A fresh seeded ``nn.Dropout`` (see ``SeededDropout``) with rate ``p``."""
-    return _seeded_dropout_type()(p)
-
-
-def crossbar_outputs(
-    proto: Any, layers: Sequence[CrossbarLayer], feed_names: Mapping[str, str] | None = None
-) -> dict[str, list[str]]:
-    """Crossbar layer name -> the ONNX tensors that are that layer's output, one per use.
-
-    The output of a Conv/ConvTranspose/Gemm node is its result (its bias is inside the node); a
-    MatMul whose result feeds only an ``Add`` of an initializer (a bias) ends at that Add, so
-    the dropout acts on the full affine output, like the Gemm case. Weights are found as the
-    ONNX loader finds them (``onnx_graph.trace_crossbar_weights``); ``feed_names`` maps layer
-    names to the values the operators read (``OnnxModel.feed_names``; the name by default).
-    """
-    from ftaudit.models.onnx_graph import trace_crossbar_weights
-
-    graph = proto.graph
-    feeds = feed_names or {}
-    layer_of = {feeds.get(layer.name, layer.name): layer.name for layer in layers}
-    initializers = {t.name for t in graph.initializer}
-    producers = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-
-    def source(name: str) -> str:
-        while name in producers and producers[name].op_type == "Identity":
-            name = producers[name].input[0]
-        return name
-
-    found: dict[str, list[str]] = {}
-    for trace in trace_crossbar_weights(graph)[0]:
-        weight = layer_of.get(trace.value)
-        if weight is None:
-            continue
-        node = trace.node
-        out = node.output[0]
-        users = consumers.get(out, [])
-        if node.op_type == "MatMul" and len(users) == 1 and users[0].op_type == "Add":
-            add = users[0]
-            other = [source(name) for name in add.input if name != out]
-            if len(other) == 1 and other[0] in initializers:
-                out = add.output[0]
-        found.setdefault(weight, []).append(out)
-    return found
-
-
-def insert_dropout(trainable: TrainableModel) -> dict[str, Any]:
-    """Put a seeded dropout (rate 0) after every crossbar layer's output except the last one's.
-
-    Edits the onnx2torch ``GraphModule`` with torch.fx: after the ``call_module`` node whose
-    ``onnx_mapping`` outputs the layer's output tensor (see ``crossbar_outputs``), a call to a
-    new submodule ``bayesft_dropout_<layer index>``; a weight used by several nodes gets one
-    dropout module (one rate) after each use. Returns layer name -> its dropout module, in
-    execution order. Dropout acts only in train mode, and the ONNX export writes initializer
-    values back into the original file, so it never reaches the exported model.
-    """
-    source = trainable.source
-    if source.format != "onnx":
-        raise UserError(
-            f"--method bayesft inserts dropout layers with torch.fx, which cannot edit "
-            f"{source.format} models ({source.path})",
-            hint="export the PyTorch model to ONNX (torch.onnx.export) and harden the .onnx file",
-        )
-    layers = sorted(source.layers, key=lambda layer: layer.index)
-    if len(layers) < 2:
-        raise UserError(
-            f"{source.path} has {len(layers)} crossbar layer; BayesFT puts dropout after every "
-            "crossbar layer but the last, so it needs at least two",
-            hint="use --method trice or noise for this model",
-        )
-    module = trainable.module
-    onnx_source = cast("OnnxModel", source)
-    outputs = crossbar_outputs(onnx_source.proto, layers[:-1], onnx_source.feed_names)
-    producer = {}
-    for node in module.graph.nodes:
-        if node.op != "call_module":
-            continue
-        mapping = getattr(module.get_submodule(node.target), "onnx_mapping", None)
-        for name in getattr(mapping, "outputs", ()):
-            producer[name] = node
-    dropouts: dict[str, Any] = {}
-    graph = module.graph
-    for layer in layers[:-1]:
-        nodes = [producer.get(name) for name in outputs.get(layer.name, [])]
-        if not nodes or any(node is None for node in nodes):
-            raise UserError(
-                f"cannot find the output of crossbar layer {layer.name} in onnx2torch's "
-                "conversion, so no dropout can follow it",
-                hint="use --method trice or noise for this model",
-            )
-        target = f"bayesft_dropout_{layer.index}"
-        dropouts[layer.name] = dropout_module(0.0)
-        module.add_submodule(target, dropouts[layer.name])
-        for node in nodes:
-            with graph.inserting_after(node):
-                dropped = graph.call_module(target, (node,))
-            node.replace_all_uses_with(
-                dropped, delete_user_cb=lambda user, d=dropped: user is not d
-            )
-    graph.lint()
-    module.recompile()
-    return dropouts
-
-
-# ---------------------------------------------------------------------------------------------
-# Objective
-
-
-class ObjectiveEvaluator:
-    """Mean validation cross-entropy of Monte Carlo samples [start, stop): the objective's unit
-    of work, the same class in this process and in a worker (``--workers``/``--ray``).
-
-    Sample i's weights are ``noise`` at ``sigma`` applied with ``draws_for_sample(seed, i, ...)``;
-    the module runs in its current mode (eval: no dropout). The clean weights are put back after
-    every chunk."""
-
-    def __init__(
-        self,
-        trainable: TrainableModel,
-        data: TrainingData,
-        *,
-        layers: Sequence[CrossbarLayer],
-        noise: NoiseModel,
-        sigma: float,
-        seed: int,
-        batch_size: int = 512,
-        device: str = "cpu",
-    ) -> None:
-        torch = require_torch(FEATURE)
-        self.torch, self.trainable = torch, trainable
-        self.layers, self.sigma, self.seed = list(layers), sigma, seed
-        self.clean = trainable.crossbar_arrays()
-        self.crossbar = Crossbar.prepare(layers, self.clean, noise)
-        self.n = len(data)
-        x = contiguous_input(data.x)
-        self.batches = [
-            (
-                torch.from_numpy(x[s : s + batch_size]).to(device),
-                torch.from_numpy(data.y[s : s + batch_size]).to(device),
-            )
-            for s in range(0, len(data), batch_size)
-        ]
-        self._weights = [np.empty(layer.shape, np.float32) for layer in layers]
-        d = noise.draws_per_weight
-        self._draws = [np.empty((d, *layer.canonical_shape), np.float32) for layer in layers]
-
-    def evaluate(self, start: int, stop: int, active: Sequence[int] = (0,)) -> np.ndarray:
-        """Losses ``(1, stop - start)`` of samples [start, stop) (``active`` is the engine's
-        row list; the objective has one row)."""
-        torch, module = self.torch, self.trainable.module
-        losses = np.zeros((1, stop - start), dtype=np.float64)
-        d = self.crossbar.noise.draws_per_weight
-        try:
-            for offset, i in enumerate(range(start, stop)):
-                draws = draws_for_sample(self.seed, i, self.layers, d, out=self._draws)
-                self.trainable.set_crossbar_arrays(
-                    {
-                        layer.name: state.perturb(layer.to_native(z), self.sigma, buf)
-                        for layer, state, z, buf in zip(
-                            self.layers, self.crossbar.states, draws, self._weights, strict=True
-                        )
-                    }
-                )
-                total = 0.0
-                with torch.no_grad():
-                    for xb, yb in self.batches:
-                        logits = module(xb)
-                        if isinstance(logits, (tuple, list)):
-                            logits = logits[0]
-                        loss = torch.nn.functional.cross_entropy(
-                            logits.float(), yb, reduction="sum"
-                        )
-                        total += float(loss)
-                losses[0, offset] = total / self.n
-        finally:
-            self.trainable.set_crossbar_arrays(self.clean)
-        return losses
-
-    def close(self) -> None:
-        pass
-
-
-def bayesft_objective(
-    trainable: TrainableModel,
-    data: TrainingData,
-    *,
-    layers: Sequence[CrossbarLayer],
-    noise: NoiseModel,
-    sigma: float,
-    samples: int,
-    seed: int,
-    batch_size: int = 512,
-    device: str = "cpu",
-    workers: SampleWorkers | None = None,
-) -> float:
-    """u (eq. 3-4): minus the mean over ``samples`` Monte Carlo draws of the validation
-    cross-entropy, weights perturbed by ``noise`` at ``sigma``, in eval mode (no dropout).
-
-    Sample i's draws are ``draws_for_sample(seed, i, layers, ...)``, as in ``ftaudit eval``. At
-    sigma = 0 every sample is the same model, so one evaluation serves. With ``workers`` the
-    samples are spread over them in chunks and put back in index order (the same number). The
-    clean weights and the module's mode are restored afterwards.
-    """
-    module = trainable.module
-    was_training = module.training
-    module.eval()
-    n = samples if sigma > 0 else 1
-    try:
-        if workers is None or n == 1:
-            evaluator = ObjectiveEvaluator(
-                trainable,
-                data,
-                layers=layers,
-                noise=noise,
-                sigma=sigma,
-                seed=seed,
-                batch_size=batch_size,
-                device=device,
-            )
-            losses = evaluator.evaluate(0, n)[0]
-        else:
-            backend = workers.backend(
-                trainable, sigmas=[sigma], seed=seed, batch_size=batch_size, objective="loss"
-            )
-            size = chunk_size(n, backend.parallelism, None)
-            futures = [backend.submit(s, min(s + size, n), [0]) for s in range(0, n, size)]
-            try:
-                losses = np.concatenate([future.result()[0] for future in futures])
-            finally:
-                for future in futures:
-                    future.cancel()
-    finally:
-        module.train(was_training)
-    return -float(np.mean(losses))
+# Dropout (ftaudit.harden.dropout) and the objective (ftaudit.harden.objective) live beside
+# the method: the trainable-graph edit and the loss metric workers build too
 
 
 def _derived(seed: int, *key: int) -> int:
