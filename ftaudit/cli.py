@@ -149,6 +149,28 @@ JsonOpt = Annotated[
 ]
 CsvOpt = Annotated[Path | None, typer.Option("--csv", help="Write a CSV table here.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No table on stdout.")]
+# the analog forward pipeline (ftaudit.analog): parsed into a ForwardPipeline in one call
+DacBitsOpt = Annotated[
+    int | None, typer.Option("--dac-bits", help="Analog: input DAC bits per crossbar layer.")
+]
+AdcBitsOpt = Annotated[
+    int | None, typer.Option("--adc-bits", help="Analog: ADC bits per tile output (saturating).")
+]
+AdcBoundOpt = Annotated[
+    float | None,
+    typer.Option("--adc-bound", help="Analog: fixed ADC bound, normalised [calibrated]."),
+]
+ReadNoiseOpt = Annotated[
+    float | None,
+    typer.Option("--read-noise", help="Analog: output noise per read, normalised units [0]."),
+]
+TileSizeOpt = Annotated[
+    str | None, typer.Option("--tile-size", help="Analog: crossbar ROWSxCOLS, e.g. 256x256.")
+]
+WeightScalingOpt = Annotated[
+    str | None,
+    typer.Option("--weight-scaling", help="Analog: max|W| per layer, column or tile [layer]."),
+]
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -252,8 +274,15 @@ def eval_command(
     checkpoint_dir: EvalCheckpointOpt = None,
     resume: EvalResumeOpt = False,
     batch_samples: BatchSamplesOpt = None,
+    dac_bits: DacBitsOpt = None,
+    adc_bits: AdcBitsOpt = None,
+    adc_bound: AdcBoundOpt = None,
+    read_noise: ReadNoiseOpt = None,
+    tile_size: TileSizeOpt = None,
+    weight_scaling: WeightScalingOpt = None,
 ) -> None:
     """Monte Carlo accuracy (mean and KPP) of MODEL under device variation."""
+    from ftaudit.analog.options import pipeline_from_flags
     from ftaudit.config import load_settings, merge, parse_floats, parse_sigmas
     from ftaudit.device_effects import parse_stuck_at, parse_time, parse_times, resolve_effects
     from ftaudit.evaluation import audit, validate_options, validate_scale_out
@@ -292,6 +321,14 @@ def eval_command(
         },
     )
     validate_scale_out(workers=settings.workers, checkpoint_dir=checkpoint_dir, resume=resume)
+    pipeline = pipeline_from_flags(
+        dac_bits=dac_bits,
+        adc_bits=adc_bits,
+        adc_bound=adc_bound,
+        read_noise=read_noise,
+        tile_size=tile_size,
+        weight_scaling=weight_scaling,
+    )
     noise_model = get_noise_model(settings.noise, bits=settings.bits, cell_bits=settings.cell_bits)
     if settings.sigma is None and getattr(noise_model.profile, "sigma", None) is not None:
         settings = replace(settings, sigma=noise_model.profile.sigma)
@@ -366,6 +403,7 @@ def eval_command(
         checkpoint_dir=checkpoint_dir,
         resume=resume,
         batch_samples=batch_samples,
+        pipeline=pipeline,
     )
 
     from ftaudit import report as writers

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ftaudit import __version__
+from ftaudit.analog.options import ForwardPipeline
 from ftaudit.batched import BatchedTorchRunner, resolve_batch_samples
 from ftaudit.data import Dataset, load_dataset, validate_labels
 from ftaudit.device_effects import Condition, resolve_effects
@@ -149,17 +150,30 @@ def prepare_run(
     device: str,
     batch_samples: int = 1,
     batch_required: bool = True,
+    pipeline: ForwardPipeline | None = None,
+    seed: int = 0,
 ):
-    """Select layers, bind data to a runner and check the data fits the model's output."""
+    """Select layers, bind data to a runner and check the data fits the model's output.
+
+    With an active analog ``pipeline`` the runner is the rewritten-graph one; its calibration
+    (seeded by ``seed``) is kept as ``runner.calibration``."""
     selected = model.select_layers(layers, exclude)
     x = model.fit_input(dataset.x)
-    runner = build_runner(
-        model,
-        selected,
-        device=device,
-        batch_samples=batch_samples,
-        batch_required=batch_required,
-    )
+    if pipeline is not None and pipeline.active:
+        from ftaudit.analog.runner import analog_runner
+
+        runner, calibration = analog_runner(
+            model, selected, x, pipeline=pipeline, seed=seed, device=device
+        )
+        runner.calibration = calibration
+    else:
+        runner = build_runner(
+            model,
+            selected,
+            device=device,
+            batch_samples=batch_samples,
+            batch_required=batch_required,
+        )
     runner.bind_data(x, dataset.y, batch_size=batch_size)
     logits = runner.checked_logits(x.shape)
     validate_labels(dataset.y, logits.shape[1])
@@ -283,6 +297,7 @@ def audit(
     checkpoint_dir: Path | str | None = None,
     resume: bool = False,
     batch_samples: int | None = None,
+    pipeline: ForwardPipeline | None = None,
 ) -> AuditReport:
     """Run the Monte Carlo audit and return the report; gates are evaluated, not raised.
 
@@ -296,6 +311,8 @@ def audit(
     ``checkpoint_dir`` keeps the counted samples so a killed run continues with ``resume``.
     ``batch_samples`` evaluates that many weight sets per forward pass (torch vmap; default 16
     for an ONNX model on CUDA, else 1).
+    ``pipeline`` adds the analog forward pass (DAC, ADC, read noise, tiles; ONNX models; see
+    ftaudit.analog); with read noise every row is random, sigma = 0 included.
     """
     started = time.perf_counter()
     noise_model, sigmas = resolve_noise(noise, sigmas, bits=bits, cell_bits=cell_bits)
@@ -320,10 +337,15 @@ def audit(
         fail_under_mean=fail_under_mean,
     )
     validate_scale_out(workers=workers, checkpoint_dir=checkpoint_dir, resume=resume)
+    analog = pipeline is not None and pipeline.active
+    if analog:
+        validate_analog_run(workers=workers, ray=ray, batch_samples=batch_samples)
     loaded = model if isinstance(model, AuditModel) else load_model(model, output=output)
     dataset = resolve_data(data, limit=limit, mean=mean, std=std)
-    samples_per_pass = resolve_batch_samples(
-        batch_samples, device=device, model_format=loaded.format
+    samples_per_pass = (
+        1
+        if analog
+        else resolve_batch_samples(batch_samples, device=device, model_format=loaded.format)
     )
     selected, runner, crossbar, clean_correct = prepare_run(
         loaded,
@@ -335,6 +357,8 @@ def audit(
         device=device,
         batch_samples=samples_per_pass,
         batch_required=batch_samples is not None,
+        pipeline=pipeline,
+        seed=seed,
     )
     if not isinstance(runner, BatchedTorchRunner):  # batching was a default it could not use
         samples_per_pass = 1
@@ -361,6 +385,7 @@ def audit(
         "target_ci": target_ci,
         "device": device,
         "device_effects": None if effects is None else effects.to_dict(),
+        **({"analog": pipeline.to_dict()} if analog else {}),
     }
     restored, on_chunk, writer = None, None, None
     if checkpoint_dir is not None:
@@ -429,7 +454,8 @@ def audit(
     for j, condition in enumerate(conditions):
         accuracies = counts.accuracies(j, n)
         summary = summarize(accuracies, k=k)
-        if condition.sigma == 0 and effects is None:  # nothing random: the accuracy is exact
+        nothing_random = effects is None and not runner.random_reads
+        if condition.sigma == 0 and nothing_random:  # the accuracy is exact
             exact = Interval(summary.kpp, summary.kpp, summary.kpp_interval.confidence, "exact")
             summary = replace(summary, kpp_interval=exact, mean_interval=exact)
         results.append(
@@ -476,7 +502,33 @@ def audit(
             "execution": execution,
         },
         device_effects=None if effects is None else effects.to_dict(),
+        analog=analog_block(pipeline, runner) if analog else None,
     )
+
+
+def analog_block(pipeline: ForwardPipeline, runner: ModelRunner) -> dict[str, Any]:
+    """The report's ``analog`` entry: every non-ideality in force, with its calibration."""
+    calibration = getattr(runner, "calibration", None)
+    return {
+        **pipeline.to_dict(),
+        "in_force": pipeline.describe(),
+        "calibration": None if calibration is None else calibration.to_dict(),
+    }
+
+
+def validate_analog_run(*, workers: int, ray: str | None, batch_samples: int | None) -> None:
+    """The analog pipeline runs in this process, one weight set per pass (for now)."""
+    if workers > 1 or ray is not None:
+        raise UserError(
+            "the analog forward pipeline runs in this process only; --workers and --ray "
+            "cannot be combined with --dac-bits, --adc-bits or --read-noise yet",
+            hint="drop --workers/--ray",
+        )
+    if batch_samples is not None and batch_samples > 1:
+        raise UserError(
+            "--batch-samples cannot be combined with the analog forward pipeline",
+            hint="drop --batch-samples (each sample is its own pass)",
+        )
 
 
 def validate_scale_out(*, workers: int, checkpoint_dir: Path | str | None, resume: bool) -> None:

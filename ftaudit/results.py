@@ -146,6 +146,8 @@ class AuditReport:
     options: dict[str, Any] = field(default_factory=dict)
     #: stuck-at faults and drift (``DeviceEffects.to_dict()``), None when neither was applied
     device_effects: dict[str, Any] | None = None
+    #: the analog forward pipeline in force (``ftaudit.analog``), None for an ideal crossbar
+    analog: dict[str, Any] | None = None
 
     @property
     def reference_accuracy(self) -> float:
@@ -177,4 +179,5 @@ class AuditReport:
             "options": self.options,
             "elapsed_s": self.elapsed_s,
             "device_effects": self.device_effects,
+            "analog": self.analog,
         }

@@ -1,0 +1,148 @@
+"""The analog forward pipeline's options: one frozen object, validated once.
+
+A crossbar tile quantises its inputs (DAC), adds read noise to every output it reads, converts
+each tile's column currents with a saturating ADC, and maps weights to conductances with a scale
+per layer, column or tile. ``ForwardPipeline`` names those settings; ``active`` is False for the
+ideal crossbar, and then nothing about the model's graph or numbers changes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ftaudit.errors import UserError
+
+WEIGHT_SCALINGS = ("layer", "column", "tile")
+MAX_BITS = 24
+#: calibration images drawn (seeded) from the evaluation data to set DAC and ADC ranges
+CALIBRATION_IMAGES = 256
+
+
+def parse_tile_size(text: str | None) -> tuple[int, int] | None:
+    """'256x256' -> (256, 256): crossbar rows (inputs) x columns (outputs); None stays None."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(text))
+    if not match or int(match[1]) < 1 or int(match[2]) < 1:
+        raise UserError(
+            f"--tile-size must be ROWSxCOLS with positive integers, got '{text}'",
+            hint="e.g. --tile-size 256x256 (crossbar inputs x outputs)",
+        )
+    return int(match[1]), int(match[2])
+
+
+@dataclass(frozen=True)
+class ForwardPipeline:
+    """Non-idealities of the analog forward pass, applied to every selected crossbar layer.
+
+    ``dac_bits``/``adc_bits``: input and output converter resolution (None: ideal).
+    ``adc_bound``: ADC full scale in normalised units (outputs of weights scaled to max|W| = 1
+    and inputs to the DAC range); None calibrates it per tile (see ``ftaudit.analog``).
+    ``read_noise``: standard deviation of the additive output noise per read, in the same
+    normalised units (aihwkit's ``out_noise``). ``tile_size``: (rows, cols) of one crossbar;
+    None is one tile per layer. ``weight_scaling``: what max|W| sets the conductance range.
+    """
+
+    dac_bits: int | None = None
+    adc_bits: int | None = None
+    adc_bound: float | None = None
+    read_noise: float = 0.0
+    tile_size: tuple[int, int] | None = None
+    weight_scaling: str = "layer"
+
+    def __post_init__(self) -> None:
+        for flag, bits in (("--dac-bits", self.dac_bits), ("--adc-bits", self.adc_bits)):
+            if bits is not None and not (1 <= bits <= MAX_BITS):
+                raise UserError(
+                    f"{flag} must be between 1 and {MAX_BITS}, got {bits}",
+                    hint=f"e.g. {flag} 8 (leave it out for an ideal converter)",
+                )
+        if not math.isfinite(self.read_noise) or self.read_noise < 0:
+            raise UserError(
+                f"--read-noise must be a finite number >= 0, got {self.read_noise:g}",
+                hint="it is a standard deviation in normalised output units, e.g. 0.06",
+            )
+        if self.adc_bound is not None and not (
+            math.isfinite(self.adc_bound) and self.adc_bound > 0
+        ):
+            raise UserError(
+                f"--adc-bound must be a finite number > 0, got {self.adc_bound:g}",
+                hint="e.g. --adc-bound 12 (aihwkit's out_bound), or leave it out to calibrate",
+            )
+        if self.tile_size is not None and (len(self.tile_size) != 2 or min(self.tile_size) < 1):
+            raise UserError(
+                f"tile size must be two positive integers, got {self.tile_size}",
+                hint="e.g. --tile-size 256x256",
+            )
+        if self.weight_scaling not in WEIGHT_SCALINGS:
+            raise UserError(
+                f"unknown --weight-scaling '{self.weight_scaling}'",
+                hint=f"use one of: {', '.join(WEIGHT_SCALINGS)}",
+            )
+
+    @property
+    def active(self) -> bool:
+        """Whether any non-ideality changes the forward pass (tiles and scaling alone do not)."""
+        return self.dac_bits is not None or self.adc_bits is not None or self.read_noise > 0
+
+    @property
+    def per_tile(self) -> bool:
+        """Whether each tile's partial sum is read on its own (ADC or read noise)."""
+        return self.adc_bits is not None or self.read_noise > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dac_bits": self.dac_bits,
+            "adc_bits": self.adc_bits,
+            "adc_bound": self.adc_bound,
+            "read_noise": self.read_noise,
+            "tile_size": None if self.tile_size is None else list(self.tile_size),
+            "weight_scaling": self.weight_scaling,
+        }
+
+    def describe(self) -> list[str]:
+        """One line per non-ideality in force, for tables and reports."""
+        lines = []
+        if self.dac_bits is not None:
+            lines.append(f"DAC {self.dac_bits} bits, per-layer calibrated input range")
+        if self.adc_bits is not None:
+            bound = (
+                "calibrated per tile"
+                if self.adc_bound is None
+                else f"bound {self.adc_bound:g} (normalised)"
+            )
+            lines.append(f"ADC {self.adc_bits} bits per tile, saturating, {bound}")
+        if self.read_noise > 0:
+            lines.append(f"read noise {self.read_noise:g} (normalised output units) per read")
+        if self.active:
+            tiles = (
+                "one per layer" if self.tile_size is None else "x".join(map(str, self.tile_size))
+            )
+            lines.append(f"tiles {tiles}; weight scaling per {self.weight_scaling}")
+        return lines
+
+
+def pipeline_from_flags(
+    *,
+    dac_bits: int | None = None,
+    adc_bits: int | None = None,
+    adc_bound: float | None = None,
+    read_noise: float | None = None,
+    tile_size: str | None = None,
+    weight_scaling: str | None = None,
+) -> ForwardPipeline | None:
+    """The pipeline the command-line flags ask for (validated), None when no flag is given."""
+    flags = (dac_bits, adc_bits, adc_bound, read_noise, tile_size, weight_scaling)
+    if all(flag is None for flag in flags):
+        return None
+    return ForwardPipeline(
+        dac_bits=dac_bits,
+        adc_bits=adc_bits,
+        adc_bound=adc_bound,
+        read_noise=0.0 if read_noise is None else float(read_noise),
+        tile_size=parse_tile_size(tile_size),
+        weight_scaling=weight_scaling or "layer",
+    )

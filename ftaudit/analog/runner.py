@@ -1,0 +1,102 @@
+"""The ONNX runner with the analog forward pipeline in its graph."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+
+from ftaudit.analog.onnx_graph import Calibration, calibrate, plan_tiles, rewrite
+from ftaudit.analog.options import ForwardPipeline
+from ftaudit.analog.read_noise import read_noise
+from ftaudit.errors import UserError
+from ftaudit.models.base import AuditModel, CrossbarLayer
+from ftaudit.models.onnx import OnnxModel, OnnxRunner
+
+
+class AnalogOnnxRunner(OnnxRunner):
+    """An ``OnnxRunner`` on the rewritten graph; read noise is fed per batch, keyed by the
+    sample set with ``set_sample`` (none before the first call: the deterministic pass)."""
+
+    def __init__(
+        self,
+        model: OnnxModel,
+        selected: Sequence[CrossbarLayer],
+        *,
+        pipeline: ForwardPipeline,
+        calibration: Calibration,
+        tiled: Sequence,
+        device: str,
+        threads: int | None = None,
+    ) -> None:
+        rewritten, self.noise_inputs = rewrite(model.proto, tiled, pipeline, calibration)
+        self.tile_shapes = calibration.tile_shapes
+        self.random_reads = bool(self.noise_inputs)
+        self._key: tuple[int, int] | None = None
+        super().__init__(replace(model, proto=rewritten), selected, device=device, threads=threads)
+
+    def set_sample(self, seed: int, sample: int | None) -> None:
+        self._key = None if sample is None else (seed, sample)
+
+    def bind_data(self, x: np.ndarray, y: np.ndarray, *, batch_size: int) -> None:
+        super().bind_data(x, y, batch_size=batch_size)
+        self._zeros = {
+            (name, len(batch)): np.zeros((len(batch), *self.tile_shapes[(layer, tile)]), np.float32)
+            for batch in self._batches
+            for name, layer, tile in self.noise_inputs
+        }
+
+    def _noise_feed(self, start: int, size: int) -> dict[str, np.ndarray]:
+        feed = {}
+        for name, layer, tile in self.noise_inputs:
+            if self._key is None:
+                feed[name] = self._zeros[(name, size)]
+            else:
+                seed, sample = self._key
+                shape = self.tile_shapes[(layer, tile)]
+                feed[name] = read_noise(seed, sample, layer, tile, start, start + size, shape)
+        return feed
+
+    def logits(self) -> np.ndarray:
+        if not self.noise_inputs:
+            return super().logits()
+        outs, start = [], 0
+        for batch in self._batches:
+            feed = {**self.feed, **self._noise_feed(start, len(batch)), self.input_name: batch}
+            outs.append(self.session.run([self.output_name], feed)[0])
+            start += len(batch)
+        logits = np.concatenate(outs) if len(outs) > 1 else outs[0]
+        return logits[: self._n]
+
+
+def analog_runner(
+    model: AuditModel,
+    selected: Sequence[CrossbarLayer],
+    x: np.ndarray,
+    *,
+    pipeline: ForwardPipeline,
+    seed: int,
+    device: str,
+    threads: int | None = None,
+) -> tuple[AnalogOnnxRunner, Calibration]:
+    """Calibrate the pipeline's ranges on (a seeded subset of) ``x`` and build the runner."""
+    if not isinstance(model, OnnxModel):
+        raise UserError(
+            f"the analog forward pipeline (--dac-bits, --adc-bits, --read-noise) runs on ONNX "
+            f"models; {model.path} is {model.format}",
+            hint="export the model to ONNX (torch.onnx.export) and audit the .onnx file",
+        )
+    weights = model.clean_weights()
+    tiled = plan_tiles(model.proto, selected, weights, pipeline)
+    calibration = calibrate(model.proto, tiled, x, seed=seed)
+    runner = AnalogOnnxRunner(
+        model,
+        selected,
+        pipeline=pipeline,
+        calibration=calibration,
+        tiled=tiled,
+        device=device,
+        threads=threads,
+    )
+    return runner, calibration
