@@ -152,6 +152,7 @@ def prepare_run(
     batch_required: bool = True,
     pipeline: ForwardPipeline | None = None,
     seed: int = 0,
+    threads: int | None = None,
 ):
     """Select layers, bind data to a runner and check the data fits the model's output.
 
@@ -163,7 +164,7 @@ def prepare_run(
         from ftaudit.analog.runner import analog_runner
 
         runner, calibration = analog_runner(
-            model, selected, x, pipeline=pipeline, seed=seed, device=device
+            model, selected, x, pipeline=pipeline, seed=seed, device=device, threads=threads
         )
         runner.calibration = calibration
     else:
@@ -339,7 +340,7 @@ def audit(
     validate_scale_out(workers=workers, checkpoint_dir=checkpoint_dir, resume=resume)
     analog = pipeline is not None and pipeline.active
     if analog:
-        validate_analog_run(workers=workers, ray=ray, batch_samples=batch_samples)
+        validate_analog_run(batch_samples=batch_samples)
     loaded = model if isinstance(model, AuditModel) else load_model(model, output=output)
     dataset = resolve_data(data, limit=limit, mean=mean, std=std)
     samples_per_pass = (
@@ -417,6 +418,7 @@ def audit(
             threads=1 if ray is not None else threads_per_worker(workers),
             effects=effects,
             batch_samples=samples_per_pass,
+            pipeline=pipeline if analog else None,
         )
     else:
         evaluator = ChunkEvaluator(
@@ -516,14 +518,8 @@ def analog_block(pipeline: ForwardPipeline, runner: ModelRunner) -> dict[str, An
     }
 
 
-def validate_analog_run(*, workers: int, ray: str | None, batch_samples: int | None) -> None:
-    """The analog pipeline runs in this process, one weight set per pass (for now)."""
-    if workers > 1 or ray is not None:
-        raise UserError(
-            "the analog forward pipeline runs in this process only; --workers and --ray "
-            "cannot be combined with --dac-bits, --adc-bits or --read-noise yet",
-            hint="drop --workers/--ray",
-        )
+def validate_analog_run(*, batch_samples: int | None) -> None:
+    """The analog pipeline evaluates one weight set per pass (its read noise is per sample)."""
     if batch_samples is not None and batch_samples > 1:
         raise UserError(
             "--batch-samples cannot be combined with the analog forward pipeline",

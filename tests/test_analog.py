@@ -253,6 +253,15 @@ def test_torch_models_are_refused_with_a_hint(fmnist):
         )
 
 
-def test_workers_are_refused_with_the_pipeline(fmnist):
-    with pytest.raises(UserError, match="--workers"):
-        _audit(fmnist, workers=2, pipeline=ForwardPipeline(read_noise=0.1))
+def test_read_noise_runs_are_identical_with_worker_processes(fmnist):
+    pipeline = ForwardPipeline(read_noise=0.1, dac_bits=8, adc_bits=8, tile_size=(64, 64))
+    here = _audit(fmnist, samples=4, pipeline=pipeline)
+    spread = _audit(fmnist, samples=4, pipeline=pipeline, workers=2)
+    assert spread.options["execution"]["workers"] == 2
+    for a, b in zip(here.results, spread.results, strict=True):
+        np.testing.assert_array_equal(a.accuracies, b.accuracies)
+
+
+def test_batch_samples_are_refused_with_the_pipeline(fmnist):
+    with pytest.raises(UserError, match="--batch-samples"):
+        _audit(fmnist, batch_samples=4, pipeline=ForwardPipeline(read_noise=0.1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -34,6 +35,7 @@ class AnalogOnnxRunner(OnnxRunner):
         self.tile_shapes = calibration.tile_shapes
         self.random_reads = bool(self.noise_inputs)
         self._key: tuple[int, int] | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1)
         super().__init__(replace(model, proto=rewritten), selected, device=device, threads=threads)
 
     def set_sample(self, seed: int, sample: int | None) -> None:
@@ -61,13 +63,26 @@ class AnalogOnnxRunner(OnnxRunner):
     def logits(self) -> np.ndarray:
         if not self.noise_inputs:
             return super().logits()
-        outs, start = [], 0
-        for batch in self._batches:
-            feed = {**self.feed, **self._noise_feed(start, len(batch)), self.input_name: batch}
+        starts = np.cumsum([0] + [len(b) for b in self._batches])
+        # the next batch's draws are made on a helper thread while this batch runs (numpy's
+        # generators and ONNX Runtime both release the GIL)
+        pending = self._pool.submit(self._noise_feed, 0, len(self._batches[0]))
+        outs = []
+        for k, batch in enumerate(self._batches):
+            noise = pending.result()
+            if k + 1 < len(self._batches):
+                pending = self._pool.submit(
+                    self._noise_feed, int(starts[k + 1]), len(self._batches[k + 1])
+                )
+            feed = {**self.feed, **noise, self.input_name: batch}
             outs.append(self.session.run([self.output_name], feed)[0])
-            start += len(batch)
         logits = np.concatenate(outs) if len(outs) > 1 else outs[0]
         return logits[: self._n]
+
+    def __del__(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False)
 
 
 def analog_runner(
