@@ -170,7 +170,7 @@ def fmnist():
         return {"x": data["x"][:400], "y": data["y"][:400]}
 
 
-def _audit(fmnist, **kwargs):
+def _audit(fmnist, model=SAMPLES / "lenet.onnx", **kwargs):
     from ftaudit.data import Dataset
     from ftaudit.evaluation import audit
 
@@ -186,7 +186,7 @@ def _audit(fmnist, **kwargs):
         },
     )
     defaults = {"sigmas": [0.0, 0.15], "samples": 6, "seed": 5, "batch_size": 128}
-    return audit(SAMPLES / "lenet.onnx", dataset, **{**defaults, **kwargs})
+    return audit(model, dataset, **{**defaults, **kwargs})
 
 
 def test_16_bit_converters_match_weights_only_accuracy(fmnist):
@@ -236,21 +236,15 @@ def test_analog_report_validates_against_the_schema(fmnist):
     jsonschema.validate(json.loads(json.dumps(report.to_dict())), schema)
 
 
-def test_torch_models_are_refused_with_a_hint(fmnist):
-    with pytest.raises(UserError, match="ONNX"):
-        from ftaudit.data import Dataset
-        from ftaudit.evaluation import audit
-
-        dataset = Dataset(
-            x=fmnist["x"][:50].astype(np.float32) / 255, y=fmnist["y"][:50], source={}
-        )
-        audit(
-            SAMPLES / "lenet.pt",
-            dataset,
-            sigmas=[0.1],
-            samples=2,
-            pipeline=ForwardPipeline(dac_bits=8),
-        )
+def test_torchscript_runs_the_same_pipeline_as_onnx(fmnist):
+    pytest.importorskip("torch")
+    pipeline = ForwardPipeline(read_noise=0.1, dac_bits=6, adc_bits=6, tile_size=(64, 64))
+    onnx_report = _audit(fmnist, samples=3, pipeline=pipeline)
+    ts_report = _audit(fmnist, samples=3, pipeline=pipeline, model=SAMPLES / "lenet.pt")
+    assert ts_report.model["format"] == "torchscript"
+    assert ts_report.clean_accuracy == onnx_report.clean_accuracy
+    for a, b in zip(onnx_report.results, ts_report.results, strict=True):
+        np.testing.assert_array_equal(a.accuracies, b.accuracies)
 
 
 def test_read_noise_runs_are_identical_with_worker_processes(fmnist):

@@ -85,6 +85,59 @@ class AnalogOnnxRunner(OnnxRunner):
             pool.shutdown(wait=False)
 
 
+def as_onnx(model: AuditModel, x: np.ndarray) -> OnnxModel:
+    """``model`` itself if ONNX; a TorchScript model exported to ONNX in memory, checked to
+    have the same crossbar layers (names, stored shapes, order)."""
+    if isinstance(model, OnnxModel):
+        return model
+    if model.format != "torchscript":
+        raise UserError(
+            f"the analog forward pipeline does not run {model.format} models yet",
+            hint="export the model to ONNX (torch.onnx.export) and audit the .onnx file",
+        )
+    import io
+    import warnings
+
+    import torch
+
+    from ftaudit.models.torchscript import jit_load
+
+    module = jit_load(model.raw, model.path)  # type: ignore[attr-defined]
+    example = torch.from_numpy(np.ascontiguousarray(x[:1], dtype=np.float32))
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                (example,),
+                buffer,
+                dynamo=False,
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_axes={"input": {0: "n"}, "output": {0: "n"}},
+                opset_version=17,
+                do_constant_folding=False,
+            )
+    except Exception as exc:  # the exporter raises many types for graphs it cannot export
+        raise UserError(
+            f"the analog forward pipeline runs TorchScript models through ONNX, and "
+            f"{model.path} cannot be exported ({exc.__class__.__name__})",
+            hint="export the model to ONNX yourself and audit the .onnx file",
+        ) from exc
+    exported = OnnxModel.from_bytes(model.path, buffer.getvalue())
+    same = [(la.name, la.shape) for la in exported.layers] == [
+        (la.name, la.shape) for la in model.layers
+    ]
+    if not same:
+        raise UserError(
+            f"{model.path}'s ONNX export does not keep its crossbar weights as they are, so the "
+            "analog forward pipeline cannot run it",
+            hint="export the model to ONNX yourself and audit the .onnx file",
+        )
+    return exported
+
+
 def analog_runner(
     model: AuditModel,
     selected: Sequence[CrossbarLayer],
@@ -95,13 +148,11 @@ def analog_runner(
     device: str,
     threads: int | None = None,
 ) -> tuple[AnalogOnnxRunner, Calibration]:
-    """Calibrate the pipeline's ranges on (a seeded subset of) ``x`` and build the runner."""
-    if not isinstance(model, OnnxModel):
-        raise UserError(
-            f"the analog forward pipeline (--dac-bits, --adc-bits, --read-noise) runs on ONNX "
-            f"models; {model.path} is {model.format}",
-            hint="export the model to ONNX (torch.onnx.export) and audit the .onnx file",
-        )
+    """Calibrate the pipeline's ranges on (a seeded subset of) ``x`` and build the runner.
+
+    A TorchScript model runs as its own ONNX export (same weights, same names, same layer
+    order, so the same draws and numbers as the ONNX file of the same network)."""
+    model = as_onnx(model, x)
     weights = model.clean_weights()
     tiled = plan_tiles(model.proto, selected, weights, pipeline)
     calibration = calibrate(model.proto, tiled, x, seed=seed)
