@@ -912,10 +912,26 @@ def compare_command(
     stuck_at: StuckAtOpt = None,
     workers: WorkersOpt = None,
     ray: RayOpt = None,
+    dac_bits: DacBitsOpt = None,
+    adc_bits: AdcBitsOpt = None,
+    adc_bound: AdcBoundOpt = None,
+    read_noise: ReadNoiseOpt = None,
+    tile_size: TileSizeOpt = None,
+    weight_scaling: WeightScalingOpt = None,
 ) -> None:
     """BASELINE and CANDIDATE on the same draws: mean, KPP and paired differences per sigma
     (and time, compensation with --time)."""
+    from ftaudit.analog.options import pipeline_from_flags
     from ftaudit.compare import compare
+
+    pipeline = pipeline_from_flags(
+        dac_bits=dac_bits,
+        adc_bits=adc_bits,
+        adc_bound=adc_bound,
+        read_noise=read_noise,
+        tile_size=tile_size,
+        weight_scaling=weight_scaling,
+    )
 
     settings = _shared_settings(
         config,
@@ -962,6 +978,7 @@ def compare_command(
         candidate,
         settings.data,
         fail_if_worse=settings.fail_if_worse,
+        pipeline=pipeline,
         **_audit_options(settings, ray),
     )
     from ftaudit.report import compare_report as writers

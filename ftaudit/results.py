@@ -150,6 +150,11 @@ class AuditReport:
     analog: dict[str, Any] | None = None
 
     @property
+    def analog_random(self) -> bool:
+        """Whether the analog pipeline drew read noise (so sigma 0 rows are random too)."""
+        return self.analog is not None and self.analog.get("read_noise", 0) > 0
+
+    @property
     def reference_accuracy(self) -> float:
         """Unperturbed accuracy on the chip: the quantised model's for device models."""
         return self.clean_accuracy if self.quantized_accuracy is None else self.quantized_accuracy

@@ -259,3 +259,40 @@ def test_read_noise_runs_are_identical_with_worker_processes(fmnist):
 def test_batch_samples_are_refused_with_the_pipeline(fmnist):
     with pytest.raises(UserError, match="--batch-samples"):
         _audit(fmnist, batch_samples=4, pipeline=ForwardPipeline(read_noise=0.1))
+
+
+def test_compare_pairs_read_noise_and_records_the_pipeline(fmnist):
+    from ftaudit.compare import compare
+    from ftaudit.data import Dataset
+
+    dataset = Dataset(x=fmnist["x"][:200].astype(np.float32) / 255, y=fmnist["y"][:200], source={})
+    pipeline = ForwardPipeline(read_noise=0.1, adc_bits=8)
+    report = compare(
+        SAMPLES / "lenet.onnx",
+        SAMPLES / "lenet.pt",
+        dataset,
+        sigmas=[0.0],
+        samples=5,
+        seed=2,
+        pipeline=pipeline,
+    )
+    row = report.results[0]
+    assert np.std(row.baseline.accuracies) > 0  # sigma 0 is random with read noise
+    np.testing.assert_array_equal(row.baseline.accuracies, row.candidate.accuracies)
+    assert row.mean_difference_interval.method != "exact"
+    assert report.to_dict()["options"]["analog"]["read_noise"] == 0.1
+
+
+def test_cli_eval_lists_the_non_idealities(run_cli, mlp_onnx, blobs_npz, tmp_path):
+    out = tmp_path / "r.json"
+    code, stdout, _ = run_cli(
+        "eval", mlp_onnx, "--data", blobs_npz, "--sigma", "0.1", "--samples", "3",
+        "--dac-bits", "4", "--adc-bits", "5", "--read-noise", "0.02", "--tile-size", "32x8",
+        "--weight-scaling", "column", "--json", out,
+    )  # fmt: skip
+    assert code == 0
+    for text in ("DAC 4 bits", "ADC 5 bits", "read noise 0.02", "tiles 32x8", "per column"):
+        assert text in stdout
+    analog = json.loads(out.read_text())["analog"]
+    assert analog["tile_size"] == [32, 8] and analog["weight_scaling"] == "column"
+    assert len(analog["in_force"]) == 4
