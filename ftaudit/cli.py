@@ -1048,10 +1048,26 @@ def sensitivity_command(
     stuck_at: StuckAtOpt = None,
     workers: WorkersOpt = None,
     ray: RayOpt = None,
+    dac_bits: DacBitsOpt = None,
+    adc_bits: AdcBitsOpt = None,
+    adc_bound: AdcBoundOpt = None,
+    read_noise: ReadNoiseOpt = None,
+    tile_size: TileSizeOpt = None,
+    weight_scaling: WeightScalingOpt = None,
 ) -> None:
     """Rank MODEL's crossbar layers by the KPP they lose under device variation (and drift,
     stuck-at faults with --time, --stuck-at)."""
+    from ftaudit.analog.options import pipeline_from_flags
     from ftaudit.sensitivity import DEFAULT_SENSITIVITY_SAMPLES, sensitivity
+
+    pipeline = pipeline_from_flags(
+        dac_bits=dac_bits,
+        adc_bits=adc_bits,
+        adc_bound=adc_bound,
+        read_noise=read_noise,
+        tile_size=tile_size,
+        weight_scaling=weight_scaling,
+    )
 
     settings = _shared_settings(
         config,
@@ -1101,6 +1117,7 @@ def sensitivity_command(
         model,
         settings.data,
         target_kpp=settings.target_kpp,
+        pipeline=pipeline,
         **_audit_options(settings, ray),
     )
     from ftaudit.report import sensitivity_report as writers

@@ -296,3 +296,23 @@ def test_cli_eval_lists_the_non_idealities(run_cli, mlp_onnx, blobs_npz, tmp_pat
     analog = json.loads(out.read_text())["analog"]
     assert analog["tile_size"] == [32, 8] and analog["weight_scaling"] == "column"
     assert len(analog["in_force"]) == 4
+
+
+def test_sensitivity_runs_the_pipeline_on_analog_layers_only(fmnist):
+    from ftaudit.data import Dataset
+    from ftaudit.sensitivity import sensitivity
+
+    dataset = Dataset(x=fmnist["x"][:200].astype(np.float32) / 255, y=fmnist["y"][:200], source={})
+    ideal = sensitivity(SAMPLES / "mlp.onnx", dataset, sigmas=[0.0], samples=2, seed=1)
+    coarse = sensitivity(
+        SAMPLES / "mlp.onnx",
+        dataset,
+        sigmas=[0.0],
+        samples=2,
+        seed=1,
+        pipeline=ForwardPipeline(adc_bits=2),
+    )
+    # every layer digital is the ideal model, with or without the pipeline
+    assert coarse.clean_accuracy == ideal.clean_accuracy
+    assert coarse.all_layers[0].mean < ideal.clean_accuracy - 0.2
+    assert coarse.to_dict()["options"]["analog"]["adc_bits"] == 2
