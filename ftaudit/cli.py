@@ -321,6 +321,7 @@ def eval_command(
         },
     )
     validate_scale_out(workers=settings.workers, checkpoint_dir=checkpoint_dir, resume=resume)
+    noise_model = get_noise_model(settings.noise, bits=settings.bits, cell_bits=settings.cell_bits)
     pipeline = pipeline_from_flags(
         dac_bits=dac_bits,
         adc_bits=adc_bits,
@@ -328,8 +329,8 @@ def eval_command(
         read_noise=read_noise,
         tile_size=tile_size,
         weight_scaling=weight_scaling,
+        base=getattr(noise_model.profile, "analog", None),
     )
-    noise_model = get_noise_model(settings.noise, bits=settings.bits, cell_bits=settings.cell_bits)
     if settings.sigma is None and getattr(noise_model.profile, "sigma", None) is not None:
         settings = replace(settings, sigma=noise_model.profile.sigma)
     if settings.sigma is None:
@@ -427,6 +428,15 @@ def eval_command(
     failed = report.failed_gates()
     if failed:
         raise GateFailure([gate.message() for gate in failed])
+
+
+def _analog_pipeline(settings: Any, flags: dict[str, Any]) -> Any:
+    """The analog forward pipeline: the flags given over the noise profile's ``[analog]``."""
+    from ftaudit.analog.options import pipeline_from_flags
+    from ftaudit.noise import get_noise_model
+
+    noise = get_noise_model(settings.noise, bits=settings.bits, cell_bits=settings.cell_bits)
+    return pipeline_from_flags(**flags, base=getattr(noise.profile, "analog", None))
 
 
 def _run_with_progress(audit_fn: Any, show: bool, *args: Any, **kwargs: Any) -> Any:
@@ -921,17 +931,16 @@ def compare_command(
 ) -> None:
     """BASELINE and CANDIDATE on the same draws: mean, KPP and paired differences per sigma
     (and time, compensation with --time)."""
-    from ftaudit.analog.options import pipeline_from_flags
     from ftaudit.compare import compare
 
-    pipeline = pipeline_from_flags(
-        dac_bits=dac_bits,
-        adc_bits=adc_bits,
-        adc_bound=adc_bound,
-        read_noise=read_noise,
-        tile_size=tile_size,
-        weight_scaling=weight_scaling,
-    )
+    analog_flags = {
+        "dac_bits": dac_bits,
+        "adc_bits": adc_bits,
+        "adc_bound": adc_bound,
+        "read_noise": read_noise,
+        "tile_size": tile_size,
+        "weight_scaling": weight_scaling,
+    }
 
     settings = _shared_settings(
         config,
@@ -966,6 +975,7 @@ def compare_command(
 
     validate_scale_out(workers=settings.workers, checkpoint_dir=None, resume=False)
     _effect_options(settings)  # bad drift or fault values fail here, before any output check
+    pipeline = _analog_pipeline(settings, analog_flags)
     _check_outputs(
         (baseline, candidate, Path(settings.data)),
         {"JSON report": json_path, "CSV table": csv_path, "JUnit XML": junit_path},
@@ -1057,17 +1067,16 @@ def sensitivity_command(
 ) -> None:
     """Rank MODEL's crossbar layers by the KPP they lose under device variation (and drift,
     stuck-at faults with --time, --stuck-at)."""
-    from ftaudit.analog.options import pipeline_from_flags
     from ftaudit.sensitivity import DEFAULT_SENSITIVITY_SAMPLES, sensitivity
 
-    pipeline = pipeline_from_flags(
-        dac_bits=dac_bits,
-        adc_bits=adc_bits,
-        adc_bound=adc_bound,
-        read_noise=read_noise,
-        tile_size=tile_size,
-        weight_scaling=weight_scaling,
-    )
+    analog_flags = {
+        "dac_bits": dac_bits,
+        "adc_bits": adc_bits,
+        "adc_bound": adc_bound,
+        "read_noise": read_noise,
+        "tile_size": tile_size,
+        "weight_scaling": weight_scaling,
+    }
 
     settings = _shared_settings(
         config,
@@ -1102,6 +1111,7 @@ def sensitivity_command(
 
     validate_scale_out(workers=settings.workers, checkpoint_dir=None, resume=False)
     _effect_options(settings)  # bad drift or fault values fail here, before any output check
+    pipeline = _analog_pipeline(settings, analog_flags)
     if samples is None and not _config_sets(settings, "samples"):
         from dataclasses import replace
 

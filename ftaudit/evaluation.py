@@ -312,8 +312,9 @@ def audit(
     ``checkpoint_dir`` keeps the counted samples so a killed run continues with ``resume``.
     ``batch_samples`` evaluates that many weight sets per forward pass (torch vmap; default 16
     for an ONNX model on CUDA, else 1).
-    ``pipeline`` adds the analog forward pass (DAC, ADC, read noise, tiles; ONNX models; see
-    ftaudit.analog); with read noise every row is random, sigma = 0 included.
+    ``pipeline`` adds the analog forward pass (DAC, ADC, read noise, tiles; see ftaudit.analog);
+    it defaults to the noise profile's ``[analog]`` table. With read noise every row is random,
+    sigma = 0 included.
     """
     started = time.perf_counter()
     noise_model, sigmas = resolve_noise(noise, sigmas, bits=bits, cell_bits=cell_bits)
@@ -338,6 +339,8 @@ def audit(
         fail_under_mean=fail_under_mean,
     )
     validate_scale_out(workers=workers, checkpoint_dir=checkpoint_dir, resume=resume)
+    if pipeline is None:  # a device profile's [analog] table, if any
+        pipeline = getattr(noise_model.profile, "analog", None)
     analog = pipeline is not None and pipeline.active
     if analog:
         validate_analog_run(batch_samples=batch_samples)

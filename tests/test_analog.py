@@ -316,3 +316,57 @@ def test_sensitivity_runs_the_pipeline_on_analog_layers_only(fmnist):
     assert coarse.clean_accuracy == ideal.clean_accuracy
     assert coarse.all_layers[0].mean < ideal.clean_accuracy - 0.2
     assert coarse.to_dict()["options"]["analog"]["adc_bits"] == 2
+
+
+DEVICE = """
+name = "chip"
+sigma_multipliers = [1.0, 1.0, 1.0, 1.0]
+bits = 4
+cell_bits = 2
+"""
+
+
+def test_device_files_carry_an_analog_table(tmp_path):
+    from ftaudit.noise import get_noise_model
+
+    path = tmp_path / "chip.toml"
+    path.write_text(DEVICE + "[analog]\ndac_bits = 6\nread_noise = 0.05\ntile_size = [128, 64]\n")
+    profile = get_noise_model(str(path)).profile
+    assert profile.analog == ForwardPipeline(dac_bits=6, read_noise=0.05, tile_size=(128, 64))
+    assert profile.to_dict()["analog"]["dac_bits"] == 6
+
+
+@pytest.mark.parametrize(
+    "table",
+    ["dac_bits = 0", "adc_bits = 4.5", "tile_size = 'big'", "colour = 'red'", "read_noise = -1"],
+)
+def test_bad_analog_tables_name_the_device_file(tmp_path, table):
+    from ftaudit.noise import get_noise_model
+
+    path = tmp_path / "chip.toml"
+    path.write_text(DEVICE + f"[analog]\n{table}\n")
+    with pytest.raises(UserError, match=r"device file .*chip.toml: \[analog\]"):
+        get_noise_model(str(path))
+
+
+def test_pcm_aihwkit_profile_mirrors_aihwkit_defaults_and_flags_override_it(
+    run_cli, tmp_path, fmnist
+):
+    from ftaudit.noise import get_noise_model
+
+    analog = get_noise_model("pcm-aihwkit").profile.analog
+    assert analog == ForwardPipeline(
+        dac_bits=7, adc_bits=9, adc_bound=12.0, read_noise=0.06, tile_size=(512, 512),
+        weight_scaling="tile",
+    )  # fmt: skip
+    data = tmp_path / "d.npz"
+    np.savez(data, x=fmnist["x"][:60], y=fmnist["y"][:60])
+    out = tmp_path / "r.json"
+    code, _, err = run_cli(
+        "eval", SAMPLES / "lenet.onnx", "--data", data, "--noise", "pcm-aihwkit", "--sigma", "0.1",
+        "--samples", "2", "--read-noise", "0", "--adc-bits", "10", "--json", out, "-q",
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads(out.read_text())["analog"]
+    assert (report["dac_bits"], report["adc_bits"], report["read_noise"]) == (7, 10, 0.0)
+    assert report["tile_size"] == [512, 512] and report["adc_bound"] == 12.0

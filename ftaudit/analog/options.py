@@ -133,16 +133,55 @@ def pipeline_from_flags(
     read_noise: float | None = None,
     tile_size: str | None = None,
     weight_scaling: str | None = None,
+    base: ForwardPipeline | None = None,
 ) -> ForwardPipeline | None:
-    """The pipeline the command-line flags ask for (validated), None when no flag is given."""
+    """The pipeline the command-line flags ask for (validated), each flag given replacing that
+    setting of ``base`` (a device profile's); ``base`` when no flag is given."""
     flags = (dac_bits, adc_bits, adc_bound, read_noise, tile_size, weight_scaling)
     if all(flag is None for flag in flags):
-        return None
+        return base
+    base = base or ForwardPipeline()
     return ForwardPipeline(
-        dac_bits=dac_bits,
-        adc_bits=adc_bits,
-        adc_bound=adc_bound,
-        read_noise=0.0 if read_noise is None else float(read_noise),
-        tile_size=parse_tile_size(tile_size),
-        weight_scaling=weight_scaling or "layer",
+        dac_bits=base.dac_bits if dac_bits is None else dac_bits,
+        adc_bits=base.adc_bits if adc_bits is None else adc_bits,
+        adc_bound=base.adc_bound if adc_bound is None else adc_bound,
+        read_noise=base.read_noise if read_noise is None else float(read_noise),
+        tile_size=base.tile_size if tile_size is None else parse_tile_size(tile_size),
+        weight_scaling=weight_scaling or base.weight_scaling,
+    )
+
+
+#: keys of a device file's or config file's ``[analog]`` table
+TABLE_KEYS = ("dac_bits", "adc_bits", "adc_bound", "read_noise", "tile_size", "weight_scaling")
+
+
+def pipeline_from_table(table: Any) -> ForwardPipeline:
+    """A pipeline from a TOML ``[analog]`` table (tile_size as "256x256" or [256, 256])."""
+    if not isinstance(table, dict):
+        raise UserError("must be a table", hint=f"write [analog] with keys {', '.join(TABLE_KEYS)}")
+    unknown = sorted(set(table) - set(TABLE_KEYS))
+    if unknown:
+        raise UserError(
+            f"unknown key(s): {', '.join(unknown)}", hint=f"allowed keys: {', '.join(TABLE_KEYS)}"
+        )
+    for key in ("dac_bits", "adc_bits"):
+        if key in table and (not isinstance(table[key], int) or isinstance(table[key], bool)):
+            raise UserError(f"{key} must be a whole number, got {table[key]!r}")
+    for key in ("adc_bound", "read_noise"):
+        value = table.get(key)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            raise UserError(f"{key} must be a number, got {value!r}")
+    tile = table.get("tile_size")
+    if isinstance(tile, list):
+        tile = "x".join(str(v) for v in tile)
+    return (
+        pipeline_from_flags(
+            dac_bits=table.get("dac_bits"),
+            adc_bits=table.get("adc_bits"),
+            adc_bound=table.get("adc_bound"),
+            read_noise=table.get("read_noise"),
+            tile_size=None if tile is None else str(tile),
+            weight_scaling=table.get("weight_scaling"),
+        )
+        or ForwardPipeline()
     )
