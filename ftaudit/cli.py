@@ -622,6 +622,12 @@ def harden_command(
         ),
     ] = None,
     config: ConfigOpt = None,
+    dac_bits: DacBitsOpt = None,
+    adc_bits: AdcBitsOpt = None,
+    adc_bound: AdcBoundOpt = None,
+    read_noise: ReadNoiseOpt = None,
+    tile_size: TileSizeOpt = None,
+    weight_scaling: WeightScalingOpt = None,
 ) -> None:
     """Retrain MODEL to survive device variation; write it in the input's format."""
     from ftaudit.config import merge, parse_sigmas
@@ -669,6 +675,15 @@ def harden_command(
             "no target sigma given",
             hint="pass --sigma 0.3 (or set sigma in the [harden] table of ftaudit.toml)",
         )
+    analog_flags = {
+        "dac_bits": dac_bits,
+        "adc_bits": adc_bits,
+        "adc_bound": adc_bound,
+        "read_noise": read_noise,
+        "tile_size": tile_size,
+        "weight_scaling": weight_scaling,
+    }
+    pipeline = _analog_pipeline(settings, analog_flags)
     if report_path is not None:
         check_output_path(report_path, what="harden report", protect=(model, output))
     from ftaudit.harden.api import harden
@@ -706,6 +721,7 @@ def harden_command(
         on_epoch=on_epoch,
         ray=ray,
         command=["ftaudit", *(sys.argv[1:] if _ARGV is None else _ARGV)],
+        pipeline=pipeline,
     )
     for note in report.notes:
         err.print(f"note: {note}", highlight=False)

@@ -370,3 +370,65 @@ def test_pcm_aihwkit_profile_mirrors_aihwkit_defaults_and_flags_override_it(
     report = json.loads(out.read_text())["analog"]
     assert (report["dac_bits"], report["adc_bits"], report["read_noise"]) == (7, 10, 0.0)
     assert report["tile_size"] == [512, 512] and report["adc_bound"] == 12.0
+
+
+def test_torch_training_pipeline_matches_the_onnx_graph(fmnist):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx2torch")
+    from ftaudit.analog.runner import analog_runner
+    from ftaudit.analog.torch_pipeline import AnalogTraining
+    from ftaudit.harden.trainable import make_trainable
+    from ftaudit.models import load_model
+
+    model = load_model(SAMPLES / "lenet.onnx")
+    x = fmnist["x"][:200].astype(np.float32) / 255
+    pipeline = ForwardPipeline(dac_bits=5, adc_bits=6, tile_size=(60, 50), weight_scaling="column")
+    runner, _ = analog_runner(model, model.layers, x, pipeline=pipeline, seed=4, device="cpu")
+    runner.bind_data(x, fmnist["y"][:200], batch_size=200)
+    want = runner.logits()
+    trainable = make_trainable(model)
+    training = AnalogTraining(model, model.layers, x, pipeline, seed=4)
+    assert training.attach(trainable) == 5
+    with torch.no_grad():
+        got = trainable.module(torch.from_numpy(x)).numpy()
+    assert (got.argmax(1) == want.argmax(1)).mean() > 0.99
+    assert np.isclose(got, want, rtol=1e-3, atol=1e-3).mean() > 0.99
+    # gradients flow through the quantisers (straight-through)
+    trainable.module.train()
+    loss = trainable.module(torch.from_numpy(x[:16])).sum()
+    loss.backward()
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in trainable.crossbar.values())
+
+
+def test_harden_trains_and_audits_with_the_pipeline(tmp_path, fmnist):
+    pytest.importorskip("onnx2torch")
+    from ftaudit.harden.api import harden
+
+    train = tmp_path / "train.npz"
+    np.savez(train, x=fmnist["x"][:300], y=fmnist["y"][:300])
+    pipeline = ForwardPipeline(dac_bits=4, read_noise=0.05)
+    report = harden(
+        SAMPLES / "lenet.onnx",
+        train,
+        output=tmp_path / "hard.onnx",
+        method="noise",
+        sigma=0.2,
+        epochs=1,
+        eval_samples=3,
+        eval_sigmas=[0.2],
+        pipeline=pipeline,
+    )
+    assert report.after.analog is not None and report.after.analog["dac_bits"] == 4
+    assert report.before.analog["in_force"] == report.after.analog["in_force"]
+    # each model is calibrated on its own weights
+    assert report.before.analog["calibration"] != report.after.analog["calibration"]
+    assert (tmp_path / "hard.onnx").is_file()
+
+
+def test_cli_harden_rejects_bad_analog_flags(run_cli, tmp_path, blobs_npz, mlp_onnx):
+    code, _, err = run_cli(
+        "harden", mlp_onnx, "--data", blobs_npz, "--sigma", "0.1", "-o", tmp_path / "o.onnx",
+        "--dac-bits", "30",
+    )  # fmt: skip
+    assert code == 2 and "--dac-bits" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.onnx").exists()
