@@ -432,3 +432,24 @@ def test_cli_harden_rejects_bad_analog_flags(run_cli, tmp_path, blobs_npz, mlp_o
     )  # fmt: skip
     assert code == 2 and "--dac-bits" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_fixed_batch_models_calibrate_on_every_image(trained_mlp, model_dir, blobs):
+    from ftaudit.analog.runner import analog_runner
+    from ftaudit.models import load_model
+    from tests.conftest import export_onnx
+
+    fixed = load_model(export_onnx(trained_mlp, model_dir / "mlp_b3.onnx", dynamic=False, batch=3))
+    dynamic = load_model(export_onnx(trained_mlp, model_dir / "mlp_dyn.onnx"))
+    x = blobs[0][:100].astype(np.float32) / 255
+    pipeline = ForwardPipeline(dac_bits=5, adc_bits=5, read_noise=0.05, tile_size=(20, 8))
+    logits = []
+    for model in (fixed, dynamic):
+        runner, calibration = analog_runner(
+            model, model.layers, x, pipeline=pipeline, seed=1, device="cpu"
+        )
+        runner.bind_data(x, blobs[1][:100], batch_size=7)
+        runner.set_sample(1, 3)
+        logits.append(runner.logits())
+        assert calibration.images == 100
+    np.testing.assert_allclose(logits[0], logits[1], rtol=1e-5, atol=1e-5)

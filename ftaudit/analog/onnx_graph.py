@@ -409,18 +409,18 @@ def calibrate(
     session = ort.InferenceSession(
         probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
-    input_name = next(
-        i.name for i in proto.graph.input if i.name not in {t.name for t in graph.initializer}
+    data_input = next(
+        i for i in proto.graph.input if i.name not in {t.name for t in graph.initializer}
     )
+    input_name = data_input.name
     chosen = x[calibration_indices(len(x), seed)]
-    dim = proto.graph.input[0].type.tensor_type.shape.dim
+    dim = data_input.type.tensor_type.shape.dim
     fixed = dim[0].dim_value if len(dim) and dim[0].HasField("dim_value") else 0
-    if fixed > 0:  # a fixed batch axis: calibrate on one batch of that size (zero padded)
-        chosen = chosen[:fixed]
-        pad = np.zeros((fixed - len(chosen), *chosen.shape[1:]), chosen.dtype)
-        batches = [np.concatenate([chosen, pad])]
-    else:
-        batches = [chosen[s : s + batch_size] for s in range(0, len(chosen), batch_size)]
+    size = fixed or batch_size
+    batches = [chosen[s : s + size] for s in range(0, len(chosen), size)]
+    if fixed and len(batches[-1]) < fixed:  # a fixed batch axis: pad with a repeated image,
+        last = batches[-1]  # which leaves every maximum as it is
+        batches[-1] = np.concatenate([last, np.repeat(last[:1], fixed - len(last), axis=0)])
     names = [n for n, _ in wanted]
     is_shape = [what[0] == "shape" for _, what in wanted]
     peaks: list[np.ndarray] = []
