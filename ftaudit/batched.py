@@ -17,7 +17,7 @@ import numpy as np
 
 from ftaudit._optional import require_torch
 from ftaudit.errors import UserError
-from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner
+from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner, contiguous_input
 
 FEATURE = "--batch-samples (several Monte Carlo samples per forward pass)"
 #: samples per forward pass on a GPU when --batch-samples is not given
@@ -75,7 +75,7 @@ class BatchedTorchRunner(ModelRunner):
         return out[0] if isinstance(out, (tuple, list)) else out
 
     def bind_data(self, x: np.ndarray, y: np.ndarray, *, batch_size: int) -> None:
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = contiguous_input(x)
         torch = self.torch
         self._batches = [
             torch.from_numpy(x[s : s + batch_size]).to(self.device)

@@ -1,24 +1,25 @@
 """Command-line interface: parses options, calls the library, prints, and sets the exit code.
 
 Exit codes: 0 ok, 1 a CI gate failed, 2 bad input or usage, 3 internal error (a bug),
-130 interrupted.
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM); see ftaudit/exit_codes.py.
 """
 
 from __future__ import annotations
 
-import functools
 import os
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ftaudit import __version__
+from ftaudit import __version__, cli_help
 from ftaudit.errors import GateFailure, UserError
+from ftaudit.exit_codes import exit_codes, on_sigterm, run_argv, set_run_argv
 from ftaudit.harden.settings import HARDEN_DEFAULTS as _HARDEN
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
-    rich_markup_mode=None,
+    rich_markup_mode="markdown",
 )
 
 # Shared option aliases, defined once and reused by every command.
@@ -82,7 +83,10 @@ DriftT0Opt = Annotated[
 ]
 CompensationOpt = Annotated[
     str | None,
-    typer.Option("--compensation", help="Global drift compensation: none, global or both [both]."),
+    typer.Option(
+        "--compensation",
+        help="Drift compensation: none, global (alias gdc) or both [both].",
+    ),
 ]
 StuckAtOpt = Annotated[
     str | None,
@@ -129,7 +133,8 @@ NoiseOpt = Annotated[
     ),
 ]
 SamplesOpt = Annotated[
-    int | None, typer.Option("--samples", help="Monte Carlo samples per sigma [1000].")
+    int | None,
+    typer.Option("--samples", help="Monte Carlo samples (noise draws) per sigma [1000]."),
 ]
 KOpt = Annotated[float | None, typer.Option("--k", help="Percentile for KPP, in (0, 100) [1].")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed [0].")]
@@ -137,7 +142,12 @@ BatchSizeOpt = Annotated[
     int | None, typer.Option("--batch-size", help="Inference batch size [512].")
 ]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu or cuda [cpu].")]
-LimitOpt = Annotated[int | None, typer.Option("--limit", help="Use the first N samples.")]
+LimitOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--limit", help="Evaluate on only the first N examples of the data (not --samples)."
+    ),
+]
 MeanOpt = Annotated[
     str | None, typer.Option("--mean", help="Normalise: subtract (scalar or per channel).")
 ]
@@ -173,30 +183,6 @@ WeightScalingOpt = Annotated[
 ]
 
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def exit_codes(command: F) -> F:
-    """Turn UserError into one stderr line + exit 2, GateFailure into exit 1, Ctrl-C into 130."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except UserError as exc:
-            print(f"ftaudit: error: {exc}", file=sys.stderr)
-            raise typer.Exit(2) from None
-        except GateFailure as exc:
-            for line in exc.lines:
-                print(f"ftaudit: {line}", file=sys.stderr)
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            print("ftaudit: interrupted; no output was written", file=sys.stderr)
-            raise typer.Exit(130) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"ftaudit {__version__}")
@@ -207,10 +193,27 @@ def _version(value: bool) -> None:
 def _root(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+        typer.Option(
+            "--version", callback=_version, is_eager=True, metavar="", help="Show the version."
+        ),
     ] = False,
 ) -> None:
     """Audit neural networks for analog compute-in-memory hardware under device variation."""
+
+
+def _warn(lines: Any) -> None:
+    """Print what the user is probably wrong about, one stderr line each (never fatal)."""
+    from ftaudit.text import printable
+
+    for line in lines:
+        if line:
+            print(f"ftaudit: warning: {printable(line)}", file=sys.stderr)
+
+
+def _warn_workers(workers: int, ray: str | None) -> None:
+    from ftaudit.parallel import oversubscription_warning
+
+    _warn([oversubscription_warning(workers, ray)])
 
 
 def _stderr_console():
@@ -224,7 +227,7 @@ def _show_progress(machine_output: bool) -> bool:
     return not machine_output and not os.environ.get("CI") and sys.stderr.isatty()
 
 
-@app.command("eval")
+@app.command("eval", cls=cli_help.HelpfulCommand, epilog=cli_help.EVAL_EXAMPLES)
 @exit_codes
 def eval_command(
     model: ModelArg,
@@ -255,6 +258,14 @@ def eval_command(
     ] = None,
     html_path: HtmlOpt = None,
     junit_path: JunitOpt = None,
+    fold_batchnorm: Annotated[
+        bool,
+        typer.Option(
+            "--fold-batchnorm/--no-fold-batchnorm",
+            help="Perturb convolution weights with the following BatchNorm folded in, as a "
+            "chip stores them [on].",
+        ),
+    ] = True,
     fail_under_kpp: Annotated[
         float | None, typer.Option("--fail-under-kpp", help="Exit 1 if KPP < X at any sigma.")
     ] = None,
@@ -286,7 +297,6 @@ def eval_command(
     from ftaudit.config import load_settings, merge, parse_floats, parse_sigmas
     from ftaudit.device_effects import parse_stuck_at, parse_time, parse_times, resolve_effects
     from ftaudit.evaluation import audit, validate_options, validate_scale_out
-    from ftaudit.fileio import check_output_path
     from ftaudit.noise import get_noise_model
 
     settings = merge(
@@ -321,6 +331,7 @@ def eval_command(
         },
     )
     validate_scale_out(workers=settings.workers, checkpoint_dir=checkpoint_dir, resume=resume)
+    _warn_workers(settings.workers, ray)
     noise_model = get_noise_model(settings.noise, bits=settings.bits, cell_bits=settings.cell_bits)
     pipeline = pipeline_from_flags(
         dac_bits=dac_bits,
@@ -359,20 +370,16 @@ def eval_command(
         fail_under_kpp=settings.fail_under_kpp,
         fail_under_mean=settings.fail_under_mean,
     )
-    inputs = (model, Path(settings.data))
-    if json_path is not None and json_path != "-":
-        check_output_path(Path(json_path), what="JSON report", protect=inputs)
-    if csv_path is not None:
-        check_output_path(csv_path, what="CSV table", protect=inputs)
-    if plot_path is not None:
-        from ftaudit._optional import require_matplotlib
-
-        require_matplotlib("plots")
-        check_output_path(plot_path, what="plot", protect=inputs)
-    if html_path is not None:
-        check_output_path(html_path, what="HTML report", protect=inputs)
-    if junit_path is not None:
-        check_output_path(junit_path, what="JUnit XML", protect=inputs)
+    _check_outputs(
+        _inputs(settings, model),
+        {
+            "JSON report": json_path,
+            "CSV table": csv_path,
+            "plot": plot_path,
+            "HTML report": html_path,
+            "JUnit XML": junit_path,
+        },
+    )
 
     machine_output = json_path == "-"
     report = _run_with_progress(
@@ -397,30 +404,35 @@ def eval_command(
         fail_under_kpp=settings.fail_under_kpp,
         fail_under_mean=settings.fail_under_mean,
         config_file=settings.config_file,
-        command=["ftaudit", *(sys.argv[1:] if _ARGV is None else _ARGV)],
+        command=["ftaudit", *run_argv()],
         **effect_options,
         workers=settings.workers,
         ray=ray,
         checkpoint_dir=checkpoint_dir,
         resume=resume,
         batch_samples=batch_samples,
+        fold_batchnorm=fold_batchnorm,
         pipeline=pipeline,
     )
+    _warn(report.warnings)
 
     from ftaudit import report as writers
+    from ftaudit.fileio import output_set
 
+    warn_untraced(report.model)
     if json_path == "-":
         sys.stdout.write(writers.report_json(report) + "\n")
-    elif json_path is not None:
-        writers.write_json(report, Path(json_path))
-    if csv_path is not None:
-        writers.write_csv(report, csv_path)
-    if plot_path is not None:
-        writers.write_plot(report, plot_path)
-    if html_path is not None:
-        writers.write_html(report, html_path)
-    if junit_path is not None:
-        writers.write_junit(report, junit_path)
+    with output_set():  # all of them or none
+        if json_path is not None and json_path != "-":
+            writers.write_json(report, Path(json_path))
+        if csv_path is not None:
+            writers.write_csv(report, csv_path)
+        if plot_path is not None:
+            writers.write_plot(report, plot_path)
+        if html_path is not None:
+            writers.write_html(report, html_path)
+        if junit_path is not None:
+            writers.write_junit(report, junit_path)
     if not quiet and not machine_output:
         from rich.console import Console
 
@@ -437,6 +449,15 @@ def _analog_pipeline(settings: Any, flags: dict[str, Any]) -> Any:
 
     noise = get_noise_model(settings.noise, bits=settings.bits, cell_bits=settings.cell_bits)
     return pipeline_from_flags(**flags, base=getattr(noise.profile, "analog", None))
+
+
+def warn_untraced(model_block: dict[str, Any]) -> None:
+    """One stderr warning per multiply operator whose weight the audit left exact."""
+    for op in model_block.get("untraced") or []:
+        print(
+            f"ftaudit: warning: {op['op']} '{op['node']}' is not perturbed: {op['reason']}",
+            file=sys.stderr,
+        )
 
 
 def _run_with_progress(audit_fn: Any, show: bool, *args: Any, **kwargs: Any) -> Any:
@@ -461,7 +482,7 @@ def _run_with_progress(audit_fn: Any, show: bool, *args: Any, **kwargs: Any) -> 
         )
 
 
-@app.command("inspect")
+@app.command("inspect", cls=cli_help.HelpfulCommand, epilog=cli_help.INSPECT_EXAMPLES)
 @exit_codes
 def inspect_command(
     model: ModelArg,
@@ -477,7 +498,10 @@ def inspect_command(
     if as_json:
         import json
 
-        sys.stdout.write(json.dumps(summary.to_dict(), indent=2) + "\n")
+        from ftaudit.report.json_report import to_json_compatible
+
+        payload = to_json_compatible(summary.to_dict())  # NaN (a broken weight) -> null
+        sys.stdout.write(json.dumps(payload, indent=2, allow_nan=False) + "\n")
         return
     from rich.console import Console
 
@@ -486,7 +510,7 @@ def inspect_command(
     Console().print(inspect_renderable(summary))
 
 
-@app.command("harden")
+@app.command("harden", cls=cli_help.HelpfulCommand, epilog=cli_help.HARDEN_EXAMPLES)
 @exit_codes
 def harden_command(
     model: ModelArg,
@@ -598,7 +622,9 @@ def harden_command(
         Path | None,
         typer.Option("--study", help="BayesFT: SQLite file holding the search (resumable)."),
     ] = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="Train on the first N.")] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Train on only the first N examples.")
+    ] = None,
     report_path: Annotated[
         Path | None, typer.Option("--report", help="Write the JSON report here.")
     ] = None,
@@ -631,7 +657,6 @@ def harden_command(
 ) -> None:
     """Retrain MODEL to survive device variation; write it in the input's format."""
     from ftaudit.config import merge, parse_sigmas
-    from ftaudit.fileio import check_output_path
     from ftaudit.harden.settings import load_harden_settings
 
     settings = merge(
@@ -675,6 +700,13 @@ def harden_command(
             "no target sigma given",
             hint="pass --sigma 0.3 (or set sigma in the [harden] table of ftaudit.toml)",
         )
+    noise_file = settings.noise if settings.noise.lower().endswith(".toml") else None
+    inputs = (model, *_external_data((model,)), settings.data, settings.val_data, noise_file)
+    _check_outputs(
+        (*inputs, settings.config_file),
+        {"hardened model": output, "harden report": report_path, "study database": study},
+    )
+    _warn_workers(settings.workers, ray)
     analog_flags = {
         "dac_bits": dac_bits,
         "adc_bits": adc_bits,
@@ -684,8 +716,6 @@ def harden_command(
         "weight_scaling": weight_scaling,
     }
     pipeline = _analog_pipeline(settings, analog_flags)
-    if report_path is not None:
-        check_output_path(report_path, what="harden report", protect=(model, output))
     from ftaudit.harden.api import harden
 
     err = _stderr_console()
@@ -710,7 +740,9 @@ def harden_command(
 
     options = {f.name: getattr(settings, f.name) for f in fields(settings)}
     training_data = options.pop("data")
-    report = harden(
+    report = _run_with_stages(
+        harden,
+        show and _show_progress(False),
         model,
         training_data,
         output=output,
@@ -720,11 +752,14 @@ def harden_command(
         resume=resume,
         on_epoch=on_epoch,
         ray=ray,
-        command=["ftaudit", *(sys.argv[1:] if _ARGV is None else _ARGV)],
+        command=["ftaudit", *run_argv()],
+        console=err,
         pipeline=pipeline,
     )
+    from ftaudit.text import escape
+
     for note in report.notes:
-        err.print(f"note: {note}", highlight=False)
+        err.print(f"note: {escape(note)}", highlight=False)
     if report_path is not None:
         import json
 
@@ -742,7 +777,7 @@ def harden_command(
         Console().print(harden_table(report))
 
 
-@app.command("noise-models")
+@app.command("noise-models", cls=cli_help.HelpfulCommand)
 def noise_models_command() -> None:
     """List the registered noise models."""
     from ftaudit.noise import NOISE_MODELS
@@ -767,7 +802,7 @@ SensitivitySamplesOpt = Annotated[
 
 
 def _command() -> list[str]:
-    return ["ftaudit", *(sys.argv[1:] if _ARGV is None else _ARGV)]
+    return ["ftaudit", *run_argv()]
 
 
 def _shared_settings(config: Path | None, flags: dict[str, Any]) -> EvalSettings:
@@ -859,36 +894,51 @@ def _config_sets(settings: EvalSettings, key: str) -> bool:
     return any(raw.replace("-", "_") == key for raw in table)
 
 
-def _check_outputs(inputs: tuple[Path, ...], paths: dict[str, Path | str | None]) -> None:
-    """Validate every output path before any work; '-' (stdout) needs no check."""
-    from ftaudit.fileio import check_output_path
-
-    for what, path in paths.items():
-        if path is None or path == "-":
-            continue
-        if what == "plot":
-            from ftaudit._optional import require_matplotlib
-
-            require_matplotlib("plots")
-        check_output_path(Path(path), what=what, protect=inputs)
+def _inputs(settings: EvalSettings, *models: Path) -> tuple[Path | str | None, ...]:
+    """Every file a run reads: the models, the data, a device file and the config file."""
+    noise = settings.noise
+    device_file = noise if noise.lower().endswith(".toml") else None
+    return (*models, *_external_data(models), settings.data, device_file, settings.config_file)
 
 
-def _run_with_stages(fn: Any, show: bool, *args: Any, **kwargs: Any) -> Any:
-    """Call ``fn`` with a progress bar on stderr whose label follows the current stage."""
+def _external_data(models: tuple[Path, ...]) -> list[Path]:
+    from ftaudit.models.onnx import declared_external_files
+
+    return [file for model in models for file in declared_external_files(Path(model))]
+
+
+def _check_outputs(
+    inputs: tuple[Path | str | None, ...], paths: dict[str, Path | str | None]
+) -> None:
+    """Validate every output path before any work, against every input and every other
+    output; '-' (stdout) needs no check."""
+    from ftaudit.fileio import check_outputs
+
+    if paths.get("plot") is not None:
+        from ftaudit._optional import require_matplotlib
+
+        require_matplotlib("plots")
+    check_outputs(paths, inputs=inputs)
+
+
+def _run_with_stages(fn: Any, show: bool, *args: Any, console: Any = None, **kwargs: Any) -> Any:
+    """Call ``fn`` with a progress bar (with ETA) on stderr whose label follows the current
+    stage; lines printed on ``console`` meanwhile appear above the bar."""
     if not show:
         return fn(*args, **kwargs)
-    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from ftaudit.text import escape
 
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
-        console=_stderr_console(),
+        console=console or _stderr_console(),
         transient=True,
     ) as bar:
-        task = bar.add_task("Monte Carlo samples", total=kwargs.get("samples"))
+        task = bar.add_task("starting", total=kwargs.get("samples"))
 
         def update(stage: str, done: int, total: int) -> None:
             bar.update(task, description=escape(stage), completed=done, total=total)
@@ -896,7 +946,7 @@ def _run_with_stages(fn: Any, show: bool, *args: Any, **kwargs: Any) -> Any:
         return fn(*args, progress=update, **kwargs)
 
 
-@app.command("compare")
+@app.command("compare", cls=cli_help.HelpfulCommand, epilog=cli_help.COMPARE_EXAMPLES)
 @exit_codes
 def compare_command(
     baseline: Annotated[Path, typer.Argument(help="Reference model (ONNX or TorchScript).")],
@@ -927,6 +977,7 @@ def compare_command(
     ] = None,
     json_path: JsonOpt = None,
     csv_path: CsvOpt = None,
+    html_path: HtmlOpt = None,
     junit_path: JunitOpt = None,
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
@@ -990,11 +1041,17 @@ def compare_command(
     from ftaudit.evaluation import validate_scale_out
 
     validate_scale_out(workers=settings.workers, checkpoint_dir=None, resume=False)
+    _warn_workers(settings.workers, ray)
     _effect_options(settings)  # bad drift or fault values fail here, before any output check
     pipeline = _analog_pipeline(settings, analog_flags)
     _check_outputs(
-        (baseline, candidate, Path(settings.data)),
-        {"JSON report": json_path, "CSV table": csv_path, "JUnit XML": junit_path},
+        _inputs(settings, baseline, candidate),
+        {
+            "JSON report": json_path,
+            "CSV table": csv_path,
+            "HTML report": html_path,
+            "JUnit XML": junit_path,
+        },
     )
     machine_output = json_path == "-"
     report = _run_with_stages(
@@ -1007,16 +1064,25 @@ def compare_command(
         pipeline=pipeline,
         **_audit_options(settings, ray),
     )
+    _warn(report.baseline.warnings)
+    from ftaudit.fileio import output_set
     from ftaudit.report import compare_report as writers
 
+    warn_untraced(report.baseline.model)
+    warn_untraced(report.candidate.model)
     if machine_output:
         sys.stdout.write(writers.payload_json(report.to_dict()))
-    elif json_path is not None:
-        writers.write_compare_json(report, Path(json_path))
-    if csv_path is not None:
-        writers.write_compare_csv(report, csv_path)
-    if junit_path is not None:
-        writers.write_compare_junit(report, junit_path)
+    with output_set():  # all of them or none
+        if json_path is not None and not machine_output:
+            writers.write_compare_json(report, Path(json_path))
+        if csv_path is not None:
+            writers.write_compare_csv(report, csv_path)
+        if html_path is not None:
+            from ftaudit.report.compare_html import write_compare_html
+
+            write_compare_html(report, html_path)
+        if junit_path is not None:
+            writers.write_compare_junit(report, junit_path)
     if not quiet and not machine_output:
         from rich.console import Console
 
@@ -1026,7 +1092,7 @@ def compare_command(
         raise GateFailure([gate.message() for gate in failed])
 
 
-@app.command("sensitivity")
+@app.command("sensitivity", cls=cli_help.HelpfulCommand, epilog=cli_help.SENSITIVITY_EXAMPLES)
 @exit_codes
 def sensitivity_command(
     model: ModelArg,
@@ -1063,6 +1129,13 @@ def sensitivity_command(
     csv_path: CsvOpt = None,
     plot_path: Annotated[
         Path | None, typer.Option("--plot", help="Write a PNG bar chart of the ranking.")
+    ] = None,
+    html_path: HtmlOpt = None,
+    junit_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--junit", help="Write JUnit XML here: the --target-kpp answer per row, for CI."
+        ),
     ] = None,
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
@@ -1126,6 +1199,7 @@ def sensitivity_command(
     from ftaudit.evaluation import validate_scale_out
 
     validate_scale_out(workers=settings.workers, checkpoint_dir=None, resume=False)
+    _warn_workers(settings.workers, ray)
     _effect_options(settings)  # bad drift or fault values fail here, before any output check
     pipeline = _analog_pipeline(settings, analog_flags)
     if samples is None and not _config_sets(settings, "samples"):
@@ -1133,8 +1207,14 @@ def sensitivity_command(
 
         settings = replace(settings, samples=DEFAULT_SENSITIVITY_SAMPLES)
     _check_outputs(
-        (model, Path(settings.data)),
-        {"JSON report": json_path, "CSV table": csv_path, "plot": plot_path},
+        _inputs(settings, model),
+        {
+            "JSON report": json_path,
+            "CSV table": csv_path,
+            "plot": plot_path,
+            "HTML report": html_path,
+            "JUnit XML": junit_path,
+        },
     )
     machine_output = json_path == "-"
     report = _run_with_stages(
@@ -1146,30 +1226,38 @@ def sensitivity_command(
         pipeline=pipeline,
         **_audit_options(settings, ray),
     )
+    _warn(report.warnings)
+    from ftaudit.fileio import output_set
     from ftaudit.report import sensitivity_report as writers
 
+    warn_untraced(report.model)
     if machine_output:
         sys.stdout.write(writers.payload_json(report.to_dict()))
-    elif json_path is not None:
-        writers.write_sensitivity_json(report, Path(json_path))
-    if csv_path is not None:
-        writers.write_sensitivity_csv(report, csv_path)
-    if plot_path is not None:
-        writers.write_sensitivity_plot(report, plot_path)
+    with output_set():  # all of them or none
+        if json_path is not None and not machine_output:
+            writers.write_sensitivity_json(report, Path(json_path))
+        if csv_path is not None:
+            writers.write_sensitivity_csv(report, csv_path)
+        if plot_path is not None:
+            writers.write_sensitivity_plot(report, plot_path)
+        if html_path is not None or junit_path is not None:
+            from ftaudit.report import sensitivity_html
+
+            if html_path is not None:
+                sensitivity_html.write_sensitivity_html(report, html_path)
+            if junit_path is not None:
+                sensitivity_html.write_sensitivity_junit(report, junit_path)
     if not quiet and not machine_output:
         from rich.console import Console
 
         Console().print(writers.sensitivity_renderable(report))
 
 
-#: the arguments ``run`` was called with, recorded in reports (``sys.argv`` when None)
-_ARGV: list[str] | None = None
-
-
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` and return the exit code (what ``main`` exits with)."""
-    global _ARGV
-    _ARGV = None if argv is None else list(argv)
+    set_run_argv(argv)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main else None
     try:
         app(args=optional_ray_value(sys.argv[1:] if argv is None else argv), prog_name="ftaudit")
     except SystemExit as exc:
@@ -1183,7 +1271,9 @@ def run(argv: list[str] | None = None) -> int:
         )
         return 3
     finally:
-        _ARGV = None
+        set_run_argv(None)
+        if in_main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     return 0
 
 

@@ -155,16 +155,29 @@ def _ftaudit_content(path: Path) -> dict[str, Any]:
     return content
 
 
+def is_device_file(noise: Any) -> bool:
+    """Whether a ``noise`` value names a device TOML file (a path) rather than a model name."""
+    return isinstance(noise, str) and noise.lower().endswith(".toml")
+
+
 def read_config(path: Path) -> dict[str, Any]:
     """The raw eval table of a config file: the top level (without the [harden] table) or an
     optional [eval] table."""
     content = _ftaudit_content(path)
-    if "eval" in content:
-        table = content["eval"]
-        if not isinstance(table, dict):
-            raise UserError(f"config file {path}: the ftaudit settings must be a table")
-        return table
-    return {key: value for key, value in content.items() if key != HARDEN_TABLE}
+    top = {key: value for key, value in content.items() if key not in (HARDEN_TABLE, "eval")}
+    if "eval" not in content:
+        return top
+    table = content["eval"]
+    if not isinstance(table, dict):
+        raise UserError(f"config file {path}: [eval] must be a table")
+    # both places hold eval's keys (the README's promise): a key in both is ambiguous
+    both = sorted(set(top) & set(table))
+    if both:
+        raise UserError(
+            f"config file {path} sets {', '.join(both)} both at the top level and in [eval]",
+            hint="keep each setting in one place",
+        )
+    return {**top, **table}
 
 
 def read_harden_table(path: Path) -> dict[str, Any]:
@@ -192,7 +205,7 @@ def settings_from_config(table: dict[str, Any], path: Path) -> EvalSettings:
             and not (isinstance(value, list) and all(isinstance(v, str) for v in value))
         ):
             raise UserError(f"config file {path}: '{raw_key}' has the wrong type ({value!r})")
-        if key in PATH_KEYS:
+        if key in PATH_KEYS or (key == "noise" and is_device_file(value)):
             value = str((path.parent / value).resolve())
         elif key == "sigma":
             value = parse_sigmas(value)

@@ -13,7 +13,9 @@ Sources (``load_dataset`` tells them apart by name, never by unpickling anything
   all must share one size and mode, ``L`` (giving ``(H, W)``) or ``RGB`` (giving channels-first
   ``(3, H, W)``). Files without a .png/.jpg/.jpeg suffix and hidden files are ignored.
 
-dtype handling, applied after ``limit`` so that only the kept samples are converted:
+dtype handling, applied after ``limit`` so that only the kept samples are converted: a model
+whose input is an integer type (token ids) is fed the stored integers unscaled, checked to fit
+its dtype (``integer_input``). For float inputs,
 uint8 inputs are scaled to float32 in [0, 1] by dividing by 255; other integer and all float
 inputs are cast to float32 with their values unchanged; bool inputs are refused. Then the
 optional normalisation ``(x - mean) / std`` runs on those values, with ``mean``/``std`` either
@@ -28,10 +30,10 @@ nor on unrelated files lying next to the data.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import math
 import re
+import warnings
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -41,8 +43,10 @@ from typing import Any
 
 import numpy as np
 
+from ftaudit.data_files import idx_header, npz_header, read_idx, read_npz_rows
 from ftaudit.errors import UserError
 from ftaudit.fileio import sha256_file
+from ftaudit.limits import require_regular_file
 
 SUPPORTED_FORMATS = (
     "an .npz file with arrays x and y; an MNIST/Fashion-MNIST IDX images file "
@@ -51,18 +55,8 @@ SUPPORTED_FORMATS = (
 )
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 
-# IDX type codes (third magic byte) -> big-endian numpy dtype, from the MNIST file format.
-IDX_DTYPES: dict[int, np.dtype[Any]] = {
-    0x08: np.dtype("u1"),
-    0x09: np.dtype("i1"),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
 _IDX_IMAGES = re.compile(r"images([-.])idx3")
 _IDX_LABELS = re.compile(r"labels([-.])idx1")
-_GZIP_MAGIC = b"\x1f\x8b"
 
 # What each loader returns: raw x (limit applied, dtype as stored), int64 y, source sha256.
 _Loaded = tuple[np.ndarray, np.ndarray, str]
@@ -75,6 +69,11 @@ class Dataset:
     x: np.ndarray
     y: np.ndarray
     source: dict[str, Any]
+    #: x as stored when it was stored as integers (unscaled, unnormalised): what a model with
+    #: an integer input (token ids) is fed instead of ``x``
+    x_raw: np.ndarray | None = None
+    #: things the user is probably wrong about (shown as warnings by the CLI), e.g. pixel values
+    warnings: tuple[str, ...] = ()
 
 
 def load_dataset(
@@ -96,13 +95,71 @@ def load_dataset(
             f"data file {path} does not exist",
             hint="check the path; a relative path starts from the current folder",
         )
+    if not path.is_dir():
+        require_regular_file(path, "data file")
     kind, files = _find_source(path)
+    for file in files:
+        require_regular_file(file, "data file")
     x, y, sha256 = _LOADERS[kind](path, files, limit)
+    x_raw = x if np.issubdtype(x.dtype, np.integer) and mean is None and std is None else None
+    scale_warning = None if x.dtype == np.uint8 else pixel_scale_warning(x, path)
     x = _to_float32(x, path)
+    _check_finite(x, path)
     if mean is not None or std is not None:
         x = _normalise(x, mean=mean, std=std)
+        scale_warning = None  # the user chose a scale
     source = {"path": str(path), "sha256": sha256, "kind": kind, "n": len(y), "limit": limit}
-    return Dataset(x=x, y=y, source=source)
+    return Dataset(
+        x=x,
+        y=y,
+        source=source,
+        warnings=(scale_warning,) if scale_warning else (),
+        x_raw=x_raw,
+    )
+
+
+def integer_input(dataset: Dataset, dtype: str, *, name: str = "input") -> np.ndarray:
+    """Data for a model whose input is integer (token ids, class indices): the stored integers,
+    unscaled, checked to fit ``dtype``; float data only when every value is a whole number."""
+    target = np.dtype(dtype)
+    values = dataset.x_raw
+    if values is None:
+        whole = np.isfinite(dataset.x) & (dataset.x == np.round(dataset.x))
+        if not whole.all():
+            first = tuple(int(i) for i in np.argwhere(~whole)[0])
+            raise UserError(
+                f"the model input '{name}' is {target.name} (e.g. token ids), but data x"
+                f"{list(first)} = {dataset.x[first]:g} is not a whole number",
+                hint="save x as integers, without --mean/--std (integer inputs are fed as "
+                "stored, never scaled or normalised)",
+            )
+        values = dataset.x
+    info = np.iinfo(target)
+    low, high = (values.min(), values.max()) if values.size else (0, 0)
+    if low < info.min or high > info.max:
+        raise UserError(
+            f"data x holds values from {low:g} to {high:g}, outside the range of the model "
+            f"input '{name}' ({target.name}: {info.min} to {info.max})",
+            hint="check that the data belongs to this model (token ids within its vocabulary)",
+        )
+    return values.astype(target)
+
+
+def pixel_scale_warning(x: np.ndarray, path: Path) -> str | None:
+    """A warning when non-uint8 inputs look like 0..255 pixel values (used unchanged, unlike
+    uint8, which is scaled to [0, 1]): a model trained on [0, 1] silently loses accuracy."""
+    if x.size == 0 or not (
+        np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
+    ):
+        return None
+    low, high = float(np.min(x)), float(np.max(x))
+    if not (math.isfinite(low) and math.isfinite(high)) or low < 0 or not 1.0 < high <= 255.0:
+        return None
+    return (
+        f"inputs x in {path} are {x.dtype} values in [{low:g}, {high:g}], used unchanged; a model "
+        "trained on [0, 1] inputs loses accuracy on them: save x / 255 (or uint8, which is "
+        "scaled), or pass --std 255, unless the model expects 0..255"
+    )
 
 
 def fit_to_model(
@@ -236,126 +293,64 @@ def _load_npz(path: Path, files: list[Path], limit: int | None) -> _Loaded:
             f"{path} is not a valid .npz archive (not a zip file, or truncated)",
             hint="save the data with np.savez(path, x=inputs, y=labels)",
         )
-    with np.load(path, allow_pickle=False) as archive:
-        for key in ("x", "y"):
-            if key not in archive.files:
-                present = ", ".join(archive.files) or "none"
-                raise UserError(
-                    f"{path} has no array '{key}' (arrays present: {present})",
-                    hint="save the inputs as x and the labels as y: "
-                    "np.savez(path, x=inputs, y=labels)",
-                )
-        x = _read_npz_array(archive, "x", path)
-        y = _read_npz_array(archive, "y", path)
-    if x.ndim == 0:
-        raise UserError(
-            f"array x in {path} is a single number, not a batch of inputs",
-            hint="x must have the batch axis first: shape (N, ...)",
-        )
-    if y.ndim != 1:
-        raise UserError(
-            f"array y in {path} has shape {y.shape}; it must be 1-D class indices",
-            hint="for one-hot labels save y.argmax(axis=1)",
-        )
-    if len(x) != len(y):
-        raise UserError(
-            f"{path} holds {len(x)} inputs (x) but {len(y)} labels (y)",
-            hint="x and y must have one entry per sample along the first axis",
-        )
-    _check_not_empty(len(y), path)
-    x, y = x[:limit], y[:limit]
-    return x, _labels(y, path), sha256_file(path)
-
-
-def _read_npz_array(archive: Any, key: str, path: Path) -> np.ndarray:
-    """Read one array; object arrays are reported as pickles before numpy is asked to load them."""
     try:
-        with archive.zip.open(f"{key}.npy") as member:
-            version = np.lib.format.read_magic(member)
-            read_header = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            _shape, _fortran_order, dtype = read_header(member)
-        if dtype.hasobject:
-            raise UserError(
-                f"array {key} in {path} holds pickled Python objects, and ftaudit never "
-                "unpickles data (it can run arbitrary code)",
-                hint="save plain numeric arrays with np.savez(path, x=inputs, y=labels)",
-            )
-        return np.asarray(archive[key])
-    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        with zipfile.ZipFile(path) as archive:
+            names = {name[:-4] for name in archive.namelist() if name.endswith(".npy")}
+            for key in ("x", "y"):
+                if key not in names:
+                    present = ", ".join(sorted(names)) or "none"
+                    raise UserError(
+                        f"{path} has no array '{key}' (arrays present: {present})",
+                        hint="save the inputs as x and the labels as y: "
+                        "np.savez(path, x=inputs, y=labels)",
+                    )
+            x_shape = npz_header(archive, "x", path)[0]
+            y_shape = npz_header(archive, "y", path)[0]
+            if len(x_shape) == 0:
+                raise UserError(
+                    f"array x in {path} is a single number, not a batch of inputs",
+                    hint="x must have the batch axis first: shape (N, ...)",
+                )
+            if len(y_shape) != 1:
+                raise UserError(
+                    f"array y in {path} has shape {y_shape}; it must be 1-D class indices",
+                    hint="for one-hot labels save y.argmax(axis=1)",
+                )
+            if x_shape[0] != y_shape[0]:
+                raise UserError(
+                    f"{path} holds {x_shape[0]} inputs (x) but {y_shape[0]} labels (y)",
+                    hint="x and y must have one entry per sample along the first axis",
+                )
+            _check_not_empty(y_shape[0], path)
+            x = read_npz_rows(archive, "x", path, limit)
+            y = read_npz_rows(archive, "y", path, limit)
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as exc:
         raise UserError(
-            f"cannot read array {key} from {path}: {exc}",
+            f"cannot read {path}: {exc}",
             hint="the file looks corrupt; save it again with np.savez",
         ) from exc
+    return x, _labels(y, path), sha256_file(path)
 
 
 def _load_idx(path: Path, files: list[Path], limit: int | None) -> _Loaded:
     images_file, labels_file = files
-    x = _parse_idx(_read_maybe_gzip(images_file), images_file)
-    y = _parse_idx(_read_maybe_gzip(labels_file), labels_file)
-    if y.ndim != 1:
+    x_dims = idx_header(images_file)[0]
+    y_dims = idx_header(labels_file)[0]
+    if len(y_dims) != 1:
         raise UserError(
-            f"IDX labels file {labels_file} has shape {y.shape}; labels must be 1-D",
+            f"IDX labels file {labels_file} has shape {y_dims}; labels must be 1-D",
             hint="check that the labels file is the *-labels-idx1-* file of this data set",
         )
-    if len(x) != len(y):
+    if x_dims[0] != y_dims[0]:
         raise UserError(
-            f"IDX images file {images_file} holds {len(x)} images but {labels_file} holds "
-            f"{len(y)} labels",
+            f"IDX images file {images_file} holds {x_dims[0]} images but {labels_file} holds "
+            f"{y_dims[0]} labels",
             hint="the two files must come from the same data set split",
         )
-    _check_not_empty(len(y), images_file)
-    return x[:limit], _labels(y[:limit], labels_file), _sha256_files(images_file.parent, files)
-
-
-def _read_maybe_gzip(path: Path) -> bytes:
-    with open(path, "rb") as handle:
-        compressed = handle.read(2) == _GZIP_MAGIC
-    if not compressed:
-        return path.read_bytes()
-    try:
-        with gzip.open(path, "rb") as handle:
-            return handle.read()
-    except (OSError, EOFError, zlib.error) as exc:
-        raise UserError(
-            f"cannot decompress {path}: {exc}",
-            hint="the file is corrupt or truncated; download it again",
-        ) from exc
-
-
-def _parse_idx(data: bytes, path: Path) -> np.ndarray:
-    """Parse an IDX file: magic 00 00 <type code> <ndim>, ndim big-endian uint32 sizes, data."""
-    if len(data) < 4 or data[:2] != b"\x00\x00":
-        raise UserError(
-            f"{path} is not an IDX file (it does not start with the IDX magic bytes 00 00)",
-            hint="pass the original MNIST/Fashion-MNIST files",
-        )
-    code, ndim = data[2], data[3]
-    if code not in IDX_DTYPES:
-        raise UserError(
-            f"{path} has the unknown IDX data type code 0x{code:02x}",
-            hint="known codes: " + ", ".join(f"0x{known:02x}" for known in IDX_DTYPES),
-        )
-    header_size = 4 + 4 * ndim
-    if ndim == 0 or len(data) < header_size:
-        raise UserError(
-            f"{path} has a truncated or empty IDX header", hint="download the file again"
-        )
-    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    dtype = IDX_DTYPES[code]
-    expected = math.prod(dims) * dtype.itemsize
-    actual = len(data) - header_size
-    if actual != expected:
-        problem = "is truncated" if actual < expected else "has trailing bytes"
-        raise UserError(
-            f"{path} {problem}: its header promises {expected} data bytes for shape {dims} "
-            f"but it holds {actual}",
-            hint="download the file again",
-        )
-    return np.frombuffer(data, dtype=dtype, offset=header_size).reshape(dims)
+    _check_not_empty(y_dims[0], images_file)
+    x = read_idx(images_file, limit)
+    y = read_idx(labels_file, limit)
+    return x, _labels(y, labels_file), _sha256_files(images_file.parent, files)
 
 
 def _load_image_folder(path: Path, files: list[Path], limit: int | None) -> _Loaded:
@@ -378,11 +373,20 @@ def _load_image_folder(path: Path, files: list[Path], limit: int | None) -> _Loa
     reference: tuple[tuple[int, int], str] | None = None
     for index, (file, _label) in enumerate(samples):
         try:
-            with Image.open(file) as image:
-                image.load()
-                pixels = np.asarray(image)
-                size_mode = (image.size, image.mode)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            with warnings.catch_warnings():
+                # a decompression-bomb warning is an error here: one line, not a warning
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(file) as image:
+                    image.load()
+                    pixels = np.asarray(image)
+                    size_mode = (image.size, image.mode)
+        except (
+            OSError,
+            SyntaxError,
+            ValueError,
+            Image.DecompressionBombError,
+            Image.DecompressionBombWarning,
+        ) as exc:
             raise UserError(
                 f"cannot read image {file}: {exc}",
                 hint="remove or replace the file (only PNG/JPEG images are read)",
@@ -432,20 +436,39 @@ def _sha256_files(root: Path, files: list[Path]) -> str:
 def _labels(y: np.ndarray, path: Path) -> np.ndarray:
     """Class indices as int64; float labels are accepted when they are whole numbers."""
     if np.issubdtype(y.dtype, np.integer):
+        if y.size and y.dtype == np.uint64 and int(y.max()) > np.iinfo(np.int64).max:
+            first = int(np.argmax(y > np.iinfo(np.int64).max))
+            raise UserError(
+                f"label y[{first}] = {y[first]} in {path} is not a class index",
+                hint="y must hold integer class indices (0, 1, 2, ...)",
+            )
         return y.astype(np.int64)
     if np.issubdtype(y.dtype, np.floating):
-        not_whole = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
+        # a whole number beyond 2**53 is no class index, and would wrap when cast to int64
+        not_whole = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)) | (np.abs(y) >= 2.0**53))
         if not_whole.size == 0:
             return y.astype(np.int64)
         first = int(not_whole[0])
         raise UserError(
-            f"label y[{first}] = {y[first]} in {path} is not a whole number",
+            f"label y[{first}] = {y[first]} in {path} is not a whole-number class index",
             hint="y must hold integer class indices (0, 1, 2, ...)",
         )
     raise UserError(
         f"labels y in {path} have dtype {y.dtype}; they must be integer class indices",
         hint="save y as an integer array, e.g. y.astype(np.int64)",
     )
+
+
+def _check_finite(x: np.ndarray, path: Path) -> None:
+    """NaN or infinite inputs would give silently wrong accuracies: refuse them."""
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1) if x.size else np.zeros(0, bool)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise UserError(
+            f"inputs x in {path} hold NaN or infinite values ({int(bad.sum())} samples, the "
+            f"first is sample {first})",
+            hint="clean the data (or a float32 overflow of large values) before the audit",
+        )
 
 
 def _to_float32(x: np.ndarray, path: Path) -> np.ndarray:

@@ -35,6 +35,8 @@ CALIBRATION_VECTORS = 64
 
 COMPENSATIONS = ("none", "global")
 COMPENSATION_CHOICES = ("none", "global", "both")
+#: other spellings accepted for a compensation mode (reports always say "global")
+COMPENSATION_ALIASES = {"gdc": "global"}
 
 TIME_UNITS = {
     "s": 1.0,
@@ -238,9 +240,11 @@ def resolve_effects(
     )
     drift.validate()
     choice = "both" if compensation is None else compensation
+    choice = COMPENSATION_ALIASES.get(choice, choice)
     if choice not in COMPENSATION_CHOICES:
         raise UserError(
-            f"unknown compensation '{choice}'", hint="use --compensation none, global or both"
+            f"unknown compensation '{choice}'",
+            hint="use --compensation none, global (alias gdc) or both",
         )
     compensations = COMPENSATIONS if choice == "both" else (choice,)
     if stuck_at is None:

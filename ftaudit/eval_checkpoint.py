@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import time
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import numpy as np
 
 from ftaudit.errors import UserError
 from ftaudit.fileio import atomic_write
+from ftaudit.limits import require_regular_file
 from ftaudit.montecarlo import Progress
 
 CHECKPOINT_NAME = "ftaudit-eval.ckpt.npz"
@@ -53,14 +56,20 @@ def load_progress(
     if not path.exists():
         return None
     try:
+        require_regular_file(path, "checkpoint")
         with np.load(path, allow_pickle=False) as saved:
             stored = json.loads(str(saved["fingerprint"]))
             counts, done = saved["counts"], saved["done"]
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise UserError(
             f"checkpoint {path} is unreadable ({exc.__class__.__name__})",
             hint="delete it to start over, or pass another --checkpoint-dir",
         ) from exc
+    if not isinstance(stored, dict):
+        raise UserError(
+            f"checkpoint {path} is damaged (its fingerprint is not a table)",
+            hint="delete it to start over",
+        )
     if stored != fingerprint:
         differing = sorted(
             k for k in set(stored) | set(fingerprint) if stored.get(k) != fingerprint.get(k)
@@ -70,9 +79,29 @@ def load_progress(
             hint="use the same model, data and options as the interrupted run, or another "
             "--checkpoint-dir",
         )
-    if counts.shape != shape or done.shape != shape or done.dtype != bool:
-        raise UserError(f"checkpoint {path} is damaged", hint="delete it to start over")
+    _check_progress(path, counts, done, shape, fingerprint.get("data", {}).get("n"))
     return Progress(counts=counts.astype(np.int64), done=done)
+
+
+def _check_progress(
+    path: Path, counts: np.ndarray, done: np.ndarray, shape: tuple[int, int], n_data: Any
+) -> None:
+    """A checkpoint's arrays must be what this run could have written: shape, dtype, and counts
+    of correct answers between 0 and the number of inputs."""
+    problem = None
+    if counts.shape != shape or done.shape != shape:
+        problem = f"arrays of shape {counts.shape}/{done.shape}, expected {shape}"
+    elif done.dtype != bool or not np.issubdtype(counts.dtype, np.integer):
+        problem = f"arrays of dtype {counts.dtype}/{done.dtype}"
+    elif counts.size and int(counts.min()) < 0:
+        problem = f"a negative count ({int(counts.min())})"
+    elif isinstance(n_data, int) and counts.size and int(counts.max()) > n_data:
+        problem = f"a count of {int(counts.max())} correct out of {n_data} inputs"
+    if problem is not None:
+        raise UserError(
+            f"checkpoint {path} is damaged or was edited ({problem})",
+            hint="delete it to start over",
+        )
 
 
 class CheckpointWriter:

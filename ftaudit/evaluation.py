@@ -36,6 +36,10 @@ from ftaudit.stats import summarize
 DEVICES = ("cpu", "cuda")
 
 
+#: the most Monte Carlo samples per sigma a run accepts (the counts stay in memory)
+MAX_SAMPLES = 100_000_000
+
+
 def validate_options(
     *,
     sigmas: Sequence[float],
@@ -63,6 +67,20 @@ def validate_options(
         raise UserError(f"k must lie strictly between 0 and 100, got {k:g}", hint="e.g. --k 1")
     if samples < 1:
         raise UserError(f"--samples must be at least 1, got {samples}", hint="e.g. --samples 1000")
+    if samples > MAX_SAMPLES:
+        raise UserError(
+            f"--samples {samples} is more than ftaudit runs ({MAX_SAMPLES:,} per sigma)",
+            hint="KPP intervals are tight after 10^4 samples; e.g. --samples 10000 "
+            "or --target-ci 0.005",
+        )
+    from ftaudit.limits import check_memory
+
+    # the run keeps one count and one flag per (sigma, sample)
+    check_memory(
+        9 * samples * len(sigmas),
+        f"--samples {samples} with {len(sigmas)} sigmas",
+        hint="pass fewer --samples",
+    )
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
     if batch_size < 1:
@@ -86,7 +104,7 @@ def validate_options(
 
 def layer_infos(model: AuditModel, selected: Sequence[str]) -> list[LayerInfo]:
     """Report rows for every crossbar layer of ``model``."""
-    weights = model.clean_weights()
+    weights = model.crossbar_weights()
     return [
         LayerInfo(
             name=layer.name,
@@ -105,12 +123,16 @@ def model_provenance(model: AuditModel) -> dict[str, object]:
     """The report's ``model`` block: path, hash, format and interface."""
     return {
         "path": str(model.path),
-        "sha256": sha256_file(model.path),
+        "sha256": model_sha256(model),
         "format": model.format,
         "input": model.input.to_dict(),
         "output": model.output.to_dict(),
         "producer": model.metadata.get("producer"),
         "opset": model.metadata.get("opset"),
+        # multiply operators whose weight is NOT perturbed, with why (never skipped silently)
+        "untraced": [op.to_dict() for op in model.untraced],
+        # conv layers perturbed with their BatchNorm folded in (ftaudit.models.folding)
+        "batchnorm_folded": sorted(model.fold_scales),
     }
 
 
@@ -159,7 +181,8 @@ def prepare_run(
     With an active analog ``pipeline`` the runner is the rewritten-graph one; its calibration
     (seeded by ``seed``) is kept as ``runner.calibration``."""
     selected = model.select_layers(layers, exclude)
-    x = model.fit_input(dataset.x)
+    check_finite_weights(model)
+    x = model.input_array(dataset)
     if pipeline is not None and pipeline.active:
         from ftaudit.analog.runner import analog_runner
 
@@ -176,11 +199,24 @@ def prepare_run(
             batch_required=batch_required,
         )
     runner.bind_data(x, dataset.y, batch_size=batch_size)
+    weights = model.crossbar_weights()
+    if model.fold_scales:  # the clean pass runs the folded weights too (same rounding as sigma 0)
+        runner.set_weights({layer.name: weights[layer.name] for layer in selected})
     logits = runner.checked_logits(x.shape)
     validate_labels(dataset.y, logits.shape[1])
-    crossbar = Crossbar.prepare(selected, model.clean_weights(), noise)
+    crossbar = Crossbar.prepare(selected, weights, noise)
     clean_correct = int(np.count_nonzero(logits.argmax(axis=1) == dataset.y))
     return selected, runner, crossbar, clean_correct
+
+
+def check_finite_weights(model: AuditModel) -> None:
+    """NaN or infinite crossbar weights make every accuracy meaningless: refuse the model."""
+    for name, weight in model.clean_weights().items():
+        if not np.isfinite(weight).all():
+            raise UserError(
+                f"{model.path}: crossbar weight {name} holds NaN or infinite values",
+                hint="the model is broken (diverged training?); export it again",
+            )
 
 
 def resolve_noise(
@@ -251,15 +287,24 @@ def build_runner(
     When batching was only a default (``batch_required`` False: ``--device cuda`` without
     ``--batch-samples``), a model torch cannot take, or no torch at all, falls back to the
     model's own runner instead of failing."""
+    runner: ModelRunner | None = None
     if batch_samples > 1:
         from ftaudit.batched import BatchedTorchRunner
 
         try:
-            return BatchedTorchRunner(model, selected, device=device)
+            runner = BatchedTorchRunner(model, selected, device=device)
         except UserError:
             if batch_required:
                 raise
-    return model.runner(selected, device=device, threads=threads)
+    if runner is None:
+        runner = model.runner(selected, device=device, threads=threads)
+    chosen = {layer.name for layer in selected}
+    scales = {name: s for name, s in model.fold_scales.items() if name in chosen}
+    if scales:
+        from ftaudit.models.folding import FoldedRunner
+
+        return FoldedRunner(runner, scales)
+    return runner
 
 
 def audit(
@@ -298,6 +343,7 @@ def audit(
     checkpoint_dir: Path | str | None = None,
     resume: bool = False,
     batch_samples: int | None = None,
+    fold_batchnorm: bool = True,
     pipeline: ForwardPipeline | None = None,
 ) -> AuditReport:
     """Run the Monte Carlo audit and return the report; gates are evaluated, not raised.
@@ -311,7 +357,8 @@ def audit(
     starts one, 'auto' or an address joins one); the numbers are the same either way.
     ``checkpoint_dir`` keeps the counted samples so a killed run continues with ``resume``.
     ``batch_samples`` evaluates that many weight sets per forward pass (torch vmap; default 16
-    for an ONNX model on CUDA, else 1).
+    for an ONNX model on CUDA, else 1). ``fold_batchnorm`` (default) perturbs convolution
+    weights with their BatchNorm folded in, as a chip stores them (ftaudit.models.folding).
     ``pipeline`` adds the analog forward pass (DAC, ADC, read noise, tiles; see ftaudit.analog);
     it defaults to the noise profile's ``[analog]`` table. With read noise every row is random,
     sigma = 0 included.
@@ -345,6 +392,8 @@ def audit(
     if analog:
         validate_analog_run(batch_samples=batch_samples)
     loaded = model if isinstance(model, AuditModel) else load_model(model, output=output)
+    if not fold_batchnorm:
+        loaded = replace(loaded, fold_scales={})
     dataset = resolve_data(data, limit=limit, mean=mean, std=std)
     samples_per_pass = (
         1
@@ -364,7 +413,8 @@ def audit(
         pipeline=pipeline,
         seed=seed,
     )
-    if not isinstance(runner, BatchedTorchRunner):  # batching was a default it could not use
+    if not isinstance(getattr(runner, "inner", runner), BatchedTorchRunner):
+        # batching was a default it could not use
         samples_per_pass = 1
     n = len(dataset.y)
     clean_accuracy = clean_correct / n
@@ -389,6 +439,7 @@ def audit(
         "target_ci": target_ci,
         "device": device,
         "device_effects": None if effects is None else effects.to_dict(),
+        "fold_batchnorm": sorted(loaded.fold_scales),
         **({"analog": pipeline.to_dict()} if analog else {}),
     }
     restored, on_chunk, writer = None, None, None
@@ -410,7 +461,7 @@ def audit(
             model_path=str(loaded.path),
             model_bytes=model_bytes(loaded),
             output=output,
-            x=loaded.fit_input(dataset.x),
+            x=loaded.input_array(dataset),
             y=dataset.y,
             layer_names=tuple(layer.name for layer in selected),
             noise=noise_model,
@@ -421,6 +472,7 @@ def audit(
             threads=1 if ray is not None else threads_per_worker(workers),
             effects=effects,
             batch_samples=samples_per_pass,
+            fold_batchnorm=fold_batchnorm,
             pipeline=pipeline if analog else None,
         )
     else:
@@ -505,9 +557,12 @@ def audit(
             ),
             "config_file": config_file,
             "execution": execution,
+            "fold_batchnorm": fold_batchnorm,
         },
         device_effects=None if effects is None else effects.to_dict(),
         analog=analog_block(pipeline, runner) if analog else None,
+        # token ids are integers by design: the 0..255 pixel-scale warning does not apply
+        warnings=[] if loaded.integer_input else list(dataset.warnings),
     )
 
 
@@ -548,4 +603,13 @@ def model_bytes(model: AuditModel) -> bytes:
 
 
 def model_sha256(model: AuditModel) -> str:
-    return hashlib.sha256(model_bytes(model)).hexdigest()
+    """sha256 of the model file; with external weight data, of the file's and those files'
+    sha256s, so a changed weights file is a changed model (reports, --resume)."""
+    digest = hashlib.sha256(model_bytes(model)).hexdigest()
+    external = getattr(model, "external_files", ())
+    if not external:
+        return digest
+    combined = hashlib.sha256(f"{Path(model.path).name}\0{digest}\n".encode())
+    for file in external:
+        combined.update(f"{Path(file).name}\0{sha256_file(Path(file))}\n".encode())
+    return combined.hexdigest()

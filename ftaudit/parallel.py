@@ -16,6 +16,8 @@ import os
 import signal
 import socket
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -68,6 +70,7 @@ class WorkerSpec:
     threads: int | None = None
     effects: DeviceEffects | None = None
     batch_samples: int = 1
+    fold_batchnorm: bool = True
     #: the analog forward pipeline (``ftaudit.analog``); workers recalibrate it identically
     pipeline: ForwardPipeline | None = None
     key: str = field(default="", compare=False)
@@ -90,6 +93,7 @@ class WorkerSpec:
                     self.threads,
                     None if self.effects is None else self.effects.to_dict(),
                     self.batch_samples,
+                    self.fold_batchnorm,
                     None if self.pipeline is None else self.pipeline.to_dict(),
                 )
             ).encode()
@@ -104,6 +108,8 @@ class WorkerSpec:
         if self.threads is not None:
             _limit_threads(self.threads)
         model = load_model_bytes(self.model_path, self.model_bytes, output=self.output)
+        if not self.fold_batchnorm:
+            model.fold_scales.clear()
         chosen = set(self.layer_names)
         selected = [layer for layer in model.layers if layer.name in chosen]
         if self.pipeline is not None and self.pipeline.active:
@@ -127,7 +133,7 @@ class WorkerSpec:
                 batch_samples=self.batch_samples,
             )
         runner.bind_data(self.x, self.y, batch_size=self.batch_size)
-        crossbar = Crossbar.prepare(selected, model.clean_weights(), self.noise)
+        crossbar = Crossbar.prepare(selected, model.crossbar_weights(), self.noise)
         return ChunkEvaluator(
             runner, crossbar, self.sigmas, self.seed, self.effects, self.batch_samples
         )
@@ -156,10 +162,30 @@ def _evaluator(spec: EvaluatorSpec) -> ChunkEvaluator:
     return evaluator
 
 
-def _init_process_worker(spec: EvaluatorSpec | None) -> None:
+#: seconds between a worker's checks that its parent is still alive
+PARENT_POLL_S = 0.5
+
+
+def _init_process_worker(spec: EvaluatorSpec | None, parent: int | None = None) -> None:
     # Ctrl-C goes to the whole process group: the parent handles it and stops the pool
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     globals()["_PROCESS_SPEC"] = spec
+    # the parent's pid comes from the parent: if it died while this worker was starting, the
+    # worker's parent is already another process, and it exits at once
+    _exit_with_parent(os.getppid() if parent is None else parent)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose parent died (kill -9, OOM killer) exits too, instead of idling on with a
+    model and data in memory: a daemon thread watches the parent's pid. Once every worker is
+    gone, multiprocessing's resource tracker sees its pipe close and exits as well."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="ftaudit-parent-watchdog", daemon=True).start()
 
 
 def _process_chunk(start: int, stop: int, active: list[int]) -> np.ndarray:
@@ -171,6 +197,19 @@ def _ray_chunk(spec: EvaluatorSpec, start: int, stop: int, active: list[int]) ->
 
 
 # --- backends -------------------------------------------------------------------------------
+class WorkersDied(UserError):
+    """Worker processes kept dying on the same samples (out of memory, or killed): one line,
+    exit 2, not a traceback."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(
+            f"the worker processes died {PROCESS_MAX_RETRIES + 1} times running the same "
+            "samples (out of memory, or killed)",
+            hint=f"run with fewer --workers than {workers} (each holds the model and the data) "
+            "or a smaller --batch-size; --checkpoint-dir keeps the samples already counted",
+        )
+
+
 class RetriedChunk:
     """``fn(*args)`` on a backend's process pool, resubmitted on a fresh pool if a worker dies
     (also one that died while the pool idled, which breaks the next submit)."""
@@ -186,7 +225,10 @@ class RetriedChunk:
         except BrokenProcessPool:
             self.backend.restart(self.generation)
             self.generation = self.backend.generation
-            self.future = self.backend.pool.submit(self.fn, *self.args)
+            try:
+                self.future = self.backend.pool.submit(self.fn, *self.args)
+            except BrokenProcessPool as exc:
+                raise WorkersDied(self.backend.parallelism) from exc
 
     def result(self) -> np.ndarray:
         for _ in range(PROCESS_MAX_RETRIES):
@@ -195,7 +237,10 @@ class RetriedChunk:
             except BrokenProcessPool:
                 self.backend.restart(self.generation)
                 self._submit()
-        return self.future.result()
+        try:
+            return self.future.result()
+        except BrokenProcessPool as exc:
+            raise WorkersDied(self.backend.parallelism) from exc
 
     def cancel(self) -> bool:
         return self.future.cancel()
@@ -216,7 +261,7 @@ class ProcessBackend:
             max_workers=self.parallelism,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_process_worker,
-            initargs=(self.spec,),
+            initargs=(self.spec, os.getpid()),
         )
 
     def restart(self, generation: int) -> None:
@@ -364,7 +409,24 @@ def close_backend(backend: SampleBackend) -> None:
         close()
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's count)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, cores or 1)
+
+
 def threads_per_worker(workers: int) -> int:
     """Each worker's share of the machine's cores (at least one)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // workers)
+    return max(1, usable_cpus() // workers)
+
+
+def oversubscription_warning(workers: int, ray: str | None = None) -> str | None:
+    """A warning when more local worker processes than usable CPUs were asked for: they only
+    compete for the cores (8 workers on 2 cores ran 4x slower than 2). Ray places its own."""
+    cpus = usable_cpus()
+    if ray is not None or workers <= cpus:
+        return None
+    return (
+        f"--workers {workers} is more than the {cpus} CPU(s) this process may use; the extra "
+        f"workers only compete for them and slow the run down: pass --workers {cpus}"
+    )

@@ -154,6 +154,9 @@ class AuditReport:
         """Whether the analog pipeline drew read noise (so sigma 0 rows are random too)."""
         return self.analog is not None and self.analog.get("read_noise", 0) > 0
 
+    #: what the user is probably wrong about (the CLI prints them on stderr; not in the JSON)
+    warnings: list[str] = field(default_factory=list)
+
     @property
     def reference_accuracy(self) -> float:
         """Unperturbed accuracy on the chip: the quantised model's for device models."""

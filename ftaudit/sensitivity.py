@@ -170,12 +170,16 @@ class TargetStep:
         }
 
 
+#: target statuses that leave no analog layer (a warning: the user likely asked for too much)
+OUT_OF_REACH = ("all_digital", "unreachable")
+
+
 @dataclass(frozen=True)
 class TargetSelection:
     """The layers to keep digital so the KPP reaches ``target_kpp`` at every row."""
 
     target_kpp: float
-    status: str  # "already_met", "met" or "unreachable"
+    status: str  # "already_met", "met", "all_digital" or "unreachable"
     digital: list[str]
     steps: list[TargetStep]
     clean_accuracy: float
@@ -191,6 +195,12 @@ class TargetSelection:
             return (
                 f"KPP {target} is out of reach: even with every layer digital the accuracy is "
                 f"the clean {100 * self.clean_accuracy:.2f}%"
+            )
+        if self.status == "all_digital":
+            return (
+                f"KPP {target} is out of reach with any layer analog: only keeping all "
+                f"{len(self.digital)} analog layer(s) digital reaches it (no analog compute left);"
+                f" lower --target-kpp or harden the model"
             )
         names = ", ".join(self.digital)
         return f"keep {len(self.digital)} layer(s) digital for KPP >= {target}: {names}"
@@ -228,6 +238,7 @@ class SensitivityReport:
     elapsed_s: float
     options: dict[str, Any] = field(default_factory=dict)
     device_effects: dict[str, Any] | None = None  # drift and stuck-at faults, as in audit
+    warnings: list[str] = field(default_factory=list)  # printed by the CLI; not in the JSON
 
     @property
     def rows(self) -> list[SigmaPoint]:
@@ -431,6 +442,10 @@ def sensitivity(
         all_layers=all_points,
         layers=ranked,
         always_digital=[la.name for la in loaded.layers if la.name not in analog_names],
+        warnings=[
+            *([] if loaded.integer_input else dataset.warnings),
+            *([target.message()] if target is not None and target.status in OUT_OF_REACH else []),
+        ],
         target=target,
         elapsed_s=time.perf_counter() - started,
         options={
@@ -496,4 +511,7 @@ def select_digital(
         steps.append(TargetStep(list(digital), points, meets_target(points, target_kpp)))
         if steps[-1].meets:
             break
-    return TargetSelection(target_kpp, "met", list(digital), steps, clean_accuracy, rows)
+    if not steps[-1].meets:  # even the fully digital model misses it (e.g. quantised weights)
+        return TargetSelection(target_kpp, "unreachable", [], steps, clean_accuracy, rows)
+    status = "all_digital" if len(digital) == len(analog) else "met"
+    return TargetSelection(target_kpp, status, list(digital), steps, clean_accuracy, rows)

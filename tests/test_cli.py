@@ -664,3 +664,51 @@ def test_report_records_resolved_options(run_cli, convnet_onnx, blobs_npz, tmp_p
     assert options["exclude"] == ["*fc*"]
     assert options["config_file"] == str(config)
     assert options["mean"] is None and options["output"] is None
+
+
+def test_pixel_values_as_floats_are_a_warning(run_cli, convnet_onnx, blobs, tmp_path) -> None:
+    x, y = blobs
+    data = tmp_path / "float_pixels.npz"
+    np.savez(data, x=x.astype(np.float32), y=y)  # 0..255 floats: used unchanged, not / 255
+    code, _, err = run_cli("eval", convnet_onnx, "--data", data, "--sigma", "0", "-q")
+    assert code == 0, err
+    assert "ftaudit: warning: inputs x in" in err and "--std 255" in err
+    code, _, err = run_cli(
+        "eval", convnet_onnx, "--data", data, "--sigma", "0", "-q", "--std", "255"
+    )
+    assert code == 0 and "warning" not in err
+
+
+def test_help_groups_options_in_panels_with_examples(run_cli) -> None:
+    import typer.main
+
+    from ftaudit.cli import app
+
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        for param in command.params:
+            if param.param_type_name == "option":
+                assert param.rich_help_panel, f"{name} {param.opts} has no help panel"
+                assert param.metavar is not None and "[" not in param.metavar, (name, param.opts)
+            else:
+                assert param.metavar == param.name.upper(), (name, param.name)
+    for name in ("eval", "compare", "sensitivity", "harden", "inspect"):
+        code, out, err = run_cli(name, "--help")
+        assert code == 0, err
+        assert "Examples" in out and f"ftaudit {name} sample_models/" in out
+        assert "<list[str]>" not in out and "{model}" not in out and "<bool>" not in out
+    code, out, _ = run_cli("eval", "--help")
+    for panel in ("What to audit", "Device", "Monte Carlo", "Outputs", "Gates", "Scale-out"):
+        assert panel in out
+    assert "not --samples" in out  # --limit cannot be mistaken for Monte Carlo samples
+
+
+def test_unknown_option_suggests_own_options_and_names_the_command_that_has_it(run_cli) -> None:
+    code, out, err = run_cli("compare", "a.onnx", "b.onnx", "--fail-if-wrse", "0.01")
+    assert code == 2 and out == ""
+    assert "Did you mean --fail-if-worse?" in err and "--help," not in err
+    code, _, err = run_cli("eval", "m.onnx", "--report", "r.json")
+    assert code == 2
+    assert "It is an option of harden, not of eval." in " ".join(err.split())
+    code, _, err = run_cli("eval", "m.onnx", "--zzz")
+    assert code == 2 and "Did you mean" not in err and "No such option: --zzz." in err

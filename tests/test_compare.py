@@ -432,7 +432,8 @@ def test_cli_drift_rows_labels_schema_csv_and_width(
     assert code == 0, err
     assert max(len(line) for line in out.splitlines()) <= 80
     assert "…" not in out
-    assert "gdc" in out and "1y" in out and "stuck-at: 1% of cells low, 1% high" in out
+    assert " global " in out and "gdc" not in out and "1y" in out
+    assert "stuck-at: 1% of cells low, 1% high" in out
     payload = json.loads((tmp_path / "c.json").read_text())
     jsonschema.validate(payload, SCHEMA)
     expected = [[s, t, c] for s in (0.2, 0.4) for t in (1.0, YEAR) for c in ("none", "global")]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ftaudit.data import Dataset, fit_to_model, load_dataset, validate_labels
+from ftaudit.data import Dataset, fit_to_model, load_dataset, pixel_scale_warning, validate_labels
 from ftaudit.errors import UserError
 from ftaudit.fileio import sha256_file
 
@@ -388,3 +388,39 @@ def test_validate_labels() -> None:
     assert "label 10" in str(caught.value) and "10 classes" in str(caught.value)
     with pytest.raises(UserError, match="label -1"):
         validate_labels(np.array([-1]), 10)
+
+
+def test_integer_input_feeds_stored_integers_unscaled_and_checks_the_dtype_range():
+    from ftaudit.data import integer_input
+
+    ids = np.array([[0, 7, 255], [3, 2, 1]], dtype=np.uint8)
+    data = Dataset(ids.astype(np.float32) / 255, np.zeros(2, np.int64), {}, x_raw=ids)
+    fed = integer_input(data, "int64")
+    assert fed.dtype == np.int64
+    np.testing.assert_array_equal(fed, ids.astype(np.int64))  # not divided by 255
+    with pytest.raises(UserError, match=r"from 0 to 255, outside .* \(int8: -128 to 127\)"):
+        integer_input(data, "int8")
+    # float data are accepted only when every value is whole
+    whole = Dataset(np.array([[1.0, 2.0]], np.float32), np.zeros(1, np.int64), {})
+    np.testing.assert_array_equal(integer_input(whole, "int32"), [[1, 2]])
+    half = Dataset(np.array([[1.0, 2.5]], np.float32), np.zeros(1, np.int64), {})
+    with pytest.raises(UserError, match=r"x\[0, 1\] = 2.5 is not a whole number"):
+        integer_input(half, "int64")
+
+
+def test_pixel_values_in_floats_are_flagged(tmp_path: Path) -> None:
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(6, 4, 4)).astype(np.float32)
+    labels = np.arange(6) % 2
+    warning = pixel_scale_warning(pixels, Path("d.npz"))
+    assert warning is not None and "[0, 255]" in warning and "--std 255" in warning
+    assert pixel_scale_warning(pixels / 255, Path("d.npz")) is None  # already in [0, 1]
+    assert pixel_scale_warning(pixels - 128, Path("d.npz")) is None  # centred: not pixels
+    assert pixel_scale_warning(pixels * 4, Path("d.npz")) is None  # beyond 255: not pixels
+    for name, x in (("float", pixels), ("int", pixels.astype(np.int64))):
+        np.savez(tmp_path / f"{name}.npz", x=x, y=labels)
+        assert len(load_dataset(tmp_path / f"{name}.npz").warnings) == 1
+        assert load_dataset(tmp_path / f"{name}.npz", std=[255.0]).warnings == ()
+    np.savez(tmp_path / "u8.npz", x=pixels.astype(np.uint8), y=labels)
+    assert load_dataset(tmp_path / "u8.npz").warnings == ()  # uint8 is scaled to [0, 1]

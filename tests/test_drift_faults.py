@@ -160,6 +160,12 @@ def test_resolve_effects_rejects(options) -> None:
         resolve_effects(**options)
 
 
+def test_gdc_is_an_alias_of_global() -> None:
+    gdc = resolve_effects(times=[1.0], compensation="gdc")
+    assert gdc is not None and gdc.compensations == ("global",)
+    assert gdc == resolve_effects(times=[1.0], compensation="global")
+
+
 def test_resolve_effects_defaults_and_nothing() -> None:
     assert resolve_effects() is None
     assert resolve_effects(stuck_at=(0.0, 0.0)) is None  # P = 0: no effects at all
@@ -451,7 +457,7 @@ def test_cli_report_rows_schema_csv_and_gates(run_cli: RunCli, convnet_onnx, blo
     )  # fmt: skip
     assert code == 1  # the uncompensated year fails the gate
     assert "compensation=none" in err and "t=1y" in err
-    assert "gdc" in out and "1y" in out
+    assert " global " in out and "gdc" not in out and "1y" in out
     assert max(len(line) for line in out.splitlines()) <= 80
     report = json.loads((folder / "r.json").read_text())
     schema = json.loads(

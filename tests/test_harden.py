@@ -158,8 +158,11 @@ def test_torchscript_in_torchscript_out(setup) -> None:
 
 def test_cli_harden_writes_model_and_report(setup, run_cli, tmp_path) -> None:
     out, report = tmp_path / "h.onnx", tmp_path / "r.json"
+    checkpoints = tmp_path / "new" / "checkpoints"  # missing: created, as eval does
     code, stdout, err = run_cli(
         "harden",
+        "--checkpoint-dir",
+        checkpoints,
         setup["onnx"],
         "--data",
         setup["data"],
@@ -179,6 +182,7 @@ def test_cli_harden_writes_model_and_report(setup, run_cli, tmp_path) -> None:
     assert code == 0, err
     data = json.loads(report.read_text())
     assert data["method"] == "erm" and len(data["paired_differences"]) == 4
+    assert checkpoints.is_dir() and any(checkpoints.iterdir())
     assert data["before"]["seed"] == data["after"]["seed"]
     assert "mean before" in stdout
 
@@ -190,13 +194,14 @@ def test_cli_harden_writes_model_and_report(setup, run_cli, tmp_path) -> None:
         (["--epochs", "0"], "--epochs must be at least 1"),
         (["--lr", "-1"], "--lr must be a positive"),
         (["--resume"], "--resume needs --checkpoint-dir"),
-        (["--checkpoint-dir", "/nonexistent/dir"], "does not exist"),
+        (["--checkpoint-dir", "{data}"], "is a file"),
         (["--trice-start", "2", "--trice-end", "1"], "0 <= --trice-start <= --trice-end"),
         (["--noise", "lognormel"], "did you mean 'lognormal'"),
     ],
 )
 def test_cli_harden_bad_options(setup, run_cli, tmp_path, extra, message) -> None:
     out = tmp_path / "h.onnx"
+    extra = [str(setup["data"]) if arg == "{data}" else arg for arg in extra]
     code, _, err = run_cli(
         "harden", setup["onnx"], "--data", setup["data"], "--sigma", "0.5", "-o", out, *extra
     )
@@ -233,3 +238,63 @@ def test_a_collapsed_training_is_flagged() -> None:
     assert collapse_warnings(good, SimpleNamespace(clean_accuracy=0.75)) == []
     (note,) = collapse_warnings(good, SimpleNamespace(clean_accuracy=0.1))
     assert "10.0%" in note and "80.0 points below" in note and "--sigma" in note
+
+
+def test_progress_follows_the_training_steps_and_the_evaluations(setup, tmp_path) -> None:
+    calls: list[tuple[str, int, int]] = []
+    report = harden(
+        setup["onnx"],
+        setup["data"],
+        output=tmp_path / "p.onnx",
+        sigma=0.5,
+        method="noise",
+        epochs=2,
+        batch_size=256,
+        eval_samples=6,
+        limit=1000,
+        progress=lambda stage, done, total: calls.append((stage, done, total)),
+    )
+    n_train = report.settings["n_train"]  # 1,000 minus the 10% held out
+    steps = -(-n_train // 256)
+    for epoch in (1, 2):
+        stage = f"training, epoch {epoch}"
+        assert [c for c in calls if c[0] == stage] == [
+            (stage, i, steps) for i in range(1, steps + 1)
+        ]
+    stages = list(dict.fromkeys(c[0] for c in calls))
+    assert stages == [
+        "training, epoch 1",
+        "training, epoch 2",
+        "evaluating the input model",
+        "evaluating the hardened model",
+    ]
+    for stage in stages[2:]:
+        done, total = [c[1:] for c in calls if c[0] == stage][-1]
+        assert done == total > 0
+
+
+def test_a_clean_accuracy_drop_of_a_few_points_is_called_out() -> None:
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from ftaudit.harden.api import clean_drop_notes
+    from ftaudit.report.harden_table import harden_table
+
+    good = SimpleNamespace(clean_accuracy=0.9, samples=10, results=[])
+    assert clean_drop_notes(good, SimpleNamespace(clean_accuracy=0.88)) == []  # 2 points: fine
+    (note,) = clean_drop_notes(good, SimpleNamespace(clean_accuracy=0.85))
+    assert "5.0 points lower" in note and "90.0% -> 85.0%" in note
+
+    def caption(after: float) -> str:
+        report = SimpleNamespace(
+            details={}, input_model="a.onnx", output_model="b.onnx", method="noise",
+            before=good, after=SimpleNamespace(clean_accuracy=after, results=[]),
+            validation={"n": 100}, paired_differences=lambda: [],
+        )  # fmt: skip
+        console = Console(width=100, record=True)
+        console.print(harden_table(report))
+        return console.export_text()
+
+    assert "5.00 points lower after hardening" in caption(0.85)
+    assert "points lower" not in caption(0.89)

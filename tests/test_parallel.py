@@ -275,3 +275,21 @@ def test_a_killed_worker_process_is_replaced_and_its_chunk_rerun(
     )
     assert killed
     assert numbers(report) == numbers(single)
+
+
+def test_more_workers_than_usable_cpus_is_a_warning(
+    monkeypatch: pytest.MonkeyPatch, convnet_onnx: Path, blobs_npz: Path, run_cli
+) -> None:
+    from ftaudit import parallel
+
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert parallel.usable_cpus() == 1
+    assert parallel.oversubscription_warning(1) is None
+    assert parallel.oversubscription_warning(2, ray="auto") is None  # Ray places its own tasks
+    assert "pass --workers 1" in (parallel.oversubscription_warning(2) or "")
+    code, _, err = run_cli(
+        "eval", convnet_onnx, "--data", blobs_npz, "--sigma", "0.3", "--samples", "4",
+        "--workers", "2", "-q",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "ftaudit: warning: --workers 2 is more than the 1 CPU(s)" in err

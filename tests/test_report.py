@@ -408,7 +408,7 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(
     monkeypatch.setattr(figure.Figure, "savefig", broken_savefig)
     path = tmp_path / "accuracy.png"
     path.write_bytes(b"old")
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(UserError, match=r"cannot write .*accuracy\.png: disk full"):
         write_plot(report, path)
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == [path.name]

@@ -246,19 +246,79 @@ def test_drift_rows_get_time_columns_and_a_time_chart(convnet_onnx, blobs_npz, t
     report = ftaudit.audit(
         convnet_onnx,
         blobs_npz,
-        sigmas=[0.3],
+        sigmas=[0.1, 0.3],
         samples=5,
-        times=[3600.0, 3.1536e7],
+        noise="pcm",
+        times=[3600.0, 86400.0, 3.1536e7],
         fail_under_kpp=0.1,
     )
-    page = html_from_report_dict(report.to_dict())
-    import re
-
-    headers = re.findall(r"<th[^>]*>([^<]*)</th>", page)
-    assert headers[:4] == ["σ", "t", "comp", "n"]  # the results table's leading columns
+    page_text = html_from_report_dict(report.to_dict())
+    page = _parse(page_text)
+    results = _table_after(page, "σ")
+    assert results[0][:4] == ["σ", "t", "comp", "n"]  # the results table's leading columns
+    assert [row[1:3] for row in results[1:4]] == [["1h", "none"], ["1h", "global"], ["1d", "none"]]
     no_drift = ftaudit.audit(convnet_onnx, blobs_npz, sigmas=[0.3], samples=5)
-    plain_headers = re.findall(r"<th[^>]*>([^<]*)</th>", html_from_report_dict(no_drift.to_dict()))
-    assert plain_headers[:2] == ["σ", "n"] and "comp" not in plain_headers
-    assert ">1y<" in page and ">1h<" in page and ">global<" in page and ">none<" in page
-    assert "KPP against time after programming" in page
-    assert "KPP at σ=0.3, compensation global" in page
+    plain = _table_after(_parse(html_from_report_dict(no_drift.to_dict())), "σ")
+    assert plain[0][:2] == ["σ", "n"] and "comp" not in plain[0]
+    # mean and KPP side by side; one colour per sigma; compensation by line style
+    svgs = [attrs for name, attrs in page.tags if name == "svg"]
+    assert len(svgs) == 2
+    lines = [attrs for name, attrs in page.tags if name == "polyline"]
+    assert len(lines) == 2 * 2 * 2  # (mean, KPP) x 2 sigmas x (none, global)
+    assert len({line["stroke"] for line in lines}) == 2
+    dashed = [line for line in lines if line.get("stroke-dasharray")]
+    assert len(dashed) == 4  # the uncompensated lines
+    text = " ".join(page.text)
+    assert "mean accuracy against time after programming" in text
+    assert "KPP, k=1, σ=0.3, compensation global" in text
+    # the time axis is labelled in units, not log10 seconds
+    for label in ("1 h", "1 d", "1 w", "1 y"):
+        assert f">{label}</text>" in page_text
+    assert "log10" not in page_text
+    # a readable device summary, not the parameter dump in the subtitle
+    device = next(t for t in page.tables if t and t[0] and t[0][0] == "noise model")
+    summary = dict((row[0], row[1]) for row in device)
+    assert summary["noise model"] == "pcm"
+    assert summary["weights"] == "4 bits in 1 cell(s) of 4 bits"
+    assert summary["σ per cell level"] == "0.25 to 1.03 × σ over 16 levels"
+    assert summary["read at"] == "1h, 1d, 1y"
+    assert summary["drift compensation"] == "none, global"
+    assert "sigma_multipliers" not in page_text.split("<h2>")[0]
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_drift_page_renders_both_panels_in_headless_chromium(convnet_onnx, blobs_npz, tmp_path):
+    from PIL import Image
+
+    import ftaudit
+    from ftaudit.report.html_report import DRIFT_PALETTE
+
+    report = ftaudit.audit(
+        convnet_onnx, blobs_npz, sigmas=[0.1, 0.3], samples=5, times=[1.0, 3600.0, 3.1536e7]
+    )
+    page = tmp_path / "drift.html"
+    write_html(report, page)
+    screenshot = tmp_path / "drift.png"
+    done = subprocess.run(
+        [
+            str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={screenshot}", f"--window-size={WIDTH},{HEIGHT}", page.as_uri(),
+        ],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0 and screenshot.is_file(), done.stderr[-2000:]
+    with Image.open(screenshot) as image:
+        pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
+    width = pixels.shape[1]
+
+    def close_to(hex_color: str, columns: slice) -> int:
+        rgb = np.array([int(hex_color[i : i + 2], 16) for i in (1, 3, 5)], dtype=np.int16)
+        return int((np.abs(pixels[:, columns] - rgb).sum(axis=-1) < 40).sum())
+
+    # both sigma colours are drawn in the left (mean) and the right (KPP) half of the page
+    for half in (slice(0, width // 2), slice(width // 2, width)):
+        assert close_to(DRIFT_PALETTE[0], half) > 150
+        assert close_to(DRIFT_PALETTE[1], half) > 150

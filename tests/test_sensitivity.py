@@ -127,6 +127,21 @@ def test_target_kpp_known_answers(dead_branch_onnx, blobs_npz, ranked) -> None:
     assert clean.steps[1].points == ranked.layers[0].all_but
 
 
+def test_target_reached_only_with_every_layer_digital_says_so(dead_branch_onnx, blobs_npz) -> None:
+    # the dead layer stays exact (not ranked), so both analog layers must go digital
+    ranked_live = sensitivity(
+        dead_branch_onnx, blobs_npz, sigmas=[SIGMA], samples=30, seed=1,
+        exclude=["dead_w"], target_kpp=1.0,
+    )  # fmt: skip
+    assert ranked_live.clean_accuracy == 1.0
+    target = ranked_live.target
+    assert target.status == "all_digital"
+    assert sorted(target.digital) == ["fc1_w", "fc2_w"]
+    assert "out of reach with any layer analog" in target.message()
+    assert target.to_dict()["status"] == "all_digital"
+    assert ranked_live.warnings == [target.message()]  # the CLI prints it on stderr
+
+
 def test_target_unreachable_above_the_clean_accuracy(dead_branch_onnx, blobs, tmp_path) -> None:
     x, y = blobs
     y = y.copy()
@@ -138,6 +153,7 @@ def test_target_unreachable_above_the_clean_accuracy(dead_branch_onnx, blobs, tm
     assert report.target.status == "unreachable"
     assert report.target.digital == []
     assert "out of reach" in report.target.message()
+    assert report.warnings == [report.target.message()]
 
 
 def test_one_analog_layer_needs_one_run(dead_branch_onnx, blobs_npz) -> None:
@@ -326,7 +342,7 @@ def test_cli_drift_table_json_csv(run_cli: RunCli, dead_branch_onnx, blobs_npz, 
     )  # fmt: skip
     assert code == 0, err
     assert max(len(line) for line in out.splitlines()) <= 80
-    assert "t 1h, 1y" in out and "per row" in out and "gdc" in out
+    assert "t 1h, 1y" in out and "per row" in out and " global " in out and "gdc" not in out
     assert "stuck-at: 1% of cells low" in out
     assert "every sigma, time and compensation" in out
     payload = json.loads(paths["json"].read_text())

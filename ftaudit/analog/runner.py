@@ -12,7 +12,7 @@ from ftaudit.analog.onnx_graph import Calibration, calibrate, plan_tiles, rewrit
 from ftaudit.analog.options import ForwardPipeline
 from ftaudit.analog.read_noise import read_noise
 from ftaudit.errors import UserError
-from ftaudit.models.base import AuditModel, CrossbarLayer
+from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner
 from ftaudit.models.onnx import OnnxModel, OnnxRunner
 
 
@@ -147,7 +147,7 @@ def analog_runner(
     seed: int,
     device: str,
     threads: int | None = None,
-) -> tuple[AnalogOnnxRunner, Calibration]:
+) -> tuple[ModelRunner, Calibration]:
     """Calibrate the pipeline's ranges on (a seeded subset of) ``x`` and build the runner.
 
     A TorchScript model runs as its own ONNX export (same weights, same names, same layer
@@ -156,7 +156,7 @@ def analog_runner(
     weights = model.clean_weights()
     tiled = plan_tiles(model.proto, selected, weights, pipeline)
     calibration = calibrate(model.proto, tiled, x, seed=seed)
-    runner = AnalogOnnxRunner(
+    runner: ModelRunner = AnalogOnnxRunner(
         model,
         selected,
         pipeline=pipeline,
@@ -165,4 +165,10 @@ def analog_runner(
         device=device,
         threads=threads,
     )
+    chosen = {layer.name for layer in selected}
+    scales = {name: s for name, s in model.fold_scales.items() if name in chosen}
+    if scales:  # fed folded weights (BatchNorm folded in); the graph still runs the BatchNorm
+        from ftaudit.models.folding import FoldedRunner
+
+        runner = FoldedRunner(runner, scales)
     return runner, calibration

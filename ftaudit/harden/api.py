@@ -19,12 +19,14 @@ from ftaudit import __version__
 from ftaudit.analog.options import ForwardPipeline
 from ftaudit.data import Dataset, load_dataset, validate_labels
 from ftaudit.errors import UserError
-from ftaudit.evaluation import audit
-from ftaudit.fileio import check_output_path, sha256_file
+from ftaudit.eval_checkpoint import check_checkpoint_dir
+from ftaudit.evaluation import audit, model_sha256
+from ftaudit.fileio import check_output_path
 from ftaudit.harden.bayesft import validate_bayesft_options
 from ftaudit.harden.checkpoint import load_checkpoint
-from ftaudit.harden.methods import EpochCallback, HardenContext, get_method
+from ftaudit.harden.methods import EpochCallback, HardenContext, StageProgress, get_method
 from ftaudit.harden.parallel_eval import open_workers
+from ftaudit.harden.settings import CLEAN_DROP_NOTICE
 from ftaudit.harden.settings import HARDEN_DEFAULTS as DEFAULTS
 from ftaudit.harden.trainable import export_hardened
 from ftaudit.harden.training import TrainingData
@@ -164,8 +166,9 @@ def validate_harden_workers(*, workers: int, ray: str | None) -> None:
 
 
 def _training_data(model, dataset: Dataset) -> TrainingData:
-    x = model.fit_input(dataset.x)
-    return TrainingData(np.ascontiguousarray(x, dtype=np.float32), dataset.y.astype(np.int64))
+    x = model.input_array(dataset)
+    dtype = x.dtype if model.integer_input else np.float32
+    return TrainingData(np.ascontiguousarray(x, dtype=dtype), dataset.y.astype(np.int64))
 
 
 def harden(
@@ -201,6 +204,7 @@ def harden(
     checkpoint_dir: Path | str | None = None,
     resume: bool = False,
     on_epoch: EpochCallback | None = None,
+    progress: StageProgress | None = None,
     command: Sequence[str] | None = None,
     workers: int = DEFAULTS.workers,
     ray: str | None = None,
@@ -213,6 +217,8 @@ def harden(
     report) on that many local processes, ``ray`` on a Ray cluster ('local' starts one, 'auto' or
     host:port joins one); the trained model and every number are the same either way.
     ``config_file`` is recorded in the report's settings (the CLI passes the file it read).
+    ``progress(stage, done, total)`` follows the training steps of each epoch and the Monte
+    Carlo samples of the before/after report.
     ``pipeline`` (ftaudit.analog; ONNX models) trains, validates and audits with the analog
     forward pass: hardware-aware training, e.g. TRICE with 4-bit activations (``dac_bits=4``).
     The defaults are those of ``HardenSettings`` (ftaudit/harden/settings.py)."""
@@ -259,10 +265,8 @@ def harden(
         raise UserError(
             "--resume needs --checkpoint-dir", hint="point it at the interrupted run's folder"
         )
-    if checkpoint_dir is not None and not Path(checkpoint_dir).is_dir():
-        raise UserError(
-            f"checkpoint folder {checkpoint_dir} does not exist", hint="create it first"
-        )
+    if checkpoint_dir is not None and Path(checkpoint_dir).exists():
+        check_checkpoint_dir(checkpoint_dir)  # a file in the way fails before any work
     noise_model = get_noise_model(noise, bits=bits, cell_bits=cell_bits)
     if pipeline is None:
         pipeline = getattr(noise_model.profile, "analog", None)
@@ -320,7 +324,7 @@ def harden(
         "objective_samples": objective_samples,
     }
     fingerprint = {
-        "model_sha256": sha256_file(model_path),
+        "model_sha256": model_sha256(source),
         "data_sha256": train_set.source["sha256"],
         "method": method,
         "noise": noise_model.parameters(),
@@ -336,6 +340,8 @@ def harden(
         **({"analog": pipeline.to_dict()} if pipeline is not None else {}),
     }
     resume_state = None
+    if checkpoint_dir is not None:  # created when missing, as eval's is
+        checkpoint_dir = check_checkpoint_dir(checkpoint_dir)
     if checkpoint_dir is not None and resume:
         resume_state = load_checkpoint(Path(checkpoint_dir), fingerprint)
         if resume_state is None:
@@ -363,6 +369,7 @@ def harden(
         checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir),
         resume_state=resume_state,
         on_epoch=on_epoch,
+        progress=progress,
     )
     if pipeline is not None:
         from ftaudit.analog.torch_pipeline import AnalogTraining
@@ -413,10 +420,18 @@ def harden(
                 "n": len(val),
                 "limit": limit,
             },
+            x_raw=val.x if source.integer_input else None,
         )
-        before = audit(source, eval_data, **common)
-        after = audit(load_model(output_path), eval_data, **common)
-        notes.extend(collapse_warnings(before, after))
+        before = audit(
+            source, eval_data, progress=_stage(progress, "evaluating the input model"), **common
+        )
+        after = audit(
+            load_model(output_path),
+            eval_data,
+            progress=_stage(progress, "evaluating the hardened model"),
+            **common,
+        )
+        notes.extend(collapse_warnings(before, after) or clean_drop_notes(before, after))
     finally:
         if ctx.workers is not None:
             ctx.workers.close()
@@ -445,8 +460,28 @@ def harden(
     )
 
 
+def _stage(progress: StageProgress | None, stage: str) -> Any:
+    """``progress`` bound to one stage, as audit's (done, total) callback."""
+    if progress is None:
+        return None
+    return lambda done, total: progress(stage, done, total)
+
+
 #: a hardened model this far below the input's clean accuracy is reported as collapsed
 COLLAPSE_DROP = 0.2
+
+
+def clean_drop_notes(before: AuditReport, after: AuditReport) -> list[str]:
+    """A note when hardening cost more than a few points of clean accuracy (not a collapse):
+    the robustness may not be worth it, which the before/after rows show."""
+    drop = before.clean_accuracy - after.clean_accuracy
+    if drop <= CLEAN_DROP_NOTICE:
+        return []
+    return [
+        f"the hardened model's clean accuracy is {100 * drop:.1f} points lower "
+        f"({100 * before.clean_accuracy:.1f}% -> {100 * after.clean_accuracy:.1f}%): check the "
+        "rows below that the robustness is worth it, or try fewer --epochs or a smaller --sigma"
+    ]
 
 
 def collapse_warnings(before: AuditReport, after: AuditReport) -> list[str]:

@@ -43,7 +43,7 @@ from ftaudit.harden.methods import (
 )
 from ftaudit.harden.trainable import TrainableModel
 from ftaudit.harden.training import TrainingData
-from ftaudit.models.base import CrossbarLayer
+from ftaudit.models.base import CrossbarLayer, contiguous_input
 from ftaudit.montecarlo import Crossbar, chunk_size, draws_for_sample
 from ftaudit.noise import NoiseModel
 
@@ -145,16 +145,22 @@ def dropout_module(p: float = 0.0) -> Any:
     return _seeded_dropout_type()(p)
 
 
-def crossbar_outputs(proto: Any, layers: Sequence[CrossbarLayer]) -> dict[str, list[str]]:
+def crossbar_outputs(
+    proto: Any, layers: Sequence[CrossbarLayer], feed_names: Mapping[str, str] | None = None
+) -> dict[str, list[str]]:
     """Crossbar layer name -> the ONNX tensors that are that layer's output, one per use.
 
     The output of a Conv/ConvTranspose/Gemm node is its result (its bias is inside the node); a
     MatMul whose result feeds only an ``Add`` of an initializer (a bias) ends at that Add, so
     the dropout acts on the full affine output, like the Gemm case. Weights are found as the
-    ONNX loader finds them (through Identity nodes).
+    ONNX loader finds them (``onnx_graph.trace_crossbar_weights``); ``feed_names`` maps layer
+    names to the values the operators read (``OnnxModel.feed_names``; the name by default).
     """
+    from ftaudit.models.onnx_graph import trace_crossbar_weights
+
     graph = proto.graph
-    names = {layer.name for layer in layers}
+    feeds = feed_names or {}
+    layer_of = {feeds.get(layer.name, layer.name): layer.name for layer in layers}
     initializers = {t.name for t in graph.initializer}
     producers = {out: node for node in graph.node for out in node.output}
     consumers: dict[str, list[Any]] = {}
@@ -168,18 +174,11 @@ def crossbar_outputs(proto: Any, layers: Sequence[CrossbarLayer]) -> dict[str, l
         return name
 
     found: dict[str, list[str]] = {}
-    for node in graph.node:
-        if node.domain not in ("", "ai.onnx") or node.op_type not in _CROSSBAR_OPS:
+    for trace in trace_crossbar_weights(graph)[0]:
+        weight = layer_of.get(trace.value)
+        if weight is None:
             continue
-        if len(node.input) < 2:
-            continue
-        if node.op_type == "MatMul":
-            right, left = source(node.input[1]), source(node.input[0])
-            weight = right if right in initializers else left
-        else:
-            weight = source(node.input[1])
-        if weight not in names:
-            continue
+        node = trace.node
         out = node.output[0]
         users = consumers.get(out, [])
         if node.op_type == "MatMul" and len(users) == 1 and users[0].op_type == "Add":
@@ -216,7 +215,8 @@ def insert_dropout(trainable: TrainableModel) -> dict[str, Any]:
             hint="use --method trice or noise for this model",
         )
     module = trainable.module
-    outputs = crossbar_outputs(cast("OnnxModel", source).proto, layers[:-1])
+    onnx_source = cast("OnnxModel", source)
+    outputs = crossbar_outputs(onnx_source.proto, layers[:-1], onnx_source.feed_names)
     producer = {}
     for node in module.graph.nodes:
         if node.op != "call_module":
@@ -278,7 +278,7 @@ class ObjectiveEvaluator:
         self.clean = trainable.crossbar_arrays()
         self.crossbar = Crossbar.prepare(layers, self.clean, noise)
         self.n = len(data)
-        x = np.ascontiguousarray(data.x, dtype=np.float32)
+        x = contiguous_input(data.x)
         self.batches = [
             (
                 torch.from_numpy(x[s : s + batch_size]).to(device),

@@ -9,6 +9,7 @@ from typing import Any
 from ftaudit._optional import require_torch
 from ftaudit.errors import UserError
 from ftaudit.fileio import atomic_write
+from ftaudit.limits import require_regular_file
 
 CHECKPOINT_NAME = "ftaudit-harden.ckpt"
 
@@ -30,6 +31,7 @@ def load_checkpoint(directory: Path, fingerprint: dict[str, Any]) -> dict[str, A
     path = checkpoint_path(directory)
     if not path.exists():
         return None
+    require_regular_file(path, "checkpoint")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt archives
@@ -37,7 +39,14 @@ def load_checkpoint(directory: Path, fingerprint: dict[str, Any]) -> dict[str, A
             f"checkpoint {path} is unreadable ({exc.__class__.__name__})",
             hint="delete it to start over, or point --checkpoint-dir elsewhere",
         ) from exc
-    saved = json.loads(state.get("fingerprint", "{}"))
+    try:
+        saved = json.loads(state.get("fingerprint", "{}")) if isinstance(state, dict) else None
+    except (TypeError, ValueError):
+        saved = None
+    if not isinstance(saved, dict):
+        raise UserError(
+            f"checkpoint {path} is damaged (no fingerprint table)", hint="delete it to start over"
+        )
     if saved != fingerprint:
         differing = sorted(
             k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k)

@@ -34,6 +34,9 @@ EVAL_KEY = 1_000_003
 
 #: called after every epoch with (epoch, info) for progress displays
 EpochCallback = Callable[[int, dict[str, Any]], None]
+#: called with (stage, done, total) within a stage (training steps of an epoch, Monte Carlo
+#: samples of the before/after report), for progress bars
+StageProgress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -57,6 +60,7 @@ class HardenContext:
     checkpoint_dir: Path | None = None
     resume_state: dict[str, Any] | None = None
     on_epoch: EpochCallback | None = None
+    progress: StageProgress | None = None
     #: where validation Monte Carlo runs (None: this process); the numbers are the same
     workers: HardenWorkers | None = None
     #: the analog forward pipeline every trainable copy trains and validates with
@@ -74,6 +78,15 @@ class HardenContext:
         self, model: TrainableModel, optimizer: Any, epoch: int, noise: TrainingNoise | None
     ) -> float:
         """One epoch of ``model`` on the training data with this run's seed and settings."""
+        on_step = None
+        if self.progress is not None:
+            steps = -(-len(self.train) // self.batch_size)
+            stage = f"training, epoch {epoch + 1}"
+            progress = self.progress
+
+            def on_step(step: int, loss: float) -> None:
+                progress(stage, step + 1, steps)
+
         return train_epoch(
             model,
             optimizer,
@@ -84,6 +97,7 @@ class HardenContext:
             layers=self.layers,
             noise=noise,
             device=self.device,
+            on_step=on_step,
         )
 
     def eval_seed(self, epoch: int) -> int:
@@ -136,15 +150,29 @@ def _restore(ctx: HardenContext, models: list[TrainableModel], optimizers: list[
     state = ctx.resume_state
     if state is None:
         return 0, {}, []
-    for model, saved in zip(models, state["models"], strict=True):
-        model.module.load_state_dict(saved)
-    for optimizer, saved in zip(optimizers, state["optimizers"], strict=True):
-        optimizer.load_state_dict(saved)
-    return (
-        int(state["epochs_done"]),
-        json.loads(state["method_state"]),
-        json.loads(state["history"]),
-    )
+    try:
+        for model, saved in zip(models, state["models"], strict=True):
+            model.module.load_state_dict(saved)
+        for optimizer, saved in zip(optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+        restored = (
+            int(state["epochs_done"]),
+            json.loads(state["method_state"]),
+            json.loads(state["history"]),
+        )
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # an edited checkpoint
+        raise UserError(
+            f"checkpoint in {ctx.checkpoint_dir} is damaged or was edited "
+            f"({exc.__class__.__name__})",
+            hint="delete it to start over",
+        ) from exc
+    if not 0 <= restored[0] <= ctx.epochs or not isinstance(restored[2], list):
+        raise UserError(
+            f"checkpoint in {ctx.checkpoint_dir} is damaged or was edited "
+            f"(epochs done: {restored[0]} of {ctx.epochs})",
+            hint="delete it to start over",
+        )
+    return restored
 
 
 class HardenMethod:

@@ -22,7 +22,7 @@ import numpy as np
 from ftaudit._optional import require_torch
 from ftaudit.harden.trainable import TrainableModel
 from ftaudit.harden.training import TrainingData
-from ftaudit.models.base import AuditModel, CrossbarLayer
+from ftaudit.models.base import AuditModel, CrossbarLayer, contiguous_input
 from ftaudit.montecarlo import ChunkEvaluator, Crossbar, SampleBackend
 from ftaudit.noise.base import NoiseModel
 from ftaudit.parallel import (
@@ -166,7 +166,7 @@ class HardenWorkers:
         self._static: dict[str, Any] = {
             "model_path": str(source.path),
             "model_bytes": model_bytes(source),
-            "x": np.ascontiguousarray(data.x, dtype=np.float32),
+            "x": contiguous_input(data.x),
             "y": np.asarray(data.y),
             "layer_names": tuple(layer.name for layer in layers),
             "noise": noise,

@@ -57,6 +57,9 @@ class HardenSettings:
     config_file: str | None = None  # where the non-default values came from
 
 
+#: a clean-accuracy loss after hardening above this (3 points) is called out in the summary
+CLEAN_DROP_NOTICE = 0.03
+
 HARDEN_DEFAULTS = HardenSettings()
 
 #: keys of the eval settings (top level or [eval]) that harden uses too
@@ -127,7 +130,10 @@ def _convert(key: str, raw_key: str, value: Any, path: Path) -> Any:
     if kind is str:
         if not isinstance(value, str):
             raise wrong
-        return str((path.parent / value).resolve()) if key in PATH_KEYS else value
+        from ftaudit.config import is_device_file
+
+        relative = key in PATH_KEYS or (key == "noise" and is_device_file(value))
+        return str((path.parent / value).resolve()) if relative else value
     # eval_sigmas: a number, a list, '0.1,0.2' or a range 'start:stop:step', as eval's sigma
     from ftaudit.config import parse_sigmas
 

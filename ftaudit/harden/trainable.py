@@ -12,7 +12,6 @@ import io
 import json
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -21,11 +20,10 @@ import numpy as np
 from ftaudit._optional import require_torch
 from ftaudit.errors import MissingExtraError, UserError
 from ftaudit.fileio import atomic_write, check_output_path
+from ftaudit.harden.trainable_model import TensorSlot, TrainableModel, to_numpy
 from ftaudit.models.base import AuditModel
 
 if TYPE_CHECKING:
-    import torch
-
     from ftaudit.models.onnx import OnnxModel
     from ftaudit.models.torchscript import TorchScriptModel
 
@@ -49,79 +47,6 @@ _ABSORBED_INPUTS: dict[str, dict[str, int]] = {
 _CROSSBAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
-@dataclass(frozen=True)
-class TensorSlot:
-    """Where one ONNX initializer lives in the converted module.
-
-    ``target`` is the parameter's or buffer's qualified name; ``transposed`` says the torch
-    tensor is the 2-D transpose of the stored initializer (a Gemm with transB=0 becomes a
-    ``Linear`` whose weight is (out, in)).
-    """
-
-    target: str
-    transposed: bool = False
-
-
-@dataclass
-class TrainableModel:
-    """A trainable torch copy of ``source`` whose crossbar weights can be read and written.
-
-    ``crossbar`` maps each crossbar layer name to the tensor holding it (an ``nn.Parameter``
-    for ONNX; a grad-requiring tensor from ``named_parameters`` for TorchScript). ``slots``
-    (ONNX only) maps every float initializer that was traced into the module to its tensor; the
-    export writes those back. ``module.to(device)`` keeps these tensors' identity.
-    """
-
-    module: torch.nn.Module
-    source: AuditModel
-    crossbar: dict[str, torch.Tensor]
-    slots: dict[str, TensorSlot] = field(default_factory=dict)
-
-    def _transposed(self, name: str) -> bool:
-        slot = self.slots.get(name)
-        return slot is not None and slot.transposed
-
-    def crossbar_arrays(self) -> dict[str, np.ndarray]:
-        """Current crossbar weights as fresh arrays in the source's stored layout and dtype."""
-        dtypes = {layer.name: np.dtype(layer.dtype) for layer in self.source.layers}
-        arrays = {}
-        for name, tensor in self.crossbar.items():
-            value = _to_numpy(tensor)
-            if self._transposed(name):
-                value = value.T
-            arrays[name] = np.array(value, dtype=dtypes[name], order="C", copy=True)
-        return arrays
-
-    def set_crossbar_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
-        """Write arrays (stored layout; any subset of the layers) into the tensors in place."""
-        torch = require_torch(FEATURE)
-        with torch.no_grad():
-            for name, array in arrays.items():
-                tensor = self.crossbar[name]
-                contiguous = np.ascontiguousarray(array)
-                if not contiguous.flags.writeable:  # torch.from_numpy warns on read-only arrays
-                    contiguous = contiguous.copy()
-                value = torch.from_numpy(contiguous)
-                if self._transposed(name):
-                    value = value.T
-                if tuple(value.shape) != tuple(tensor.shape):
-                    # copy_ would broadcast silently; a wrong shape is a caller's bug
-                    raise ValueError(
-                        f"crossbar layer {name}: an array of shape {np.shape(array)} does not "
-                        f"fit the layer's tensor of shape {tuple(tensor.shape)} "
-                        f"(transposed: {self._transposed(name)})"
-                    )
-                tensor.copy_(value)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The module's state (parameters and buffers) for checkpoints."""
-        return self.module.state_dict()
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a state from :meth:`state_dict`, in place (tensor identities are kept)."""
-        self.module.load_state_dict(state)
-
-
 def make_trainable(model: AuditModel) -> TrainableModel:
     """A trainable copy of a loaded model, in eval mode; ``model`` itself is not modified."""
     maker = _MAKERS.get(model.format)
@@ -142,7 +67,21 @@ def export_hardened(trainable: TrainableModel, out: Path, *, metadata: dict[str,
     """
     source = trainable.source
     out = check_output_path(Path(out), what="hardened model", protect=(source.path,))
+    _refuse_non_finite(trainable)
     _EXPORTERS[source.format](trainable, out, metadata)
+
+
+def _refuse_non_finite(trainable: TrainableModel) -> None:
+    """Training that diverged (e.g. a huge --lr) leaves NaN/inf weights: never write them."""
+    torch = require_torch(FEATURE)
+    tensors = [*trainable.module.named_parameters(), *trainable.module.named_buffers()]
+    for name, tensor in tensors:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(
+                f"training diverged: weight {name} of the hardened model is NaN or infinite, "
+                "so no model was written",
+                hint="train again with a smaller --lr (or --sigma)",
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,6 +93,9 @@ def _import_onnx2torch() -> Any:
         import onnx2torch
     except ImportError as exc:
         raise MissingExtraError("hardened ONNX models", "torch", "onnx2torch") from exc
+    from ftaudit.harden.onnx2torch_compat import register_converters
+
+    register_converters()  # the opset 18+ versions torch's default exporter writes
     return onnx2torch
 
 
@@ -161,17 +103,24 @@ def _onnx_trainable(model: AuditModel) -> TrainableModel:
     """onnx2torch conversion of ``model.proto`` with every float initializer traced."""
     import onnx
 
+    from ftaudit.harden.onnx2torch_compat import (
+        bypass_initializer_identities,
+        check_convertible,
+        fold_constants,
+    )
+    from ftaudit.models.onnx_io import select_output
+
     torch = require_torch(FEATURE)
     onnx2torch = _import_onnx2torch()
     proto = onnx.ModelProto()
     proto.CopyFrom(cast("OnnxModel", model).proto)
     graph = proto.graph
     # the module returns the evaluated output only, like the ONNX runner
-    outputs = [o for o in graph.output if o.name == model.output.name]
-    del graph.output[:]
-    graph.output.extend(outputs)
-    _bypass_initializer_identities(graph)
-    _check_convertible(proto, model.path)
+    select_output(graph, model.output)
+    bypass_initializer_identities(graph)
+    model_roots = cast("OnnxModel", model).roots
+    folded = fold_constants(proto, {model_roots.get(la.name, la.name) for la in model.layers})
+    check_convertible(proto, model.path)
     try:
         module = onnx2torch.convert(proto, attach_onnx_mapping=True)
     except NotImplementedError as exc:  # raised by converters for unsupported attribute values
@@ -181,13 +130,20 @@ def _onnx_trainable(model: AuditModel) -> TrainableModel:
             hint="re-export the model with simpler operators, or harden it as TorchScript",
         ) from exc
 
-    stored = {
+    stored = {  # folded constants are not in the file: they stay constants here
         t.name: onnx.numpy_helper.to_array(t)
         for t in graph.initializer
-        if onnx.helper.tensor_dtype_to_np_dtype(t.data_type).kind == "f"
+        if onnx.helper.tensor_dtype_to_np_dtype(t.data_type).kind == "f" and t.name not in folded
     }
     found = _trace_initializers(module, graph, stored)
-    crossbar_names = {layer.name for layer in model.layers}
+    onnx_model = cast("OnnxModel", model)
+    # each crossbar layer is its root initializer, as stored or transposed (Transpose(W))
+    roots = {layer.name: onnx_model.roots.get(layer.name, layer.name) for layer in model.layers}
+    swapped = {
+        layer.name: _layout_of(onnx_model, layer.name, stored.get(roots[layer.name]))
+        for layer in model.layers
+    }
+    crossbar_names = set(roots.values())
     missing = sorted(crossbar_names - found.keys())
     if missing:
         raise UserError(
@@ -202,63 +158,42 @@ def _onnx_trainable(model: AuditModel) -> TrainableModel:
         for name, places in found.items()
     }
     module.eval()
-    crossbar = {layer.name: _tensor_at(module, slots[layer.name].target) for layer in model.layers}
-    return TrainableModel(module=module, source=model, crossbar=crossbar, slots=slots)
+    if model.input.dtype == "float16" or any(la.dtype == "float16" for la in model.layers):
+        # a float16 model trains in float32 (the data is float32; Adam needs the precision);
+        # the export casts the trained values back to the file's float16 initializers
+        module.float()
+    crossbar = {
+        layer.name: _tensor_at(module, slots[roots[layer.name]].target) for layer in model.layers
+    }
+    transposed = {
+        layer.name: slots[roots[layer.name]].transposed != swapped[layer.name]
+        for layer in model.layers
+    }
+    return TrainableModel(
+        module=module,
+        source=model,
+        crossbar=crossbar,
+        slots=slots,
+        crossbar_transposed=transposed,
+    )
 
 
-def _bypass_initializer_identities(graph: Any) -> None:
-    """Feed initializers straight to the consumers of Identity nodes that copy them.
-
-    onnx2torch folds Conv/Gemm weights into modules only when they are initializers; torch's
-    exporter routes shared weights through Identity nodes. The export writes by initializer name,
-    so this changes nothing there.
-    """
-    initializers = {t.name for t in graph.initializer}
-    graph_outputs = {o.name for o in graph.output}
-    renamed: dict[str, str] = {}
-    kept = []
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name in renamed:
-                node.input[i] = renamed[name]
-        if (
-            node.op_type == "Identity"
-            and node.domain in ("", "ai.onnx")
-            and node.input[0] in initializers
-            and node.output[0] not in graph_outputs
-        ):
-            renamed[node.output[0]] = node.input[0]
-        else:
-            kept.append(node)
-    if renamed:
-        del graph.node[:]
-        graph.node.extend(kept)
-
-
-def _check_convertible(proto: Any, path: Path) -> None:
-    """One UserError naming every operator that onnx2torch has no converter for."""
-    from onnx2torch.node_converters import get_converter
-
-    opsets = {o.domain: o.version for o in proto.opset_import}
-    unsupported: dict[str, None] = {}
-    for node in proto.graph.node:
-        op = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
-        version = opsets.get(node.domain)
-        if version is None:
-            unsupported[f"{op} (no opset imported for its domain)"] = None
-            continue
-        try:
-            get_converter(domain=node.domain, operation_type=node.op_type, version=version)
-        except NotImplementedError:
-            unsupported[f"{op} (opset {version})"] = None
-    if unsupported:
-        raise UserError(
-            f"{path} uses operator(s) that onnx2torch cannot convert to PyTorch for training: "
-            f"{', '.join(unsupported)}",
-            hint="re-export the model without them (its supported operators are listed at "
-            "https://github.com/ENOT-AutoDL/onnx2torch/blob/main/operators.md), or harden the "
-            "PyTorch model saved as TorchScript",
-        )
+def _layout_of(model: OnnxModel, name: str, root: np.ndarray | None) -> bool:
+    """Whether crossbar layer ``name`` is its root initializer transposed (MatMul of
+    Transpose(W)); a UserError when it is neither the initializer nor its transpose (a
+    dequantised or re-typed weight, which training cannot write back)."""
+    value = model.initializers[name]
+    if root is not None and value.dtype == root.dtype:
+        if _equal(value, root, False):
+            return False
+        if _equal(value, root, True):
+            return True
+    raise UserError(
+        f"{model.path}: crossbar weight {name} is computed from initializer "
+        f"{model.roots.get(name, name)} (dequantised, re-typed or reshaped), so trained values "
+        "could not be written back into the file",
+        hint="harden the float model before quantising or converting it",
+    )
 
 
 def _trace_initializers(
@@ -281,7 +216,7 @@ def _trace_initializers(
     for target, tensor in tensors.items():
         if not tensor.is_floating_point():
             continue
-        value = _to_numpy(tensor)
+        value = to_numpy(tensor)
         hint = hints.get(target)
         if hint is not None and _equal(value, stored[hint.target], hint.transposed):
             name, transposed = hint.target, hint.transposed
@@ -421,14 +356,6 @@ def _equal(value: np.ndarray, array: np.ndarray, transposed: bool) -> bool:
     return value.shape == array.shape and bool(np.array_equal(value, array))
 
 
-def _to_numpy(tensor: Any) -> np.ndarray:
-    """A tensor's values on the CPU (bfloat16, which numpy lacks, as float32)."""
-    value = tensor.detach()
-    if str(value.dtype) == "torch.bfloat16":
-        value = value.float()
-    return value.cpu().numpy()
-
-
 def _export_onnx(trainable: TrainableModel, out: Path, metadata: dict[str, Any]) -> None:
     """The original file with trained values in its initializers (or weight Constant nodes)."""
     import onnx
@@ -455,7 +382,7 @@ def _export_onnx(trainable: TrainableModel, out: Path, metadata: dict[str, Any])
                 f"{source.path} changed on disk since it was loaded: initializer {name} is gone",
                 hint="harden again from the current file",
             )
-        value = _to_numpy(_tensor_at(trainable.module, slot.target))
+        value = to_numpy(_tensor_at(trainable.module, slot.target))
         _overwrite_values(tensors[name], value.T if slot.transposed else value, source.path)
     kept = [p for p in model.metadata_props if not p.key.startswith("ftaudit.")]
     del model.metadata_props[:]
@@ -523,11 +450,71 @@ def _export_torchscript(trainable: TrainableModel, out: Path, metadata: dict[str
     atomic_write(out, save)
 
 
+# ---------------------------------------------------------------------------------------------
+# torch.export
+
+
+def _program_trainable(model: AuditModel) -> TrainableModel:
+    """``ExportedProgram.module()`` of the archive; crossbar names are parameter names.
+
+    The exported graph is fixed in the mode it was exported in (eval: BatchNorm uses its running
+    statistics, dropout is off), so training fine-tunes that graph; the module's ``train()``,
+    which torch refuses for exported programs, only records the mode."""
+    import types
+
+    from ftaudit.models.export import load_program
+
+    batch = model.input.shape[0] if model.input.shape else None
+    if batch is not None:
+        raise UserError(
+            f"{model.path} was exported for batches of exactly {batch}, so it cannot be trained "
+            "on mini-batches",
+            hint="export with a dynamic batch axis: torch.export.export(model, (x,), "
+            "dynamic_shapes=({0: torch.export.Dim('batch')},))",
+        )
+    module = load_program(cast("Any", model).raw, model.path).module()
+
+    def record_mode(self: Any, mode: bool = True) -> Any:
+        self.training = mode
+        return self
+
+    module.train = types.MethodType(record_mode, module)
+    module.eval = types.MethodType(lambda self: self.train(False), module)
+    parameters = dict(module.named_parameters())
+    crossbar = {layer.name: parameters[layer.name] for layer in model.layers}
+    return TrainableModel(module=module, source=model, crossbar=crossbar)
+
+
+def _export_program(trainable: TrainableModel, out: Path, metadata: dict[str, Any]) -> None:
+    """The original program with trained parameter values (same graph), torch.export.save'd
+    with the metadata as extra file ftaudit.json."""
+    from ftaudit.models.export import load_program
+
+    torch = require_torch(FEATURE)
+    source = trainable.source
+    program = load_program(cast("Any", source).raw, source.path)
+    trained = dict(trainable.module.named_parameters())
+    with torch.no_grad():
+        for name, tensor in program.state_dict.items():
+            if name in trained:
+                tensor.copy_(trained[name].detach().to(tensor.device))
+    extra = {"ftaudit.json": json.dumps(metadata, sort_keys=True)}
+
+    def save(tmp: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.export.save(program, str(tmp), extra_files=extra)
+
+    atomic_write(out, save)
+
+
 _MAKERS: dict[str, Callable[[AuditModel], TrainableModel]] = {
     "onnx": _onnx_trainable,
+    "torch.export": _program_trainable,
     "torchscript": _torchscript_trainable,
 }
 _EXPORTERS: dict[str, Callable[[TrainableModel, Path, dict[str, Any]], None]] = {
     "onnx": _export_onnx,
+    "torch.export": _export_program,
     "torchscript": _export_torchscript,
 }

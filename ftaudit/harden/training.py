@@ -17,7 +17,7 @@ import numpy as np
 from ftaudit._optional import require_torch
 from ftaudit.harden.rc_gaussian import censor_draws
 from ftaudit.harden.trainable import TrainableModel
-from ftaudit.models.base import CrossbarLayer, ModelRunner
+from ftaudit.models.base import CrossbarLayer, ModelRunner, contiguous_input
 from ftaudit.montecarlo import Crossbar, run_monte_carlo
 from ftaudit.noise import NoiseModel
 from ftaudit.stats import kpp
@@ -141,7 +141,7 @@ class TrainableRunner(ModelRunner):
         self._batches: list[Any] = []
 
     def bind_data(self, x: np.ndarray, y: np.ndarray, *, batch_size: int) -> None:
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = contiguous_input(x)
         self._batches = [
             self.torch.from_numpy(x[s : s + batch_size]).to(self.device)
             for s in range(0, len(x), batch_size)

@@ -21,7 +21,8 @@ __all__ = [
 
 
 def sniff_format(path: Path, raw: bytes) -> str:
-    """'torchscript' for a torch.jit.save zip archive, 'onnx' otherwise (checked when parsed)."""
+    """'torchscript' for a torch.jit.save zip archive, 'torch.export' for a torch.export.save
+    archive (.pt2), 'onnx' otherwise (checked when parsed)."""
     if raw[:4] != b"PK\x03\x04":
         return "onnx"
     try:
@@ -33,6 +34,10 @@ def sniff_format(path: Path, raw: bytes) -> str:
         ) from exc
     if any("/code/" in n or n.startswith("code/") for n in names):
         return "torchscript"
+    from ftaudit.models.export import is_exported_program
+
+    if is_exported_program(names):
+        return "torch.export"
     if any(n.endswith("data.pkl") for n in names):
         raise UserError(
             f"{path} is a torch.save checkpoint, not a TorchScript archive",
@@ -41,17 +46,21 @@ def sniff_format(path: Path, raw: bytes) -> str:
         )
     raise UserError(
         f"{path} is a zip archive that is neither TorchScript nor ONNX",
-        hint="pass a .onnx file or a torch.jit.save archive",
+        hint="pass a .onnx file, a torch.export.save archive (.pt2) or a torch.jit.save archive",
     )
 
 
 def load_model(path: Path | str, *, output: str | None = None) -> AuditModel:
-    """Load an ONNX or TorchScript model read-only; bad files raise UserError."""
+    """Load an ONNX, torch.export or TorchScript model read-only; bad files raise UserError."""
+    from ftaudit.limits import check_memory, require_regular_file
+
     path = Path(path)
     if not path.exists():
         raise UserError(f"model file {path} does not exist", hint="check the path")
     if path.is_dir():
         raise UserError(f"model path {path} is a folder", hint="pass the model file itself")
+    size = require_regular_file(path, "model file")
+    check_memory(size, f"model file {path}", hint="audit a smaller model, or on a larger machine")
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -72,6 +81,12 @@ def load_model_bytes(path: Path | str, raw: bytes, *, output: str | None = None)
         if output is not None:
             raise UserError("--output selects an ONNX output; TorchScript models have one")
         return TorchScriptModel.from_bytes(path, raw)
+    if kind == "torch.export":
+        from ftaudit.models.export import ExportedProgramModel
+
+        if output is not None:
+            raise UserError("--output selects an ONNX output; torch.export programs have one")
+        return ExportedProgramModel.from_bytes(path, raw)
     from ftaudit.models.onnx import OnnxModel
 
     return OnnxModel.from_bytes(path, raw, output=output)

@@ -14,6 +14,14 @@ import numpy as np
 from ftaudit.errors import UserError
 
 
+def contiguous_input(x: np.ndarray) -> np.ndarray:
+    """Model input as a contiguous array: float32 for real-valued data; integer data (token ids,
+    already checked against the model's input dtype) keep their integer type."""
+    if np.issubdtype(x.dtype, np.integer):
+        return np.ascontiguousarray(x)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
 @dataclass(frozen=True)
 class CrossbarLayer:
     """One weight tensor that an analog crossbar stores (perturbed by the noise models).
@@ -119,6 +127,17 @@ class ModelRunner(ABC):
                 f"of shape (N, classes) for N = {data_shape[0]} inputs",
                 hint="evaluate a classifier output (ONNX: choose it with --output NAME)",
             )
+        if not np.issubdtype(logits.dtype, np.floating):
+            raise UserError(
+                f"the model's output has dtype {logits.dtype}; ftaudit expects floating-point "
+                "logits (an arg-max over integers or booleans ties silently)",
+                hint="evaluate the class scores (ONNX: choose them with --output NAME)",
+            )
+        if not np.isfinite(logits).all():
+            raise UserError(
+                "the model's output on the clean data holds NaN or infinite values",
+                hint="check the model's weights and the data (NaN weights, overflowing inputs)",
+            )
         return logits
 
 
@@ -132,6 +151,11 @@ class AuditModel(ABC):
     output: TensorSpec
     layers: list[CrossbarLayer]
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: multiply operators whose weight is NOT perturbed, with why (``onnx_graph.UntracedOp``)
+    untraced: list[Any] = field(default_factory=list)
+    #: conv layer name -> its following BatchNorm's per-channel factor (``models.folding``);
+    #: cleared to perturb the unfolded weights
+    fold_scales: dict[str, np.ndarray] = field(default_factory=dict)
 
     @abstractmethod
     def clean_weights(self) -> dict[str, np.ndarray]:
@@ -143,6 +167,28 @@ class AuditModel(ABC):
     ) -> ModelRunner:
         """A runner whose ``selected`` layers take their weights from ``set_weights``
         (``threads``: intra-op threads, None for the runtime's default)."""
+
+    def crossbar_weights(self) -> dict[str, np.ndarray]:
+        """The weights the crossbar stores: ``clean_weights`` with BatchNorm folded into the
+        convolutions before it (see ``ftaudit.models.folding``)."""
+        weights = self.clean_weights()
+        for name, scale in self.fold_scales.items():
+            weights[name] = (weights[name] * scale).astype(weights[name].dtype, copy=False)
+        return weights
+
+    @property
+    def integer_input(self) -> bool:
+        """The model takes integers (token ids): data are fed unscaled."""
+        return np.issubdtype(np.dtype(self.input.dtype), np.integer)
+
+    def input_array(self, dataset: Any) -> np.ndarray:
+        """A Dataset's x as this model takes it: the stored integers for an integer input
+        (never divided by 255), float32 otherwise; reshaped by ``fit_input``."""
+        if self.integer_input:
+            from ftaudit.data import integer_input
+
+            return self.fit_input(integer_input(dataset, self.input.dtype, name=self.input.name))
+        return self.fit_input(dataset.x)
 
     def fit_input(self, x: np.ndarray) -> np.ndarray:
         """Data x reshaped to the model's declared input shape (or a UserError)."""
@@ -164,6 +210,16 @@ class AuditModel(ABC):
             if (not include or any(fnmatch.fnmatchcase(layer.name, g) for g in include))
             and not any(fnmatch.fnmatchcase(layer.name, g) for g in (exclude or ()))
         ]
+        if not self.layers and self.untraced:
+            ops = sorted({op.op for op in self.untraced})
+            raise UserError(
+                f"{self.path} has no crossbar weight ftaudit can perturb: its "
+                f"{len(self.untraced)} multiply operator(s) ({', '.join(ops)}) are not traceable "
+                f"because {self.untraced[0].reason.split('; ')[0]}",
+                hint=self.untraced[0].reason.split("; ")[-1]
+                if "; " in self.untraced[0].reason
+                else "run ftaudit inspect to see each operator and why",
+            )
         if not self.layers:
             raise UserError(
                 f"{self.path} has no crossbar layer (no Conv, ConvTranspose, Gemm, MatMul or "

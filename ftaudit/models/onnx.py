@@ -15,11 +15,20 @@ from typing import Any
 import numpy as np
 
 from ftaudit.errors import UserError
-from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner, TensorSpec
+from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner
+from ftaudit.models.onnx_graph import (
+    CROSSBAR_WEIGHT_INPUT,
+    UntracedOp,
+    batchnorm_scales,
+    evaluate_values,
+    module_path_names,
+    trace_crossbar_weights,
+)
+from ftaudit.models.onnx_io import classifier_output, select_output, tensor_spec
 from ftaudit.models.onnx_prepack import DerivedInput, build_prepacked_graph
+from ftaudit.models.onnx_quant import qoperator_to_qdq
 
-#: op type -> index of the weight input that a crossbar stores
-CROSSBAR_WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1}
+__all__ = ["CROSSBAR_WEIGHT_INPUT", "OnnxModel", "OnnxRunner", "load_onnx_bytes", "ort_providers"]
 
 
 def _onnx():
@@ -49,27 +58,82 @@ def _check_external_data(model: Any, base_dir: Path, path: Path) -> None:
                 f"{path} refers to external data '{location}' outside the model's folder",
                 hint="ftaudit only reads external data files next to the model; move them there",
             )
-        if not target.is_file():
+        if not target.exists():
             raise UserError(
                 f"{path} needs its external data file '{location}', which is missing",
                 hint=f"put '{location}' next to the model file",
             )
+        _check_external_extent(tensor, entries, target, path)
 
 
-def _tensor_spec(value_info: Any) -> TensorSpec:
-    onnx = _onnx()
-    tensor_type = value_info.type.tensor_type
-    dims: tuple[int | None, ...] | None = None
-    if tensor_type.HasField("shape"):
-        dims = tuple(
-            d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim
+def _check_external_extent(tensor: Any, entries: dict[str, str], target: Path, path: Path) -> None:
+    """The tensor's offset and length must lie inside its (regular) external data file, and its
+    length must match its shape, before onnx reads a byte of it."""
+    from ftaudit.limits import require_regular_file
+
+    size = require_regular_file(target, f"external data file of {path}:")
+    try:
+        offset = int(entries.get("offset", "0"))
+        length = int(entries["length"]) if "length" in entries else size - offset
+    except ValueError:
+        offset, length = -1, -1
+    problem = None
+    if offset < 0 or length < 0:
+        problem = f"a bad offset/length ({entries.get('offset')}, {entries.get('length')})"
+    elif offset + length > size:
+        problem = f"bytes {offset} to {offset + length}, beyond the file's {size} bytes"
+    else:
+        try:
+            dtype = _onnx().helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        except (KeyError, ValueError):  # an unknown type: onnx.checker reports it
+            dtype = np.dtype(object)
+        expected = int(np.prod(tensor.dims, dtype=np.int64)) * dtype.itemsize
+        if dtype.kind in "biufc" and length != expected:  # numbers: the size is known
+            problem = f"{length} bytes, but its shape {list(tensor.dims)} needs {expected}"
+    if problem is not None:
+        raise UserError(
+            f"{path}: tensor '{tensor.name}' declares {problem} in external data file "
+            f"'{entries.get('location')}'",
+            hint="the model and its external data do not belong together; export them again",
         )
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
-    return TensorSpec(value_info.name, dims, dtype)
 
 
-def load_onnx_bytes(path: Path, raw: bytes) -> Any:
-    """Parse and check an ONNX model, with external data read only from the model's folder."""
+#: model files up to this size are parsed before a run to find the external data files that
+#: outputs must not overwrite (a model that keeps its weights outside is small)
+EXTERNAL_DATA_PROBE_BYTES = 64 << 20
+
+
+def declared_external_files(path: Path) -> list[Path]:
+    """The external data files an ONNX model file names (without reading them), for the
+    output-path checks; [] for other formats, unreadable or large files."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        if not path.is_file() or path.stat().st_size > EXTERNAL_DATA_PROBE_BYTES:
+            return []
+        with open(path, "rb") as handle:
+            if handle.read(4) == b"PK\x03\x04":  # TorchScript
+                return []
+        model = _onnx().load_model(str(path), load_external_data=False)
+    except (OSError, ValueError, RuntimeError, DecodeError):
+        return []  # not a readable ONNX file: the loader reports why, later
+    return external_data_files(model, path.parent)
+
+
+def external_data_files(model: Any, base_dir: Path) -> list[Path]:
+    """The external data files a (checked) ONNX model reads, sorted, each once."""
+    onnx = _onnx()
+    files = set()
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            entries = {e.key: e.value for e in tensor.external_data}
+            files.add(base_dir / entries.get("location", ""))
+    return sorted(files)
+
+
+def load_onnx_bytes(path: Path, raw: bytes, *, external_files: list[Path] | None = None) -> Any:
+    """Parse and check an ONNX model, with external data read only from the model's folder
+    (the files it read are appended to ``external_files``)."""
     onnx = _onnx()
     from google.protobuf.message import DecodeError
 
@@ -87,6 +151,8 @@ def load_onnx_bytes(path: Path, raw: bytes) -> Any:
             hint="pass a .onnx file or a torch.jit.save archive",
         )
     _check_external_data(model, path.parent, path)
+    if external_files is not None:
+        external_files.extend(external_data_files(model, path.parent))
     onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     try:
         onnx.checker.check_model(model)
@@ -132,7 +198,9 @@ def _infer_shapes(model: Any) -> dict[str, tuple[int, ...]]:
         return {}
     shapes = {}
     for value in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]:
-        spec = _tensor_spec(value)
+        if value.type.WhichOneof("value") != "tensor_type" or not value.type.tensor_type.elem_type:
+            continue  # sequences and maps (a ZipMap's output) have no shape
+        spec = tensor_spec(value)
         if spec.shape is not None and all(d is not None and d > 0 for d in spec.shape):
             shapes[value.name] = tuple(int(d) for d in spec.shape)  # type: ignore[arg-type]
     return shapes
@@ -167,18 +235,49 @@ def _node_macs(
     return int(np.prod(out) * contracted) // batch
 
 
+def _layer_names(
+    found: Mapping[str, Mapping[str, Any]], readable: Mapping[str, str], initializers: set[str]
+) -> dict[str, str]:
+    """A unique, readable layer name per fed value: the value itself when it is an initializer,
+    else its module path (dynamo metadata) or the initializer it is derived from."""
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+    roots = [info["trace"].root for info in found.values()]
+    for value, info in found.items():
+        root = info["trace"].root
+        candidates = [readable.get(value)]
+        if value not in initializers:
+            candidates.append(root if roots.count(root) == 1 else None)
+        candidates.append(value)
+        name = next((c for c in candidates if c and c not in taken), f"{value}#{len(names)}")
+        names[value] = name
+        taken.add(name)
+    return names
+
+
 @dataclass
 class OnnxModel(AuditModel):
     """An ONNX model; crossbar weights: Conv/ConvTranspose/Gemm weights and MatMul constants."""
 
     proto: Any = None
+    #: crossbar layer name -> its clean weight, in the layout the operator reads
     initializers: dict[str, np.ndarray] = field(default_factory=dict)
+    #: crossbar layer name -> the graph value the runner feeds (an initializer, or the output
+    #: of a weight-only subgraph such as Transpose(W) or DequantizeLinear(W_int8))
+    feed_names: dict[str, str] = field(default_factory=dict)
+    #: crossbar layer name -> the initializer the weight is stored in
+    roots: dict[str, str] = field(default_factory=dict)
+    #: external data files the weights were read from (hashed with the model file)
+    external_files: tuple[Path, ...] = ()
 
     @classmethod
     def from_bytes(cls, path: Path, raw: bytes, *, output: str | None = None) -> OnnxModel:
-        onnx = _onnx()
-        model = load_onnx_bytes(path, raw)
+        external_files: list[Path] = []
+        model = load_onnx_bytes(path, raw, external_files=external_files)
         _constant_nodes_to_initializers(model)
+        # int8 QOperator kernels become dequantise -> float op -> quantise, so their levels can
+        # carry device noise like a QDQ model's (the file is never modified)
+        qoperator_to_qdq(model)
         initializer_names = {t.name for t in model.graph.initializer}
         graph_inputs = [i for i in model.graph.input if i.name not in initializer_names]
         if len(graph_inputs) != 1:
@@ -188,66 +287,50 @@ class OnnxModel(AuditModel):
                 "single-input classifiers",
                 hint="export the model with one input tensor",
             )
-        outputs = {o.name: o for o in model.graph.output}
-        out_name = output or model.graph.output[0].name
-        if out_name not in outputs:
+        output_spec = classifier_output(model, output, path)
+        traces, untraced = trace_crossbar_weights(model.graph)
+        try:
+            arrays = evaluate_values(model, list(dict.fromkeys(t.value for t in traces)))
+        except _ort_runtime_errors() as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "failed"
             raise UserError(
-                f"{path} has no output named '{out_name}'",
-                hint=f"its outputs are: {', '.join(outputs)}",
-            )
-        producers = {o: n for n in model.graph.node for o in n.output}
-
-        def source(name: str) -> str:
-            # weights shared through Identity nodes are still the same stored tensor
-            while name in producers and producers[name].op_type == "Identity":
-                name = producers[name].input[0]
-            return name
-
-        tensors = {t.name: t for t in model.graph.initializer}
+                f"ONNX Runtime cannot compute the crossbar weights of {path}: {first[:300]}",
+                hint="check that the model runs with onnxruntime on its own",
+            ) from exc
         shapes = _infer_shapes(model)
         batch_axis = graph_inputs[0].type.tensor_type.shape.dim
         batch = batch_axis[0].dim_value if len(batch_axis) and batch_axis[0].dim_value > 0 else 1
-        found: dict[str, dict[str, Any]] = {}
-        for node in model.graph.node:
-            if node.domain not in ("", "ai.onnx"):
-                continue
-            picked: tuple[str, bool] | None = None
-            if node.op_type in CROSSBAR_WEIGHT_INPUT and len(node.input) > 1:
-                name = source(node.input[CROSSBAR_WEIGHT_INPUT[node.op_type]])
-                trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-                picked = (name, node.op_type == "Gemm" and not trans_b)
-            elif node.op_type == "MatMul":
-                right, left = source(node.input[1]), source(node.input[0])
-                if right in tensors:
-                    picked = (right, True)
-                elif left in tensors:
-                    picked = (left, False)
-            if picked is None or picked[0] not in tensors:
-                continue
-            name, transposed = picked
-            array = onnx.numpy_helper.to_array(tensors[name])
+        readable = module_path_names(traces)
+        found: dict[str, dict[str, Any]] = {}  # by the value the operator reads
+        for trace in traces:
+            node, array = trace.node, arrays[trace.value]
             if not np.issubdtype(array.dtype, np.floating) or array.ndim < 2:
+                kind = "integer" if not np.issubdtype(array.dtype, np.floating) else "1-D"
+                untraced.append(
+                    UntracedOp(
+                        node.name or node.op_type,
+                        node.op_type,
+                        f"its weight '{trace.value}' is {kind} ({array.dtype}, shape "
+                        f"{tuple(array.shape)}), not a matrix of real values a crossbar stores",
+                    )
+                )
                 continue
-            macs = _node_macs(
-                node,
-                array,
-                shapes,
-                batch=batch,
-                weight_on_left=node.op_type == "MatMul" and not transposed,
-            )
-            if name in found:  # a weight shared by several nodes is one crossbar layer
-                prev = found[name]["macs"]
-                found[name]["macs"] = None if prev is None or macs is None else prev + macs
+            macs = _node_macs(node, array, shapes, batch=batch, weight_on_left=trace.weight_on_left)
+            if trace.value in found:  # a weight shared by several nodes is one crossbar layer
+                prev = found[trace.value]["macs"]
+                found[trace.value]["macs"] = None if prev is None or macs is None else prev + macs
                 continue
-            found[name] = {
+            found[trace.value] = {
                 "op": node.op_type,
                 "array": array,
-                "transposed": transposed and array.ndim == 2,
+                "transposed": trace.transposed and array.ndim == 2,
                 "macs": macs,
+                "trace": trace,
             }
+        names = _layer_names(found, readable, initializer_names)
         layers = [
             CrossbarLayer(
-                name=name,
+                name=names[value],
                 op=info["op"],
                 index=i,
                 shape=tuple(info["array"].shape),
@@ -255,7 +338,7 @@ class OnnxModel(AuditModel):
                 transposed=info["transposed"],
                 macs=info["macs"],
             )
-            for i, (name, info) in enumerate(found.items())
+            for i, (value, info) in enumerate(found.items())
         ]
         opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
         metadata = {
@@ -267,12 +350,21 @@ class OnnxModel(AuditModel):
         return cls(
             path=path,
             format="onnx",
-            input=_tensor_spec(graph_inputs[0]),
-            output=_tensor_spec(outputs[out_name]),
+            input=tensor_spec(graph_inputs[0]),
+            output=output_spec,
             layers=layers,
             metadata=metadata,
+            untraced=untraced,
             proto=model,
-            initializers={name: info["array"] for name, info in found.items()},
+            initializers={names[value]: info["array"] for value, info in found.items()},
+            feed_names={names[value]: value for value in found},
+            roots={names[value]: info["trace"].root for value, info in found.items()},
+            fold_scales={
+                names[value]: scale.reshape(-1, *([1] * (found[value]["array"].ndim - 1)))
+                for value, scale in batchnorm_scales(model.graph, traces).items()
+                if value in found
+            },
+            external_files=tuple(external_files),
         )
 
     def clean_weights(self) -> dict[str, np.ndarray]:
@@ -305,6 +397,35 @@ def ort_providers(device: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
+def _stored_sources(
+    model: OnnxModel, selected: Sequence[CrossbarLayer]
+) -> dict[str, tuple[str, bool]] | None:
+    """Crossbar layer -> (the initializer it is stored in, whether the layer is its 2-D
+    transpose), for the pre-packed graph, which maps optimised inputs to initializers; None
+    when a layer is not a plain or transposed initializer (Cast, DequantizeLinear) or two
+    layers share one."""
+    onnx = _onnx()
+    tensors = {t.name: t for t in model.proto.graph.initializer}
+    sources: dict[str, tuple[str, bool]] = {}
+    for layer in selected:
+        root = model.roots.get(layer.name, model.feed_names[layer.name])
+        value = model.initializers[layer.name]
+        if root not in tensors:
+            return None
+        if model.feed_names[layer.name] == root:
+            sources[layer.name] = (root, False)
+            continue
+        stored = onnx.numpy_helper.to_array(tensors[root])
+        if stored.dtype != value.dtype or stored.ndim != 2 or stored.T.shape != value.shape:
+            return None
+        if not np.array_equal(stored.T, value):
+            return None
+        sources[layer.name] = (root, True)
+    if len({root for root, _ in sources.values()}) != len(sources):
+        return None
+    return sources
+
+
 class OnnxRunner(ModelRunner):
     """One ONNX Runtime session whose selected crossbar weights are graph inputs.
 
@@ -330,22 +451,25 @@ class OnnxRunner(ModelRunner):
         self.threads = threads
         graph_model = onnx.ModelProto()
         graph_model.CopyFrom(model.proto)
-        graph = graph_model.graph
-        names = {layer.name for layer in selected}
-        # the evaluated output must be a graph output; keep only it so nothing else is computed
-        outputs = [o for o in graph.output if o.name == model.output.name]
-        del graph.output[:]
-        graph.output.extend(outputs)
+        select_output(graph_model.graph, model.output)
         self.model = model
         self.dtypes = {layer.name: np.dtype(layer.dtype) for layer in selected}
+        #: crossbar layer -> the graph value its weight is fed to (plain graph)
+        self.feed_names = {layer.name: model.feed_names[layer.name] for layer in selected}
         self.feed: dict[str, np.ndarray] = {}
-        #: crossbar weight -> the optimised graph's inputs derived from it (CPU, float32)
+        #: stored initializer -> the optimised graph's inputs derived from it (CPU, float32)
         self._derived: dict[str, list[DerivedInput]] = {}
+        #: crossbar layer -> (its stored initializer, the layer is that initializer transposed)
+        self._sources = _stored_sources(model, selected)
         plan = (
             build_prepacked_graph(
-                graph_model, {layer.name: model.initializers[layer.name] for layer in selected}
+                graph_model,
+                {
+                    root: (model.initializers[name].T if swap else model.initializers[name])
+                    for name, (root, swap) in self._sources.items()
+                },
             )
-            if device == "cpu"
+            if device == "cpu" and self._sources is not None
             else None
         )
         if plan is not None:
@@ -353,10 +477,10 @@ class OnnxRunner(ModelRunner):
             self._derived = plan.by_source()
             for derived in plan.inputs:
                 self.feed[derived.name] = np.empty(derived.shape, np.float32)
-            self.set_weights({layer.name: model.initializers[layer.name] for layer in selected})
         else:
-            self._plain_graph(graph_model, names)
-            self.feed = {layer.name: model.initializers[layer.name] for layer in selected}
+            self._sources = None
+            self._plain_graph(graph_model, selected)
+        self.set_weights({layer.name: model.initializers[layer.name] for layer in selected})
         self.input_name = model.input.name
         self.output_name = model.output.name
         self.input_dtype = np.dtype(model.input.dtype)
@@ -369,21 +493,35 @@ class OnnxRunner(ModelRunner):
         """Whether the runner uses the optimiser's pre-packed weight layouts."""
         return bool(self._derived)
 
-    def _plain_graph(self, graph_model: Any, names: set[str]) -> None:
-        """The original graph with the selected crossbar initializers moved to graph inputs."""
+    def _plain_graph(self, graph_model: Any, selected: Sequence[CrossbarLayer]) -> None:
+        """The original graph with the selected crossbar weights as graph inputs: initializers
+        moved to the inputs, or the value a weight-only subgraph computes (Transpose(W),
+        DequantizeLinear(W_int8)) fed in place of the node producing it."""
         onnx = _onnx()
         graph = graph_model.graph
+        feeds = set(self.feed_names.values())
         listed_inputs = {i.name for i in graph.input}
         for tensor in graph.initializer:
-            if tensor.name in names and tensor.name not in listed_inputs:
+            if tensor.name in feeds and tensor.name not in listed_inputs:
                 graph.input.append(
                     onnx.helper.make_tensor_value_info(
                         tensor.name, tensor.data_type, list(tensor.dims)
                     )
                 )
-        kept = [t for t in graph.initializer if t.name not in names]
+        stored = {t.name for t in graph.initializer}
+        kept = [t for t in graph.initializer if t.name not in feeds]
         del graph.initializer[:]
         graph.initializer.extend(kept)
+        produced = [n for n in graph.node if any(o in feeds for o in n.output)]
+        for node in produced:
+            graph.node.remove(node)
+        for layer in selected:
+            value = self.feed_names[layer.name]
+            if value not in listed_inputs and value not in stored:
+                elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(layer.dtype))
+                graph.input.append(
+                    onnx.helper.make_tensor_value_info(value, elem, list(layer.shape))
+                )
         self._model_bytes = graph_model.SerializeToString()
 
     def _new_session(self) -> Any:
@@ -422,10 +560,13 @@ class OnnxRunner(ModelRunner):
         for name, array in weights.items():
             dtype = self.dtypes[name]
             array = array if array.dtype == dtype else array.astype(dtype)
-            if not self._derived:
-                self.feed[name] = array
+            if self._sources is None:
+                self.feed[self.feed_names[name]] = array
                 continue
-            for derived in self._derived.get(name, ()):
+            root, swap = self._sources[name]
+            if swap:
+                array = np.ascontiguousarray(array.T)
+            for derived in self._derived.get(root, ()):
                 if derived.index is None and derived.scale is None:
                     self.feed[derived.name] = array  # same layout: fed as is, no copy
                 else:

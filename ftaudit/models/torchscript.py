@@ -13,7 +13,7 @@ import numpy as np
 
 from ftaudit._optional import require_torch
 from ftaudit.errors import UserError
-from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner, TensorSpec
+from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner, TensorSpec, contiguous_input
 
 #: TorchScript module types whose ``weight`` a crossbar stores
 CROSSBAR_MODULES = (
@@ -53,6 +53,100 @@ def resolve_torch_device(device: str) -> str:
     return device
 
 
+#: ops whose integer argument makes the module's input a tensor of indices (token ids)
+_INDEX_OPS = {"aten::embedding": 1, "aten::one_hot": 0, "aten::embedding_bag": 1}
+
+
+def _input_dtype(module: Any) -> str:
+    """'int64' when the module's one input is fed straight to an embedding (token ids), else
+    'float32' (TorchScript keeps no input dtype)."""
+    try:
+        inputs = list(module.inlined_graph.inputs())[1:]  # the first is the module itself
+    except RuntimeError:
+        return "float32"
+    if len(inputs) != 1:
+        return "float32"
+    for use in inputs[0].uses():
+        if _INDEX_OPS.get(use.user.kind()) == use.offset:
+            return "int64"
+    return "float32"
+
+
+_SHAPE_OPS = {"aten::dim", "aten::size", "aten::len", "prim::shape"}
+_CONV_KINDS = ("aten::_convolution", "aten::conv1d", "aten::conv2d", "aten::conv3d")
+
+
+def _attr_path(value: Any) -> str | None:
+    """``conv1.weight`` for a value read by a chain of prim::GetAttr from the module itself."""
+    node, parts = value.node(), []
+    while node.kind() == "prim::GetAttr":
+        parts.append(node.s("name"))
+        node = node.inputsAt(0).node()
+    return ".".join(reversed(parts)) if node.kind() == "prim::Param" and parts else None
+
+
+def _batchnorm_scales(module: Any) -> dict[str, np.ndarray]:
+    """Conv weight name -> gamma / sqrt(var + eps) of the BatchNorm that alone takes the
+    convolution's output (``ftaudit.models.folding``)."""
+    from ftaudit.models.folding import fold_scale
+
+    try:
+        nodes = list(module.inlined_graph.nodes())
+    except RuntimeError:
+        return {}
+    tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    found: dict[str, np.ndarray] = {}
+    for node in nodes:
+        if node.kind() != "aten::batch_norm":
+            continue
+        inputs = list(node.inputs())
+        conv = inputs[0].node()
+        # scripted BatchNorm also reads its input's dim() and size(): those compute nothing
+        users = [u.user.kind() for u in inputs[0].uses()]
+        if conv.kind() not in _CONV_KINDS or len([k for k in users if k not in _SHAPE_OPS]) != 1:
+            continue
+        if conv.kind() == "aten::_convolution" and conv.inputsAt(6).toIValue():
+            continue  # a transposed convolution: its output channels are not the first axis
+        weight, gamma, var = (_attr_path(v) for v in (conv.inputsAt(1), inputs[1], inputs[4]))
+        eps = inputs[7].toIValue()
+        if weight is None or var not in tensors or not isinstance(eps, float):
+            continue
+        scale = fold_scale(
+            None if gamma is None else tensors[gamma].detach().cpu().numpy(),
+            tensors[var].detach().cpu().numpy(),
+            eps,
+            1,
+        )
+        if scale is not None:
+            found[weight] = scale
+    return found
+
+
+_FROZEN_REASON = (
+    "the archive is frozen (torch.jit.freeze folded its weights into graph constants, which "
+    "cannot be overwritten); save the scripted module before freezing it, or export it with "
+    "torch.export or to ONNX"
+)
+
+
+def _frozen_ops(module: Any) -> list[Any]:
+    """Convolution and linear calls of a module without parameters: a frozen archive."""
+    from ftaudit.models.onnx_graph import UntracedOp
+
+    if any(True for _ in module.parameters()):
+        return []
+    try:
+        nodes = list(module.inlined_graph.nodes())
+    except RuntimeError:
+        return []
+    kinds = ("aten::linear", "aten::conv", "aten::_convolution", "aten::matmul", "aten::addmm")
+    return [
+        UntracedOp(f"{node.kind()}#{i}", node.kind().removeprefix("aten::"), _FROZEN_REASON)
+        for i, node in enumerate(nodes)
+        if node.kind().startswith(kinds)
+    ]
+
+
 @dataclass
 class TorchScriptModel(AuditModel):
     """A ``torch.jit.save`` archive, kept in memory; the file is never written back."""
@@ -79,11 +173,18 @@ class TorchScriptModel(AuditModel):
                     dtype=str(weight.dtype).removeprefix("torch."),
                 )
             )
+        shapes = {layer.name: layer.shape for layer in layers}
         return cls(
+            fold_scales={
+                name: scale.reshape(-1, *([1] * (len(shapes[name]) - 1)))
+                for name, scale in _batchnorm_scales(module).items()
+                if name in shapes
+            },
+            untraced=[] if layers else _frozen_ops(module),
             path=path,
             format="torchscript",
             # TorchScript keeps no input signature: shapes are checked when data first runs
-            input=TensorSpec("input", None, "float32"),
+            input=TensorSpec("input", None, _input_dtype(module)),
             output=TensorSpec("output", None, "float32"),
             layers=layers,
             metadata={"producer": f"torch {require_torch('TorchScript models').__version__}"},
@@ -109,8 +210,8 @@ class TorchScriptModel(AuditModel):
         module = jit_load(self.raw, self.path)
         try:
             with torch.no_grad():
-                module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-        except RuntimeError:
+                module(torch.from_numpy(contiguous_input(x)))
+        except (RuntimeError, torch.jit.Error):
             return False
         return True
 
@@ -131,12 +232,14 @@ class TorchScriptModel(AuditModel):
 class TorchScriptRunner(ModelRunner):
     """A private copy of the module whose selected parameters are overwritten per sample."""
 
-    runtime_errors = (RuntimeError,)  # torch.jit.Error is a RuntimeError
+    runtime_errors: tuple[type[BaseException], ...] = (RuntimeError,)
 
     def __init__(
         self, model: TorchScriptModel, selected: Sequence[CrossbarLayer], *, device: str
     ) -> None:
         self.torch = require_torch("TorchScript models")
+        # torch.jit.Error (a scripted `raise`) is not a RuntimeError
+        self.runtime_errors = (RuntimeError, self.torch.jit.Error)
         self.module = jit_load(model.raw, model.path, map_location=device)
         self.module.eval()
         self.device = device
@@ -147,7 +250,7 @@ class TorchScriptRunner(ModelRunner):
 
     def bind_data(self, x: np.ndarray, y: np.ndarray, *, batch_size: int) -> None:
         torch = self.torch
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = contiguous_input(x)
         self._batches = [
             torch.from_numpy(x[s : s + batch_size]).to(self.device)
             for s in range(0, len(x), batch_size)
@@ -166,7 +269,24 @@ class TorchScriptRunner(ModelRunner):
         with torch.no_grad():
             for batch in self._batches:
                 out = self.module(batch)
-                if isinstance(out, (tuple, list)):
+                if isinstance(out, (tuple, list)) and out:
                     out = out[0]
-                outs.append(out.float().cpu().numpy())
+                outs.append(tensor_logits(torch, out))
         return np.concatenate(outs) if len(outs) > 1 else outs[0]
+
+
+def tensor_logits(torch: Any, out: Any) -> np.ndarray:
+    """A forward's output as float logits; anything else (a dict, ints, bools) is refused."""
+    if not isinstance(out, torch.Tensor):
+        raise UserError(
+            f"the TorchScript model's forward returns a {type(out).__name__}, not a tensor of "
+            "logits",
+            hint="script a model whose forward returns the class scores (N, classes)",
+        )
+    if not out.is_floating_point():
+        raise UserError(
+            f"the model's output has dtype {str(out.dtype).removeprefix('torch.')}; ftaudit "
+            "expects floating-point logits",
+            hint="return the class scores, not the predicted classes",
+        )
+    return out.float().cpu().numpy()

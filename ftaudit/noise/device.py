@@ -149,11 +149,15 @@ class DeviceNoise(NoiseModel):
             raise UserError(
                 f"noise model {self.label} defines {len(table)} per-level sigma multipliers but "
                 f"{self.cell_bits}-bit cells have {n_levels} levels",
-                hint=f"use --cell-bits {max(1, int(np.log2(len(table))))} or a device file "
+                hint=f"use --cell-bits {max(1, len(table).bit_length() - 1)} or a device file "
                 f"with {n_levels} multipliers",
             )
-        if any(not np.isfinite(m) or m < 0 for m in table):
-            raise UserError(f"noise model {self.label} has a negative or non-finite multiplier")
+        if any(not np.isfinite(m) or m < 0 or m > MAX_MULTIPLIER for m in table):
+            raise UserError(
+                f"noise model {self.label} has a negative or non-finite multiplier, or one "
+                f"above {MAX_MULTIPLIER:g} (sigma times it overflows)",
+                hint="multipliers scale sigma per cell level, e.g. [1.0, 4.0, 4.0, 1.0]",
+            )
         self.multipliers = np.asarray(table, dtype=np.float64)
         self.draws_per_weight = self.bits // self.cell_bits
 
@@ -237,6 +241,10 @@ class DeviceProfile:
 def shipped_profiles() -> dict[str, Path]:
     """Name -> TOML file of every device profile shipped in ``ftaudit/noise/profiles``."""
     return {path.stem: path for path in sorted(PROFILE_DIR.glob("*.toml"))}
+
+
+#: the largest per-level sigma multiplier accepted: beyond it draws overflow to inf/NaN
+MAX_MULTIPLIER = 1e6
 
 
 def _is_number(value: Any) -> bool:
@@ -325,7 +333,7 @@ def load_device_file(
             hint=f"allowed keys: {', '.join(sorted(DEVICE_FILE_KEYS))}",
         )
     table = spec.get("sigma_multipliers")
-    if not isinstance(table, list) or not all(_is_number(v) for v in table):
+    if not isinstance(table, list) or not table or not all(_is_number(v) for v in table):
         raise UserError(
             f"device file {path} needs sigma_multipliers, a list of numbers (one per cell level)",
             hint="e.g. sigma_multipliers = [1.0, 4.0, 4.0, 1.0] for 2-bit cells",

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 from rich import box
-from rich.markup import escape
 from rich.table import Table
 
 from ftaudit.device_effects import format_time
 from ftaudit.fileio import atomic_write_text
-from ftaudit.report.csv_report import _cell
+from ftaudit.report.csv_report import SafeCsvWriter, _cell
 from ftaudit.report.json_report import to_json_compatible
 from ftaudit.report.table import _COMPENSATION_LABELS, _effects_caption, _noise_label, _percent
+from ftaudit.text import escape
 
 if TYPE_CHECKING:
     from ftaudit.compare import CompareReport, PairedSigmaResult, WorseGate
@@ -133,7 +132,7 @@ def compare_csv(report: CompareReport) -> str:
     """The per-row comparison as CSV text with a header row (accuracies as fractions); time_s
     and compensation are empty without drift."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = SafeCsvWriter(buffer)
     writer.writerow(COMPARE_CSV_COLUMNS)
     gates = _row_gates(report)
     for r in report.results:

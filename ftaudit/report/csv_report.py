@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from ftaudit.fileio import atomic_write_text
 from ftaudit.report._registry import register_writer
@@ -39,10 +41,31 @@ def _cell(value: float) -> float | str:
     return value if math.isfinite(value) else ""
 
 
+#: first characters that make a spreadsheet read a cell as a formula (OWASP, CSV injection)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def text_cell(value: str) -> str:
+    """A string cell safe to open in a spreadsheet: NUL dropped, CR/LF made spaces, and a
+    leading formula character neutralised by a single quote, as OWASP advises."""
+    value = value.replace("\0", "").replace("\r\n", " ").replace("\r", " ").replace("\n", " ")
+    return "'" + value if value.lstrip(" ").startswith(_FORMULA_START) else value
+
+
+class SafeCsvWriter:
+    """``csv.writer`` whose string cells pass through ``text_cell`` (numbers are kept)."""
+
+    def __init__(self, buffer: io.StringIO) -> None:
+        self._writer = csv.writer(buffer, lineterminator="\n")
+
+    def writerow(self, row: Iterable[Any]) -> None:
+        self._writer.writerow([text_cell(c) if isinstance(c, str) else c for c in row])
+
+
 def report_csv(report: AuditReport) -> str:
     """The per-sigma table as CSV text with a header row."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = SafeCsvWriter(buffer)
     writer.writerow(CSV_COLUMNS)
     noise_name = str(report.noise.get("name", ""))
     for result in report.results:

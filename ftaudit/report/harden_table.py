@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rich import box
-from rich.markup import escape
 from rich.table import Table
+
+from ftaudit.harden.settings import CLEAN_DROP_NOTICE
+from ftaudit.text import escape
 
 if TYPE_CHECKING:
     from ftaudit.harden.api import HardenReport
@@ -26,6 +28,9 @@ def harden_table(report: HardenReport) -> Table:
         f"{report.before.samples} Monte Carlo samples per sigma, same draws for both models; "
         "accuracies in %",
     ]
+    drop = report.before.clean_accuracy - report.after.clean_accuracy
+    if drop > CLEAN_DROP_NOTICE:
+        caption.append(f"[bold red]clean accuracy {100 * drop:.2f} points lower after hardening[/]")
     if "sigma_t" in details:
         caption.append(
             f"TRICE chose sigma_t = {details['sigma_t']:.4g} (th = {details['threshold']:g})"

@@ -58,6 +58,10 @@ code, .mono { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, mo
 .legend span.swatch { display: inline-block; width: 22px; height: 4px; margin-right: 6px;
   vertical-align: middle; border-radius: 2px; }
 .legend span.swatch.dashed { height: 0; border-top: 2px dashed #6b7480; background: none; }
+.legend span.swatch.dotted { height: 0; border-top: 2px dotted #6b7480; background: none; }
+.legend span.swatch.line-dashed { height: 0; border-top: 3px dashed #1d232b; background: none; }
+.legend span.swatch.line-solid { height: 0; border-top: 3px solid #1d232b; background: none; }
+.charts2 { display: grid; grid-template-columns: 1fr 1fr; gap: 12px; }
 .note { color: var(--muted); font-size: 13px; margin: 6px 0 0; }
 footer { margin-top: 36px; color: var(--muted); font-size: 13px; }
 @media print { main { padding: 0; } .chart, .card { break-inside: avoid; } }
@@ -161,6 +165,7 @@ class ChartSeries:
     values: Sequence[float | None]
     low: Sequence[float | None] | None = None
     high: Sequence[float | None] | None = None
+    dashed: bool = False  # e.g. drift rows without compensation
 
 
 def nice_ticks(low: float, high: float, *, target: int = 6) -> list[float]:
@@ -193,11 +198,16 @@ def line_chart_svg(
     y_percent: bool = True,
     width: int = 760,
     height: int = 400,
+    x_ticks: Sequence[tuple[float, str]] | None = None,
+    x_names: Sequence[str] | None = None,
+    reference_dash: str = "6 4",
 ) -> Raw:
     """An inline SVG chart of ``series`` against ``x``: lines, markers with tooltips, bands.
 
     The y axis starts at the nearest tenth below the lowest value shown (not below
     ``y_floor``) and ends at ``y_ceiling``; a single x value gets error bars instead of bands.
+    ``x_ticks`` (position, label) replace the numeric ticks (e.g. 1 s, 1 h, 1 d, 1 y on a log
+    time axis) and ``x_names`` name each x value in the tooltips (default ``σ = x``).
     """
     left, right, top, bottom = 64, 22, 16, 52
     plot_w, plot_h = width - left - right, height - top - bottom
@@ -237,7 +247,12 @@ def line_chart_svg(
         parts.append(
             tag("text", y_text(tick), x=f"{left - 8}", y=f"{y + 4:.1f}", text_anchor="end")
         )
-    for tick in nice_ticks(x_min, x_max, target=7):
+    ticks = (
+        x_ticks
+        if x_ticks is not None
+        else [(t, f"{t:g}") for t in nice_ticks(x_min, x_max, target=7)]
+    )
+    for tick, tick_label in ticks:
         x_px = px(tick)
         parts.append(
             Raw(
@@ -246,9 +261,7 @@ def line_chart_svg(
             )
         )
         parts.append(
-            tag(
-                "text", f"{tick:g}", x=f"{x_px:.1f}", y=f"{top + plot_h + 18}", text_anchor="middle"
-            )
+            tag("text", tick_label, x=f"{x_px:.1f}", y=f"{top + plot_h + 18}", text_anchor="middle")
         )
     parts.append(
         Raw(
@@ -274,7 +287,7 @@ def line_chart_svg(
         parts.append(
             Raw(
                 f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" '
-                'stroke="#6b7480" stroke-width="1.5" stroke-dasharray="6 4"/>'
+                f'stroke="#6b7480" stroke-width="1.5" stroke-dasharray="{esc(reference_dash)}"/>'
             )
         )
 
@@ -312,15 +325,18 @@ def line_chart_svg(
                 )
         if len(points) > 1:
             coordinates = " ".join(f"{px(xv):.1f},{py(v):.1f}" for xv, v, _, _ in points)
+            dash = ' stroke-dasharray="7 5"' if item.dashed else ""
             parts.append(
                 Raw(
                     f'<polyline points="{coordinates}" fill="none" stroke="{esc(item.color)}" '
-                    'stroke-width="2.5" stroke-linejoin="round"/>'
+                    f'stroke-width="2.5" stroke-linejoin="round"{dash}/>'
                 )
             )
+        names = {x_values[i]: name for i, name in enumerate(x_names or [])}
         for xv, v, lo, hi in points:
             interval = f" [{y_text(lo)}, {y_text(hi)}]" if _finite(lo) and _finite(hi) else ""
-            tooltip = f"{item.label}\nσ = {xv:g}: {y_text(v)}{interval}"
+            where = names.get(xv, f"σ = {xv:g}")
+            tooltip = f"{item.label}\n{where}: {y_text(v)}{interval}"
             parts.append(
                 tag(
                     "circle",

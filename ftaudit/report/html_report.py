@@ -122,30 +122,159 @@ def _legend(items: list[tuple[str, str]]) -> Raw:
     )
 
 
+#: labelled positions of the drift chart's log time axis
+TIME_TICKS = (
+    (1.0, "1 s"),
+    (60.0, "1 min"),
+    (3600.0, "1 h"),
+    (86400.0, "1 d"),
+    (7 * 86400.0, "1 w"),
+    (365 * 86400.0, "1 y"),
+    (3650 * 86400.0, "10 y"),
+)
+
+
+def _log_time(seconds: float) -> float:
+    """The drift chart's x: log10 seconds, with times under 1 s drawn at 1 s (no drift yet)."""
+    return math.log10(max(seconds, 1.0))
+
+
+def time_ticks(times: list[float]) -> list[tuple[float, str]]:
+    """Axis ticks 1 s, 1 min, 1 h, 1 d, 1 w, 1 y, 10 y within the times' range (the times
+    themselves when fewer than two of those fall in it)."""
+    low, high = _log_time(min(times)), _log_time(max(times))
+    ticks = [
+        (_log_time(t), label)
+        for t, label in TIME_TICKS
+        if low - 1e-9 <= _log_time(t) <= high + 1e-9
+    ]
+    if len(ticks) < 2:
+        ticks = [(_log_time(t), _time(t)) for t in sorted(set(times))]
+    return ticks
+
+
 def _drift_chart(data: Mapping[str, Any]) -> Raw:
-    """KPP against time after programming: one line per (sigma, compensation)."""
+    """Mean and KPP against time after programming, side by side: one colour per sigma, solid
+    with global drift compensation, dashed without; a log time axis labelled 1 s ... 1 y."""
     results = data.get("results") or []
     times = sorted({r["time_s"] for r in results})
-    groups: dict[tuple[float, str], dict[float, Mapping[str, Any]]] = {}
-    for r in results:
-        groups.setdefault((r["sigma"], str(r.get("compensation"))), {})[r["time_s"]] = r
-    series = []
-    for index, ((sigma, compensation), rows) in enumerate(sorted(groups.items())):
-        color = DRIFT_PALETTE[index % len(DRIFT_PALETTE)]
-        kpps = [rows[t].get("kpp") if t in rows else None for t in times]
-        label = f"KPP at σ={sigma:g}, compensation {compensation}"
-        # lines only: overlapping bands of several series would hide each other (the
-        # intervals are in the table below)
-        series.append(ChartSeries(label, color, kpps))
-    svg = line_chart_svg(
-        x=[math.log10(max(t, 1e-9)) for t in times],
-        series=series,
-        reference=data.get("reference_accuracy"),
-        x_label="time after programming, log10(seconds)  (1h = 3.6, 1d = 4.9, 1y = 7.5)",
-        y_label="accuracy (%)",
-        title="KPP against time after programming",
+    sigmas = sorted({r["sigma"] for r in results})
+    compensations = [
+        c for c in ("global", "none") if any(r.get("compensation") == c for r in results)
+    ]
+    rows = {(r["sigma"], r.get("compensation"), r["time_s"]): r for r in results}
+    colors = {sigma: DRIFT_PALETTE[i % len(DRIFT_PALETTE)] for i, sigma in enumerate(sigmas)}
+    reference = data.get("reference_accuracy")
+    k = data.get("k")
+    panels = []
+    for key, heading in (("mean", "mean accuracy"), ("kpp", f"KPP, k={k:g}")):
+        series = [
+            ChartSeries(
+                f"{heading}, σ={sigma:g}, compensation {compensation}",
+                colors[sigma],
+                [
+                    rows[(sigma, compensation, t)].get(key)
+                    if (sigma, compensation, t) in rows
+                    else None
+                    for t in times
+                ],
+                dashed=compensation == "none",
+            )
+            for sigma in sigmas
+            for compensation in compensations
+        ]
+        svg = line_chart_svg(
+            x=[_log_time(t) for t in times],
+            series=series,
+            reference=reference,
+            x_label="time after programming (log scale)",
+            y_label="accuracy (%)",
+            title=f"{heading} against time after programming",
+            width=560,
+            height=380,
+            x_ticks=time_ticks(times),
+            x_names=[f"t = {_time(t)}" for t in times],
+            reference_dash="2 4",
+        )
+        panels.append(tag("div", join([tag("h3", heading), svg])))
+    legend = [
+        tag(
+            "span",
+            join(
+                [tag("span", "", class_="swatch", style=f"background:{colors[s]}"), f"σ = {s:g}"],
+                "",
+            ),
+        )
+        for s in sigmas
+    ]
+    styles = {
+        "global": ("line-solid", "solid: compensation global"),
+        "none": ("line-dashed", "dashed: compensation none"),
+    }
+    legend += [
+        tag("span", join([tag("span", "", class_=f"swatch {styles[c][0]}"), styles[c][1]], ""))
+        for c in compensations
+    ]
+    if reference is not None:
+        what = (
+            "clean accuracy"
+            if data.get("quantized_accuracy") is None
+            else "quantised clean accuracy"
+        )
+        legend.append(
+            tag(
+                "span",
+                join([tag("span", "", class_="swatch dotted"), f"{what} ({_pct(reference)}%)"], ""),
+            )
+        )
+    return tag(
+        "div",
+        join(
+            [tag("div", join(panels), class_="charts2"), tag("div", join(legend), class_="legend")]
+        ),
+        class_="chart",
     )
-    return tag("div", join([svg, _legend([(s.label, s.color) for s in series])]), class_="chart")
+
+
+def device_summary(data: Mapping[str, Any]) -> dict[str, str]:
+    """The device in a few readable lines: noise model, weight encoding, the per-level
+    multipliers as a range, drift, compensation and stuck-at faults."""
+    from ftaudit.device_effects import format_time
+
+    noise = dict(data.get("noise") or {})
+    name = str(noise.pop("name", "?"))
+    profile = noise.pop("profile", None)
+    summary = {"noise model": name if profile in (None, name) else f"{name} (profile {profile})"}
+    sigmas = sorted({r["sigma"] for r in data.get("results") or []})
+    if sigmas:
+        summary["device variation σ"] = ", ".join(f"{s:g}" for s in sigmas)
+    bits, cell_bits = noise.pop("bits", None), noise.pop("cell_bits", None)
+    if bits is not None and cell_bits is not None:
+        cells = int(bits) // max(int(cell_bits), 1)
+        summary["weights"] = f"{bits} bits in {cells} cell(s) of {cell_bits} bits"
+    multipliers = noise.pop("sigma_multipliers", None)
+    if multipliers:
+        low, high = min(multipliers), max(multipliers)
+        spread = f"{low:.3g}" if low == high else f"{low:.3g} to {high:.3g}"
+        summary["σ per cell level"] = f"{spread} × σ over {len(multipliers)} levels"
+    for key, value in noise.items():
+        summary[key.replace("_", " ")] = plain_value(value)
+    effects = data.get("device_effects") or {}
+    drift = effects.get("drift")
+    if drift and effects.get("times_s"):
+        summary["drift"] = (
+            f"g(t) = g0 (t/t0)^-ν, ν {drift['nu_mean']:g} ± {drift['nu_std']:g} across cells, "
+            f"t0 = {format_time(drift['t0_s'])}"
+        )
+        summary["read at"] = ", ".join(format_time(t) for t in effects["times_s"])
+        summary["drift compensation"] = ", ".join(effects.get("compensation") or [])
+    stuck = effects.get("stuck_at") or {}
+    if stuck.get("p_low") or stuck.get("p_high"):
+        summary["stuck-at cells"] = (
+            f"{100 * stuck['p_low']:g}% at the lowest, {100 * stuck['p_high']:g}% at the highest "
+            "conductance"
+        )
+    return summary
 
 
 def _chart(data: Mapping[str, Any]) -> Raw:
@@ -389,9 +518,9 @@ def _provenance(data: Mapping[str, Any]) -> Raw:
 def html_from_report_dict(data: Mapping[str, Any]) -> str:
     """The HTML page for an audit report dict (``AuditReport.to_dict()`` or a loaded report)."""
     model_name = PurePath(str((data.get("model") or {}).get("path", "?"))).name
-    noise = noise_label(data.get("noise") or {})
+    device = device_summary(data)
     subtitle = (
-        f"{model_name} · noise {noise} · {data.get('samples')} samples per σ · "
+        f"{model_name} · noise {device['noise model']} · {data.get('samples')} samples per σ · "
         f"k={data.get('k'):g} · seed {data.get('seed')}"
     )
     gates = list(data.get("gates") or [])
@@ -401,6 +530,8 @@ def html_from_report_dict(data: Mapping[str, Any]) -> str:
             tag("p", subtitle, class_="subtitle"),
             _verdict(gates),
             _cards(data),
+            tag("h2", "Device"),
+            key_value_table(device),
             tag("h2", "Accuracy under device variation"),
             _chart(data),
             tag("h2", "Results"),

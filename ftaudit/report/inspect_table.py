@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rich.console import Group, RenderableType
-from rich.markup import escape
 from rich.table import Table
+
+from ftaudit.text import escape
 
 if TYPE_CHECKING:
     from ftaudit.inspect import ModelSummary
@@ -58,4 +59,14 @@ def inspect_renderable(summary: ModelSummary) -> RenderableType:
         f"{totals['selected_params']:,}/{totals['params']:,} crossbar weights; "
         f"MACs per input: {'n/a' if macs is None else f'{macs:,}'}"
     )
-    return Group(head, layers)
+    untraced = model.get("untraced") or []
+    if not untraced:
+        return Group(head, layers)
+    skipped = Table(
+        title="multiply operators NOT perturbed (weights not traced)", title_justify="left"
+    )
+    for column in ("node", "op", "reason"):
+        skipped.add_column(column, style="yellow" if column == "node" else None)
+    for op in untraced:
+        skipped.add_row(escape(op["node"]), op["op"], escape(op["reason"]))
+    return Group(head, layers, skipped)

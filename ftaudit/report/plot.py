@@ -128,8 +128,7 @@ def _write_time_plot(plt: Any, report: AuditReport, path: Path) -> None:
                         marker="o",
                         color=color,
                         linestyle="-" if compensation == "global" else "--",
-                        label=f"sigma={sigma:g}, "
-                        + ("compensated" if compensation == "global" else "uncompensated"),
+                        label=f"sigma={sigma:g}, compensation {compensation}",
                     )
             ax.axhline(report.reference_accuracy, linestyle=":", color="0.4", linewidth=1)
             ax.set_xticks(x, [format_time(t) for t in times])

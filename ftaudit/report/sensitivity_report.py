@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING
@@ -10,7 +9,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 from rich import box
 from rich.console import Group, RenderableType
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -18,7 +16,7 @@ from ftaudit._optional import require_matplotlib
 from ftaudit.device_effects import format_time
 from ftaudit.fileio import atomic_write, atomic_write_text
 from ftaudit.report.compare_report import payload_json
-from ftaudit.report.csv_report import _cell
+from ftaudit.report.csv_report import SafeCsvWriter, _cell
 from ftaudit.report.plot import _plain_text
 from ftaudit.report.table import (
     _COMPENSATION_LABELS,
@@ -26,6 +24,7 @@ from ftaudit.report.table import (
     _percent,
     effects_caption_lines,
 )
+from ftaudit.text import escape
 
 if TYPE_CHECKING:
     from ftaudit.sensitivity import SensitivityReport
@@ -156,7 +155,7 @@ def sensitivity_csv(report: SensitivityReport) -> str:
     """One row per (layer, report row), layers in rank order; accuracies as fractions; time_s
     and compensation are empty without drift."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = SafeCsvWriter(buffer)
     writer.writerow(SENSITIVITY_CSV_COLUMNS)
     for layer in report.layers:
         for j, only in enumerate(layer.only):

@@ -8,15 +8,15 @@ from typing import Any
 
 from rich import box
 from rich.console import Group, RenderableType
-from rich.markup import escape
 from rich.table import Table
 
 from ftaudit.device_effects import format_time
 from ftaudit.results import AuditReport
+from ftaudit.text import escape
 
 EARLY_STOP_MARK = "*"
-#: short table labels of the compensation modes (the JSON and CSV reports spell them out)
-_COMPENSATION_LABELS = {"none": "none", "global": "gdc"}
+#: table labels of the compensation modes: the names --compensation takes and the reports use
+_COMPENSATION_LABELS = {"none": "none", "global": "global"}
 
 
 def _percent(value: float) -> str:
@@ -123,7 +123,7 @@ def effects_caption_lines(effects: dict[str, Any] | None) -> list[str]:
             f"drift g0 (t/t0)^-nu, t0 {format_time(drift['t0_s'])}, nu {drift['nu_mean']:g} ± "
             f"{drift['nu_std']:g}"
         )
-        lines.append("t: time after programming; gdc: global drift compensation")
+        lines.append("t: time after programming; comp: drift compensation, global or none")
     stuck = effects.get("stuck_at") or {}
     if stuck.get("p_low") or stuck.get("p_high"):
         lines.append(

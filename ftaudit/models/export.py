@@ -1,0 +1,293 @@
+"""torch.export programs (``torch.export.save`` archives, .pt2): crossbar weights are the
+parameters that convolution and linear calls of the exported graph read, overwritten in place.
+
+TorchScript is deprecated in torch 2.14; an ExportedProgram is its successor. The program's
+graph is inspected, never re-traced; ``ExportedProgram.module()`` runs it.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftaudit._optional import require_torch
+from ftaudit.errors import UserError
+from ftaudit.models.base import (
+    AuditModel,
+    CrossbarLayer,
+    ModelRunner,
+    TensorSpec,
+    contiguous_input,
+)
+from ftaudit.models.onnx_graph import UntracedOp
+
+FEATURE = "torch.export programs"
+#: aten operator name -> the op name shown for the layer (the weight is argument 1)
+CROSSBAR_CALLS = {
+    "aten.conv1d.default": "Conv1d",
+    "aten.conv2d.default": "Conv2d",
+    "aten.conv3d.default": "Conv3d",
+    "aten.conv1d.padding": "Conv1d",
+    "aten.conv2d.padding": "Conv2d",
+    "aten.conv3d.padding": "Conv3d",
+    "aten.convolution.default": "Conv",
+    "aten.conv_transpose1d.default": "ConvTranspose1d",
+    "aten.conv_transpose2d.input": "ConvTranspose2d",
+    "aten.conv_transpose3d.input": "ConvTranspose3d",
+    "aten.linear.default": "Linear",
+}
+#: matrix products whose parameter operand is not traced (a decomposed program: mm(x, t(W)))
+UNTRACED_CALLS = (
+    "aten.mm.default",
+    "aten.addmm.default",
+    "aten.matmul.default",
+    "aten.bmm.default",
+)
+
+
+def is_exported_program(names: Sequence[str]) -> bool:
+    """Whether a zip archive's member names are a torch.export.save archive."""
+    return any(n.endswith("/archive_format") for n in names) and any(
+        "/models/" in n and n.endswith(".json") for n in names
+    )
+
+
+def load_program(raw: bytes, path: Path) -> Any:
+    """torch.export.load from bytes, with one clear error for archives it cannot read."""
+    torch = require_torch(FEATURE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return torch.export.load(io.BytesIO(raw))
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+            raise UserError(
+                f"{path} is not a loadable torch.export archive: {first[:200]}",
+                hint="save it with torch.export.save(torch.export.export(model, args), path) "
+                "using this torch version",
+            ) from exc
+
+
+def _spec(node: Any, name: str) -> TensorSpec:
+    value = node.meta.get("val")
+    if value is None or not hasattr(value, "shape"):
+        return TensorSpec(name, None, "float32")
+    dims = tuple(int(d) if isinstance(d, int) else None for d in value.shape)
+    return TensorSpec(name, dims, str(value.dtype).removeprefix("torch."))
+
+
+@dataclass
+class ExportedProgramModel(AuditModel):
+    """A ``torch.export.save`` archive kept in memory; the file is never written back."""
+
+    raw: bytes = b""
+
+    @classmethod
+    def from_bytes(cls, path: Path, raw: bytes) -> ExportedProgramModel:
+        torch = require_torch(FEATURE)
+        program = load_program(raw, path)
+        signature = program.graph_signature
+        parameters = dict(signature.inputs_to_parameters)
+        user_inputs = [n for n in program.graph.nodes if n.name in signature.user_inputs]
+        if len(user_inputs) != 1:
+            raise UserError(
+                f"{path} takes {len(user_inputs)} inputs; ftaudit evaluates single-input "
+                "classifiers",
+                hint="export the model with one input tensor",
+            )
+        state = program.state_dict
+        layers: list[CrossbarLayer] = []
+        untraced: list[UntracedOp] = []
+        seen: set[str] = set()
+        for node in program.graph.nodes:
+            if node.op != "call_function":
+                continue
+            target = str(node.target)
+            weight = node.args[1] if len(node.args) > 1 else None
+            fqn = parameters.get(getattr(weight, "name", None)) if weight is not None else None
+            if target in CROSSBAR_CALLS and fqn is not None:
+                tensor = state[fqn]
+                if fqn in seen or not tensor.dtype.is_floating_point:
+                    continue
+                seen.add(fqn)
+                layers.append(
+                    CrossbarLayer(
+                        name=fqn,
+                        op=CROSSBAR_CALLS[target],
+                        index=len(layers),
+                        shape=tuple(tensor.shape),
+                        dtype=str(tensor.dtype).removeprefix("torch."),
+                    )
+                )
+            elif target in CROSSBAR_CALLS or (
+                target in UNTRACED_CALLS
+                and any(_parameter_behind(a, parameters) for a in node.args[:3])
+            ):
+                untraced.append(
+                    UntracedOp(
+                        node.name,
+                        target,
+                        "its weight is not a parameter read directly (a decomposed or "
+                        "computed weight); export without run_decompositions()",
+                    )
+                )
+        shapes = {layer.name: layer.shape for layer in layers}
+        fold_scales = {
+            name: scale.reshape(-1, *([1] * (len(shapes[name]) - 1)))
+            for name, scale in _batchnorm_scales(program).items()
+            if name in shapes
+        }
+        output_nodes = [n for n in program.graph.nodes if n.op == "output"]
+        outputs = output_nodes[0].args[0] if output_nodes else ()
+        first_out = outputs[0] if isinstance(outputs, (tuple, list)) and outputs else None
+        return cls(
+            path=path,
+            format="torch.export",
+            input=_spec(user_inputs[0], user_inputs[0].name),
+            output=_spec(first_out, "output")
+            if first_out is not None
+            else TensorSpec("output", None, "float32"),
+            layers=layers,
+            metadata={"producer": f"torch {torch.__version__} (torch.export)"},
+            untraced=untraced,
+            fold_scales=fold_scales,
+            raw=raw,
+        )
+
+    def clean_weights(self) -> dict[str, np.ndarray]:
+        state = load_program(self.raw, self.path).state_dict
+        return {
+            layer.name: state[layer.name].detach().cpu().numpy().copy() for layer in self.layers
+        }
+
+    def runner(
+        self, selected: Sequence[CrossbarLayer], *, device: str, threads: int | None = None
+    ) -> ExportedProgramRunner:
+        from ftaudit.models.torchscript import resolve_torch_device
+
+        return ExportedProgramRunner(self, selected, device=resolve_torch_device(device))
+
+
+#: view-like calls a decomposed program puts between a parameter and a matrix product
+_VIEWS = {
+    "aten.t.default",
+    "aten.permute.default",
+    "aten.transpose.int",
+    "aten.view.default",
+    "aten.reshape.default",
+    "aten._to_copy.default",
+    "aten.clone.default",
+}
+
+
+def _parameter_behind(arg: Any, parameters: Mapping[str, str]) -> str | None:
+    """The parameter an argument is (possibly through view-like calls), else None."""
+    while getattr(arg, "op", None) == "call_function" and str(arg.target) in _VIEWS:
+        arg = arg.args[0]
+    return parameters.get(getattr(arg, "name", None)) if hasattr(arg, "name") else None
+
+
+#: BatchNorm calls -> index of their eps argument
+_BATCHNORM_EPS = {
+    "aten.batch_norm.default": 7,
+    "aten._native_batch_norm_legit_no_training.default": 6,
+}
+
+
+def _batchnorm_scales(program: Any) -> dict[str, np.ndarray]:
+    """Conv weight name -> gamma / sqrt(var + eps) of the BatchNorm that alone takes the
+    convolution's output (``ftaudit.models.folding``)."""
+    from ftaudit.models.folding import fold_scale
+
+    signature = program.graph_signature
+    names = {**signature.inputs_to_parameters, **signature.inputs_to_buffers}
+    state = {**program.state_dict, **dict(program.named_buffers())}
+    found: dict[str, np.ndarray] = {}
+    for node in program.graph.nodes:
+        eps_at = _BATCHNORM_EPS.get(str(node.target)) if node.op == "call_function" else None
+        if eps_at is None or len(node.args) <= eps_at:
+            continue
+        conv = node.args[0]
+        if (
+            getattr(conv, "op", None) != "call_function"
+            or not CROSSBAR_CALLS.get(str(conv.target), "").startswith("Conv")
+            or "Transpose" in CROSSBAR_CALLS[str(conv.target)]
+            or len(conv.users) != 1
+        ):
+            continue
+        weight = names.get(getattr(conv.args[1], "name", None))
+        gamma = names.get(getattr(node.args[1], "name", None))
+        var = names.get(getattr(node.args[4], "name", None))
+        if weight is None or var not in state:
+            continue
+        scale = fold_scale(
+            None if gamma is None else state[gamma].detach().cpu().numpy(),
+            state[var].detach().cpu().numpy(),
+            float(node.args[eps_at]),
+            1,
+        )
+        if scale is not None:
+            found[weight] = scale
+    return found
+
+
+class ExportedProgramRunner(ModelRunner):
+    """The program's module (``ExportedProgram.module()``) with parameters overwritten per
+    sample; a fixed batch axis is padded like the ONNX runner's."""
+
+    runtime_errors = (RuntimeError, AssertionError, ValueError)
+
+    def __init__(
+        self, model: ExportedProgramModel, selected: Sequence[CrossbarLayer], *, device: str
+    ) -> None:
+        self.torch = torch = require_torch(FEATURE)
+        self.module = load_program(model.raw, model.path).module().to(device)
+        self.device = device
+        params = {
+            **dict(self.module.named_parameters()),
+            **dict(self.module.named_buffers()),
+        }
+        self.params = {layer.name: params[layer.name] for layer in selected}
+        self.model = model
+        self.fixed = model.input.shape[0] if model.input.shape else None
+        self._batches: list[Any] = []
+        self._n = 0
+        self._grad = torch.no_grad
+
+    def bind_data(self, x: np.ndarray, y: np.ndarray, *, batch_size: int) -> None:
+        torch = self.torch
+        x = contiguous_input(x)
+        size = self.fixed or batch_size
+        batches = []
+        for start in range(0, len(x), size):
+            chunk = x[start : start + size]
+            if self.fixed and len(chunk) < self.fixed:
+                pad = np.zeros((self.fixed - len(chunk), *chunk.shape[1:]), dtype=chunk.dtype)
+                chunk = np.concatenate([chunk, pad])
+            batches.append(torch.from_numpy(chunk).to(self.device))
+        self._batches = batches
+        self._n = len(x)
+        self._labels = np.asarray(y)
+
+    def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        torch = self.torch
+        with torch.no_grad():
+            for name, array in weights.items():
+                self.params[name].copy_(torch.from_numpy(np.ascontiguousarray(array)))
+
+    def logits(self) -> np.ndarray:
+        outs = []
+        with self.torch.no_grad():
+            for batch in self._batches:
+                out = self.module(batch)
+                if isinstance(out, (tuple, list)):
+                    out = out[0]
+                outs.append(out.float().cpu().numpy())
+        logits = np.concatenate(outs) if len(outs) > 1 else outs[0]
+        return logits[: self._n]
