@@ -453,3 +453,19 @@ def test_fixed_batch_models_calibrate_on_every_image(trained_mlp, model_dir, blo
         logits.append(runner.logits())
         assert calibration.images == 100
     np.testing.assert_allclose(logits[0], logits[1], rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm_models_run_the_pipeline_on_their_folded_weights(
+    trained_convnet_bn, model_dir, blobs_npz
+):
+    from ftaudit.evaluation import audit
+    from tests.conftest import export_onnx
+
+    path = export_onnx(trained_convnet_bn, model_dir / "bn_kept.onnx", keep_batchnorm=True)
+    kwargs = {"sigmas": [0.0, 0.1], "samples": 4, "seed": 3}
+    ideal = audit(path, blobs_npz, **kwargs)
+    assert ideal.model["batchnorm_folded"]  # the runner is fed folded weights
+    fine = audit(path, blobs_npz, pipeline=ForwardPipeline(dac_bits=16, adc_bits=16), **kwargs)
+    assert fine.clean_accuracy == pytest.approx(ideal.clean_accuracy, abs=0.005)
+    for a, b in zip(ideal.results, fine.results, strict=True):
+        assert abs(a.summary.mean - b.summary.mean) <= 0.005
