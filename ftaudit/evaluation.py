@@ -390,7 +390,7 @@ def audit(
         pipeline = getattr(noise_model.profile, "analog", None)
     analog = pipeline is not None and pipeline.active
     if analog:
-        validate_analog_run(batch_samples=batch_samples)
+        pipeline.check_run(batch_samples=batch_samples)
     loaded = model if isinstance(model, AuditModel) else load_model(model, output=output)
     if not fold_batchnorm:
         loaded = replace(loaded, fold_scales={})
@@ -560,29 +560,10 @@ def audit(
             "fold_batchnorm": fold_batchnorm,
         },
         device_effects=None if effects is None else effects.to_dict(),
-        analog=analog_block(pipeline, runner) if analog else None,
+        analog=pipeline.report_block(getattr(runner, "calibration", None)) if analog else None,
         # token ids are integers by design: the 0..255 pixel-scale warning does not apply
         warnings=[] if loaded.integer_input else list(dataset.warnings),
     )
-
-
-def analog_block(pipeline: ForwardPipeline, runner: ModelRunner) -> dict[str, Any]:
-    """The report's ``analog`` entry: every non-ideality in force, with its calibration."""
-    calibration = getattr(runner, "calibration", None)
-    return {
-        **pipeline.to_dict(),
-        "in_force": pipeline.describe(),
-        "calibration": None if calibration is None else calibration.to_dict(),
-    }
-
-
-def validate_analog_run(*, batch_samples: int | None) -> None:
-    """The analog pipeline evaluates one weight set per pass (its read noise is per sample)."""
-    if batch_samples is not None and batch_samples > 1:
-        raise UserError(
-            "--batch-samples cannot be combined with the analog forward pipeline",
-            hint="drop --batch-samples (each sample is its own pass)",
-        )
 
 
 def validate_scale_out(*, workers: int, checkpoint_dir: Path | str | None, resume: bool) -> None:

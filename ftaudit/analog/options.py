@@ -103,6 +103,22 @@ class ForwardPipeline:
             "weight_scaling": self.weight_scaling,
         }
 
+    def check_run(self, *, batch_samples: int | None) -> None:
+        """One weight set per pass: each Monte Carlo sample reads its own noise."""
+        if batch_samples is not None and batch_samples > 1:
+            raise UserError(
+                "--batch-samples cannot be combined with the analog forward pipeline",
+                hint="drop --batch-samples (each sample is its own pass)",
+            )
+
+    def report_block(self, calibration: Any) -> dict[str, Any]:
+        """The report's ``analog`` entry: settings, every non-ideality in force, calibration."""
+        return {
+            **self.to_dict(),
+            "in_force": self.describe(),
+            "calibration": None if calibration is None else calibration.to_dict(),
+        }
+
     def describe(self) -> list[str]:
         """One line per non-ideality in force, for tables and reports."""
         lines = []
