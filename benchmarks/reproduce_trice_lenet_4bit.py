@@ -74,7 +74,9 @@ def main() -> None:
     table = [
         BEGIN,
         f"Regenerate with `python benchmarks/reproduce_trice_lenet_4bit.py --sigmas {args.sigmas} "
-        f"--epochs {args.epochs} --warmup {args.warmup}` (about {minutes:.0f} minutes here).",
+        f"--epochs {args.epochs} --warmup {args.warmup} --samples {args.samples}"
+        + ("" if args.limit is None else f" --limit {args.limit}")
+        + f"` ({minutes:.1f} minutes on a shared 2-core CPU).",
         "Both models: `trice`, rram, 4-bit weights, 2-bit cells, "
         f"{args.epochs} epochs (warm-up {args.warmup}), "
         + ("the full training set" if args.limit is None else f"the first {args.limit} images")
