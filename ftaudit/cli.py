@@ -53,6 +53,17 @@ BitsOpt = Annotated[int | None, typer.Option("--bits", help="Device models: weig
 CellBitsOpt = Annotated[
     int | None, typer.Option("--cell-bits", help="Device models: bits per cell B [2].")
 ]
+ClampOpt = Annotated[
+    bool | None,
+    typer.Option("--clamp/--no-clamp", help="Device models: keep cell conductances >= 0 [clamp]."),
+]
+CellNoiseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cell-noise",
+        help="Device models: one dg per cell (independent) or per weight (shared) [independent].",
+    ),
+]
 HtmlOpt = Annotated[
     Path | None,
     typer.Option("--html", help="Write a self-contained HTML report here (no network references)."),
@@ -236,6 +247,8 @@ def eval_command(
     noise: NoiseOpt = None,
     bits: BitsOpt = None,
     cell_bits: CellBitsOpt = None,
+    clamp: ClampOpt = None,
+    cell_noise: CellNoiseOpt = None,
     samples: SamplesOpt = None,
     k: KOpt = None,
     seed: SeedOpt = None,
@@ -247,6 +260,14 @@ def eval_command(
     mean: MeanOpt = None,
     std: StdOpt = None,
     output: OutputOpt = None,
+    test_set_error: Annotated[
+        bool | None,
+        typer.Option(
+            "--test-set-error/--no-test-set-error",
+            help="Intervals also cover the test set's sampling error (binomial bound) "
+            "[monte-carlo only].",
+        ),
+    ] = None,
     target_ci: Annotated[
         float | None,
         typer.Option("--target-ci", help="Stop a sigma once its KPP 95% interval is this narrow."),
@@ -297,7 +318,6 @@ def eval_command(
     from ftaudit.config import load_settings, merge, parse_floats, parse_sigmas
     from ftaudit.device_effects import parse_stuck_at, parse_time, parse_times, resolve_effects
     from ftaudit.evaluation import audit, validate_options, validate_scale_out
-    from ftaudit.noise import get_noise_model
 
     settings = merge(
         load_settings(config, Path.cwd()),
@@ -307,6 +327,8 @@ def eval_command(
             "noise": noise,
             "bits": bits,
             "cell_bits": cell_bits,
+            "clamp": clamp,
+            "cell_noise": cell_noise,
             "samples": samples,
             "k": k,
             "seed": seed,
@@ -319,6 +341,7 @@ def eval_command(
             "std": parse_floats(std, "--std") if std is not None else None,
             "output": output,
             "target_ci": target_ci,
+            "test_set_error": test_set_error,
             "fail_under_kpp": fail_under_kpp,
             "fail_under_mean": fail_under_mean,
             "time": parse_times(time_spec) if time_spec is not None else None,
@@ -332,7 +355,7 @@ def eval_command(
     )
     validate_scale_out(workers=settings.workers, checkpoint_dir=checkpoint_dir, resume=resume)
     _warn_workers(settings.workers, ray)
-    noise_model = get_noise_model(settings.noise, bits=settings.bits, cell_bits=settings.cell_bits)
+    noise_model = _noise_of(settings)
     pipeline = pipeline_from_flags(
         dac_bits=dac_bits,
         adc_bits=adc_bits,
@@ -401,6 +424,7 @@ def eval_command(
         std=settings.std,
         output=settings.output,
         target_ci=settings.target_ci,
+        test_set_error=settings.test_set_error,
         fail_under_kpp=settings.fail_under_kpp,
         fail_under_mean=settings.fail_under_mean,
         config_file=settings.config_file,
@@ -445,9 +469,8 @@ def eval_command(
 def _analog_pipeline(settings: Any, flags: dict[str, Any]) -> Any:
     """The analog forward pipeline: the flags given over the noise profile's ``[analog]``."""
     from ftaudit.analog.options import pipeline_from_flags
-    from ftaudit.noise import get_noise_model
 
-    noise = get_noise_model(settings.noise, bits=settings.bits, cell_bits=settings.cell_bits)
+    noise = _noise_of(settings)
     return pipeline_from_flags(**flags, base=getattr(noise.profile, "analog", None))
 
 
@@ -533,6 +556,8 @@ def harden_command(
     ] = None,
     bits: BitsOpt = None,
     cell_bits: CellBitsOpt = None,
+    clamp: ClampOpt = None,
+    cell_noise: CellNoiseOpt = None,
     val_data: Annotated[
         str | None, typer.Option("--val-data", help="Validation data (default: 10% held out).")
     ] = None,
@@ -593,6 +618,14 @@ def harden_command(
             "3 sigma/2].",
         ),
     ] = None,
+    rc_negative: Annotated[
+        str | None,
+        typer.Option(
+            "--rc-negative",
+            help="TRICE: censor a negative weight's |w| growth (magnitude) or its rise (value) "
+            f"[{_HARDEN.rc_negative}].",
+        ),
+    ] = None,
     max_dropout: Annotated[
         float | None,
         typer.Option(
@@ -616,6 +649,13 @@ def harden_command(
         typer.Option(
             "--objective-samples",
             help=f"BayesFT: MC samples of the objective [{_HARDEN.objective_samples}].",
+        ),
+    ] = None,
+    train_draws: Annotated[
+        int | None,
+        typer.Option(
+            "--train-draws",
+            help=f"BayesFT: noise draws averaged per training step [{_HARDEN.train_draws}].",
         ),
     ] = None,
     study: Annotated[
@@ -668,6 +708,8 @@ def harden_command(
             "noise": noise,
             "bits": bits,
             "cell_bits": cell_bits,
+            "clamp": clamp,
+            "cell_noise": cell_noise,
             "val_data": val_data,
             "epochs": epochs,
             "batch_size": batch_size,
@@ -682,10 +724,12 @@ def harden_command(
             "search_samples": search_samples,
             "eval_samples": eval_samples,
             "eval_sigmas": parse_sigmas(eval_sigmas) if eval_sigmas is not None else None,
+            "rc_negative": rc_negative,
             "max_dropout": max_dropout,
             "trials": trials,
             "epochs_per_trial": epochs_per_trial,
             "objective_samples": objective_samples,
+            "train_draws": train_draws,
             "limit": limit,
             "workers": workers,
         },
@@ -826,9 +870,7 @@ def _shared_settings(config: Path | None, flags: dict[str, Any]) -> EvalSettings
             flags[key] = tuple(flags[key] or ())
     settings = merge(load_settings(config, Path.cwd()), flags)
     if settings.sigma is None:
-        from ftaudit.noise import get_noise_model
-
-        noise = get_noise_model(settings.noise, bits=settings.bits, cell_bits=settings.cell_bits)
+        noise = _noise_of(settings)
         if getattr(noise.profile, "sigma", None) is not None:
             settings = replace(settings, sigma=noise.profile.sigma)
     if settings.sigma is None:
@@ -843,7 +885,6 @@ def _shared_settings(config: Path | None, flags: dict[str, Any]) -> EvalSettings
 def _effect_options(settings: EvalSettings) -> dict[str, Any]:
     """The drift and stuck-at options as audit/compare keywords, checked like eval's (exit 2)."""
     from ftaudit.device_effects import resolve_effects
-    from ftaudit.noise import get_noise_model
 
     options = {
         "times": settings.time,
@@ -853,9 +894,22 @@ def _effect_options(settings: EvalSettings) -> dict[str, Any]:
         "compensation": settings.compensation,
         "stuck_at": settings.stuck_at,
     }
-    noise = get_noise_model(settings.noise, bits=settings.bits, cell_bits=settings.cell_bits)
+    noise = _noise_of(settings)
     resolve_effects(**options, profile=noise.profile)  # bad values fail here, before any work
     return options
+
+
+def _noise_of(settings: Any) -> Any:
+    """The noise model the settings name, with their device-physics choices."""
+    from ftaudit.noise import get_noise_model
+
+    return get_noise_model(
+        settings.noise,
+        bits=settings.bits,
+        cell_bits=settings.cell_bits,
+        clamp=settings.clamp,
+        cell_noise=settings.cell_noise,
+    )
 
 
 def _audit_options(settings: EvalSettings, ray: str | None) -> dict[str, Any]:
@@ -865,6 +919,8 @@ def _audit_options(settings: EvalSettings, ray: str | None) -> dict[str, Any]:
         "noise": settings.noise,
         "bits": settings.bits,
         "cell_bits": settings.cell_bits,
+        "clamp": settings.clamp,
+        "cell_noise": settings.cell_noise,
         "samples": settings.samples,
         "k": settings.k,
         "seed": settings.seed,
@@ -956,6 +1012,8 @@ def compare_command(
     noise: NoiseOpt = None,
     bits: BitsOpt = None,
     cell_bits: CellBitsOpt = None,
+    clamp: ClampOpt = None,
+    cell_noise: CellNoiseOpt = None,
     samples: SamplesOpt = None,
     k: KOpt = None,
     seed: SeedOpt = None,
@@ -973,6 +1031,14 @@ def compare_command(
             "--fail-if-worse",
             help="Exit 1 if the candidate's mean is below the baseline's by more than TOL "
             "with 95% confidence, at any sigma (and time).",
+        ),
+    ] = None,
+    gate_correction: Annotated[
+        str | None,
+        typer.Option(
+            "--gate-correction",
+            help="How --fail-if-worse shares its 2.5% error over the rows: holm (family-wise) "
+            "or per-row [holm].",
         ),
     ] = None,
     json_path: JsonOpt = None,
@@ -1017,6 +1083,8 @@ def compare_command(
             "noise": noise,
             "bits": bits,
             "cell_bits": cell_bits,
+            "clamp": clamp,
+            "cell_noise": cell_noise,
             "samples": samples,
             "k": k,
             "seed": seed,
@@ -1029,6 +1097,7 @@ def compare_command(
             "std": std,
             "output": output,
             "fail_if_worse": fail_if_worse,
+            "gate_correction": gate_correction,
             "time": time_spec,
             "drift_nu": drift_nu,
             "drift_nu_std": drift_nu_std,
@@ -1061,6 +1130,7 @@ def compare_command(
         candidate,
         settings.data,
         fail_if_worse=settings.fail_if_worse,
+        gate_correction=settings.gate_correction,
         pipeline=pipeline,
         **_audit_options(settings, ray),
     )
@@ -1101,6 +1171,8 @@ def sensitivity_command(
     noise: NoiseOpt = None,
     bits: BitsOpt = None,
     cell_bits: CellBitsOpt = None,
+    clamp: ClampOpt = None,
+    cell_noise: CellNoiseOpt = None,
     samples: SensitivitySamplesOpt = None,
     k: KOpt = None,
     seed: SeedOpt = None,
@@ -1175,6 +1247,8 @@ def sensitivity_command(
             "noise": noise,
             "bits": bits,
             "cell_bits": cell_bits,
+            "clamp": clamp,
+            "cell_noise": cell_noise,
             "samples": samples,
             "k": k,
             "seed": seed,

@@ -10,6 +10,7 @@ they pair the same way; rows are paired by (sigma, time, compensation).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from ftaudit.models import AuditModel, CrossbarLayer, load_model
 from ftaudit.noise import NoiseModel
 from ftaudit.parallel import ray_session
 from ftaudit.results import AuditReport, Interval, SigmaResult
-from ftaudit.stats import mean_interval, paired_kpp_difference_interval
+from ftaudit.stats import holm_rejections, mean_interval, paired_kpp_difference_interval, t_cdf
 
 COMPARE_SCHEMA_VERSION = "1.0"
 #: SeedSequence key of the paired KPP bootstrap (apart from the samples' (i, l) keys)
@@ -147,9 +148,34 @@ class PairedSigmaResult:
         }
 
 
+#: one-sided error rate of the --fail-if-worse gate: the upper end of the two-sided 95% interval
+GATE_ALPHA = 0.025
+#: --gate-correction choices: how the gate's error rate is shared over a compare's rows
+GATE_CORRECTIONS = {
+    "holm": "Holm: the chance that any row fails wrongly is at most 2.5% (family-wise)",
+    "per-row": "each row tested at 2.5% one-sided on its own (no multiple-comparison correction)",
+}
+DEFAULT_GATE_CORRECTION = "holm"
+
+
+def gate_rule(correction: str, rows: int) -> str:
+    """One line stating the gate's decision rule, for the table, JSON and JUnit."""
+    if correction == "holm":
+        return (
+            f"a row fails when its one-sided p-value for 'candidate worse by more than TOL' is "
+            f"below Holm's step-down threshold (2.5%/{rows} for the smallest of {rows} rows, "
+            f"family-wise error <= 2.5%)"
+        )
+    return (
+        f"a row fails when its 95% interval lies below -TOL (2.5% one-sided per row, "
+        f"{rows} rows, no multiple-comparison correction)"
+    )
+
+
 @dataclass(frozen=True)
 class WorseGate:
-    """``--fail-if-worse`` at one row: fails when the whole difference interval is below -TOL."""
+    """``--fail-if-worse`` at one row: fails when the one-sided test of 'worse by more than TOL'
+    rejects at the row's threshold (Holm's step-down by default, 2.5% per row otherwise)."""
 
     sigma: float
     tolerance: float
@@ -158,17 +184,20 @@ class WorseGate:
     passed: bool
     time_s: float | None = None  # the row's time and compensation, when the report has drift
     compensation: str | None = None
+    p_value: float = math.nan  # one-sided: P(a difference this low | worse by exactly TOL)
+    correction: str = DEFAULT_GATE_CORRECTION
 
     def message(self) -> str:
         level = f"{100 * self.interval.confidence:g}%"
         verdict = "passed" if self.passed else "FAILED"
-        relation = "does not lie" if self.passed else "lies"
+        rule = "Holm-corrected over the rows" if self.correction == "holm" else "per row"
         return (
             f"gate {verdict}: candidate - baseline mean accuracy at "
             f"{row_label(self.sigma, self.time_s, self.compensation)} is "
             f"{self.mean_difference:+.4f}, its {level} interval "
-            f"[{self.interval.low:+.4f}, {self.interval.high:+.4f}] {relation} below "
-            f"-{self.tolerance:.4f} (--fail-if-worse {self.tolerance:g})"
+            f"[{self.interval.low:+.4f}, {self.interval.high:+.4f}], one-sided p = "
+            f"{self.p_value:.3g} for worse by more than {self.tolerance:.4f} "
+            f"(--fail-if-worse {self.tolerance:g}, {rule})"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -180,6 +209,8 @@ class WorseGate:
             "tolerance": self.tolerance,
             "mean_difference": self.mean_difference,
             "interval_high": self.interval.high,
+            "p_value": self.p_value,
+            "correction": self.correction,
             "passed": self.passed,
         }
 
@@ -198,6 +229,13 @@ class CompareReport:
     gates: list[WorseGate]
     elapsed_s: float
     options: dict[str, Any] = field(default_factory=dict)
+    gate_correction: str = DEFAULT_GATE_CORRECTION
+
+    def gate_rule(self) -> str | None:
+        """The gate's decision rule in one line (None without --fail-if-worse)."""
+        if self.fail_if_worse is None:
+            return None
+        return gate_rule(self.gate_correction, len(self.results))
 
     def failed_gates(self) -> list[WorseGate]:
         return [gate for gate in self.gates if not gate.passed]
@@ -227,6 +265,8 @@ class CompareReport:
             "device": base.device,
             "results": [result.to_dict() for result in self.results],
             "fail_if_worse": self.fail_if_worse,
+            "gate_correction": self.gate_correction,
+            "gate_rule": self.gate_rule(),
             "gates": [gate.to_dict() for gate in self.gates],
             "options": self.options,
             "elapsed_s": self.elapsed_s,
@@ -270,24 +310,57 @@ def paired_result(
     )
 
 
+def worse_p_value(result: PairedSigmaResult, tolerance: float) -> float:
+    """One-sided p-value of H0 'candidate - baseline >= -tolerance' from the paired
+    differences: P(T_{n-1} <= (mean + tolerance) / (s / sqrt(n))). Rejecting at 2.5% is the
+    per-row rule 'the 95% interval's upper end is below -tolerance'. An exact difference
+    (nothing random) gives 0 when it is below -tolerance, else 1."""
+    differences = result.candidate.accuracies - result.baseline.accuracies
+    excess = result.mean_difference + tolerance
+    n = differences.size
+    std = float(differences.std(ddof=1)) if n > 1 else 0.0
+    if result.mean_difference_interval.method == "exact" or std == 0.0 or n < 2:
+        return 0.0 if excess < 0 else 1.0
+    return t_cdf(excess / (std / math.sqrt(n)), n - 1)
+
+
 def evaluate_worse_gates(
-    results: Sequence[PairedSigmaResult], tolerance: float | None
+    results: Sequence[PairedSigmaResult],
+    tolerance: float | None,
+    correction: str = DEFAULT_GATE_CORRECTION,
 ) -> list[WorseGate]:
-    """Fail a row when the candidate is worse by more than ``tolerance`` with confidence."""
+    """Fail a row when the candidate is worse by more than ``tolerance`` with confidence:
+    one-sided tests at 2.5%, Holm-corrected over the rows unless ``correction`` is per-row."""
     if tolerance is None:
         return []
+    p_values = [worse_p_value(r, tolerance) for r in results]
+    if correction == "holm":
+        failed = holm_rejections(p_values, GATE_ALPHA)
+    else:
+        failed = [r.mean_difference_interval.high < -tolerance for r in results]
     return [
         WorseGate(
             sigma=r.sigma,
             tolerance=tolerance,
             mean_difference=r.mean_difference,
             interval=r.mean_difference_interval,
-            passed=not (r.mean_difference_interval.high < -tolerance),
+            passed=not fail,
             time_s=r.time_s,
             compensation=r.compensation,
+            p_value=p,
+            correction=correction,
         )
-        for r in results
+        for r, p, fail in zip(results, p_values, failed, strict=True)
     ]
+
+
+def validate_gate_correction(correction: str) -> None:
+    if correction not in GATE_CORRECTIONS:
+        raise UserError(
+            f"--gate-correction must be one of {', '.join(GATE_CORRECTIONS)}, got '{correction}'",
+            hint="holm (the default) bounds the chance that any row fails wrongly; per-row "
+            "tests each row at 2.5%",
+        )
 
 
 def compare(
@@ -299,6 +372,8 @@ def compare(
     noise: str | NoiseModel = "lognormal",
     bits: int | None = None,
     cell_bits: int | None = None,
+    clamp: bool = True,
+    cell_noise: str = "independent",
     samples: int = 1000,
     k: float = 1.0,
     seed: int = 0,
@@ -311,6 +386,7 @@ def compare(
     std: Sequence[float] | None = None,
     output: str | None = None,
     fail_if_worse: float | None = None,
+    gate_correction: str = DEFAULT_GATE_CORRECTION,
     progress: StageProgress | None = None,
     command: Sequence[str] | None = None,
     config_file: str | None = None,
@@ -333,7 +409,9 @@ def compare(
     pass) applies to both models; their read noise is paired like their weight draws.
     """
     started = time.perf_counter()
-    noise_model, sigmas = resolve_noise(noise, sigmas, bits=bits, cell_bits=cell_bits)
+    noise_model, sigmas = resolve_noise(
+        noise, sigmas, bits=bits, cell_bits=cell_bits, clamp=clamp, cell_noise=cell_noise
+    )
     effect_options = {
         "times": times,
         "drift_nu": drift_nu,
@@ -347,6 +425,7 @@ def compare(
         sigmas=sigmas, samples=samples, k=k, seed=seed, batch_size=batch_size, device=device
     )
     validate_fraction(fail_if_worse, "--fail-if-worse", "0.01 for one percentage point")
+    validate_gate_correction(gate_correction)
     base_model = (
         baseline if isinstance(baseline, AuditModel) else load_model(baseline, output=output)
     )
@@ -432,7 +511,8 @@ def compare(
         layers=layer_pairs,
         results=results,
         fail_if_worse=fail_if_worse,
-        gates=evaluate_worse_gates(results, fail_if_worse),
+        gates=evaluate_worse_gates(results, fail_if_worse, gate_correction),
+        gate_correction=gate_correction,
         elapsed_s=time.perf_counter() - started,
         options={
             **resolved_options(

@@ -31,6 +31,8 @@ class EvalSettings:
     noise: str = "lognormal"
     bits: int | None = None
     cell_bits: int | None = None
+    clamp: bool = True  # device models: conductances stay >= 0
+    cell_noise: str = "independent"  # device models: independent or shared dg per weight
     samples: int = 1000
     k: float = 1.0
     seed: int = 0
@@ -43,6 +45,7 @@ class EvalSettings:
     std: tuple[float, ...] | None = None
     output: str | None = None
     target_ci: float | None = None
+    test_set_error: bool = False  # eval: intervals also cover the test set's sampling error
     fail_under_kpp: float | None = None
     fail_under_mean: float | None = None
     time: tuple[float, ...] | None = None  # seconds after programming (drift)
@@ -53,6 +56,7 @@ class EvalSettings:
     stuck_at: tuple[float, float] | None = None
     workers: int = 1  # local worker processes (results do not depend on it)
     fail_if_worse: float | None = None  # compare's gate (eval ignores it)
+    gate_correction: str = "holm"  # compare: holm or per-row (ftaudit/compare.py)
     target_kpp: float | None = None  # sensitivity's keep-digital target (eval ignores it)
     config_file: str | None = None  # where the non-default values came from
 
@@ -239,7 +243,7 @@ def _check_types(values: dict[str, Any], path: Path) -> None:
         "fail_if_worse",
         "target_kpp",
     }
-    expect_str = {"noise", "device", "output", "compensation"}
+    expect_str = {"noise", "device", "output", "compensation", "gate_correction", "cell_noise"}
     for key, value in values.items():
         bad = (
             (key in expect_int and (not isinstance(value, int) or isinstance(value, bool)))
@@ -248,6 +252,7 @@ def _check_types(values: dict[str, Any], path: Path) -> None:
                 and (not isinstance(value, (int, float)) or isinstance(value, bool))
             )
             or (key in expect_str and not isinstance(value, str))
+            or (key in ("clamp", "test_set_error") and not isinstance(value, bool))
         )
         if bad:
             raise UserError(f"config file {path}: '{key}' has the wrong type ({value!r})")

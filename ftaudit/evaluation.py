@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 
 from ftaudit import __version__
-from ftaudit.analog.options import ForwardPipeline
+from ftaudit.analog.options import ForwardPipeline, resolve_pipeline
 from ftaudit.batched import BatchedTorchRunner, resolve_batch_samples
+from ftaudit.coverage import sequential_summary, with_test_set_error
 from ftaudit.data import Dataset, load_dataset, validate_labels
 from ftaudit.device_effects import Condition, resolve_effects
 from ftaudit.errors import UserError
@@ -174,22 +175,18 @@ def prepare_run(
     batch_required: bool = True,
     pipeline: ForwardPipeline | None = None,
     seed: int = 0,
-    threads: int | None = None,
 ):
-    """Select layers, bind data to a runner and check the data fits the model's output.
-
-    With an active analog ``pipeline`` the runner is the rewritten-graph one; its calibration
-    (seeded by ``seed``) is kept as ``runner.calibration``."""
+    """Select layers, bind data to a runner and check the data fits the model's output."""
     selected = model.select_layers(layers, exclude)
     check_finite_weights(model)
     x = model.input_array(dataset)
     if pipeline is not None and pipeline.active:
         from ftaudit.analog.runner import analog_runner
 
-        runner, calibration = analog_runner(
-            model, selected, x, pipeline=pipeline, seed=seed, device=device, threads=threads
+        # the ftaudit.analog runner, its calibrated ranges kept (assigned left to right)
+        runner, runner.calibration = analog_runner(
+            model, selected, x, pipeline=pipeline, seed=seed, device=device
         )
-        runner.calibration = calibration
     else:
         runner = build_runner(
             model,
@@ -225,13 +222,17 @@ def resolve_noise(
     *,
     bits: int | None = None,
     cell_bits: int | None = None,
+    clamp: bool = True,
+    cell_noise: str = "independent",
 ) -> tuple[NoiseModel, list[float]]:
     """The noise model (a registered name, a profile, a device file, or a model) and the sigma
     grid, defaulting to the profile's; shared by audit, compare and sensitivity."""
     noise_model = (
         noise
         if isinstance(noise, NoiseModel)
-        else get_noise_model(noise, bits=bits, cell_bits=cell_bits)
+        else get_noise_model(
+            noise, bits=bits, cell_bits=cell_bits, clamp=clamp, cell_noise=cell_noise
+        )
     )
     if sigmas is None:
         sigmas = getattr(noise_model.profile, "sigma", None)
@@ -315,6 +316,8 @@ def audit(
     noise: str | NoiseModel = "lognormal",
     bits: int | None = None,
     cell_bits: int | None = None,
+    clamp: bool = True,
+    cell_noise: str = "independent",
     samples: int = 1000,
     k: float = 1.0,
     seed: int = 0,
@@ -327,6 +330,7 @@ def audit(
     std: Sequence[float] | None = None,
     output: str | None = None,
     target_ci: float | None = None,
+    test_set_error: bool = False,
     fail_under_kpp: float | None = None,
     fail_under_mean: float | None = None,
     progress: ProgressCallback | None = None,
@@ -359,12 +363,12 @@ def audit(
     ``batch_samples`` evaluates that many weight sets per forward pass (torch vmap; default 16
     for an ONNX model on CUDA, else 1). ``fold_batchnorm`` (default) perturbs convolution
     weights with their BatchNorm folded in, as a chip stores them (ftaudit.models.folding).
-    ``pipeline`` adds the analog forward pass (DAC, ADC, read noise, tiles; see ftaudit.analog);
-    it defaults to the noise profile's ``[analog]`` table. With read noise every row is random,
-    sigma = 0 included.
+    ``pipeline``: the analog forward pass (ftaudit.analog), by default the profile's ``[analog]``.
     """
     started = time.perf_counter()
-    noise_model, sigmas = resolve_noise(noise, sigmas, bits=bits, cell_bits=cell_bits)
+    noise_model, sigmas = resolve_noise(
+        noise, sigmas, bits=bits, cell_bits=cell_bits, clamp=clamp, cell_noise=cell_noise
+    )
     effects = resolve_effects(
         times=times,
         drift_nu=drift_nu,
@@ -386,19 +390,13 @@ def audit(
         fail_under_mean=fail_under_mean,
     )
     validate_scale_out(workers=workers, checkpoint_dir=checkpoint_dir, resume=resume)
-    if pipeline is None:  # a device profile's [analog] table, if any
-        pipeline = getattr(noise_model.profile, "analog", None)
-    analog = pipeline is not None and pipeline.active
-    if analog:
-        pipeline.check_run(batch_samples=batch_samples)
+    pipeline = resolve_pipeline(pipeline, noise_model.profile, batch_samples=batch_samples)
     loaded = model if isinstance(model, AuditModel) else load_model(model, output=output)
     if not fold_batchnorm:
         loaded = replace(loaded, fold_scales={})
     dataset = resolve_data(data, limit=limit, mean=mean, std=std)
-    samples_per_pass = (
-        1
-        if analog
-        else resolve_batch_samples(batch_samples, device=device, model_format=loaded.format)
+    samples_per_pass = resolve_batch_samples(
+        batch_samples, device=device, model_format=loaded.format
     )
     selected, runner, crossbar, clean_correct = prepare_run(
         loaded,
@@ -440,7 +438,7 @@ def audit(
         "device": device,
         "device_effects": None if effects is None else effects.to_dict(),
         "fold_batchnorm": sorted(loaded.fold_scales),
-        **({"analog": pipeline.to_dict()} if analog else {}),
+        **({"analog": pipeline.to_dict()} if pipeline is not None else {}),
     }
     restored, on_chunk, writer = None, None, None
     if checkpoint_dir is not None:
@@ -473,7 +471,7 @@ def audit(
             effects=effects,
             batch_samples=samples_per_pass,
             fold_batchnorm=fold_batchnorm,
-            pipeline=pipeline if analog else None,
+            pipeline=pipeline,
         )
     else:
         evaluator = ChunkEvaluator(
@@ -510,11 +508,16 @@ def audit(
     results = []
     for j, condition in enumerate(conditions):
         accuracies = counts.accuracies(j, n)
-        summary = summarize(accuracies, k=k)
-        nothing_random = effects is None and not runner.random_reads
-        if condition.sigma == 0 and nothing_random:  # the accuracy is exact
+        summary = (
+            summarize(accuracies, k=k)
+            if target_ci is None
+            else sequential_summary(accuracies, k=k, samples=samples)
+        )
+        if condition.sigma == 0 and effects is None and not runner.random_reads:  # exact
             exact = Interval(summary.kpp, summary.kpp, summary.kpp_interval.confidence, "exact")
             summary = replace(summary, kpp_interval=exact, mean_interval=exact)
+        if test_set_error:
+            summary = with_test_set_error(summary, n)
         results.append(
             SigmaResult(
                 sigma=condition.sigma,
@@ -560,7 +563,8 @@ def audit(
             "fold_batchnorm": fold_batchnorm,
         },
         device_effects=None if effects is None else effects.to_dict(),
-        analog=pipeline.report_block(getattr(runner, "calibration", None)) if analog else None,
+        test_set_error=test_set_error,
+        analog=pipeline.report_block(getattr(runner, "calibration", None)) if pipeline else None,
         # token ids are integers by design: the 0..255 pixel-scale warning does not apply
         warnings=[] if loaded.integer_input else list(dataset.warnings),
     )

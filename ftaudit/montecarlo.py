@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from ftaudit.coverage import look_confidence, sequential_looks
 from ftaudit.models.base import CrossbarLayer, ModelRunner
 from ftaudit.noise.base import LayerNoise, NoiseModel
 from ftaudit.stats import kpp_interval_width
@@ -24,7 +25,7 @@ from ftaudit.stats import kpp_interval_width
 if TYPE_CHECKING:
     from ftaudit.device_effects import DeviceEffects
 
-#: early-stopping checks happen only after multiples of this many samples (deterministic)
+#: chunk size under --target-ci: every sequential look (50 * 2**i) falls on a chunk end
 CHECK_EVERY = 50
 
 ProgressCallback = Callable[[int, int], None]
@@ -292,6 +293,10 @@ def run_monte_carlo(
         return MonteCarloCounts(counts=state.counts, used=used, stopped_early=stopped)
 
     size = chunk_size(samples, backend.parallelism, target_ci)
+    # the criterion is checked on a geometric schedule at the per-look level that keeps the
+    # stopped interval's coverage (stats.sequential_looks); the reported interval uses the same
+    looks = set(sequential_looks(samples))
+    level = look_confidence(0.95, len(looks))
     chunks = [(s, min(s + size, samples)) for s in range(0, samples, size)]
     # one chunk at a time in this process (so nothing runs past an early stop); two per
     # worker otherwise, so no worker waits while the next chunk is handed out
@@ -314,9 +319,9 @@ def run_monte_carlo(
                 state.done[need, start:stop] = True
                 if on_chunk is not None:
                     on_chunk(state)
-            if target_ci is not None and stop % CHECK_EVERY == 0 and stop < samples:
+            if target_ci is not None and stop in looks and stop < samples:
                 for j in list(active):
-                    width = kpp_interval_width(state.counts[j, :stop] / n_data, k)
+                    width = kpp_interval_width(state.counts[j, :stop] / n_data, k, confidence=level)
                     if width < target_ci:
                         active.remove(j)
                         used[j] = stop

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -12,15 +13,24 @@ REPORT_SCHEMA_VERSION = "1.0"
 
 @dataclass(frozen=True)
 class Interval:
-    """A two-sided confidence interval [low, high] at ``confidence`` (e.g. 0.95)."""
+    """A two-sided confidence interval [low, high] at ``confidence`` (e.g. 0.95).
 
-    low: float
-    high: float
+    A side is None when the samples cannot reach it at this level (the KPP interval with fewer
+    samples than ``stats.kpp_min_samples`` asks for): unavailable, not a bound at 0 or 1."""
+
+    low: float | None
+    high: float | None
     confidence: float
     method: str
 
     def width(self) -> float:
+        """high - low; +inf while a side is unavailable."""
+        if self.low is None or self.high is None:
+            return math.inf
         return self.high - self.low
+
+    def two_sided(self) -> bool:
+        return self.low is not None and self.high is not None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -156,6 +166,20 @@ class AuditReport:
 
     #: what the user is probably wrong about (the CLI prints them on stderr; not in the JSON)
     warnings: list[str] = field(default_factory=list)
+    #: the intervals also cover the test set's sampling error (--test-set-error)
+    test_set_error: bool = False
+
+    def interval_scope(self) -> dict[str, Any]:
+        """What the intervals cover, with the size of the test-set error they may leave out."""
+        n = int(self.data.get("n") or 0)
+        half = test_set_half_width(self.reference_accuracy, n) if n else None
+        covers = "monte-carlo and test-set sampling" if self.test_set_error else "monte-carlo"
+        return {
+            "covers": covers,
+            "test_images": n,
+            "test_set_half_width": half,
+            "statement": interval_statement(self.test_set_error, n, half),
+        }
 
     @property
     def reference_accuracy(self) -> float:
@@ -178,6 +202,7 @@ class AuditReport:
             "samples": self.samples,
             "k": self.k,
             "target_ci": self.target_ci,
+            "interval_scope": self.interval_scope(),
             "device": self.device,
             "clean_accuracy": self.clean_accuracy,
             "quantized_accuracy": self.quantized_accuracy,
@@ -189,3 +214,28 @@ class AuditReport:
             "device_effects": self.device_effects,
             "analog": self.analog,
         }
+
+
+def interval_statement(test_set_error: bool, n: int, half_width: float | None) -> str:
+    """One sentence on what the intervals cover (the table footer, the HTML and the JSON)."""
+    size = "" if half_width is None else f" (about ±{100 * half_width:.2f} points here)"
+    if test_set_error:
+        return (
+            f"intervals cover the Monte Carlo error and the sampling of the {n} test images"
+            f"{size}, widened by a binomial bound (conservative)"
+        )
+    return (
+        f"intervals cover the Monte Carlo error only, for these {n} test images; the test "
+        f"set's own sampling error{size} is not included (--test-set-error adds it)"
+    )
+
+
+def test_set_half_width(accuracy: float, n_images: int, confidence: float = 0.95) -> float:
+    """z * sqrt(a (1 - a) / N): the sampling error of an accuracy a measured on N test images
+    drawn from a larger population (a(1-a)/N bounds the variance over images of each image's
+    chance of being right, whatever the noise does to it). z from ``statistics.NormalDist``."""
+    from statistics import NormalDist
+
+    a = min(max(float(accuracy), 0.0), 1.0)
+    z = NormalDist().inv_cdf(1.0 - (1.0 - confidence) / 2.0)
+    return z * math.sqrt(a * (1.0 - a) / n_images)

@@ -309,6 +309,8 @@ def sensitivity(
     noise: str | NoiseModel = "lognormal",
     bits: int | None = None,
     cell_bits: int | None = None,
+    clamp: bool = True,
+    cell_noise: str = "independent",
     samples: int = DEFAULT_SENSITIVITY_SAMPLES,
     k: float = 1.0,
     seed: int = 0,
@@ -347,7 +349,9 @@ def sensitivity(
     layer is ideal, so "every layer digital" is the ideal model's clean accuracy.
     """
     started = time.perf_counter()
-    noise_model, sigmas = resolve_noise(noise, sigmas, bits=bits, cell_bits=cell_bits)
+    noise_model, sigmas = resolve_noise(
+        noise, sigmas, bits=bits, cell_bits=cell_bits, clamp=clamp, cell_noise=cell_noise
+    )
     effect_options: dict[str, Any] = {
         "times": times,
         "drift_nu": drift_nu,

@@ -228,24 +228,45 @@ def kpp_interval_ranks(n: int, k: float, confidence: float = 0.95) -> tuple[int 
 
 
 def kpp_interval(
-    accuracies: np.ndarray | list[float],
-    k: float,
-    *,
-    confidence: float = 0.95,
-    bounds: tuple[float, float] = (0.0, 1.0),
+    accuracies: np.ndarray | list[float], k: float, *, confidence: float = 0.95
 ) -> Interval:
-    """Confidence interval for the population KPP; an unreachable side falls back to bounds.
-
-    Accuracy cannot leave [0, 1], so using the domain bound keeps the coverage guarantee.
+    """Confidence interval for the population KPP; a side the samples cannot reach at this
+    level is None (unavailable: shown as a dash, null in JSON), never a bound at 0 or 1,
+    which would read as a measured value. ``kpp_min_samples`` says how many samples a
+    two-sided interval needs.
     """
     sample = np.sort(_as_sample(accuracies))
     lo, hi = kpp_interval_ranks(sample.size, k, confidence)
     return Interval(
-        low=float(sample[lo]) if lo is not None else float(bounds[0]),
-        high=float(sample[hi]) if hi is not None else float(bounds[1]),
+        low=float(sample[lo]) if lo is not None else None,
+        high=float(sample[hi]) if hi is not None else None,
         confidence=float(confidence),
         method=KPP_INTERVAL_METHOD,
     )
+
+
+@functools.lru_cache(maxsize=64)
+def kpp_min_samples(k: float, confidence: float = 0.95) -> int:
+    """The fewest samples with a two-sided order-statistic KPP interval at ``confidence``.
+
+    The lower side exists once P(B <= 0) = (1 - q)^n <= alpha/2 (q = k/100) and the upper once
+    P(B <= n - 1) = 1 - q^n >= 1 - alpha/2; n is the larger of the two smallest solutions
+    (k = 1 at 95%: 0.99^n <= 0.025 gives n = 368).
+    """
+    _check_k(k)
+    _check_confidence(confidence)
+    q, half_alpha = k / 100.0, (1.0 - confidence) / 2.0
+    n = max(
+        math.ceil(math.log(half_alpha) / math.log1p(-q)),
+        math.ceil(math.log(half_alpha) / math.log(q)),
+        1,
+    )
+    # the logarithms can land a hair off an integer: settle on the exact ranks
+    while n > 1 and all(side is not None for side in kpp_interval_ranks(n - 1, k, confidence)):
+        n -= 1
+    while any(side is None for side in kpp_interval_ranks(n, k, confidence)):
+        n += 1
+    return n
 
 
 def kpp_interval_width(
@@ -334,6 +355,32 @@ def _t_cdf_upper_half(t: float, df: int) -> float:
         terms = np.cumprod((2 * j) / (2 * j + 1) * cos2)
         two_sided = 2.0 / math.pi * (theta + sin_t * cos_t * (1.0 + terms.sum()))
     return 0.5 + 0.5 * two_sided
+
+
+def t_cdf(t: float, df: int) -> float:
+    """P(T <= t) for Student t with integer ``df`` (exact finite series, A&S 26.7.3-4)."""
+    if df < 1 or int(df) != df:
+        raise ValueError(f"df must be a positive integer, got {df!r}")
+    if math.isinf(t):
+        return 1.0 if t > 0 else 0.0
+    if t >= 0:
+        return _t_cdf_upper_half(t, int(df))
+    return 1.0 - _t_cdf_upper_half(-t, int(df))
+
+
+def holm_rejections(p_values: list[float] | np.ndarray, alpha: float) -> list[bool]:
+    """Holm's step-down procedure: which hypotheses to reject with family-wise error <= alpha.
+
+    Sort the p-values ascending; reject the i-th smallest (1-based) while p_(i) <= alpha /
+    (m - i + 1), stop at the first that is not. Valid under any dependence between the tests
+    (the rows of a compare share their draws)."""
+    p = np.asarray(p_values, dtype=np.float64)
+    reject = [False] * p.size
+    for rank, index in enumerate(np.argsort(p, kind="stable")):
+        if p[index] > alpha / (p.size - rank):
+            break
+        reject[int(index)] = True
+    return reject
 
 
 def _t_pdf(t: float, df: int) -> float:

@@ -439,6 +439,28 @@ def test_json_to_stdout_is_only_json(run_cli: RunCli, convnet_onnx, blobs_npz) -
     assert err == ""
 
 
+def test_test_set_error_widens_every_interval(run_cli: RunCli, convnet_onnx, blobs_npz) -> None:
+    """--test-set-error: the same draws, intervals wider by the test set's sampling error."""
+    base = ("eval", convnet_onnx, "--data", blobs_npz, "--sigma", "0,2", *FAST, "--json", "-")
+    reports = []
+    for extra in ((), ("--test-set-error",)):
+        code, out, err = run_cli(*base, *extra)
+        assert code == 0, err
+        reports.append(json.loads(out))
+    narrow, wide = reports
+    assert narrow["interval_scope"]["covers"] == "monte-carlo"
+    assert wide["interval_scope"]["covers"] == "monte-carlo and test-set sampling"
+    for a, b in zip(narrow["results"], wide["results"], strict=True):
+        assert a["mean"] == b["mean"] and a["kpp"] == b["kpp"]  # the same draws
+        assert b["mean_interval"]["low"] <= a["mean_interval"]["low"]
+        assert b["mean_interval"]["high"] >= a["mean_interval"]["high"]
+    # a perfect accuracy has no binomial spread (a(1-a) = 0); below it the interval widens
+    row = next(r for r in wide["results"] if r["mean"] < 1)
+    width = row["mean_interval"]["high"] - row["mean_interval"]["low"]
+    old = next(r for r in narrow["results"] if r["sigma"] == row["sigma"])["mean_interval"]
+    assert width > old["high"] - old["low"]
+
+
 def test_table_on_stdout_unless_quiet(run_cli: RunCli, convnet_onnx, blobs_npz) -> None:
     base = ("eval", convnet_onnx, "--data", blobs_npz, "--sigma", "0.1,0.25", *FAST)
     code, out, err = run_cli(*base)
@@ -664,6 +686,24 @@ def test_report_records_resolved_options(run_cli, convnet_onnx, blobs_npz, tmp_p
     assert options["exclude"] == ["*fc*"]
     assert options["config_file"] == str(config)
     assert options["mean"] is None and options["output"] is None
+
+
+def test_device_physics_options_reach_the_noise_model(
+    run_cli: RunCli, convnet_onnx, blobs_npz
+) -> None:
+    base = ("eval", convnet_onnx, "--data", blobs_npz, "--sigma", "0.3", *FAST, "--noise", "rram")
+    code, out, err = run_cli(*base, "--json", "-")
+    assert code == 0, err
+    noise = json.loads(out)["noise"]
+    assert (noise["clamp"], noise["cell_noise"]) == (True, "independent")  # the defaults
+    code, out, err = run_cli(*base, "--no-clamp", "--cell-noise", "shared", "--json", "-")
+    assert code == 0, err
+    noise = json.loads(out)["noise"]
+    assert (noise["clamp"], noise["cell_noise"]) == (False, "shared")
+    code, out, err = run_cli(*base, "--cell-noise", "both")
+    assert code == 2 and out == ""
+    assert "--cell-noise must be one of independent, shared" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_pixel_values_as_floats_are_a_warning(run_cli, convnet_onnx, blobs, tmp_path) -> None:

@@ -212,9 +212,10 @@ def test_cli_worse_candidate_exits_1_with_one_line_per_failed_sigma(
     assert lines[1].startswith(
         "ftaudit: gate FAILED: candidate - baseline mean accuracy at sigma=0.6"
     )
-    assert "(--fail-if-worse 0.01)" in lines[0]
+    assert "(--fail-if-worse 0.01, Holm-corrected over the rows)" in lines[0]
     written = json.loads(report.read_text())  # the report is written before the gate exits
     assert [g["passed"] for g in written["gates"]] == [True, False, False]
+    assert written["gate_correction"] == "holm" and "Holm" in written["gate_rule"]
 
 
 def test_cli_json_validates_and_csv_has_one_row_per_sigma(
@@ -258,6 +259,7 @@ def test_cli_reads_fail_if_worse_from_the_config(
     [
         (("--fail-if-worse", "1.5"), "--fail-if-worse is a fraction in [0, 1]"),
         (("--fail-if-worse", "-0.1"), "--fail-if-worse is a fraction in [0, 1]"),
+        (("--gate-correction", "bonf"), "--gate-correction must be one of holm, per-row"),
         (("--samples", "0"), "--samples must be at least 1"),
         (("--layers", "nope*"), "no crossbar layer is selected"),
         (("--target-ci", "0.1"), "No such option"),
@@ -503,3 +505,59 @@ def test_table_fits_80_columns_with_wide_values(convnet_onnx, blobs_npz) -> None
         assert "…" not in text
         assert "-12.34 [-14.12, -10.50]" in text
         assert max(len(line.rstrip()) for line in text.splitlines()) <= 80
+
+
+def _paired_rows(differences_by_sigma: dict[float, np.ndarray]) -> list:
+    """Paired rows whose candidate - baseline differences are exactly the given arrays."""
+    from ftaudit.compare import paired_result
+    from ftaudit.results import SigmaResult
+    from ftaudit.stats import summarize
+
+    rows = []
+    for sigma, differences in differences_by_sigma.items():
+        base = np.full(differences.size, 0.8)
+        cand = base + differences
+        results = [SigmaResult(sigma, summarize(a, k=1), a, 0.9) for a in (base, cand)]
+        rows.append(paired_result(*results, k=1, rng=np.random.default_rng(0)))
+    return rows
+
+
+def test_holm_step_down_by_hand() -> None:
+    from ftaudit.stats import holm_rejections
+
+    # sorted: 0.001 <= 0.025/4 (reject); 0.012 > 0.025/3 (stop: nothing else rejected)
+    assert holm_rejections([0.001, 0.02, 0.012, 0.5], 0.025) == [True, False, False, False]
+    # sorted: 0.001 <= 0.025/3, 0.01 <= 0.025/2, 0.02 <= 0.025/1: all rejected
+    assert holm_rejections([0.02, 0.001, 0.01], 0.025) == [True, True, True]
+
+
+def test_gate_is_holm_corrected_over_the_rows_by_default() -> None:
+    """Three rows: one clearly worse (p ~ 1e-6), one marginally (p ~ 0.015), one not. Per row
+    at 2.5% both worse rows fail; Holm fails the clear one (1e-6 <= 0.025/3) and then passes
+    the marginal one (0.015 > 0.025/2). p-values checked against scipy's t distribution."""
+    from scipy import stats as scipy_stats
+
+    from ftaudit.compare import evaluate_worse_gates
+
+    rng = np.random.default_rng(4)
+    noise = rng.standard_normal(200)
+    noise = (noise - noise.mean()) / noise.std(ddof=1)  # exact mean 0, sd 1
+    tolerance, se = 0.01, 0.02 / math.sqrt(200)
+    t_marginal = scipy_stats.t.ppf(0.015, 199)
+    rows = _paired_rows(
+        {
+            0.3: -0.05 + 0.02 * noise,
+            0.6: -tolerance + t_marginal * se + 0.02 * noise,
+            0.9: 0.0 + 0.02 * noise,
+        }
+    )
+    holm = evaluate_worse_gates(rows, tolerance)
+    per_row = evaluate_worse_gates(rows, tolerance, "per-row")
+    for gate, row in zip(holm, rows, strict=True):
+        d = row.candidate.accuracies - row.baseline.accuracies
+        t = (d.mean() + tolerance) / (d.std(ddof=1) / math.sqrt(d.size))
+        assert gate.p_value == pytest.approx(scipy_stats.t.cdf(t, d.size - 1), rel=1e-6)
+    assert holm[1].p_value == pytest.approx(0.015, rel=1e-6)
+    assert [g.passed for g in per_row] == [False, False, True]
+    assert [g.passed for g in holm] == [False, True, True]
+    assert "Holm-corrected" in holm[0].message() and "per row" in per_row[0].message()

@@ -91,6 +91,65 @@ def test_hardened_onnx_differs_only_in_initializer_values(setup) -> None:
     assert load_model(out).layers  # evaluable like any other model
 
 
+def test_trice_reports_the_sigma_t_the_exported_model_trained_at(setup) -> None:
+    """Replays the recorded search path with a fresh TriceSearch: the reported sigma_t is the
+    last update's winning candidate (the weights every copy carries), not a quartile of the
+    interval that update left behind; the progress records and the caption say the same."""
+    from ftaudit.harden.trice_search import TriceSearch
+    from ftaudit.report.harden_table import harden_table
+
+    report = harden(
+        setup["onnx"],
+        setup["data"],
+        output=setup["dir"] / "trice-path.onnx",
+        method="trice",
+        sigma=1.0,
+        epochs=4,
+        warmup=1,
+        search_samples=20,
+        eval_samples=10,
+    )
+    trace = report.details["search"]["trace"]
+    replay = TriceSearch(start=0.0, end=2.0, warmup=1)
+    for entry in trace:
+        candidates = replay.candidates()
+        assert list(candidates) == pytest.approx(entry["candidates"])
+        last_trained = candidates[replay.update(entry["epoch"], tuple(entry["kpps"]))]
+    assert [e["epoch"] for e in trace] == [1, 2, 3]
+    assert report.details["sigma_t"] == pytest.approx(last_trained)
+    assert report.details["sigma_t"] != pytest.approx(replay.candidates()[trace[-1]["winner"]])
+    assert report.history[-1]["sigma_t"] == report.details["sigma_t"]  # the last progress line
+    assert report.details["search_status"] == "not converged"
+    caption = str(harden_table(report).caption)
+    assert "did not converge" in caption and f"{last_trained:.4g}" in caption
+    assert "chose" not in caption
+
+
+@pytest.mark.parametrize(
+    ("kw", "status", "words", "sigma_t"),
+    [
+        ({"epochs": 2, "warmup": 5}, "not run", "never ran", 1.0),  # mid of [0, 2 sigma]
+        ({"epochs": 2, "trice_start": 0.7, "trice_end": 0.7}, "converged", "chose", 0.7),
+    ],
+)
+def test_trice_summary_says_when_the_search_did_not_run(setup, kw, status, words, sigma_t) -> None:
+    from ftaudit.report.harden_table import harden_table
+
+    report = harden(
+        setup["onnx"],
+        setup["data"],
+        output=setup["dir"] / "trice-status.onnx",
+        method="trice",
+        sigma=1.0,
+        search_samples=10,
+        eval_samples=10,
+        **kw,
+    )
+    assert report.details["search_status"] == status
+    assert report.details["sigma_t"] == pytest.approx(sigma_t)
+    assert words in str(harden_table(report).caption)
+
+
 def test_same_seed_same_model_and_resume_equals_uninterrupted(setup) -> None:
     d = setup["dir"]
     kw = {

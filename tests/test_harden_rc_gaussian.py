@@ -137,3 +137,30 @@ def test_scale_enters_as_sigma_and_sigma_squared() -> None:
         0.09 * rc_gaussian_second_moment(1.0, 1.0)
     )
     assert rc_gaussian_mean(1.0, 0.0) == 0.0
+
+
+@pytest.mark.parametrize("mode", ["magnitude", "value"])
+def test_rc_negative_says_which_way_a_negative_weight_is_censored(mode: str) -> None:
+    """lognormal training noise at th = 0.5: 'magnitude' caps every weight's |w| growth,
+    w * exp(sigma * min(z, th)); 'value' caps a negative weight's rise instead,
+    w * exp(sigma * max(z, -th)). Recomputed from the step's keyed draws."""
+    from ftaudit.harden.training import TrainingNoise, noise_generator, perturbed_arrays
+    from ftaudit.models.base import CrossbarLayer
+    from ftaudit.noise import get_noise_model
+
+    weight = np.array([[0.5, -0.5, 1.0, -1.0, 0.2, -0.2] * 50], np.float32)
+    layer = CrossbarLayer(name="w", op="MatMul", index=0, shape=weight.shape, dtype="float32")
+    noise = TrainingNoise(get_noise_model("lognormal"), 0.8, threshold=0.5, negative=mode)
+    got = perturbed_arrays({"w": weight}, [layer], noise, seed=1, epoch=2, step=3)["w"]
+    z = noise_generator(1, 2, 3, 0).standard_normal((1, *weight.shape), dtype=np.float32)[0]
+    censored = np.minimum(z, 0.5)
+    if mode == "value":
+        censored = np.where(weight < 0, np.maximum(z, -0.5), censored)
+    np.testing.assert_allclose(got, weight * np.exp(0.8 * censored), rtol=1e-6)
+    ratio = got / weight
+    assert ratio[weight > 0].max() <= math.exp(0.8 * 0.5) + 1e-6
+    if mode == "value":  # negative weights: their value rises at most to w * exp(-sigma th)
+        assert ratio[weight < 0].min() >= math.exp(-0.8 * 0.5) - 1e-6
+        assert ratio[weight < 0].max() > math.exp(0.8 * 0.5)
+    else:
+        assert ratio[weight < 0].max() <= math.exp(0.8 * 0.5) + 1e-6

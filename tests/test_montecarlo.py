@@ -126,7 +126,7 @@ def test_common_random_numbers_across_sigma() -> None:
 
 def test_device_noise_draws_one_number_per_cell() -> None:
     layers, weights = make_layers()
-    noise = get_noise_model("rram", bits=4, cell_bits=2)
+    noise = get_noise_model("rram", bits=4, cell_bits=2, clamp=False)  # linear in sigma
     crossbar = Crossbar.prepare(layers, weights, noise)
     runner = RecordingRunner(positive_weights)
     run_monte_carlo(runner, crossbar, [0.2, 0.4], samples=2, seed=SEED, n_data=1000, k=1)

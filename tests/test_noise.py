@@ -133,7 +133,7 @@ def test_rram_mean_and_variance(bits: int, cell_bits: int) -> None:
     rng = np.random.default_rng(bits * 10 + cell_bits)
     values = rng.normal(0, 1, 12).astype(np.float32)
     values[0] = 0.0  # a zero weight: its cells sit at level 0 and are perturbed too
-    noise = get_noise_model("rram", bits=bits, cell_bits=cell_bits)
+    noise = get_noise_model("rram", bits=bits, cell_bits=cell_bits, clamp=False)  # Gaussian dg
     assert noise.draws_per_weight == bits // cell_bits
     sample = perturbed_copies(noise, values, sigma, copies=40, seed=bits + cell_bits)
     _, quantised = quantise_reference(values, bits)
@@ -154,7 +154,8 @@ def test_fefet_variance_per_cell_level(name: str, multipliers: list[float]) -> N
     sigma = 0.05
     q = np.arange(16)
     values = np.concatenate([q, -q[1:]]).astype(np.float32)  # max|W| = 15: step 1, levels exact
-    sample = perturbed_copies(get_noise_model(name), values, sigma, copies=10, seed=len(name))
+    noise = get_noise_model(name, clamp=False)  # the unclamped Gaussian closed form
+    sample = perturbed_copies(noise, values, sigma, copies=10, seed=len(name))
     m = np.asarray(multipliers, np.float64)
     q_all = np.abs(values).astype(np.int64)
     variance = sigma**2 * (m[q_all & 3] ** 2 + 16 * m[q_all >> 2] ** 2)
@@ -307,7 +308,7 @@ sigma_multipliers = [1.0, 3.0, 2, 0.5]
 
 def test_device_file_defines_a_device(tmp_path: Path) -> None:
     path = write(tmp_path / "mydev.toml", VALID_DEVICE)
-    noise = get_noise_model(str(path))
+    noise = get_noise_model(str(path), clamp=False)
     assert isinstance(noise, DeviceNoise)
     assert noise.draws_per_weight == 3
     params = noise.parameters()
@@ -379,3 +380,45 @@ def test_device_file_missing(tmp_path: Path) -> None:
     path = tmp_path / "nowhere.toml"
     with pytest.raises(UserError, match=r"nowhere\.toml does not exist"):
         get_noise_model(str(path))
+
+
+def test_device_clamp_keeps_every_cell_conductance_at_or_above_zero() -> None:
+    """Default clamp: W_p = sign * step * sum_i 2^(iB) * max(g_i + sigma m z_i, 0), recomputed
+    by hand; at sigma 1 unclamped level-0 cells would go negative and flip small weights."""
+    values = np.array([0.02, -0.02, 0.5, -1.0, 0.0], np.float32)
+    sigma, rng = 1.0, np.random.default_rng(3)
+    draws = rng.standard_normal((2, values.size), dtype=np.float32)
+    clamped = get_noise_model("rram").prepare(values)
+    got = clamped.perturb(draws, sigma, np.empty(values.size, np.float32))
+    q, _ = quantise_reference(values, 4)
+    step = 1.0 / 15
+    cells = np.stack([q & 3, (q >> 2) & 3]).astype(np.float64)
+    conductance = np.maximum(cells + sigma * draws, 0.0)
+    sign = np.where(values < 0, -1.0, 1.0)
+    expected = sign * step * (conductance[0] + 4 * conductance[1])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert np.all(got[values >= 0] >= 0) and np.all(got[values < 0] <= 0)
+    unclamped = get_noise_model("rram", clamp=False).prepare(values)
+    raw = unclamped.perturb(draws, sigma, np.empty(values.size, np.float32))
+    assert np.any(np.sign(raw[values != 0]) != np.sign(values[values != 0]))  # flips without
+    # sigma 0 still gives the quantised weights bit for bit
+    zero = clamped.perturb(draws, 0.0, np.empty(values.size, np.float32))
+    assert np.array_equal(zero, clamped.unperturbed())
+
+
+@pytest.mark.parametrize(("cell_noise", "factor"), [("independent", 17), ("shared", 25)])
+def test_cell_noise_variance_factor_for_4_bit_weights_over_2_bit_cells(cell_noise, factor) -> None:
+    """Var(W_p) = (sigma * step)^2 * sum_i 4^i = 17 independent, (sum_i 2^i)^2 = 25 shared."""
+    noise = get_noise_model("rram", clamp=False, cell_noise=cell_noise)
+    values = [1.0, 0.6, -0.4]
+    sigma = 0.1
+    sample = perturbed_copies(noise, values, sigma, copies=10, seed=factor)
+    _, stored = quantise_reference(np.array(values, np.float32), 4)
+    variance = np.full(len(values), factor * (sigma / 15) ** 2)
+    assert_moments(sample, stored, variance)
+    assert noise.parameters()["cell_noise"] == cell_noise and noise.parameters()["clamp"] is False
+
+
+def test_unknown_cell_noise_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="--cell-noise must be one of independent, shared"):
+        get_noise_model("rram", cell_noise="sometimes")

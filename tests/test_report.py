@@ -421,3 +421,30 @@ def test_registry() -> None:
     assert get_writer("csv") is write_csv
     with pytest.raises(UserError, match="did you mean 'json'"):
         get_writer("jsno")
+
+
+def test_table_shows_an_unavailable_kpp_side_as_a_dash_with_the_samples_it_needs(
+    gated_report: AuditReport,
+) -> None:
+    """sigma 0.3's KPP interval has no lower side: a dash, not 0.00, and one footer line."""
+    from ftaudit.stats import kpp_min_samples
+
+    text = _render(audit_table(gated_report))
+    assert "81.05 [–, 81.90]" in text and "[0.00," not in text
+    words = " ".join(text.split())
+    assert f"needs at least {kpp_min_samples(gated_report.k)} samples" in words
+    data = gated_report.to_dict()
+    assert data["results"][2]["kpp_interval"]["low"] is None  # null in the JSON report
+
+
+def test_every_output_says_what_the_intervals_cover(gated_report: AuditReport) -> None:
+    from ftaudit.report import report_html
+
+    scope = gated_report.to_dict()["interval_scope"]
+    assert scope["covers"] == "monte-carlo" and "Monte Carlo error only" in scope["statement"]
+    n = gated_report.data["n"]
+    assert scope["test_images"] == n
+    assert "Monte Carlo error only" in " ".join(_render(audit_table(gated_report)).split())
+    assert "Monte Carlo error only" in report_html(gated_report)
+    gated_report.test_set_error = True
+    assert "sampling of the" in gated_report.to_dict()["interval_scope"]["statement"]

@@ -85,6 +85,10 @@ def test_compare_html_holds_the_json_numbers(compare_outputs) -> None:
     assert len(circles) == 2 * len(data["results"])
     assert "FAILED: the candidate is worse at 2 of 2 rows" in "".join(page.text)
     assert any(name == "line" and attrs.get("stroke-dasharray") for name, attrs in page.tags)
+    # the gate table gives each row's p-value and the page states the (Holm) rule
+    gates = next(t for t in page.tables if t and t[0] and "one-sided p" in t[0])
+    assert [row[4] for row in gates[1:]] == [f"{g['p_value']:.3g}" for g in data["gates"]]
+    assert f"Gate rule: {data['gate_rule']}." in "".join(page.text)
 
 
 def test_compare_junit_has_a_failed_case_per_row(compare_outputs) -> None:

@@ -19,6 +19,7 @@ from ftaudit.report import REPORT_WRITERS, get_writer, html_from_report_dict, re
 from ftaudit.report.html_page import esc, nice_ticks, tag
 from ftaudit.report.html_report import KPP_COLOR, MEAN_COLOR, write_html
 from ftaudit.results import AuditReport
+from ftaudit.stats import kpp_min_samples
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 WIDTH, HEIGHT = 1200, 1600
@@ -123,7 +124,8 @@ def test_tables_hold_the_report_numbers(gated_report: AuditReport) -> None:
         low, high = s.mean_interval.low, s.mean_interval.high
         assert row[2] == f"{100 * s.mean:.2f} [{100 * low:.2f}, {100 * high:.2f}]"
         low, high = s.kpp_interval.low, s.kpp_interval.high
-        assert row[3] == f"{100 * s.kpp:.2f} [{100 * low:.2f}, {100 * high:.2f}]"
+        low_text = "–" if low is None else f"{100 * low:.2f}"  # unavailable side: a dash
+        assert row[3] == f"{100 * s.kpp:.2f} [{low_text}, {100 * high:.2f}]"
         assert row[4] == ("n/a" if np.isnan(s.std) else f"{100 * s.std:.2f}")
         assert row[7] == f"{100 * (0.9781 - s.mean):.2f}"  # drop from the quantised accuracy
     gates = _table_after(page, "metric")
@@ -141,7 +143,9 @@ def test_tables_hold_the_report_numbers(gated_report: AuditReport) -> None:
     assert "FAILED: 2 of 4 gates failed" in text
     assert "a" * 64 in text and "0123456789abcdef" * 4 in text  # both hashes
     assert "stopped early" in text
-    assert "fall back" in text or "falls back" in text  # the KPP interval at 0.3 starts at 0
+    # the KPP interval at 0.3 has no lower side: said once, with the samples it needs
+    k = gated_report.k
+    assert f"a two-sided 95% KPP interval at k={k:g} needs at least {kpp_min_samples(k)}" in text
 
 
 def test_verdict_without_gates_and_all_passed(gated_report: AuditReport) -> None:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from ftaudit import stats
+from ftaudit import coverage, stats
 from ftaudit.results import Interval, Summary
 
 scipy_stats = pytest.importorskip("scipy.stats")
@@ -150,23 +150,37 @@ def test_kpp_interval_covers_the_true_percentile_of_a_normal(k: float) -> None:
     assert (interval.low, interval.high) == (samples[0, lo], samples[0, hi])
 
 
-def test_kpp_interval_small_n_falls_back_to_the_lower_bound() -> None:
+def test_kpp_interval_small_n_leaves_the_lower_side_unavailable() -> None:
     values = [0.91, 0.88, 0.93, 0.90, 0.89]
     # n = 5, q = 0.01: P(B <= 0) = 0.99**5 = 0.951 > 0.025, so no order statistic is low enough;
     # P(B <= 1) = 0.951 + 5 * 0.01 * 0.99**4 = 0.9990 >= 0.975, so the upper end is X_(2).
     assert stats.kpp_interval_ranks(5, 1) == (None, 1)
     interval = stats.kpp_interval(values, 1)
-    assert interval == Interval(0.0, 0.89, 0.95, "order-statistic (binomial), equal-tailed")
+    assert interval == Interval(None, 0.89, 0.95, "order-statistic (binomial), equal-tailed")
+    assert not interval.two_sided() and interval.width() == math.inf
+    assert interval.to_dict()["low"] is None  # null in JSON, not a bound at 0
     assert stats.kpp_interval_width(values, 1) == math.inf
 
 
-def test_kpp_interval_small_n_falls_back_to_the_upper_bound() -> None:
+def test_kpp_interval_small_n_leaves_the_upper_side_unavailable() -> None:
     values = [0.91, 0.88, 0.93, 0.90, 0.89]
     # n = 5, q = 0.99: P(B <= 4) = 1 - 0.99**5 = 0.049 < 0.975, so no upper order statistic;
     # P(B <= 3) = 1 - 0.99**5 - 5 * 0.99**4 * 0.01 = 0.00098 <= 0.025, so the lower end is X_(4).
     assert stats.kpp_interval_ranks(5, 99) == (3, None)
-    interval = stats.kpp_interval(values, 99, bounds=(0.0, 0.95))
-    assert (interval.low, interval.high) == (0.91, 0.95)
+    interval = stats.kpp_interval(values, 99)
+    assert (interval.low, interval.high) == (0.91, None)
+
+
+@pytest.mark.parametrize(
+    ("k", "confidence", "expected"),
+    [(1, 0.95, 368), (5, 0.95, 72), (10, 0.95, 36), (99, 0.95, 368), (1, 0.99, 528)],
+)
+def test_kpp_min_samples_is_the_first_n_with_both_sides(k, confidence, expected) -> None:
+    """k = 1: 0.99**367 = 0.02505 > 0.025 >= 0.99**368 = 0.02480 (the README said 367)."""
+    assert stats.kpp_min_samples(k, confidence) == expected
+    assert None not in stats.kpp_interval_ranks(expected, k, confidence)
+    assert None in stats.kpp_interval_ranks(expected - 1, k, confidence)
+    assert 0.99**367 > 0.025 >= 0.99**368
 
 
 def test_kpp_interval_width_is_the_distance_between_the_order_statistics() -> None:
@@ -277,7 +291,7 @@ def test_summarize_by_hand() -> None:
             pytest.approx(0.7 - half_width), pytest.approx(0.7 + half_width), 0.95, "Student t"
         ),
         kpp=0.6,
-        kpp_interval=Interval(0.0, 0.8, 0.95, "order-statistic (binomial), equal-tailed"),
+        kpp_interval=Interval(None, 0.8, 0.95, "order-statistic (binomial), equal-tailed"),
         min=0.5,
         max=0.9,
     )
@@ -292,6 +306,86 @@ def test_summarize_single_sample() -> None:
     summary = stats.summarize(np.array([0.42]), k=50, confidence=0.9)
     assert (summary.n, summary.mean, summary.std, summary.kpp) == (1, 0.42, 0.0, 0.42)
     assert (summary.mean_interval.low, summary.mean_interval.high) == (0.42, 0.42)
-    # B ~ Bin(1, 0.5): P(B <= 0) = 0.5 is neither <= 0.05 nor >= 0.95, so both sides fall back.
-    assert (summary.kpp_interval.low, summary.kpp_interval.high) == (0.0, 1.0)
+    # B ~ Bin(1, 0.5): P(B <= 0) = 0.5 is neither <= 0.05 nor >= 0.95: both sides unavailable.
+    assert (summary.kpp_interval.low, summary.kpp_interval.high) == (None, None)
     assert summary.kpp_interval.confidence == 0.9
+
+
+def test_sequential_looks_double_from_50_and_end_at_the_sample_count() -> None:
+    assert coverage.sequential_looks(1000) == [50, 100, 200, 400, 800, 1000]
+    assert coverage.sequential_looks(400) == [50, 100, 200, 400]
+    assert coverage.sequential_looks(30) == [30]
+    assert coverage.look_confidence(0.95, 5) == pytest.approx(0.99)
+
+
+def _stopped_coverage(runs: int, *, sequential: bool) -> float:
+    """Coverage of the KPP interval of runs stopped by --target-ci: draws from N(0.8, 0.02^2),
+    k = 10, up to 1,000 samples, target width 0.006 (about a quarter of the sequential runs
+    stop early). ``sequential=False`` is the old rule: a look every 50 samples at 95%."""
+    samples, k, target = 1000, 10.0, 0.006
+    true_kpp = 0.8 + 0.02 * stats.normal_quantile(k / 100)
+    looks = coverage.sequential_looks(samples) if sequential else list(range(50, samples + 1, 50))
+    level = coverage.look_confidence(0.95, len(looks)) if sequential else 0.95
+    rng = np.random.default_rng(7)
+    covered = stopped = 0
+    for _ in range(runs):
+        x = rng.normal(0.8, 0.02, samples)
+        for n in looks:
+            if n == samples or stats.kpp_interval_width(x[:n], k, confidence=level) < target:
+                break
+        stopped += n < samples
+        if sequential:
+            interval = coverage.sequential_summary(x[:n], k=k, samples=samples).kpp_interval
+            assert interval.confidence == 0.95 and "Bonferroni" in interval.method
+        else:
+            interval = stats.kpp_interval(x[:n], k)
+        covered += interval.low <= true_kpp <= interval.high
+    assert stopped > runs // 5  # the stopping rule is exercised
+    return covered / runs
+
+
+def test_target_ci_stopped_intervals_keep_their_95_percent_coverage() -> None:
+    """2,000 simulated stopped runs: the alpha-split schedule covers the true 10th percentile
+    in >= 95% of them (measured 0.993); the old rule (every 50 samples at 95%) does not
+    (0.9445 with these draws), which is what this test guards against."""
+    assert _stopped_coverage(2000, sequential=True) >= 0.95
+    assert _stopped_coverage(2000, sequential=False) < 0.95
+
+
+def test_test_set_error_widens_the_mean_interval_in_quadrature_by_hand() -> None:
+    rng = np.random.default_rng(1)
+    accuracies = rng.normal(0.8, 0.02, 400)
+    base = stats.summarize(accuracies, k=1)
+    wide = coverage.with_test_set_error(base, 2000)
+    mc = (base.mean_interval.high - base.mean_interval.low) / 2
+    test_set = 1.959963984540054 * math.sqrt(base.mean * (1 - base.mean) / 2000)
+    assert test_set == pytest.approx(0.0175, abs=1e-4)  # about ±1.75 points near 80%
+    half = math.hypot(mc, test_set)
+    assert wide.mean_interval.low == pytest.approx(base.mean - half)
+    assert wide.mean_interval.high == pytest.approx(base.mean + half)
+    low, high = base.kpp_interval.low, base.kpp_interval.high
+    z = 1.959963984540054
+    assert wide.kpp_interval.low == pytest.approx(low - z * math.sqrt(low * (1 - low) / 2000))
+    assert wide.kpp_interval.high == pytest.approx(high + z * math.sqrt(high * (1 - high) / 2000))
+    assert "test-set sampling" in wide.mean_interval.method
+
+
+def test_test_set_error_intervals_cover_the_population_mean() -> None:
+    """500 simulated audits: 2,000 test images drawn from a population whose per-image
+    difficulty s ~ U(0, 1), a draw with threshold theta ~ N(0.8, 0.02^2) gets image j right
+    iff s_j < theta, 200 draws per audit. The population mean accuracy is 0.8. Monte Carlo
+    intervals alone cover it rarely (they measure this test set, about ±0.2 points, against a
+    test-set error of ±1.75); with --test-set-error they cover it at least 95% of the time."""
+    rng = np.random.default_rng(11)
+    covered_mc = covered_wide = 0
+    runs = 500
+    for _ in range(runs):
+        scores = np.sort(rng.uniform(size=2000))
+        thresholds = rng.normal(0.8, 0.02, 200)
+        accuracies = np.searchsorted(scores, thresholds) / 2000
+        base = stats.summarize(accuracies, k=1)
+        wide = coverage.with_test_set_error(base, 2000)
+        covered_mc += base.mean_interval.low <= 0.8 <= base.mean_interval.high
+        covered_wide += wide.mean_interval.low <= 0.8 <= wide.mean_interval.high
+    assert covered_mc / runs < 0.5
+    assert covered_wide / runs >= 0.95

@@ -201,3 +201,16 @@ def pipeline_from_table(table: Any) -> ForwardPipeline:
         )
         or ForwardPipeline()
     )
+
+
+def resolve_pipeline(
+    pipeline: ForwardPipeline | None, profile: Any, *, batch_samples: int | None = None
+) -> ForwardPipeline | None:
+    """The pipeline a run uses: the one given, else the noise profile's ``[analog]``; None
+    when nothing in it is active. Checks it against ``batch_samples``."""
+    if pipeline is None:
+        pipeline = getattr(profile, "analog", None)
+    if pipeline is None or not pipeline.active:
+        return None
+    pipeline.check_run(batch_samples=batch_samples)
+    return pipeline

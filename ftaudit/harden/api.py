@@ -181,6 +181,9 @@ def harden(
     noise: str = DEFAULTS.noise,
     bits: int | None = DEFAULTS.bits,
     cell_bits: int | None = DEFAULTS.cell_bits,
+    clamp: bool = DEFAULTS.clamp,
+    cell_noise: str = DEFAULTS.cell_noise,
+    rc_negative: str = DEFAULTS.rc_negative,
     val_data: Path | str | None = DEFAULTS.val_data,
     epochs: int = DEFAULTS.epochs,
     batch_size: int = DEFAULTS.batch_size,
@@ -199,6 +202,7 @@ def harden(
     trials: int = DEFAULTS.trials,
     epochs_per_trial: int = DEFAULTS.epochs_per_trial,
     objective_samples: int = DEFAULTS.objective_samples,
+    train_draws: int = DEFAULTS.train_draws,
     study: Path | str | None = None,
     limit: int | None = DEFAULTS.limit,
     checkpoint_dir: Path | str | None = None,
@@ -235,6 +239,14 @@ def harden(
         k=k,
     )
     validate_harden_workers(workers=workers, ray=ray)
+    from ftaudit.harden.training import RC_NEGATIVE
+
+    if rc_negative not in RC_NEGATIVE:
+        raise UserError(
+            f"--rc-negative must be one of {', '.join(RC_NEGATIVE)}, got '{rc_negative}'",
+            hint="magnitude (default) censors |w| growth for every weight; value censors a "
+            "negative weight's rise",
+        )
     validate_eval_sigmas(eval_sigmas)
     method_impl = get_method(method)
     validate_bayesft_options(
@@ -243,6 +255,7 @@ def harden(
         trials=trials,
         epochs_per_trial=epochs_per_trial,
         objective_samples=objective_samples,
+        train_draws=train_draws,
         study=study,
         protect=(Path(model), Path(data), Path(output)),
     )
@@ -267,7 +280,9 @@ def harden(
         )
     if checkpoint_dir is not None and Path(checkpoint_dir).exists():
         check_checkpoint_dir(checkpoint_dir)  # a file in the way fails before any work
-    noise_model = get_noise_model(noise, bits=bits, cell_bits=cell_bits)
+    noise_model = get_noise_model(
+        noise, bits=bits, cell_bits=cell_bits, clamp=clamp, cell_noise=cell_noise
+    )
     if pipeline is None:
         pipeline = getattr(noise_model.profile, "analog", None)
     if pipeline is not None and not pipeline.active:
@@ -315,6 +330,7 @@ def harden(
         "threshold": threshold,
         "warmup": warmup,
         "search_samples": search_samples,
+        "rc_negative": rc_negative,
     }
     # --trials and --study are left out of the fingerprint: a larger --trials continues the same
     # study and checkpoint, and the study file may move
@@ -322,6 +338,7 @@ def harden(
         "max_dropout": max_dropout,
         "epochs_per_trial": epochs_per_trial,
         "objective_samples": objective_samples,
+        "train_draws": train_draws,
     }
     fingerprint = {
         "model_sha256": model_sha256(source),

@@ -3,11 +3,19 @@
 The search space is one dropout rate in [0, max_dropout] after each crossbar layer's output except
 the last (BayesFT III-B). Weights and rates are optimised alternately: the sampler proposes rates,
 the weights train ``epochs_per_trial`` epochs with them (carrying over from trial to trial, as in
-Algorithm 1), and the objective u (eq. 3-4) is minus the Monte Carlo mean of the validation
-cross-entropy with the weights perturbed by the evaluation noise at sigma. The weights of the best
-trial are exported; dropout exists only in the trainable copy, so the exported file has none.
+Algorithm 1) on the gradient of u, the loss under the evaluation noise at sigma (line 6; each
+step averages ``train_draws`` draws), and the objective u (eq. 3-4) is minus the Monte Carlo mean
+of the validation cross-entropy with the weights perturbed by the evaluation noise at sigma. The
+weights of the best trial are exported; dropout exists only in the trainable copy, so the
+exported file has none.
 
-Randomness is keyed like the rest of ``harden``: batch order by (seed, epoch); dropout masks by
+Line 8 (re-scoring the earlier rates at the current weights) is not done: u is measured in eval
+mode, where dropout is the identity, so u(alpha_i, theta_t) is the same number for every alpha_i
+and re-scoring would flatten the GP's data (docs/methods.md). Each rate keeps the u of the
+weights it trained.
+
+Randomness is keyed like the rest of ``harden``: batch order by (seed, epoch); training noise by
+(seed, epoch, step, layer, draw) as for NoiseTrain; dropout masks by
 (seed, epoch, layer); the objective's draws by ``draws_for_sample`` with one derived seed shared by
 every trial (common random numbers: trials are compared on the same perturbations); and the
 sampler of the k-th trial by (seed, k), so a resumed search proposes what an uninterrupted one
@@ -42,7 +50,7 @@ from ftaudit.harden.methods import (
     _restore,
 )
 from ftaudit.harden.trainable import TrainableModel
-from ftaudit.harden.training import TrainingData
+from ftaudit.harden.training import TrainingData, TrainingNoise
 from ftaudit.models.base import CrossbarLayer, contiguous_input
 from ftaudit.montecarlo import Crossbar, chunk_size, draws_for_sample
 from ftaudit.noise import NoiseModel
@@ -77,13 +85,14 @@ def validate_bayesft_options(
     epochs_per_trial: int,
     objective_samples: int,
     study: Path | str | None,
+    train_draws: int = 1,
     protect: Sequence[Path] = (),
 ) -> None:
     """Reject impossible BayesFT options before anything is loaded or written."""
-    if not (math.isfinite(max_dropout) and 0 <= max_dropout < 1):
+    if not (math.isfinite(max_dropout) and 0 <= max_dropout <= 1):
         raise UserError(
-            f"--max-dropout must lie in [0, 1), got {max_dropout:g}",
-            hint="a rate of 1 drops every activation; the default is 0.5",
+            f"--max-dropout must lie in [0, 1], got {max_dropout:g}",
+            hint="the default is 0.5; the paper searches [0, 1]",
         )
     if trials < 1:
         raise UserError(f"--trials must be at least 1, got {trials}")
@@ -91,6 +100,8 @@ def validate_bayesft_options(
         raise UserError(f"--epochs-per-trial must be at least 1, got {epochs_per_trial}")
     if objective_samples < 1:
         raise UserError(f"--objective-samples must be at least 1, got {objective_samples}")
+    if train_draws < 1:
+        raise UserError(f"--train-draws must be at least 1, got {train_draws}")
     if study is None:
         return
     if method != "bayesft":
@@ -132,6 +143,8 @@ def _seeded_dropout_type() -> type:
         def forward(self, x: Any) -> Any:
             if not self.training or self.p == 0:
                 return x
+            if self.p >= 1:  # every activation dropped (as torch's dropout does at p = 1)
+                return x * 0.0
             if self.generator is None:
                 return super().forward(x)
             keep = torch.empty_like(x).bernoulli_(1.0 - self.p, generator=self.generator)
@@ -590,7 +603,12 @@ class BayesftMethod(HardenMethod):
                 )
                 objective = info["objective"]
                 if objective is not None and (best is None or objective > best["objective"]):
-                    best = {"trial": info["trial"], "objective": objective, "rates": info["rates"]}
+                    best = {
+                        "trial": info["trial"],
+                        "index": info["index"],
+                        "objective": objective,
+                        "rates": info["rates"],
+                    }
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                     info["best"] = True
                 history.append(info)
@@ -613,8 +631,8 @@ class BayesftMethod(HardenMethod):
         model.module.eval()
         rates = ", ".join(f"{name} {rate:.3f}" for name, rate in best["rates"].items())
         notes.append(
-            f"BayesFT chose dropout rates {rates} (trial {best['trial']}, objective "
-            f"{best['objective']:.4f}); the exported model has no dropout"
+            f"BayesFT chose dropout rates {rates} (trial {best.get('index', best['trial']) + 1}"
+            f"/{trials}, objective {best['objective']:.4f}); the exported model has no dropout"
         )
         details = {
             "dropout_rates": best["rates"],
@@ -624,6 +642,7 @@ class BayesftMethod(HardenMethod):
             "epochs_per_trial": int(opts["epochs_per_trial"]),
             "max_dropout": max_dropout,
             "objective_samples": int(opts["objective_samples"]),
+            "train_draws": int(opts.get("train_draws", 1)),
             "search": {
                 "sampler": "optuna GPSampler",
                 "startup_trials": STARTUP_TRIALS,
@@ -651,6 +670,8 @@ class BayesftMethod(HardenMethod):
         torch = require_torch(FEATURE)
         opts = ctx.options
         epochs = int(opts["epochs_per_trial"])
+        draws = int(opts.get("train_draws", 1))
+        noise = TrainingNoise(ctx.noise, ctx.sigma)
         layer_index = {layer.name: layer.index for layer in ctx.source.layers}
         study.sampler = _sampler(optuna, ctx.seed, index)
         trial = study.ask(dict(distributions))
@@ -665,7 +686,8 @@ class BayesftMethod(HardenMethod):
                     dropout.generator.manual_seed(
                         _derived(ctx.seed, DROPOUT_KEY, epoch, layer_index[name])
                     )
-                loss = ctx.train_epoch(model, optimizer, epoch, None)
+                # Algorithm 1 line 6: the gradient of u, the loss under the evaluation noise
+                loss = ctx.train_epoch(model, optimizer, epoch, noise, draws=draws)
             objective = bayesft_objective(
                 model,
                 ctx.val,

@@ -22,7 +22,7 @@ from ftaudit.errors import UserError
 from ftaudit.harden.checkpoint import save_checkpoint
 from ftaudit.harden.trainable import TrainableModel, make_trainable
 from ftaudit.harden.training import TrainingData, TrainingNoise, quantile_eval, train_epoch
-from ftaudit.harden.trice_search import TriceSearch
+from ftaudit.harden.trice_search import TriceSearch, exported_sigma_t, search_status
 from ftaudit.models.base import AuditModel, CrossbarLayer
 from ftaudit.noise import NoiseModel
 
@@ -75,9 +75,15 @@ class HardenContext:
         return model
 
     def train_epoch(
-        self, model: TrainableModel, optimizer: Any, epoch: int, noise: TrainingNoise | None
+        self,
+        model: TrainableModel,
+        optimizer: Any,
+        epoch: int,
+        noise: TrainingNoise | None,
+        draws: int = 1,
     ) -> float:
-        """One epoch of ``model`` on the training data with this run's seed and settings."""
+        """One epoch of ``model`` on the training data with this run's seed and settings
+        (``draws`` noise draws averaged per step)."""
         on_step = None
         if self.progress is not None:
             steps = -(-len(self.train) // self.batch_size)
@@ -98,6 +104,7 @@ class HardenContext:
             noise=noise,
             device=self.device,
             on_step=on_step,
+            draws=draws,
         )
 
     def eval_seed(self, epoch: int) -> int:
@@ -239,7 +246,9 @@ class TriceMethod(HardenMethod):
             sigmas = (search.start,) if converged else search.candidates()
             losses = []
             for model, optimizer, sigma_t in zip(models, optimizers, sigmas, strict=False):
-                noise = TrainingNoise(ctx.noise, sigma_t, threshold)
+                noise = TrainingNoise(
+                    ctx.noise, sigma_t, threshold, str(opts.get("rc_negative", "magnitude"))
+                )
                 losses.append(ctx.train_epoch(model, optimizer, epoch, noise))
             info: dict[str, Any] = {
                 "epoch": epoch,
@@ -271,17 +280,19 @@ class TriceMethod(HardenMethod):
                             copy.deepcopy(optimizers[winner].state_dict())
                         )
                 info.update(kpps=list(kpps), winner=winner, start=search.start, end=search.end)
+                # every copy now holds the winner's weights, trained at the winner's sigma_t
+                info["sigma_t"] = sigmas[winner]
             history.append(info)
             method_state = {"search": search.to_dict(), "winner": winner}
             _checkpoint(ctx, epoch, models, optimizers, method_state, history)
             if ctx.on_epoch is not None:
                 ctx.on_epoch(epoch, info)
         final = 0 if search.converged() else winner
-        chosen = search.start if search.converged() else search.candidates()[winner]
         details = {
-            "sigma_t": chosen,
+            "sigma_t": exported_sigma_t(history),
             "threshold": threshold,
             "converged": search.converged(),
+            "search_status": search_status(search),
             "search": search.to_dict(),
         }
         return MethodResult(models[final], details, history)

@@ -29,14 +29,25 @@ ORDER_KEY = 1_000_001
 NOISE_KEY = 1_000_002
 
 
+#: --rc-negative choices: how TRICE's right-censoring treats the draws of a negative weight
+RC_NEGATIVE = {
+    "magnitude": "every draw censored above, min(z, th): for lognormal and device models the "
+    "growth of |w| is capped, negative weights included (a mirrored array's conductance)",
+    "value": "a negative weight's draws censored below, max(z, -th): the rise of its value is "
+    "capped instead, as for a positive weight",
+}
+
+
 @dataclass(frozen=True)
 class TrainingNoise:
     """Noise injected while training: the evaluation noise model at ``sigma``, with its base
-    draws right-censored at ``threshold`` for TRICE (None: plain Gaussian draws, NoiseTrain)."""
+    draws right-censored at ``threshold`` for TRICE (None: plain Gaussian draws, NoiseTrain);
+    ``negative`` says how a negative weight's draws are censored (``RC_NEGATIVE``)."""
 
     model: NoiseModel
     sigma: float
     threshold: float | None = None
+    negative: str = "magnitude"
 
 
 @dataclass(frozen=True)
@@ -56,8 +67,13 @@ class TrainingData:
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def noise_generator(seed: int, epoch: int, step: int, layer: int) -> np.random.Generator:
-    sequence = np.random.SeedSequence(seed, spawn_key=(NOISE_KEY, epoch, step, layer))
+def noise_generator(
+    seed: int, epoch: int, step: int, layer: int, draw: int = 0
+) -> np.random.Generator:
+    """The training noise of one (epoch, step, layer); ``draw`` > 0 keys the further draws of a
+    step that averages its gradient over several (draw 0 keeps NoiseTrain's keys)."""
+    key = (NOISE_KEY, epoch, step, layer) if draw == 0 else (NOISE_KEY, epoch, step, layer, draw)
+    sequence = np.random.SeedSequence(seed, spawn_key=key)
     return np.random.Generator(np.random.SFC64(sequence))
 
 
@@ -69,20 +85,29 @@ def perturbed_arrays(
     seed: int,
     epoch: int,
     step: int,
+    draw: int = 0,
 ) -> dict[str, np.ndarray]:
     """One training step's perturbed crossbar weights (stored layout)."""
     out = {}
     d = noise.model.draws_per_weight
     for layer in layers:
         weight = clean[layer.name]
-        z = noise_generator(seed, epoch, step, layer.index).standard_normal(
+        z = noise_generator(seed, epoch, step, layer.index, draw).standard_normal(
             (d, *layer.canonical_shape), dtype=np.float32
         )
-        if noise.threshold is not None:
+        native = layer.to_native(z)
+        if noise.threshold is not None and noise.negative == "value":
+            negative = np.asarray(weight) < 0
+            native = np.where(
+                negative,
+                np.maximum(native, np.float32(-noise.threshold)),
+                np.minimum(native, np.float32(noise.threshold)),
+            )
+        elif noise.threshold is not None:
             censor_draws(z, noise.threshold, out=z)
         state = noise.model.prepare(weight)
         out[layer.name] = state.perturb(
-            layer.to_native(z), noise.sigma, np.empty(weight.shape, np.float32)
+            native, noise.sigma, np.empty(weight.shape, np.float32)
         ).astype(weight.dtype, copy=False)
     return out
 
@@ -99,35 +124,45 @@ def train_epoch(
     noise: TrainingNoise | None,
     device: str = "cpu",
     on_step: Callable[[int, float], None] | None = None,
+    draws: int = 1,
 ) -> float:
     """One epoch; with ``noise``, each step takes the gradient at perturbed weights and applies
-    it to the clean ones (Algorithm 1). Returns the mean training loss."""
+    it to the clean ones (Algorithm 1). ``draws`` > 1 averages each step's loss and gradient
+    over that many noise draws (a Monte Carlo estimate of the gradient of the expected loss,
+    BayesFT eq. 3-4). Returns the mean training loss."""
     torch = require_torch("ftaudit harden")
     module = trainable.module
     module.train()
+    noisy = noise is not None and noise.sigma > 0
+    passes = draws if noisy else 1
     total, count = 0.0, 0
     for step, index in enumerate(data.batch_order(seed, epoch, batch_size)):
         xb = torch.from_numpy(data.x[index]).to(device)
         yb = torch.from_numpy(data.y[index]).to(device)
-        clean = None
-        if noise is not None and noise.sigma > 0:
-            clean = trainable.crossbar_arrays()
-            trainable.set_crossbar_arrays(
-                perturbed_arrays(clean, layers, noise, seed=seed, epoch=epoch, step=step)
-            )
+        clean = trainable.crossbar_arrays() if noisy else None
         optimizer.zero_grad(set_to_none=True)
-        logits = module(xb)
-        if isinstance(logits, (tuple, list)):
-            logits = logits[0]
-        loss = torch.nn.functional.cross_entropy(logits, yb)
-        loss.backward()
+        step_loss = 0.0
+        for draw in range(passes):
+            if clean is not None:
+                assert noise is not None
+                trainable.set_crossbar_arrays(
+                    perturbed_arrays(
+                        clean, layers, noise, seed=seed, epoch=epoch, step=step, draw=draw
+                    )
+                )
+            logits = module(xb)
+            if isinstance(logits, (tuple, list)):
+                logits = logits[0]
+            loss = torch.nn.functional.cross_entropy(logits, yb)
+            (loss / passes).backward()  # gradients add up over the draws: their mean
+            step_loss += float(loss.detach()) / passes
         if clean is not None:
             trainable.set_crossbar_arrays(clean)  # gradient at w + dw, update applied to w
         optimizer.step()
-        total += float(loss.detach()) * len(index)
+        total += step_loss * len(index)
         count += len(index)
         if on_step is not None:
-            on_step(step, float(loss.detach()))
+            on_step(step, step_loss)
     return total / max(count, 1)
 
 

@@ -173,3 +173,48 @@ class TriceSearch:
                 for entry in data.get("trace", [])
             ],
         )
+
+
+def exported_sigma_t(history: list[dict[str, Any]]) -> float | None:
+    """The sigma_t at which the exported copy trained in the last epoch (None: no epoch ran).
+
+    Read from the last epoch's record, not from the search interval, which an update has
+    already shrunk: after an update it is the winner's candidate (its weights went to every
+    copy, and the merged model of a converged search starts from them); in a converged epoch the
+    one model's scale; before any update (warm-up) the mid copy's, the one exported.
+    """
+    if not history:
+        return None
+    last = history[-1]
+    candidates = last["candidates"]
+    if len(candidates) == 1:
+        return float(candidates[0])
+    return float(candidates[int(last.get("winner", 1))])
+
+
+def search_status(search: TriceSearch) -> str:
+    """'converged', 'not converged' (updates ran, the interval is still wider than the
+    tolerance) or 'not run' (no update: every epoch was in the warm-up)."""
+    if search.converged():
+        return "converged"
+    return "not converged" if search.trace else "not run"
+
+
+def trice_summary(details: dict[str, Any]) -> str:
+    """One line on what TRICE exported, true to the search's state (the table's caption)."""
+    status, sigma_t = details.get("search_status"), details.get("sigma_t")
+    trained = "no epoch ran" if sigma_t is None else f"trained at sigma_t = {sigma_t:.4g}"
+    th = f"th = {details['threshold']:g}"
+    if status == "converged":
+        return f"TRICE chose sigma_t = {sigma_t:.4g} ({th}; the search converged)"
+    search = details.get("search", {})
+    if status == "not run":
+        return (
+            f"TRICE's search never ran (epochs <= warm-up {search.get('warmup', '?')}): the "
+            f"exported model is the mid copy, {trained} in its last epoch ({th})"
+        )
+    return (
+        f"TRICE's search did not converge (interval [{search.get('start', 0):.4g}, "
+        f"{search.get('end', 0):.4g}] after {len(search.get('trace', []))} update(s)): the "
+        f"exported model {trained} in its last epoch ({th})"
+    )

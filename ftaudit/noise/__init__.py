@@ -21,16 +21,27 @@ for _module in pkgutil.iter_modules(__path__):
 
 
 def get_noise_model(
-    spec: str, *, bits: int | None = None, cell_bits: int | None = None
+    spec: str,
+    *,
+    bits: int | None = None,
+    cell_bits: int | None = None,
+    clamp: bool = True,
+    cell_noise: str = "independent",
 ) -> NoiseModel:
-    """A noise model by registry name, a shipped device profile, or a device ``.toml`` file."""
+    """A noise model by registry name, a shipped device profile, or a device ``.toml`` file.
+
+    ``clamp`` (conductances stay >= 0) and ``cell_noise`` (independent or shared per weight)
+    are the multi-level devices' physics choices (docs/methods.md); other models ignore them."""
     from ftaudit.noise.device import DeviceNoise, load_device_file, shipped_profiles
 
+    physics = {"clamp": clamp, "cell_noise": cell_noise}
     if spec.endswith(".toml") or Path(spec).suffix == ".toml":
-        return load_device_file(Path(spec), bits=bits, cell_bits=cell_bits)
+        return load_device_file(Path(spec), bits=bits, cell_bits=cell_bits, **physics)
     profiles = shipped_profiles()
     if spec in profiles and spec not in NOISE_MODELS:
-        return load_device_file(profiles[spec], bits=bits, cell_bits=cell_bits, shipped=True)
+        return load_device_file(
+            profiles[spec], bits=bits, cell_bits=cell_bits, shipped=True, **physics
+        )
     cls = NOISE_MODELS.get(spec)
     if cls is None:
         names = sorted({*NOISE_MODELS, *profiles})
@@ -41,7 +52,7 @@ def get_noise_model(
             hint=f"{hint}choose one of {', '.join(names)} or a device .toml file",
         )
     if issubclass(cls, DeviceNoise):
-        return cls(bits=bits, cell_bits=cell_bits)
+        return cls(bits=bits, cell_bits=cell_bits, **physics)
     if bits is not None or cell_bits is not None:
         raise UserError(
             f"--bits/--cell-bits apply to device noise models, not to '{spec}'",

@@ -24,10 +24,25 @@ from ftaudit.device_effects import DriftModel, StuckAt
 from ftaudit.errors import UserError
 from ftaudit.noise.base import CellModel, LayerNoise, NoiseModel, register
 
+#: --cell-noise choices: one conductance deviation per cell, or one per weight shared by its cells
+CELL_NOISE = {
+    "independent": "every cell of a weight gets its own dg (variance sum_i 4^(iB): 17 for 4-bit "
+    "weights over 2-bit cells)",
+    "shared": "one dg per weight, the same on each of its cells (eq. 14 read literally; "
+    "variance (sum_i 2^(iB))^2: 25 for 4 bits over 2-bit cells)",
+}
+
 
 class _DeviceLayer(LayerNoise):
     def __init__(
-        self, weight: np.ndarray, bits: int, cell_bits: int, multipliers: np.ndarray
+        self,
+        weight: np.ndarray,
+        bits: int,
+        cell_bits: int,
+        multipliers: np.ndarray,
+        *,
+        clamp: bool = True,
+        cell_noise: str = "independent",
     ) -> None:
         weight = np.asarray(weight, dtype=np.float32)
         cells = bits // cell_bits
@@ -56,17 +71,37 @@ class _DeviceLayer(LayerNoise):
             ]
         ).astype(np.float32)
         self._term = np.empty(weight.shape, np.float32)
+        self.clamp, self.shared = clamp, cell_noise == "shared"
+        # clamping: a cell's deviation may not take its conductance below 0, dg >= -g_i
+        self.spread = multipliers[self.cell_values].astype(np.float32)
+        self.place = np.stack([sign * step * 2.0 ** (i * cell_bits) for i in range(cells)]).astype(
+            np.float32
+        )
+        self.floor = (-self.cell_values).astype(np.float32)
 
     def unperturbed(self) -> np.ndarray:
         return self.quantized
 
     def perturb(self, draws: np.ndarray, sigma: float, out: np.ndarray) -> np.ndarray:
-        np.multiply(draws[0], self.coef[0], out=out)
-        for i in range(1, len(self.coef)):
-            np.multiply(draws[i], self.coef[i], out=self._term)
-            np.add(out, self._term, out=out)
-        np.multiply(out, np.float32(sigma), out=out)
-        np.add(out, self.quantized, out=out)
+        """quantized + sum_i place_i * dg_i with dg_i = sigma * m[g_i] * z_i (z_0 for every cell
+        with shared noise), each dg_i >= -g_i when clamping (conductance >= 0). At sigma = 0
+        every dg is 0, so the quantised weights come back bit for bit."""
+        if not self.clamp:
+            np.multiply(draws[0], self.coef[0], out=out)
+            for i in range(1, len(self.coef)):
+                np.multiply(draws[0 if self.shared else i], self.coef[i], out=self._term)
+                np.add(out, self._term, out=out)
+            np.multiply(out, np.float32(sigma), out=out)
+            np.add(out, self.quantized, out=out)
+            return out
+        np.copyto(out, self.quantized)
+        for i in range(len(self.coef)):
+            term = self._term
+            np.multiply(draws[0 if self.shared else i], self.spread[i], out=term)
+            np.multiply(term, np.float32(sigma), out=term)
+            np.maximum(term, self.floor[i], out=term)
+            np.multiply(term, self.place[i], out=term)
+            np.add(out, term, out=out)
         return out
 
     def cells(self) -> CellModel:
@@ -91,11 +126,16 @@ class _DeviceCells(CellModel):
         self._low = np.zeros((), np.float32)
         self._high = np.full((), 2**layer.cell_bits - 1, np.float32)
         self._term = np.empty(sign.shape, np.float32)
+        self.clamp, self.shared = layer.clamp, layer.shared
 
     def program(self, draws: np.ndarray, sigma: float, out: np.ndarray) -> np.ndarray:
+        if self.shared:  # one dg per weight: the first draw on every cell
+            draws = np.broadcast_to(draws[:1], draws.shape)
         np.multiply(draws, self.spread, out=out)
         np.multiply(out, np.float32(sigma), out=out)
         np.add(out, self.targets, out=out)
+        if self.clamp:
+            np.maximum(out, 0.0, out=out)
         return out
 
     def stuck_values(self) -> tuple[np.ndarray, np.ndarray]:
@@ -124,7 +164,15 @@ class DeviceNoise(NoiseModel):
         multipliers: tuple[float, ...] | None = None,
         label: str | None = None,
         source: str | None = None,
+        clamp: bool = True,
+        cell_noise: str = "independent",
     ) -> None:
+        if cell_noise not in CELL_NOISE:
+            raise UserError(
+                f"--cell-noise must be one of {', '.join(CELL_NOISE)}, got '{cell_noise}'",
+                hint="independent (default): one dg per cell; shared: one dg per weight",
+            )
+        self.clamp, self.cell_noise = bool(clamp), cell_noise
         self.bits = 4 if bits is None else int(bits)
         self.cell_bits = 2 if cell_bits is None else int(cell_bits)
         self.label = label or self.name
@@ -162,7 +210,14 @@ class DeviceNoise(NoiseModel):
         self.draws_per_weight = self.bits // self.cell_bits
 
     def prepare(self, weight: np.ndarray) -> LayerNoise:
-        return _DeviceLayer(weight, self.bits, self.cell_bits, self.multipliers)
+        return _DeviceLayer(
+            weight,
+            self.bits,
+            self.cell_bits,
+            self.multipliers,
+            clamp=self.clamp,
+            cell_noise=self.cell_noise,
+        )
 
     def parameters(self) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -170,6 +225,8 @@ class DeviceNoise(NoiseModel):
             "bits": self.bits,
             "cell_bits": self.cell_bits,
             "sigma_multipliers": [float(m) for m in self.multipliers],
+            "clamp": self.clamp,
+            "cell_noise": self.cell_noise,
         }
         if self.source:
             params["device_file"] = self.source
@@ -311,7 +368,13 @@ def _profile(spec: dict[str, Any], path: Path) -> DeviceProfile:
 
 
 def load_device_file(
-    path: Path, *, bits: int | None = None, cell_bits: int | None = None, shipped: bool = False
+    path: Path,
+    *,
+    bits: int | None = None,
+    cell_bits: int | None = None,
+    shipped: bool = False,
+    clamp: bool = True,
+    cell_noise: str = "independent",
 ) -> DeviceNoise:
     """A device from TOML: bits, cell_bits, per-level sigma multipliers, optional defaults.
 
@@ -348,6 +411,8 @@ def load_device_file(
         multipliers=tuple(float(v) for v in table),
         label=str(spec.get("name", path.stem)),
         source=None if shipped else str(path),
+        clamp=clamp,
+        cell_noise=cell_noise,
     )
     model.profile = profile
     if shipped:

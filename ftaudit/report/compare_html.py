@@ -193,6 +193,7 @@ def _gates_table(data: Mapping[str, Any]) -> Raw:
                 _points(gate.get("mean_difference")),
                 _points(gate.get("interval_high")),
                 _points(-gate["tolerance"]) if gate.get("tolerance") is not None else "n/a",
+                "n/a" if gate.get("p_value") is None else f"{gate['p_value']:.3g}",
                 tag(
                     "span",
                     "passed" if passed else "FAILED",
@@ -200,8 +201,12 @@ def _gates_table(data: Mapping[str, Any]) -> Raw:
                 ),
             ]
         )
-    headers = ["row", "Δ mean", "upper 95% bound", "fails below", "verdict"]
-    return html_table(headers, rows, numeric=(1, 2, 3), css_class="compact")
+    headers = ["row", "Δ mean", "upper 95% bound", "fails below", "one-sided p", "verdict"]
+    table = html_table(headers, rows, numeric=(1, 2, 3, 4), css_class="compact")
+    rule = data.get("gate_rule")
+    if not rule:
+        return table
+    return join([table, tag("p", f"Gate rule: {rule}.", class_="note")])
 
 
 def _provenance(data: Mapping[str, Any]) -> Raw:

@@ -89,7 +89,9 @@ def compare_table(report: CompareReport) -> Table:
     ]
     caption.extend(_effects_caption(base))
     if report.fail_if_worse is not None:
-        caption.append(f"gate FAILED if the Δmean interval < -{100 * report.fail_if_worse:.2f}")
+        caption.append(
+            f"gate (--fail-if-worse {100 * report.fail_if_worse:.2f} points): {report.gate_rule()}"
+        )
     table = Table(
         title=title,
         caption="\n".join(caption),
@@ -196,6 +198,7 @@ def compare_junit(report: CompareReport) -> str:
             "candidate.sha256": data["candidate"].get("sha256"),
             "seed": data.get("seed"),
             "samples": data.get("samples"),
+            "gate_rule": data.get("gate_rule"),
         },
         elapsed_s=data.get("elapsed_s"),
     )

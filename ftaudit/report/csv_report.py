@@ -35,8 +35,11 @@ CSV_COLUMNS = (
 )
 
 
-def _cell(value: float) -> float | str:
-    """Floats keep full precision (repr round-trips); a non-finite value is an empty cell."""
+def _cell(value: float | None) -> float | str:
+    """Floats keep full precision (repr round-trips); a non-finite or unavailable (None) value
+    is an empty cell."""
+    if value is None:
+        return ""
     value = float(value)
     return value if math.isfinite(value) else ""
 

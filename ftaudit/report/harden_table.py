@@ -32,9 +32,9 @@ def harden_table(report: HardenReport) -> Table:
     if drop > CLEAN_DROP_NOTICE:
         caption.append(f"[bold red]clean accuracy {100 * drop:.2f} points lower after hardening[/]")
     if "sigma_t" in details:
-        caption.append(
-            f"TRICE chose sigma_t = {details['sigma_t']:.4g} (th = {details['threshold']:g})"
-        )
+        from ftaudit.harden.trice_search import trice_summary
+
+        caption.append(escape(trice_summary(details)))
     table = Table(title=title, caption="\n".join(caption), box=box.SIMPLE_HEAD, pad_edge=False)
     for header in ("sigma", "mean before", "mean after", "KPP before", "KPP after", "Δmean paired"):
         table.add_column(header, justify="right", no_wrap=True)

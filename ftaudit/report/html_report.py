@@ -47,7 +47,10 @@ def _level(interval: Mapping[str, Any] | None) -> str:
 
 
 def _with_interval(value: float | None, interval: Mapping[str, Any]) -> str:
-    return f"{_pct(value)} [{_pct(interval.get('low'))}, {_pct(interval.get('high'))}]"
+    """value [low, high]; a side the samples cannot reach (null) is a dash."""
+    low, high = interval.get("low"), interval.get("high")
+    side = {None: "–"}
+    return f"{_pct(value)} [{side.get(low, _pct(low))}, {side.get(high, _pct(high))}]"
 
 
 def _drop(reference: float | None, value: float | None) -> float | None:
@@ -346,12 +349,11 @@ def _methods(results: list[Mapping[str, Any]], key: str) -> str:
     return " / ".join(methods) or "?"
 
 
-def _kpp_side_unbounded(result: Mapping[str, Any]) -> bool:
-    """True when the KPP interval fell back to a domain bound (0 or 1) away from the KPP."""
+def _kpp_side_unavailable(result: Mapping[str, Any]) -> bool:
+    """True when a side of the KPP interval is unavailable (null: too few samples)."""
     interval = result.get("kpp_interval") or {}
-    kpp = result.get("kpp")
-    return kpp is not None and (
-        (interval.get("low") == 0.0 and kpp > 0.0) or (interval.get("high") == 1.0 and kpp < 1.0)
+    return result.get("kpp") is not None and (
+        interval.get("low") is None or interval.get("high") is None
     )
 
 
@@ -394,11 +396,15 @@ def _results_table(data: Mapping[str, Any]) -> Raw:
         f"Accuracies in %. Intervals: mean by {_methods(results, 'mean_interval')}; KPP by "
         f"{_methods(results, 'kpp_interval')}. Δ = drop from the unperturbed accuracy."
     ]
-    if any(_kpp_side_unbounded(r) for r in results):
-        notes.append(
-            "A KPP interval ending at 0.00 or 100.00 has a side that this many samples cannot "
-            "bound at this k; it falls back to the accuracy range. Run more --samples to close it."
-        )
+    one_sided = [r for r in results if _kpp_side_unavailable(r)]
+    if one_sided:
+        from ftaudit.report.table import kpp_unavailable_line
+
+        confidence = (one_sided[0].get("kpp_interval") or {}).get("confidence", 0.95)
+        notes.append(kpp_unavailable_line(float(k), float(confidence)) + " (run more --samples).")
+    scope = (data.get("interval_scope") or {}).get("statement")
+    if scope:
+        notes.append(scope[0].upper() + scope[1:] + ".")
     if any(r.get("stopped_early") for r in results):
         notes.append(f"{EARLY_STOP_MARK} stopped early: the target interval width was reached.")
     return join(

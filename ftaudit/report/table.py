@@ -24,6 +24,24 @@ def _percent(value: float) -> str:
     return f"{100 * value:.2f}" if math.isfinite(value) else "n/a"
 
 
+#: an interval side the samples cannot reach (see stats.kpp_min_samples)
+UNAVAILABLE = "–"
+
+
+def _side(value: float | None) -> str:
+    return UNAVAILABLE if value is None else _percent(value)
+
+
+def kpp_unavailable_line(k: float, confidence: float) -> str:
+    """The footer line for KPP intervals with a side the samples cannot reach."""
+    from ftaudit.stats import kpp_min_samples
+
+    return (
+        f"{UNAVAILABLE} unavailable: a two-sided {_level(confidence)} KPP interval at k={k:g} "
+        f"needs at least {kpp_min_samples(k, confidence)} samples"
+    )
+
+
 def _level(confidence: float) -> str:
     return f"{100 * confidence:g}%"
 
@@ -50,12 +68,18 @@ def audit_table(report: AuditReport) -> Table:
     if report.quantized_accuracy is not None:
         caption_parts.append(f"quantised clean accuracy {_percent(report.quantized_accuracy)}%")
     caption_parts.append("accuracies in %; n samples; Δ = drop from the unperturbed accuracy")
+    caption_parts.append(escape(report.interval_scope()["statement"]))
     caption_parts.extend(_effects_caption(report))
     if report.analog is not None:  # every analog non-ideality in force, one line each
         caption_parts.extend(f"analog: {line}" for line in report.analog["in_force"])
     with_time = any(result.time_s is not None for result in report.results)
     if any(result.stopped_early for result in report.results):
         caption_parts.append(f"{EARLY_STOP_MARK} stopped early: target interval width reached")
+    one_sided = [r for r in report.results if not r.summary.kpp_interval.two_sided()]
+    if one_sided:
+        caption_parts.append(
+            kpp_unavailable_line(report.k, one_sided[0].summary.kpp_interval.confidence)
+        )
     # One caption line per fact: a long single line would wrap mid-phrase at the table's width.
     # compact on purpose: a row must fit an 80-column terminal without wrapping
     table = Table(
@@ -92,8 +116,7 @@ def audit_table(report: AuditReport) -> Table:
             samples,
             f"{_percent(s.mean)} ± {_percent(half_width)}",
             escape(
-                f"{_percent(s.kpp)} [{_percent(s.kpp_interval.low)}, "
-                f"{_percent(s.kpp_interval.high)}]"
+                f"{_percent(s.kpp)} [{_side(s.kpp_interval.low)}, {_side(s.kpp_interval.high)}]"
             ),
         ]
         if not with_time:
