@@ -214,6 +214,14 @@ def write_report_files(kind: str, report: Any, paths: dict[str, Path | str | Non
                 get_writer(fmt, kind)(report, Path(path))
 
 
+def analog_pipeline(settings: Any, flags: dict[str, Any]) -> Any:
+    """The analog forward pipeline: the flags given over the noise profile's ``[analog]``."""
+    from ftaudit.analog.options import pipeline_from_flags
+
+    noise = noise_of(settings)
+    return pipeline_from_flags(**flags, base=getattr(noise.profile, "analog", None))
+
+
 def warn_untraced(model_block: dict[str, Any]) -> None:
     """One stderr warning per multiply operator whose weight the audit left exact."""
     for op in model_block.get("untraced") or []:

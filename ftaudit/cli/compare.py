@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ftaudit.cli.common import (
+    analog_pipeline,
     audit_options,
     check_output_paths,
     effect_options,
@@ -23,6 +24,8 @@ from ftaudit.cli.common import (
 )
 from ftaudit.cli.exit_codes import exit_codes
 from ftaudit.cli.options import (
+    AdcBitsOpt,
+    AdcBoundOpt,
     BatchSizeOpt,
     BitsOpt,
     CellBitsOpt,
@@ -31,6 +34,7 @@ from ftaudit.cli.options import (
     CompensationOpt,
     ConfigOpt,
     CsvOpt,
+    DacBitsOpt,
     DataOpt,
     DeviceOpt,
     DriftNuOpt,
@@ -48,12 +52,15 @@ from ftaudit.cli.options import (
     OutputOpt,
     QuietOpt,
     RayOpt,
+    ReadNoiseOpt,
     SamplesOpt,
     SeedOpt,
     SigmaOpt,
     StdOpt,
     StuckAtOpt,
+    TileSizeOpt,
     TimeOpt,
+    WeightScalingOpt,
     WorkersOpt,
 )
 from ftaudit.errors import GateFailure
@@ -112,10 +119,25 @@ def compare_command(
     stuck_at: StuckAtOpt = None,
     workers: WorkersOpt = None,
     ray: RayOpt = None,
+    dac_bits: DacBitsOpt = None,
+    adc_bits: AdcBitsOpt = None,
+    adc_bound: AdcBoundOpt = None,
+    read_noise: ReadNoiseOpt = None,
+    tile_size: TileSizeOpt = None,
+    weight_scaling: WeightScalingOpt = None,
 ) -> None:
     """BASELINE and CANDIDATE on the same draws: mean, KPP and paired differences per sigma
     (and time, compensation with --time)."""
     from ftaudit.compare import compare
+
+    analog_flags = {
+        "dac_bits": dac_bits,
+        "adc_bits": adc_bits,
+        "adc_bound": adc_bound,
+        "read_noise": read_noise,
+        "tile_size": tile_size,
+        "weight_scaling": weight_scaling,
+    }
 
     settings = shared_settings(
         config,
@@ -154,6 +176,7 @@ def compare_command(
     validate_scale_out(workers=settings.workers, checkpoint_dir=None, resume=False)
     warn_workers(settings.workers, ray)
     effect_options(settings)  # bad drift or fault values fail here, before any output check
+    pipeline = analog_pipeline(settings, analog_flags)
     check_output_paths(
         input_files(settings, baseline, candidate),
         {
@@ -175,6 +198,7 @@ def compare_command(
         settings.data,
         fail_if_worse=settings.fail_if_worse,
         gate_correction=settings.gate_correction,
+        pipeline=pipeline,
         **audit_options(settings, ray),
     )
     warn(report.baseline.warnings)

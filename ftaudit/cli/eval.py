@@ -22,6 +22,8 @@ from ftaudit.cli.common import (
 )
 from ftaudit.cli.exit_codes import exit_codes, run_argv
 from ftaudit.cli.options import (
+    AdcBitsOpt,
+    AdcBoundOpt,
     BatchSamplesOpt,
     BatchSizeOpt,
     BitsOpt,
@@ -31,6 +33,7 @@ from ftaudit.cli.options import (
     CompensationOpt,
     ConfigOpt,
     CsvOpt,
+    DacBitsOpt,
     DataOpt,
     DeviceOpt,
     DriftNuOpt,
@@ -51,12 +54,15 @@ from ftaudit.cli.options import (
     OutputOpt,
     QuietOpt,
     RayOpt,
+    ReadNoiseOpt,
     SamplesOpt,
     SeedOpt,
     SigmaOpt,
     StdOpt,
     StuckAtOpt,
+    TileSizeOpt,
     TimeOpt,
+    WeightScalingOpt,
     WorkersOpt,
 )
 from ftaudit.errors import GateFailure, UserError
@@ -130,8 +136,15 @@ def eval_command(
     checkpoint_dir: EvalCheckpointOpt = None,
     resume: EvalResumeOpt = False,
     batch_samples: BatchSamplesOpt = None,
+    dac_bits: DacBitsOpt = None,
+    adc_bits: AdcBitsOpt = None,
+    adc_bound: AdcBoundOpt = None,
+    read_noise: ReadNoiseOpt = None,
+    tile_size: TileSizeOpt = None,
+    weight_scaling: WeightScalingOpt = None,
 ) -> None:
     """Monte Carlo accuracy (mean and KPP) of MODEL under device variation."""
+    from ftaudit.analog.options import pipeline_from_flags
     from ftaudit.config import load_settings, merge, parse_floats, parse_sigmas
     from ftaudit.evaluation import audit, validate_options, validate_scale_out
     from ftaudit.units import parse_stuck_at, parse_time, parse_times
@@ -173,6 +186,15 @@ def eval_command(
     validate_scale_out(workers=settings.workers, checkpoint_dir=checkpoint_dir, resume=resume)
     warn_workers(settings.workers, ray)
     noise_model = noise_of(settings)
+    pipeline = pipeline_from_flags(
+        dac_bits=dac_bits,
+        adc_bits=adc_bits,
+        adc_bound=adc_bound,
+        read_noise=read_noise,
+        tile_size=tile_size,
+        weight_scaling=weight_scaling,
+        base=getattr(noise_model.profile, "analog", None),
+    )
     if settings.sigma is None and getattr(noise_model.profile, "sigma", None) is not None:
         settings = replace(settings, sigma=noise_model.profile.sigma)
     if settings.sigma is None:
@@ -240,6 +262,7 @@ def eval_command(
         resume=resume,
         batch_samples=batch_samples,
         fold_batchnorm=fold_batchnorm,
+        pipeline=pipeline,
     )
     warn(report.warnings)
 

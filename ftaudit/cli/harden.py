@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from ftaudit.cli.common import (
+    analog_pipeline,
     check_output_paths,
     external_data,
     run_with_stages,
@@ -18,7 +19,20 @@ from ftaudit.cli.common import (
     warn_workers,
 )
 from ftaudit.cli.exit_codes import exit_codes, run_argv
-from ftaudit.cli.options import BitsOpt, CellBitsOpt, CellNoiseOpt, ClampOpt, ConfigOpt, ModelArg
+from ftaudit.cli.options import (
+    AdcBitsOpt,
+    AdcBoundOpt,
+    BitsOpt,
+    CellBitsOpt,
+    CellNoiseOpt,
+    ClampOpt,
+    ConfigOpt,
+    DacBitsOpt,
+    ModelArg,
+    ReadNoiseOpt,
+    TileSizeOpt,
+    WeightScalingOpt,
+)
 from ftaudit.errors import UserError
 from ftaudit.harden.settings import HARDEN_DEFAULTS as _HARDEN
 
@@ -177,6 +191,12 @@ def harden_command(
         ),
     ] = None,
     config: ConfigOpt = None,
+    dac_bits: DacBitsOpt = None,
+    adc_bits: AdcBitsOpt = None,
+    adc_bound: AdcBoundOpt = None,
+    read_noise: ReadNoiseOpt = None,
+    tile_size: TileSizeOpt = None,
+    weight_scaling: WeightScalingOpt = None,
 ) -> None:
     """Retrain MODEL to survive device variation; write it in the input's format."""
     from ftaudit.config import merge, parse_sigmas
@@ -234,6 +254,15 @@ def harden_command(
         {"hardened model": output, "harden report": report_path, "study database": study},
     )
     warn_workers(settings.workers, ray)
+    analog_flags = {
+        "dac_bits": dac_bits,
+        "adc_bits": adc_bits,
+        "adc_bound": adc_bound,
+        "read_noise": read_noise,
+        "tile_size": tile_size,
+        "weight_scaling": weight_scaling,
+    }
+    pipeline = analog_pipeline(settings, analog_flags)
     from ftaudit.harden.api import harden
 
     err = stderr_console()
@@ -272,6 +301,7 @@ def harden_command(
         ray=ray,
         command=["ftaudit", *run_argv()],
         console=err,
+        pipeline=pipeline,
     )
     from ftaudit.text import escape
 

@@ -144,6 +144,28 @@ JsonOpt = Annotated[
 ]
 CsvOpt = Annotated[Path | None, typer.Option("--csv", help="Write a CSV table here.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No table on stdout.")]
+# the analog forward pipeline (ftaudit.analog): parsed into a ForwardPipeline in one call
+DacBitsOpt = Annotated[
+    int | None, typer.Option("--dac-bits", help="Analog: input DAC bits per crossbar layer.")
+]
+AdcBitsOpt = Annotated[
+    int | None, typer.Option("--adc-bits", help="Analog: ADC bits per tile output (saturating).")
+]
+AdcBoundOpt = Annotated[
+    float | None,
+    typer.Option("--adc-bound", help="Analog: fixed ADC bound, normalised [calibrated]."),
+]
+ReadNoiseOpt = Annotated[
+    float | None,
+    typer.Option("--read-noise", help="Analog: output noise per read, normalised units [0]."),
+]
+TileSizeOpt = Annotated[
+    str | None, typer.Option("--tile-size", help="Analog: crossbar ROWSxCOLS, e.g. 256x256.")
+]
+WeightScalingOpt = Annotated[
+    str | None,
+    typer.Option("--weight-scaling", help="Analog: max|W| per layer, column or tile [layer]."),
+]
 SensitivitySamplesOpt = Annotated[
     int | None,
     typer.Option(

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ftaudit.cli.common import (
+    analog_pipeline,
     audit_options,
     check_output_paths,
     config_sets,
@@ -24,6 +25,8 @@ from ftaudit.cli.common import (
 )
 from ftaudit.cli.exit_codes import exit_codes
 from ftaudit.cli.options import (
+    AdcBitsOpt,
+    AdcBoundOpt,
     BatchSizeOpt,
     BitsOpt,
     CellBitsOpt,
@@ -32,6 +35,7 @@ from ftaudit.cli.options import (
     CompensationOpt,
     ConfigOpt,
     CsvOpt,
+    DacBitsOpt,
     DataOpt,
     DeviceOpt,
     DriftNuOpt,
@@ -47,12 +51,15 @@ from ftaudit.cli.options import (
     OutputOpt,
     QuietOpt,
     RayOpt,
+    ReadNoiseOpt,
     SeedOpt,
     SensitivitySamplesOpt,
     SigmaOpt,
     StdOpt,
     StuckAtOpt,
+    TileSizeOpt,
     TimeOpt,
+    WeightScalingOpt,
     WorkersOpt,
 )
 from ftaudit.options import OutputOptions
@@ -114,10 +121,25 @@ def sensitivity_command(
     stuck_at: StuckAtOpt = None,
     workers: WorkersOpt = None,
     ray: RayOpt = None,
+    dac_bits: DacBitsOpt = None,
+    adc_bits: AdcBitsOpt = None,
+    adc_bound: AdcBoundOpt = None,
+    read_noise: ReadNoiseOpt = None,
+    tile_size: TileSizeOpt = None,
+    weight_scaling: WeightScalingOpt = None,
 ) -> None:
     """Rank MODEL's crossbar layers by the KPP they lose under device variation (and drift,
     stuck-at faults with --time, --stuck-at)."""
     from ftaudit.sensitivity import DEFAULT_SENSITIVITY_SAMPLES, sensitivity
+
+    analog_flags = {
+        "dac_bits": dac_bits,
+        "adc_bits": adc_bits,
+        "adc_bound": adc_bound,
+        "read_noise": read_noise,
+        "tile_size": tile_size,
+        "weight_scaling": weight_scaling,
+    }
 
     settings = shared_settings(
         config,
@@ -155,6 +177,7 @@ def sensitivity_command(
     validate_scale_out(workers=settings.workers, checkpoint_dir=None, resume=False)
     warn_workers(settings.workers, ray)
     effect_options(settings)  # bad drift or fault values fail here, before any output check
+    pipeline = analog_pipeline(settings, analog_flags)
     if samples is None and not config_sets(settings, "samples"):
         from dataclasses import replace
 
@@ -179,6 +202,7 @@ def sensitivity_command(
         model,
         settings.data,
         target_kpp=settings.target_kpp,
+        pipeline=pipeline,
         **audit_options(settings, ray),
     )
     warn(report.warnings)

@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from ftaudit.harden.trainable import TrainableModel, make_trainable
 from ftaudit.harden.training import SampleWorkers, TrainingData, TrainingNoise, train_epoch
 from ftaudit.models.base import AuditModel, CrossbarLayer
 from ftaudit.noise import NoiseModel
+
+if TYPE_CHECKING:
+    from ftaudit.analog.torch_pipeline import AnalogTraining
 
 EVAL_KEY = 1_000_003
 
@@ -55,10 +58,14 @@ class HardenContext:
     progress: StageProgress | None = None
     #: where validation Monte Carlo runs (None: this process); the numbers are the same
     workers: SampleWorkers | None = None
+    #: the analog forward pipeline every trainable copy trains and validates with
+    analog: AnalogTraining | None = None
 
     def new_model(self) -> TrainableModel:
         """A fresh trainable copy of the input model on this run's device."""
         model = make_trainable(self.source)
+        if self.analog is not None:
+            self.analog.attach(model)
         model.module.to(self.device)
         return model
 
