@@ -67,6 +67,9 @@ FEATURE = "the bayesft harden method"
 #: optuna's default (10) would make the default 10-trial search a plain random search
 STARTUP_TRIALS = 3
 
+#: line 6's gradient of u through w' = w * exp(sigma z) (``train_epoch``'s ``chain_rule``)
+CHAIN_RULE = True
+
 OBJECTIVE_KEY = 1_000_005
 SAMPLER_KEY = 1_000_006
 DROPOUT_KEY = 1_000_007
@@ -687,7 +690,9 @@ class BayesftMethod(HardenMethod):
                         _derived(ctx.seed, DROPOUT_KEY, epoch, layer_index[name])
                     )
                 # Algorithm 1 line 6: the gradient of u, the loss under the evaluation noise
-                loss = ctx.train_epoch(model, optimizer, epoch, noise, draws=draws)
+                loss = ctx.train_epoch(
+                    model, optimizer, epoch, noise, draws=draws, chain_rule=CHAIN_RULE
+                )
             objective = bayesft_objective(
                 model,
                 ctx.val,
