@@ -6,6 +6,8 @@ objective),
 then measures the input and the hardened model on the held-out 2,000-image test subset with a
 Monte Carlo that shares no code with ftaudit: numpy, its own generator, w * exp(sigma * z) per
 weight of the three Gemm layers. Prints one line per seed and the mean gain.
+``--straight-through`` trains on dL/dw' as BayesFT did before the chain-rule fix (the comparison
+rows of docs/reproductions/bayesft-acceptance.md).
 
     python benchmarks/bayesft_acceptance.py --seeds 0 1 2
 """
