@@ -124,14 +124,15 @@ def test_objective_is_minus_the_monte_carlo_mean_cross_entropy(trained_mlp, mlp_
 
 def test_weights_train_on_the_loss_under_the_evaluation_noise(setup, monkeypatch) -> None:
     """Algorithm 1 line 6: theta follows the gradient of u, the loss under the drift at sigma
-    (not the clean loss), with --train-draws draws per step."""
+    (not the clean loss), with --train-draws draws per step and the chain rule to the clean
+    weights."""
     import ftaudit.harden.methods as methods
 
     calls = []
     real = methods.train_epoch
 
     def recording(*args, **kwargs):
-        calls.append((kwargs["noise"], kwargs["draws"]))
+        calls.append((kwargs["noise"], kwargs["draws"], kwargs["chain_rule"]))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(methods, "train_epoch", recording)
@@ -148,9 +149,9 @@ def test_weights_train_on_the_loss_under_the_evaluation_noise(setup, monkeypatch
         **QUICK,
     )
     assert len(calls) == 4
-    for noise, draws in calls:
+    for noise, draws, chain_rule in calls:
         assert noise is not None and noise.sigma == 0.8 and noise.threshold is None
-        assert noise.model.name == "lognormal" and draws == 3
+        assert noise.model.name == "lognormal" and draws == 3 and chain_rule
     assert report.details["train_draws"] == 3
 
 
