@@ -170,6 +170,28 @@ JsonOpt = Annotated[
 ]
 CsvOpt = Annotated[Path | None, typer.Option("--csv", help="Write a CSV table here.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No table on stdout.")]
+# the analog forward pipeline (ftaudit.analog): parsed into a ForwardPipeline in one call
+DacBitsOpt = Annotated[
+    int | None, typer.Option("--dac-bits", help="Analog: input DAC bits per crossbar layer.")
+]
+AdcBitsOpt = Annotated[
+    int | None, typer.Option("--adc-bits", help="Analog: ADC bits per tile output (saturating).")
+]
+AdcBoundOpt = Annotated[
+    float | None,
+    typer.Option("--adc-bound", help="Analog: fixed ADC bound, normalised [calibrated]."),
+]
+ReadNoiseOpt = Annotated[
+    float | None,
+    typer.Option("--read-noise", help="Analog: output noise per read, normalised units [0]."),
+]
+TileSizeOpt = Annotated[
+    str | None, typer.Option("--tile-size", help="Analog: crossbar ROWSxCOLS, e.g. 256x256.")
+]
+WeightScalingOpt = Annotated[
+    str | None,
+    typer.Option("--weight-scaling", help="Analog: max|W| per layer, column or tile [layer]."),
+]
 
 
 def _version(value: bool) -> None:
@@ -284,8 +306,15 @@ def eval_command(
     checkpoint_dir: EvalCheckpointOpt = None,
     resume: EvalResumeOpt = False,
     batch_samples: BatchSamplesOpt = None,
+    dac_bits: DacBitsOpt = None,
+    adc_bits: AdcBitsOpt = None,
+    adc_bound: AdcBoundOpt = None,
+    read_noise: ReadNoiseOpt = None,
+    tile_size: TileSizeOpt = None,
+    weight_scaling: WeightScalingOpt = None,
 ) -> None:
     """Monte Carlo accuracy (mean and KPP) of MODEL under device variation."""
+    from ftaudit.analog.options import pipeline_from_flags
     from ftaudit.config import load_settings, merge, parse_floats, parse_sigmas
     from ftaudit.device_effects import parse_stuck_at, parse_time, parse_times, resolve_effects
     from ftaudit.evaluation import audit, validate_options, validate_scale_out
@@ -327,6 +356,15 @@ def eval_command(
     validate_scale_out(workers=settings.workers, checkpoint_dir=checkpoint_dir, resume=resume)
     _warn_workers(settings.workers, ray)
     noise_model = _noise_of(settings)
+    pipeline = pipeline_from_flags(
+        dac_bits=dac_bits,
+        adc_bits=adc_bits,
+        adc_bound=adc_bound,
+        read_noise=read_noise,
+        tile_size=tile_size,
+        weight_scaling=weight_scaling,
+        base=getattr(noise_model.profile, "analog", None),
+    )
     if settings.sigma is None and getattr(noise_model.profile, "sigma", None) is not None:
         settings = replace(settings, sigma=noise_model.profile.sigma)
     if settings.sigma is None:
@@ -398,6 +436,7 @@ def eval_command(
         resume=resume,
         batch_samples=batch_samples,
         fold_batchnorm=fold_batchnorm,
+        pipeline=pipeline,
     )
     _warn(report.warnings)
 
@@ -425,6 +464,14 @@ def eval_command(
     failed = report.failed_gates()
     if failed:
         raise GateFailure([gate.message() for gate in failed])
+
+
+def _analog_pipeline(settings: Any, flags: dict[str, Any]) -> Any:
+    """The analog forward pipeline: the flags given over the noise profile's ``[analog]``."""
+    from ftaudit.analog.options import pipeline_from_flags
+
+    noise = _noise_of(settings)
+    return pipeline_from_flags(**flags, base=getattr(noise.profile, "analog", None))
 
 
 def warn_untraced(model_block: dict[str, Any]) -> None:
@@ -641,6 +688,12 @@ def harden_command(
         ),
     ] = None,
     config: ConfigOpt = None,
+    dac_bits: DacBitsOpt = None,
+    adc_bits: AdcBitsOpt = None,
+    adc_bound: AdcBoundOpt = None,
+    read_noise: ReadNoiseOpt = None,
+    tile_size: TileSizeOpt = None,
+    weight_scaling: WeightScalingOpt = None,
 ) -> None:
     """Retrain MODEL to survive device variation; write it in the input's format."""
     from ftaudit.config import merge, parse_sigmas
@@ -698,6 +751,15 @@ def harden_command(
         {"hardened model": output, "harden report": report_path, "study database": study},
     )
     _warn_workers(settings.workers, ray)
+    analog_flags = {
+        "dac_bits": dac_bits,
+        "adc_bits": adc_bits,
+        "adc_bound": adc_bound,
+        "read_noise": read_noise,
+        "tile_size": tile_size,
+        "weight_scaling": weight_scaling,
+    }
+    pipeline = _analog_pipeline(settings, analog_flags)
     from ftaudit.harden.api import harden
 
     err = _stderr_console()
@@ -736,6 +798,7 @@ def harden_command(
         ray=ray,
         command=["ftaudit", *run_argv()],
         console=err,
+        pipeline=pipeline,
     )
     from ftaudit.text import escape
 
@@ -992,10 +1055,25 @@ def compare_command(
     stuck_at: StuckAtOpt = None,
     workers: WorkersOpt = None,
     ray: RayOpt = None,
+    dac_bits: DacBitsOpt = None,
+    adc_bits: AdcBitsOpt = None,
+    adc_bound: AdcBoundOpt = None,
+    read_noise: ReadNoiseOpt = None,
+    tile_size: TileSizeOpt = None,
+    weight_scaling: WeightScalingOpt = None,
 ) -> None:
     """BASELINE and CANDIDATE on the same draws: mean, KPP and paired differences per sigma
     (and time, compensation with --time)."""
     from ftaudit.compare import compare
+
+    analog_flags = {
+        "dac_bits": dac_bits,
+        "adc_bits": adc_bits,
+        "adc_bound": adc_bound,
+        "read_noise": read_noise,
+        "tile_size": tile_size,
+        "weight_scaling": weight_scaling,
+    }
 
     settings = _shared_settings(
         config,
@@ -1034,6 +1112,7 @@ def compare_command(
     validate_scale_out(workers=settings.workers, checkpoint_dir=None, resume=False)
     _warn_workers(settings.workers, ray)
     _effect_options(settings)  # bad drift or fault values fail here, before any output check
+    pipeline = _analog_pipeline(settings, analog_flags)
     _check_outputs(
         _inputs(settings, baseline, candidate),
         {
@@ -1052,6 +1131,7 @@ def compare_command(
         settings.data,
         fail_if_worse=settings.fail_if_worse,
         gate_correction=settings.gate_correction,
+        pipeline=pipeline,
         **_audit_options(settings, ray),
     )
     _warn(report.baseline.warnings)
@@ -1139,10 +1219,25 @@ def sensitivity_command(
     stuck_at: StuckAtOpt = None,
     workers: WorkersOpt = None,
     ray: RayOpt = None,
+    dac_bits: DacBitsOpt = None,
+    adc_bits: AdcBitsOpt = None,
+    adc_bound: AdcBoundOpt = None,
+    read_noise: ReadNoiseOpt = None,
+    tile_size: TileSizeOpt = None,
+    weight_scaling: WeightScalingOpt = None,
 ) -> None:
     """Rank MODEL's crossbar layers by the KPP they lose under device variation (and drift,
     stuck-at faults with --time, --stuck-at)."""
     from ftaudit.sensitivity import DEFAULT_SENSITIVITY_SAMPLES, sensitivity
+
+    analog_flags = {
+        "dac_bits": dac_bits,
+        "adc_bits": adc_bits,
+        "adc_bound": adc_bound,
+        "read_noise": read_noise,
+        "tile_size": tile_size,
+        "weight_scaling": weight_scaling,
+    }
 
     settings = _shared_settings(
         config,
@@ -1180,6 +1275,7 @@ def sensitivity_command(
     validate_scale_out(workers=settings.workers, checkpoint_dir=None, resume=False)
     _warn_workers(settings.workers, ray)
     _effect_options(settings)  # bad drift or fault values fail here, before any output check
+    pipeline = _analog_pipeline(settings, analog_flags)
     if samples is None and not _config_sets(settings, "samples"):
         from dataclasses import replace
 
@@ -1201,6 +1297,7 @@ def sensitivity_command(
         model,
         settings.data,
         target_kpp=settings.target_kpp,
+        pipeline=pipeline,
         **_audit_options(settings, ray),
     )
     _warn(report.warnings)

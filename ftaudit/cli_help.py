@@ -31,6 +31,7 @@ TRAINING_PANEL = "Training"
 TRICE_PANEL = "TRICE (--method trice)"
 BAYESFT_PANEL = "BayesFT (--method bayesft)"
 REPORT_PANEL = "Before/after report"
+ANALOG_PANEL = "Analog forward pipeline"
 HELP_PANEL = "Help"
 
 
@@ -150,6 +151,12 @@ _SHARED_LAYOUT: dict[str, tuple[str, str | None]] = {
     "--ray": (SCALE_OUT_PANEL, "ADDRESS"),
     "--checkpoint-dir": (SCALE_OUT_PANEL, "DIR"),
     "--resume": (SCALE_OUT_PANEL, None),
+    "--dac-bits": (ANALOG_PANEL, "N"),
+    "--adc-bits": (ANALOG_PANEL, "N"),
+    "--adc-bound": (ANALOG_PANEL, "B"),
+    "--read-noise": (ANALOG_PANEL, "S"),
+    "--tile-size": (ANALOG_PANEL, "ROWSxCOLS"),
+    "--weight-scaling": (ANALOG_PANEL, "layer|column|tile"),
 }
 _HARDEN_LAYOUT: dict[str, tuple[str, str | None]] = {
     **_SHARED_LAYOUT,

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ftaudit import __version__
+from ftaudit.analog.options import ForwardPipeline
 from ftaudit.data import Dataset
 from ftaudit.device_effects import format_time, resolve_effects
 from ftaudit.errors import UserError
@@ -397,13 +398,15 @@ def compare(
     drift_t0: float | None = None,
     compensation: str | None = None,
     stuck_at: tuple[float, float] | None = None,
+    pipeline: ForwardPipeline | None = None,
 ) -> CompareReport:
     """Audit ``baseline`` and ``candidate`` on the same draws; gates are evaluated, not raised.
 
     ``layers``/``exclude`` globs are matched against the baseline's layer names; the candidate's
     layers at the same positions are perturbed. ``sigmas`` defaults to the noise profile's;
     ``times``, the drift options and ``stuck_at`` are ``audit``'s, applied to both models, and
-    give one paired row per (sigma, time, compensation).
+    give one paired row per (sigma, time, compensation). ``pipeline`` (the analog forward
+    pass) applies to both models; their read noise is paired like their weight draws.
     """
     started = time.perf_counter()
     noise_model, sigmas = resolve_noise(
@@ -460,6 +463,7 @@ def compare(
         "config_file": config_file,
         "workers": workers,
         "ray": ray,
+        "pipeline": pipeline,
         **effect_options,
     }
     reports = {}
@@ -481,7 +485,7 @@ def compare(
             c,
             k=k,
             rng=np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(BOOTSTRAP_KEY, j))),
-            random_effects=effects is not None,
+            random_effects=effects is not None or reports["baseline"].analog_random,
         )
         for j, (b, c) in enumerate(
             zip(reports["baseline"].results, reports["candidate"].results, strict=True)
@@ -520,5 +524,6 @@ def compare(
                 output=output,
             ),
             "config_file": config_file,
+            "analog": reports["baseline"].analog,
         },
     )

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ftaudit import __version__
+from ftaudit.analog.options import ForwardPipeline, resolve_pipeline
 from ftaudit.batched import BatchedTorchRunner, resolve_batch_samples
 from ftaudit.coverage import sequential_summary, with_test_set_error
 from ftaudit.data import Dataset, load_dataset, validate_labels
@@ -172,18 +173,28 @@ def prepare_run(
     device: str,
     batch_samples: int = 1,
     batch_required: bool = True,
+    pipeline: ForwardPipeline | None = None,
+    seed: int = 0,
 ):
     """Select layers, bind data to a runner and check the data fits the model's output."""
     selected = model.select_layers(layers, exclude)
     check_finite_weights(model)
     x = model.input_array(dataset)
-    runner = build_runner(
-        model,
-        selected,
-        device=device,
-        batch_samples=batch_samples,
-        batch_required=batch_required,
-    )
+    if pipeline is not None and pipeline.active:
+        from ftaudit.analog.runner import analog_runner
+
+        # the ftaudit.analog runner, its calibrated ranges kept (assigned left to right)
+        runner, runner.calibration = analog_runner(
+            model, selected, x, pipeline=pipeline, seed=seed, device=device
+        )
+    else:
+        runner = build_runner(
+            model,
+            selected,
+            device=device,
+            batch_samples=batch_samples,
+            batch_required=batch_required,
+        )
     runner.bind_data(x, dataset.y, batch_size=batch_size)
     weights = model.crossbar_weights()
     if model.fold_scales:  # the clean pass runs the folded weights too (same rounding as sigma 0)
@@ -337,6 +348,7 @@ def audit(
     resume: bool = False,
     batch_samples: int | None = None,
     fold_batchnorm: bool = True,
+    pipeline: ForwardPipeline | None = None,
 ) -> AuditReport:
     """Run the Monte Carlo audit and return the report; gates are evaluated, not raised.
 
@@ -351,6 +363,7 @@ def audit(
     ``batch_samples`` evaluates that many weight sets per forward pass (torch vmap; default 16
     for an ONNX model on CUDA, else 1). ``fold_batchnorm`` (default) perturbs convolution
     weights with their BatchNorm folded in, as a chip stores them (ftaudit.models.folding).
+    ``pipeline``: the analog forward pass (ftaudit.analog), by default the profile's ``[analog]``.
     """
     started = time.perf_counter()
     noise_model, sigmas = resolve_noise(
@@ -377,6 +390,7 @@ def audit(
         fail_under_mean=fail_under_mean,
     )
     validate_scale_out(workers=workers, checkpoint_dir=checkpoint_dir, resume=resume)
+    pipeline = resolve_pipeline(pipeline, noise_model.profile, batch_samples=batch_samples)
     loaded = model if isinstance(model, AuditModel) else load_model(model, output=output)
     if not fold_batchnorm:
         loaded = replace(loaded, fold_scales={})
@@ -394,6 +408,8 @@ def audit(
         device=device,
         batch_samples=samples_per_pass,
         batch_required=batch_samples is not None,
+        pipeline=pipeline,
+        seed=seed,
     )
     if not isinstance(getattr(runner, "inner", runner), BatchedTorchRunner):
         # batching was a default it could not use
@@ -422,6 +438,7 @@ def audit(
         "device": device,
         "device_effects": None if effects is None else effects.to_dict(),
         "fold_batchnorm": sorted(loaded.fold_scales),
+        **({"analog": pipeline.to_dict()} if pipeline is not None else {}),
     }
     restored, on_chunk, writer = None, None, None
     if checkpoint_dir is not None:
@@ -454,6 +471,7 @@ def audit(
             effects=effects,
             batch_samples=samples_per_pass,
             fold_batchnorm=fold_batchnorm,
+            pipeline=pipeline,
         )
     else:
         evaluator = ChunkEvaluator(
@@ -495,7 +513,7 @@ def audit(
             if target_ci is None
             else sequential_summary(accuracies, k=k, samples=samples)
         )
-        if condition.sigma == 0 and effects is None:  # nothing random: the accuracy is exact
+        if condition.sigma == 0 and effects is None and not runner.random_reads:  # exact
             exact = Interval(summary.kpp, summary.kpp, summary.kpp_interval.confidence, "exact")
             summary = replace(summary, kpp_interval=exact, mean_interval=exact)
         if test_set_error:
@@ -546,6 +564,7 @@ def audit(
         },
         device_effects=None if effects is None else effects.to_dict(),
         test_set_error=test_set_error,
+        analog=pipeline.report_block(getattr(runner, "calibration", None)) if pipeline else None,
         # token ids are integers by design: the 0..255 pixel-scale warning does not apply
         warnings=[] if loaded.integer_input else list(dataset.warnings),
     )

@@ -140,6 +140,7 @@ class ChunkEvaluator:
         staged: list[tuple[int, int]] = []  # (sample offset, row) of the staged weight sets
         for offset, i in enumerate(range(start, stop)):
             draws, extra = pending.result()
+            self.runner.set_sample(self.seed, i)
             if i + 1 < stop:
                 pending = self._pool.submit(self._draw, i + 1, ~offset & 1)
             for row, weights in self._weight_sets(draws, extra, active):
@@ -281,7 +282,8 @@ def run_monte_carlo(
         state.done[...] = restored.done
     used = np.full(n_sigma, samples, dtype=np.int64)
     stopped = np.zeros(n_sigma, dtype=bool)
-    active = [j for j, s in enumerate(sigmas) if s > 0] if effects is None else list(range(n_sigma))
+    random = effects is not None or runner.random_reads  # every row random, sigma 0 included
+    active = list(range(n_sigma)) if random else [j for j, s in enumerate(sigmas) if s > 0]
     zero = [j for j in range(n_sigma) if j not in active]
     if zero:  # sigma = 0: no perturbation at all, one evaluation serves all
         runner.set_weights(crossbar.unperturbed())

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ftaudit.analog.options import ForwardPipeline
 from ftaudit.device_effects import DeviceEffects
 from ftaudit.errors import MissingExtraError, UserError
 from ftaudit.montecarlo import ChunkEvaluator, Crossbar, LocalBackend, SampleBackend
@@ -70,6 +71,8 @@ class WorkerSpec:
     effects: DeviceEffects | None = None
     batch_samples: int = 1
     fold_batchnorm: bool = True
+    #: the analog forward pipeline (``ftaudit.analog``); workers recalibrate it identically
+    pipeline: ForwardPipeline | None = None
     key: str = field(default="", compare=False)
 
     def with_key(self) -> WorkerSpec:
@@ -91,6 +94,7 @@ class WorkerSpec:
                     None if self.effects is None else self.effects.to_dict(),
                     self.batch_samples,
                     self.fold_batchnorm,
+                    None if self.pipeline is None else self.pipeline.to_dict(),
                 )
             ).encode()
         )
@@ -108,13 +112,26 @@ class WorkerSpec:
             model.fold_scales.clear()
         chosen = set(self.layer_names)
         selected = [layer for layer in model.layers if layer.name in chosen]
-        runner = build_runner(
-            model,
-            selected,
-            device=self.device,
-            threads=self.threads,
-            batch_samples=self.batch_samples,
-        )
+        if self.pipeline is not None and self.pipeline.active:
+            from ftaudit.analog.runner import analog_runner
+
+            runner, _ = analog_runner(
+                model,
+                selected,
+                self.x,
+                pipeline=self.pipeline,
+                seed=self.seed,
+                device=self.device,
+                threads=self.threads,
+            )
+        else:
+            runner = build_runner(
+                model,
+                selected,
+                device=self.device,
+                threads=self.threads,
+                batch_samples=self.batch_samples,
+            )
         runner.bind_data(self.x, self.y, batch_size=self.batch_size)
         crossbar = Crossbar.prepare(selected, model.crossbar_weights(), self.noise)
         return ChunkEvaluator(

@@ -156,6 +156,14 @@ class AuditReport:
     options: dict[str, Any] = field(default_factory=dict)
     #: stuck-at faults and drift (``DeviceEffects.to_dict()``), None when neither was applied
     device_effects: dict[str, Any] | None = None
+    #: the analog forward pipeline in force (``ftaudit.analog``), None for an ideal crossbar
+    analog: dict[str, Any] | None = None
+
+    @property
+    def analog_random(self) -> bool:
+        """Whether the analog pipeline drew read noise (so sigma 0 rows are random too)."""
+        return self.analog is not None and self.analog.get("read_noise", 0) > 0
+
     #: what the user is probably wrong about (the CLI prints them on stderr; not in the JSON)
     warnings: list[str] = field(default_factory=list)
     #: the intervals also cover the test set's sampling error (--test-set-error)
@@ -204,6 +212,7 @@ class AuditReport:
             "options": self.options,
             "elapsed_s": self.elapsed_s,
             "device_effects": self.device_effects,
+            "analog": self.analog,
         }
 
 

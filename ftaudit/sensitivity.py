@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ftaudit import __version__
+from ftaudit.analog.options import ForwardPipeline
 from ftaudit.compare import (
     StageProgress,
     exact_globs,
@@ -333,6 +334,7 @@ def sensitivity(
     drift_t0: float | None = None,
     compensation: str | None = None,
     stuck_at: tuple[float, float] | None = None,
+    pipeline: ForwardPipeline | None = None,
 ) -> SensitivityReport:
     """Rank the analog layers by KPP drop; with ``target_kpp``, pick layers to keep digital.
 
@@ -342,6 +344,9 @@ def sensitivity(
     per (sigma, time, compensation); the ranking averages over the rows and ``target_kpp`` must
     hold at every row. The keep-digital choice is greedy in rank order, and every step is
     evaluated by Monte Carlo, not estimated.
+
+    ``pipeline`` (the analog forward pass) applies to the analog layers of each run; a digital
+    layer is ideal, so "every layer digital" is the ideal model's clean accuracy.
     """
     started = time.perf_counter()
     noise_model, sigmas = resolve_noise(
@@ -385,12 +390,15 @@ def sensitivity(
             progress=stage_progress(progress, f"[{counter}] {label}"),
             workers=workers,
             ray=ray,
+            pipeline=pipeline,
             **effect_options,
         )
 
     with ray_session(ray, workers):  # one Ray connection for every run
         everything = run(analog, "all analog layers")
         clean = everything.clean_accuracy
+        if everything.analog is not None:  # the analog-clean accuracy is not the digital one
+            clean = ideal_accuracy(loaded, dataset, batch_size=batch_size, device=device)
         all_points = points_of(everything)
         row_keys = [(p.sigma, p.time_s, p.compensation) for p in all_points]
         if row_keys != [(r.sigma, r.time_s, r.compensation) for r in rows]:
@@ -455,9 +463,18 @@ def sensitivity(
             ),
             "target_kpp": target_kpp,
             "config_file": config_file,
+            "analog": everything.analog,
         },
         device_effects=everything.device_effects,
     )
+
+
+def ideal_accuracy(model: AuditModel, dataset: Dataset, *, batch_size: int, device: str) -> float:
+    """Accuracy of the unperturbed model with every layer digital (no analog pipeline)."""
+    runner = model.runner(model.layers[:1], device=device)
+    x = model.fit_input(dataset.x)
+    runner.bind_data(x, dataset.y, batch_size=batch_size)
+    return runner.count_correct() / len(dataset.y)
 
 
 def select_digital(

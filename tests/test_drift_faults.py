@@ -399,7 +399,7 @@ def test_zero_rates_and_early_times_leave_results_exact(convnet_onnx, blobs_npz)
 
 def test_shipped_profiles_load_and_are_listed(run_cli: RunCli) -> None:
     profiles = shipped_profiles()
-    assert set(profiles) == {"pcm", "rram-trice", "fefet1-trice", "fefet2-trice"}
+    assert set(profiles) == {"pcm", "pcm-aihwkit", "rram-trice", "fefet1-trice", "fefet2-trice"}
     for name, path in profiles.items():
         model = get_noise_model(name)
         assert model.parameters()["profile"] == name

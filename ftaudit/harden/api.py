@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ftaudit import __version__
+from ftaudit.analog.options import ForwardPipeline
 from ftaudit.data import Dataset, load_dataset, validate_labels
 from ftaudit.errors import UserError
 from ftaudit.eval_checkpoint import check_checkpoint_dir
@@ -212,6 +213,7 @@ def harden(
     workers: int = DEFAULTS.workers,
     ray: str | None = None,
     config_file: str | None = None,
+    pipeline: ForwardPipeline | None = None,
 ) -> HardenReport:
     """Train ``model`` with ``method`` against ``noise`` at ``sigma`` and write it to ``output``.
 
@@ -221,6 +223,8 @@ def harden(
     ``config_file`` is recorded in the report's settings (the CLI passes the file it read).
     ``progress(stage, done, total)`` follows the training steps of each epoch and the Monte
     Carlo samples of the before/after report.
+    ``pipeline`` (ftaudit.analog; ONNX models) trains, validates and audits with the analog
+    forward pass: hardware-aware training, e.g. TRICE with 4-bit activations (``dac_bits=4``).
     The defaults are those of ``HardenSettings`` (ftaudit/harden/settings.py)."""
     started = time.perf_counter()
     validate_harden_options(
@@ -279,6 +283,15 @@ def harden(
     noise_model = get_noise_model(
         noise, bits=bits, cell_bits=cell_bits, clamp=clamp, cell_noise=cell_noise
     )
+    if pipeline is None:
+        pipeline = getattr(noise_model.profile, "analog", None)
+    if pipeline is not None and not pipeline.active:
+        pipeline = None
+    if pipeline is not None and (workers > 1 or ray is not None):
+        raise UserError(
+            "harden with the analog forward pipeline validates in this process only",
+            hint="drop --workers/--ray",
+        )
     source = load_model(model_path)
     layers = source.select_layers()
     train_set = load_dataset(Path(data), limit=limit)
@@ -341,6 +354,7 @@ def harden(
         "options": {"trice": options, "bayesft": bayesft_options}.get(method, {}),
         "n_train": len(train),
         "n_val": len(val),
+        **({"analog": pipeline.to_dict()} if pipeline is not None else {}),
     }
     resume_state = None
     if checkpoint_dir is not None:  # created when missing, as eval's is
@@ -374,6 +388,10 @@ def harden(
         on_epoch=on_epoch,
         progress=progress,
     )
+    if pipeline is not None:
+        from ftaudit.analog.torch_pipeline import AnalogTraining
+
+        ctx.analog = AnalogTraining(source, layers, train.x, pipeline, seed=seed)
     # one pool of workers for the whole training (processes start at the first evaluation);
     # a Ray connection is kept for the before/after audits, which then reuse it
     ctx.workers = open_workers(
@@ -405,6 +423,7 @@ def harden(
             device=device,
             workers=workers,
             ray=ray,
+            pipeline=pipeline,
         )
         eval_data = Dataset(
             val.x,

@@ -27,6 +27,7 @@ from ftaudit.models.base import AuditModel, CrossbarLayer
 from ftaudit.noise import NoiseModel
 
 if TYPE_CHECKING:
+    from ftaudit.analog.torch_pipeline import AnalogTraining
     from ftaudit.harden.parallel_eval import HardenWorkers
 
 EVAL_KEY = 1_000_003
@@ -62,10 +63,14 @@ class HardenContext:
     progress: StageProgress | None = None
     #: where validation Monte Carlo runs (None: this process); the numbers are the same
     workers: HardenWorkers | None = None
+    #: the analog forward pipeline every trainable copy trains and validates with
+    analog: AnalogTraining | None = None
 
     def new_model(self) -> TrainableModel:
         """A fresh trainable copy of the input model on this run's device."""
         model = make_trainable(self.source)
+        if self.analog is not None:
+            self.analog.attach(model)
         model.module.to(self.device)
         return model
 

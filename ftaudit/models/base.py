@@ -88,7 +88,15 @@ class ModelRunner(ABC):
 
     #: exceptions the framework raises when the data does not fit the model
     runtime_errors: tuple[type[BaseException], ...] = ()
+    #: whether every pass draws fresh read noise (the analog pipeline), so even unperturbed
+    #: weights give a different accuracy per Monte Carlo sample
+    random_reads: bool = False
     _labels: np.ndarray
+
+    def set_sample(self, seed: int, sample: int | None) -> None:
+        """Key the per-read randomness of the next passes by (seed, sample); None: no read
+        noise. Runners without read noise ignore it."""
+        return None
 
     def count_correct(self) -> int:
         """Number of bound samples whose arg-max logit equals the label."""

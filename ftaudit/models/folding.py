@@ -55,6 +55,13 @@ class FoldedRunner(ModelRunner):
             for name, array in weights.items()
         }
 
+    @property
+    def random_reads(self) -> bool:  # type: ignore[override]
+        return self.inner.random_reads
+
+    def set_sample(self, seed: int, sample: int | None) -> None:
+        self.inner.set_sample(seed, sample)
+
     def bind_data(self, x: np.ndarray, y: np.ndarray, *, batch_size: int) -> None:
         self.inner.bind_data(x, y, batch_size=batch_size)
         self._labels = np.asarray(y)

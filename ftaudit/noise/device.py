@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ftaudit.analog.options import ForwardPipeline, pipeline_from_table
 from ftaudit.device_effects import DriftModel, StuckAt
 from ftaudit.errors import UserError
 from ftaudit.noise.base import CellModel, LayerNoise, NoiseModel, register
@@ -266,6 +267,7 @@ DEVICE_FILE_KEYS = {
     "sigma",
     "drift",
     "stuck_at",
+    "analog",
 }
 DRIFT_KEYS = {"t0_s", "nu_mean", "nu_std"}
 STUCK_AT_KEYS = {"p_low", "p_high"}
@@ -281,12 +283,15 @@ class DeviceProfile:
     sigma: tuple[float, ...] | None = None
     drift: DriftModel | None = None
     stuck_at: StuckAt | None = None
+    #: the analog forward pipeline of the device's chip (``[analog]``; ftaudit.analog)
+    analog: ForwardPipeline | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "sigma": None if self.sigma is None else list(self.sigma),
             "drift": None if self.drift is None else self.drift.to_dict(),
             "stuck_at": None if self.stuck_at is None else self.stuck_at.to_dict(),
+            **({"analog": self.analog.to_dict()} if self.analog is not None else {}),
         }
 
 
@@ -351,7 +356,15 @@ def _profile(spec: dict[str, Any], path: Path) -> DeviceProfile:
     description = spec.get("description", "")
     if not isinstance(description, str):
         raise UserError(f"device file {path}: description must be a string")
-    return DeviceProfile(description=description, sigma=sigma, drift=drift, stuck_at=stuck_at)
+    analog = None
+    if "analog" in spec:
+        try:
+            analog = pipeline_from_table(spec["analog"])
+        except UserError as exc:
+            raise UserError(f"device file {path}: [analog] {exc.message}", hint=exc.hint) from exc
+    return DeviceProfile(
+        description=description, sigma=sigma, drift=drift, stuck_at=stuck_at, analog=analog
+    )
 
 
 def load_device_file(
@@ -365,8 +378,10 @@ def load_device_file(
 ) -> DeviceNoise:
     """A device from TOML: bits, cell_bits, per-level sigma multipliers, optional defaults.
 
-    Optional defaults: ``sigma`` (number, list or range), ``[drift]`` (t0_s, nu_mean, nu_std)
-    and ``[stuck_at]`` (p_low, p_high). ``shipped`` marks a profile from ``ftaudit/noise/profiles``.
+    Optional defaults: ``sigma`` (number, list or range), ``[drift]`` (t0_s, nu_mean, nu_std),
+    ``[stuck_at]`` (p_low, p_high) and ``[analog]`` (the forward pipeline: dac_bits, adc_bits,
+    adc_bound, read_noise, tile_size, weight_scaling). ``shipped`` marks a profile from
+    ``ftaudit/noise/profiles``.
     """
     if not path.is_file():
         raise UserError(f"device file {path} does not exist", hint="check the --noise path")

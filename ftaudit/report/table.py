@@ -70,6 +70,8 @@ def audit_table(report: AuditReport) -> Table:
     caption_parts.append("accuracies in %; n samples; Δ = drop from the unperturbed accuracy")
     caption_parts.append(escape(report.interval_scope()["statement"]))
     caption_parts.extend(_effects_caption(report))
+    if report.analog is not None:  # every analog non-ideality in force, one line each
+        caption_parts.extend(f"analog: {line}" for line in report.analog["in_force"])
     with_time = any(result.time_s is not None for result in report.results)
     if any(result.stopped_early for result in report.results):
         caption_parts.append(f"{EARLY_STOP_MARK} stopped early: target interval width reached")

@@ -1,0 +1,71 @@
+"""Cost per Monte Carlo sample with the analog forward pipeline, against weights-only.
+
+For each sample model and pipeline setting it builds the runner ``ftaudit eval`` uses, binds the
+2,000 shipped test images and times ``ChunkEvaluator.evaluate`` (draws, perturbation, forward
+passes, read noise) over ``--samples`` samples at one sigma, after one warm-up sample. Prints a
+markdown table: milliseconds per sample, and the ratio to the weights-only row of the model.
+
+    python benchmarks/analog_cost.py --samples 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ftaudit.analog import ForwardPipeline
+from ftaudit.analog.runner import analog_runner
+from ftaudit.models import load_model
+from ftaudit.montecarlo import ChunkEvaluator, Crossbar
+from ftaudit.noise import get_noise_model
+
+REPO = Path(__file__).resolve().parent.parent
+SETTINGS = {
+    "weights only": None,
+    "DAC 8 + ADC 8": ForwardPipeline(dac_bits=8, adc_bits=8),
+    "DAC 8 + ADC 8, tiles 64x64": ForwardPipeline(dac_bits=8, adc_bits=8, tile_size=(64, 64)),
+    "DAC 8 + ADC 8 + read noise 0.06": ForwardPipeline(dac_bits=8, adc_bits=8, read_noise=0.06),
+}
+
+
+def ms_per_sample(model_name: str, pipeline: ForwardPipeline | None, samples: int) -> float:
+    model = load_model(REPO / "sample_models" / model_name)
+    with np.load(REPO / "sample_models" / "fmnist_test_2000.npz") as data:
+        x = model.fit_input(data["x"].astype(np.float32) / 255)
+        y = data["y"]
+    selected = model.select_layers()
+    if pipeline is None:
+        runner = model.runner(selected, device="cpu")
+    else:
+        runner, _ = analog_runner(model, selected, x, pipeline=pipeline, seed=0, device="cpu")
+    runner.bind_data(x, y, batch_size=512)
+    noise = get_noise_model("lognormal")
+    crossbar = Crossbar.prepare(selected, model.clean_weights(), noise)
+    evaluator = ChunkEvaluator(runner, crossbar, [0.1], seed=0)
+    evaluator.evaluate(0, 1, [0])  # warm-up
+    start = time.perf_counter()
+    evaluator.evaluate(1, 1 + samples, [0])
+    evaluator.close()
+    return (time.perf_counter() - start) / samples * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=20)
+    parser.add_argument("--models", default="lenet.onnx,mlp.onnx")
+    args = parser.parse_args()
+    print("| model | setting | ms / sample | vs weights only |")
+    print("| --- | --- | ---: | ---: |")
+    for model_name in args.models.split(","):
+        base = None
+        for label, pipeline in SETTINGS.items():
+            ms = ms_per_sample(model_name, pipeline, args.samples)
+            base = ms if base is None else base
+            print(f"| {model_name} | {label} | {ms:.1f} | {ms / base:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

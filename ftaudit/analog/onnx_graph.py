@@ -1,0 +1,455 @@
+"""The analog forward pipeline as an ONNX graph rewrite, run by ONNX Runtime.
+
+Each selected crossbar op (Conv, Gemm, MatMul with a stored weight) is replaced by:
+
+1. DAC: its input quantised to ``dac_bits`` signed levels over the layer's input range ``r``
+   (``clip(round(x * s / r), -s, s) * r / s`` with ``s = 2**(bits-1) - 1``; 1 bit is ``r *
+   sign(x)``).
+2. Tiles: the input rows (Gemm/MatMul input features; Conv input channels, ``kh * kw`` rows
+   each) split into groups of at most ``rows`` crossbar rows; each group is one tile whose
+   partial sum is computed on its own (the op itself on the sliced input and weight).
+3. Read noise and ADC per tile: in normalised units ``n = p / (w_scale[col] * r)`` (weights
+   scaled to max|W| = 1 per layer, column or tile, inputs to the DAC range), ``n + noise *
+   z`` with ``z`` a standard normal draw fed per read, then quantised to ``adc_bits`` levels
+   over ``[-bound, bound]`` with saturation, and scaled back.
+4. The tiles' outputs summed digitally, then the bias added (digital bias).
+
+Ranges come from one calibration pass of the ideal model (``calibrate``): ``r`` is the
+largest |input| of the layer over the calibration images; a calibrated ADC bound is the
+largest |normalised partial sum| of each (row tile, column tile) over the same images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ftaudit.analog.options import CALIBRATION_IMAGES, ForwardPipeline
+from ftaudit.errors import UserError
+
+NOISE_INPUT_PREFIX = "ftaudit_read_noise_"
+
+
+def _onnx():
+    import onnx
+
+    return onnx
+
+
+@dataclass
+class TiledNode:
+    """One crossbar op of the graph and how its weight is laid onto tiles."""
+
+    node_index: int
+    layer: str
+    layer_index: int
+    kind: str  # gemm, matmul or conv
+    x_axis: int  # input axis holding the crossbar rows (features or channels)
+    w_axis: int  # weight axis of the same rows
+    row_tiles: list[tuple[int, int]]  # [start, stop) along x_axis / w_axis
+    col_tiles: list[tuple[int, int]]  # [start, stop) over output columns
+    col_shape: tuple[int, ...]  # broadcast shape of a per-column vector against the output
+    #: max|W| per output column for each row tile (the conductance range), shape (tiles, out)
+    weight_scale: np.ndarray
+    #: first tile's number among all the layer's tiles (keys its read noise)
+    first_tile: int = 0
+
+
+@dataclass
+class Calibration:
+    """Ranges measured on the ideal model: recorded in the report, used by the rewrite."""
+
+    images: int
+    input_range: dict[str, float] = field(default_factory=dict)
+    #: per crossbar node: ADC bound per (row tile, output column), normalised units
+    adc_bound: dict[int, np.ndarray] = field(default_factory=dict)
+    #: per (layer index, tile): the shape of one image's partial sum (read-noise draws)
+    tile_shapes: dict[tuple[int, int], tuple[int, ...]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "images": self.images,
+            "rule": (
+                "ideal model on a seeded subset of the data: DAC range = max |layer input|; "
+                "calibrated ADC bound = max |normalised tile partial sum| per column tile"
+            ),
+            "input_range": {k: float(v) for k, v in self.input_range.items()},
+            "tiles": len(self.tile_shapes),
+        }
+
+
+def _source(name: str, producers: Mapping[str, Any]) -> str:
+    while name in producers and producers[name].op_type == "Identity":
+        name = producers[name].input[0]
+    return name
+
+
+def _attr(node: Any, name: str, default: Any) -> Any:
+    onnx = _onnx()
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _spans(total: int, size: int) -> list[tuple[int, int]]:
+    return [(s, min(s + size, total)) for s in range(0, total, size)]
+
+
+def plan_tiles(
+    proto: Any,
+    layers: Sequence[Any],
+    weights: Mapping[str, np.ndarray],
+    pipeline: ForwardPipeline,
+) -> list[TiledNode]:
+    """Which graph nodes the pipeline rewrites and how their weights split into tiles.
+
+    ``layers``: the selected CrossbarLayer objects; ops the pipeline cannot map (ConvTranspose,
+    Gemm with transA, a MatMul whose weight is the left operand) stay ideal."""
+    by_name = {layer.name: layer for layer in layers}
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    rows, cols = pipeline.tile_size or (None, None)
+    planned = []
+    tile_count: dict[str, int] = {}
+    for index, node in enumerate(proto.graph.node):
+        if node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+            continue
+        name = _source(node.input[1], producers)
+        if name not in by_name:
+            continue
+        weight = weights[name]
+        if weight.dtype != np.float32:
+            raise UserError(
+                f"crossbar weight {name} is {weight.dtype}; the analog pipeline needs float32",
+                hint="export the model in float32",
+            )
+        if node.op_type == "Gemm" and not _attr(node, "transA", 0):
+            trans_b = bool(_attr(node, "transB", 0))
+            canonical = weight if trans_b else weight.T
+            kind, x_axis, w_axis, unit = "gemm", 1, 1 if trans_b else 0, 1
+            col_shape: tuple[int, ...] = (canonical.shape[0],)
+            groups = 1
+        elif node.op_type == "MatMul" and weight.ndim == 2:
+            canonical = weight.T
+            kind, x_axis, w_axis, unit = "matmul", -1, 0, 1
+            col_shape = (canonical.shape[0],)
+            groups = 1
+        elif node.op_type == "Conv":
+            canonical = weight
+            kind, x_axis, w_axis = "conv", 1, 1
+            unit = int(np.prod(weight.shape[2:]))
+            col_shape = (weight.shape[0],) + (1,) * (weight.ndim - 2)
+            groups = int(_attr(node, "group", 1))
+        else:
+            continue
+        out = canonical.shape[0]
+        units = canonical.shape[1]
+        per_tile = units if rows is None or groups != 1 else max(1, rows // unit)
+        row_tiles = _spans(units, per_tile)
+        col_tiles = _spans(out, cols or out)
+        magnitude = np.abs(canonical).reshape(out, units, -1).max(axis=2)  # (out, units)
+        scale = np.empty((len(row_tiles), out), np.float32)
+        for t, (r0, r1) in enumerate(row_tiles):
+            if pipeline.weight_scaling == "layer":
+                scale[t] = magnitude.max()
+            elif pipeline.weight_scaling == "column":
+                scale[t] = magnitude.max(axis=1)
+            else:
+                for c0, c1 in col_tiles:
+                    scale[t, c0:c1] = magnitude[c0:c1, r0:r1].max()
+        scale[scale == 0] = 1.0  # an all-zero column reads zero at any scale
+        planned.append(
+            TiledNode(
+                node_index=index,
+                layer=name,
+                layer_index=by_name[name].index,
+                kind=kind,
+                x_axis=x_axis,
+                w_axis=w_axis,
+                row_tiles=row_tiles,
+                col_tiles=col_tiles,
+                col_shape=col_shape,
+                weight_scale=scale,
+                first_tile=tile_count.get(name, 0),
+            )
+        )
+        tile_count[name] = tile_count.get(name, 0) + len(row_tiles)
+    return planned
+
+
+class _Builder:
+    """Appends nodes and constants with unique names."""
+
+    def __init__(self, prefix: str, opset: int) -> None:
+        self.prefix = prefix
+        self.opset = opset
+        self.nodes: list[Any] = []
+        self.initializers: list[Any] = []
+        self._n = 0
+
+    def name(self, hint: str) -> str:
+        self._n += 1
+        return f"{self.prefix}{hint}_{self._n}"
+
+    def const(self, array: np.ndarray, hint: str = "c") -> str:
+        onnx = _onnx()
+        name = self.name(hint)
+        self.initializers.append(onnx.numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def op(self, op_type: str, inputs: Sequence[str], output: str | None = None, **attrs) -> str:
+        onnx = _onnx()
+        out = output or self.name(op_type.lower())
+        self.nodes.append(onnx.helper.make_node(op_type, list(inputs), [out], **attrs))
+        return out
+
+    def reduce_max(self, x: str, axes: Sequence[int] | None) -> str:
+        if axes is None:
+            return self.op("ReduceMax", [x], keepdims=0)
+        if self.opset >= 18:
+            return self.op("ReduceMax", [x, self.const(np.array(axes, np.int64))], keepdims=0)
+        return self.op("ReduceMax", [x], axes=list(axes), keepdims=0)
+
+    def quantise(self, x: str, bits: int, scale_in: Any, scale_out: Any) -> str:
+        """``clip(round(x * scale_in), -s, s) * scale_out`` with ``s = 2**(bits-1) - 1``;
+        1 bit: ``sign(x) * scale_out`` (scale_out then holds the full range)."""
+        scaled = self.op("Mul", [x, self.const(np.asarray(scale_in, np.float32), "qin")])
+        if bits == 1:
+            level = self.op("Sign", [scaled])
+        else:
+            steps = float(2 ** (bits - 1) - 1)
+            lo = self.const(np.array(-steps, np.float32), "lo")
+            hi = self.const(np.array(steps, np.float32), "hi")
+            level = self.op("Round", [self.op("Clip", [scaled, lo, hi])])
+        return self.op("Mul", [level, self.const(np.asarray(scale_out, np.float32), "qout")])
+
+    def slice(self, x: str, axis: int, start: int, stop: int) -> str:
+        return self.op(
+            "Slice",
+            [
+                x,
+                self.const(np.array([start], np.int64), "st"),
+                self.const(np.array([stop], np.int64), "sp"),
+                self.const(np.array([axis], np.int64), "ax"),
+            ],
+        )
+
+
+def quantiser_scales(bits: int, full_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(scale_in, scale_out) of an N-bit signed quantiser over [-full_scale, full_scale]."""
+    full_scale = np.asarray(full_scale, np.float32)
+    if bits == 1:
+        return np.ones_like(full_scale), full_scale
+    steps = np.float32(2 ** (bits - 1) - 1)
+    return (steps / full_scale).astype(np.float32), (full_scale / steps).astype(np.float32)
+
+
+def quantise_reference(x: np.ndarray, bits: int, full_scale: np.ndarray) -> np.ndarray:
+    """The numpy twin of ``_Builder.quantise`` (tests compare the two)."""
+    scale_in, scale_out = quantiser_scales(bits, full_scale)
+    scaled = np.asarray(x, np.float32) * scale_in
+    if bits == 1:
+        return np.sign(scaled) * scale_out
+    steps = np.float32(2 ** (bits - 1) - 1)
+    return np.round(np.clip(scaled, -steps, steps)) * scale_out
+
+
+def _opset(proto: Any) -> int:
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
+
+
+def _partial(b: _Builder, node: Any, tiled: TiledNode, x: str, t: int) -> str:
+    """Tile ``t``'s partial sum: the op on the sliced input and weight, no bias."""
+    r0, r1 = tiled.row_tiles[t]
+    whole = len(tiled.row_tiles) == 1
+    x_t = x if whole else b.slice(x, tiled.x_axis, r0, r1)
+    w_t = node.input[1] if whole else b.slice(node.input[1], tiled.w_axis, r0, r1)
+    attrs = {a.name: _onnx().helper.get_attribute_value(a) for a in node.attribute}
+    if tiled.kind == "gemm":
+        attrs.pop("beta", None)
+        return b.op("Gemm", [x_t, w_t], **attrs)
+    return b.op(node.op_type, [x_t, w_t], **attrs)
+
+
+def _bias(b: _Builder, node: Any, tiled: TiledNode, total: str, output: str) -> None:
+    """Add the node's bias digitally to the summed tiles, writing the node's output name."""
+    if len(node.input) < 3 or not node.input[2]:
+        b.op("Identity", [total], output)
+        return
+    bias = node.input[2]
+    if tiled.kind == "gemm":
+        beta = float(_attr(node, "beta", 1.0))
+        if beta != 1.0:
+            bias = b.op("Mul", [bias, b.const(np.array(beta, np.float32), "beta")])
+    elif tiled.kind == "conv":
+        shape = b.const(np.array(tiled.col_shape, np.int64), "shape")
+        bias = b.op("Reshape", [bias, shape])
+    b.op("Add", [total, bias], output)
+
+
+def rewrite(
+    proto: Any,
+    tiled_nodes: Sequence[TiledNode],
+    pipeline: ForwardPipeline,
+    calibration: Calibration,
+) -> tuple[Any, list[tuple[str, int, int]]]:
+    """A copy of ``proto`` with the pipeline around every tiled node, and its read-noise inputs
+    as (input name, layer index, tile number)."""
+    onnx = _onnx()
+    new = onnx.ModelProto()
+    new.CopyFrom(proto)
+    graph = new.graph
+    b = _Builder("ftaudit_analog_", _opset(proto))
+    replaced: dict[int, list[Any]] = {}
+    noise_inputs: list[tuple[str, int, int]] = []
+    for tiled in tiled_nodes:
+        node = graph.node[tiled.node_index]
+        start = len(b.nodes)
+        r = np.float32(calibration.input_range[tiled.layer])
+        x = node.input[0]
+        if pipeline.dac_bits is not None:
+            scale_in, scale_out = quantiser_scales(pipeline.dac_bits, r)
+            x = b.quantise(x, pipeline.dac_bits, scale_in, scale_out)
+        if not pipeline.per_tile:
+            rewired = onnx.NodeProto()
+            rewired.CopyFrom(node)
+            rewired.input[0] = x
+            b.nodes.append(rewired)
+        else:
+            bounds = calibration.adc_bound.get(tiled.node_index)
+            tiles = []
+            for t in range(len(tiled.row_tiles)):
+                p = _partial(b, node, tiled, x, t)
+                unit = (tiled.weight_scale[t] * r).astype(np.float32).reshape(tiled.col_shape)
+                if pipeline.read_noise > 0:
+                    name = f"{NOISE_INPUT_PREFIX}{tiled.layer_index}_{tiled.first_tile + t}"
+                    graph.input.append(
+                        onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+                    )
+                    noise_inputs.append((name, tiled.layer_index, tiled.first_tile + t))
+                    sigma = b.const((pipeline.read_noise * unit).astype(np.float32), "sigma")
+                    p = b.op("Add", [p, b.op("Mul", [name, sigma])])
+                if pipeline.adc_bits is not None:
+                    bound = (
+                        np.full(unit.size, pipeline.adc_bound, np.float32)
+                        if pipeline.adc_bound is not None
+                        else bounds[t]
+                    )
+                    full = bound.reshape(tiled.col_shape) * unit
+                    scale_in, scale_out = quantiser_scales(pipeline.adc_bits, full)
+                    p = b.quantise(p, pipeline.adc_bits, scale_in, scale_out)
+                tiles.append(p)
+            total = tiles[0] if len(tiles) == 1 else b.op("Sum", tiles)
+            _bias(b, node, tiled, total, node.output[0])
+        replaced[tiled.node_index] = b.nodes[start:]
+        del b.nodes[start:]
+    nodes = []
+    for index, node in enumerate(graph.node):
+        nodes.extend(replaced.get(index, [node]))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(b.initializers)
+    return new, noise_inputs
+
+
+def calibration_indices(n: int, seed: int) -> np.ndarray:
+    """The seeded, sorted subset of data indices that sets the ranges."""
+    size = min(n, CALIBRATION_IMAGES)
+    rng = np.random.default_rng([seed, 0xCA1B])
+    return np.sort(rng.choice(n, size=size, replace=False))
+
+
+def calibrate(
+    proto: Any,
+    tiled_nodes: Sequence[TiledNode],
+    x: np.ndarray,
+    *,
+    seed: int,
+    batch_size: int = 64,
+) -> Calibration:
+    """Input ranges, calibrated ADC bounds and tile output shapes from the ideal model."""
+    import onnxruntime as ort
+
+    onnx = _onnx()
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    graph = probe.graph
+    b = _Builder("ftaudit_calib_", _opset(proto))
+    wanted: list[tuple[str, Any]] = []
+    for tiled in tiled_nodes:
+        node = graph.node[tiled.node_index]
+        wanted.append((b.reduce_max(b.op("Abs", [node.input[0]]), None), ("x", tiled)))
+        for t in range(len(tiled.row_tiles)):
+            p = _partial(b, node, tiled, node.input[0], t)
+            inv = (1.0 / tiled.weight_scale[t]).astype(np.float32).reshape(tiled.col_shape)
+            normalised = b.op("Abs", [b.op("Mul", [p, b.const(inv, "inv")])])
+            if tiled.kind == "conv":
+                flat = b.op(
+                    "Reshape",
+                    [normalised, b.const(np.array([0, tiled.col_shape[0], -1], np.int64))],
+                )
+                peak = b.reduce_max(flat, [0, 2])
+            else:
+                flat = b.op(
+                    "Reshape", [normalised, b.const(np.array([-1, tiled.col_shape[0]], np.int64))]
+                )
+                peak = b.reduce_max(flat, [0])
+            wanted.append((peak, ("p", tiled, t)))
+            wanted.append((b.op("Shape", [p]), ("shape", tiled, t)))
+    graph.node.extend(b.nodes)
+    graph.initializer.extend(b.initializers)
+    del graph.output[:]
+    for name, _ in wanted:
+        graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(
+        probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    data_input = next(
+        i for i in proto.graph.input if i.name not in {t.name for t in graph.initializer}
+    )
+    input_name = data_input.name
+    chosen = x[calibration_indices(len(x), seed)]
+    dim = data_input.type.tensor_type.shape.dim
+    fixed = dim[0].dim_value if len(dim) and dim[0].HasField("dim_value") else 0
+    size = fixed or batch_size
+    batches = [chosen[s : s + size] for s in range(0, len(chosen), size)]
+    if fixed and len(batches[-1]) < fixed:  # a fixed batch axis: pad with a repeated image,
+        last = batches[-1]  # which leaves every maximum as it is
+        batches[-1] = np.concatenate([last, np.repeat(last[:1], fixed - len(last), axis=0)])
+    names = [n for n, _ in wanted]
+    is_shape = [what[0] == "shape" for _, what in wanted]
+    peaks: list[np.ndarray] = []
+    shapes: list[np.ndarray] = []
+    for batch in batches:
+        outs = session.run(names, {input_name: np.ascontiguousarray(batch)})
+        values = [o for o, shape in zip(outs, is_shape, strict=True) if not shape]
+        shapes = [o for o, shape in zip(outs, is_shape, strict=True) if shape]
+        peaks = [np.maximum(a, v) for a, v in zip(peaks, values, strict=True)] if peaks else values
+    calibration = Calibration(images=len(chosen))
+    peak_iter = iter(peaks)
+    shape_iter = iter(shapes)
+    for _name, what in wanted:
+        if what[0] == "x":
+            tiled = what[1]
+            value = float(next(peak_iter))
+            calibration.input_range[tiled.layer] = value if value > 0 else 1.0
+        elif what[0] == "p":
+            tiled, t = what[1], what[2]
+            r = calibration.input_range[tiled.layer]
+            per_col = np.asarray(next(peak_iter), np.float64) / r
+            bounds = calibration.adc_bound.setdefault(
+                tiled.node_index, np.empty((len(tiled.row_tiles), per_col.size), np.float32)
+            )
+            for c0, c1 in tiled.col_tiles:
+                top = float(per_col[c0:c1].max())
+                bounds[t, c0:c1] = top if top > 0 else 1.0
+        else:
+            tiled, t = what[1], what[2]
+            shape = tuple(int(d) for d in next(shape_iter)[1:])
+            calibration.tile_shapes[(tiled.layer_index, tiled.first_tile + t)] = shape
+    return calibration

@@ -1,0 +1,45 @@
+"""Read-noise draws keyed by (seed, sample, layer, tile, image, element).
+
+Image ``i``'s draws for one tile are the ``i mod BLOCK``-th slice of the standard-normal
+stream of ``SeedSequence(seed, spawn_key=(TAG, sample, layer, tile, i // BLOCK))``. Any batch
+of images is cut from the same blocks, so the numbers never depend on the batch size, the
+worker count or the backend (every backend feeds these arrays).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: images per generator block (one SeedSequence per block keeps set-up cost negligible)
+BLOCK = 64
+#: first spawn-key word, so read-noise streams never meet the weight draws' (sample, layer)
+TAG = 0x5EAD
+
+
+def read_noise_block(
+    seed: int, sample: int, layer: int, tile: int, block: int, shape: tuple[int, ...]
+) -> np.ndarray:
+    """Draws of the BLOCK images of one block, shape (BLOCK, *shape), float32."""
+    sequence = np.random.SeedSequence(seed, spawn_key=(TAG, sample, layer, tile, block))
+    generator = np.random.Generator(np.random.SFC64(sequence))
+    return generator.standard_normal((BLOCK, *shape), dtype=np.float32)
+
+
+def read_noise(
+    seed: int,
+    sample: int,
+    layer: int,
+    tile: int,
+    start: int,
+    stop: int,
+    shape: tuple[int, ...],
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Standard-normal draws for images [start, stop) of one tile, shape (stop - start, *shape)."""
+    if out is None:
+        out = np.empty((stop - start, *shape), np.float32)
+    for block in range(start // BLOCK, (stop - 1) // BLOCK + 1 if stop > start else 0):
+        lo, hi = max(start, block * BLOCK), min(stop, (block + 1) * BLOCK)
+        draws = read_noise_block(seed, sample, layer, tile, block, shape)
+        out[lo - start : hi - start] = draws[lo - block * BLOCK : hi - block * BLOCK]
+    return out

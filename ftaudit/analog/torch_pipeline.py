@@ -1,0 +1,157 @@
+"""The analog forward pipeline in torch, for hardware-aware training (``ftaudit harden``).
+
+The same transforms as the ONNX rewrite (``ftaudit.analog.onnx_graph``), on the trainable
+module's own Linear and Conv layers: their ``forward`` is replaced on the instance, so parameter
+names, the export and the optimiser see the same module. Quantisers use straight-through
+estimators: rounding passes the gradient unchanged, saturation passes none outside the range.
+Ranges and tiles come from the ONNX calibration of the input model, fixed for the whole run.
+Read noise is drawn in training mode only, from a torch generator seeded by the run's seed;
+the validation passes (eval mode) and the exported model are deterministic.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ftaudit.analog.onnx_graph import (
+    Calibration,
+    TiledNode,
+    calibrate,
+    plan_tiles,
+    quantiser_scales,
+)
+from ftaudit.analog.options import ForwardPipeline
+from ftaudit.errors import UserError
+
+#: spawn key of the training read-noise generator
+TRAINING_NOISE_KEY = 0xA7A1
+
+
+def _quantise(torch: Any, x: Any, bits: int, scale_in: Any, scale_out: Any) -> Any:
+    """N-bit quantiser with a straight-through gradient inside the range."""
+    scaled = x * scale_in
+    if bits == 1:
+        clipped = scaled.clamp(-1.0, 1.0)
+        return (clipped + (torch.sign(scaled) - clipped).detach()) * scale_out
+    steps = float(2 ** (bits - 1) - 1)
+    clipped = scaled.clamp(-steps, steps)
+    return (clipped + (torch.round(clipped) - clipped).detach()) * scale_out
+
+
+class _LayerPipeline:
+    """The constants of one crossbar module (tensors on the module's device)."""
+
+    def __init__(
+        self, torch: Any, tiled: TiledNode, pipeline: ForwardPipeline, calibration: Calibration
+    ) -> None:
+        self.kind = tiled.kind
+        self.row_tiles = tiled.row_tiles
+        self.pipeline = pipeline
+        r = np.float32(calibration.input_range[tiled.layer])
+        self.dac = None
+        if pipeline.dac_bits is not None:
+            scale_in, scale_out = quantiser_scales(pipeline.dac_bits, r)
+            self.dac = (float(scale_in), float(scale_out))
+        self.units, self.adc, self.sigma = [], [], []
+        bounds = calibration.adc_bound.get(tiled.node_index)
+        for t in range(len(tiled.row_tiles)):
+            unit = (tiled.weight_scale[t] * r).astype(np.float32).reshape(tiled.col_shape)
+            self.sigma.append(torch.from_numpy(pipeline.read_noise * unit))
+            if pipeline.adc_bits is not None:
+                bound = (
+                    np.full(unit.size, pipeline.adc_bound, np.float32)
+                    if pipeline.adc_bound is not None
+                    else bounds[t]
+                )
+                full = bound.reshape(tiled.col_shape) * unit
+                scale_in, scale_out = quantiser_scales(pipeline.adc_bits, full)
+                self.adc.append((torch.from_numpy(scale_in), torch.from_numpy(scale_out)))
+        self.col_shape = tiled.col_shape
+
+
+def _analog_forward(self: Any, x: Any) -> Any:
+    """Replaces ``forward`` of an nn.Linear / nn.ConvNd carrying ``_ftaudit_analog``."""
+    import torch
+    import torch.nn.functional as F
+
+    plan: _LayerPipeline = self._ftaudit_analog
+    generator = self._ftaudit_generator
+    if plan.dac is not None:
+        x = _quantise(torch, x, plan.pipeline.dac_bits, *plan.dac)
+    if not plan.pipeline.per_tile:
+        return type(self).forward(self, x)
+    axis = -1 if plan.kind != "conv" else 1
+    total = None
+    for t, (r0, r1) in enumerate(plan.row_tiles):
+        whole = len(plan.row_tiles) == 1
+        x_t = x if whole else x.narrow(axis, r0, r1 - r0)
+        w_t = self.weight if whole else self.weight.narrow(1, r0, r1 - r0)
+        p = self._conv_forward(x_t, w_t, None) if plan.kind == "conv" else F.linear(x_t, w_t)
+        if plan.pipeline.read_noise > 0 and self.training:
+            z = torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device)
+            p = p + z * plan.sigma[t].to(p.device)
+        if plan.pipeline.adc_bits is not None:
+            scale_in, scale_out = plan.adc[t]
+            p = _quantise(
+                torch, p, plan.pipeline.adc_bits, scale_in.to(p.device), scale_out.to(p.device)
+            )
+        total = p if total is None else total + p
+    if self.bias is not None:
+        total = total + self.bias.view(plan.col_shape if plan.kind == "conv" else (-1,))
+    return total
+
+
+class AnalogTraining:
+    """The pipeline calibrated on the input model, ready to attach to trainable copies."""
+
+    def __init__(
+        self,
+        model: Any,
+        layers: Any,
+        x: np.ndarray,
+        pipeline: ForwardPipeline,
+        *,
+        seed: int,
+    ) -> None:
+        from ftaudit.models.onnx import OnnxModel
+
+        if not isinstance(model, OnnxModel):
+            raise UserError(
+                "harden with the analog forward pipeline trains ONNX models only; "
+                f"{model.path} is {model.format}",
+                hint="export the model to ONNX, or drop --dac-bits/--adc-bits/--read-noise",
+            )
+        self.pipeline = pipeline
+        self.seed = seed
+        self.tiled = plan_tiles(model.proto, layers, model.clean_weights(), pipeline)
+        self.calibration = calibrate(model.proto, self.tiled, x, seed=seed)
+
+    def attach(self, trainable: Any) -> int:
+        """Give the trainable module's crossbar Linear/Conv layers the pipeline; returns how
+        many layers took it (the others, e.g. MatMul weights, stay ideal)."""
+        import torch
+
+        sequence = np.random.SeedSequence(self.seed, spawn_key=(TRAINING_NOISE_KEY,))
+        generator = torch.Generator().manual_seed(int(sequence.generate_state(1)[0]))
+        counts: Mapping[str, int] = {}
+        for tiled in self.tiled:
+            counts[tiled.layer] = counts.get(tiled.layer, 0) + 1  # type: ignore[index]
+        attached = 0
+        for tiled in self.tiled:
+            slot = trainable.slots.get(tiled.layer)
+            if slot is None or counts[tiled.layer] != 1 or tiled.kind == "matmul":
+                continue
+            module = trainable.module.get_submodule(slot.target.rsplit(".", 1)[0])
+            if not isinstance(module, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)):
+                continue
+            if isinstance(module, torch.nn.modules.conv._ConvTransposeNd):
+                continue
+            module._ftaudit_analog = _LayerPipeline(torch, tiled, self.pipeline, self.calibration)
+            module._ftaudit_generator = generator
+            module.forward = types.MethodType(_analog_forward, module)
+            attached += 1
+        return attached
