@@ -6,6 +6,8 @@ objective),
 then measures the input and the hardened model on the held-out 2,000-image test subset with a
 Monte Carlo that shares no code with ftaudit: numpy, its own generator, w * exp(sigma * z) per
 weight of the three Gemm layers. Prints one line per seed and the mean gain.
+``--straight-through`` trains on dL/dw' as BayesFT did before the chain-rule fix (the comparison
+rows of docs/reproductions/bayesft-acceptance.md).
 
     python benchmarks/bayesft_acceptance.py --seeds 0 1 2
 """
@@ -54,6 +56,13 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--epochs-per-trial", type=int, default=10)
     parser.add_argument("--max-dropout", type=float, default=None)
+    parser.add_argument("--train-draws", type=int, default=None, help="noise draws per step")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3)")
+    parser.add_argument(
+        "--straight-through",
+        action="store_true",
+        help="train BayesFT on dL/dw' as before the chain-rule fix (for the comparison row)",
+    )
     parser.add_argument("--samples", type=int, default=200, help="independent MC samples")
     parser.add_argument(
         "--train",
@@ -65,9 +74,13 @@ def main() -> None:
     parser.add_argument("--method", default="bayesft", help="bayesft, or noise/erm for reference")
     args = parser.parse_args()
 
+    from ftaudit.harden import bayesft
     from ftaudit.harden.api import harden
 
-    extra = {} if args.max_dropout is None else {"max_dropout": args.max_dropout}
+    bayesft.CHAIN_RULE = not args.straight_through
+
+    given = {"max_dropout": args.max_dropout, "train_draws": args.train_draws, "lr": args.lr}
+    extra = {k: v for k, v in given.items() if v is not None}
     before = independent_mc_accuracy(MODEL, args.sigma, args.samples, seed=12345)
     gains = []
     with tempfile.TemporaryDirectory() as tmp:

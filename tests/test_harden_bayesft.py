@@ -124,14 +124,15 @@ def test_objective_is_minus_the_monte_carlo_mean_cross_entropy(trained_mlp, mlp_
 
 def test_weights_train_on_the_loss_under_the_evaluation_noise(setup, monkeypatch) -> None:
     """Algorithm 1 line 6: theta follows the gradient of u, the loss under the drift at sigma
-    (not the clean loss), with --train-draws draws per step."""
+    (not the clean loss), with --train-draws draws per step and the chain rule to the clean
+    weights."""
     import ftaudit.harden.methods.base as methods  # where HardenContext.train_epoch looks it up
 
     calls = []
     real = methods.train_epoch
 
     def recording(*args, **kwargs):
-        calls.append((kwargs["noise"], kwargs["draws"]))
+        calls.append((kwargs["noise"], kwargs["draws"], kwargs["chain_rule"]))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(methods, "train_epoch", recording)
@@ -148,9 +149,9 @@ def test_weights_train_on_the_loss_under_the_evaluation_noise(setup, monkeypatch
         **QUICK,
     )
     assert len(calls) == 4
-    for noise, draws in calls:
+    for noise, draws, chain_rule in calls:
         assert noise is not None and noise.sigma == 0.8 and noise.threshold is None
-        assert noise.model.name == "lognormal" and draws == 3
+        assert noise.model.name == "lognormal" and draws == 3 and chain_rule
     assert report.details["train_draws"] == 3
 
 
@@ -196,6 +197,73 @@ def test_train_epoch_averages_the_gradient_over_keyed_draws(mlp_onnx) -> None:
     for n, p in trainable.module.named_parameters():
         expected = start[n] - (g0[n] + g1[n]) / 2
         np.testing.assert_allclose(p.detach().numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_chain_rule_step_is_the_gradient_of_the_drifted_loss_wrt_clean_weights(mlp_onnx) -> None:
+    """BayesFT line 6 differentiates u(theta) = E L(theta * exp(sigma z)) with respect to the
+    clean theta: with chain_rule, one SGD step (lr 1) with draws=2 moves the weights by minus
+    the mean over the two draws of autograd's gradient of L(w * m) at w, m = exp(sigma z)
+    recovered from ``perturbed_arrays``. The straight-through step (dL/dw') differs."""
+    from torch.func import functional_call
+
+    from ftaudit.harden.training import TrainingNoise, perturbed_arrays, train_epoch
+
+    source = load_model(mlp_onnx)
+    x, y = make_blobs(32, seed=5)
+    data = TrainingData(x.astype(np.float32) / 255, y)
+    noise = TrainingNoise(get_noise_model("lognormal"), 0.6)
+
+    def grads_at(draw: int) -> dict[str, np.ndarray]:
+        trainable = make_trainable(source)
+        names = {id(p): n for n, p in trainable.module.named_parameters()}
+        clean = {n: p.detach().clone() for n, p in trainable.module.named_parameters()}
+        trainable.set_crossbar_arrays(
+            perturbed_arrays(
+                trainable.crossbar_arrays(),
+                source.layers,
+                noise,
+                seed=7,
+                epoch=0,
+                step=0,
+                draw=draw,
+            )
+        )
+        multipliers = {
+            names[id(t)]: t.detach() / clean[names[id(t)]] for t in trainable.crossbar.values()
+        }
+        leaves = {n: v.clone().requires_grad_(True) for n, v in clean.items()}
+        params = {n: leaves[n] * multipliers[n] if n in multipliers else leaves[n] for n in leaves}
+        trainable.module.train()
+        logits = functional_call(trainable.module, params, (torch.from_numpy(data.x),))
+        torch.nn.functional.cross_entropy(logits, torch.from_numpy(y)).backward()
+        return {n: leaf.grad.numpy().copy() for n, leaf in leaves.items()}
+
+    g0, g1 = grads_at(0), grads_at(1)
+
+    def step(chain_rule: bool) -> dict[str, np.ndarray]:
+        trainable = make_trainable(source)
+        optimizer = torch.optim.SGD(trainable.module.parameters(), lr=1.0)
+        train_epoch(
+            trainable,
+            optimizer,
+            data,
+            epoch=0,
+            seed=7,
+            batch_size=64,
+            layers=source.layers,
+            noise=noise,
+            draws=2,
+            chain_rule=chain_rule,
+        )
+        return {n: p.detach().numpy().copy() for n, p in trainable.module.named_parameters()}
+
+    trainable = make_trainable(source)
+    start = {n: p.detach().numpy().copy() for n, p in trainable.module.named_parameters()}
+    exact, straight = step(True), step(False)
+    for n in start:
+        expected = start[n] - (g0[n] + g1[n]) / 2
+        np.testing.assert_allclose(exact[n], expected, rtol=1e-4, atol=1e-6)
+    assert any(not np.allclose(straight[n], exact[n], rtol=1e-3) for n in start)
 
 
 def test_rescoring_earlier_rates_at_the_same_weights_gives_one_value(mlp_onnx) -> None:

@@ -141,21 +141,31 @@ def train_epoch(
     device: str = "cpu",
     on_step: Callable[[int, float], None] | None = None,
     draws: int = 1,
+    chain_rule: bool = False,
 ) -> float:
     """One epoch; with ``noise``, each step takes the gradient at perturbed weights and applies
     it to the clean ones (Algorithm 1). ``draws`` > 1 averages each step's loss and gradient
     over that many noise draws (a Monte Carlo estimate of the gradient of the expected loss,
-    BayesFT eq. 3-4). Returns the mean training loss."""
+    BayesFT eq. 3-4). Returns the mean training loss.
+
+    The gradient at the perturbed weights w' is dL/dw' (TRICE's NoiseTrain, "straight
+    through"). With ``chain_rule`` and multiplicative log-normal noise, w' = w * exp(sigma z),
+    it is multiplied by dw'/dw = exp(sigma z) = w'/w per weight, giving the gradient of the
+    expected loss with respect to the clean weights (BayesFT Algorithm 1 line 6, the gradient
+    of u by the reparameterisation); other noise models keep dL/dw' (additive noise: the same).
+    """
     torch = require_torch("ftaudit harden")
     module = trainable.module
     module.train()
     noisy = noise is not None and noise.sigma > 0
     passes = draws if noisy else 1
+    rescale = noisy and chain_rule and noise is not None and noise.model.name == "lognormal"
     total, count = 0.0, 0
     for step, index in enumerate(data.batch_order(seed, epoch, batch_size)):
         xb = torch.from_numpy(data.x[index]).to(device)
         yb = torch.from_numpy(data.y[index]).to(device)
         clean = trainable.crossbar_arrays() if noisy else None
+        clean_t = {k: t.detach().clone() for k, t in trainable.crossbar.items()} if rescale else {}
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
         for draw in range(passes):
@@ -170,7 +180,12 @@ def train_epoch(
             if isinstance(logits, (tuple, list)):
                 logits = logits[0]
             loss = torch.nn.functional.cross_entropy(logits, yb)
+            before = {k: trainable.crossbar[k].grad for k in clean_t}
+            for k in clean_t:
+                trainable.crossbar[k].grad = None
             (loss / passes).backward()  # gradients add up over the draws: their mean
+            for k, w in clean_t.items():
+                _chain_rule_grad(trainable.crossbar[k], w, before[k])
             step_loss += float(loss.detach()) / passes
         if clean is not None:
             trainable.set_crossbar_arrays(clean)  # gradient at w + dw, update applied to w
@@ -180,6 +195,21 @@ def train_epoch(
         if on_step is not None:
             on_step(step, step_loss)
     return total / max(count, 1)
+
+
+def _chain_rule_grad(tensor: Any, clean: Any, before: Any) -> None:
+    """This draw's gradient of the perturbed ``tensor`` times w'/w (1 where w = 0, where
+    log-normal drift leaves the weight at 0), added to the earlier draws' ``before``."""
+    torch = require_torch("ftaudit harden")
+    if tensor.grad is None:
+        tensor.grad = before
+        return
+    with torch.no_grad():
+        nonzero = clean != 0
+        factor = torch.where(nonzero, tensor / torch.where(nonzero, clean, 1), 1)
+        tensor.grad.mul_(factor)
+        if before is not None:
+            tensor.grad.add_(before)
 
 
 class TrainableRunner(ModelRunner):

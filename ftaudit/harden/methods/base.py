@@ -76,9 +76,10 @@ class HardenContext:
         epoch: int,
         noise: TrainingNoise | None,
         draws: int = 1,
+        chain_rule: bool = False,
     ) -> float:
         """One epoch of ``model`` on the training data with this run's seed and settings
-        (``draws`` noise draws averaged per step)."""
+        (``draws`` noise draws averaged per step; ``chain_rule``: see ``train_epoch``)."""
         on_step = None
         if self.progress is not None:
             steps = -(-len(self.train) // self.batch_size)
@@ -100,6 +101,7 @@ class HardenContext:
             device=self.device,
             on_step=on_step,
             draws=draws,
+            chain_rule=chain_rule,
         )
 
     def eval_seed(self, epoch: int) -> int:

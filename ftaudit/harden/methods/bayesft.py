@@ -4,10 +4,11 @@ The search space is one dropout rate in [0, max_dropout] after each crossbar lay
 the last (BayesFT III-B). Weights and rates are optimised alternately: the sampler proposes rates,
 the weights train ``epochs_per_trial`` epochs with them (carrying over from trial to trial, as in
 Algorithm 1) on the gradient of u, the loss under the evaluation noise at sigma (line 6; each
-step averages ``train_draws`` draws), and the objective u (eq. 3-4) is minus the Monte Carlo mean
-of the validation cross-entropy with the weights perturbed by the evaluation noise at sigma. The
-weights of the best trial are exported; dropout exists only in the trainable copy, so the
-exported file has none.
+step averages ``train_draws`` draws; under log-normal drift the gradient at w' = w exp(sigma z)
+is multiplied by exp(sigma z), the chain rule to the clean weights), and the objective u
+(eq. 3-4) is minus the Monte Carlo mean of the validation cross-entropy with the weights
+perturbed by the evaluation noise at sigma. The weights of the best trial are exported; dropout
+exists only in the trainable copy, so the exported file has none.
 
 Line 8 (re-scoring the earlier rates at the current weights) is not done: u is measured in eval
 mode, where dropout is the identity, so u(alpha_i, theta_t) is the same number for every alpha_i
@@ -64,6 +65,9 @@ FEATURE = "the bayesft harden method"
 #: random trials before the GP guides the search. Algorithm 1 starts from one uniform draw;
 #: optuna's default (10) would make the default 10-trial search a plain random search
 STARTUP_TRIALS = 3
+
+#: line 6's gradient of u through w' = w * exp(sigma z) (``train_epoch``'s ``chain_rule``)
+CHAIN_RULE = True
 
 OBJECTIVE_KEY = 1_000_005
 SAMPLER_KEY = 1_000_006
@@ -421,7 +425,9 @@ class BayesftMethod(HardenMethod):
                         _derived(ctx.seed, DROPOUT_KEY, epoch, layer_index[name])
                     )
                 # Algorithm 1 line 6: the gradient of u, the loss under the evaluation noise
-                loss = ctx.train_epoch(model, optimizer, epoch, noise, draws=draws)
+                loss = ctx.train_epoch(
+                    model, optimizer, epoch, noise, draws=draws, chain_rule=CHAIN_RULE
+                )
             objective = bayesft_objective(
                 model,
                 ctx.val,
