@@ -17,6 +17,7 @@ means over many samples; every figure comes from the same run on the same machin
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import platform
 import statistics
@@ -49,8 +50,8 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def plain_onnx_seconds(path: Path, x: np.ndarray, batch_size: int, repeats: int) -> float:
-    """(a) A default ONNX Runtime session over the data, weights as constants."""
+def plain_onnx_runner(path: Path, x: np.ndarray, batch_size: int) -> Callable[[], None]:
+    """(a) One pass of a default ONNX Runtime session over the data, weights as constants."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -60,22 +61,23 @@ def plain_onnx_seconds(path: Path, x: np.ndarray, batch_size: int, repeats: int)
         for s in range(0, len(x), batch_size):
             session.run(None, {name: x[s : s + batch_size]})
 
-    return median_time(run, repeats)
+    run()
+    return run
 
 
-def ftaudit_seconds_per_sample(
+def monte_carlo_runner(
     path: Path,
     x: np.ndarray,
     y: np.ndarray,
-    samples: int,
     sigmas: tuple[float, ...] = (SIGMA,),
     *,
     prepacked: bool = True,
     effects=None,
     batch_size: int = BATCH,
-) -> float:
-    """(b) ftaudit's Monte Carlo loop per sample and row (setup excluded); ``prepacked=False``
-    feeds the weights to the original graph; ``effects`` adds drift rows."""
+) -> Callable[[int], float]:
+    """(b) ftaudit's Monte Carlo loop, set up once; the returned function times ``samples``
+    samples and gives seconds per sample and row. ``prepacked=False`` feeds the weights to the
+    original graph; ``effects`` adds drift rows."""
     from ftaudit.models import load_model
     from ftaudit.models import onnx as onnx_models
     from ftaudit.montecarlo import Crossbar, run_monte_carlo
@@ -94,9 +96,27 @@ def ftaudit_seconds_per_sample(
     crossbar = Crossbar.prepare(model.layers, model.clean_weights(), get_noise_model("lognormal"))
     options = dict(n_data=len(y), k=1.0, effects=effects)
     run_monte_carlo(runner, crossbar, sigmas, samples=2, seed=1, **options)
-    start = time.perf_counter()
-    counts = run_monte_carlo(runner, crossbar, sigmas, samples=samples, seed=0, **options)
-    return (time.perf_counter() - start) / samples / counts.counts.shape[0]
+
+    def timed(samples: int) -> float:
+        start = time.perf_counter()
+        counts = run_monte_carlo(runner, crossbar, sigmas, samples=samples, seed=0, **options)
+        return (time.perf_counter() - start) / samples / counts.counts.shape[0]
+
+    return timed
+
+
+def interleaved(
+    plain: Callable[[], None], timed: Callable[[int], float], samples: int, rounds: int
+) -> tuple[float, float]:
+    """Median Monte Carlo seconds per sample and median plain/MC ratio over ``rounds`` rounds,
+    each timing plain passes (median of 5) right before its MC block (drift cancels)."""
+    costs, ratios = [], []
+    for _ in range(rounds):
+        base = median_time(plain, 5)
+        cost = timed(max(1, samples // rounds))
+        costs.append(cost)
+        ratios.append(base / cost)
+    return statistics.median(costs), statistics.median(ratios)
 
 
 def draw_seconds_per_sample(path: Path, samples: int = 50) -> float:
@@ -175,37 +195,39 @@ def drift_effects(compensation: str):
 
 
 def measure(name: str, path: Path, x: np.ndarray, y: np.ndarray, args) -> dict:
-    """Every column of one model's row, measured back to back."""
+    """Every column of one model's row: each MC variant in rounds interleaved with plain passes."""
     from ftaudit.models import load_model
 
     samples = max(4, int(args.samples * SCALE.get(name, 1.0)))
+    rounds = args.rounds
     model = load_model(path)
     x = model.fit_input(x)
     macs = sum(layer.macs or 0 for layer in model.layers) * len(x)
     weights = sum(layer.params for layer in model.layers)
-    plain = plain_onnx_seconds(path, x, BATCH, args.repeats)
-    mc = ftaudit_seconds_per_sample(path, x, y, samples)
-    mc_old = ftaudit_seconds_per_sample(path, x, y, samples, prepacked=False)
-    grid = ftaudit_seconds_per_sample(path, x, y, max(2, samples // 2), GRID)
-    drift = ftaudit_seconds_per_sample(path, x, y, samples, effects=drift_effects("none"))
-    drift_comp = ftaudit_seconds_per_sample(path, x, y, samples, effects=drift_effects("global"))
-    naive = naive_seconds_per_sample(path, x, max(3, int(args.naive_samples * SCALE.get(name, 1))))
-    draws = draw_seconds_per_sample(path)
-    return {
-        "model": name,
-        "images": len(x),
-        "weights": weights,
-        "macs": macs,
-        "plain": plain * 1e3,
-        "mc": mc * 1e3,
-        "mc_old": mc_old * 1e3,
-        "grid": grid * 1e3,
-        "drift": drift * 1e3,
-        "drift_comp": drift_comp * 1e3,
-        "naive": naive * 1e3,
-        "draws": draws * 1e3,
-        "samples": samples,
+    plain_pass = plain_onnx_runner(path, x, BATCH)
+    plain = median_time(plain_pass, args.repeats)
+    row: dict = {"model": name, "images": len(x), "weights": weights, "macs": macs}
+    variants = {
+        "mc": lambda: monte_carlo_runner(path, x, y),
+        "grid": lambda: monte_carlo_runner(path, x, y, GRID),
+        "mc_old": lambda: monte_carlo_runner(path, x, y, prepacked=False),
+        "drift": lambda: monte_carlo_runner(path, x, y, effects=drift_effects("none")),
+        "drift_comp": lambda: monte_carlo_runner(path, x, y, effects=drift_effects("global")),
     }
+    for key, build_variant in variants.items():
+        timed = build_variant()  # one Monte Carlo session alive at a time
+        cost, ratio = interleaved(plain_pass, timed, samples, rounds)
+        row[key], row[f"eff_{key}"] = cost * 1e3, ratio
+        del timed
+        gc.collect()
+    naive = naive_seconds_per_sample(path, x, max(3, int(args.naive_samples * SCALE.get(name, 1))))
+    row.update(
+        plain=plain * 1e3,
+        naive=naive * 1e3,
+        draws=draw_seconds_per_sample(path) * 1e3,
+        samples=samples,
+    )
+    return row
 
 
 #: fraction of --samples timed per model (the larger models cost seconds per sample)
@@ -225,11 +247,12 @@ def render(rows: list[dict]) -> str:
     )
     lines = [
         f"| {r['model']} | {r['images']:,} | {r['weights']:,} | {r['macs']:,} "
-        f"| {r['plain']:.2f} | {r['mc']:.2f} | {r['plain'] / r['mc']:.2f} "
-        f"| {r['grid']:.2f} | {r['plain'] / r['grid']:.2f} "
-        f"| {r['mc_old']:.2f} | {r['plain'] / r['mc_old']:.2f} | {r['naive']:.2f} "
-        f"| {r['naive'] / r['mc']:.1f}x | {r['drift']:.2f} | {r['drift'] / r['mc']:.2f} "
-        f"| {r['drift_comp']:.2f} | {r['drift_comp'] / r['mc']:.2f} | {r['draws']:.2f} |"
+        f"| {r['plain']:.2f} | {r['mc']:.2f} | {r['eff_mc']:.2f} "
+        f"| {r['grid']:.2f} | {r['eff_grid']:.2f} "
+        f"| {r['mc_old']:.2f} | {r['eff_mc_old']:.2f} | {r['naive']:.2f} "
+        f"| {r['naive'] / r['mc']:.1f}x | {r['drift']:.2f} | {r['eff_mc'] / r['eff_drift']:.2f} "
+        f"| {r['drift_comp']:.2f} | {r['eff_mc'] / r['eff_drift_comp']:.2f} "
+        f"| {r['draws']:.2f} |"
         for r in rows
     ]
     return "\n".join([header, *lines])
@@ -276,6 +299,9 @@ def main() -> None:
     parser.add_argument("--naive-samples", type=int, default=20, help="samples timed for (c)")
     parser.add_argument("--repeats", type=int, default=20, help="repeats for (a)")
     parser.add_argument(
+        "--rounds", type=int, default=6, help="plain/MC rounds per variant (ratios: medians)"
+    )
+    parser.add_argument(
         "--models",
         default="lenet,mlp,rescnn,mobilenet,resnet18w",
         help="comma-separated: lenet, mlp, rescnn, mobilenet, resnet18w",
@@ -303,7 +329,10 @@ def main() -> None:
         f"{args.samples} Monte Carlo samples timed per model (fewer for the two large models: "
         f"the samples column of the script's output), {args.naive_samples} for the naive way. "
         "lenet and mlp run on the 2,000 shipped Fashion-MNIST images; the other models on "
-        "random inputs labelled by the clean model (bench_models.py). Drift rows: one time "
+        "random inputs labelled by the clean model (bench_models.py). Efficiencies and row "
+        f"ratios are medians over {args.rounds} rounds, each timing plain passes (median of "
+        "five) right before its Monte Carlo block, so that the machine's drift cancels. "
+        "Drift rows: one time "
         "(1 hour), nu 0.05 +- 0.01. No GPU was lent to this session: no GPU rows.\n"
     )
     print(summary)
