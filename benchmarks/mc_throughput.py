@@ -105,18 +105,9 @@ def monte_carlo_runner(
     return timed
 
 
-def interleaved(
-    plain: Callable[[], None], timed: Callable[[int], float], samples: int, rounds: int
-) -> tuple[float, float]:
-    """Median Monte Carlo seconds per sample and median plain/MC ratio over ``rounds`` rounds,
-    each timing plain passes (median of 5) right before its MC block (drift cancels)."""
-    costs, ratios = [], []
-    for _ in range(rounds):
-        base = median_time(plain, 5)
-        cost = timed(max(1, samples // rounds))
-        costs.append(cost)
-        ratios.append(base / cost)
-    return statistics.median(costs), statistics.median(ratios)
+def block_median(timed: Callable[[int], float], samples: int, rounds: int) -> float:
+    """Median seconds per sample and row over ``rounds`` blocks of ``samples // rounds``."""
+    return statistics.median(timed(max(1, samples // rounds)) for _ in range(rounds))
 
 
 def draw_seconds_per_sample(path: Path, samples: int = 50) -> float:
@@ -216,8 +207,7 @@ def measure(name: str, path: Path, x: np.ndarray, y: np.ndarray, args) -> dict:
     }
     for key, build_variant in variants.items():
         timed = build_variant()  # one Monte Carlo session alive at a time
-        cost, ratio = interleaved(plain_pass, timed, samples, rounds)
-        row[key], row[f"eff_{key}"] = cost * 1e3, ratio
+        row[key] = block_median(timed, samples, rounds) * 1e3
         del timed
         gc.collect()
     naive = naive_seconds_per_sample(path, x, max(3, int(args.naive_samples * SCALE.get(name, 1))))
@@ -247,11 +237,11 @@ def render(rows: list[dict]) -> str:
     )
     lines = [
         f"| {r['model']} | {r['images']:,} | {r['weights']:,} | {r['macs']:,} "
-        f"| {r['plain']:.2f} | {r['mc']:.2f} | {r['eff_mc']:.2f} "
-        f"| {r['grid']:.2f} | {r['eff_grid']:.2f} "
-        f"| {r['mc_old']:.2f} | {r['eff_mc_old']:.2f} | {r['naive']:.2f} "
-        f"| {r['naive'] / r['mc']:.1f}x | {r['drift']:.2f} | {r['eff_mc'] / r['eff_drift']:.2f} "
-        f"| {r['drift_comp']:.2f} | {r['eff_mc'] / r['eff_drift_comp']:.2f} "
+        f"| {r['plain']:.2f} | {r['mc']:.2f} | {r['plain'] / r['mc']:.2f} "
+        f"| {r['grid']:.2f} | {r['plain'] / r['grid']:.2f} "
+        f"| {r['mc_old']:.2f} | {r['plain'] / r['mc_old']:.2f} | {r['naive']:.2f} "
+        f"| {r['naive'] / r['mc']:.1f}x | {r['drift']:.2f} | {r['drift'] / r['mc']:.2f} "
+        f"| {r['drift_comp']:.2f} | {r['drift_comp'] / r['mc']:.2f} "
         f"| {r['draws']:.2f} |"
         for r in rows
     ]
@@ -278,7 +268,7 @@ def aihwkit_row(python: str, lenet: dict, args) -> str:
     import json
     import subprocess
 
-    samples = max(10, args.samples // 4)
+    samples = max(10, args.samples // 12)
     script = Path(__file__).resolve().parent / "aihwkit_compare.py"
     command = [python, str(script), "--samples", str(samples), "--sigma", str(SIGMA)]
     found = json.loads(subprocess.run(command, check=True, capture_output=True).stdout)
@@ -299,7 +289,7 @@ def main() -> None:
     parser.add_argument("--naive-samples", type=int, default=20, help="samples timed for (c)")
     parser.add_argument("--repeats", type=int, default=20, help="repeats for (a)")
     parser.add_argument(
-        "--rounds", type=int, default=6, help="plain/MC rounds per variant (ratios: medians)"
+        "--rounds", type=int, default=6, help="timed blocks per Monte Carlo variant (median)"
     )
     parser.add_argument(
         "--models",
@@ -329,9 +319,9 @@ def main() -> None:
         f"{args.samples} Monte Carlo samples timed per model (fewer for the two large models: "
         f"the samples column of the script's output), {args.naive_samples} for the naive way. "
         "lenet and mlp run on the 2,000 shipped Fashion-MNIST images; the other models on "
-        "random inputs labelled by the clean model (bench_models.py). Efficiencies and row "
-        f"ratios are medians over {args.rounds} rounds, each timing plain passes (median of "
-        "five) right before its Monte Carlo block, so that the machine's drift cancels. "
+        "random inputs labelled by the clean model (bench_models.py). (a) is the median of "
+        "plain passes in a steady loop; each Monte Carlo column is the median of "
+        f"{args.rounds} blocks, one variant alive at a time; efficiency is (a) over it. "
         "Drift rows: one time "
         "(1 hour), nu 0.05 +- 0.01. No GPU was lent to this session: no GPU rows.\n"
     )
