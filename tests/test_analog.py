@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import SAMPLES
 
 from ftaudit.analog import ForwardPipeline, parse_tile_size
 from ftaudit.analog.onnx_graph import calibration_indices
 from ftaudit.analog.read_noise import read_noise
 from ftaudit.errors import UserError
-from tests.conftest import SAMPLES
 
 pytest.importorskip("onnxruntime")
 
@@ -229,7 +229,7 @@ def test_read_noise_at_sigma_0_spreads_and_is_batch_size_free(fmnist):
 
 def test_analog_report_validates_against_the_schema(fmnist):
     jsonschema = pytest.importorskip("jsonschema")
-    from tests.conftest import REPO
+    from conftest import REPO
 
     report = _audit(fmnist, sigmas=[0.1], samples=2, pipeline=ForwardPipeline(dac_bits=8))
     schema = json.loads((REPO / "docs" / "report.schema.json").read_text())
@@ -435,9 +435,10 @@ def test_cli_harden_rejects_bad_analog_flags(run_cli, tmp_path, blobs_npz, mlp_o
 
 
 def test_fixed_batch_models_calibrate_on_every_image(trained_mlp, model_dir, blobs):
+    from conftest import export_onnx
+
     from ftaudit.analog.runner import analog_runner
     from ftaudit.models import load_model
-    from tests.conftest import export_onnx
 
     fixed = load_model(export_onnx(trained_mlp, model_dir / "mlp_b3.onnx", dynamic=False, batch=3))
     dynamic = load_model(export_onnx(trained_mlp, model_dir / "mlp_dyn.onnx"))
@@ -458,8 +459,9 @@ def test_fixed_batch_models_calibrate_on_every_image(trained_mlp, model_dir, blo
 def test_batchnorm_models_run_the_pipeline_on_their_folded_weights(
     trained_convnet_bn, model_dir, blobs_npz
 ):
+    from conftest import export_onnx
+
     from ftaudit.evaluation import audit
-    from tests.conftest import export_onnx
 
     path = export_onnx(trained_convnet_bn, model_dir / "bn_kept.onnx", keep_batchnorm=True)
     kwargs = {"sigmas": [0.0, 0.1], "samples": 4, "seed": 3}

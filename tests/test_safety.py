@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from tests.conftest import REPO, make_blobs
+from conftest import REPO, make_blobs
 
 onnx = pytest.importorskip("onnx")
 
