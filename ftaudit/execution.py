@@ -45,7 +45,10 @@ class SpecFile:
 
 
 def _file_chunk(handle: SpecFile, start: int, stop: int, active: list[int]) -> np.ndarray:
-    """Worker side: the evaluator of ``handle``'s spec (loaded from its file on first use)."""
+    """Worker side: the evaluator of ``handle``'s spec (loaded from its file on first use).
+
+    The file is this command's own pickle in its private ``mkdtemp`` folder (mode 0700), the
+    same bytes a process pool would send over its pipe; nothing a user hands in is unpickled."""
     from ftaudit import parallel
 
     evaluator = parallel._EVALUATORS.get(handle.key)

@@ -143,10 +143,13 @@ class ChunkEvaluator:
             self.runner.set_sample(self.seed, i)
             if i + 1 < stop:
                 pending = self._pool.submit(self._draw, i + 1, ~offset & 1)
-            for row, weights in self._weight_sets(draws, extra, active):
+            # batched: plain rows are perturbed straight into the next free staging slot
+            target = (lambda: self._staged[len(staged)]) if self.batch_samples > 1 else None
+            for row, weights in self._weight_sets(draws, extra, active, target):
                 if self.batch_samples > 1:
                     for buffer, weight in zip(self._staged[len(staged)], weights, strict=True):
-                        np.copyto(buffer, weight)
+                        if weight is not buffer:
+                            np.copyto(buffer, weight)
                     staged.append((offset, row))
                     if len(staged) == self.batch_samples:
                         self._flush(staged, counts)
@@ -158,21 +161,26 @@ class ChunkEvaluator:
         return counts
 
     def _weight_sets(
-        self, draws: Sequence[np.ndarray], extra: Any, active: Sequence[int]
+        self,
+        draws: Sequence[np.ndarray],
+        extra: Any,
+        active: Sequence[int],
+        target: Callable[[], list[np.ndarray]] | None = None,
     ) -> Iterator[tuple[int, list[np.ndarray]]]:
         """(row, weights) for every active row of one sample; the arrays are reused buffers,
-        valid until the next item."""
+        valid until the next item. Plain rows are written into ``target()`` when given."""
         if self.engine is not None:
             yield from self.engine.weight_sets(self.sigmas, active, draws, extra)
             return
         layers, states = self.crossbar.layers, self.crossbar.states
         native = [layer.to_native(z) for layer, z in zip(layers, draws, strict=True)]
         for j in active:
+            buffers = self._weights if target is None else target()
             yield (
                 j,
                 [
                     state.perturb(z, self.sigmas[j], out=buffer)
-                    for state, z, buffer in zip(states, native, self._weights, strict=True)
+                    for state, z, buffer in zip(states, native, buffers, strict=True)
                 ],
             )
 

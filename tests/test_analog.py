@@ -10,7 +10,7 @@ from conftest import SAMPLES
 
 from ftaudit.analog import ForwardPipeline, parse_tile_size
 from ftaudit.analog.onnx_graph import calibration_indices
-from ftaudit.analog.read_noise import read_noise
+from ftaudit.analog.read_noise import BLOCK, read_noise, read_noise_block
 from ftaudit.errors import UserError
 
 pytest.importorskip("onnxruntime")
@@ -67,6 +67,18 @@ def test_cli_bad_analog_flags_exit_2_with_one_line(run_cli, mlp_onnx, blobs_npz,
     assert code == 2
     assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
     assert not out.exists()
+
+
+def test_read_noise_is_the_blocks_streams_sliced():
+    """Aligned cuts (drawn in place) and unaligned ones (copied) equal the block definition."""
+    shape = (5, 2)
+    blocks = np.concatenate([read_noise_block(7, 3, 1, 0, b, shape) for b in range(4)])
+    for start, stop in ((0, 200), (64, 100), (10, 140), (128, 129), (63, 65)):
+        out = np.full((stop - start, *shape), np.nan, np.float32)
+        got = read_noise(7, 3, 1, 0, start, stop, shape, out)
+        assert got is out
+        np.testing.assert_array_equal(got, blocks[start:stop])
+    assert 4 * BLOCK > 200
 
 
 def test_read_noise_is_the_same_for_any_batch_cut():

@@ -20,9 +20,14 @@ def read_noise_block(
     seed: int, sample: int, layer: int, tile: int, block: int, shape: tuple[int, ...]
 ) -> np.ndarray:
     """Draws of the BLOCK images of one block, shape (BLOCK, *shape), float32."""
+    return _generator(seed, sample, layer, tile, block).standard_normal(
+        (BLOCK, *shape), dtype=np.float32
+    )
+
+
+def _generator(seed: int, sample: int, layer: int, tile: int, block: int) -> np.random.Generator:
     sequence = np.random.SeedSequence(seed, spawn_key=(TAG, sample, layer, tile, block))
-    generator = np.random.Generator(np.random.SFC64(sequence))
-    return generator.standard_normal((BLOCK, *shape), dtype=np.float32)
+    return np.random.Generator(np.random.SFC64(sequence))
 
 
 def read_noise(
@@ -40,6 +45,11 @@ def read_noise(
         out = np.empty((stop - start, *shape), np.float32)
     for block in range(start // BLOCK, (stop - 1) // BLOCK + 1 if stop > start else 0):
         lo, hi = max(start, block * BLOCK), min(stop, (block + 1) * BLOCK)
-        draws = read_noise_block(seed, sample, layer, tile, block, shape)
-        out[lo - start : hi - start] = draws[lo - block * BLOCK : hi - block * BLOCK]
+        target = out[lo - start : hi - start]
+        if lo == block * BLOCK:  # a prefix of the block's stream: drawn in place, no copy
+            generator = _generator(seed, sample, layer, tile, block)
+            generator.standard_normal(dtype=np.float32, out=target)
+        else:
+            draws = read_noise_block(seed, sample, layer, tile, block, shape)
+            target[...] = draws[lo - block * BLOCK : hi - block * BLOCK]
     return out

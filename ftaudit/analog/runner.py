@@ -48,8 +48,14 @@ class AnalogOnnxRunner(OnnxRunner):
             for batch in self._batches
             for name, layer, tile in self.noise_inputs
         }
+        # two draw buffers per input and batch size: one fed to the running batch, one filled
+        self._buffers = {
+            (name, slot, size): np.empty_like(zeros)
+            for (name, size), zeros in self._zeros.items()
+            for slot in (0, 1)
+        }
 
-    def _noise_feed(self, start: int, size: int) -> dict[str, np.ndarray]:
+    def _noise_feed(self, start: int, size: int, slot: int) -> dict[str, np.ndarray]:
         feed = {}
         for name, layer, tile in self.noise_inputs:
             if self._key is None:
@@ -57,7 +63,8 @@ class AnalogOnnxRunner(OnnxRunner):
             else:
                 seed, sample = self._key
                 shape = self.tile_shapes[(layer, tile)]
-                feed[name] = read_noise(seed, sample, layer, tile, start, start + size, shape)
+                out = self._buffers[(name, slot, size)]
+                feed[name] = read_noise(seed, sample, layer, tile, start, start + size, shape, out)
         return feed
 
     def logits(self) -> np.ndarray:
@@ -66,13 +73,13 @@ class AnalogOnnxRunner(OnnxRunner):
         starts = np.cumsum([0] + [len(b) for b in self._batches])
         # the next batch's draws are made on a helper thread while this batch runs (numpy's
         # generators and ONNX Runtime both release the GIL)
-        pending = self._pool.submit(self._noise_feed, 0, len(self._batches[0]))
+        pending = self._pool.submit(self._noise_feed, 0, len(self._batches[0]), 0)
         outs = []
         for k, batch in enumerate(self._batches):
             noise = pending.result()
             if k + 1 < len(self._batches):
                 pending = self._pool.submit(
-                    self._noise_feed, int(starts[k + 1]), len(self._batches[k + 1])
+                    self._noise_feed, int(starts[k + 1]), len(self._batches[k + 1]), (k + 1) & 1
                 )
             feed = {**self.feed, **noise, self.input_name: batch}
             outs.append(self.session.run([self.output_name], feed)[0])
