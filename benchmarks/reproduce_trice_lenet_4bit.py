@@ -1,14 +1,14 @@
 """TRICE with 4-bit activations (the paper's setup) on Fashion-MNIST LeNet: a paired rerun.
 
 TRICE quantises activations to 4 bits; ftaudit models that as a 4-bit DAC on every crossbar
-layer's input (``--dac-bits 4``, ftaudit.analog). At one sigma this fine-tunes the sample LeNet
-with ``erm``, ``noise`` (NoiseTrain) and ``trice``, all with the 4-bit DAC in the forward pass
-(hardware-aware training, straight-through quantisers), plus ``trice`` on ideal activations,
-then compares every model with the ``noise`` one by ``ftaudit.compare`` on the same draws and
-the same 4-bit chip (rram, 4-bit weights, 2-bit cells). Writes
+layer's input (``--dac-bits 4``, ftaudit.analog). For each sigma and seed this fine-tunes the
+sample LeNet with ``erm``, ``noise`` (NoiseTrain) and ``trice``, all with the 4-bit DAC in
+the forward pass (hardware-aware training, straight-through quantisers), plus ``trice`` on ideal
+activations, then compares every model with the ``noise`` one by ``ftaudit.compare`` on the
+same draws and the same 4-bit chip (rram, 4-bit weights, 2-bit cells). Writes
 docs/reproductions/trice-lenet-4bit.md between its ``generated`` markers.
 
-    python benchmarks/reproduce_trice_lenet_4bit.py --sigma 0.3 --epochs 3 --samples 400
+    python benchmarks/reproduce_trice_lenet_4bit.py --sigmas 0.15 0.3 --seeds 0 1 2 --epochs 6
 """
 
 from __future__ import annotations
@@ -49,26 +49,35 @@ def pct(value: float | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sigma", type=float, default=0.3)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--sigmas", type=float, nargs="+", default=[0.15, 0.3])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--samples", type=int, default=400, help="audit samples (>= 368)")
+    parser.add_argument("--samples", type=int, default=1000, help="audit samples (>= 368)")
     parser.add_argument("--search-samples", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    rows: list[str] = []
+    diffs: list[str] = []
+    started = time.perf_counter()
+    for sigma in args.sigmas:
+        for seed in args.seeds:
+            run(sigma, seed, args, rows, diffs)
+            write(args, rows, diffs, time.perf_counter() - started)
+
+
+def run(
+    sigma: float, seed: int, args: argparse.Namespace, rows: list[str], diffs: list[str]
+) -> None:
+    """Train the four models at (sigma, seed) and add their rows and paired differences."""
 
     from ftaudit.analog import ForwardPipeline
     from ftaudit.compare import compare
     from ftaudit.coverage import with_test_set_error
     from ftaudit.harden.api import harden
 
-    started = time.perf_counter()
     chip = ForwardPipeline(dac_bits=4)
-    sigma = args.sigma
     paths: dict[str, Path] = {}
     sigma_t: dict[str, str] = {}
-    rows: list[str] = []
-    diffs: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, method, hardware_aware in MODELS:
             paths[label] = Path(tmp) / f"{method}-{int(hardware_aware)}.onnx"
@@ -82,7 +91,7 @@ def main() -> None:
                 method=method,
                 noise="rram",
                 sigma=sigma,
-                seed=args.seed,
+                seed=seed,
                 epochs=args.epochs,
                 eval_sigmas=[sigma],
                 eval_samples=10,
@@ -103,7 +112,7 @@ def main() -> None:
                 sigmas=[sigma],
                 noise="rram",
                 samples=args.samples,
-                seed=1000 + args.seed,
+                seed=1000 + seed,
                 fail_if_worse=0.0,
                 pipeline=chip,
             )
@@ -113,7 +122,8 @@ def main() -> None:
             summaries[label] = with_test_set_error(paired.candidate.summary, n)
             i, k = paired.mean_difference_interval, paired.kpp_difference_interval
             diffs.append(
-                f"| {label} - noise, 4-bit | {100 * paired.mean_difference:+.2f} "
+                f"| {sigma:g} | {seed} | {label} - noise, 4-bit | "
+                f"{100 * paired.mean_difference:+.2f} "
                 f"[{100 * i.low:+.2f}, {100 * i.high:+.2f}] | "
                 f"{100 * paired.kpp_difference:+.2f} "
                 + ("(n/a)" if k is None else f"[{100 * k.low:+.2f}, {100 * k.high:+.2f}]")
@@ -122,50 +132,52 @@ def main() -> None:
         for label, _method, _ in MODELS:
             s = summaries[label]
             rows.append(
-                f"| {label} | {pct(s.mean)} [{pct(s.mean_interval.low)}, "
+                f"| {sigma:g} | {seed} | {label} | {pct(s.mean)} [{pct(s.mean_interval.low)}, "
                 f"{pct(s.mean_interval.high)}] | {pct(s.kpp)} [{pct(s.kpp_interval.low)}, "
                 f"{pct(s.kpp_interval.high)}] | {sigma_t.get(label, '–')} |"
             )
-    write(args, rows, diffs, time.perf_counter() - started)
 
 
 def write(args: argparse.Namespace, rows: list[str], diffs: list[str], elapsed: float) -> None:
-    paper = PAPER.get(round(args.sigma, 2))
+    sigmas = " ".join(f"{s:g}" for s in args.sigmas)
+    seeds = " ".join(map(str, args.seeds))
     command = (
-        f"python benchmarks/reproduce_trice_lenet_4bit.py --sigma {args.sigma:g} --epochs "
-        f"{args.epochs} --warmup {args.warmup} --samples {args.samples} --search-samples "
-        f"{args.search_samples} --seed {args.seed}"
+        f"python benchmarks/reproduce_trice_lenet_4bit.py --sigmas {sigmas} --seeds {seeds} "
+        f"--epochs {args.epochs} --warmup {args.warmup} --samples {args.samples} "
+        f"--search-samples {args.search_samples}"
     )
+    paper = [
+        f"sigma {s:g}: w/o noise {PAPER[round(s, 2)][0]:.2f}, Gaussian "
+        f"{PAPER[round(s, 2)][1]:.2f}, TRICE {PAPER[round(s, 2)][2]:.2f}"
+        for s in args.sigmas
+        if round(s, 2) in PAPER
+    ]
     lines = [
         BEGIN,
         f"Regenerate with `{command}` ({platform.machine()} {platform.system()}, Python "
         f"{platform.python_version()}, 2 shared CPU cores, {time.strftime('%Y-%m-%d')}: "
         f"{elapsed / 60:.0f} minutes).",
         "",
-        f"Sigma {args.sigma:g}, rram (4-bit weights, 2-bit cells), seed {args.seed}. Every model "
-        f"fine-tunes `sample_models/lenet.onnx` for {args.epochs} epochs on the 5,000-image "
-        "training subset (10% held out, seeded, for TRICE's search), Adam lr 0.001, batch 128; "
-        f"TRICE warm-up {args.warmup}, {args.search_samples} Monte Carlo samples per search "
-        "step, start 0, end 2 sigma, th 2. '4-bit' models train with a 4-bit DAC on every "
-        "crossbar input (`--dac-bits 4`, straight-through rounding). Every model is audited on "
-        f"the 2,000-image test subset on the same chip (4-bit DAC), {args.samples} Monte Carlo "
-        f"samples, seed {1000 + args.seed}, the same draws for every model. Per-model "
-        "intervals are 95% and include the test set's sampling error; the paired differences "
-        "(`ftaudit compare`, each model against `noise, 4-bit`) are Monte Carlo only. "
-        "Accuracies in %."
-        + (
-            ""
-            if paper is None
-            else f" The paper's MNIST LeNet row at this sigma (KPP, k = 1): w/o noise "
-            f"{paper[0]:.2f}, Gaussian {paper[1]:.2f}, TRICE {paper[2]:.2f}."
-        ),
+        "rram (4-bit weights, 2-bit cells). Every model fine-tunes `sample_models/lenet.onnx` "
+        f"for {args.epochs} epochs on the 5,000-image training subset (10% held out, seeded, "
+        "for TRICE's search), Adam lr 0.001, batch 128, with the row's seed; TRICE warm-up "
+        f"{args.warmup}, {args.search_samples} Monte Carlo samples per search step, start 0, "
+        "end 2 sigma, th 2. '4-bit' models train with a 4-bit DAC on every crossbar input "
+        "(`--dac-bits 4`, straight-through rounding). Every model is audited on the "
+        f"2,000-image test subset on the same chip (4-bit DAC), {args.samples} Monte Carlo "
+        "samples, seed 1000 + the row's seed, the same draws for every model of a row. "
+        "Per-model intervals are 95% and include the test set's sampling error; the paired "
+        "differences (`ftaudit compare`, each model against `noise, 4-bit`) are Monte Carlo "
+        "only. Accuracies in %."
+        + ("" if not paper else " The paper's MNIST LeNet KPPs (k = 1): " + "; ".join(paper) + "."),
         "",
-        "| model | mean [95% CI] | KPP (k = 1) [95% CI] | TRICE sigma_t (search) |",
-        "| --- | ---: | ---: | ---: |",
+        "| sigma | seed | model | mean [95% CI] | KPP (k = 1) [95% CI] | TRICE sigma_t (search) |",
+        "| ---: | ---: | --- | ---: | ---: | ---: |",
         *rows,
         "",
-        "| paired | Δmean [95% CI] | ΔKPP [bootstrap 95% CI] | gate (--fail-if-worse 0) |",
-        "| --- | ---: | ---: | --- |",
+        "| sigma | seed | paired | Δmean [95% CI] | ΔKPP [bootstrap 95% CI] | "
+        "gate (--fail-if-worse 0) |",
+        "| ---: | ---: | --- | ---: | ---: | --- |",
         *diffs,
         END,
     ]

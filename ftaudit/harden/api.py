@@ -224,7 +224,7 @@ def harden(
     ``config_file`` is recorded in the report's settings (the CLI passes the file it read).
     ``progress(stage, done, total)`` follows the training steps of each epoch and the Monte
     Carlo samples of the before/after report.
-    ``pipeline`` (ftaudit.analog; ONNX models) trains, validates and audits with the analog
+    ``pipeline`` (ftaudit.analog) trains, validates and audits with the analog
     forward pass: hardware-aware training, e.g. TRICE with 4-bit activations (``dac_bits=4``).
     The defaults are those of ``HardenSettings`` (ftaudit/harden/settings.py)."""
     started = time.perf_counter()
@@ -288,11 +288,6 @@ def harden(
         pipeline = getattr(noise_model.profile, "analog", None)
     if pipeline is not None and not pipeline.active:
         pipeline = None
-    if pipeline is not None and (workers > 1 or ray is not None):
-        raise UserError(
-            "harden with the analog forward pipeline validates in this process only",
-            hint="drop --workers/--ray",
-        )
     source = load_model(model_path)
     layers = source.select_layers()
     train_set = load_dataset(Path(data), limit=limit)
@@ -396,7 +391,14 @@ def harden(
     # one pool of workers for the whole training (processes start at the first evaluation);
     # a Ray connection is kept for the before/after audits, which then reuse it
     ctx.workers = open_workers(
-        source, val, layers=layers, noise=noise_model, workers=workers, ray=ray, device=device
+        source,
+        val,
+        layers=layers,
+        noise=noise_model,
+        workers=workers,
+        ray=ray,
+        device=device,
+        analog=ctx.analog,
     )
     try:
         result = method_impl.run(ctx)
