@@ -411,8 +411,11 @@ def audit(
         pipeline=pipeline,
         seed=seed,
     )
+    batch_fallback = None
     if not isinstance(getattr(runner, "inner", runner), BatchedTorchRunner):
-        # batching was a default it could not use
+        # batching was a default it could not use (--batch-samples itself is refused earlier)
+        if samples_per_pass > 1 and pipeline is not None:
+            batch_fallback = "the analog forward pipeline runs one Monte Carlo sample per pass"
         samples_per_pass = 1
     n = len(dataset.y)
     clean_accuracy = clean_correct / n
@@ -503,8 +506,9 @@ def audit(
     execution = backend.describe()
     execution["resumed_samples"] = 0 if restored is None else int(restored.done.sum())
     execution["batch_samples"] = samples_per_pass
-    if getattr(runner, "fallback", None):
-        execution["batch_fallback"] = runner.fallback
+    batch_fallback = getattr(runner, "fallback", None) or batch_fallback
+    if batch_fallback:
+        execution["batch_fallback"] = batch_fallback
     results = []
     for j, condition in enumerate(conditions):
         accuracies = counts.accuracies(j, n)
