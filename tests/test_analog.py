@@ -311,6 +311,29 @@ def test_cli_eval_runs_a_torch_export_model_with_the_pipeline(run_cli, lenet_pt2
     assert json.loads(out.read_text())["analog"]["dac_bits"] == 4
 
 
+def test_cli_a_program_onnx_cannot_export_exits_2_with_one_line(run_cli, blobs_npz, tmp_path):
+    torch = pytest.importorskip("torch")
+    from conftest import export_program
+
+    class SpectrumHead(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(64, 8)
+
+        def forward(self, x):
+            return torch.fft.rfft(self.fc(x.flatten(1))).abs()  # no ONNX export at opset 17
+
+    path = export_program(SpectrumHead(), tmp_path / "fft.pt2", torch.zeros(2, 1, 8, 8))
+    out = tmp_path / "r.json"
+    code, stdout, err = run_cli(
+        "eval", path, "--data", blobs_npz, "--sigma", "0.1", "--samples", "2",
+        "--dac-bits", "4", "--json", out,
+    )  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "cannot be exported" in err and "export the model to ONNX yourself" in err
+    assert stdout == "" and not out.exists()
+
+
 def test_read_noise_runs_are_identical_with_worker_processes(fmnist):
     pipeline = ForwardPipeline(read_noise=0.1, dac_bits=8, adc_bits=8, tile_size=(64, 64))
     here = _audit(fmnist, samples=4, pipeline=pipeline)

@@ -124,6 +124,7 @@ def as_onnx(model: AuditModel, x: np.ndarray) -> OnnxModel:
             f"the analog forward pipeline does not run {model.format} models",
             hint="export the model to ONNX (torch.onnx.export) and audit the .onnx file",
         )
+    import contextlib
     import io
     import warnings
 
@@ -138,7 +139,8 @@ def as_onnx(model: AuditModel, x: np.ndarray) -> OnnxModel:
         example = np.ascontiguousarray(np.resize(example, (fixed, *example.shape[1:])))
     buffer = io.BytesIO()
     try:
-        with warnings.catch_warnings():
+        # the exporter prints the graph to stdout when it fails: the library stays silent
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module,
