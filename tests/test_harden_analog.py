@@ -8,7 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import export_onnx, export_program, export_torchscript, make_blobs, tiny_mlp, train
+from conftest import (
+    export_onnx,
+    export_program,
+    export_torchscript,
+    make_blobs,
+    tiny_convnet,
+    tiny_mlp,
+    train,
+)
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx2torch")
@@ -112,3 +120,17 @@ def test_cli_harden_torch_export_with_the_pipeline_and_workers(setup, run_cli):
     )  # fmt: skip
     assert code == 0, err
     assert load_model(out).format == "torch.export"
+    assert "Expect archive" not in err  # torch's warning for a temporary file's name
+
+
+def test_an_untrained_batchnorm_trains_through_the_export(setup):
+    """Its bias and running mean are equal (zeros): the export keeps them apart, so each is
+    trained or kept under its own name."""
+    model = tiny_convnet(batchnorm=True).eval()
+    path = export_torchscript(model, setup["dir"] / "bn.pt")
+    out = setup["dir"] / "bn_hard.pt"
+    harden(path, setup["data"], output=out, **NOISE)
+    trained, source = _state(out, "torchscript"), _state(path, "torchscript")
+    assert trained.keys() == source.keys()
+    assert not np.allclose(trained["1.bias"], source["1.bias"])  # BatchNorm's beta trained
+    assert not np.allclose(trained["0.weight"], source["0.weight"])

@@ -152,6 +152,10 @@ def as_onnx(model: AuditModel, x: np.ndarray) -> OnnxModel:
                 dynamic_axes=None if fixed else {"input": {0: "n"}, "output": {0: "n"}},
                 opset_version=17,
                 do_constant_folding=False,
+                # no merging of parameters with equal values (an untrained BatchNorm's bias and
+                # running mean): every initializer keeps its parameter's name (dropped from the
+                # graph inputs below)
+                keep_initializers_as_inputs=True,
                 # an exported program refuses train(); the module is in its inference mode
                 training=torch.onnx.TrainingMode.PRESERVE,
             )
@@ -161,7 +165,7 @@ def as_onnx(model: AuditModel, x: np.ndarray) -> OnnxModel:
             f"{model.path} cannot be exported ({exc.__class__.__name__})",
             hint="export the model to ONNX yourself and audit the .onnx file",
         ) from exc
-    exported = OnnxModel.from_bytes(model.path, buffer.getvalue())
+    exported = OnnxModel.from_bytes(model.path, _initializers_off_inputs(buffer.getvalue()))
     same = [(la.name, la.shape) for la in exported.layers] == [
         (la.name, la.shape) for la in model.layers
     ]
@@ -172,6 +176,18 @@ def as_onnx(model: AuditModel, x: np.ndarray) -> OnnxModel:
             hint="export the model to ONNX yourself and audit the .onnx file",
         )
     return exported
+
+
+def _initializers_off_inputs(raw: bytes) -> bytes:
+    """An exported model whose initializers are no longer also graph inputs."""
+    import onnx
+
+    proto = onnx.load_from_string(raw)
+    names = {t.name for t in proto.graph.initializer}
+    data_inputs = [i for i in proto.graph.input if i.name not in names]
+    del proto.graph.input[:]
+    proto.graph.input.extend(data_inputs)
+    return proto.SerializeToString()
 
 
 def analog_runner(

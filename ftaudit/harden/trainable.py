@@ -506,12 +506,13 @@ def _export_program(trainable: TrainableModel, out: Path, metadata: dict[str, An
     _write_by_name(program.state_dict, trained, torch)
     extra = {"ftaudit.json": json.dumps(metadata, sort_keys=True)}
 
-    def save(tmp: Path) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.export.save(program, str(tmp), extra_files=extra)
-
-    atomic_write(out, save)
+    # saved to memory: torch logs a warning for a file whose name (the temporary file's) does
+    # not end in .pt2
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.export.save(program, buffer, extra_files=extra)
+    atomic_write(out, lambda tmp: tmp.write_bytes(buffer.getvalue()))
 
 
 def _write_by_name(state: Mapping[str, Any], values: Mapping[str, np.ndarray], torch: Any) -> None:
