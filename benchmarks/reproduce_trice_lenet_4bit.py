@@ -8,7 +8,7 @@ activations, then compares every model with the ``noise`` one by ``ftaudit.compa
 same draws and the same 4-bit chip (rram, 4-bit weights, 2-bit cells). Writes
 docs/reproductions/trice-lenet-4bit.md between its ``generated`` markers.
 
-    python benchmarks/reproduce_trice_lenet_4bit.py --sigmas 0.15 0.3 --seeds 0 1 2 --epochs 6
+    python benchmarks/reproduce_trice_lenet_4bit.py --sigmas 0.3 --seeds 0 1 2 --epochs 5
 """
 
 from __future__ import annotations
@@ -49,12 +49,12 @@ def pct(value: float | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sigmas", type=float, nargs="+", default=[0.15, 0.3])
+    parser.add_argument("--sigmas", type=float, nargs="+", default=[0.3])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--samples", type=int, default=1000, help="audit samples (>= 368)")
-    parser.add_argument("--search-samples", type=int, default=100)
+    parser.add_argument("--samples", type=int, default=500, help="audit samples (>= 368)")
+    parser.add_argument("--search-samples", type=int, default=50)
     args = parser.parse_args()
     rows: list[str] = []
     diffs: list[str] = []
