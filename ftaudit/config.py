@@ -38,6 +38,7 @@ class EvalSettings:
     samples: int = MonteCarloOptions.samples
     k: float = MonteCarloOptions.k
     seed: int = MonteCarloOptions.seed
+    rng: str = MonteCarloOptions.rng  # the normal generator: fast or ziggurat
     batch_size: int = MonteCarloOptions.batch_size
     device: str = MonteCarloOptions.device
     layers: tuple[str, ...] = ()
@@ -245,7 +246,15 @@ def _check_types(values: dict[str, Any], path: Path) -> None:
         "fail_if_worse",
         "target_kpp",
     }
-    expect_str = {"noise", "device", "output", "compensation", "gate_correction", "cell_noise"}
+    expect_str = {
+        "noise",
+        "device",
+        "output",
+        "compensation",
+        "gate_correction",
+        "cell_noise",
+        "rng",
+    }
     for key, value in values.items():
         bad = (
             (key in expect_int and (not isinstance(value, int) or isinstance(value, bool)))

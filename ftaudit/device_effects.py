@@ -7,7 +7,7 @@ Per Monte Carlo sample and crossbar layer the pipeline is
 
 on the cells of the layer's noise model (``LayerNoise.cells()``). The programming-noise draws
 are the engine's, unchanged; the drift exponents ``nu`` and the stuck-at draws come from their
-own streams ``SeedSequence(seed, spawn_key=(sample, layer, STREAM))``, so adding drift or faults
+own keyed streams ``(sample, layer, STREAM)`` (``ftaudit.draws``), so adding drift or faults
 never changes the programming noise, and a device keeps its ``nu`` and its fault at every sigma
 and every time (common random numbers across the (sigma, time) grid). docs/methods.md gives the
 sources and every choice.
@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ftaudit.draws import DEFAULT_RNG, keyed_generator, normals
 from ftaudit.errors import UserError
 from ftaudit.models.base import CrossbarLayer
 
@@ -211,11 +212,6 @@ def resolve_effects(
 # --- the Monte Carlo step ------------------------------------------------------------------
 
 
-def _generator(seed: int, sample: int, layer_index: int, stream: int) -> np.random.Generator:
-    sequence = np.random.SeedSequence(seed, spawn_key=(sample, layer_index, stream))
-    return np.random.Generator(np.random.SFC64(sequence))
-
-
 @dataclass
 class SampleEffects:
     """One sample's per-cell drift exponents and stuck masks, native layout, one per layer."""
@@ -234,10 +230,12 @@ class EffectsEngine:
         states: Sequence[Any],
         effects: DeviceEffects,
         seed: int,
+        rng: str = DEFAULT_RNG,
     ) -> None:
         self.layers = list(layers)
         self.effects = effects
         self.seed = seed
+        self.rng = rng
         self.cells = [state.cells() for state in states]
         shapes = [
             (cm.count, *layer.shape) for cm, layer in zip(self.cells, self.layers, strict=True)
@@ -269,7 +267,7 @@ class EffectsEngine:
             shape = (cm.count, *layer.canonical_shape)
             low = high = None
             if stuck.active:
-                u = _generator(self.seed, sample, layer.index, STUCK_STREAM).random(
+                u = keyed_generator(self.seed, (sample, layer.index, STUCK_STREAM)).random(
                     shape, dtype=np.float32
                 )
                 low = layer.to_native(u < np.float32(stuck.p_low))
@@ -279,9 +277,7 @@ class EffectsEngine:
             nu = None
             if effects.drifts:
                 if drift.nu_std > 0:
-                    z = _generator(self.seed, sample, layer.index, DRIFT_STREAM).standard_normal(
-                        shape, dtype=np.float32
-                    )
+                    z = normals(self.seed, (sample, layer.index, DRIFT_STREAM), shape, self.rng)
                     np.multiply(z, np.float32(drift.nu_std), out=z)
                     np.add(z, np.float32(drift.nu_mean), out=z)
                     np.maximum(z, np.float32(0), out=z)
@@ -312,8 +308,8 @@ class EffectsEngine:
         fan_in = (
             layer.shape[0] if rows_are_inputs else int(np.prod(layer.shape[1:], dtype=np.int64))
         )
-        generator = _generator(self.seed, 0, layer.index, CALIBRATION_STREAM)
-        batch = generator.standard_normal((CALIBRATION_VECTORS, fan_in), dtype=np.float32)
+        key = (0, layer.index, CALIBRATION_STREAM)
+        batch = normals(self.seed, key, (CALIBRATION_VECTORS, fan_in), self.rng)
         return batch if rows_are_inputs else np.ascontiguousarray(batch.T)
 
     def readout(self, index: int, weights: np.ndarray) -> float:

@@ -17,6 +17,7 @@ from ftaudit.batched import BatchedTorchRunner, build_runner, resolve_batch_samp
 from ftaudit.coverage import sequential_summary, with_test_set_error
 from ftaudit.data import Dataset, load_dataset, validate_labels
 from ftaudit.device_effects import Condition
+from ftaudit.draws import check_rng
 from ftaudit.errors import UserError
 from ftaudit.eval_checkpoint import CheckpointWriter, check_checkpoint_dir, load_progress
 from ftaudit.execution import backend_for, release
@@ -53,8 +54,10 @@ def validate_options(
     target_ci: float | None = None,
     fail_under_kpp: float | None = None,
     fail_under_mean: float | None = None,
+    rng: str = MonteCarloOptions.rng,
 ) -> None:
     """Reject impossible options before any file is read or any sample runs."""
+    check_rng(rng)
     if not sigmas:
         raise UserError(
             "no sigma given", hint="pass --sigma 0.3, a list 0.1,0.2 or a range 0:0.4:0.1"
@@ -210,6 +213,7 @@ def prepare_run(
     batch_required: bool = True,
     pipeline: ForwardPipeline | None = None,
     seed: int = 0,
+    rng: str = MonteCarloOptions.rng,
 ):
     """Select layers, bind data to a runner and check the data fits the model's output."""
     selected = choose_layers(model, layers, exclude)
@@ -220,7 +224,7 @@ def prepare_run(
 
         # the ftaudit.analog runner, its calibrated ranges kept (assigned left to right)
         runner, runner.calibration = analog_runner(
-            model, selected, x, pipeline=pipeline, seed=seed, device=device
+            model, selected, x, pipeline=pipeline, seed=seed, device=device, rng=rng
         )
     else:
         runner = build_runner(
@@ -297,10 +301,12 @@ def resolved_options(
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
     output: str | None,
+    rng: str,
 ) -> dict[str, Any]:
     """The report's ``options`` entries every command records (JSON-ready lists and floats)."""
     return {
         "batch_size": batch_size,
+        "rng": rng,
         "layers": list(layers or []),
         "exclude": list(exclude or []),
         "mean": None if mean is None else [float(v) for v in mean],
@@ -322,6 +328,7 @@ def audit(
     samples: int = MonteCarloOptions.samples,
     k: float = MonteCarloOptions.k,
     seed: int = MonteCarloOptions.seed,
+    rng: str = MonteCarloOptions.rng,
     batch_size: int = MonteCarloOptions.batch_size,
     device: str = MonteCarloOptions.device,
     layers: Sequence[LayerChoice] | None = None,
@@ -388,6 +395,7 @@ def audit(
         target_ci=target_ci,
         fail_under_kpp=fail_under_kpp,
         fail_under_mean=fail_under_mean,
+        rng=rng,
     )
     validate_scale_out(workers=workers, checkpoint_dir=checkpoint_dir, resume=resume)
     pipeline = resolve_pipeline(pipeline, noise_model.profile, batch_samples=batch_samples)
@@ -410,6 +418,7 @@ def audit(
         batch_required=batch_samples is not None,
         pipeline=pipeline,
         seed=seed,
+        rng=rng,
     )
     if not isinstance(getattr(runner, "inner", runner), BatchedTorchRunner):
         # batching was a default it could not use
@@ -433,6 +442,7 @@ def audit(
         "sigmas": sigmas,
         "samples": samples,
         "seed": seed,
+        "rng": rng,
         "k": k,
         "target_ci": target_ci,
         "device": device,
@@ -472,10 +482,11 @@ def audit(
             batch_samples=samples_per_pass,
             fold_batchnorm=fold_batchnorm,
             pipeline=pipeline,
+            rng=rng,
         )
     else:
         evaluator = ChunkEvaluator(
-            runner, crossbar, sigmas, seed, effects, batch_samples=samples_per_pass
+            runner, crossbar, sigmas, seed, effects, batch_samples=samples_per_pass, rng=rng
         )
     backend = backend_for(spec, evaluator, workers=workers, ray=ray)
     try:
@@ -493,6 +504,7 @@ def audit(
             restored=restored,
             on_chunk=on_chunk,
             effects=effects,
+            rng=rng,
         )
     finally:
         if writer is not None and latest:
@@ -557,6 +569,7 @@ def audit(
                 mean=mean,
                 std=std,
                 output=output,
+                rng=rng,
             ),
             "config_file": config_file,
             "execution": execution,

@@ -314,6 +314,7 @@ def sensitivity(
     samples: int = DEFAULT_SENSITIVITY_SAMPLES,
     k: float = MonteCarloOptions.k,
     seed: int = MonteCarloOptions.seed,
+    rng: str = MonteCarloOptions.rng,
     batch_size: int = MonteCarloOptions.batch_size,
     device: str = MonteCarloOptions.device,
     layers: Sequence[str] | None = None,
@@ -362,7 +363,13 @@ def sensitivity(
     )
     effects = effect_options.resolve(noise_model.profile)
     validate_options(
-        sigmas=sigmas, samples=samples, k=k, seed=seed, batch_size=batch_size, device=device
+        sigmas=sigmas,
+        samples=samples,
+        k=k,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        rng=rng,
     )
     validate_fraction(target_kpp, "--target-kpp", "0.9 for 90%")
     rows = [Condition(s) for s in sigmas] if effects is None else effects.conditions(sigmas)
@@ -384,6 +391,7 @@ def sensitivity(
             samples=samples,
             k=k,
             seed=seed,
+            rng=rng,
             batch_size=batch_size,
             device=device,
             layers=perturbed,
@@ -460,6 +468,7 @@ def sensitivity(
                 mean=mean,
                 std=std,
                 output=output,
+                rng=rng,
             ),
             "target_kpp": target_kpp,
             "config_file": config_file,

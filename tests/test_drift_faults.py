@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import keyed_normals
 
 import ftaudit
 from ftaudit.device_effects import (
@@ -87,10 +88,7 @@ def lognormal_reference(crossbar: Crossbar, sample: int, sigma: float) -> dict[s
     """w * exp(sigma z), z from the documented keying SeedSequence(seed, (sample, layer))."""
     result = {}
     for layer, state in zip(crossbar.layers, crossbar.states, strict=True):
-        sequence = np.random.SeedSequence(SEED, spawn_key=(sample, layer.index))
-        z = np.random.Generator(np.random.SFC64(sequence)).standard_normal(
-            layer.canonical_shape, dtype=np.float32
-        )
+        z = keyed_normals(SEED, (sample, layer.index), layer.canonical_shape)
         z = z.T if layer.transposed else z
         clean = state.unperturbed().astype(np.float64)
         result[layer.name] = clean * np.exp(sigma * z.astype(np.float64))

@@ -1,7 +1,8 @@
 """Read-noise draws keyed by (seed, sample, layer, tile, image, element).
 
-Image ``i``'s draws for one tile are the ``i mod BLOCK``-th slice of the standard-normal
-stream of ``SeedSequence(seed, spawn_key=(TAG, sample, layer, tile, i // BLOCK))``. Any batch
+Image ``i``'s draws for one tile are the ``i mod BLOCK``-th slice of the standard normals of
+the keyed stream ``(TAG, sample, layer, tile, i // BLOCK)`` (``ftaudit.draws``, under the
+run's ``rng``). Any batch
 of images is cut from the same blocks, so the numbers never depend on the batch size, the
 worker count or the backend (every backend feeds these arrays).
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ftaudit.draws import DEFAULT_RNG, normals, standard_normal
+
 #: images per generator block (one SeedSequence per block keeps set-up cost negligible)
 BLOCK = 64
 #: first spawn-key word, so read-noise streams never meet the weight draws' (sample, layer)
@@ -17,17 +20,16 @@ TAG = 0x5EAD
 
 
 def read_noise_block(
-    seed: int, sample: int, layer: int, tile: int, block: int, shape: tuple[int, ...]
+    seed: int,
+    sample: int,
+    layer: int,
+    tile: int,
+    block: int,
+    shape: tuple[int, ...],
+    rng: str = DEFAULT_RNG,
 ) -> np.ndarray:
     """Draws of the BLOCK images of one block, shape (BLOCK, *shape), float32."""
-    return _generator(seed, sample, layer, tile, block).standard_normal(
-        (BLOCK, *shape), dtype=np.float32
-    )
-
-
-def _generator(seed: int, sample: int, layer: int, tile: int, block: int) -> np.random.Generator:
-    sequence = np.random.SeedSequence(seed, spawn_key=(TAG, sample, layer, tile, block))
-    return np.random.Generator(np.random.SFC64(sequence))
+    return normals(seed, (TAG, sample, layer, tile, block), (BLOCK, *shape), rng)
 
 
 def read_noise(
@@ -39,6 +41,7 @@ def read_noise(
     stop: int,
     shape: tuple[int, ...],
     out: np.ndarray | None = None,
+    rng: str = DEFAULT_RNG,
 ) -> np.ndarray:
     """Standard-normal draws for images [start, stop) of one tile, shape (stop - start, *shape)."""
     if out is None:
@@ -47,9 +50,8 @@ def read_noise(
         lo, hi = max(start, block * BLOCK), min(stop, (block + 1) * BLOCK)
         target = out[lo - start : hi - start]
         if lo == block * BLOCK:  # a prefix of the block's stream: drawn in place, no copy
-            generator = _generator(seed, sample, layer, tile, block)
-            generator.standard_normal(dtype=np.float32, out=target)
+            standard_normal(seed, (TAG, sample, layer, tile, block), target, rng)
         else:
-            draws = read_noise_block(seed, sample, layer, tile, block, shape)
+            draws = read_noise_block(seed, sample, layer, tile, block, shape, rng)
             target[...] = draws[lo - block * BLOCK : hi - block * BLOCK]
     return out

@@ -123,6 +123,14 @@ SamplesOpt = Annotated[
 ]
 KOpt = Annotated[float | None, typer.Option("--k", help="Percentile for KPP, in (0, 100) [1].")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed [0].")]
+RngOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rng",
+        help="Normal generator: fast (Box-Muller) or ziggurat (reproduces reports before 0.x) "
+        "[fast].",
+    ),
+]
 BatchSizeOpt = Annotated[
     int | None, typer.Option("--batch-size", help="Inference batch size [512].")
 ]

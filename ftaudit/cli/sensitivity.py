@@ -52,6 +52,7 @@ from ftaudit.cli.options import (
     QuietOpt,
     RayOpt,
     ReadNoiseOpt,
+    RngOpt,
     SeedOpt,
     SensitivitySamplesOpt,
     SigmaOpt,
@@ -78,6 +79,7 @@ def sensitivity_command(
     samples: SensitivitySamplesOpt = None,
     k: KOpt = None,
     seed: SeedOpt = None,
+    rng: RngOpt = None,
     batch_size: BatchSizeOpt = None,
     device: DeviceOpt = None,
     layers: Annotated[
@@ -154,6 +156,7 @@ def sensitivity_command(
             "samples": samples,
             "k": k,
             "seed": seed,
+            "rng": rng,
             "batch_size": batch_size,
             "device": device,
             "layers": layers,
