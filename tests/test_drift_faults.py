@@ -274,6 +274,31 @@ def test_compensation_factor_is_the_calibration_ratio() -> None:
         np.testing.assert_allclose(compensated[layer.name], alpha * w_t, rtol=1e-5)
 
 
+@pytest.mark.parametrize("rng", ["fast", "ziggurat"])
+def test_compensation_readout_is_the_float64_matrix_product(rng: str) -> None:
+    """readout(W) = sum |W u| over the 64 calibration vectors u of stream (0, layer, CAL),
+    recomputed in float64 from the documented keying, for a Conv (rows are outputs, fan-in
+    C*kh*kw) and a MatMul (stored (in, out))."""
+    from ftaudit.device_effects import CALIBRATION_STREAM, CALIBRATION_VECTORS
+
+    effects = DeviceEffects(times=(YEAR,), compensations=("global",), drift=DriftModel(20, 0.05))
+    layers, weights = make_layers()
+    crossbar = Crossbar.prepare(layers, weights, get_noise_model("lognormal"))
+    engine = EffectsEngine(layers, crossbar.states, effects, SEED, rng)
+    for index, layer in enumerate(layers):
+        w = np.random.default_rng(index).normal(0, 1, layer.shape).astype(np.float32)
+        fan_in = layer.shape[0] if layer.transposed else int(np.prod(layer.shape[1:]))
+        key = (0, layer.index, CALIBRATION_STREAM)
+        u = keyed_normals(SEED, key, (CALIBRATION_VECTORS, fan_in), rng).astype(np.float64)
+        w64 = w.astype(np.float64)
+        expected = (
+            np.abs(u @ w64).sum()
+            if layer.transposed
+            else np.abs(w64.reshape(w.shape[0], -1) @ u.T).sum()
+        )
+        assert engine.readout(index, w) == pytest.approx(expected, rel=1e-5)
+
+
 # --- stuck-at ---------------------------------------------------------------------------------
 
 
