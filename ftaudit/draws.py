@@ -15,8 +15,8 @@ Standard normals come from one of two generators over the same keyed bit stream 
   the largest possible |z| is sqrt(64 ln 2) = 6.66 (a normal exceeds it with probability
   2.7e-11). Near 0 the float32 rounding of u leaves radii below 3.5e-4 (probability 6e-8)
   unresolved. About 3x faster than numpy's float32 ziggurat.
-- ``ziggurat``: numpy's ``Generator.standard_normal(dtype=float32)``, the generator of ftaudit
-  before 0.x; it reproduces earlier reports bit for bit.
+- ``ziggurat``: numpy's ``Generator.standard_normal(dtype=float32)``, ftaudit's generator before
+  ``fast`` became the default; it reproduces earlier reports bit for bit.
 """
 
 from __future__ import annotations

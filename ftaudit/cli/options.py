@@ -127,8 +127,8 @@ RngOpt = Annotated[
     str | None,
     typer.Option(
         "--rng",
-        help="Normal generator: fast (Box-Muller) or ziggurat (reproduces reports before 0.x) "
-        "[fast].",
+        help="Normal generator: fast (Box-Muller) or ziggurat (numpy's; reproduces reports made "
+        "before fast) [fast].",
     ),
 ]
 BatchSizeOpt = Annotated[
