@@ -259,6 +259,7 @@ def resolve_noise(
     cell_bits: int | None = None,
     clamp: bool = True,
     cell_noise: str = "independent",
+    differential: bool | None = None,
 ) -> tuple[NoiseModel, list[float]]:
     """The noise model (a registered name, a profile, a device file, or a model) and the sigma
     grid, defaulting to the profile's; shared by audit, compare and sensitivity."""
@@ -266,7 +267,12 @@ def resolve_noise(
         noise
         if isinstance(noise, NoiseModel)
         else get_noise_model(
-            noise, bits=bits, cell_bits=cell_bits, clamp=clamp, cell_noise=cell_noise
+            noise,
+            bits=bits,
+            cell_bits=cell_bits,
+            clamp=clamp,
+            cell_noise=cell_noise,
+            differential=differential,
         )
     )
     if sigmas is None:
@@ -319,6 +325,7 @@ def audit(
     cell_bits: int | None = None,
     clamp: bool = PerturbOptions.clamp,
     cell_noise: str = PerturbOptions.cell_noise,
+    differential: bool | None = PerturbOptions.differential,
     samples: int = MonteCarloOptions.samples,
     k: float = MonteCarloOptions.k,
     seed: int = MonteCarloOptions.seed,
@@ -368,7 +375,13 @@ def audit(
     """
     started = time.perf_counter()
     noise_model, sigmas = resolve_noise(
-        noise, sigmas, bits=bits, cell_bits=cell_bits, clamp=clamp, cell_noise=cell_noise
+        noise,
+        sigmas,
+        bits=bits,
+        cell_bits=cell_bits,
+        clamp=clamp,
+        cell_noise=cell_noise,
+        differential=differential,
     )
     effects = DeviceEffectOptions(
         times=times,
