@@ -106,6 +106,7 @@ def noise_of(settings: Any) -> Any:
         cell_bits=settings.cell_bits,
         clamp=settings.clamp,
         cell_noise=settings.cell_noise,
+        differential=settings.differential,
     )
 
 
@@ -214,12 +215,16 @@ def write_report_files(kind: str, report: Any, paths: dict[str, Path | str | Non
                 get_writer(fmt, kind)(report, Path(path))
 
 
-def analog_pipeline(settings: Any, flags: dict[str, Any]) -> Any:
-    """The analog forward pipeline: the flags given over the noise profile's ``[analog]``."""
+def analog_pipeline(settings: Any, flags: dict[str, Any], config: Any = None) -> Any:
+    """The analog forward pipeline: each flag given, else its key in the config file
+    (``config``: the eval settings holding them, default ``settings``), over the noise
+    profile's ``[analog]``."""
     from ftaudit.analog.options import pipeline_from_flags
 
+    source = settings if config is None else config
+    given = {key: getattr(source, key) if flag is None else flag for key, flag in flags.items()}
     noise = noise_of(settings)
-    return pipeline_from_flags(**flags, base=getattr(noise.profile, "analog", None))
+    return pipeline_from_flags(**given, base=getattr(noise.profile, "analog", None))
 
 
 def warn_untraced(model_block: dict[str, Any]) -> None:

@@ -37,6 +37,7 @@ from ftaudit.cli.options import (
     DacBitsOpt,
     DataOpt,
     DeviceOpt,
+    DifferentialOpt,
     DriftNuOpt,
     DriftNuStdOpt,
     DriftT0Opt,
@@ -60,6 +61,7 @@ from ftaudit.cli.options import (
     StuckAtOpt,
     TileSizeOpt,
     TimeOpt,
+    WeightReadNoiseOpt,
     WeightScalingOpt,
     WorkersOpt,
 )
@@ -78,6 +80,7 @@ def compare_command(
     cell_bits: CellBitsOpt = None,
     clamp: ClampOpt = None,
     cell_noise: CellNoiseOpt = None,
+    differential: DifferentialOpt = None,
     samples: SamplesOpt = None,
     k: KOpt = None,
     seed: SeedOpt = None,
@@ -123,6 +126,7 @@ def compare_command(
     adc_bits: AdcBitsOpt = None,
     adc_bound: AdcBoundOpt = None,
     read_noise: ReadNoiseOpt = None,
+    weight_read_noise: WeightReadNoiseOpt = None,
     tile_size: TileSizeOpt = None,
     weight_scaling: WeightScalingOpt = None,
 ) -> None:
@@ -135,6 +139,7 @@ def compare_command(
         "adc_bits": adc_bits,
         "adc_bound": adc_bound,
         "read_noise": read_noise,
+        "weight_read_noise": weight_read_noise,
         "tile_size": tile_size,
         "weight_scaling": weight_scaling,
     }
@@ -149,6 +154,7 @@ def compare_command(
             "cell_bits": cell_bits,
             "clamp": clamp,
             "cell_noise": cell_noise,
+            "differential": differential,
             "samples": samples,
             "k": k,
             "seed": seed,

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from ftaudit.cli.common import (
+    analog_pipeline,
     check_output_paths,
     input_files,
     noise_of,
@@ -36,6 +37,7 @@ from ftaudit.cli.options import (
     DacBitsOpt,
     DataOpt,
     DeviceOpt,
+    DifferentialOpt,
     DriftNuOpt,
     DriftNuStdOpt,
     DriftT0Opt,
@@ -62,6 +64,7 @@ from ftaudit.cli.options import (
     StuckAtOpt,
     TileSizeOpt,
     TimeOpt,
+    WeightReadNoiseOpt,
     WeightScalingOpt,
     WorkersOpt,
 )
@@ -79,6 +82,7 @@ def eval_command(
     cell_bits: CellBitsOpt = None,
     clamp: ClampOpt = None,
     cell_noise: CellNoiseOpt = None,
+    differential: DifferentialOpt = None,
     samples: SamplesOpt = None,
     k: KOpt = None,
     seed: SeedOpt = None,
@@ -140,11 +144,11 @@ def eval_command(
     adc_bits: AdcBitsOpt = None,
     adc_bound: AdcBoundOpt = None,
     read_noise: ReadNoiseOpt = None,
+    weight_read_noise: WeightReadNoiseOpt = None,
     tile_size: TileSizeOpt = None,
     weight_scaling: WeightScalingOpt = None,
 ) -> None:
     """Monte Carlo accuracy (mean and KPP) of MODEL under device variation."""
-    from ftaudit.analog.options import pipeline_from_flags
     from ftaudit.config import load_settings, merge, parse_floats, parse_sigmas
     from ftaudit.evaluation import audit, validate_options, validate_scale_out
     from ftaudit.units import parse_stuck_at, parse_time, parse_times
@@ -159,6 +163,7 @@ def eval_command(
             "cell_bits": cell_bits,
             "clamp": clamp,
             "cell_noise": cell_noise,
+            "differential": differential,
             "samples": samples,
             "k": k,
             "seed": seed,
@@ -186,15 +191,16 @@ def eval_command(
     validate_scale_out(workers=settings.workers, checkpoint_dir=checkpoint_dir, resume=resume)
     warn_workers(settings.workers, ray)
     noise_model = noise_of(settings)
-    pipeline = pipeline_from_flags(
-        dac_bits=dac_bits,
-        adc_bits=adc_bits,
-        adc_bound=adc_bound,
-        read_noise=read_noise,
-        tile_size=tile_size,
-        weight_scaling=weight_scaling,
-        base=getattr(noise_model.profile, "analog", None),
-    )
+    analog_flags = {
+        "dac_bits": dac_bits,
+        "adc_bits": adc_bits,
+        "adc_bound": adc_bound,
+        "read_noise": read_noise,
+        "weight_read_noise": weight_read_noise,
+        "tile_size": tile_size,
+        "weight_scaling": weight_scaling,
+    }
+    pipeline = analog_pipeline(settings, analog_flags)
     if settings.sigma is None and getattr(noise_model.profile, "sigma", None) is not None:
         settings = replace(settings, sigma=noise_model.profile.sigma)
     if settings.sigma is None:

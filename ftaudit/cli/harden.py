@@ -28,9 +28,11 @@ from ftaudit.cli.options import (
     ClampOpt,
     ConfigOpt,
     DacBitsOpt,
+    DifferentialOpt,
     ModelArg,
     ReadNoiseOpt,
     TileSizeOpt,
+    WeightReadNoiseOpt,
     WeightScalingOpt,
 )
 from ftaudit.errors import UserError
@@ -61,6 +63,7 @@ def harden_command(
     cell_bits: CellBitsOpt = None,
     clamp: ClampOpt = None,
     cell_noise: CellNoiseOpt = None,
+    differential: DifferentialOpt = None,
     val_data: Annotated[
         str | None, typer.Option("--val-data", help="Validation data (default: 10% held out).")
     ] = None,
@@ -195,6 +198,7 @@ def harden_command(
     adc_bits: AdcBitsOpt = None,
     adc_bound: AdcBoundOpt = None,
     read_noise: ReadNoiseOpt = None,
+    weight_read_noise: WeightReadNoiseOpt = None,
     tile_size: TileSizeOpt = None,
     weight_scaling: WeightScalingOpt = None,
 ) -> None:
@@ -213,6 +217,7 @@ def harden_command(
             "cell_bits": cell_bits,
             "clamp": clamp,
             "cell_noise": cell_noise,
+            "differential": differential,
             "val_data": val_data,
             "epochs": epochs,
             "batch_size": batch_size,
@@ -259,10 +264,14 @@ def harden_command(
         "adc_bits": adc_bits,
         "adc_bound": adc_bound,
         "read_noise": read_noise,
+        "weight_read_noise": weight_read_noise,
         "tile_size": tile_size,
         "weight_scaling": weight_scaling,
     }
-    pipeline = analog_pipeline(settings, analog_flags)
+    from ftaudit.config import load_settings
+
+    # the analog keys are shared: the config file's top level (eval's settings) holds them
+    pipeline = analog_pipeline(settings, analog_flags, load_settings(config, Path.cwd()))
     from ftaudit.harden.api import harden
 
     err = stderr_console()

@@ -38,6 +38,7 @@ from ftaudit.cli.options import (
     DacBitsOpt,
     DataOpt,
     DeviceOpt,
+    DifferentialOpt,
     DriftNuOpt,
     DriftNuStdOpt,
     DriftT0Opt,
@@ -59,6 +60,7 @@ from ftaudit.cli.options import (
     StuckAtOpt,
     TileSizeOpt,
     TimeOpt,
+    WeightReadNoiseOpt,
     WeightScalingOpt,
     WorkersOpt,
 )
@@ -75,6 +77,7 @@ def sensitivity_command(
     cell_bits: CellBitsOpt = None,
     clamp: ClampOpt = None,
     cell_noise: CellNoiseOpt = None,
+    differential: DifferentialOpt = None,
     samples: SensitivitySamplesOpt = None,
     k: KOpt = None,
     seed: SeedOpt = None,
@@ -125,6 +128,7 @@ def sensitivity_command(
     adc_bits: AdcBitsOpt = None,
     adc_bound: AdcBoundOpt = None,
     read_noise: ReadNoiseOpt = None,
+    weight_read_noise: WeightReadNoiseOpt = None,
     tile_size: TileSizeOpt = None,
     weight_scaling: WeightScalingOpt = None,
 ) -> None:
@@ -137,6 +141,7 @@ def sensitivity_command(
         "adc_bits": adc_bits,
         "adc_bound": adc_bound,
         "read_noise": read_noise,
+        "weight_read_noise": weight_read_noise,
         "tile_size": tile_size,
         "weight_scaling": weight_scaling,
     }
@@ -151,6 +156,7 @@ def sensitivity_command(
             "cell_bits": cell_bits,
             "clamp": clamp,
             "cell_noise": cell_noise,
+            "differential": differential,
             "samples": samples,
             "k": k,
             "seed": seed,
