@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,18 @@ DEVICES = ("cpu", "cuda")
 MAX_SAMPLES = 100_000_000
 
 
+@dataclass(frozen=True)
+class CheckedOptions:
+    """The options one ``validate_options`` call accepted: ``audit`` given these (the CLI
+    checks before its output checks) does not check them again."""
+
+    values: tuple[Any, ...]
+
+    @classmethod
+    def of(cls, *, sigmas: Sequence[float], **options: Any) -> CheckedOptions:
+        return cls((tuple(float(s) for s in sigmas), *sorted(options.items())))
+
+
 def validate_options(
     *,
     sigmas: Sequence[float],
@@ -53,8 +65,8 @@ def validate_options(
     target_ci: float | None = None,
     fail_under_kpp: float | None = None,
     fail_under_mean: float | None = None,
-) -> None:
-    """Reject impossible options before any file is read or any sample runs."""
+) -> CheckedOptions:
+    """Reject impossible options before any file is read or any sample runs; what passed."""
     if not sigmas:
         raise UserError(
             "no sigma given", hint="pass --sigma 0.3, a list 0.1,0.2 or a range 0:0.4:0.1"
@@ -102,6 +114,17 @@ def validate_options(
             raise UserError(
                 f"{flag} is a fraction in [0, 1], got {value:g}", hint=f"e.g. {flag} 0.8 for 80%"
             )
+    return CheckedOptions.of(
+        sigmas=sigmas,
+        samples=samples,
+        k=k,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        target_ci=target_ci,
+        fail_under_kpp=fail_under_kpp,
+        fail_under_mean=fail_under_mean,
+    )
 
 
 def layer_infos(model: AuditModel, selected: Sequence[str]) -> list[LayerInfo]:
@@ -357,6 +380,7 @@ def audit(
     batch_samples: int | None = None,
     fold_batchnorm: bool = True,
     pipeline: ForwardPipeline | None = None,
+    checked: CheckedOptions | None = None,
 ) -> AuditReport:
     """Run the Monte Carlo audit and return the report; gates are evaluated, not raised.
 
@@ -372,6 +396,7 @@ def audit(
     for an ONNX model on CUDA, else 1). ``fold_batchnorm`` (default) perturbs convolution
     weights with their BatchNorm folded in, as a chip stores them (ftaudit.models.folding).
     ``pipeline``: the analog forward pass (ftaudit.analog), by default the profile's ``[analog]``.
+    ``checked``: what ``validate_options`` returned for these options (not checked again).
     """
     started = time.perf_counter()
     noise_model, sigmas = resolve_noise(
@@ -391,17 +416,11 @@ def audit(
         compensation=compensation,
         stuck_at=stuck_at,
     ).resolve(noise_model.profile)
-    validate_options(
-        sigmas=sigmas,
-        samples=samples,
-        k=k,
-        seed=seed,
-        batch_size=batch_size,
-        device=device,
-        target_ci=target_ci,
-        fail_under_kpp=fail_under_kpp,
-        fail_under_mean=fail_under_mean,
-    )
+    run_options = dict(sigmas=sigmas, samples=samples, k=k, seed=seed, batch_size=batch_size)
+    run_options.update(device=device, target_ci=target_ci, fail_under_kpp=fail_under_kpp)
+    run_options.update(fail_under_mean=fail_under_mean)
+    if checked is None or checked != CheckedOptions.of(**run_options):
+        validate_options(**run_options)
     validate_scale_out(workers=workers, checkpoint_dir=checkpoint_dir, resume=resume)
     pipeline = resolve_pipeline(pipeline, noise_model.profile, batch_samples=batch_samples)
     loaded = model if isinstance(model, AuditModel) else load_model(model, output=output)

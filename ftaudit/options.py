@@ -137,6 +137,16 @@ class OutputOptions(_Group):
         """JSON on stdout: no table and no progress bar beside it."""
         return self.json == "-"
 
+    def labelled(self) -> dict[str, Path | str | None]:
+        """What each report file is called in an error message -> its path (for the checks)."""
+        return {
+            "JSON report": self.json,
+            "CSV table": self.csv,
+            "plot": self.plot,
+            "HTML report": self.html,
+            "JUnit XML": self.junit,
+        }
+
     def files(self) -> dict[str, Path | str | None]:
         """format -> path of every report file (stdout excluded), for the writer registry."""
         return {fmt: path for fmt, path in asdict(self).items() if fmt != "quiet" and path != "-"}

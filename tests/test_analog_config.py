@@ -126,9 +126,10 @@ def test_bad_weight_read_noise_flag_exits_2(run_cli, mlp_onnx, blobs_npz, tmp_pa
 
 def test_harden_reads_the_shared_analog_keys_under_its_flags(tmp_path: Path) -> None:
     """harden's pipeline: a flag, else the config's top-level key, else the profile's."""
-    from ftaudit.cli.common import analog_pipeline
+    from ftaudit.cli.groups import AnalogFlags
     from ftaudit.config import load_settings
     from ftaudit.harden.settings import HardenSettings
+    from ftaudit.noise import get_noise_model
 
     (tmp_path / "ftaudit.toml").write_text("dac_bits = 5\nweight_read_noise = 0.03\n")
     config = load_settings(None, tmp_path)
@@ -136,10 +137,10 @@ def test_harden_reads_the_shared_analog_keys_under_its_flags(tmp_path: Path) -> 
         ("dac_bits", "adc_bits", "adc_bound", "read_noise", "weight_read_noise", "tile_size"),
     )
     flags["weight_scaling"] = None
-    settings = HardenSettings(noise="pcm-aihwkit")
-    pipeline = analog_pipeline(settings, flags, config)
+    pcm = get_noise_model(HardenSettings(noise="pcm-aihwkit").noise)
+    pipeline = AnalogFlags(flags).pipeline(pcm, config)
     assert (pipeline.dac_bits, pipeline.weight_read_noise) == (5, 0.03)
     assert pipeline.adc_bits == 9 and pipeline.tile_size == (512, 512)  # the profile's
-    pipeline = analog_pipeline(settings, {**flags, "dac_bits": 4}, config)
-    assert pipeline.dac_bits == 4
-    assert analog_pipeline(HardenSettings(), flags, load_settings(None, tmp_path / "x")) is None
+    assert AnalogFlags({**flags, "dac_bits": 4}).pipeline(pcm, config).dac_bits == 4
+    plain = get_noise_model("lognormal")
+    assert AnalogFlags(flags).pipeline(plain, load_settings(None, tmp_path / "x")) is None

@@ -1,17 +1,24 @@
-"""What every command shares after parsing: eval's settings from flags and config (parsed and
-checked once), the drift/stuck-at options, the output-path checks, warnings and progress bars."""
+"""What every command shares after parsing: the audit commands' inputs from their argument
+groups and the config file (checked once, ``audit_inputs``), the output-path checks, warnings
+and progress bars."""
 
 from __future__ import annotations
 
 import os
 import sys
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftaudit.cli.exit_codes import run_argv
 from ftaudit.errors import UserError
-from ftaudit.options import DeviceEffectOptions, MonteCarloOptions, PerturbOptions
+from ftaudit.options import (
+    DeviceEffectOptions,
+    MonteCarloOptions,
+    PerturbOptions,
+    ScaleOutOptions,
+)
 
 if TYPE_CHECKING:
     from ftaudit.config import EvalSettings
@@ -110,60 +117,82 @@ def noise_of(settings: Any) -> Any:
     )
 
 
-def shared_settings(config: Path | None, flags: dict[str, Any]) -> EvalSettings:
-    """eval's options: ftaudit.toml defaults under the given flags; data and sigma required
-    (sigma defaults to the noise profile's, as in eval)."""
-    from ftaudit.config import load_settings, merge, parse_floats, parse_sigmas
-    from ftaudit.units import parse_stuck_at, parse_time, parse_times
+@dataclass(frozen=True)
+class AuditInputs:
+    """What eval, compare and sensitivity run on, parsed and validated once: the settings (the
+    config file under the flags), the noise model they name, the device effects, the analog
+    pipeline and where the samples run."""
 
-    for key, parse in (
-        ("sigma", parse_sigmas),
-        ("mean", lambda v: parse_floats(v, "--mean")),
-        ("std", lambda v: parse_floats(v, "--std")),
-        ("time", parse_times),
-        ("drift_t0", parse_time),
-        ("stuck_at", parse_stuck_at),
-    ):
-        if flags.get(key) is not None:
-            flags[key] = parse(flags[key])
-    for key in ("layers", "exclude"):
-        if key in flags:
-            flags[key] = tuple(flags[key] or ())
+    settings: EvalSettings
+    noise: Any  # the NoiseModel
+    effects: DeviceEffectOptions
+    pipeline: Any  # ForwardPipeline | None
+    scale_out: ScaleOutOptions
+    checked: Any  # evaluation.CheckedOptions: audit does not check these again
+
+    def library_kwargs(self) -> dict[str, Any]:
+        """The keywords of ``audit``/``compare``/``sensitivity`` the option groups stand for."""
+        return {
+            **PerturbOptions.from_settings(self.settings, noise=self.noise).as_kwargs(),
+            **MonteCarloOptions.from_settings(self.settings).as_kwargs(),
+            **self.effects.as_kwargs(),
+            "workers": self.scale_out.workers,
+            "ray": self.scale_out.ray,
+            "pipeline": self.pipeline,
+            "command": command_line(),
+            "config_file": self.settings.config_file,
+        }
+
+
+def audit_inputs(
+    config: Path | None,
+    *groups: Mapping[str, Any],
+    analog: Any,
+    scale_out: Mapping[str, Any],
+    checkpoints: Mapping[str, Any] | None = None,
+    gates: tuple[str, ...] = (),
+    default_samples: int | None = None,
+) -> AuditInputs:
+    """The flags of ``groups`` (parsed by their ``ArgGroup``) over ftaudit.toml, checked once,
+    before any work or output check: data and sigma required (sigma defaults to the noise
+    profile's), then the scale-out, the device effects, the analog pipeline and the Monte Carlo
+    options with the command's ``gates`` (settings names). ``default_samples``: the command's
+    own default when neither the flags nor the config file set --samples."""
+    from ftaudit.config import load_settings, merge
+    from ftaudit.evaluation import validate_options
+
+    flags: dict[str, Any] = {"workers": scale_out["workers"]}
+    for group in groups:
+        flags.update(group)
     settings = merge(load_settings(config, Path.cwd()), flags)
-    if settings.sigma is None:
-        noise = noise_of(settings)
-        if getattr(noise.profile, "sigma", None) is not None:
-            settings = replace(settings, sigma=noise.profile.sigma)
+    noise = noise_of(settings)
+    if settings.sigma is None and getattr(noise.profile, "sigma", None) is not None:
+        settings = replace(settings, sigma=noise.profile.sigma)
     if settings.sigma is None:
         raise UserError("no sigma given", hint="pass --sigma 0.3 (or set sigma in ftaudit.toml)")
     if settings.data is None:
         raise UserError(
             "no evaluation data given", hint="pass --data FILE (or set data in ftaudit.toml)"
         )
-    return settings
-
-
-def effect_options(settings: EvalSettings) -> DeviceEffectOptions:
-    """The drift and stuck-at options, checked against the noise profile like eval's (exit 2)
-    before any work or output check."""
-    options = DeviceEffectOptions.from_settings(settings)
-    noise = noise_of(settings)
-    options.resolve(noise.profile)  # bad values fail here, before any work
-    return options
-
-
-def audit_options(settings: EvalSettings, ray: str | None) -> dict[str, Any]:
-    """The keyword options compare and sensitivity pass through to every audit they run
-    (the option groups of ``ftaudit.options``; the effects were checked by ``effect_options``)."""
-    return {
-        **PerturbOptions.from_settings(settings).as_kwargs(),
-        **MonteCarloOptions.from_settings(settings).as_kwargs(),
-        **DeviceEffectOptions.from_settings(settings).as_kwargs(),
-        "command": command_line(),
-        "config_file": settings.config_file,
-        "workers": settings.workers,
-        "ray": ray,
-    }
+    own_default = default_samples is not None and flags.get("samples") is None
+    if own_default and not config_sets(settings, "samples"):
+        settings = replace(settings, samples=default_samples)
+    where = ScaleOutOptions(workers=settings.workers, ray=scale_out["ray"], **(checkpoints or {}))
+    where.validate()
+    warn_workers(where.workers, where.ray)
+    effects = DeviceEffectOptions.from_settings(settings)
+    effects.resolve(noise.profile)  # bad drift or fault values fail here
+    pipeline = analog.pipeline(noise, settings)  # flags > ftaudit.toml > the profile
+    checked = validate_options(
+        sigmas=settings.sigma,
+        samples=settings.samples,
+        k=settings.k,
+        seed=settings.seed,
+        batch_size=settings.batch_size,
+        device=settings.device,
+        **{gate: getattr(settings, gate) for gate in gates},
+    )
+    return AuditInputs(settings, noise, effects, pipeline, where, checked)
 
 
 def config_sets(settings: EvalSettings, key: str) -> bool:
@@ -213,18 +242,6 @@ def write_report_files(kind: str, report: Any, paths: dict[str, Path | str | Non
         for fmt, path in paths.items():
             if path is not None and path != "-":
                 get_writer(fmt, kind)(report, Path(path))
-
-
-def analog_pipeline(settings: Any, flags: dict[str, Any], config: Any = None) -> Any:
-    """The analog forward pipeline: each flag given, else its key in the config file
-    (``config``: the eval settings holding them, default ``settings``), over the noise
-    profile's ``[analog]``."""
-    from ftaudit.analog.options import pipeline_from_flags
-
-    source = settings if config is None else config
-    given = {key: getattr(source, key) if flag is None else flag for key, flag in flags.items()}
-    noise = noise_of(settings)
-    return pipeline_from_flags(**given, base=getattr(noise.profile, "analog", None))
 
 
 def warn_untraced(model_block: dict[str, Any]) -> None:

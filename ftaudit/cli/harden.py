@@ -10,36 +10,23 @@ from typing import Annotated, Any
 import typer
 
 from ftaudit.cli.common import (
-    analog_pipeline,
     check_output_paths,
     external_data,
+    noise_of,
     run_with_stages,
     show_progress,
     stderr_console,
     warn_workers,
 )
 from ftaudit.cli.exit_codes import exit_codes, run_argv
-from ftaudit.cli.options import (
-    AdcBitsOpt,
-    AdcBoundOpt,
-    BitsOpt,
-    CellBitsOpt,
-    CellNoiseOpt,
-    ClampOpt,
-    ConfigOpt,
-    DacBitsOpt,
-    DifferentialOpt,
-    ModelArg,
-    ReadNoiseOpt,
-    TileSizeOpt,
-    WeightReadNoiseOpt,
-    WeightScalingOpt,
-)
+from ftaudit.cli.groups import ANALOG, DEVICE_PHYSICS, AnalogFlags, ParsedFlags, uses_groups
+from ftaudit.cli.options import ConfigOpt, ModelArg
 from ftaudit.errors import UserError
 from ftaudit.harden.settings import HARDEN_DEFAULTS as _HARDEN
 
 
 @exit_codes
+@uses_groups
 def harden_command(
     model: ModelArg,
     output: Annotated[
@@ -59,11 +46,7 @@ def harden_command(
     noise: Annotated[
         str | None, typer.Option("--noise", help=f"Evaluation noise model [{_HARDEN.noise}].")
     ] = None,
-    bits: BitsOpt = None,
-    cell_bits: CellBitsOpt = None,
-    clamp: ClampOpt = None,
-    cell_noise: CellNoiseOpt = None,
-    differential: DifferentialOpt = None,
+    device_physics: ParsedFlags = DEVICE_PHYSICS,
     val_data: Annotated[
         str | None, typer.Option("--val-data", help="Validation data (default: 10% held out).")
     ] = None,
@@ -194,13 +177,7 @@ def harden_command(
         ),
     ] = None,
     config: ConfigOpt = None,
-    dac_bits: DacBitsOpt = None,
-    adc_bits: AdcBitsOpt = None,
-    adc_bound: AdcBoundOpt = None,
-    read_noise: ReadNoiseOpt = None,
-    weight_read_noise: WeightReadNoiseOpt = None,
-    tile_size: TileSizeOpt = None,
-    weight_scaling: WeightScalingOpt = None,
+    analog: AnalogFlags = ANALOG,
 ) -> None:
     """Retrain MODEL to survive device variation; write it in the input's format."""
     from ftaudit.config import merge, parse_sigmas
@@ -213,11 +190,7 @@ def harden_command(
             "sigma": sigma,
             "method": method,
             "noise": noise,
-            "bits": bits,
-            "cell_bits": cell_bits,
-            "clamp": clamp,
-            "cell_noise": cell_noise,
-            "differential": differential,
+            **device_physics,
             "val_data": val_data,
             "epochs": epochs,
             "batch_size": batch_size,
@@ -259,19 +232,10 @@ def harden_command(
         {"hardened model": output, "harden report": report_path, "study database": study},
     )
     warn_workers(settings.workers, ray)
-    analog_flags = {
-        "dac_bits": dac_bits,
-        "adc_bits": adc_bits,
-        "adc_bound": adc_bound,
-        "read_noise": read_noise,
-        "weight_read_noise": weight_read_noise,
-        "tile_size": tile_size,
-        "weight_scaling": weight_scaling,
-    }
     from ftaudit.config import load_settings
 
-    # the analog keys are shared: the config file's top level (eval's settings) holds them
-    pipeline = analog_pipeline(settings, analog_flags, load_settings(config, Path.cwd()))
+    # the analog keys are shared: ftaudit.toml's top level (eval's settings) holds them
+    pipeline = analog.pipeline(noise_of(settings), load_settings(config, Path.cwd()))
     from ftaudit.harden.api import harden
 
     err = stderr_console()

@@ -150,6 +150,9 @@ StdOpt = Annotated[
 JsonOpt = Annotated[
     str | None, typer.Option("--json", help="Write the JSON report here ('-' for stdout).")
 ]
+PlotOpt = Annotated[
+    Path | None, typer.Option("--plot", help="Write a PNG plot of mean/KPP vs sigma.")
+]
 CsvOpt = Annotated[Path | None, typer.Option("--csv", help="Write a CSV table here.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No table on stdout.")]
 # the analog forward pipeline (ftaudit.analog): parsed into a ForwardPipeline in one call
