@@ -275,29 +275,12 @@ def check_finite_weights(model: AuditModel) -> None:
 
 
 def resolve_noise(
-    noise: str | NoiseModel,
-    sigmas: Sequence[float] | None,
-    *,
-    bits: int | None = None,
-    cell_bits: int | None = None,
-    clamp: bool = True,
-    cell_noise: str = "independent",
-    differential: bool | None = None,
+    noise: str | NoiseModel, sigmas: Sequence[float] | None, **physics: Any
 ) -> tuple[NoiseModel, list[float]]:
     """The noise model (a registered name, a profile, a device file, or a model) and the sigma
-    grid, defaulting to the profile's; shared by audit, compare and sensitivity."""
-    noise_model = (
-        noise
-        if isinstance(noise, NoiseModel)
-        else get_noise_model(
-            noise,
-            bits=bits,
-            cell_bits=cell_bits,
-            clamp=clamp,
-            cell_noise=cell_noise,
-            differential=differential,
-        )
-    )
+    grid, defaulting to the profile's; shared by audit, compare and sensitivity. ``physics``:
+    ``get_noise_model``'s device choices (bits, cell_bits, clamp, cell_noise, differential)."""
+    noise_model = noise if isinstance(noise, NoiseModel) else get_noise_model(noise, **physics)
     if sigmas is None:
         sigmas = getattr(noise_model.profile, "sigma", None)
         if sigmas is None:
