@@ -134,9 +134,7 @@ def nonideality_lines(noise: dict[str, Any] | None, analog: dict[str, Any] | Non
     differential pairs, then the forward pipeline's ``in_force`` lines (none when ideal)."""
     lines = []
     if (noise or {}).get("differential"):
-        lines.append(
-            "differential pairs: each weight is G+ - G-, both devices programmed and noisy"
-        )
+        lines.append("differential pairs: w = G+ - G-, both devices noisy")
     if analog is not None:
         lines.extend(f"analog: {line}" for line in analog.get("in_force") or [])
     return lines
