@@ -10,7 +10,9 @@ Each selected crossbar op (Conv, Gemm, MatMul with a stored weight) is replaced 
    partial sum is computed on its own (the op itself on the sliced input and weight).
 3. Read noise and ADC per tile: in normalised units ``n = p / (w_scale[col] * r)`` (weights
    scaled to max|W| = 1 per layer, column or tile, inputs to the DAC range), ``n + noise *
-   z`` with ``z`` a standard normal draw fed per read, then quantised to ``adc_bits`` levels
+   z`` with ``z`` a standard normal draw fed per read; weight read noise adds ``S_w *
+   ||x_t / r||_2 * z_w`` (i.i.d. weight noise seen at the output, aihwkit's additive-constant
+   ``w_noise``; Conv: the norm of each input patch); then quantised to ``adc_bits`` levels
    over ``[-bound, bound]`` with saturation, and scaled back.
 4. The tiles' outputs summed digitally, then the bias added (digital bias).
 
@@ -326,7 +328,7 @@ def rewrite(
     tiled_nodes: Sequence[TiledNode],
     pipeline: ForwardPipeline,
     calibration: Calibration,
-) -> tuple[Any, list[tuple[str, int, int]]]:
+) -> tuple[Any, list[tuple[str, int, int, int]]]:
     """A copy of ``proto`` with the pipeline around every tiled node, and its read-noise inputs
     as (input name, layer index, tile number, draw stream tag)."""
     onnx = _onnx()

@@ -3,9 +3,9 @@
 Image ``i``'s draws for one tile are the ``i mod BLOCK``-th slice of the standard-normal
 stream of ``SeedSequence(seed, spawn_key=(TAG, sample, layer, tile, i // BLOCK))``; weight
 read noise uses the same keys under its own first word ``WEIGHT_TAG``, so turning it on
-leaves the output read noise's draws as they are. Any batch
-of images is cut from the same blocks, so the numbers never depend on the batch size, the
-worker count or the backend (every backend feeds these arrays).
+leaves the output read noise's draws as they are. Any batch of images is cut from the same
+blocks, so the numbers never depend on the batch size, the worker count or the backend
+(every backend feeds these arrays).
 """
 
 from __future__ import annotations
