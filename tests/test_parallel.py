@@ -69,6 +69,16 @@ def test_workers_with_early_stopping_and_drift_match_one_process(
     assert min(used) < 3 * CHECK_EVERY  # an early stop did happen
 
 
+def test_workers_draw_with_the_runs_generator(convnet_onnx: Path, blobs_npz: Path) -> None:
+    """--rng reaches the worker processes: under ziggurat two workers give one process's
+    numbers, which differ from the fast generator's (plain and drift rows)."""
+    options = dict(sigmas=[0.6], samples=12, seed=2, times=[3600.0], compensation="both")
+    one = ftaudit.audit(convnet_onnx, blobs_npz, rng="ziggurat", **options)
+    two = ftaudit.audit(convnet_onnx, blobs_npz, workers=2, rng="ziggurat", **options)
+    assert numbers(two) == numbers(one)
+    assert numbers(ftaudit.audit(convnet_onnx, blobs_npz, **options)) != numbers(one)
+
+
 def test_torchscript_workers_match(convnet_ts: Path, blobs_npz: Path) -> None:
     options = dict(sigmas=[0.5], samples=20, seed=2)
     one = ftaudit.audit(convnet_ts, blobs_npz, **options)
