@@ -337,9 +337,9 @@ class EffectsEngine:
         """sum |W u| over the layer's calibration batch u (the outputs' absolute sum)."""
         matrix = weights.reshape(weights.shape[0], -1)
         batch = self.calibration[index]
-        # float32 BLAS on one thread: a BLAS thread pool fights the model runtime's spinning
-        # threads for the cores (measured on 2 loaded cores: 2-15x slower than one thread),
-        # and numpy's einsum does not use BLAS (measured: 2-5x slower than one BLAS thread)
+        # float32 BLAS on one thread: a BLAS thread pool fights the model runtime's threads and
+        # the draw thread for the cores (measured on 2 loaded cores: 2-15x slower than one
+        # thread), and numpy's einsum does not use BLAS (2-5x slower than one BLAS thread)
         with self._one_blas_thread():
             if self._rows_are_inputs(self.layers[index]):
                 product = np.matmul(batch, matrix)
