@@ -235,6 +235,28 @@ def test_same_device_same_nu_at_every_sigma_and_time() -> None:
     assert np.all(recovered[0] >= -1e-4)  # clipped at 0
 
 
+@pytest.mark.parametrize("noise", ["lognormal", "rram"])
+def test_drift_factors_made_beside_the_draws_or_per_row_are_the_same(
+    noise: str, monkeypatch
+) -> None:
+    """Drift factors precomputed with a sample's draws (within DECAY_BUDGET) and computed per
+    row (over it) give bit-identical weight sets, stuck cells and compensation included."""
+    import ftaudit.device_effects as device_effects
+
+    effects = DeviceEffects(
+        times=(3600.0, YEAR),
+        compensations=("none", "global"),
+        drift=DriftModel(20, 0.05, 0.02),
+        stuck_at=StuckAt(0.05, 0.05),
+    )
+    precomputed, _ = record(noise, effects, [0.1, 0.3])
+    monkeypatch.setattr(device_effects, "DECAY_BUDGET", 0)
+    per_row, _ = record(noise, effects, [0.1, 0.3])
+    assert len(precomputed.calls) == len(per_row.calls) == 2 * 2 * 2 * 2
+    for a, b in zip(precomputed.calls, per_row.calls, strict=True):
+        assert all(np.array_equal(a[name], b[name]) for name in a)
+
+
 def test_compensation_with_nu_spread_zero_restores_the_programmed_weights() -> None:
     effects = DeviceEffects(
         times=(YEAR,), compensations=("none", "global"), drift=DriftModel(20, 0.05, 0)
