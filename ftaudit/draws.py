@@ -10,11 +10,12 @@ Standard normals come from one of two generators over the same keyed bit stream 
 - ``fast`` (the default): Box-Muller on float32, vectorised in cache-sized chunks. Word j of the
   stream (64 bits) gives normals 2j and 2j+1: the high 32 bits ``h`` give the radius
   ``r = sqrt(-2 ln u)`` with ``u = (h + 1) / 2**32`` in (0, 1], the low 32 bits the angle
-  ``2 pi l / 2**32``; ``z = (r cos, r sin)``. The radius is exact in the tail: P(|z| > t) is
-  exp(-t**2 / 2) to within 2**-32 for every t, so frequencies are right to well past 6 sigma;
-  the largest possible |z| is sqrt(64 ln 2) = 6.66 (a normal exceeds it with probability
-  2.7e-11). Near 0 the float32 rounding of u leaves radii below 3.5e-4 (probability 6e-8)
-  unresolved. About 3x faster than numpy's float32 ziggurat.
+  ``2 pi l / 2**32``; ``z = (r cos, r sin)``. The radius is exact in the tail: P(r > t) is
+  exp(-t**2 / 2) to within 2**-32 for every t and the angle is uniform to 32 bits, so normal
+  tail frequencies are right to well past 6 sigma; the largest possible |z| is
+  sqrt(64 ln 2) = 6.66 (a normal exceeds it with probability 2.7e-11). Near 0 the float32
+  rounding of u leaves radii below 3.5e-4 (probability 6e-8) unresolved. About 3x faster
+  than numpy's float32 ziggurat.
 - ``ziggurat``: numpy's ``Generator.standard_normal(dtype=float32)``, ftaudit's generator before
   ``fast`` became the default; it reproduces earlier reports bit for bit.
 """
