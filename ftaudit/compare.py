@@ -367,9 +367,11 @@ def compare(
     cell_bits: int | None = None,
     clamp: bool = PerturbOptions.clamp,
     cell_noise: str = PerturbOptions.cell_noise,
+    differential: bool | None = PerturbOptions.differential,
     samples: int = MonteCarloOptions.samples,
     k: float = MonteCarloOptions.k,
     seed: int = MonteCarloOptions.seed,
+    rng: str = MonteCarloOptions.rng,
     batch_size: int = MonteCarloOptions.batch_size,
     device: str = MonteCarloOptions.device,
     layers: Sequence[str] | None = None,
@@ -403,7 +405,13 @@ def compare(
     """
     started = time.perf_counter()
     noise_model, sigmas = resolve_noise(
-        noise, sigmas, bits=bits, cell_bits=cell_bits, clamp=clamp, cell_noise=cell_noise
+        noise,
+        sigmas,
+        bits=bits,
+        cell_bits=cell_bits,
+        clamp=clamp,
+        cell_noise=cell_noise,
+        differential=differential,
     )
     effect_options = DeviceEffectOptions(
         times=times,
@@ -415,7 +423,13 @@ def compare(
     )
     effects = effect_options.resolve(noise_model.profile)
     validate_options(
-        sigmas=sigmas, samples=samples, k=k, seed=seed, batch_size=batch_size, device=device
+        sigmas=sigmas,
+        samples=samples,
+        k=k,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        rng=rng,
     )
     validate_fraction(fail_if_worse, "--fail-if-worse", "0.01 for one percentage point")
     validate_gate_correction(gate_correction)
@@ -447,6 +461,7 @@ def compare(
         "samples": samples,
         "k": k,
         "seed": seed,
+        "rng": rng,
         "batch_size": batch_size,
         "device": device,
         "mean": mean,
@@ -515,6 +530,7 @@ def compare(
                 mean=mean,
                 std=std,
                 output=output,
+                rng=rng,
             ),
             "config_file": config_file,
             "analog": reports["baseline"].analog,

@@ -17,6 +17,7 @@ from ftaudit.batched import BatchedTorchRunner, build_runner, resolve_batch_samp
 from ftaudit.coverage import sequential_summary, with_test_set_error
 from ftaudit.data import Dataset, load_dataset, validate_labels
 from ftaudit.device_effects import Condition
+from ftaudit.draws import check_rng
 from ftaudit.errors import UserError
 from ftaudit.eval_checkpoint import CheckpointWriter, check_checkpoint_dir, load_progress
 from ftaudit.execution import backend_for, release
@@ -65,8 +66,10 @@ def validate_options(
     target_ci: float | None = None,
     fail_under_kpp: float | None = None,
     fail_under_mean: float | None = None,
+    rng: str = MonteCarloOptions.rng,
 ) -> CheckedOptions:
     """Reject impossible options before any file is read or any sample runs; what passed."""
+    check_rng(rng)
     if not sigmas:
         raise UserError(
             "no sigma given", hint="pass --sigma 0.3, a list 0.1,0.2 or a range 0:0.4:0.1"
@@ -124,6 +127,7 @@ def validate_options(
         target_ci=target_ci,
         fail_under_kpp=fail_under_kpp,
         fail_under_mean=fail_under_mean,
+        rng=rng,
     )
 
 
@@ -233,18 +237,19 @@ def prepare_run(
     batch_required: bool = True,
     pipeline: ForwardPipeline | None = None,
     seed: int = 0,
+    rng: str = MonteCarloOptions.rng,
 ):
     """Select layers, bind data to a runner and check the data fits the model's output."""
     selected = choose_layers(model, layers, exclude)
     check_finite_weights(model)
     x = model.input_array(dataset)
     if pipeline is not None and pipeline.active:
-        from ftaudit.analog.runner import analog_runner
+        from ftaudit.analog.runner import ONE_SAMPLE_PER_PASS, analog_runner
 
-        # the ftaudit.analog runner, its calibrated ranges kept (assigned left to right)
-        runner, runner.calibration = analog_runner(
-            model, selected, x, pipeline=pipeline, seed=seed, device=device
+        runner, runner.calibration = analog_runner(  # calibrated ranges kept (left to right)
+            model, selected, x, pipeline=pipeline, seed=seed, device=device, rng=rng
         )
+        runner.fallback = ONE_SAMPLE_PER_PASS if batch_samples > 1 else None  # the CUDA default
     else:
         runner = build_runner(
             model,
@@ -275,23 +280,12 @@ def check_finite_weights(model: AuditModel) -> None:
 
 
 def resolve_noise(
-    noise: str | NoiseModel,
-    sigmas: Sequence[float] | None,
-    *,
-    bits: int | None = None,
-    cell_bits: int | None = None,
-    clamp: bool = True,
-    cell_noise: str = "independent",
+    noise: str | NoiseModel, sigmas: Sequence[float] | None, **physics: Any
 ) -> tuple[NoiseModel, list[float]]:
     """The noise model (a registered name, a profile, a device file, or a model) and the sigma
-    grid, defaulting to the profile's; shared by audit, compare and sensitivity."""
-    noise_model = (
-        noise
-        if isinstance(noise, NoiseModel)
-        else get_noise_model(
-            noise, bits=bits, cell_bits=cell_bits, clamp=clamp, cell_noise=cell_noise
-        )
-    )
+    grid, defaulting to the profile's; shared by audit, compare and sensitivity. ``physics``:
+    ``get_noise_model``'s device choices (bits, cell_bits, clamp, cell_noise, differential)."""
+    noise_model = noise if isinstance(noise, NoiseModel) else get_noise_model(noise, **physics)
     if sigmas is None:
         sigmas = getattr(noise_model.profile, "sigma", None)
         if sigmas is None:
@@ -320,10 +314,12 @@ def resolved_options(
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
     output: str | None,
+    rng: str,
 ) -> dict[str, Any]:
     """The report's ``options`` entries every command records (JSON-ready lists and floats)."""
     return {
         "batch_size": batch_size,
+        "rng": rng,
         "layers": list(layers or []),
         "exclude": list(exclude or []),
         "mean": None if mean is None else [float(v) for v in mean],
@@ -342,9 +338,11 @@ def audit(
     cell_bits: int | None = None,
     clamp: bool = PerturbOptions.clamp,
     cell_noise: str = PerturbOptions.cell_noise,
+    differential: bool | None = PerturbOptions.differential,
     samples: int = MonteCarloOptions.samples,
     k: float = MonteCarloOptions.k,
     seed: int = MonteCarloOptions.seed,
+    rng: str = MonteCarloOptions.rng,
     batch_size: int = MonteCarloOptions.batch_size,
     device: str = MonteCarloOptions.device,
     layers: Sequence[LayerChoice] | None = None,
@@ -393,7 +391,13 @@ def audit(
     """
     started = time.perf_counter()
     noise_model, sigmas = resolve_noise(
-        noise, sigmas, bits=bits, cell_bits=cell_bits, clamp=clamp, cell_noise=cell_noise
+        noise,
+        sigmas,
+        bits=bits,
+        cell_bits=cell_bits,
+        clamp=clamp,
+        cell_noise=cell_noise,
+        differential=differential,
     )
     effects = DeviceEffectOptions(
         times=times,
@@ -405,7 +409,7 @@ def audit(
     ).resolve(noise_model.profile)
     run_options = dict(sigmas=sigmas, samples=samples, k=k, seed=seed, batch_size=batch_size)
     run_options.update(device=device, target_ci=target_ci, fail_under_kpp=fail_under_kpp)
-    run_options.update(fail_under_mean=fail_under_mean)
+    run_options.update(fail_under_mean=fail_under_mean, rng=rng)
     if checked is None or checked != CheckedOptions.of(**run_options):
         validate_options(**run_options)
     validate_scale_out(workers=workers, checkpoint_dir=checkpoint_dir, resume=resume)
@@ -429,13 +433,10 @@ def audit(
         batch_required=batch_samples is not None,
         pipeline=pipeline,
         seed=seed,
+        rng=rng,
     )
-    batch_fallback = None
     if not isinstance(getattr(runner, "inner", runner), BatchedTorchRunner):
-        # batching was a default it could not use (--batch-samples itself is refused earlier)
-        if samples_per_pass > 1 and pipeline is not None:
-            batch_fallback = "the analog forward pipeline runs one Monte Carlo sample per pass"
-        samples_per_pass = 1
+        samples_per_pass = 1  # batching was a default it could not use
     n = len(dataset.y)
     clean_accuracy = clean_correct / n
     quantized_accuracy = None
@@ -455,6 +456,7 @@ def audit(
         "sigmas": sigmas,
         "samples": samples,
         "seed": seed,
+        "rng": rng,
         "k": k,
         "target_ci": target_ci,
         "device": device,
@@ -474,8 +476,7 @@ def audit(
             latest[:] = [state]
             writer(state)
 
-    evaluator = None
-    spec = None
+    evaluator, spec = None, None
     if workers > 1 or ray is not None:
         spec = WorkerSpec(
             model_path=str(loaded.path),
@@ -494,10 +495,11 @@ def audit(
             batch_samples=samples_per_pass,
             fold_batchnorm=fold_batchnorm,
             pipeline=pipeline,
+            rng=rng,
         )
     else:
         evaluator = ChunkEvaluator(
-            runner, crossbar, sigmas, seed, effects, batch_samples=samples_per_pass
+            runner, crossbar, sigmas, seed, effects, batch_samples=samples_per_pass, rng=rng
         )
     backend = backend_for(spec, evaluator, workers=workers, ray=ray)
     try:
@@ -525,9 +527,8 @@ def audit(
     execution = backend.describe()
     execution["resumed_samples"] = 0 if restored is None else int(restored.done.sum())
     execution["batch_samples"] = samples_per_pass
-    batch_fallback = getattr(runner, "fallback", None) or batch_fallback
-    if batch_fallback:
-        execution["batch_fallback"] = batch_fallback
+    if getattr(runner, "fallback", None):
+        execution["batch_fallback"] = runner.fallback
     results = []
     for j, condition in enumerate(conditions):
         accuracies = counts.accuracies(j, n)
@@ -580,6 +581,7 @@ def audit(
                 mean=mean,
                 std=std,
                 output=output,
+                rng=rng,
             ),
             "config_file": config_file,
             "execution": execution,

@@ -3,7 +3,7 @@ every default of the audit commands (eval, compare, sensitivity).
 
 - ``PerturbOptions``: what to perturb (sigmas, noise model, layers, the logits output)
 - ``DeviceEffectOptions``: drift, compensation and stuck-at cells
-- ``MonteCarloOptions``: the run (samples, k, seed, batch size, device, data subset)
+- ``MonteCarloOptions``: the run (samples, k, seed, generator, batch size, device, data subset)
 - ``ScaleOutOptions``: where samples run (worker processes, Ray) and checkpoints
 - ``OutputOptions``: the report files and the terminal table
 
@@ -58,6 +58,7 @@ class PerturbOptions(_Group):
     cell_bits: int | None = None  # device models: bits per cell B
     clamp: bool = True  # device models: cell conductances stay >= 0
     cell_noise: str = "independent"  # device models: independent or shared dg per weight
+    differential: bool | None = None  # G+/G- pairs (None: the device file's, else one device)
     layers: tuple[str, ...] = ()  # globs over crossbar weight names (empty: all)
     exclude: tuple[str, ...] = ()
     output: str | None = None  # the ONNX output holding the logits (None: the first)
@@ -89,6 +90,7 @@ class MonteCarloOptions(_Group):
     samples: int = 1000
     k: float = 1.0
     seed: int = 0
+    rng: str = "fast"  # the normal generator: fast or ziggurat (ftaudit.draws.RNGS)
     batch_size: int = 512
     device: str = "cpu"
     limit: int | None = None  # evaluate on only the first N examples

@@ -311,9 +311,11 @@ def sensitivity(
     cell_bits: int | None = None,
     clamp: bool = PerturbOptions.clamp,
     cell_noise: str = PerturbOptions.cell_noise,
+    differential: bool | None = PerturbOptions.differential,
     samples: int = DEFAULT_SENSITIVITY_SAMPLES,
     k: float = MonteCarloOptions.k,
     seed: int = MonteCarloOptions.seed,
+    rng: str = MonteCarloOptions.rng,
     batch_size: int = MonteCarloOptions.batch_size,
     device: str = MonteCarloOptions.device,
     layers: Sequence[str] | None = None,
@@ -350,7 +352,13 @@ def sensitivity(
     """
     started = time.perf_counter()
     noise_model, sigmas = resolve_noise(
-        noise, sigmas, bits=bits, cell_bits=cell_bits, clamp=clamp, cell_noise=cell_noise
+        noise,
+        sigmas,
+        bits=bits,
+        cell_bits=cell_bits,
+        clamp=clamp,
+        cell_noise=cell_noise,
+        differential=differential,
     )
     effect_options = DeviceEffectOptions(
         times=times,
@@ -362,7 +370,13 @@ def sensitivity(
     )
     effects = effect_options.resolve(noise_model.profile)
     validate_options(
-        sigmas=sigmas, samples=samples, k=k, seed=seed, batch_size=batch_size, device=device
+        sigmas=sigmas,
+        samples=samples,
+        k=k,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        rng=rng,
     )
     validate_fraction(target_kpp, "--target-kpp", "0.9 for 90%")
     rows = [Condition(s) for s in sigmas] if effects is None else effects.conditions(sigmas)
@@ -384,6 +398,7 @@ def sensitivity(
             samples=samples,
             k=k,
             seed=seed,
+            rng=rng,
             batch_size=batch_size,
             device=device,
             layers=perturbed,
@@ -460,6 +475,7 @@ def sensitivity(
                 mean=mean,
                 std=std,
                 output=output,
+                rng=rng,
             ),
             "target_kpp": target_kpp,
             "config_file": config_file,

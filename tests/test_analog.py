@@ -81,6 +81,19 @@ def test_read_noise_is_the_blocks_streams_sliced():
     assert 4 * BLOCK > 200
 
 
+@pytest.mark.parametrize("rng", ["fast", "ziggurat"])
+def test_read_noise_streams_follow_the_documented_keys(rng: str):
+    """Block b of tile t is stream (TAG, sample, layer, t, b) under the run's generator
+    (ziggurat: numpy's own generator on SeedSequence(seed, spawn_key=key))."""
+    from conftest import keyed_normals
+
+    from ftaudit.analog.read_noise import TAG
+
+    got = read_noise(7, 3, 1, 2, 64, 100, (5,), rng=rng)
+    want = keyed_normals(7, (TAG, 3, 1, 2, 1), (BLOCK, 5), rng)[:36]
+    np.testing.assert_array_equal(got, want)
+
+
 def test_read_noise_is_the_same_for_any_batch_cut():
     whole = read_noise(7, 3, 1, 0, 0, 200, (5, 2))
     assert whole.shape == (200, 5, 2)
@@ -334,8 +347,11 @@ def test_cli_a_program_onnx_cannot_export_exits_2_with_one_line(run_cli, blobs_n
     assert stdout == "" and not out.exists()
 
 
-def test_read_noise_runs_are_identical_with_worker_processes(fmnist):
-    pipeline = ForwardPipeline(read_noise=0.1, dac_bits=8, adc_bits=8, tile_size=(64, 64))
+@pytest.mark.parametrize(
+    "noise", [{"read_noise": 0.1}, {"weight_read_noise": 0.05}], ids=["output", "weight"]
+)
+def test_read_noise_runs_are_identical_with_worker_processes(fmnist, noise):
+    pipeline = ForwardPipeline(**noise, dac_bits=8, adc_bits=8, tile_size=(64, 64))
     here = _audit(fmnist, samples=4, pipeline=pipeline)
     spread = _audit(fmnist, samples=4, pipeline=pipeline, workers=2)
     assert spread.options["execution"]["workers"] == 2

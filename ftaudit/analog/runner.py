@@ -12,9 +12,13 @@ import numpy as np
 from ftaudit.analog.onnx_graph import Calibration, calibrate, plan_tiles, rewrite
 from ftaudit.analog.options import ForwardPipeline
 from ftaudit.analog.read_noise import read_noise
+from ftaudit.draws import DEFAULT_RNG
 from ftaudit.errors import UserError
 from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner
 from ftaudit.models.onnx import OnnxModel, OnnxRunner
+
+#: why a run whose batching was only a default (``--device cuda``) runs one sample per pass
+ONE_SAMPLE_PER_PASS = "the analog forward pipeline runs one Monte Carlo sample per pass"
 
 
 class AnalogOnnxRunner(OnnxRunner):
@@ -31,7 +35,9 @@ class AnalogOnnxRunner(OnnxRunner):
         tiled: Sequence,
         device: str,
         threads: int | None = None,
+        rng: str = DEFAULT_RNG,
     ) -> None:
+        self.rng = rng  # read noise's normal generator (ftaudit.draws.RNGS)
         rewritten, self.noise_inputs = rewrite(model.proto, tiled, pipeline, calibration)
         self.tile_shapes = calibration.tile_shapes
         self.random_reads = bool(self.noise_inputs)
@@ -47,7 +53,7 @@ class AnalogOnnxRunner(OnnxRunner):
         self._zeros = {
             (name, len(batch)): np.zeros((len(batch), *self.tile_shapes[(layer, tile)]), np.float32)
             for batch in self._batches
-            for name, layer, tile in self.noise_inputs
+            for name, layer, tile, _tag in self.noise_inputs
         }
         # two draw buffers per input and batch size: one fed to the running batch, one filled
         self._buffers = {
@@ -58,14 +64,16 @@ class AnalogOnnxRunner(OnnxRunner):
 
     def _noise_feed(self, start: int, size: int, slot: int) -> dict[str, np.ndarray]:
         feed = {}
-        for name, layer, tile in self.noise_inputs:
+        for name, layer, tile, tag in self.noise_inputs:
             if self._key is None:
                 feed[name] = self._zeros[(name, size)]
             else:
                 seed, sample = self._key
                 shape = self.tile_shapes[(layer, tile)]
                 out = self._buffers[(name, slot, size)]
-                feed[name] = read_noise(seed, sample, layer, tile, start, start + size, shape, out)
+                feed[name] = read_noise(
+                    seed, sample, layer, tile, start, start + size, shape, out, tag, self.rng
+                )
         return feed
 
     def logits(self) -> np.ndarray:
@@ -199,6 +207,7 @@ def analog_runner(
     seed: int,
     device: str,
     threads: int | None = None,
+    rng: str = DEFAULT_RNG,
 ) -> tuple[ModelRunner, Calibration]:
     """Calibrate the pipeline's ranges on (a seeded subset of) ``x`` and build the runner.
 
@@ -216,6 +225,7 @@ def analog_runner(
         tiled=tiled,
         device=device,
         threads=threads,
+        rng=rng,
     )
     chosen = {layer.name for layer in selected}
     scales = {name: s for name, s in model.fold_scales.items() if name in chosen}
