@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ from ftaudit.harden.checkpoint import load_checkpoint
 from ftaudit.harden.methods import EpochCallback, HardenContext, StageProgress, get_method
 from ftaudit.harden.methods.bayesft import validate_bayesft_options
 from ftaudit.harden.parallel_eval import open_workers
-from ftaudit.harden.settings import CLEAN_DROP_NOTICE
 from ftaudit.harden.settings import HARDEN_DEFAULTS as DEFAULTS
 from ftaudit.harden.trainable import export_hardened
 from ftaudit.harden.training import TrainingData
@@ -34,62 +32,11 @@ from ftaudit.models import load_model
 from ftaudit.models.fingerprint import model_sha256
 from ftaudit.noise import get_noise_model
 from ftaudit.results import AuditReport
+from ftaudit.results.harden import CLEAN_DROP_NOTICE, HardenReport
 
 VAL_FRACTION = 0.1
 VAL_MAX = 5000
 VAL_KEY = 1_000_004
-
-
-@dataclass
-class HardenReport:
-    """What ``harden`` did and the paired evaluation of the input and the hardened model."""
-
-    ftaudit_version: str
-    command: list[str]
-    method: str
-    input_model: str
-    output_model: str
-    settings: dict[str, Any]
-    validation: dict[str, Any]
-    details: dict[str, Any]
-    history: list[dict[str, Any]]
-    before: AuditReport
-    after: AuditReport
-    elapsed_s: float
-    notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "ftaudit_version": self.ftaudit_version,
-            "command": self.command,
-            "method": self.method,
-            "input_model": self.input_model,
-            "output_model": self.output_model,
-            "settings": self.settings,
-            "validation": self.validation,
-            "details": self.details,
-            "history": self.history,
-            "before": self.before.to_dict(),
-            "after": self.after.to_dict(),
-            "paired_differences": self.paired_differences(),
-            "elapsed_s": self.elapsed_s,
-            "notes": self.notes,
-        }
-
-    def paired_differences(self) -> list[dict[str, float]]:
-        """After minus before, per sigma: mean of the per-sample differences (same draws)."""
-        rows = []
-        for b, a in zip(self.before.results, self.after.results, strict=True):
-            n = min(len(a.accuracies), len(b.accuracies))
-            diff = a.accuracies[:n] - b.accuracies[:n]
-            rows.append(
-                {
-                    "sigma": a.sigma,
-                    "mean_difference": float(diff.mean()),
-                    "kpp_difference": a.summary.kpp - b.summary.kpp,
-                }
-            )
-        return rows
 
 
 def _split_validation(x: np.ndarray, y: np.ndarray, seed: int):
