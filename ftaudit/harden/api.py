@@ -22,8 +22,13 @@ from ftaudit.eval_checkpoint import check_checkpoint_dir
 from ftaudit.evaluation import audit
 from ftaudit.fileio import check_output_path
 from ftaudit.harden.checkpoint import load_checkpoint
-from ftaudit.harden.methods import EpochCallback, HardenContext, StageProgress, get_method
-from ftaudit.harden.methods.bayesft import validate_bayesft_options
+from ftaudit.harden.methods import (
+    EpochCallback,
+    HardenContext,
+    StageProgress,
+    check_method_options,
+    get_method,
+)
 from ftaudit.harden.parallel_eval import open_workers
 from ftaudit.harden.settings import HARDEN_DEFAULTS as DEFAULTS
 from ftaudit.harden.trainable import export_hardened
@@ -63,9 +68,6 @@ def validate_harden_options(
     batch_size: int,
     lr: float,
     sigma: float,
-    threshold: float,
-    warmup: int,
-    search_samples: int,
     eval_samples: int,
     k: float,
 ) -> None:
@@ -78,12 +80,8 @@ def validate_harden_options(
         raise UserError(f"--lr must be a positive number, got {lr:g}")
     if not (math.isfinite(sigma) and sigma >= 0):
         raise UserError(f"sigma must be a finite number >= 0, got {sigma:g}")
-    if not (threshold > 0 and math.isfinite(threshold)):
-        raise UserError(f"--threshold must be a positive number, got {threshold:g}")
-    if warmup < 0:
-        raise UserError(f"--warmup must be >= 0, got {warmup}")
-    if search_samples < 1 or eval_samples < 1:
-        raise UserError("--search-samples and --eval-samples must be at least 1")
+    if eval_samples < 1:
+        raise UserError(f"--eval-samples must be at least 1, got {eval_samples}")
     if not (0 < k < 100):
         raise UserError(f"k must lie strictly between 0 and 100, got {k:g}")
 
@@ -180,40 +178,31 @@ def harden(
         batch_size=batch_size,
         lr=lr,
         sigma=sigma,
-        threshold=threshold,
-        warmup=warmup,
-        search_samples=search_samples,
         eval_samples=eval_samples,
         k=k,
     )
     validate_harden_workers(workers=workers, ray=ray)
-    from ftaudit.harden.training import RC_NEGATIVE
-
-    if rc_negative not in RC_NEGATIVE:
-        raise UserError(
-            f"--rc-negative must be one of {', '.join(RC_NEGATIVE)}, got '{rc_negative}'",
-            hint="magnitude (default) censors |w| growth for every weight; value censors a "
-            "negative weight's rise",
-        )
     validate_eval_sigmas(eval_sigmas)
     method_impl = get_method(method)
-    validate_bayesft_options(
-        method=method,
-        max_dropout=max_dropout,
-        trials=trials,
-        epochs_per_trial=epochs_per_trial,
-        objective_samples=objective_samples,
-        train_draws=train_draws,
-        study=study,
+    method_options = check_method_options(
+        method_impl,
+        {
+            "trice_start": trice_start,
+            "trice_end": trice_end,
+            "threshold": threshold,
+            "warmup": warmup,
+            "search_samples": search_samples,
+            "rc_negative": rc_negative,
+            "max_dropout": max_dropout,
+            "trials": trials,
+            "epochs_per_trial": epochs_per_trial,
+            "objective_samples": objective_samples,
+            "train_draws": train_draws,
+            "study": study,
+        },
+        sigma=sigma,
         protect=(Path(model), Path(data), Path(output)),
     )
-    trice_end_value = 2 * sigma if trice_end is None else trice_end
-    if not (0 <= trice_start <= trice_end_value) or not math.isfinite(trice_end_value):
-        raise UserError(
-            f"the TRICE search needs 0 <= --trice-start <= --trice-end, got "
-            f"[{trice_start:g}, {trice_end_value:g}]",
-            hint="the paper's defaults are start 0 and end 2*sigma",
-        )
     model_path, output_path = Path(model), Path(output)
     if not model_path.exists():
         raise UserError(f"model file {model_path} does not exist", hint="check the path")
@@ -272,22 +261,6 @@ def harden(
     validate_labels(train.y, logits.shape[1])
     validate_labels(val.y, logits.shape[1])
 
-    options = {
-        "trice_start": trice_start,
-        "trice_end": trice_end_value,
-        "threshold": threshold,
-        "warmup": warmup,
-        "search_samples": search_samples,
-        "rc_negative": rc_negative,
-    }
-    # --trials and --study are left out of the fingerprint: a larger --trials continues the same
-    # study and checkpoint, and the study file may move
-    bayesft_options = {
-        "max_dropout": max_dropout,
-        "epochs_per_trial": epochs_per_trial,
-        "objective_samples": objective_samples,
-        "train_draws": train_draws,
-    }
     fingerprint = {
         "model_sha256": model_sha256(source),
         "data_sha256": train_set.source["sha256"],
@@ -299,7 +272,7 @@ def harden(
         "batch_size": batch_size,
         "lr": lr,
         "k": k,
-        "options": {"trice": options, "bayesft": bayesft_options}.get(method, {}),
+        "options": method_impl.fingerprint(method_options),
         "n_train": len(train),
         "n_val": len(val),
         **({"analog": pipeline.to_dict()} if pipeline is not None else {}),
@@ -324,12 +297,7 @@ def harden(
         seed=seed,
         k=k,
         device=device,
-        options={
-            **options,
-            **bayesft_options,
-            "trials": trials,
-            "study": None if study is None else str(study),
-        },
+        options=method_options,
         fingerprint=fingerprint,
         checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir),
         resume_state=resume_state,
