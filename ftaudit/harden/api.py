@@ -28,6 +28,7 @@ from ftaudit.harden.methods import (
     StageProgress,
     check_method_options,
     get_method,
+    method_option_names,
 )
 from ftaudit.harden.parallel_eval import open_workers
 from ftaudit.harden.settings import HARDEN_DEFAULTS as DEFAULTS
@@ -184,22 +185,10 @@ def harden(
     validate_harden_workers(workers=workers, ray=ray)
     validate_eval_sigmas(eval_sigmas)
     method_impl = get_method(method)
+    keywords = locals()  # harden's keywords name every method's options
     method_options = check_method_options(
         method_impl,
-        {
-            "trice_start": trice_start,
-            "trice_end": trice_end,
-            "threshold": threshold,
-            "warmup": warmup,
-            "search_samples": search_samples,
-            "rc_negative": rc_negative,
-            "max_dropout": max_dropout,
-            "trials": trials,
-            "epochs_per_trial": epochs_per_trial,
-            "objective_samples": objective_samples,
-            "train_draws": train_draws,
-            "study": study,
-        },
+        {name: keywords[name] for name in method_option_names()},
         sigma=sigma,
         protect=(Path(model), Path(data), Path(output)),
     )

@@ -46,6 +46,7 @@ __all__ = [
     "check_method_options",
     "foreign_options",
     "get_method",
+    "method_option_names",
 ]
 
 
@@ -57,6 +58,11 @@ HARDEN_METHODS: dict[str, type[HardenMethod]] = {
 
 def flag(option: str) -> str:
     return "--" + option.replace("_", "-")
+
+
+def method_option_names() -> list[str]:
+    """Every method's options, in registry order (each is a ``harden`` keyword)."""
+    return [name for cls in HARDEN_METHODS.values() for name in cls.options]
 
 
 def foreign_options(method: str) -> set[str]:
