@@ -50,7 +50,6 @@ from ftaudit.harden.methods.base import (
     _optimizer,
     _restore,
 )
-from ftaudit.harden.objective import ObjectiveEvaluator as ObjectiveEvaluator
 from ftaudit.harden.objective import bayesft_objective
 from ftaudit.harden.settings import HARDEN_DEFAULTS as DEFAULTS
 from ftaudit.harden.trainable import TrainableModel
