@@ -23,17 +23,23 @@ from ftaudit.data import Dataset
 from ftaudit.errors import UserError
 from ftaudit.evaluation import (
     audit,
+    ensure_checked,
     exact_name_glob,  # noqa: F401 (re-exported)
     prepare_run,
     resolve_data,
     resolve_noise,
     resolved_options,
-    validate_options,
 )
 from ftaudit.execution import execution_session
 from ftaudit.models import AuditModel, load_model
 from ftaudit.noise import NoiseModel
-from ftaudit.options import DeviceEffectOptions, MonteCarloOptions, PerturbOptions, ScaleOutOptions
+from ftaudit.options import (
+    CheckedOptions,
+    DeviceEffectOptions,
+    MonteCarloOptions,
+    PerturbOptions,
+    ScaleOutOptions,
+)
 from ftaudit.results import Interval, SigmaResult, row_key
 from ftaudit.results.compare import (
     DEFAULT_GATE_CORRECTION,
@@ -212,6 +218,7 @@ def compare(
     compensation: str | None = None,
     stuck_at: tuple[float, float] | None = None,
     pipeline: ForwardPipeline | None = None,
+    checked: CheckedOptions | None = None,
 ) -> CompareReport:
     """Audit ``baseline`` and ``candidate`` on the same draws; gates are evaluated, not raised.
 
@@ -220,6 +227,7 @@ def compare(
     ``times``, the drift options and ``stuck_at`` are ``audit``'s, applied to both models, and
     give one paired row per (sigma, time, compensation). ``pipeline`` (the analog forward
     pass) applies to both models; their read noise is paired like their weight draws.
+    ``checked``: ``validate_options``' result for these options (not checked again).
     """
     started = time.perf_counter()
     noise_model, sigmas = resolve_noise(
@@ -234,9 +242,8 @@ def compare(
         stuck_at=stuck_at,
     )
     effects = effect_options.resolve(noise_model.profile)
-    validate_options(
-        sigmas=sigmas, samples=samples, k=k, seed=seed, batch_size=batch_size, device=device
-    )
+    run_options = dict(sigmas=sigmas, samples=samples, k=k, seed=seed, batch_size=batch_size)
+    checked = ensure_checked(checked, **run_options, device=device)
     validate_fraction(fail_if_worse, "--fail-if-worse", "0.01 for one percentage point")
     validate_gate_correction(gate_correction)
     base_model = (
@@ -277,6 +284,7 @@ def compare(
         "workers": workers,
         "ray": ray,
         "pipeline": pipeline,
+        "checked": checked,  # both audits: checked above, once
         **effect_options.as_kwargs(),
     }
     reports = {}

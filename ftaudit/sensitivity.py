@@ -26,16 +26,22 @@ from ftaudit.data import Dataset
 from ftaudit.device_effects import Condition
 from ftaudit.evaluation import (
     audit,
+    ensure_checked,
     model_provenance,
     resolve_data,
     resolve_noise,
     resolved_options,
-    validate_options,
 )
 from ftaudit.execution import execution_session
 from ftaudit.models import AuditModel, CrossbarLayer, load_model
 from ftaudit.noise import NoiseModel
-from ftaudit.options import DeviceEffectOptions, MonteCarloOptions, PerturbOptions, ScaleOutOptions
+from ftaudit.options import (
+    CheckedOptions,
+    DeviceEffectOptions,
+    MonteCarloOptions,
+    PerturbOptions,
+    ScaleOutOptions,
+)
 from ftaudit.results import AuditReport
 from ftaudit.results.sensitivity import (
     OUT_OF_REACH,
@@ -115,6 +121,7 @@ def sensitivity(
     compensation: str | None = None,
     stuck_at: tuple[float, float] | None = None,
     pipeline: ForwardPipeline | None = None,
+    checked: CheckedOptions | None = None,
 ) -> SensitivityReport:
     """Rank the analog layers by KPP drop; with ``target_kpp``, pick layers to keep digital.
 
@@ -127,6 +134,7 @@ def sensitivity(
 
     ``pipeline`` (the analog forward pass) applies to the analog layers of each run; a digital
     layer is ideal, so "every layer digital" is the ideal model's clean accuracy.
+    ``checked``: ``validate_options``' result for these options (not checked again).
     """
     started = time.perf_counter()
     noise_model, sigmas = resolve_noise(
@@ -141,9 +149,8 @@ def sensitivity(
         stuck_at=stuck_at,
     )
     effects = effect_options.resolve(noise_model.profile)
-    validate_options(
-        sigmas=sigmas, samples=samples, k=k, seed=seed, batch_size=batch_size, device=device
-    )
+    run_options = dict(sigmas=sigmas, samples=samples, k=k, seed=seed, batch_size=batch_size)
+    checked = ensure_checked(checked, **run_options, device=device)
     validate_fraction(target_kpp, "--target-kpp", "0.9 for 90%")
     rows = [Condition(s) for s in sigmas] if effects is None else effects.conditions(sigmas)
     loaded = model if isinstance(model, AuditModel) else load_model(model, output=output)
@@ -171,6 +178,7 @@ def sensitivity(
             workers=workers,
             ray=ray,
             pipeline=pipeline,
+            checked=checked,  # every run: checked above, once
             **effect_options.as_kwargs(),
         )
 
