@@ -13,7 +13,9 @@ rows: weights only (aihwkit ``forward.is_perfect``); plus DAC and ADC bits (aihw
 / ``out_res`` = 1 / (2**bits - 2), ``out_bound`` = ftaudit's ``--adc-bound``, static per-layer
 input ranges = ftaudit's calibrated DAC ranges via aihwkit's ``pre_post.input_range``, noise and
 bound management off, weights scaled to max|W| = 1 per layer: ``weight_scaling_omega`` = 1);
-plus output noise (aihwkit ``out_noise`` = ftaudit's ``--read-noise``). The random numbers
+plus output noise (aihwkit ``out_noise`` = ftaudit's ``--read-noise``); weight read noise
+(aihwkit ``w_noise`` with ``w_noise_type`` ADDITIVE_CONSTANT = ftaudit's
+``--weight-read-noise``). ``--rows 5`` runs a subset (row numbers from 0). The random numbers
 differ between the two simulators, so the means agree within Monte Carlo error, not exactly.
 """
 
@@ -40,6 +42,12 @@ ROWS = [
         "noise": 0.06,
     },
     {"name": "output noise 0.2 only (DAC/ADC 16)", "sigma": 0.0, "bits": 16, "noise": 0.2},
+    {
+        "name": "weight read noise 0.05 only (DAC/ADC 16)",
+        "sigma": 0.0,
+        "bits": 16,
+        "w_noise": 0.05,
+    },
 ]
 ADC_BOUND = 12.0
 
@@ -57,7 +65,7 @@ def run_ftaudit(args: argparse.Namespace) -> None:
     x, y = load_data(args.images)
     dataset = Dataset(x=x, y=y, source={})
     rows, ranges = [], None
-    for row in ROWS:
+    for row in chosen_rows(args):
         pipeline = None
         if "bits" in row:
             pipeline = ForwardPipeline(
@@ -65,6 +73,7 @@ def run_ftaudit(args: argparse.Namespace) -> None:
                 adc_bits=row["bits"],
                 adc_bound=ADC_BOUND,
                 read_noise=row.get("noise", 0.0),
+                weight_read_noise=row.get("w_noise", 0.0),
             )
         start = time.perf_counter()
         report = audit(
@@ -82,6 +91,13 @@ def run_ftaudit(args: argparse.Namespace) -> None:
     Path(args.out).write_text(json.dumps({"rows": rows, "input_range": ranges}, indent=1))
 
 
+def chosen_rows(args: argparse.Namespace) -> list[dict]:
+    """The rows ``--rows`` names (all by default)."""
+    if args.rows is None:
+        return ROWS
+    return [ROWS[int(i)] for i in args.rows.split(",")]
+
+
 def summary(row: dict, accuracies, seconds: float) -> dict:
     accuracies = np.asarray(accuracies, dtype=float)
     n = len(accuracies)
@@ -93,7 +109,11 @@ def run_aihwkit(args: argparse.Namespace) -> None:
     import torch
     from aihwkit.nn.conversion import convert_to_analog
     from aihwkit.simulator.configs import InferenceRPUConfig
-    from aihwkit.simulator.parameters.enums import BoundManagementType, NoiseManagementType
+    from aihwkit.simulator.parameters.enums import (
+        BoundManagementType,
+        NoiseManagementType,
+        WeightNoiseType,
+    )
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from aihwkit_compare import analog_lenet, lenet
@@ -104,7 +124,7 @@ def run_aihwkit(args: argparse.Namespace) -> None:
     x, y = load_data(args.images)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
     rows = []
-    for row in ROWS:
+    for row in chosen_rows(args):
         if "bits" not in row:
             model = analog_lenet(row["sigma"])
         else:
@@ -116,7 +136,8 @@ def run_aihwkit(args: argparse.Namespace) -> None:
             config.forward.inp_bound = 1.0
             config.forward.out_bound = ADC_BOUND
             config.forward.out_noise = row.get("noise", 0.0)
-            config.forward.w_noise = 0.0
+            config.forward.w_noise = row.get("w_noise", 0.0)
+            config.forward.w_noise_type = WeightNoiseType.ADDITIVE_CONSTANT
             config.forward.inp_noise = 0.0
             config.forward.noise_management = NoiseManagementType.NONE
             config.forward.bound_management = BoundManagementType.NONE
@@ -172,6 +193,7 @@ def main() -> None:
         p.add_argument("--samples", type=int, default=30)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--out", required=True)
+        p.add_argument("--rows", default=None, help="comma-separated row numbers (default all)")
         if side == "aihwkit":
             p.add_argument("--ranges", required=True)
             p.add_argument("--threads", type=int, default=1)

@@ -28,10 +28,15 @@ SETTINGS = {
     "DAC 8 + ADC 8": ForwardPipeline(dac_bits=8, adc_bits=8),
     "DAC 8 + ADC 8, tiles 64x64": ForwardPipeline(dac_bits=8, adc_bits=8, tile_size=(64, 64)),
     "DAC 8 + ADC 8 + read noise 0.06": ForwardPipeline(dac_bits=8, adc_bits=8, read_noise=0.06),
+    "DAC 8 + ADC 8 + weight read noise 0.02": ForwardPipeline(
+        dac_bits=8, adc_bits=8, weight_read_noise=0.02
+    ),
 }
 
 
-def ms_per_sample(model_name: str, pipeline: ForwardPipeline | None, samples: int) -> float:
+def ms_per_sample(
+    model_name: str, pipeline: ForwardPipeline | None, samples: int, noise_name: str
+) -> float:
     model = load_model(REPO / "sample_models" / model_name)
     with np.load(REPO / "sample_models" / "fmnist_test_2000.npz") as data:
         x = model.fit_input(data["x"].astype(np.float32) / 255)
@@ -42,7 +47,8 @@ def ms_per_sample(model_name: str, pipeline: ForwardPipeline | None, samples: in
     else:
         runner, _ = analog_runner(model, selected, x, pipeline=pipeline, seed=0, device="cpu")
     runner.bind_data(x, y, batch_size=512)
-    noise = get_noise_model("lognormal")
+    name, _, pair = noise_name.partition(",")
+    noise = get_noise_model(name, differential=pair == "differential")
     crossbar = Crossbar.prepare(selected, model.clean_weights(), noise)
     evaluator = ChunkEvaluator(runner, crossbar, [0.1], seed=0)
     evaluator.evaluate(0, 1, [0])  # warm-up
@@ -56,13 +62,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=20)
     parser.add_argument("--models", default="lenet.onnx,mlp.onnx")
+    parser.add_argument(
+        "--noise", default="lognormal", help="e.g. 'rram' (add ',differential' for pairs)"
+    )
     args = parser.parse_args()
     print("| model | setting | ms / sample | vs weights only |")
     print("| --- | --- | ---: | ---: |")
     for model_name in args.models.split(","):
         base = None
         for label, pipeline in SETTINGS.items():
-            ms = ms_per_sample(model_name, pipeline, args.samples)
+            ms = ms_per_sample(model_name, pipeline, args.samples, args.noise)
             base = ms if base is None else base
             print(f"| {model_name} | {label} | {ms:.1f} | {ms / base:.2f}x |", flush=True)
 

@@ -35,6 +35,15 @@ class EvalSettings:
     cell_bits: int | None = None
     clamp: bool = PerturbOptions.clamp  # device models: conductances stay >= 0
     cell_noise: str = PerturbOptions.cell_noise  # device models: independent or shared dg
+    differential: bool | None = PerturbOptions.differential  # G+/G- pairs (None: device file's)
+    # the analog forward pipeline (ftaudit.analog; None: the noise profile's [analog], else off)
+    dac_bits: int | None = None
+    adc_bits: int | None = None
+    adc_bound: float | None = None
+    read_noise: float | None = None
+    weight_read_noise: float | None = None
+    tile_size: str | None = None  # "ROWSxCOLS" (a [rows, cols] list in the file)
+    weight_scaling: str | None = None
     samples: int = MonteCarloOptions.samples
     k: float = MonteCarloOptions.k
     seed: int = MonteCarloOptions.seed
@@ -227,13 +236,48 @@ def settings_from_config(table: dict[str, Any], path: Path) -> EvalSettings:
             value = parse_stuck_at(value)
         elif key in TUPLE_KEYS:
             value = (value,) if isinstance(value, str) else tuple(value)
+        elif key == "tile_size" and isinstance(value, list):
+            value = "x".join(str(v) for v in value)
         values[key] = value
     _check_types(values, path)
+    _check_pipeline(values, path)
     return replace(EvalSettings(), **values, config_file=str(path))
 
 
+#: the config keys of the analog forward pipeline (``ftaudit.analog.options.TABLE_KEYS``)
+ANALOG_KEYS = (
+    "dac_bits",
+    "adc_bits",
+    "adc_bound",
+    "read_noise",
+    "weight_read_noise",
+    "tile_size",
+    "weight_scaling",
+)
+
+
+def _check_pipeline(values: dict[str, Any], path: Path) -> None:
+    """The analog keys of a config file validated as their flags are, naming the file."""
+    from ftaudit.analog.options import pipeline_from_flags
+
+    try:
+        pipeline_from_flags(**{key: values.get(key) for key in ANALOG_KEYS})
+    except UserError as exc:
+        raise UserError(f"config file {path}: {exc.message}", hint=exc.hint) from exc
+
+
 def _check_types(values: dict[str, Any], path: Path) -> None:
-    expect_int = {"bits", "cell_bits", "samples", "seed", "batch_size", "limit", "workers"}
+    expect_int = {
+        "bits",
+        "cell_bits",
+        "samples",
+        "seed",
+        "batch_size",
+        "limit",
+        "workers",
+        "dac_bits",
+        "adc_bits",
+    }
     expect_num = {
         "k",
         "target_ci",
@@ -244,8 +288,20 @@ def _check_types(values: dict[str, Any], path: Path) -> None:
         "drift_t0",
         "fail_if_worse",
         "target_kpp",
+        "adc_bound",
+        "read_noise",
+        "weight_read_noise",
     }
-    expect_str = {"noise", "device", "output", "compensation", "gate_correction", "cell_noise"}
+    expect_str = {
+        "noise",
+        "device",
+        "output",
+        "compensation",
+        "gate_correction",
+        "cell_noise",
+        "tile_size",
+        "weight_scaling",
+    }
     for key, value in values.items():
         bad = (
             (key in expect_int and (not isinstance(value, int) or isinstance(value, bool)))
@@ -254,7 +310,7 @@ def _check_types(values: dict[str, Any], path: Path) -> None:
                 and (not isinstance(value, (int, float)) or isinstance(value, bool))
             )
             or (key in expect_str and not isinstance(value, str))
-            or (key in ("clamp", "test_set_error") and not isinstance(value, bool))
+            or (key in ("clamp", "test_set_error", "differential") and not isinstance(value, bool))
         )
         if bad:
             raise UserError(f"config file {path}: '{key}' has the wrong type ({value!r})")

@@ -269,23 +269,12 @@ def check_finite_weights(model: AuditModel) -> None:
 
 
 def resolve_noise(
-    noise: str | NoiseModel,
-    sigmas: Sequence[float] | None,
-    *,
-    bits: int | None = None,
-    cell_bits: int | None = None,
-    clamp: bool = True,
-    cell_noise: str = "independent",
+    noise: str | NoiseModel, sigmas: Sequence[float] | None, **physics: Any
 ) -> tuple[NoiseModel, list[float]]:
     """The noise model (a registered name, a profile, a device file, or a model) and the sigma
-    grid, defaulting to the profile's; shared by audit, compare and sensitivity."""
-    noise_model = (
-        noise
-        if isinstance(noise, NoiseModel)
-        else get_noise_model(
-            noise, bits=bits, cell_bits=cell_bits, clamp=clamp, cell_noise=cell_noise
-        )
-    )
+    grid, defaulting to the profile's; shared by audit, compare and sensitivity. ``physics``:
+    ``get_noise_model``'s device choices (bits, cell_bits, clamp, cell_noise, differential)."""
+    noise_model = noise if isinstance(noise, NoiseModel) else get_noise_model(noise, **physics)
     if sigmas is None:
         sigmas = getattr(noise_model.profile, "sigma", None)
         if sigmas is None:
@@ -336,6 +325,7 @@ def audit(
     cell_bits: int | None = None,
     clamp: bool = PerturbOptions.clamp,
     cell_noise: str = PerturbOptions.cell_noise,
+    differential: bool | None = PerturbOptions.differential,
     samples: int = MonteCarloOptions.samples,
     k: float = MonteCarloOptions.k,
     seed: int = MonteCarloOptions.seed,
@@ -387,7 +377,13 @@ def audit(
     """
     started = time.perf_counter()
     noise_model, sigmas = resolve_noise(
-        noise, sigmas, bits=bits, cell_bits=cell_bits, clamp=clamp, cell_noise=cell_noise
+        noise,
+        sigmas,
+        bits=bits,
+        cell_bits=cell_bits,
+        clamp=clamp,
+        cell_noise=cell_noise,
+        differential=differential,
     )
     effects = DeviceEffectOptions(
         times=times,

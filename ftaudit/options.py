@@ -59,6 +59,7 @@ class PerturbOptions(_Group):
     cell_bits: int | None = None  # device models: bits per cell B
     clamp: bool = True  # device models: cell conductances stay >= 0
     cell_noise: str = "independent"  # device models: independent or shared dg per weight
+    differential: bool | None = None  # G+/G- pairs (None: the device file's, else one device)
     layers: tuple[str, ...] = ()  # globs over crossbar weight names (empty: all)
     exclude: tuple[str, ...] = ()
     output: str | None = None  # the ONNX output holding the logits (None: the first)

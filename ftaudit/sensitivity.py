@@ -97,6 +97,7 @@ def sensitivity(
     cell_bits: int | None = None,
     clamp: bool = PerturbOptions.clamp,
     cell_noise: str = PerturbOptions.cell_noise,
+    differential: bool | None = PerturbOptions.differential,
     samples: int = DEFAULT_SENSITIVITY_SAMPLES,
     k: float = MonteCarloOptions.k,
     seed: int = MonteCarloOptions.seed,
@@ -138,7 +139,13 @@ def sensitivity(
     """
     started = time.perf_counter()
     noise_model, sigmas = resolve_noise(
-        noise, sigmas, bits=bits, cell_bits=cell_bits, clamp=clamp, cell_noise=cell_noise
+        noise,
+        sigmas,
+        bits=bits,
+        cell_bits=cell_bits,
+        clamp=clamp,
+        cell_noise=cell_noise,
+        differential=differential,
     )
     effect_options = DeviceEffectOptions(
         times=times,

@@ -259,8 +259,11 @@ def test_torchscript_runs_the_same_pipeline_as_onnx(fmnist):
         np.testing.assert_array_equal(a.accuracies, b.accuracies)
 
 
-def test_read_noise_runs_are_identical_with_worker_processes(fmnist):
-    pipeline = ForwardPipeline(read_noise=0.1, dac_bits=8, adc_bits=8, tile_size=(64, 64))
+@pytest.mark.parametrize(
+    "noise", [{"read_noise": 0.1}, {"weight_read_noise": 0.05}], ids=["output", "weight"]
+)
+def test_read_noise_runs_are_identical_with_worker_processes(fmnist, noise):
+    pipeline = ForwardPipeline(**noise, dac_bits=8, adc_bits=8, tile_size=(64, 64))
     here = _audit(fmnist, samples=4, pipeline=pipeline)
     spread = _audit(fmnist, samples=4, pipeline=pipeline, workers=2)
     assert spread.options["execution"]["workers"] == 2

@@ -17,13 +17,22 @@ from ftaudit.cli.groups import AUDIT, EFFECTS, OUTPUTS, ArgGroup, Flag, ParsedFl
 AUDIT_PANEL = [
     "--data", "--layers", "--exclude", "--limit", "--mean", "--std", "--output", "--config",
 ]  # fmt: skip
-DEVICE = ["--sigma", "--noise", "--bits", "--cell-bits", "--clamp", "--cell-noise"]
+DEVICE = [
+    "--sigma",
+    "--noise",
+    "--bits",
+    "--cell-bits",
+    "--clamp",
+    "--cell-noise",
+    "--differential",
+]
 EFFECT_FLAGS = [
     "--time", "--drift-nu", "--drift-nu-std", "--drift-t0", "--compensation", "--stuck-at",
 ]  # fmt: skip
 MONTE_CARLO = ["--samples", "--k", "--seed", "--batch-size", "--device"]
 ANALOG = [
-    "--dac-bits", "--adc-bits", "--adc-bound", "--read-noise", "--tile-size", "--weight-scaling",
+    "--dac-bits", "--adc-bits", "--adc-bound", "--read-noise", "--weight-read-noise", "--tile-size",
+    "--weight-scaling",
 ]  # fmt: skip
 
 #: (panel, its options in order) per command, as --help showed them before the groups
@@ -71,7 +80,7 @@ HELP_LAYOUT = {
                 "--limit",
             ],
         ),
-        ("Device", ["--sigma", "--noise", "--bits", "--cell-bits", "--clamp", "--cell-noise"]),
+        ("Device", [*DEVICE]),
         ("Before/after report", ["--k", "--eval-samples", "--eval-sigmas"]),
         (
             "TRICE (--method trice)",

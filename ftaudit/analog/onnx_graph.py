@@ -10,7 +10,9 @@ Each selected crossbar op (Conv, Gemm, MatMul with a stored weight) is replaced 
    partial sum is computed on its own (the op itself on the sliced input and weight).
 3. Read noise and ADC per tile: in normalised units ``n = p / (w_scale[col] * r)`` (weights
    scaled to max|W| = 1 per layer, column or tile, inputs to the DAC range), ``n + noise *
-   z`` with ``z`` a standard normal draw fed per read, then quantised to ``adc_bits`` levels
+   z`` with ``z`` a standard normal draw fed per read; weight read noise adds ``S_w *
+   ||x_t / r||_2 * z_w`` (i.i.d. weight noise seen at the output, aihwkit's additive-constant
+   ``w_noise``; Conv: the norm of each input patch); then quantised to ``adc_bits`` levels
    over ``[-bound, bound]`` with saturation, and scaled back.
 4. The tiles' outputs summed digitally, then the bias added (digital bias).
 
@@ -28,9 +30,12 @@ from typing import Any
 import numpy as np
 
 from ftaudit.analog.options import CALIBRATION_IMAGES, ForwardPipeline
+from ftaudit.analog.read_noise import TAG as READ_NOISE_TAG
+from ftaudit.analog.read_noise import WEIGHT_TAG
 from ftaudit.errors import UserError
 
 NOISE_INPUT_PREFIX = "ftaudit_read_noise_"
+WEIGHT_NOISE_INPUT_PREFIX = "ftaudit_weight_read_noise_"
 
 
 def _onnx():
@@ -56,6 +61,8 @@ class TiledNode:
     weight_scale: np.ndarray
     #: first tile's number among all the layer's tiles (keys its read noise)
     first_tile: int = 0
+    #: the stored weight's shape (Conv: sets the kernel of the input-norm pass)
+    weight_shape: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -174,6 +181,7 @@ def plan_tiles(
                 col_shape=col_shape,
                 weight_scale=scale,
                 first_tile=tile_count.get(name, 0),
+                weight_shape=list(weight.shape),
             )
         )
         tile_count[name] = tile_count.get(name, 0) + len(row_tiles)
@@ -261,17 +269,42 @@ def _opset(proto: Any) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
 
 
-def _partial(b: _Builder, node: Any, tiled: TiledNode, x: str, t: int) -> str:
-    """Tile ``t``'s partial sum: the op on the sliced input and weight, no bias."""
+def _tile_input(b: _Builder, tiled: TiledNode, x: str, t: int) -> str:
+    """Tile ``t``'s slice of the layer input (its crossbar rows)."""
+    r0, r1 = tiled.row_tiles[t]
+    return x if len(tiled.row_tiles) == 1 else b.slice(x, tiled.x_axis, r0, r1)
+
+
+def _partial(b: _Builder, node: Any, tiled: TiledNode, x_t: str, t: int) -> str:
+    """Tile ``t``'s partial sum: the op on its input slice ``x_t`` and weight rows, no bias."""
     r0, r1 = tiled.row_tiles[t]
     whole = len(tiled.row_tiles) == 1
-    x_t = x if whole else b.slice(x, tiled.x_axis, r0, r1)
     w_t = node.input[1] if whole else b.slice(node.input[1], tiled.w_axis, r0, r1)
     attrs = {a.name: _onnx().helper.get_attribute_value(a) for a in node.attribute}
     if tiled.kind == "gemm":
         attrs.pop("beta", None)
         return b.op("Gemm", [x_t, w_t], **attrs)
     return b.op(node.op_type, [x_t, w_t], **attrs)
+
+
+def _input_norm(b: _Builder, node: Any, tiled: TiledNode, x_t: str, t: int) -> str:
+    """||x||_2 of the inputs each output of tile ``t`` reads, broadcastable to its partial
+    sum: over the features (Gemm, MatMul) or each input patch (Conv: the op itself on x^2
+    with a kernel of ones, so strides, pads, dilations and groups match)."""
+    if tiled.kind == "conv":
+        attrs = {a.name: _onnx().helper.get_attribute_value(a) for a in node.attribute}
+        r0, r1 = tiled.row_tiles[t]
+        shape = tiled.weight_shape[:]
+        if int(attrs.get("group", 1)) == 1:  # one sum for all output channels
+            shape[0], shape[1] = 1, r1 - r0
+        ones = b.const(np.ones(shape, np.float32), "ones")
+        total = b.op("Conv", [b.op("Mul", [x_t, x_t]), ones], **attrs)
+    elif b.opset >= 18:
+        axes = b.const(np.array([tiled.x_axis], np.int64), "ax")
+        total = b.op("ReduceSumSquare", [x_t, axes], keepdims=1)
+    else:
+        total = b.op("ReduceSumSquare", [x_t], axes=[tiled.x_axis], keepdims=1)
+    return b.op("Sqrt", [total])
 
 
 def _bias(b: _Builder, node: Any, tiled: TiledNode, total: str, output: str) -> None:
@@ -295,16 +328,16 @@ def rewrite(
     tiled_nodes: Sequence[TiledNode],
     pipeline: ForwardPipeline,
     calibration: Calibration,
-) -> tuple[Any, list[tuple[str, int, int]]]:
+) -> tuple[Any, list[tuple[str, int, int, int]]]:
     """A copy of ``proto`` with the pipeline around every tiled node, and its read-noise inputs
-    as (input name, layer index, tile number)."""
+    as (input name, layer index, tile number, draw stream tag)."""
     onnx = _onnx()
     new = onnx.ModelProto()
     new.CopyFrom(proto)
     graph = new.graph
     b = _Builder("ftaudit_analog_", _opset(proto))
     replaced: dict[int, list[Any]] = {}
-    noise_inputs: list[tuple[str, int, int]] = []
+    noise_inputs: list[tuple[str, int, int, int]] = []
     for tiled in tiled_nodes:
         node = graph.node[tiled.node_index]
         start = len(b.nodes)
@@ -322,16 +355,27 @@ def rewrite(
             bounds = calibration.adc_bound.get(tiled.node_index)
             tiles = []
             for t in range(len(tiled.row_tiles)):
-                p = _partial(b, node, tiled, x, t)
+                x_t = _tile_input(b, tiled, x, t)
+                p = _partial(b, node, tiled, x_t, t)
                 unit = (tiled.weight_scale[t] * r).astype(np.float32).reshape(tiled.col_shape)
+                tile = tiled.first_tile + t
                 if pipeline.read_noise > 0:
-                    name = f"{NOISE_INPUT_PREFIX}{tiled.layer_index}_{tiled.first_tile + t}"
-                    graph.input.append(
-                        onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-                    )
-                    noise_inputs.append((name, tiled.layer_index, tiled.first_tile + t))
+                    name = f"{NOISE_INPUT_PREFIX}{tiled.layer_index}_{tile}"
+                    noise_inputs.append((name, tiled.layer_index, tile, READ_NOISE_TAG))
                     sigma = b.const((pipeline.read_noise * unit).astype(np.float32), "sigma")
                     p = b.op("Add", [p, b.op("Mul", [name, sigma])])
+                if pipeline.weight_read_noise > 0:  # sum_j N_ij x_j ~ S ||x|| N(0, 1) per output
+                    name = f"{WEIGHT_NOISE_INPUT_PREFIX}{tiled.layer_index}_{tile}"
+                    noise_inputs.append((name, tiled.layer_index, tile, WEIGHT_TAG))
+                    sigma = (pipeline.weight_read_noise * tiled.weight_scale[t]).astype(np.float32)
+                    spread = b.op(
+                        "Mul",
+                        [
+                            _input_norm(b, node, tiled, x_t, t),
+                            b.const(sigma.reshape(tiled.col_shape), "wsigma"),
+                        ],
+                    )
+                    p = b.op("Add", [p, b.op("Mul", [name, spread])])
                 if pipeline.adc_bits is not None:
                     bound = (
                         np.full(unit.size, pipeline.adc_bound, np.float32)
@@ -346,6 +390,8 @@ def rewrite(
             _bias(b, node, tiled, total, node.output[0])
         replaced[tiled.node_index] = b.nodes[start:]
         del b.nodes[start:]
+    for name, *_ in noise_inputs:
+        graph.input.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     nodes = []
     for index, node in enumerate(graph.node):
         nodes.extend(replaced.get(index, [node]))
@@ -383,7 +429,7 @@ def calibrate(
         node = graph.node[tiled.node_index]
         wanted.append((b.reduce_max(b.op("Abs", [node.input[0]]), None), ("x", tiled)))
         for t in range(len(tiled.row_tiles)):
-            p = _partial(b, node, tiled, node.input[0], t)
+            p = _partial(b, node, tiled, _tile_input(b, tiled, node.input[0], t), t)
             inv = (1.0 / tiled.weight_scale[t]).astype(np.float32).reshape(tiled.col_shape)
             normalised = b.op("Abs", [b.op("Mul", [p, b.const(inv, "inv")])])
             if tiled.kind == "conv":

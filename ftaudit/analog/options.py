@@ -42,14 +42,19 @@ class ForwardPipeline:
     ``adc_bound``: ADC full scale in normalised units (outputs of weights scaled to max|W| = 1
     and inputs to the DAC range); None calibrates it per tile (see ``ftaudit.analog``).
     ``read_noise``: standard deviation of the additive output noise per read, in the same
-    normalised units (aihwkit's ``out_noise``). ``tile_size``: (rows, cols) of one crossbar;
-    None is one tile per layer. ``weight_scaling``: what max|W| sets the conductance range.
+    normalised units (aihwkit's ``out_noise``). ``weight_read_noise``: standard deviation of
+    fresh Gaussian noise on every weight at every read, normalised to max|W| = 1 (aihwkit's
+    ``w_noise`` with ``w_noise_type`` ADDITIVE_CONSTANT); it reaches each output as
+    ``weight_read_noise * ||x_tile||_2`` times a standard normal. ``tile_size``: (rows, cols)
+    of one crossbar; None is one tile per layer. ``weight_scaling``: what max|W| sets the
+    conductance range.
     """
 
     dac_bits: int | None = None
     adc_bits: int | None = None
     adc_bound: float | None = None
     read_noise: float = 0.0
+    weight_read_noise: float = 0.0
     tile_size: tuple[int, int] | None = None
     weight_scaling: str = "layer"
 
@@ -64,6 +69,11 @@ class ForwardPipeline:
             raise UserError(
                 f"--read-noise must be a finite number >= 0, got {self.read_noise:g}",
                 hint="it is a standard deviation in normalised output units, e.g. 0.06",
+            )
+        if not math.isfinite(self.weight_read_noise) or self.weight_read_noise < 0:
+            raise UserError(
+                f"--weight-read-noise must be a finite number >= 0, got {self.weight_read_noise:g}",
+                hint="it is a standard deviation per weight read, max|W| = 1, e.g. 0.02",
             )
         if self.adc_bound is not None and not (
             math.isfinite(self.adc_bound) and self.adc_bound > 0
@@ -86,12 +96,17 @@ class ForwardPipeline:
     @property
     def active(self) -> bool:
         """Whether any non-ideality changes the forward pass (tiles and scaling alone do not)."""
-        return self.dac_bits is not None or self.adc_bits is not None or self.read_noise > 0
+        return self.dac_bits is not None or self.per_tile
 
     @property
     def per_tile(self) -> bool:
         """Whether each tile's partial sum is read on its own (ADC or read noise)."""
-        return self.adc_bits is not None or self.read_noise > 0
+        return self.adc_bits is not None or self.random_reads
+
+    @property
+    def random_reads(self) -> bool:
+        """Whether every read draws fresh noise (on the outputs or on the weights)."""
+        return self.read_noise > 0 or self.weight_read_noise > 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -99,6 +114,7 @@ class ForwardPipeline:
             "adc_bits": self.adc_bits,
             "adc_bound": self.adc_bound,
             "read_noise": self.read_noise,
+            "weight_read_noise": self.weight_read_noise,
             "tile_size": None if self.tile_size is None else list(self.tile_size),
             "weight_scaling": self.weight_scaling,
         }
@@ -133,6 +149,10 @@ class ForwardPipeline:
             lines.append(f"ADC {self.adc_bits} bits per tile, saturating, {bound}")
         if self.read_noise > 0:
             lines.append(f"read noise {self.read_noise:g} (normalised output units) per read")
+        if self.weight_read_noise > 0:
+            lines.append(
+                f"weight read noise {self.weight_read_noise:g} (max|W| = 1) per weight per read"
+            )
         if self.active:
             tiles = (
                 "one per layer" if self.tile_size is None else "x".join(map(str, self.tile_size))
@@ -147,13 +167,22 @@ def pipeline_from_flags(
     adc_bits: int | None = None,
     adc_bound: float | None = None,
     read_noise: float | None = None,
+    weight_read_noise: float | None = None,
     tile_size: str | None = None,
     weight_scaling: str | None = None,
     base: ForwardPipeline | None = None,
 ) -> ForwardPipeline | None:
     """The pipeline the command-line flags ask for (validated), each flag given replacing that
     setting of ``base`` (a device profile's); ``base`` when no flag is given."""
-    flags = (dac_bits, adc_bits, adc_bound, read_noise, tile_size, weight_scaling)
+    flags = (
+        dac_bits,
+        adc_bits,
+        adc_bound,
+        read_noise,
+        weight_read_noise,
+        tile_size,
+        weight_scaling,
+    )
     if all(flag is None for flag in flags):
         return base
     base = base or ForwardPipeline()
@@ -162,13 +191,24 @@ def pipeline_from_flags(
         adc_bits=base.adc_bits if adc_bits is None else adc_bits,
         adc_bound=base.adc_bound if adc_bound is None else adc_bound,
         read_noise=base.read_noise if read_noise is None else float(read_noise),
+        weight_read_noise=(
+            base.weight_read_noise if weight_read_noise is None else float(weight_read_noise)
+        ),
         tile_size=base.tile_size if tile_size is None else parse_tile_size(tile_size),
         weight_scaling=weight_scaling or base.weight_scaling,
     )
 
 
 #: keys of a device file's or config file's ``[analog]`` table
-TABLE_KEYS = ("dac_bits", "adc_bits", "adc_bound", "read_noise", "tile_size", "weight_scaling")
+TABLE_KEYS = (
+    "dac_bits",
+    "adc_bits",
+    "adc_bound",
+    "read_noise",
+    "weight_read_noise",
+    "tile_size",
+    "weight_scaling",
+)
 
 
 def pipeline_from_table(table: Any) -> ForwardPipeline:
@@ -183,7 +223,7 @@ def pipeline_from_table(table: Any) -> ForwardPipeline:
     for key in ("dac_bits", "adc_bits"):
         if key in table and (not isinstance(table[key], int) or isinstance(table[key], bool)):
             raise UserError(f"{key} must be a whole number, got {table[key]!r}")
-    for key in ("adc_bound", "read_noise"):
+    for key in ("adc_bound", "read_noise", "weight_read_noise"):
         value = table.get(key)
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
             raise UserError(f"{key} must be a number, got {value!r}")
@@ -196,6 +236,7 @@ def pipeline_from_table(table: Any) -> ForwardPipeline:
             adc_bits=table.get("adc_bits"),
             adc_bound=table.get("adc_bound"),
             read_noise=table.get("read_noise"),
+            weight_read_noise=table.get("weight_read_noise"),
             tile_size=None if tile is None else str(tile),
             weight_scaling=table.get("weight_scaling"),
         )

@@ -1,9 +1,11 @@
 """Read-noise draws keyed by (seed, sample, layer, tile, image, element).
 
 Image ``i``'s draws for one tile are the ``i mod BLOCK``-th slice of the standard-normal
-stream of ``SeedSequence(seed, spawn_key=(TAG, sample, layer, tile, i // BLOCK))``. Any batch
-of images is cut from the same blocks, so the numbers never depend on the batch size, the
-worker count or the backend (every backend feeds these arrays).
+stream of ``SeedSequence(seed, spawn_key=(TAG, sample, layer, tile, i // BLOCK))``; weight
+read noise uses the same keys under its own first word ``WEIGHT_TAG``, so turning it on
+leaves the output read noise's draws as they are. Any batch of images is cut from the same
+blocks, so the numbers never depend on the batch size, the worker count or the backend
+(every backend feeds these arrays).
 """
 
 from __future__ import annotations
@@ -14,19 +16,30 @@ import numpy as np
 BLOCK = 64
 #: first spawn-key word, so read-noise streams never meet the weight draws' (sample, layer)
 TAG = 0x5EAD
+#: first spawn-key word of the weight read noise's streams
+WEIGHT_TAG = 0x3EAD
 
 
 def read_noise_block(
-    seed: int, sample: int, layer: int, tile: int, block: int, shape: tuple[int, ...]
+    seed: int,
+    sample: int,
+    layer: int,
+    tile: int,
+    block: int,
+    shape: tuple[int, ...],
+    tag: int = TAG,
 ) -> np.ndarray:
     """Draws of the BLOCK images of one block, shape (BLOCK, *shape), float32."""
-    return _generator(seed, sample, layer, tile, block).standard_normal(
+    return _generator(seed, sample, layer, tile, block, tag).standard_normal(
         (BLOCK, *shape), dtype=np.float32
     )
 
 
-def _generator(seed: int, sample: int, layer: int, tile: int, block: int) -> np.random.Generator:
-    sequence = np.random.SeedSequence(seed, spawn_key=(TAG, sample, layer, tile, block))
+def _generator(
+    seed: int, sample: int, layer: int, tile: int, block: int, tag: int
+) -> np.random.Generator:
+    """The one place a read-noise generator is built (``tag``: output or weight noise)."""
+    sequence = np.random.SeedSequence(seed, spawn_key=(tag, sample, layer, tile, block))
     return np.random.Generator(np.random.SFC64(sequence))
 
 
@@ -39,17 +52,19 @@ def read_noise(
     stop: int,
     shape: tuple[int, ...],
     out: np.ndarray | None = None,
+    tag: int = TAG,
 ) -> np.ndarray:
-    """Standard-normal draws for images [start, stop) of one tile, shape (stop - start, *shape)."""
+    """Standard-normal draws for images [start, stop) of one tile, shape (stop - start, *shape);
+    ``tag`` picks the stream (``TAG`` output read noise, ``WEIGHT_TAG`` weight read noise)."""
     if out is None:
         out = np.empty((stop - start, *shape), np.float32)
     for block in range(start // BLOCK, (stop - 1) // BLOCK + 1 if stop > start else 0):
         lo, hi = max(start, block * BLOCK), min(stop, (block + 1) * BLOCK)
         target = out[lo - start : hi - start]
         if lo == block * BLOCK:  # a prefix of the block's stream: drawn in place, no copy
-            generator = _generator(seed, sample, layer, tile, block)
+            generator = _generator(seed, sample, layer, tile, block, tag)
             generator.standard_normal(dtype=np.float32, out=target)
         else:
-            draws = read_noise_block(seed, sample, layer, tile, block, shape)
+            draws = read_noise_block(seed, sample, layer, tile, block, shape, tag)
             target[...] = draws[lo - block * BLOCK : hi - block * BLOCK]
     return out

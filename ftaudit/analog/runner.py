@@ -46,7 +46,7 @@ class AnalogOnnxRunner(OnnxRunner):
         self._zeros = {
             (name, len(batch)): np.zeros((len(batch), *self.tile_shapes[(layer, tile)]), np.float32)
             for batch in self._batches
-            for name, layer, tile in self.noise_inputs
+            for name, layer, tile, _tag in self.noise_inputs
         }
         # two draw buffers per input and batch size: one fed to the running batch, one filled
         self._buffers = {
@@ -57,14 +57,16 @@ class AnalogOnnxRunner(OnnxRunner):
 
     def _noise_feed(self, start: int, size: int, slot: int) -> dict[str, np.ndarray]:
         feed = {}
-        for name, layer, tile in self.noise_inputs:
+        for name, layer, tile, tag in self.noise_inputs:
             if self._key is None:
                 feed[name] = self._zeros[(name, size)]
             else:
                 seed, sample = self._key
                 shape = self.tile_shapes[(layer, tile)]
                 out = self._buffers[(name, slot, size)]
-                feed[name] = read_noise(seed, sample, layer, tile, start, start + size, shape, out)
+                feed[name] = read_noise(
+                    seed, sample, layer, tile, start, start + size, shape, out, tag=tag
+                )
         return feed
 
     def logits(self) -> np.ndarray:

@@ -5,7 +5,8 @@ module's own Linear and Conv layers: their ``forward`` is replaced on the instan
 names, the export and the optimiser see the same module. Quantisers use straight-through
 estimators: rounding passes the gradient unchanged, saturation passes none outside the range.
 Ranges and tiles come from the ONNX calibration of the input model, fixed for the whole run.
-Read noise is drawn in training mode only, from a torch generator seeded by the run's seed;
+Read noise is drawn in training mode only, from a torch generator seeded by the run's seed
+(weight read noise from a second one, so turning it on leaves the output noise's draws);
 the validation passes (eval mode) and the exported model are deterministic.
 """
 
@@ -29,6 +30,16 @@ from ftaudit.errors import UserError
 
 #: spawn key of the training read-noise generator
 TRAINING_NOISE_KEY = 0xA7A1
+#: spawn key of the training weight-read-noise generator
+TRAINING_WEIGHT_NOISE_KEY = 0xA7A2
+
+
+def training_generator(seed: int, key: int) -> Any:
+    """The torch generator of one training noise stream (the one place it is built)."""
+    import torch
+
+    sequence = np.random.SeedSequence(seed, spawn_key=(key,))
+    return torch.Generator().manual_seed(int(sequence.generate_state(1)[0]))
 
 
 def _quantise(torch: Any, x: Any, bits: int, scale_in: Any, scale_out: Any) -> Any:
@@ -56,11 +67,16 @@ class _LayerPipeline:
         if pipeline.dac_bits is not None:
             scale_in, scale_out = quantiser_scales(pipeline.dac_bits, r)
             self.dac = (float(scale_in), float(scale_out))
-        self.units, self.adc, self.sigma = [], [], []
+        self.units, self.adc, self.sigma, self.weight_sigma = [], [], [], []
+        self.weight_shape = tiled.weight_shape
         bounds = calibration.adc_bound.get(tiled.node_index)
         for t in range(len(tiled.row_tiles)):
             unit = (tiled.weight_scale[t] * r).astype(np.float32).reshape(tiled.col_shape)
             self.sigma.append(torch.from_numpy(pipeline.read_noise * unit))
+            weight_sigma = pipeline.weight_read_noise * tiled.weight_scale[t]
+            self.weight_sigma.append(
+                torch.from_numpy(weight_sigma.astype(np.float32).reshape(tiled.col_shape))
+            )
             if pipeline.adc_bits is not None:
                 bound = (
                     np.full(unit.size, pipeline.adc_bound, np.float32)
@@ -71,6 +87,21 @@ class _LayerPipeline:
                 scale_in, scale_out = quantiser_scales(pipeline.adc_bits, full)
                 self.adc.append((torch.from_numpy(scale_in), torch.from_numpy(scale_out)))
         self.col_shape = tiled.col_shape
+
+
+def _input_norm(module: Any, plan: _LayerPipeline, x_t: Any, rows: int) -> Any:
+    """||x||_2 of the inputs each output reads (Conv: per patch, the module's own conv on
+    x^2 with a kernel of ones), outside the graph: the noise carries no gradient."""
+    import torch
+
+    with torch.no_grad():
+        if plan.kind != "conv":
+            return x_t.square().sum(-1, keepdim=True).sqrt()
+        shape = list(plan.weight_shape)
+        if module.groups == 1:
+            shape[0], shape[1] = 1, rows
+        ones = torch.ones(shape, dtype=x_t.dtype, device=x_t.device)
+        return module._conv_forward(x_t.square(), ones, None).sqrt()
 
 
 def _analog_forward(self: Any, x: Any) -> Any:
@@ -94,6 +125,10 @@ def _analog_forward(self: Any, x: Any) -> Any:
         if plan.pipeline.read_noise > 0 and self.training:
             z = torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device)
             p = p + z * plan.sigma[t].to(p.device)
+        if plan.pipeline.weight_read_noise > 0 and self.training:
+            z = torch.randn(p.shape, generator=self._ftaudit_weight_generator, dtype=p.dtype)
+            spread = _input_norm(self, plan, x_t, r1 - r0) * plan.weight_sigma[t].to(p.device)
+            p = p + z.to(p.device) * spread
         if plan.pipeline.adc_bits is not None:
             scale_in, scale_out = plan.adc[t]
             p = _quantise(
@@ -135,8 +170,8 @@ class AnalogTraining:
         many layers took it (the others, e.g. MatMul weights, stay ideal)."""
         import torch
 
-        sequence = np.random.SeedSequence(self.seed, spawn_key=(TRAINING_NOISE_KEY,))
-        generator = torch.Generator().manual_seed(int(sequence.generate_state(1)[0]))
+        generator = training_generator(self.seed, TRAINING_NOISE_KEY)
+        weight_generator = training_generator(self.seed, TRAINING_WEIGHT_NOISE_KEY)
         counts: Mapping[str, int] = {}
         for tiled in self.tiled:
             counts[tiled.layer] = counts.get(tiled.layer, 0) + 1  # type: ignore[index]
@@ -152,6 +187,7 @@ class AnalogTraining:
                 continue
             module._ftaudit_analog = _LayerPipeline(torch, tiled, self.pipeline, self.calibration)
             module._ftaudit_generator = generator
+            module._ftaudit_weight_generator = weight_generator
             module.forward = types.MethodType(_analog_forward, module)
             attached += 1
         return attached

@@ -113,6 +113,7 @@ def noise_of(settings: Any) -> Any:
         cell_bits=settings.cell_bits,
         clamp=settings.clamp,
         cell_noise=settings.cell_noise,
+        differential=settings.differential,
     )
 
 
@@ -182,7 +183,7 @@ def audit_inputs(
     warn_workers(where.workers, where.ray)
     effects = DeviceEffectOptions.from_settings(settings)
     effects.resolve(noise.profile)  # bad drift or fault values fail here
-    pipeline = analog.pipeline(noise)
+    pipeline = analog.pipeline(noise, settings)  # flags > ftaudit.toml > the profile
     checked = validate_options(
         sigmas=settings.sigma,
         samples=settings.samples,

@@ -129,6 +129,7 @@ DEVICE_PHYSICS = ArgGroup(
             ("cell_bits", aliases.CellBitsOpt),
             ("clamp", aliases.ClampOpt),
             ("cell_noise", aliases.CellNoiseOpt),
+            ("differential", aliases.DifferentialOpt),
         )
     ),
 )
@@ -204,19 +205,33 @@ OUTPUTS = ArgGroup(
 
 @dataclass(frozen=True)
 class AnalogFlags:
-    """The analog pipeline flags as given (None: not given); ``pipeline`` lays them over a
-    noise profile's ``[analog]`` table."""
+    """The analog pipeline flags as given (None: not given); ``pipeline`` lays them over the
+    config file's keys and those over a noise profile's ``[analog]`` table."""
 
     values: Mapping[str, Any]
 
-    def pipeline(self, noise_model: Any) -> Any:
+    def pipeline(self, noise_model: Any, config: Any = None) -> Any:
+        """Each flag given, else its key in ``config`` (settings read from ftaudit.toml, whose
+        fields hold the analog keys), else the profile's."""
         from ftaudit.analog.options import pipeline_from_flags
 
-        return pipeline_from_flags(**self.values, base=getattr(noise_model.profile, "analog", None))
+        given = {
+            key: getattr(config, key, None) if value is None else value
+            for key, value in self.values.items()
+        }
+        return pipeline_from_flags(**given, base=getattr(noise_model.profile, "analog", None))
 
 
 #: the analog forward pipeline (ftaudit.analog.options.ForwardPipeline)
-_ANALOG_NAMES = ("dac_bits", "adc_bits", "adc_bound", "read_noise", "tile_size", "weight_scaling")
+_ANALOG_NAMES = (
+    "dac_bits",
+    "adc_bits",
+    "adc_bound",
+    "read_noise",
+    "weight_read_noise",
+    "tile_size",
+    "weight_scaling",
+)
 ANALOG = ArgGroup(
     "analog",
     tuple(
@@ -228,6 +243,7 @@ ANALOG = ArgGroup(
                 aliases.AdcBitsOpt,
                 aliases.AdcBoundOpt,
                 aliases.ReadNoiseOpt,
+                aliases.WeightReadNoiseOpt,
                 aliases.TileSizeOpt,
                 aliases.WeightScalingOpt,
             ),

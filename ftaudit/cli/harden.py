@@ -230,7 +230,10 @@ def harden_command(
         {"hardened model": output, "harden report": report_path, "study database": study},
     )
     warn_workers(settings.workers, ray)
-    pipeline = analog.pipeline(noise_of(settings))
+    from ftaudit.config import load_settings
+
+    # the analog keys are shared: ftaudit.toml's top level (eval's settings) holds them
+    pipeline = analog.pipeline(noise_of(settings), load_settings(config, Path.cwd()))
     from ftaudit.harden.api import harden
 
     err = stderr_console()

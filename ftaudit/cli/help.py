@@ -121,6 +121,7 @@ _SHARED_LAYOUT: dict[str, tuple[str, str | None]] = {
     "--cell-bits": (DEVICE_PANEL, "B"),
     "--clamp": (DEVICE_PANEL, None),
     "--cell-noise": (DEVICE_PANEL, "independent|shared"),
+    "--differential": (DEVICE_PANEL, None),
     "--time": (DEVICE_PANEL, "TIMES"),
     "--drift-nu": (DEVICE_PANEL, "NU"),
     "--drift-nu-std": (DEVICE_PANEL, "STD"),
@@ -155,6 +156,7 @@ _SHARED_LAYOUT: dict[str, tuple[str, str | None]] = {
     "--adc-bits": (ANALOG_PANEL, "N"),
     "--adc-bound": (ANALOG_PANEL, "B"),
     "--read-noise": (ANALOG_PANEL, "S"),
+    "--weight-read-noise": (ANALOG_PANEL, "S"),
     "--tile-size": (ANALOG_PANEL, "ROWSxCOLS"),
     "--weight-scaling": (ANALOG_PANEL, "layer|column|tile"),
 }

@@ -12,6 +12,8 @@ def noise_models_command() -> None:
 
     for name, cls in sorted(NOISE_MODELS.items()):
         typer.echo(f"{name:12s} {cls.describe()}")
+        if cls.differential_rule:
+            typer.echo(f"{'':12s}   --differential: {cls.differential_rule}")
     for name, path in shipped_profiles().items():
         profile = load_device_file(path, shipped=True).profile
         typer.echo(f"{name:12s} Profile: {profile.description}")

@@ -38,6 +38,14 @@ CellNoiseOpt = Annotated[
         help="Device models: one dg per cell (independent) or per weight (shared) [independent].",
     ),
 ]
+DifferentialOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--differential/--single-device",
+        help="Each weight on a G+/G- pair, both programmed and noisy [the device file's, else "
+        "single device].",
+    ),
+]
 HtmlOpt = Annotated[
     Path | None,
     typer.Option("--html", help="Write a self-contained HTML report here (no network references)."),
@@ -161,6 +169,13 @@ AdcBoundOpt = Annotated[
 ReadNoiseOpt = Annotated[
     float | None,
     typer.Option("--read-noise", help="Analog: output noise per read, normalised units [0]."),
+]
+WeightReadNoiseOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--weight-read-noise",
+        help="Analog: Gaussian noise on every weight per read, max|W| = 1 [0].",
+    ),
 ]
 TileSizeOpt = Annotated[
     str | None, typer.Option("--tile-size", help="Analog: crossbar ROWSxCOLS, e.g. 256x256.")

@@ -130,6 +130,7 @@ def harden(
     cell_bits: int | None = DEFAULTS.cell_bits,
     clamp: bool = DEFAULTS.clamp,
     cell_noise: str = DEFAULTS.cell_noise,
+    differential: bool | None = DEFAULTS.differential,
     rc_negative: str = DEFAULTS.rc_negative,
     val_data: Path | str | None = DEFAULTS.val_data,
     epochs: int = DEFAULTS.epochs,
@@ -207,7 +208,12 @@ def harden(
     if checkpoint_dir is not None and Path(checkpoint_dir).exists():
         check_checkpoint_dir(checkpoint_dir)  # a file in the way fails before any work
     noise_model = get_noise_model(
-        noise, bits=bits, cell_bits=cell_bits, clamp=clamp, cell_noise=cell_noise
+        noise,
+        bits=bits,
+        cell_bits=cell_bits,
+        clamp=clamp,
+        cell_noise=cell_noise,
+        differential=differential,
     )
     if pipeline is None:
         pipeline = getattr(noise_model.profile, "analog", None)

@@ -34,6 +34,7 @@ class HardenSettings:
     cell_bits: int | None = None
     clamp: bool = True  # device models: conductances stay >= 0 (as aihwkit clamps)
     cell_noise: str = "independent"  # device models: one dg per cell, or shared per weight
+    differential: bool | None = None  # G+/G- pairs (None: the device file's, else one device)
     #: TRICE: RC-Gaussian censoring of a negative weight's draws: its magnitude (the mirrored
     #: array's conductance, default) or its value
     rc_negative: str = "magnitude"
@@ -76,6 +77,7 @@ SHARED_KEYS = (
     "cell_bits",
     "clamp",
     "cell_noise",
+    "differential",
     "seed",
     "device",
     "k",

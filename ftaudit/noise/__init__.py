@@ -27,14 +27,17 @@ def get_noise_model(
     cell_bits: int | None = None,
     clamp: bool = True,
     cell_noise: str = "independent",
+    differential: bool | None = None,
 ) -> NoiseModel:
     """A noise model by registry name, a shipped device profile, or a device ``.toml`` file.
 
     ``clamp`` (conductances stay >= 0) and ``cell_noise`` (independent or shared per weight)
-    are the multi-level devices' physics choices (docs/methods.md); other models ignore them."""
+    are the multi-level devices' physics choices (docs/methods.md); ``differential`` stores
+    each weight on a G+/G- pair (None: the device file's choice, else one device per weight;
+    what it means per model is the model's ``differential_rule``)."""
     from ftaudit.noise.device import DeviceNoise, load_device_file, shipped_profiles
 
-    physics = {"clamp": clamp, "cell_noise": cell_noise}
+    physics = {"clamp": clamp, "cell_noise": cell_noise, "differential": differential}
     if spec.endswith(".toml") or Path(spec).suffix == ".toml":
         return load_device_file(Path(spec), bits=bits, cell_bits=cell_bits, **physics)
     profiles = shipped_profiles()
@@ -51,11 +54,18 @@ def get_noise_model(
             f"unknown noise model '{spec}'",
             hint=f"{hint}choose one of {', '.join(names)} or a device .toml file",
         )
+    if differential and cls.differential_rule is None:
+        raise UserError(
+            f"noise model '{spec}' cannot model differential pairs",
+            hint="drop --differential, or use a model that has one (ftaudit noise-models)",
+        )
     if issubclass(cls, DeviceNoise):
-        return cls(bits=bits, cell_bits=cell_bits, **physics)
+        return cls(
+            bits=bits, cell_bits=cell_bits, **{**physics, "differential": bool(differential)}
+        )
     if bits is not None or cell_bits is not None:
         raise UserError(
             f"--bits/--cell-bits apply to device noise models, not to '{spec}'",
             hint="drop them or use --noise rram|fefet1|fefet2|DEVICE.toml",
         )
-    return cls()
+    return cls(differential=True, clamp=clamp) if differential else cls()

@@ -79,6 +79,60 @@ class WeightCells(CellModel):
         return out
 
 
+class PairLayer(LayerNoise):
+    """A weight stored on a differential pair, ``w = sign * (G_w - G_o)``: ``G_w`` the device
+    on the weight's own side (G+ for w >= 0, G- for w < 0) holding |w|, ``G_o`` the other one
+    at zero conductance; each is programmed and noisy on its own (``program_pair``)."""
+
+    def __init__(self, weight: np.ndarray) -> None:
+        self.weight = np.asarray(weight, dtype=np.float32)
+        self.sign = np.where(self.weight < 0, -1.0, 1.0).astype(np.float32)
+        self.magnitude = np.abs(self.weight)
+        self.scale = np.float32(self.magnitude.max()) if self.weight.size else np.float32(0)
+        self._pair: np.ndarray | None = None
+
+    @abstractmethod
+    def program_pair(self, draws: np.ndarray, sigma: float, out: np.ndarray) -> np.ndarray:
+        """Both devices' conductances (2, *weight.shape) into ``out``: [G_w, G_o]."""
+
+    def unperturbed(self) -> np.ndarray:
+        return self.weight
+
+    def perturb(self, draws: np.ndarray, sigma: float, out: np.ndarray) -> np.ndarray:
+        if self._pair is None:
+            self._pair = np.empty((2, *self.weight.shape), np.float32)
+        pair = self.program_pair(draws, sigma, self._pair)
+        np.subtract(pair[0], pair[1], out=out)
+        np.multiply(out, self.sign, out=out)
+        return out
+
+    def cells(self) -> CellModel:
+        return PairCells(self)
+
+
+class PairCells(CellModel):
+    """The two devices of a ``PairLayer``'s weights: drift scales each on its own, a device
+    stuck low reads 0, one stuck high reads the layer's largest magnitude (g_max)."""
+
+    count = 2
+
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+        self._low = np.zeros((), np.float32)
+        self._high = np.full((), layer.scale, np.float32)
+
+    def program(self, draws: np.ndarray, sigma: float, out: np.ndarray) -> np.ndarray:
+        return self.layer.program_pair(draws, sigma, out)
+
+    def stuck_values(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._low, self._high
+
+    def assemble(self, cells: np.ndarray, out: np.ndarray) -> np.ndarray:
+        np.subtract(cells[0], cells[1], out=out)
+        np.multiply(out, self.layer.sign, out=out)
+        return out
+
+
 class NoiseModel(ABC):
     """A named device-variation model; its docstring is its help text."""
 
@@ -89,6 +143,10 @@ class NoiseModel(ABC):
     quantizes: bool = False
     #: defaults from a device file (sigma, drift, stuck-at): a ``DeviceProfile`` or None
     profile: Any = None
+    #: each weight on a differential pair (G+ - G-, both devices programmed and noisy)
+    differential: bool = False
+    #: what a differential pair means for this model (docs, ``noise-models``); None: unsupported
+    differential_rule: ClassVar[str | None] = None
 
     @abstractmethod
     def prepare(self, weight: np.ndarray) -> LayerNoise:
@@ -96,7 +154,7 @@ class NoiseModel(ABC):
 
     def parameters(self) -> dict[str, Any]:
         """The model's parameters, recorded in the report."""
-        return {"name": self.name}
+        return {"name": self.name, **({"differential": True} if self.differential else {})}
 
     @classmethod
     def describe(cls) -> str:

@@ -7,7 +7,10 @@ H/B cells of B bits, ``g_i = (q >> iB) & (2^B - 1)``. Every cell's conductance g
     W_p = sign(W) * max|W| / (2^H - 1) * sum_i 2^(iB) * (g_i + dg_i)
 
 The sign is kept (negative weights sit on a mirrored array); a zero weight counts as positive,
-so its cells are perturbed too.
+so its cells are perturbed too. With ``differential`` the mirrored array is modelled too: each
+weight's other device holds H/B cells at level 0, each with its own ``dg ~ N(0, (sigma *
+m[0])^2)`` (clamped at conductance 0), subtracted, so ``W_p`` gains ``-sign * max|W| / (2^H - 1)
+* sum_i 2^(iB) dg'_i``. Its draws follow the weight's own in the (sample, layer) stream.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class _DeviceLayer(LayerNoise):
         *,
         clamp: bool = True,
         cell_noise: str = "independent",
+        differential: bool = False,
     ) -> None:
         weight = np.asarray(weight, dtype=np.float32)
         cells = bits // cell_bits
@@ -62,21 +66,27 @@ class _DeviceLayer(LayerNoise):
         # (noise 0 added to it) reproduces the stored weights bit for bit
         self.quantized = np.where(q == 0, 0.0, sign * step * q).astype(np.float32)
         mask = 2**cell_bits - 1
-        self.cell_values = np.stack([(q >> (i * cell_bits)) & mask for i in range(cells)])
-        # coef_i = sign * step * 2^(iB) * m[g_i]: the weight change per unit of cell noise
-        self.coef = np.stack(
-            [
-                (sign * step * 2.0 ** (i * cell_bits) * multipliers[self.cell_values[i]])
-                for i in range(cells)
-            ]
-        ).astype(np.float32)
-        self._term = np.empty(weight.shape, np.float32)
-        self.clamp, self.shared = clamp, cell_noise == "shared"
-        # clamping: a cell's deviation may not take its conductance below 0, dg >= -g_i
+        values = [(q >> (i * cell_bits)) & mask for i in range(cells)]
+        # place_i = sign * step * 2^(iB): the weight change per unit of cell i's conductance;
+        # a differential pair's other device adds cells at level 0 placed with the other sign
+        place = [sign * step * 2.0 ** (i * cell_bits) for i in range(cells)]
+        self.shared = cell_noise == "shared"
+        draw = [0 if self.shared else i for i in range(cells)]
+        if differential:
+            values += [np.zeros_like(q) for _ in range(cells)]
+            place += [-p for p in place]
+            draw += [cells + d for d in draw]
+        self.cell_values = np.stack(values)
+        places = np.stack(place)
+        self.place = places.astype(np.float32)
+        #: which base draw each cell takes
+        self.draw_index = np.array(draw)
         self.spread = multipliers[self.cell_values].astype(np.float32)
-        self.place = np.stack([sign * step * 2.0 ** (i * cell_bits) for i in range(cells)]).astype(
-            np.float32
-        )
+        # coef_i = place_i * m[g_i]: the weight change per unit of cell noise
+        self.coef = (places * multipliers[self.cell_values]).astype(np.float32)
+        self._term = np.empty(weight.shape, np.float32)
+        self.clamp = clamp
+        # clamping: a cell's deviation may not take its conductance below 0, dg >= -g_i
         self.floor = (-self.cell_values).astype(np.float32)
 
     def unperturbed(self) -> np.ndarray:
@@ -86,10 +96,11 @@ class _DeviceLayer(LayerNoise):
         """quantized + sum_i place_i * dg_i with dg_i = sigma * m[g_i] * z_i (z_0 for every cell
         with shared noise), each dg_i >= -g_i when clamping (conductance >= 0). At sigma = 0
         every dg is 0, so the quantised weights come back bit for bit."""
+        draw = self.draw_index
         if not self.clamp:
-            np.multiply(draws[0], self.coef[0], out=out)
+            np.multiply(draws[draw[0]], self.coef[0], out=out)
             for i in range(1, len(self.coef)):
-                np.multiply(draws[0 if self.shared else i], self.coef[i], out=self._term)
+                np.multiply(draws[draw[i]], self.coef[i], out=self._term)
                 np.add(out, self._term, out=out)
             np.multiply(out, np.float32(sigma), out=out)
             np.add(out, self.quantized, out=out)
@@ -97,7 +108,7 @@ class _DeviceLayer(LayerNoise):
         np.copyto(out, self.quantized)
         for i in range(len(self.coef)):
             term = self._term
-            np.multiply(draws[0 if self.shared else i], self.spread[i], out=term)
+            np.multiply(draws[draw[i]], self.spread[i], out=term)
             np.multiply(term, np.float32(sigma), out=term)
             np.maximum(term, self.floor[i], out=term)
             np.multiply(term, self.place[i], out=term)
@@ -118,19 +129,18 @@ class _DeviceCells(CellModel):
     def __init__(self, layer: _DeviceLayer) -> None:
         self.count = len(layer.cell_values)
         self.targets = layer.cell_values.astype(np.float32)
-        self.spread = layer.multipliers[layer.cell_values].astype(np.float32)
-        sign = np.where(layer.negative, -1.0, 1.0)
-        self.place = np.stack(
-            [sign * layer.step * 2.0 ** (i * layer.cell_bits) for i in range(self.count)]
-        ).astype(np.float32)
+        self.spread = layer.spread
+        self.place = layer.place
         self._low = np.zeros((), np.float32)
         self._high = np.full((), 2**layer.cell_bits - 1, np.float32)
-        self._term = np.empty(sign.shape, np.float32)
-        self.clamp, self.shared = layer.clamp, layer.shared
+        self._term = np.empty(layer.place.shape[1:], np.float32)
+        self.clamp = layer.clamp
+        in_order = np.array_equal(layer.draw_index, np.arange(self.count))
+        self.draw_index = None if in_order else layer.draw_index
 
     def program(self, draws: np.ndarray, sigma: float, out: np.ndarray) -> np.ndarray:
-        if self.shared:  # one dg per weight: the first draw on every cell
-            draws = np.broadcast_to(draws[:1], draws.shape)
+        if self.draw_index is not None:  # shared dg: one draw per device on all its cells
+            draws = draws[self.draw_index]
         np.multiply(draws, self.spread, out=out)
         np.multiply(out, np.float32(sigma), out=out)
         np.add(out, self.targets, out=out)
@@ -154,6 +164,10 @@ class DeviceNoise(NoiseModel):
 
     name = "device"
     quantizes = True
+    differential_rule = (
+        "the other device's H/B cells sit at level 0 with their own dg ~ N(0, (sigma m[0])^2), "
+        "clamped at 0 with --clamp: variance var(G+) + var(G-)"
+    )
     default_multipliers: tuple[float, ...] | None = None
 
     def __init__(
@@ -166,6 +180,7 @@ class DeviceNoise(NoiseModel):
         source: str | None = None,
         clamp: bool = True,
         cell_noise: str = "independent",
+        differential: bool = False,
     ) -> None:
         if cell_noise not in CELL_NOISE:
             raise UserError(
@@ -173,6 +188,7 @@ class DeviceNoise(NoiseModel):
                 hint="independent (default): one dg per cell; shared: one dg per weight",
             )
         self.clamp, self.cell_noise = bool(clamp), cell_noise
+        self.differential = bool(differential)
         self.bits = 4 if bits is None else int(bits)
         self.cell_bits = 2 if cell_bits is None else int(cell_bits)
         self.label = label or self.name
@@ -207,7 +223,7 @@ class DeviceNoise(NoiseModel):
                 hint="multipliers scale sigma per cell level, e.g. [1.0, 4.0, 4.0, 1.0]",
             )
         self.multipliers = np.asarray(table, dtype=np.float64)
-        self.draws_per_weight = self.bits // self.cell_bits
+        self.draws_per_weight = self.bits // self.cell_bits * (2 if self.differential else 1)
 
     def prepare(self, weight: np.ndarray) -> LayerNoise:
         return _DeviceLayer(
@@ -217,6 +233,7 @@ class DeviceNoise(NoiseModel):
             self.multipliers,
             clamp=self.clamp,
             cell_noise=self.cell_noise,
+            differential=self.differential,
         )
 
     def parameters(self) -> dict[str, Any]:
@@ -227,6 +244,7 @@ class DeviceNoise(NoiseModel):
             "sigma_multipliers": [float(m) for m in self.multipliers],
             "clamp": self.clamp,
             "cell_noise": self.cell_noise,
+            "differential": self.differential,
         }
         if self.source:
             params["device_file"] = self.source
@@ -268,6 +286,7 @@ DEVICE_FILE_KEYS = {
     "drift",
     "stuck_at",
     "analog",
+    "differential",
 }
 DRIFT_KEYS = {"t0_s", "nu_mean", "nu_std"}
 STUCK_AT_KEYS = {"p_low", "p_high"}
@@ -375,13 +394,15 @@ def load_device_file(
     shipped: bool = False,
     clamp: bool = True,
     cell_noise: str = "independent",
+    differential: bool | None = None,
 ) -> DeviceNoise:
     """A device from TOML: bits, cell_bits, per-level sigma multipliers, optional defaults.
 
     Optional defaults: ``sigma`` (number, list or range), ``[drift]`` (t0_s, nu_mean, nu_std),
     ``[stuck_at]`` (p_low, p_high) and ``[analog]`` (the forward pipeline: dac_bits, adc_bits,
-    adc_bound, read_noise, tile_size, weight_scaling). ``shipped`` marks a profile from
-    ``ftaudit/noise/profiles``.
+    adc_bound, read_noise, weight_read_noise, tile_size, weight_scaling) and ``differential``
+    (true: each weight on a G+/G- pair; ``differential`` given here wins). ``shipped`` marks
+    a profile from ``ftaudit/noise/profiles``.
     """
     if not path.is_file():
         raise UserError(f"device file {path} does not exist", hint="check the --noise path")
@@ -404,6 +425,8 @@ def load_device_file(
     for key in ("bits", "cell_bits"):
         if key in spec and (not isinstance(spec[key], int) or isinstance(spec[key], bool)):
             raise UserError(f"device file {path}: {key} must be a whole number")
+    if "differential" in spec and not isinstance(spec["differential"], bool):
+        raise UserError(f"device file {path}: differential must be true or false")
     profile = _profile(spec, path)
     model = DeviceNoise(
         bits=bits if bits is not None else spec.get("bits"),
@@ -413,6 +436,7 @@ def load_device_file(
         source=None if shipped else str(path),
         clamp=clamp,
         cell_noise=cell_noise,
+        differential=spec.get("differential", False) if differential is None else differential,
     )
     model.profile = profile
     if shipped:

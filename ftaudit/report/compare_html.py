@@ -221,6 +221,9 @@ def _provenance(data: Mapping[str, Any]) -> Raw:
         "noise": noise_label(data.get("noise") or {}),
         "elapsed": None if data.get("elapsed_s") is None else f"{data['elapsed_s']:.2f} s",
     }
+    analog = (data.get("options") or {}).get("analog") or {}
+    for number, line in enumerate(analog.get("in_force") or [], start=1):
+        run[f"analog non-ideality {number}"] = line
     sections: list[Any] = [tag("h3", "run"), key_value_table(run, monospace=("command",))]
     for role in ("baseline", "candidate"):
         sections += [

@@ -14,7 +14,13 @@ from ftaudit.fileio import atomic_write_text
 from ftaudit.report._registry import register_writer
 from ftaudit.report.csv_report import SafeCsvWriter, _cell
 from ftaudit.report.json_report import to_json_compatible
-from ftaudit.report.table import _COMPENSATION_LABELS, _effects_caption, _noise_label, _percent
+from ftaudit.report.table import (
+    _COMPENSATION_LABELS,
+    _effects_caption,
+    _noise_label,
+    _percent,
+    nonideality_lines,
+)
 from ftaudit.text import escape
 from ftaudit.units import format_time
 
@@ -89,6 +95,7 @@ def compare_table(report: CompareReport) -> Table:
         "Δmean: paired t 95% interval; ΔKPP interval (bootstrap) in JSON/CSV",
     ]
     caption.extend(_effects_caption(base))
+    caption.extend(nonideality_lines(base.noise, base.analog))
     if report.fail_if_worse is not None:
         caption.append(
             f"gate (--fail-if-worse {100 * report.fail_if_worse:.2f} points): {report.gate_rule()}"

@@ -277,6 +277,11 @@ def device_summary(data: Mapping[str, Any]) -> dict[str, str]:
             f"{100 * stuck['p_low']:g}% at the lowest, {100 * stuck['p_high']:g}% at the highest "
             "conductance"
         )
+    if noise.get("differential"):
+        summary["differential"] = "G+ - G- per weight, both devices programmed and noisy"
+    analog = data.get("analog") or {}
+    for number, line in enumerate(analog.get("in_force") or [], start=1):
+        summary[f"analog non-ideality {number}"] = line
     return summary
 
 

@@ -70,8 +70,7 @@ def audit_table(report: AuditReport) -> Table:
     caption_parts.append("accuracies in %; n samples; Δ = drop from the unperturbed accuracy")
     caption_parts.append(escape(report.interval_scope()["statement"]))
     caption_parts.extend(_effects_caption(report))
-    if report.analog is not None:  # every analog non-ideality in force, one line each
-        caption_parts.extend(f"analog: {line}" for line in report.analog["in_force"])
+    caption_parts.extend(nonideality_lines(report.noise, report.analog))
     with_time = any(result.time_s is not None for result in report.results)
     if any(result.stopped_early for result in report.results):
         caption_parts.append(f"{EARLY_STOP_MARK} stopped early: target interval width reached")
@@ -128,6 +127,17 @@ def audit_table(report: AuditReport) -> Table:
         ]
         table.add_row(*cells)
     return table
+
+
+def nonideality_lines(noise: dict[str, Any] | None, analog: dict[str, Any] | None) -> list[str]:
+    """One line per device and analog non-ideality in force beyond the noise model's name:
+    differential pairs, then the forward pipeline's ``in_force`` lines (none when ideal)."""
+    lines = []
+    if (noise or {}).get("differential"):
+        lines.append("differential pairs: w = G+ - G-, both devices noisy")
+    if analog is not None:
+        lines.extend(f"analog: {line}" for line in analog.get("in_force") or [])
+    return lines
 
 
 def _effects_caption(report: AuditReport) -> list[str]:
