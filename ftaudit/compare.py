@@ -197,6 +197,7 @@ def compare(
     samples: int = MonteCarloOptions.samples,
     k: float = MonteCarloOptions.k,
     seed: int = MonteCarloOptions.seed,
+    rng: str = MonteCarloOptions.rng,
     batch_size: int = MonteCarloOptions.batch_size,
     device: str = MonteCarloOptions.device,
     layers: Sequence[str] | None = None,
@@ -250,7 +251,7 @@ def compare(
     )
     effects = effect_options.resolve(noise_model.profile)
     run_options = dict(sigmas=sigmas, samples=samples, k=k, seed=seed, batch_size=batch_size)
-    checked = ensure_checked(checked, **run_options, device=device)
+    checked = ensure_checked(checked, **run_options, device=device, rng=rng)
     validate_fraction(fail_if_worse, "--fail-if-worse", "0.01 for one percentage point")
     validate_gate_correction(gate_correction)
     base_model = (
@@ -281,6 +282,7 @@ def compare(
         "samples": samples,
         "k": k,
         "seed": seed,
+        "rng": rng,
         "batch_size": batch_size,
         "device": device,
         "mean": mean,
@@ -350,6 +352,7 @@ def compare(
                 mean=mean,
                 std=std,
                 output=output,
+                rng=rng,
             ),
             "config_file": config_file,
             "analog": reports["baseline"].analog,

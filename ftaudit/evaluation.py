@@ -17,6 +17,7 @@ from ftaudit.batched import BatchedTorchRunner, build_runner, resolve_batch_samp
 from ftaudit.coverage import sequential_summary, with_test_set_error
 from ftaudit.data import Dataset, load_dataset, validate_labels
 from ftaudit.device_effects import Condition
+from ftaudit.draws import check_rng
 from ftaudit.errors import UserError
 from ftaudit.eval_checkpoint import CheckpointWriter, check_checkpoint_dir, load_progress
 from ftaudit.execution import backend_for, release
@@ -67,8 +68,10 @@ def validate_options(
     target_ci: float | None = None,
     fail_under_kpp: float | None = None,
     fail_under_mean: float | None = None,
+    rng: str = MonteCarloOptions.rng,
 ) -> CheckedOptions:
     """Reject impossible options before any file is read or any sample runs; what passed."""
+    check_rng(rng)
     if not sigmas:
         raise UserError(
             "no sigma given", hint="pass --sigma 0.3, a list 0.1,0.2 or a range 0:0.4:0.1"
@@ -118,7 +121,7 @@ def validate_options(
             )
     run = dict(sigmas=sigmas, samples=samples, k=k, seed=seed, batch_size=batch_size)
     run.update(device=device, target_ci=target_ci, fail_under_kpp=fail_under_kpp)
-    return CheckedOptions.of(**run, fail_under_mean=fail_under_mean)
+    return CheckedOptions.of(**run, fail_under_mean=fail_under_mean, rng=rng)
 
 
 def layer_infos(model: AuditModel, selected: Sequence[str]) -> list[LayerInfo]:
@@ -227,6 +230,7 @@ def prepare_run(
     batch_required: bool = True,
     pipeline: ForwardPipeline | None = None,
     seed: int = 0,
+    rng: str = MonteCarloOptions.rng,
 ):
     """Select layers, bind data to a runner and check the data fits the model's output."""
     selected = choose_layers(model, layers, exclude)
@@ -237,7 +241,7 @@ def prepare_run(
 
         # the ftaudit.analog runner, its calibrated ranges kept (assigned left to right)
         runner, runner.calibration = analog_runner(
-            model, selected, x, pipeline=pipeline, seed=seed, device=device
+            model, selected, x, pipeline=pipeline, seed=seed, device=device, rng=rng
         )
     else:
         runner = build_runner(
@@ -303,10 +307,12 @@ def resolved_options(
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
     output: str | None,
+    rng: str,
 ) -> dict[str, Any]:
     """The report's ``options`` entries every command records (JSON-ready lists and floats)."""
     return {
         "batch_size": batch_size,
+        "rng": rng,
         "layers": list(layers or []),
         "exclude": list(exclude or []),
         "mean": None if mean is None else [float(v) for v in mean],
@@ -329,6 +335,7 @@ def audit(
     samples: int = MonteCarloOptions.samples,
     k: float = MonteCarloOptions.k,
     seed: int = MonteCarloOptions.seed,
+    rng: str = MonteCarloOptions.rng,
     batch_size: int = MonteCarloOptions.batch_size,
     device: str = MonteCarloOptions.device,
     layers: Sequence[LayerChoice] | None = None,
@@ -395,7 +402,8 @@ def audit(
     ).resolve(noise_model.profile)
     run_options = dict(sigmas=sigmas, samples=samples, k=k, seed=seed, batch_size=batch_size)
     run_options.update(device=device, target_ci=target_ci, fail_under_kpp=fail_under_kpp)
-    ensure_checked(checked, **run_options, fail_under_mean=fail_under_mean)
+    run_options.update(fail_under_mean=fail_under_mean, rng=rng)
+    ensure_checked(checked, **run_options)
     validate_scale_out(workers=workers, checkpoint_dir=checkpoint_dir, resume=resume)
     pipeline = resolve_pipeline(pipeline, noise_model.profile, batch_samples=batch_samples)
     loaded = model if isinstance(model, AuditModel) else load_model(model, output=output)
@@ -417,10 +425,10 @@ def audit(
         batch_required=batch_samples is not None,
         pipeline=pipeline,
         seed=seed,
+        rng=rng,
     )
     if not isinstance(getattr(runner, "inner", runner), BatchedTorchRunner):
-        # batching was a default it could not use
-        samples_per_pass = 1
+        samples_per_pass = 1  # batching was a default it could not use
     n = len(dataset.y)
     clean_accuracy = clean_correct / n
     quantized_accuracy = None
@@ -440,6 +448,7 @@ def audit(
         "sigmas": sigmas,
         "samples": samples,
         "seed": seed,
+        "rng": rng,
         "k": k,
         "target_ci": target_ci,
         "device": device,
@@ -459,8 +468,7 @@ def audit(
             latest[:] = [state]
             writer(state)
 
-    evaluator = None
-    spec = None
+    evaluator, spec = None, None
     if workers > 1 or ray is not None:
         spec = WorkerSpec(
             model_path=str(loaded.path),
@@ -479,10 +487,11 @@ def audit(
             batch_samples=samples_per_pass,
             fold_batchnorm=fold_batchnorm,
             pipeline=pipeline,
+            rng=rng,
         )
     else:
         evaluator = ChunkEvaluator(
-            runner, crossbar, sigmas, seed, effects, batch_samples=samples_per_pass
+            runner, crossbar, sigmas, seed, effects, batch_samples=samples_per_pass, rng=rng
         )
     backend = backend_for(spec, evaluator, workers=workers, ray=ray)
     try:
@@ -564,6 +573,7 @@ def audit(
                 mean=mean,
                 std=std,
                 output=output,
+                rng=rng,
             ),
             "config_file": config_file,
             "execution": execution,

@@ -3,7 +3,7 @@ every default of the audit commands (eval, compare, sensitivity).
 
 - ``PerturbOptions``: what to perturb (sigmas, noise model, layers, the logits output)
 - ``DeviceEffectOptions``: drift, compensation and stuck-at cells
-- ``MonteCarloOptions``: the run (samples, k, seed, batch size, device, data subset)
+- ``MonteCarloOptions``: the run (samples, k, seed, generator, batch size, device, data subset)
 - ``ScaleOutOptions``: where samples run (worker processes, Ray) and checkpoints
 - ``OutputOptions``: the report files and the terminal table
 
@@ -91,6 +91,7 @@ class MonteCarloOptions(_Group):
     samples: int = 1000
     k: float = 1.0
     seed: int = 0
+    rng: str = "fast"  # the normal generator: fast or ziggurat (ftaudit.draws.RNGS)
     batch_size: int = 512
     device: str = "cpu"
     limit: int | None = None  # evaluate on only the first N examples
@@ -168,10 +169,11 @@ class CheckedOptions:
         target_ci: float | None = None,
         fail_under_kpp: float | None = None,
         fail_under_mean: float | None = None,
+        rng: str = MonteCarloOptions.rng,
         **options: Any,
     ) -> CheckedOptions:
         gates = {"target_ci": target_ci, "fail_under_kpp": fail_under_kpp}
-        gates["fail_under_mean"] = fail_under_mean
+        gates.update(fail_under_mean=fail_under_mean, rng=rng)
         return cls((tuple(float(s) for s in sigmas), *sorted({**options, **gates}.items())))
 
 

@@ -101,6 +101,7 @@ def sensitivity(
     samples: int = DEFAULT_SENSITIVITY_SAMPLES,
     k: float = MonteCarloOptions.k,
     seed: int = MonteCarloOptions.seed,
+    rng: str = MonteCarloOptions.rng,
     batch_size: int = MonteCarloOptions.batch_size,
     device: str = MonteCarloOptions.device,
     layers: Sequence[str] | None = None,
@@ -157,7 +158,7 @@ def sensitivity(
     )
     effects = effect_options.resolve(noise_model.profile)
     run_options = dict(sigmas=sigmas, samples=samples, k=k, seed=seed, batch_size=batch_size)
-    checked = ensure_checked(checked, **run_options, device=device)
+    checked = ensure_checked(checked, **run_options, device=device, rng=rng)
     validate_fraction(target_kpp, "--target-kpp", "0.9 for 90%")
     rows = [Condition(s) for s in sigmas] if effects is None else effects.conditions(sigmas)
     loaded = model if isinstance(model, AuditModel) else load_model(model, output=output)
@@ -178,6 +179,7 @@ def sensitivity(
             samples=samples,
             k=k,
             seed=seed,
+            rng=rng,
             batch_size=batch_size,
             device=device,
             layers=perturbed,
@@ -255,6 +257,7 @@ def sensitivity(
                 mean=mean,
                 std=std,
                 output=output,
+                rng=rng,
             ),
             "target_kpp": target_kpp,
             "config_file": config_file,

@@ -18,6 +18,22 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_models"
 
 
+def keyed_normals(
+    seed: int, key: tuple[int, ...], shape: tuple[int, ...], rng: str = "fast"
+) -> np.ndarray:
+    """Stream ``key``'s first float32 standard normals under generator ``rng``: numpy's own
+    ziggurat on SFC64(SeedSequence(seed, spawn_key=key)) for "ziggurat" (independent of
+    ftaudit), the public ``ftaudit.draws.normals`` for "fast" (tests/test_draws.py checks it
+    against an independent float64 Box-Muller)."""
+    if rng == "ziggurat":
+        sequence = np.random.SeedSequence(seed, spawn_key=key)
+        generator = np.random.Generator(np.random.SFC64(sequence))
+        return generator.standard_normal(shape, dtype=np.float32)
+    from ftaudit.draws import normals
+
+    return normals(seed, key, shape, rng)
+
+
 def make_blobs(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """uint8 images (n, 1, 8, 8) and int64 labels in 0..3."""
     rng = np.random.default_rng(seed)

@@ -81,6 +81,19 @@ def test_read_noise_is_the_blocks_streams_sliced():
     assert 4 * BLOCK > 200
 
 
+@pytest.mark.parametrize("rng", ["fast", "ziggurat"])
+def test_read_noise_streams_follow_the_documented_keys(rng: str):
+    """Block b of tile t is stream (TAG, sample, layer, t, b) under the run's generator
+    (ziggurat: numpy's own generator on SeedSequence(seed, spawn_key=key))."""
+    from conftest import keyed_normals
+
+    from ftaudit.analog.read_noise import TAG
+
+    got = read_noise(7, 3, 1, 2, 64, 100, (5,), rng=rng)
+    want = keyed_normals(7, (TAG, 3, 1, 2, 1), (BLOCK, 5), rng)[:36]
+    np.testing.assert_array_equal(got, want)
+
+
 def test_read_noise_is_the_same_for_any_batch_cut():
     whole = read_noise(7, 3, 1, 0, 0, 200, (5, 2))
     assert whole.shape == (200, 5, 2)

@@ -100,6 +100,12 @@ def test_dependencies_run_one_way(lower, upper):
     assert not offenders
 
 
+def test_keyed_draws_are_a_leaf():
+    """ftaudit.draws, the one home of the random streams, sits below every layer that draws
+    (engine, device effects, analog, harden): it imports nothing of ftaudit but its errors."""
+    assert _graph()["ftaudit.draws"] <= {"ftaudit.errors"}
+
+
 def test_cli_modules_stay_small():
     """The CLI is a package of thin shells: no module of it over 400 lines."""
     sizes = {

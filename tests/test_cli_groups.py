@@ -29,7 +29,7 @@ DEVICE = [
 EFFECT_FLAGS = [
     "--time", "--drift-nu", "--drift-nu-std", "--drift-t0", "--compensation", "--stuck-at",
 ]  # fmt: skip
-MONTE_CARLO = ["--samples", "--k", "--seed", "--batch-size", "--device"]
+MONTE_CARLO = ["--samples", "--k", "--seed", "--rng", "--batch-size", "--device"]
 ANALOG = [
     "--dac-bits", "--adc-bits", "--adc-bound", "--read-noise", "--weight-read-noise", "--tile-size",
     "--weight-scaling",

@@ -11,6 +11,7 @@ import numpy as np
 from ftaudit.analog.onnx_graph import Calibration, calibrate, plan_tiles, rewrite
 from ftaudit.analog.options import ForwardPipeline
 from ftaudit.analog.read_noise import read_noise
+from ftaudit.draws import DEFAULT_RNG
 from ftaudit.errors import UserError
 from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner
 from ftaudit.models.onnx import OnnxModel, OnnxRunner
@@ -30,7 +31,9 @@ class AnalogOnnxRunner(OnnxRunner):
         tiled: Sequence,
         device: str,
         threads: int | None = None,
+        rng: str = DEFAULT_RNG,
     ) -> None:
+        self.rng = rng  # read noise's normal generator (ftaudit.draws.RNGS)
         rewritten, self.noise_inputs = rewrite(model.proto, tiled, pipeline, calibration)
         self.tile_shapes = calibration.tile_shapes
         self.random_reads = bool(self.noise_inputs)
@@ -65,7 +68,7 @@ class AnalogOnnxRunner(OnnxRunner):
                 shape = self.tile_shapes[(layer, tile)]
                 out = self._buffers[(name, slot, size)]
                 feed[name] = read_noise(
-                    seed, sample, layer, tile, start, start + size, shape, out, tag=tag
+                    seed, sample, layer, tile, start, start + size, shape, out, tag, self.rng
                 )
         return feed
 
@@ -156,6 +159,7 @@ def analog_runner(
     seed: int,
     device: str,
     threads: int | None = None,
+    rng: str = DEFAULT_RNG,
 ) -> tuple[ModelRunner, Calibration]:
     """Calibrate the pipeline's ranges on (a seeded subset of) ``x`` and build the runner.
 
@@ -173,6 +177,7 @@ def analog_runner(
         tiled=tiled,
         device=device,
         threads=threads,
+        rng=rng,
     )
     chosen = {layer.name for layer in selected}
     scales = {name: s for name, s in model.fold_scales.items() if name in chosen}

@@ -191,6 +191,7 @@ def audit_inputs(
         seed=settings.seed,
         batch_size=settings.batch_size,
         device=settings.device,
+        rng=settings.rng,
         **{gate: getattr(settings, gate) for gate in gates},
     )
     return AuditInputs(settings, noise, effects, pipeline, where, checked)
