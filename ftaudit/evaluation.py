@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,13 @@ from ftaudit.montecarlo import (
     run_monte_carlo,
 )
 from ftaudit.noise import NoiseModel, get_noise_model
-from ftaudit.options import DeviceEffectOptions, MonteCarloOptions, PerturbOptions, ScaleOutOptions
+from ftaudit.options import (
+    CheckedOptions,
+    DeviceEffectOptions,
+    MonteCarloOptions,
+    PerturbOptions,
+    ScaleOutOptions,
+)
 from ftaudit.parallel import WorkerSpec, threads_per_worker
 from ftaudit.results import AuditReport, GateResult, Interval, LayerInfo, SigmaResult
 from ftaudit.stats import summarize
@@ -43,16 +49,12 @@ DEVICES = ("cpu", "cuda")
 MAX_SAMPLES = 100_000_000
 
 
-@dataclass(frozen=True)
-class CheckedOptions:
-    """The options one ``validate_options`` call accepted: ``audit`` given these (the CLI
-    checks before its output checks) does not check them again."""
-
-    values: tuple[Any, ...]
-
-    @classmethod
-    def of(cls, *, sigmas: Sequence[float], **options: Any) -> CheckedOptions:
-        return cls((tuple(float(s) for s in sigmas), *sorted(options.items())))
+def ensure_checked(checked: CheckedOptions | None, **options: Any) -> CheckedOptions:
+    """``checked`` when a ``validate_options`` call accepted these very ``options``, else
+    their check now: the options of one command are checked once, however many audits run."""
+    if checked is not None and checked == CheckedOptions.of(**options):
+        return checked
+    return validate_options(**options)
 
 
 def validate_options(
@@ -117,18 +119,9 @@ def validate_options(
             raise UserError(
                 f"{flag} is a fraction in [0, 1], got {value:g}", hint=f"e.g. {flag} 0.8 for 80%"
             )
-    return CheckedOptions.of(
-        sigmas=sigmas,
-        samples=samples,
-        k=k,
-        seed=seed,
-        batch_size=batch_size,
-        device=device,
-        target_ci=target_ci,
-        fail_under_kpp=fail_under_kpp,
-        fail_under_mean=fail_under_mean,
-        rng=rng,
-    )
+    run = dict(sigmas=sigmas, samples=samples, k=k, seed=seed, batch_size=batch_size)
+    run.update(device=device, target_ci=target_ci, fail_under_kpp=fail_under_kpp)
+    return CheckedOptions.of(**run, fail_under_mean=fail_under_mean, rng=rng)
 
 
 def layer_infos(model: AuditModel, selected: Sequence[str]) -> list[LayerInfo]:
@@ -410,8 +403,7 @@ def audit(
     run_options = dict(sigmas=sigmas, samples=samples, k=k, seed=seed, batch_size=batch_size)
     run_options.update(device=device, target_ci=target_ci, fail_under_kpp=fail_under_kpp)
     run_options.update(fail_under_mean=fail_under_mean, rng=rng)
-    if checked is None or checked != CheckedOptions.of(**run_options):
-        validate_options(**run_options)
+    ensure_checked(checked, **run_options)
     validate_scale_out(workers=workers, checkpoint_dir=checkpoint_dir, resume=resume)
     pipeline = resolve_pipeline(pipeline, noise_model.profile, batch_samples=batch_samples)
     loaded = model if isinstance(model, AuditModel) else load_model(model, output=output)

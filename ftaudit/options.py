@@ -15,6 +15,7 @@ once. ``from_settings`` builds a group from resolved settings (config file under
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -151,6 +152,29 @@ class OutputOptions(_Group):
     def files(self) -> dict[str, Path | str | None]:
         """format -> path of every report file (stdout excluded), for the writer registry."""
         return {fmt: path for fmt, path in asdict(self).items() if fmt != "quiet" and path != "-"}
+
+
+@dataclass(frozen=True)
+class CheckedOptions:
+    """The options one ``validate_options`` call accepted: ``audit`` given these (the CLI
+    checks before its output checks) does not check them again."""
+
+    values: tuple[Any, ...]
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        sigmas: Sequence[float],
+        target_ci: float | None = None,
+        fail_under_kpp: float | None = None,
+        fail_under_mean: float | None = None,
+        rng: str = MonteCarloOptions.rng,
+        **options: Any,
+    ) -> CheckedOptions:
+        gates = {"target_ci": target_ci, "fail_under_kpp": fail_under_kpp}
+        gates.update(fail_under_mean=fail_under_mean, rng=rng)
+        return cls((tuple(float(s) for s in sigmas), *sorted({**options, **gates}.items())))
 
 
 #: the default of every audit option, by name (what ``EvalSettings`` starts from)

@@ -16,7 +16,13 @@ from conftest import keyed_normals
 
 import ftaudit
 from ftaudit.models.base import CrossbarLayer, ModelRunner
-from ftaudit.montecarlo import CHECK_EVERY, Crossbar, draws_for_sample, run_monte_carlo
+from ftaudit.montecarlo import (
+    CHECK_EVERY,
+    ChunkEvaluator,
+    Crossbar,
+    draws_for_sample,
+    run_monte_carlo,
+)
 from ftaudit.noise import LayerNoise, get_noise_model
 
 SEED = 1234
@@ -397,3 +403,54 @@ def test_audit_matches_an_independent_monte_carlo(
         expected.append(torch_accuracy(model, *blobs))
     assert report.results[0].accuracies.tolist() == expected
     assert len(set(expected)) > 1  # the perturbation does reach the accuracy
+
+
+class MeanWeight:
+    """A float metric for the loop (a stand-in for BayesFT's loss): the mean of every weight
+    the runner was given last."""
+
+    dtype = np.float64
+
+    def one(self, runner: RecordingRunner) -> float:
+        return float(np.mean(np.concatenate([w.ravel() for w in runner.calls[-1].values()])))
+
+    def many(self, runner: RecordingRunner, weight_sets: list) -> list[float]:
+        values = []
+        for weights in weight_sets:
+            runner.set_weights(weights)
+            values.append(self.one(runner))
+        return values
+
+
+def test_a_pluggable_metric_runs_in_the_same_loop() -> None:
+    """run_monte_carlo and ChunkEvaluator measure what the metric says, per sample and row,
+    with the same draws as the counts (w exp(sigma z) recomputed here)."""
+    layers, weights = make_layers()
+    crossbar = Crossbar.prepare(layers, weights, get_noise_model("lognormal"))
+    result = run_monte_carlo(
+        RecordingRunner(positive_weights), crossbar, [0.0, 0.3], samples=6, seed=SEED,
+        n_data=1, k=1, metric=MeanWeight(),
+    )  # fmt: skip
+    assert result.counts.dtype == np.float64
+    clean = float(np.mean(np.concatenate([weights[layer.name].ravel() for layer in layers])))
+    assert np.all(result.counts[0] == clean)
+    expected = []
+    for i in range(6):
+        draws = draws_for_sample(SEED, i, layers, 1)
+        perturbed = [
+            weights[layer.name] * np.exp(np.float32(0.3) * layer.to_native(z)[0])
+            for layer, z in zip(layers, draws, strict=True)
+        ]
+        expected.append(float(np.mean(np.concatenate([w.ravel() for w in perturbed]))))
+    np.testing.assert_allclose(result.counts[1], expected, rtol=1e-6)
+    assert len(set(result.counts[1].tolist())) == 6
+    batched = ChunkEvaluator(
+        RecordingRunner(positive_weights), crossbar, [0.3], SEED, batch_samples=4,
+        metric=MeanWeight(),
+    )  # fmt: skip
+    assert np.array_equal(batched.evaluate(0, 6, [0])[0], result.counts[1])
+    batched.close()
+    counts = run_monte_carlo(
+        RecordingRunner(positive_weights), crossbar, [0.3], samples=6, seed=SEED, n_data=1, k=1
+    )
+    assert counts.counts.dtype == np.int64  # the default metric: correct counts

@@ -75,10 +75,10 @@ class TrainableWorkerSpec:
         if self.objective == "loss":
             # BayesFT's dropout modules hold no state and act only in train mode: the plain
             # trainable loads the state and computes the same eval-mode outputs
-            from ftaudit.harden.objective import ObjectiveEvaluator
+            from ftaudit.harden.objective import objective_evaluator
 
             (sigma,) = self.sigmas
-            return ObjectiveEvaluator(  # type: ignore[return-value]
+            return objective_evaluator(
                 trainable,
                 TrainingData(self.x, self.y),
                 layers=layers,

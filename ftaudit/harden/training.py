@@ -231,6 +231,11 @@ class TrainableRunner(ModelRunner):
         ]
         self._labels = np.asarray(y)
 
+    @property
+    def batches(self) -> list[Any]:
+        """The bound inputs, one tensor per batch (a metric reads them, e.g. the loss)."""
+        return self._batches
+
     def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
         self.trainable.set_crossbar_arrays(dict(weights))
 
