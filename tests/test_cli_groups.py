@@ -76,6 +76,7 @@ HELP_LAYOUT = {
                 "--batch-size",
                 "--lr",
                 "--seed",
+                "--rng",
                 "--device",
                 "--limit",
             ],

@@ -20,7 +20,7 @@ from ftaudit.cli.common import (
 )
 from ftaudit.cli.exit_codes import exit_codes, run_argv
 from ftaudit.cli.groups import ANALOG, DEVICE_PHYSICS, AnalogFlags, ParsedFlags, uses_groups
-from ftaudit.cli.options import ConfigOpt, ModelArg
+from ftaudit.cli.options import ConfigOpt, HardenRngOpt, ModelArg
 from ftaudit.errors import UserError
 from ftaudit.harden.settings import HARDEN_DEFAULTS as _HARDEN
 
@@ -63,6 +63,7 @@ def harden_command(
     seed: Annotated[
         int | None, typer.Option("--seed", help=f"Random seed [{_HARDEN.seed}].")
     ] = None,
+    rng: HardenRngOpt = None,
     device: Annotated[
         str | None, typer.Option("--device", help=f"cpu or cuda [{_HARDEN.device}].")
     ] = None,
@@ -194,6 +195,7 @@ def harden_command(
         "batch_size": batch_size,
         "lr": lr,
         "seed": seed,
+        "rng": rng,
         "device": device,
         "k": k,
         "trice_start": trice_start,

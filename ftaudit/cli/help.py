@@ -173,6 +173,7 @@ _HARDEN_LAYOUT: dict[str, tuple[str, str | None]] = {
     "--batch-size": (TRAINING_PANEL, "B"),
     "--lr": (TRAINING_PANEL, "LR"),
     "--seed": (TRAINING_PANEL, "SEED"),
+    "--rng": (TRAINING_PANEL, "fast|ziggurat"),
     "--device": (TRAINING_PANEL, "cpu|cuda"),
     "--sigma": (DEVICE_PANEL, "SIGMA"),
     "--trice-start": (TRICE_PANEL, "S"),

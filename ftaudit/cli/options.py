@@ -139,6 +139,16 @@ RngOpt = Annotated[
         "before fast) [fast].",
     ),
 ]
+#: harden's --rng: the Monte Carlo's generator; its training noise stays on ziggurat
+HardenRngOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rng",
+        help="Normal generator of the validation Monte Carlo and the before/after report: fast "
+        "(Box-Muller) or ziggurat (numpy's; reproduces runs made before fast) [fast]. Training "
+        "noise is ziggurat under both.",
+    ),
+]
 BatchSizeOpt = Annotated[
     int | None, typer.Option("--batch-size", help="Inference batch size [512].")
 ]

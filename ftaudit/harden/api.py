@@ -17,6 +17,7 @@ import numpy as np
 from ftaudit import __version__
 from ftaudit.analog.options import ForwardPipeline
 from ftaudit.data import Dataset, load_dataset, validate_labels
+from ftaudit.draws import check_rng
 from ftaudit.errors import UserError
 from ftaudit.eval_checkpoint import check_checkpoint_dir
 from ftaudit.evaluation import audit
@@ -137,6 +138,7 @@ def harden(
     batch_size: int = DEFAULTS.batch_size,
     lr: float = DEFAULTS.lr,
     seed: int = DEFAULTS.seed,
+    rng: str = DEFAULTS.rng,
     device: str = DEFAULTS.device,
     k: float = DEFAULTS.k,
     trice_start: float = DEFAULTS.trice_start,
@@ -173,7 +175,9 @@ def harden(
     Carlo samples of the before/after report.
     ``pipeline`` (ftaudit.analog) trains, validates and audits with the analog
     forward pass: hardware-aware training, e.g. TRICE with 4-bit activations (``dac_bits=4``).
-    The defaults are those of ``HardenSettings`` (ftaudit/harden/settings.py)."""
+    ``rng`` (fast or ziggurat, ``ftaudit.draws.RNGS``) draws the validation Monte Carlo (TRICE's
+    KPPs, BayesFT's objective) and the before/after audits; training noise is numpy's ziggurat
+    under both. The defaults are those of ``HardenSettings`` (ftaudit/harden/settings.py)."""
     started = time.perf_counter()
     validate_harden_options(
         epochs=epochs,
@@ -184,6 +188,7 @@ def harden(
         k=k,
     )
     validate_harden_workers(workers=workers, ray=ray)
+    check_rng(rng)
     validate_eval_sigmas(eval_sigmas)
     method_impl = get_method(method)
     keywords = locals()  # harden's keywords name every method's options
@@ -258,6 +263,7 @@ def harden(
         "noise": noise_model.parameters(),
         "sigma": sigma,
         "seed": seed,
+        "rng": rng,
         "epochs": epochs,
         "batch_size": batch_size,
         "lr": lr,
@@ -293,6 +299,7 @@ def harden(
         resume_state=resume_state,
         on_epoch=on_epoch,
         progress=progress,
+        rng=rng,
     )
     if pipeline is not None:
         from ftaudit.analog.torch_pipeline import AnalogTraining
@@ -333,6 +340,7 @@ def harden(
             samples=eval_samples,
             k=k,
             seed=seed,
+            rng=rng,
             device=device,
             workers=workers,
             ray=ray,

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ftaudit._optional import require_torch
+from ftaudit.draws import DEFAULT_RNG
 from ftaudit.harden.trainable import TrainableModel
 from ftaudit.harden.training import SampleWorkers, TrainableRunner, TrainingData
 from ftaudit.models.base import CrossbarLayer
@@ -81,13 +82,14 @@ def objective_evaluator(
     seed: int,
     batch_size: int = 512,
     device: str = "cpu",
+    rng: str = DEFAULT_RNG,
 ) -> ChunkEvaluator:
     """The engine's evaluator of the objective's losses, ``(1, stop - start)`` per chunk (what
     a worker builds for ``objective='loss'``)."""
     runner, crossbar, metric = objective_parts(
         trainable, data, layers=layers, noise=noise, batch_size=batch_size, device=device
     )
-    return ChunkEvaluator(runner, crossbar, [sigma], seed, metric=metric)
+    return ChunkEvaluator(runner, crossbar, [sigma], seed, metric=metric, rng=rng)
 
 
 def bayesft_objective(
@@ -102,11 +104,13 @@ def bayesft_objective(
     batch_size: int = 512,
     device: str = "cpu",
     workers: SampleWorkers | None = None,
+    rng: str = DEFAULT_RNG,
 ) -> float:
     """u (eq. 3-4): minus the mean over ``samples`` Monte Carlo draws of the validation
     cross-entropy, weights perturbed by ``noise`` at ``sigma``, in eval mode (no dropout).
 
-    Sample i's draws are ``draws_for_sample(seed, i, layers, ...)``, as in ``ftaudit eval``. At
+    Sample i's draws are ``draws_for_sample(seed, i, layers, ...)`` with ``rng``'s normals, as in
+    ``ftaudit eval``. At
     sigma = 0 every sample is the same model, so one evaluation serves. With ``workers`` the
     samples are spread over them in chunks and put back in index order (the same number). The
     clean weights and the module's mode are restored afterwards.
@@ -123,7 +127,12 @@ def bayesft_objective(
         backend = None
         if workers is not None and n > 1:
             backend = workers.backend(
-                trainable, sigmas=[sigma], seed=seed, batch_size=batch_size, objective="loss"
+                trainable,
+                sigmas=[sigma],
+                seed=seed,
+                batch_size=batch_size,
+                objective="loss",
+                rng=rng,
             )
         losses = run_monte_carlo(
             runner,
@@ -135,6 +144,7 @@ def bayesft_objective(
             k=1.0,  # unused: no early stop
             backend=backend,
             metric=metric,
+            rng=rng,
         ).counts[0, :n]
     finally:
         trainable.set_crossbar_arrays(clean)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ftaudit._optional import require_torch
+from ftaudit.draws import DEFAULT_RNG
 from ftaudit.execution import Pool, bind, open_pool
 from ftaudit.harden.trainable import TrainableModel
 from ftaudit.harden.training import TrainingData
@@ -51,6 +52,8 @@ class TrainableWorkerSpec:
     threads: int | None = None
     #: 'counts': correct predictions per sigma (the eval engine); 'loss': BayesFT's objective
     objective: str = "counts"
+    #: the normal generator of the draws (ftaudit.draws.RNGS)
+    rng: str = DEFAULT_RNG
     #: the analog forward pipeline the trainable runs (calibrated once, in the main process)
     analog: AnalogTraining | None = None
     key: str = field(default="", compare=False)
@@ -87,11 +90,12 @@ class TrainableWorkerSpec:
                 seed=self.seed,
                 batch_size=self.batch_size,
                 device=self.device,
+                rng=self.rng,
             )
         runner = TrainableRunner(trainable, self.device)
         runner.bind_data(self.x, self.y, batch_size=self.batch_size)
         crossbar = Crossbar.prepare(layers, trainable.crossbar_arrays(), self.noise)
-        return ChunkEvaluator(runner, crossbar, self.sigmas, self.seed)
+        return ChunkEvaluator(runner, crossbar, self.sigmas, self.seed, rng=self.rng)
 
 
 def state_bytes(trainable: TrainableModel) -> bytes:
@@ -155,13 +159,14 @@ class HardenWorkers:
         seed: int,
         batch_size: int,
         objective: str = "counts",
+        rng: str = DEFAULT_RNG,
     ) -> TrainableWorkerSpec:
         """The spec of evaluating ``trainable``'s current weights at ``sigmas`` with ``seed``."""
         state = state_bytes(trainable)
         sigmas = tuple(float(s) for s in sigmas)
         digest = hashlib.sha256(self._digest)
         digest.update(hashlib.sha256(state).digest())
-        digest.update(repr((sigmas, seed, batch_size, objective)).encode())
+        digest.update(repr((sigmas, seed, batch_size, objective, rng)).encode())
         return TrainableWorkerSpec(
             **self._static,
             state=state,
@@ -169,6 +174,7 @@ class HardenWorkers:
             seed=seed,
             batch_size=batch_size,
             objective=objective,
+            rng=rng,
             key=digest.hexdigest(),
         )
 
@@ -180,11 +186,17 @@ class HardenWorkers:
         seed: int,
         batch_size: int,
         objective: str = "counts",
+        rng: str = DEFAULT_RNG,
     ) -> SampleBackend:
         """A backend over ``trainable``'s current weights (for ``run_monte_carlo``, or BayesFT's
         objective with ``objective='loss'``)."""
         spec = self.spec(
-            trainable, sigmas=sigmas, seed=seed, batch_size=batch_size, objective=objective
+            trainable,
+            sigmas=sigmas,
+            seed=seed,
+            batch_size=batch_size,
+            objective=objective,
+            rng=rng,
         )
         return bind(self.pool, spec)
 

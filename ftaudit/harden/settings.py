@@ -2,9 +2,9 @@
 
 Precedence: command-line flag > the ``[harden]`` table > a shared key of the eval settings (top
 level or ``[eval]``) > the built-in default. The shared keys describe the hardware and the run
-(noise model, bits, seed, device, KPP percentile, workers), so one file states them once for
-``eval`` and ``harden``. Everything else is harden's own: eval's ``batch_size`` is an inference
-batch and its ``data`` the test set, neither of which is a training setting.
+(noise model, bits, seed, normal generator, device, KPP percentile, workers), so one file states
+them once for ``eval`` and ``harden``. Everything else is harden's own: eval's ``batch_size`` is an
+inference batch and its ``data`` the test set, neither of which is a training setting.
 
 This module imports nothing heavy: the CLI reads the defaults for its help text.
 """
@@ -43,6 +43,9 @@ class HardenSettings:
     batch_size: int = 128  # the training batch
     lr: float = 1e-3
     seed: int = 0
+    #: the normal generator of the validation Monte Carlo and the before/after audits (fast or
+    #: ziggurat, ftaudit.draws.RNGS); training noise keeps numpy's ziggurat under both
+    rng: str = "fast"
     device: str = "cpu"
     k: float = 1.0
     trice_start: float = 0.0
@@ -79,6 +82,7 @@ SHARED_KEYS = (
     "cell_noise",
     "differential",
     "seed",
+    "rng",
     "device",
     "k",
     "workers",

@@ -3,9 +3,9 @@
 Randomness never comes from global state: the batch order of epoch e comes from
 ``SeedSequence(seed, spawn_key=(ORDER_KEY, e))`` and the training noise of step s of epoch e for
 crossbar layer l from ``SeedSequence(seed, spawn_key=(NOISE_KEY, e, s, l))`` (numpy's ziggurat
-normals: training noise keeps its generator; the validation Monte Carlo draws as ``eval`` does,
-with the default ``rng``). A run resumed from a checkpoint therefore draws exactly what an
-uninterrupted run draws.
+normals under every ``--rng``: training noise keeps its generator; the validation Monte Carlo
+draws as ``eval`` does, with the run's ``rng``). A run resumed from a checkpoint therefore draws
+exactly what an uninterrupted run draws.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from ftaudit._optional import require_torch
-from ftaudit.draws import keyed_generator
+from ftaudit.draws import DEFAULT_RNG, keyed_generator
 from ftaudit.harden.rc_gaussian import censor_draws
 from ftaudit.harden.trainable import TrainableModel
 from ftaudit.models.base import CrossbarLayer, ModelRunner, contiguous_input
@@ -41,6 +41,7 @@ class SampleWorkers(Protocol):
         seed: int,
         batch_size: int,
         objective: str = "counts",
+        rng: str = DEFAULT_RNG,
     ) -> SampleBackend: ...
 
 
@@ -264,11 +265,12 @@ def quantile_eval(
     batch_size: int = 512,
     device: str = "cpu",
     workers: SampleWorkers | None = None,
+    rng: str = DEFAULT_RNG,
 ) -> float:
     """KPP of the module's current weights under the evaluation noise (TRICE QuantileEval).
 
     Uses the eval Monte Carlo engine on the in-memory module, or on ``workers`` (the same
-    numbers), and restores the clean weights."""
+    numbers), with ``rng``'s normals (``ftaudit.draws.RNGS``), and restores the clean weights."""
     module = trainable.module
     was_training = module.training
     module.eval()
@@ -279,7 +281,9 @@ def quantile_eval(
         crossbar = Crossbar.prepare(layers, clean, noise)
         backend = None
         if workers is not None and sigma > 0:  # sigma = 0 is one evaluation, here
-            backend = workers.backend(trainable, sigmas=[sigma], seed=seed, batch_size=batch_size)
+            backend = workers.backend(
+                trainable, sigmas=[sigma], seed=seed, batch_size=batch_size, rng=rng
+            )
         counts = run_monte_carlo(
             runner,
             crossbar,
@@ -289,6 +293,7 @@ def quantile_eval(
             n_data=len(data),
             k=k,
             backend=backend,
+            rng=rng,
         )
         return kpp(counts.accuracies(0, len(data)), k)
     finally:

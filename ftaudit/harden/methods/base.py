@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from ftaudit._optional import require_torch
+from ftaudit.draws import DEFAULT_RNG
 from ftaudit.errors import UserError
 from ftaudit.harden.analog_trainable import trainable_copy
 from ftaudit.harden.checkpoint import save_checkpoint
@@ -61,6 +62,9 @@ class HardenContext:
     workers: SampleWorkers | None = None
     #: the analog forward pipeline every trainable copy trains and validates with
     analog: AnalogTraining | None = None
+    #: the normal generator of the validation Monte Carlo (ftaudit.draws.RNGS; training noise
+    #: keeps numpy's ziggurat)
+    rng: str = DEFAULT_RNG
 
     def new_model(self) -> TrainableModel:
         """A fresh trainable copy of the input model on this run's device."""

@@ -450,6 +450,7 @@ class BayesftMethod(HardenMethod):
                 seed=objective_seed(ctx.seed),
                 device=ctx.device,
                 workers=ctx.workers,
+                rng=ctx.rng,
             )
         except BaseException:  # Ctrl-C (or a bug): the trial is not done; re-raised as is
             study.tell(trial, state=optuna.trial.TrialState.FAIL)

@@ -108,6 +108,7 @@ class TriceMethod(HardenMethod):
                         seed=ctx.eval_seed(epoch),
                         device=ctx.device,
                         workers=ctx.workers,
+                        rng=ctx.rng,
                     )
                     for m in models
                 )
