@@ -15,11 +15,15 @@ rows of docs/reproductions/bayesft-acceptance.md).
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reproduction_options import add_rng_option
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = REPO / "sample_models/mlp.onnx"
@@ -72,10 +76,11 @@ def main() -> None:
         "sample_models/fmnist_train_5000.npz is the quick option)",
     )
     parser.add_argument("--method", default="bayesft", help="bayesft, or noise/erm for reference")
+    add_rng_option(parser, "docs/reproductions/bayesft-acceptance.md")
     args = parser.parse_args()
 
-    from ftaudit.harden import bayesft
     from ftaudit.harden.api import harden
+    from ftaudit.harden.methods import bayesft
 
     bayesft.CHAIN_RULE = not args.straight_through
 
@@ -99,6 +104,7 @@ def main() -> None:
                 eval_sigmas=[args.sigma],
                 eval_samples=10,
                 seed=seed,
+                rng=args.rng,
                 **extra,
             )
             after = independent_mc_accuracy(out, args.sigma, args.samples, seed=12345)

@@ -15,9 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reproduction_options import add_rng_option, rng_note
 
 REPO = Path(__file__).resolve().parent.parent
 SIGMAS = (0.0, 0.3, 0.6, 0.9, 1.2, 1.5)
@@ -64,8 +68,10 @@ def write_markdown(
     lines = [
         "# BayesFT Figure 3 on Fashion-MNIST (MLP and LeNet, log-normal drift)",
         "",
+        rng_note(args.rng),
+        "",
         f"Regenerate with `python benchmarks/reproduce_bayesft.py --train-sigma {args.train_sigma} "
-        f"--epochs {args.epochs} --models {args.models}"
+        f"--epochs {args.epochs} --models {args.models} --rng {args.rng}"
         f"{out_flag}"
         f"` (2-core CPU: about {elapsed / 60:.0f} minutes for this run"
         f"{'' if done else ', still running when this was written'}).",
@@ -150,6 +156,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--models", type=str, default=",".join(MODELS))
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="report file")
+    add_rng_option(parser, "docs/reproductions/bayesft-*.md")
     args = parser.parse_args()
 
     import ftaudit
@@ -175,6 +182,7 @@ def main() -> None:
                 "lr": args.lr,
                 "batch_size": args.batch_size,
                 "seed": args.seed,
+                "rng": args.rng,
                 "eval_samples": 1,
                 "eval_sigmas": [0.0],
             }
@@ -189,7 +197,9 @@ def main() -> None:
                 options["epochs"] = args.epochs
             report = harden(base, train, **options)
             details.setdefault(name, {})[method] = report.details
-            audit = ftaudit.audit(path, test, sigmas=list(SIGMAS), samples=args.samples, seed=0)
+            audit = ftaudit.audit(
+                path, test, sigmas=list(SIGMAS), samples=args.samples, seed=0, rng=args.rng
+            )
             results.setdefault(name, {})[method] = {r.sigma: r.summary for r in audit.results}
             log.append(
                 {

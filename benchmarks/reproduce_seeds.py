@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reproduction_options import add_rng_option, rng_note
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "sample_models/fmnist_train_5000.npz"
@@ -64,6 +68,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--samples", type=int, default=400, help="Monte Carlo samples (>= 368)")
     parser.add_argument("--search-samples", type=int, default=100)
+    add_rng_option(parser, "docs/reproductions/*-seeds.md")
     args = parser.parse_args()
     setup = SETUPS[args.setup]
 
@@ -100,6 +105,7 @@ def main() -> None:
                         noise=setup["noise"],
                         sigma=sigma,
                         seed=seed,
+                        rng=args.rng,
                         eval_sigmas=[sigma],
                         eval_samples=10,
                         **extra,
@@ -125,6 +131,7 @@ def main() -> None:
                         noise=setup["noise"],
                         samples=args.samples,
                         seed=1000 + seed,
+                        rng=args.rng,
                         fail_if_worse=0.0,
                     )
                     paired = report.results[0]
@@ -162,9 +169,11 @@ def write(
     lines = [
         f"# {args.setup}: seeded, paired rerun ({setup['model']}, {setup['noise']})",
         "",
+        rng_note(args.rng),
+        "",
         f"Regenerate with `python benchmarks/reproduce_seeds.py {args.setup} --seeds {seeds} "
         f"--epochs {args.epochs} --samples {args.samples} --search-samples "
-        f"{args.search_samples}` ({platform.machine()} "
+        f"{args.search_samples} --rng {args.rng}` ({platform.machine()} "
         f"{platform.system()}, 2 shared CPU cores, {time.strftime('%Y-%m-%d')}: "
         f"{elapsed / 60:.0f} minutes).",
         "",

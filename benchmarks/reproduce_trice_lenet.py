@@ -14,8 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reproduction_options import add_rng_option, rng_note
 
 REPO = Path(__file__).resolve().parent.parent
 SIGMAS = (0.10, 0.15, 0.20, 0.25, 0.30, 0.40)
@@ -46,8 +50,10 @@ def write_markdown(
     lines = [
         "# TRICE Table I on Fashion-MNIST (LeNet, rram, 4-bit weights, 2-bit cells)",
         "",
+        rng_note(args.rng),
+        "",
         "Regenerate with `python benchmarks/reproduce_trice_lenet.py "
-        f"--epochs {args.epochs} --warmup {args.warmup}` (2-core CPU: about "
+        f"--epochs {args.epochs} --warmup {args.warmup} --rng {args.rng}` (2-core CPU: about "
         f"{elapsed / 60:.0f} minutes for this run"
         f"{'' if done else ', still running when this was written'}).",
         "",
@@ -109,6 +115,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--sigmas", type=str, default=",".join(map(str, SIGMAS)))
+    add_rng_option(parser, "docs/reproductions/trice-lenet.md")
     args = parser.parse_args()
 
     import ftaudit
@@ -128,8 +135,9 @@ def main() -> None:
         "seed": args.seed,
         "noise": "rram",
         "eval_samples": 1,
+        "rng": args.rng,
     }
-    evaluate = {"noise": "rram", "samples": args.samples, "seed": 0}
+    evaluate = {"noise": "rram", "samples": args.samples, "seed": 0, "rng": args.rng}
     rows: dict[float, dict[str, str]] = {}
     log = []
 

@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reproduction_options import add_rng_option, rng_note
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "sample_models/fmnist_train_5000.npz"
@@ -55,6 +59,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--samples", type=int, default=500, help="audit samples (>= 368)")
     parser.add_argument("--search-samples", type=int, default=50)
+    add_rng_option(parser, "docs/reproductions/trice-lenet-4bit.md")
     args = parser.parse_args()
     rows: list[str] = []
     diffs: list[str] = []
@@ -92,6 +97,7 @@ def run(
                 noise="rram",
                 sigma=sigma,
                 seed=seed,
+                rng=args.rng,
                 epochs=args.epochs,
                 eval_sigmas=[sigma],
                 eval_samples=10,
@@ -113,6 +119,7 @@ def run(
                 noise="rram",
                 samples=args.samples,
                 seed=1000 + seed,
+                rng=args.rng,
                 fail_if_worse=0.0,
                 pipeline=chip,
             )
@@ -144,7 +151,7 @@ def write(args: argparse.Namespace, rows: list[str], diffs: list[str], elapsed: 
     command = (
         f"python benchmarks/reproduce_trice_lenet_4bit.py --sigmas {sigmas} --seeds {seeds} "
         f"--epochs {args.epochs} --warmup {args.warmup} --samples {args.samples} "
-        f"--search-samples {args.search_samples}"
+        f"--search-samples {args.search_samples} --rng {args.rng}"
     )
     paper = [
         f"sigma {s:g}: w/o noise {PAPER[round(s, 2)][0]:.2f}, Gaussian "
@@ -154,6 +161,8 @@ def write(args: argparse.Namespace, rows: list[str], diffs: list[str], elapsed: 
     ]
     lines = [
         BEGIN,
+        rng_note(args.rng),
+        "",
         f"Regenerate with `{command}` ({platform.machine()} {platform.system()}, Python "
         f"{platform.python_version()}, 2 shared CPU cores, {time.strftime('%Y-%m-%d')}: "
         f"{elapsed / 60:.0f} minutes).",
