@@ -194,18 +194,24 @@ def test_trice_on_two_workers_equals_one_process_under_ziggurat(setup, runs) -> 
         assert np.array_equal(a.accuracies, b.accuracies)
 
 
-def test_a_checkpoint_of_another_rng_refuses_to_resume(setup, tmp_path) -> None:
+@pytest.mark.parametrize("saved", ["fast", None])
+def test_a_checkpoint_of_another_rng_refuses_to_resume(setup, tmp_path, saved) -> None:
+    """A checkpoint of the other generator, or one written before harden had --rng (no rng in
+    its fingerprint), names the field."""
     kw = {**TRICE, "epochs": 1, "checkpoint_dir": tmp_path / "ck"}
     harden(setup["onnx"], setup["data"], output=tmp_path / "a.onnx", rng="fast", **kw)
+    if saved is None:
+        from ftaudit.harden.checkpoint import checkpoint_path
+
+        path = checkpoint_path(tmp_path / "ck")
+        state = torch.load(path, weights_only=True)
+        fingerprint = json.loads(state["fingerprint"])
+        del fingerprint["rng"]
+        state["fingerprint"] = json.dumps(fingerprint)
+        torch.save(state, path)
+    rng = "ziggurat" if saved else "fast"
     with pytest.raises(UserError, match=r"differs in: rng\)"):
-        harden(
-            setup["onnx"],
-            setup["data"],
-            output=tmp_path / "b.onnx",
-            rng="ziggurat",
-            resume=True,
-            **kw,
-        )
+        harden(setup["onnx"], setup["data"], output=tmp_path / "b.onnx", rng=rng, resume=True, **kw)
 
 
 def test_cli_rng_flag_and_config_key_reach_the_report(setup, run_cli, tmp_path) -> None:
