@@ -236,6 +236,13 @@ def test_cli_rng_flag_and_config_key_reach_the_report(setup, run_cli, tmp_path) 
         assert json.loads(report.read_text())["settings"]["rng"] == "ziggurat"
 
 
+def test_harden_default_is_the_engines_default() -> None:
+    from ftaudit.draws import DEFAULT_RNG, RNGS
+    from ftaudit.harden.settings import HARDEN_DEFAULTS
+
+    assert HARDEN_DEFAULTS.rng == DEFAULT_RNG and HARDEN_DEFAULTS.rng in RNGS
+
+
 def test_cli_unknown_rng_is_one_line_and_exit_2(setup, run_cli, tmp_path) -> None:
     out = tmp_path / "h.onnx"
     code, stdout, err = run_cli(

@@ -110,10 +110,9 @@ def bayesft_objective(
     cross-entropy, weights perturbed by ``noise`` at ``sigma``, in eval mode (no dropout).
 
     Sample i's draws are ``draws_for_sample(seed, i, layers, ...)`` with ``rng``'s normals, as in
-    ``ftaudit eval``. At
-    sigma = 0 every sample is the same model, so one evaluation serves. With ``workers`` the
-    samples are spread over them in chunks and put back in index order (the same number). The
-    clean weights and the module's mode are restored afterwards.
+    ``ftaudit eval``. At sigma = 0 every sample is the same model, so one evaluation serves. With
+    ``workers`` the samples are spread over them in chunks and put back in index order (the same
+    number). The clean weights and the module's mode are restored afterwards.
     """
     module = trainable.module
     was_training = module.training
