@@ -44,7 +44,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- aihwkit-validate:begin -->", "<!-- aihwkit-validate:end -->"
-#: a row without programming noise needs few samples: none at all when nothing is random
+#: ``max_samples``: a row without programming noise needs fewer samples (2 if nothing is random)
 ROWS = [
     {"name": "weights only", "sigma": 0.3},
     {
@@ -99,12 +99,15 @@ def samples_for(row: dict, samples: int) -> int:
 
 
 def normal_generator() -> str:
-    """ftaudit's standard-normal generator (numpy's ziggurat before ftaudit.draws existed)."""
-    try:
-        from ftaudit.draws import DEFAULT_RNG  # type: ignore[import-not-found]
-    except ImportError:
-        return "ziggurat"
-    return str(DEFAULT_RNG)
+    """The standard-normal generator ``audit`` draws with: its ``rng`` default, or numpy's
+    ziggurat where ``audit`` has no ``rng`` (asked of ``audit`` itself: an editable install
+    can supply a module the running checkout does not use)."""
+    import inspect
+
+    from ftaudit.evaluation import audit
+
+    rng = inspect.signature(audit).parameters.get("rng")
+    return "ziggurat" if rng is None else str(rng.default)
 
 
 def run_ftaudit(args: argparse.Namespace) -> None:
@@ -327,8 +330,7 @@ def probe_aihwkit(args: argparse.Namespace) -> None:
             continue
         torch.manual_seed(ours[number]["seed"])
         model = aihwkit_model(row, ours[number]["input_range"])
-        recorded = []
-
+        recorded: list = []
         for tile in model.analog_tiles():  # each tile holds its own copy of the noise model
             noise_model = tile.rpu_config.noise_model
             noise_model.apply_programming_noise_to_conductance = recording(
@@ -443,6 +445,17 @@ def write_block(lines: list[str]) -> None:
     path.write_text(head + "\n".join(lines) + rest.split(END, 1)[1])
 
 
+def cpu_name() -> str:
+    """The processor's model name (Linux), else the machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def run_all(args: argparse.Namespace) -> None:
     """Both halves, the deterministic probe first, then the table (``--write``: into the docs)."""
     folder = Path(args.folder or tempfile.mkdtemp(prefix="aihwkit-validate-"))
@@ -477,7 +490,7 @@ def run_all(args: argparse.Namespace) -> None:
     caption = (
         f"`python benchmarks/aihwkit_validate.py run --samples {args.samples} --seed {args.seed}"
         f"{' --rows ' + args.rows if args.rows else ''} --write`, "
-        f"{datetime.date.today().isoformat()}, {platform.processor() or platform.machine()} "
+        f"{datetime.date.today().isoformat()}, {cpu_name()} "
         f"({os.cpu_count()} cores, shared), {args.images} images, aihwkit {about['version']} "
         f"(torch {about['torch']}), ftaudit's {generator} normal draws, "
         f"{(time.perf_counter() - started) / 60:.0f} min. "
