@@ -8,8 +8,13 @@ CNN, a ResNet-18-width CNN and a MobileNet-style CNN built by ``bench_models.py`
     (weights fed to the original graph, the route before the pre-packing),
 (c) the naive way: perturb, re-serialise, build a new ONNX Runtime session per sample,
 (d) a drift row (one time, no compensation / global compensation) against a plain row,
+(e) with the analog forward pipeline (DAC 8 + ADC 8; and with read noise 0.02): the Monte Carlo
+    time per sample on one and five sigmas against one plain pass of the same pipeline graph
+    (ideal weights, no read noise drawn),
+(f) the time to draw one sample's standard normals under each generator (``--rng``),
 and writes the table to docs/benchmarks.md (``--write``). Timings are medians of repeats, or
-means over many samples; every figure comes from the same run on the same machine.
+means over many samples; every figure comes from the same run on the same machine. The Monte
+Carlo loop draws with ``--rng`` (default fast).
 
     python benchmarks/mc_throughput.py --write
 """
@@ -72,12 +77,16 @@ def monte_carlo_runner(
     sigmas: tuple[float, ...] = (SIGMA,),
     *,
     prepacked: bool = True,
+    spinning: bool = False,
     effects=None,
     batch_size: int = BATCH,
+    pipeline=None,
+    rng: str = "fast",
 ) -> Callable[[int], float]:
     """(b) ftaudit's Monte Carlo loop, set up once; the returned function times ``samples``
     samples and gives seconds per sample and row. ``prepacked=False`` feeds the weights to the
-    original graph; ``effects`` adds drift rows."""
+    original graph; ``spinning`` lets ONNX Runtime's threads spin between runs (the setting
+    before this round); ``effects`` adds drift rows; ``pipeline`` runs the analog forward pass."""
     from ftaudit.models import load_model
     from ftaudit.models import onnx as onnx_models
     from ftaudit.montecarlo import Crossbar, run_monte_carlo
@@ -85,16 +94,17 @@ def monte_carlo_runner(
 
     model = load_model(path)
     x_fit = model.fit_input(x)
-    builder = onnx_models.build_prepacked_graph
+    builder, spin = onnx_models.build_prepacked_graph, onnx_models.SPIN_BETWEEN_RUNS
     if not prepacked:
         onnx_models.build_prepacked_graph = lambda *a, **k: None
+    onnx_models.SPIN_BETWEEN_RUNS = spinning
     try:
-        runner = model.runner(model.layers, device="cpu")
+        runner = pipeline_runner(model, x_fit, pipeline, rng)
     finally:
-        onnx_models.build_prepacked_graph = builder
+        onnx_models.build_prepacked_graph, onnx_models.SPIN_BETWEEN_RUNS = builder, spin
     runner.bind_data(x_fit, y, batch_size=batch_size)
     crossbar = Crossbar.prepare(model.layers, model.clean_weights(), get_noise_model("lognormal"))
-    options = dict(n_data=len(y), k=1.0, effects=effects)
+    options = dict(n_data=len(y), k=1.0, effects=effects, rng=rng)
     run_monte_carlo(runner, crossbar, sigmas, samples=2, seed=1, **options)
 
     def timed(samples: int) -> float:
@@ -105,20 +115,44 @@ def monte_carlo_runner(
     return timed
 
 
+def pipeline_runner(model, x_fit: np.ndarray, pipeline, rng: str = "fast"):
+    """The runner ``ftaudit eval`` uses: the model's own, or the analog pipeline's."""
+    if pipeline is None:
+        return model.runner(model.layers, device="cpu")
+    from ftaudit.analog.runner import analog_runner
+
+    runner, _ = analog_runner(
+        model, model.layers, x_fit, pipeline=pipeline, seed=0, device="cpu", rng=rng
+    )
+    return runner
+
+
+def plain_pipeline_seconds(path: Path, x: np.ndarray, y: np.ndarray, pipeline, repeats: int):
+    """(e) One plain pass of the pipeline graph over the data: ideal weights, no read noise."""
+    from ftaudit.models import load_model
+
+    model = load_model(path)
+    x_fit = model.fit_input(x)
+    runner = pipeline_runner(model, x_fit, pipeline)
+    runner.bind_data(x_fit, y, batch_size=BATCH)
+    return median_time(runner.logits, repeats)
+
+
 def block_median(timed: Callable[[int], float], samples: int, rounds: int) -> float:
     """Median seconds per sample and row over ``rounds`` blocks of ``samples // rounds``."""
     return statistics.median(timed(max(1, samples // rounds)) for _ in range(rounds))
 
 
-def draw_seconds_per_sample(path: Path, samples: int = 50) -> float:
-    """The part of (b) spent making one sample's standard-normal draws (all layers)."""
+def draw_seconds_per_sample(path: Path, rng: str, samples: int = 50) -> float:
+    """(f) The part of (b) spent making one sample's standard-normal draws (all layers)."""
     from ftaudit.models import load_model
     from ftaudit.montecarlo import draws_for_sample
 
     layers = load_model(path).layers
+    out = [np.empty((1, *layer.canonical_shape), np.float32) for layer in layers]
     start = time.perf_counter()
     for i in range(samples):
-        draws_for_sample(0, i, layers, 1)
+        draws_for_sample(0, i, layers, 1, out=out, rng=rng)
     return (time.perf_counter() - start) / samples
 
 
@@ -185,8 +219,16 @@ def drift_effects(compensation: str):
     )
 
 
+#: (e)'s pipelines: DAC and ADC, then with read noise
+PIPELINES = {
+    "dac_adc": {"dac_bits": 8, "adc_bits": 8},
+    "read_noise": {"dac_bits": 8, "adc_bits": 8, "read_noise": 0.02},
+}
+
+
 def measure(name: str, path: Path, x: np.ndarray, y: np.ndarray, args) -> dict:
     """Every column of one model's row: each MC variant in rounds interleaved with plain passes."""
+    from ftaudit.analog import ForwardPipeline
     from ftaudit.models import load_model
 
     samples = max(4, int(args.samples * SCALE.get(name, 1.0)))
@@ -198,13 +240,25 @@ def measure(name: str, path: Path, x: np.ndarray, y: np.ndarray, args) -> dict:
     plain_pass = plain_onnx_runner(path, x, BATCH)
     plain = median_time(plain_pass, args.repeats)
     row: dict = {"model": name, "images": len(x), "weights": weights, "macs": macs}
+    rng = args.rng
     variants = {
-        "mc": lambda: monte_carlo_runner(path, x, y),
-        "grid": lambda: monte_carlo_runner(path, x, y, GRID),
-        "mc_old": lambda: monte_carlo_runner(path, x, y, prepacked=False),
-        "drift": lambda: monte_carlo_runner(path, x, y, effects=drift_effects("none")),
-        "drift_comp": lambda: monte_carlo_runner(path, x, y, effects=drift_effects("global")),
+        "mc": lambda: monte_carlo_runner(path, x, y, rng=rng),
+        "grid": lambda: monte_carlo_runner(path, x, y, GRID, rng=rng),
+        "mc_old": lambda: monte_carlo_runner(path, x, y, prepacked=False, rng=rng),
+        "mc_spin": lambda: monte_carlo_runner(path, x, y, spinning=True, rng=rng),
+        "drift": lambda: monte_carlo_runner(path, x, y, effects=drift_effects("none"), rng=rng),
+        "drift_comp": lambda: monte_carlo_runner(
+            path, x, y, effects=drift_effects("global"), rng=rng
+        ),
     }
+    pipeline_models = args.pipeline_models.split(",")
+    for key, flags in PIPELINES.items() if name in pipeline_models else ():
+        pipeline = ForwardPipeline(**flags)
+        row[f"{key}_plain"] = plain_pipeline_seconds(path, x, y, pipeline, args.repeats) * 1e3
+        variants[key] = lambda p=pipeline: monte_carlo_runner(path, x, y, pipeline=p, rng=rng)
+        variants[f"{key}_grid"] = lambda p=pipeline: monte_carlo_runner(
+            path, x, y, GRID, pipeline=p, rng=rng
+        )
     for key, build_variant in variants.items():
         timed = build_variant()  # one Monte Carlo session alive at a time
         row[key] = block_median(timed, samples, rounds) * 1e3
@@ -214,7 +268,8 @@ def measure(name: str, path: Path, x: np.ndarray, y: np.ndarray, args) -> dict:
     row.update(
         plain=plain * 1e3,
         naive=naive * 1e3,
-        draws=draw_seconds_per_sample(path) * 1e3,
+        draws_fast=draw_seconds_per_sample(path, "fast") * 1e3,
+        draws_ziggurat=draw_seconds_per_sample(path, "ziggurat") * 1e3,
         samples=samples,
     )
     return row
@@ -224,25 +279,52 @@ def measure(name: str, path: Path, x: np.ndarray, y: np.ndarray, args) -> dict:
 SCALE = {"resnet18w": 0.1, "mobilenet": 0.25}
 
 
-def render(rows: list[dict]) -> str:
+def pipeline_cells(r: dict) -> str:
+    """(e)'s cells of one row: plain pipeline pass, MC per sample, efficiency on 1 and 5 sigmas."""
+    cells = []
+    for key in PIPELINES:
+        if f"{key}_plain" not in r:
+            cells += ["n/a"] * 4
+            continue
+        plain = r[f"{key}_plain"]
+        cells += [
+            f"{plain:.2f}",
+            f"{r[key]:.2f}",
+            f"{plain / r[key]:.2f}",
+            f"{plain / r[f'{key}_grid']:.2f}",
+        ]
+    return " | ".join(cells)
+
+
+def render(rows: list[dict], rng: str = "fast") -> str:
     header = (
         "| model | images | crossbar weights | MACs / pass | (a) plain ORT ms "
         "| (b) MC ms/sample | efficiency (a)/(b) | 5 sigmas: ms/sample/sigma "
         "| efficiency, 5 sigmas "
-        "| before pre-packing: ms/sample | efficiency before | (c) naive ms/sample "
-        "| speed-up over naive | drift row ms | drift row / plain row "
-        "| drift + global comp. row ms | comp. row / plain row | draws ms/sample |\n"
+        "| before pre-packing: ms/sample | efficiency before "
+        "| ORT threads spinning: ms/sample | efficiency spinning | (c) naive ms/sample "
+        "| speed-up over naive | ceiling (c)/(a) | drift row ms | drift row / plain row "
+        "| drift + global comp. row ms | comp. row / plain row "
+        "| DAC 8 + ADC 8: plain pass ms | MC ms/sample | efficiency | efficiency, 5 sigmas "
+        "| + read noise 0.02: plain pass ms | MC ms/sample | efficiency | efficiency, 5 sigmas "
+        f"| draws ms/sample ({rng}) | draws ms/sample ("
+        f"{'ziggurat' if rng == 'fast' else 'fast'}) |\n"
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
         "| ---: | ---: | ---: | ---: | ---: | ---: |"
     )
+    other = "ziggurat" if rng == "fast" else "fast"
     lines = [
         f"| {r['model']} | {r['images']:,} | {r['weights']:,} | {r['macs']:,} "
         f"| {r['plain']:.2f} | {r['mc']:.2f} | {r['plain'] / r['mc']:.2f} "
         f"| {r['grid']:.2f} | {r['plain'] / r['grid']:.2f} "
-        f"| {r['mc_old']:.2f} | {r['plain'] / r['mc_old']:.2f} | {r['naive']:.2f} "
-        f"| {r['naive'] / r['mc']:.1f}x | {r['drift']:.2f} | {r['drift'] / r['mc']:.2f} "
+        f"| {r['mc_old']:.2f} | {r['plain'] / r['mc_old']:.2f} "
+        f"| {r['mc_spin']:.2f} | {r['plain'] / r['mc_spin']:.2f} | {r['naive']:.2f} "
+        f"| {r['naive'] / r['mc']:.1f}x | {r['naive'] / r['plain']:.1f}x "
+        f"| {r['drift']:.2f} | {r['drift'] / r['mc']:.2f} "
         f"| {r['drift_comp']:.2f} | {r['drift_comp'] / r['mc']:.2f} "
-        f"| {r['draws']:.2f} |"
+        f"| {pipeline_cells(r)} "
+        f"| {r[f'draws_{rng}']:.2f} | {r[f'draws_{other}']:.2f} |"
         for r in rows
     ]
     return "\n".join([header, *lines])
@@ -300,6 +382,15 @@ def main() -> None:
         "--aihwkit-python",
         help="a Python with aihwkit 1.2.0: adds the side-by-side LeNet row (aihwkit_compare.py)",
     )
+    parser.add_argument(
+        "--rng", default="fast", choices=["fast", "ziggurat"], help="the Monte Carlo's generator"
+    )
+    parser.add_argument(
+        "--pipeline-models",
+        default="lenet,mlp,rescnn",
+        help="models that get the forward-pipeline columns (read noise on the large CNNs "
+        "costs minutes per sample)",
+    )
     parser.add_argument("--write", action="store_true", help="write docs/benchmarks.md")
     args = parser.parse_args()
 
@@ -307,8 +398,8 @@ def main() -> None:
         rows = []
         for name, path, x, y in load_models(args.models.split(","), Path(tmp)):
             rows.append(measure(name, path, x, y, args))
-            print(render(rows[-1:]).splitlines()[-1], flush=True)
-    table = render(rows)
+            print(render(rows[-1:], args.rng).splitlines()[-1], flush=True)
+    table = render(rows, args.rng)
     lenet = next((r for r in rows if r["model"] == "lenet"), None)
     if args.aihwkit_python and lenet is not None:
         table += "\n\n" + aihwkit_row(args.aihwkit_python, lenet, args)
@@ -323,7 +414,10 @@ def main() -> None:
         "plain passes in a steady loop; each Monte Carlo column is the median of "
         f"{args.rounds} blocks, one variant alive at a time; efficiency is (a) over it. "
         "Drift rows: one time "
-        "(1 hour), nu 0.05 +- 0.01. No GPU was lent to this session: no GPU rows.\n"
+        "(1 hour), nu 0.05 +- 0.01. Forward-pipeline columns: efficiency is one plain pass "
+        "of the same pipeline graph (ideal weights, no read noise) over its Monte Carlo cost "
+        f"(models {args.pipeline_models}). Normals drawn with --rng {args.rng}. "
+        "No GPU was lent to this session: no GPU rows.\n"
     )
     print(summary)
     print(table)

@@ -13,9 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -25,22 +23,34 @@ from ftaudit.data import Dataset
 from ftaudit.errors import UserError
 from ftaudit.evaluation import (
     audit,
+    ensure_checked,
     exact_name_glob,  # noqa: F401 (re-exported)
     prepare_run,
     resolve_data,
     resolve_noise,
     resolved_options,
-    validate_options,
 )
 from ftaudit.execution import execution_session
 from ftaudit.models import AuditModel, load_model
 from ftaudit.noise import NoiseModel
-from ftaudit.options import DeviceEffectOptions, MonteCarloOptions, PerturbOptions, ScaleOutOptions
-from ftaudit.results import AuditReport, Interval, SigmaResult
+from ftaudit.options import (
+    CheckedOptions,
+    DeviceEffectOptions,
+    MonteCarloOptions,
+    PerturbOptions,
+    ScaleOutOptions,
+)
+from ftaudit.results import Interval, SigmaResult, row_key
+from ftaudit.results.compare import (
+    DEFAULT_GATE_CORRECTION,
+    GATE_ALPHA,
+    GATE_CORRECTIONS,
+    CompareReport,
+    PairedSigmaResult,
+    WorseGate,
+)
 from ftaudit.stats import holm_rejections, mean_interval, paired_kpp_difference_interval, t_cdf
-from ftaudit.units import format_time
 
-COMPARE_SCHEMA_VERSION = "1.0"
 #: SeedSequence key of the paired KPP bootstrap (apart from the samples' (i, l) keys)
 BOOTSTRAP_KEY = 1_000_010
 
@@ -76,195 +86,11 @@ def check_matching_layers(baseline: AuditModel, candidate: AuditModel) -> None:
         )
 
 
-def row_key(result: SigmaResult) -> tuple[float, float | None, str | None]:
-    """What identifies a report row: its sigma, and with drift its time and compensation."""
-    return result.sigma, result.time_s, result.compensation
-
-
-def row_label(sigma: float, time_s: float | None, compensation: str | None) -> str:
-    """'sigma=0.3', or 'sigma=0.3, t=1y, compensation=global' for a drift row."""
-    label = f"sigma={sigma:g}"
-    if time_s is not None:
-        label += f", t={format_time(time_s)}, compensation={compensation}"
-    return label
-
-
 def stage_progress(progress: StageProgress | None, stage: str) -> Callable[[int, int], None] | None:
     """An ``audit`` progress callback reporting under ``stage``."""
     if progress is None:
         return None
     return lambda done, total: progress(stage, done, total)
-
-
-@dataclass(frozen=True)
-class PairedSigmaResult:
-    """Both models at one row (sigma; with drift also time and compensation), paired."""
-
-    sigma: float
-    baseline: SigmaResult
-    candidate: SigmaResult
-    mean_difference: float
-    mean_difference_interval: Interval
-    kpp_difference: float
-    kpp_difference_interval: Interval | None  # None: too few samples below the KPP rank
-    time_s: float | None = None  # seconds after programming (drift), None without times
-    compensation: str | None = None  # "none" or "global", with time_s
-
-    @property
-    def differences(self) -> np.ndarray:
-        """Per-sample accuracy differences, candidate - baseline (same draws)."""
-        return self.candidate.accuracies - self.baseline.accuracies
-
-    def to_dict(self) -> dict[str, Any]:
-        def model(result: SigmaResult) -> dict[str, Any]:
-            s = result.summary
-            return {
-                "mean": s.mean,
-                "mean_interval": s.mean_interval.to_dict(),
-                "kpp": s.kpp,
-                "kpp_interval": s.kpp_interval.to_dict(),
-            }
-
-        interval = self.kpp_difference_interval
-        row: dict[str, Any] = {"sigma": self.sigma}
-        if self.time_s is not None:
-            row["time_s"] = self.time_s
-            row["compensation"] = self.compensation
-        return row | {
-            "samples": self.baseline.summary.n,
-            "baseline": model(self.baseline),
-            "candidate": model(self.candidate),
-            "mean_difference": self.mean_difference,
-            "mean_difference_interval": self.mean_difference_interval.to_dict(),
-            "kpp_difference": self.kpp_difference,
-            "kpp_difference_interval": None if interval is None else interval.to_dict(),
-        }
-
-
-#: one-sided error rate of the --fail-if-worse gate: the upper end of the two-sided 95% interval
-GATE_ALPHA = 0.025
-#: --gate-correction choices: how the gate's error rate is shared over a compare's rows
-GATE_CORRECTIONS = {
-    "holm": "Holm: the chance that any row fails wrongly is at most 2.5% (family-wise)",
-    "per-row": "each row tested at 2.5% one-sided on its own (no multiple-comparison correction)",
-}
-DEFAULT_GATE_CORRECTION = "holm"
-
-
-def gate_rule(correction: str, rows: int) -> str:
-    """One line stating the gate's decision rule, for the table, JSON and JUnit."""
-    if correction == "holm":
-        return (
-            f"a row fails when its one-sided p-value for 'candidate worse by more than TOL' is "
-            f"below Holm's step-down threshold (2.5%/{rows} for the smallest of {rows} rows, "
-            f"family-wise error <= 2.5%)"
-        )
-    return (
-        f"a row fails when its 95% interval lies below -TOL (2.5% one-sided per row, "
-        f"{rows} rows, no multiple-comparison correction)"
-    )
-
-
-@dataclass(frozen=True)
-class WorseGate:
-    """``--fail-if-worse`` at one row: fails when the one-sided test of 'worse by more than TOL'
-    rejects at the row's threshold (Holm's step-down by default, 2.5% per row otherwise)."""
-
-    sigma: float
-    tolerance: float
-    mean_difference: float
-    interval: Interval
-    passed: bool
-    time_s: float | None = None  # the row's time and compensation, when the report has drift
-    compensation: str | None = None
-    p_value: float = math.nan  # one-sided: P(a difference this low | worse by exactly TOL)
-    correction: str = DEFAULT_GATE_CORRECTION
-
-    def message(self) -> str:
-        level = f"{100 * self.interval.confidence:g}%"
-        verdict = "passed" if self.passed else "FAILED"
-        rule = "Holm-corrected over the rows" if self.correction == "holm" else "per row"
-        return (
-            f"gate {verdict}: candidate - baseline mean accuracy at "
-            f"{row_label(self.sigma, self.time_s, self.compensation)} is "
-            f"{self.mean_difference:+.4f}, its {level} interval "
-            f"[{self.interval.low:+.4f}, {self.interval.high:+.4f}], one-sided p = "
-            f"{self.p_value:.3g} for worse by more than {self.tolerance:.4f} "
-            f"(--fail-if-worse {self.tolerance:g}, {rule})"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        row: dict[str, Any] = {"sigma": self.sigma}
-        if self.time_s is not None:
-            row["time_s"] = self.time_s
-            row["compensation"] = self.compensation
-        return row | {
-            "tolerance": self.tolerance,
-            "mean_difference": self.mean_difference,
-            "interval_high": self.interval.high,
-            "p_value": self.p_value,
-            "correction": self.correction,
-            "passed": self.passed,
-        }
-
-
-@dataclass
-class CompareReport:
-    """Two audits on the same draws, their paired differences per row, and the gate."""
-
-    ftaudit_version: str
-    command: list[str]
-    baseline: AuditReport
-    candidate: AuditReport
-    layers: list[dict[str, Any]]  # index, both names, op, canonical shape, params, selected
-    results: list[PairedSigmaResult]
-    fail_if_worse: float | None
-    gates: list[WorseGate]
-    elapsed_s: float
-    options: dict[str, Any] = field(default_factory=dict)
-    gate_correction: str = DEFAULT_GATE_CORRECTION
-
-    def gate_rule(self) -> str | None:
-        """The gate's decision rule in one line (None without --fail-if-worse)."""
-        if self.fail_if_worse is None:
-            return None
-        return gate_rule(self.gate_correction, len(self.results))
-
-    def failed_gates(self) -> list[WorseGate]:
-        return [gate for gate in self.gates if not gate.passed]
-
-    def to_dict(self) -> dict[str, Any]:
-        def model(report: AuditReport) -> dict[str, Any]:
-            return {
-                **report.model,
-                "clean_accuracy": report.clean_accuracy,
-                "quantized_accuracy": report.quantized_accuracy,
-                "reference_accuracy": report.reference_accuracy,
-            }
-
-        base = self.baseline
-        return {
-            "schema_version": COMPARE_SCHEMA_VERSION,
-            "ftaudit_version": self.ftaudit_version,
-            "command": self.command,
-            "baseline": model(base),
-            "candidate": model(self.candidate),
-            "layers": self.layers,
-            "data": base.data,
-            "noise": base.noise,
-            "seed": base.seed,
-            "samples": base.samples,
-            "k": base.k,
-            "device": base.device,
-            "results": [result.to_dict() for result in self.results],
-            "fail_if_worse": self.fail_if_worse,
-            "gate_correction": self.gate_correction,
-            "gate_rule": self.gate_rule(),
-            "gates": [gate.to_dict() for gate in self.gates],
-            "options": self.options,
-            "elapsed_s": self.elapsed_s,
-            "device_effects": base.device_effects,
-        }
 
 
 def paired_result(
@@ -371,6 +197,7 @@ def compare(
     samples: int = MonteCarloOptions.samples,
     k: float = MonteCarloOptions.k,
     seed: int = MonteCarloOptions.seed,
+    rng: str = MonteCarloOptions.rng,
     batch_size: int = MonteCarloOptions.batch_size,
     device: str = MonteCarloOptions.device,
     layers: Sequence[str] | None = None,
@@ -393,6 +220,7 @@ def compare(
     compensation: str | None = None,
     stuck_at: tuple[float, float] | None = None,
     pipeline: ForwardPipeline | None = None,
+    checked: CheckedOptions | None = None,
 ) -> CompareReport:
     """Audit ``baseline`` and ``candidate`` on the same draws; gates are evaluated, not raised.
 
@@ -401,6 +229,7 @@ def compare(
     ``times``, the drift options and ``stuck_at`` are ``audit``'s, applied to both models, and
     give one paired row per (sigma, time, compensation). ``pipeline`` (the analog forward
     pass) applies to both models; their read noise is paired like their weight draws.
+    ``checked``: ``validate_options``' result for these options (not checked again).
     """
     started = time.perf_counter()
     noise_model, sigmas = resolve_noise(
@@ -421,9 +250,8 @@ def compare(
         stuck_at=stuck_at,
     )
     effects = effect_options.resolve(noise_model.profile)
-    validate_options(
-        sigmas=sigmas, samples=samples, k=k, seed=seed, batch_size=batch_size, device=device
-    )
+    run_options = dict(sigmas=sigmas, samples=samples, k=k, seed=seed, batch_size=batch_size)
+    checked = ensure_checked(checked, **run_options, device=device, rng=rng)
     validate_fraction(fail_if_worse, "--fail-if-worse", "0.01 for one percentage point")
     validate_gate_correction(gate_correction)
     base_model = (
@@ -454,6 +282,7 @@ def compare(
         "samples": samples,
         "k": k,
         "seed": seed,
+        "rng": rng,
         "batch_size": batch_size,
         "device": device,
         "mean": mean,
@@ -464,6 +293,7 @@ def compare(
         "workers": workers,
         "ray": ray,
         "pipeline": pipeline,
+        "checked": checked,  # both audits: checked above, once
         **effect_options.as_kwargs(),
     }
     reports = {}
@@ -522,6 +352,7 @@ def compare(
                 mean=mean,
                 std=std,
                 output=output,
+                rng=rng,
             ),
             "config_file": config_file,
             "analog": reports["baseline"].analog,

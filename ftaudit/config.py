@@ -47,6 +47,7 @@ class EvalSettings:
     samples: int = MonteCarloOptions.samples
     k: float = MonteCarloOptions.k
     seed: int = MonteCarloOptions.seed
+    rng: str = MonteCarloOptions.rng  # the normal generator: fast or ziggurat
     batch_size: int = MonteCarloOptions.batch_size
     device: str = MonteCarloOptions.device
     layers: tuple[str, ...] = ()
@@ -301,6 +302,7 @@ def _check_types(values: dict[str, Any], path: Path) -> None:
         "cell_noise",
         "tile_size",
         "weight_scaling",
+        "rng",
     }
     for key, value in values.items():
         bad = (

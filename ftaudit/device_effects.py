@@ -7,7 +7,7 @@ Per Monte Carlo sample and crossbar layer the pipeline is
 
 on the cells of the layer's noise model (``LayerNoise.cells()``). The programming-noise draws
 are the engine's, unchanged; the drift exponents ``nu`` and the stuck-at draws come from their
-own streams ``SeedSequence(seed, spawn_key=(sample, layer, STREAM))``, so adding drift or faults
+own keyed streams ``(sample, layer, STREAM)`` (``ftaudit.draws``), so adding drift or faults
 never changes the programming noise, and a device keeps its ``nu`` and its fault at every sigma
 and every time (common random numbers across the (sigma, time) grid). docs/methods.md gives the
 sources and every choice.
@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ftaudit.draws import DEFAULT_RNG, keyed_generator, normals
 from ftaudit.errors import UserError
 from ftaudit.models.base import CrossbarLayer
 
@@ -38,6 +39,8 @@ STUCK_STREAM = 0x57C4
 CALIBRATION_STREAM = 0xCA1B
 #: calibration input vectors per layer for global drift compensation
 CALIBRATION_VECTORS = 64
+#: cells x times of drift factors a sample may precompute beside its draws (64 MB of float32)
+DECAY_BUDGET = 1 << 24
 
 COMPENSATIONS = ("none", "global")
 COMPENSATION_CHOICES = ("none", "global", "both")
@@ -211,11 +214,6 @@ def resolve_effects(
 # --- the Monte Carlo step ------------------------------------------------------------------
 
 
-def _generator(seed: int, sample: int, layer_index: int, stream: int) -> np.random.Generator:
-    sequence = np.random.SeedSequence(seed, spawn_key=(sample, layer_index, stream))
-    return np.random.Generator(np.random.SFC64(sequence))
-
-
 @dataclass
 class SampleEffects:
     """One sample's per-cell drift exponents and stuck masks, native layout, one per layer."""
@@ -223,6 +221,9 @@ class SampleEffects:
     nu: list[np.ndarray | None]
     stuck_low: list[np.ndarray | None]
     stuck_high: list[np.ndarray | None]
+    #: time index -> per-layer drift factors exp(-nu ln(t / t0)), made beside the draws (on the
+    #: engine's helper thread) when they fit ``DECAY_BUDGET``; else computed per row
+    decay: dict[int, list[np.ndarray]] = field(default_factory=dict)
 
 
 class EffectsEngine:
@@ -234,10 +235,12 @@ class EffectsEngine:
         states: Sequence[Any],
         effects: DeviceEffects,
         seed: int,
+        rng: str = DEFAULT_RNG,
     ) -> None:
         self.layers = list(layers)
         self.effects = effects
         self.seed = seed
+        self.rng = rng
         self.cells = [state.cells() for state in states]
         shapes = [
             (cm.count, *layer.shape) for cm, layer in zip(self.cells, self.layers, strict=True)
@@ -249,6 +252,7 @@ class EffectsEngine:
         self.weights = [np.empty(layer.shape, np.float32) for layer in self.layers]
         self.compensated = [np.empty(layer.shape, np.float32) for layer in self.layers]
         self.compensates = effects.drifts and "global" in effects.compensations
+        self._blas: Any = None  # the BLAS thread controller of ``readout``, made on first use
         self.calibration = (
             [self._calibration(layer) for layer in self.layers] if self.compensates else []
         )
@@ -269,7 +273,7 @@ class EffectsEngine:
             shape = (cm.count, *layer.canonical_shape)
             low = high = None
             if stuck.active:
-                u = _generator(self.seed, sample, layer.index, STUCK_STREAM).random(
+                u = keyed_generator(self.seed, (sample, layer.index, STUCK_STREAM)).random(
                     shape, dtype=np.float32
                 )
                 low = layer.to_native(u < np.float32(stuck.p_low))
@@ -279,21 +283,34 @@ class EffectsEngine:
             nu = None
             if effects.drifts:
                 if drift.nu_std > 0:
-                    z = _generator(self.seed, sample, layer.index, DRIFT_STREAM).standard_normal(
-                        shape, dtype=np.float32
-                    )
+                    z = normals(self.seed, (sample, layer.index, DRIFT_STREAM), shape, self.rng)
                     np.multiply(z, np.float32(drift.nu_std), out=z)
                     np.add(z, np.float32(drift.nu_mean), out=z)
                     np.maximum(z, np.float32(0), out=z)
                 else:
                     z = np.full(shape, drift.nu_mean, np.float32)
-                nu = layer.to_native(z)
+                # contiguous in the stored layout: every row's elementwise drift reads it
+                nu = np.ascontiguousarray(layer.to_native(z))
                 if low is not None and high is not None:
                     nu[low | high] = 0  # a stuck cell stays where it is stuck
             nus.append(nu)
             lows.append(low)
             highs.append(high)
-        return SampleEffects(nus, lows, highs)
+        sample_effects = SampleEffects(nus, lows, highs)
+        cells = sum(buffer.size for buffer in self.cell_buffers)
+        for k, t in enumerate(effects.times if effects.drifts else ()):
+            log_ratio = drift.log_ratio(t)
+            if log_ratio <= 0 or (k + 1) * cells > DECAY_BUDGET:
+                continue
+            sample_effects.decay[k] = [self._decay(nu, log_ratio) for nu in nus]
+        return sample_effects
+
+    @staticmethod
+    def _decay(nu: np.ndarray | None, log_ratio: float, out: np.ndarray | None = None) -> Any:
+        """(t / t0)^(-nu) = exp(-nu ln(t / t0)) per cell, float32."""
+        assert nu is not None
+        out = np.multiply(nu, np.float32(-log_ratio), out=out)
+        return np.exp(out, out=out)
 
     # compensation -------------------------------------------------------------------------
 
@@ -312,21 +329,31 @@ class EffectsEngine:
         fan_in = (
             layer.shape[0] if rows_are_inputs else int(np.prod(layer.shape[1:], dtype=np.int64))
         )
-        generator = _generator(self.seed, 0, layer.index, CALIBRATION_STREAM)
-        batch = generator.standard_normal((CALIBRATION_VECTORS, fan_in), dtype=np.float32)
+        key = (0, layer.index, CALIBRATION_STREAM)
+        batch = normals(self.seed, key, (CALIBRATION_VECTORS, fan_in), self.rng)
         return batch if rows_are_inputs else np.ascontiguousarray(batch.T)
 
     def readout(self, index: int, weights: np.ndarray) -> float:
         """sum |W u| over the layer's calibration batch u (the outputs' absolute sum)."""
         matrix = weights.reshape(weights.shape[0], -1)
         batch = self.calibration[index]
-        # einsum, not BLAS: a BLAS thread pool would fight the model runtime's threads for the
-        # cores (measured: 2x slower per row on 2 cores); this costs 64 MACs per weight
-        if self._rows_are_inputs(self.layers[index]):
-            product = np.einsum("vi,io->vo", batch, matrix)
-        else:
-            product = np.einsum("oi,iv->ov", matrix, batch)
+        # float32 BLAS on one thread: a BLAS thread pool fights the model runtime's threads and
+        # the draw thread for the cores (measured on 2 loaded cores: 2-15x slower than one
+        # thread), and numpy's einsum does not use BLAS (2-5x slower than one BLAS thread)
+        with self._one_blas_thread():
+            if self._rows_are_inputs(self.layers[index]):
+                product = np.matmul(batch, matrix)
+            else:
+                product = np.matmul(matrix, batch)
         return float(np.abs(product).sum(dtype=np.float64))
+
+    def _one_blas_thread(self) -> Any:
+        """A context in which BLAS runs on the calling thread only (threadpoolctl)."""
+        if self._blas is None:
+            from threadpoolctl import ThreadpoolController
+
+            self._blas = ThreadpoolController()
+        return self._blas.limit(limits=1, user_api="blas")
 
     # one sample ---------------------------------------------------------------------------
 
@@ -355,12 +382,14 @@ class EffectsEngine:
             if self.compensates:
                 baseline = [self.readout(i, w) for i, w in enumerate(self._assemble(programmed))]
             row = first
-            for t in effects.times:
+            for k, t in enumerate(effects.times):
                 log_ratio = effects.drift.log_ratio(t)
                 rows = range(row, row + len(effects.compensations))
                 if active_rows.intersection(rows):
                     cells = (
-                        self._drift(programmed, sample, log_ratio) if log_ratio > 0 else programmed
+                        self._drift(programmed, sample, log_ratio, k)
+                        if log_ratio > 0
+                        else programmed
                     )
                     weights = self._assemble(cells)
                     for r, compensation in zip(rows, effects.compensations, strict=True):
@@ -388,15 +417,15 @@ class EffectsEngine:
         return result
 
     def _drift(
-        self, cells: Sequence[np.ndarray], sample: SampleEffects, log_ratio: float
+        self, cells: Sequence[np.ndarray], sample: SampleEffects, log_ratio: float, time: int
     ) -> list[np.ndarray]:
-        """cells * (t / t0)^(-nu) = cells * exp(-nu * ln(t / t0)), per cell."""
+        """cells * (t / t0)^(-nu) = cells * exp(-nu * ln(t / t0)), per cell (the factors
+        precomputed with the draws when there are)."""
         result = []
-        for nu, programmed, buffer in zip(sample.nu, cells, self.drift_buffers, strict=True):
-            assert nu is not None
-            np.multiply(nu, np.float32(-log_ratio), out=buffer)
-            np.exp(buffer, out=buffer)
-            np.multiply(buffer, programmed, out=buffer)
+        decay = sample.decay.get(time)
+        for i, (programmed, buffer) in enumerate(zip(cells, self.drift_buffers, strict=True)):
+            factor = decay[i] if decay is not None else self._decay(sample.nu[i], log_ratio, buffer)
+            np.multiply(factor, programmed, out=buffer)
             result.append(buffer)
         return result
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from ftaudit.batched import BatchedTorchRunner, build_runner, resolve_batch_samp
 from ftaudit.coverage import sequential_summary, with_test_set_error
 from ftaudit.data import Dataset, load_dataset, validate_labels
 from ftaudit.device_effects import Condition
+from ftaudit.draws import check_rng
 from ftaudit.errors import UserError
 from ftaudit.eval_checkpoint import CheckpointWriter, check_checkpoint_dir, load_progress
 from ftaudit.execution import backend_for, release
@@ -30,7 +31,13 @@ from ftaudit.montecarlo import (
     run_monte_carlo,
 )
 from ftaudit.noise import NoiseModel, get_noise_model
-from ftaudit.options import DeviceEffectOptions, MonteCarloOptions, PerturbOptions, ScaleOutOptions
+from ftaudit.options import (
+    CheckedOptions,
+    DeviceEffectOptions,
+    MonteCarloOptions,
+    PerturbOptions,
+    ScaleOutOptions,
+)
 from ftaudit.parallel import WorkerSpec, threads_per_worker
 from ftaudit.results import AuditReport, GateResult, Interval, LayerInfo, SigmaResult
 from ftaudit.stats import summarize
@@ -42,16 +49,12 @@ DEVICES = ("cpu", "cuda")
 MAX_SAMPLES = 100_000_000
 
 
-@dataclass(frozen=True)
-class CheckedOptions:
-    """The options one ``validate_options`` call accepted: ``audit`` given these (the CLI
-    checks before its output checks) does not check them again."""
-
-    values: tuple[Any, ...]
-
-    @classmethod
-    def of(cls, *, sigmas: Sequence[float], **options: Any) -> CheckedOptions:
-        return cls((tuple(float(s) for s in sigmas), *sorted(options.items())))
+def ensure_checked(checked: CheckedOptions | None, **options: Any) -> CheckedOptions:
+    """``checked`` when a ``validate_options`` call accepted these very ``options``, else
+    their check now: the options of one command are checked once, however many audits run."""
+    if checked is not None and checked == CheckedOptions.of(**options):
+        return checked
+    return validate_options(**options)
 
 
 def validate_options(
@@ -65,8 +68,10 @@ def validate_options(
     target_ci: float | None = None,
     fail_under_kpp: float | None = None,
     fail_under_mean: float | None = None,
+    rng: str = MonteCarloOptions.rng,
 ) -> CheckedOptions:
     """Reject impossible options before any file is read or any sample runs; what passed."""
+    check_rng(rng)
     if not sigmas:
         raise UserError(
             "no sigma given", hint="pass --sigma 0.3, a list 0.1,0.2 or a range 0:0.4:0.1"
@@ -114,17 +119,9 @@ def validate_options(
             raise UserError(
                 f"{flag} is a fraction in [0, 1], got {value:g}", hint=f"e.g. {flag} 0.8 for 80%"
             )
-    return CheckedOptions.of(
-        sigmas=sigmas,
-        samples=samples,
-        k=k,
-        seed=seed,
-        batch_size=batch_size,
-        device=device,
-        target_ci=target_ci,
-        fail_under_kpp=fail_under_kpp,
-        fail_under_mean=fail_under_mean,
-    )
+    run = dict(sigmas=sigmas, samples=samples, k=k, seed=seed, batch_size=batch_size)
+    run.update(device=device, target_ci=target_ci, fail_under_kpp=fail_under_kpp)
+    return CheckedOptions.of(**run, fail_under_mean=fail_under_mean, rng=rng)
 
 
 def layer_infos(model: AuditModel, selected: Sequence[str]) -> list[LayerInfo]:
@@ -233,18 +230,19 @@ def prepare_run(
     batch_required: bool = True,
     pipeline: ForwardPipeline | None = None,
     seed: int = 0,
+    rng: str = MonteCarloOptions.rng,
 ):
     """Select layers, bind data to a runner and check the data fits the model's output."""
     selected = choose_layers(model, layers, exclude)
     check_finite_weights(model)
     x = model.input_array(dataset)
     if pipeline is not None and pipeline.active:
-        from ftaudit.analog.runner import analog_runner
+        from ftaudit.analog.runner import ONE_SAMPLE_PER_PASS, analog_runner
 
-        # the ftaudit.analog runner, its calibrated ranges kept (assigned left to right)
-        runner, runner.calibration = analog_runner(
-            model, selected, x, pipeline=pipeline, seed=seed, device=device
+        runner, runner.calibration = analog_runner(  # calibrated ranges kept (left to right)
+            model, selected, x, pipeline=pipeline, seed=seed, device=device, rng=rng
         )
+        runner.fallback = ONE_SAMPLE_PER_PASS if batch_samples > 1 else None  # the CUDA default
     else:
         runner = build_runner(
             model,
@@ -309,10 +307,12 @@ def resolved_options(
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
     output: str | None,
+    rng: str,
 ) -> dict[str, Any]:
     """The report's ``options`` entries every command records (JSON-ready lists and floats)."""
     return {
         "batch_size": batch_size,
+        "rng": rng,
         "layers": list(layers or []),
         "exclude": list(exclude or []),
         "mean": None if mean is None else [float(v) for v in mean],
@@ -335,6 +335,7 @@ def audit(
     samples: int = MonteCarloOptions.samples,
     k: float = MonteCarloOptions.k,
     seed: int = MonteCarloOptions.seed,
+    rng: str = MonteCarloOptions.rng,
     batch_size: int = MonteCarloOptions.batch_size,
     device: str = MonteCarloOptions.device,
     layers: Sequence[LayerChoice] | None = None,
@@ -401,9 +402,8 @@ def audit(
     ).resolve(noise_model.profile)
     run_options = dict(sigmas=sigmas, samples=samples, k=k, seed=seed, batch_size=batch_size)
     run_options.update(device=device, target_ci=target_ci, fail_under_kpp=fail_under_kpp)
-    run_options.update(fail_under_mean=fail_under_mean)
-    if checked is None or checked != CheckedOptions.of(**run_options):
-        validate_options(**run_options)
+    run_options.update(fail_under_mean=fail_under_mean, rng=rng)
+    ensure_checked(checked, **run_options)
     validate_scale_out(workers=workers, checkpoint_dir=checkpoint_dir, resume=resume)
     pipeline = resolve_pipeline(pipeline, noise_model.profile, batch_samples=batch_samples)
     loaded = model if isinstance(model, AuditModel) else load_model(model, output=output)
@@ -425,10 +425,10 @@ def audit(
         batch_required=batch_samples is not None,
         pipeline=pipeline,
         seed=seed,
+        rng=rng,
     )
     if not isinstance(getattr(runner, "inner", runner), BatchedTorchRunner):
-        # batching was a default it could not use
-        samples_per_pass = 1
+        samples_per_pass = 1  # batching was a default it could not use
     n = len(dataset.y)
     clean_accuracy = clean_correct / n
     quantized_accuracy = None
@@ -448,6 +448,7 @@ def audit(
         "sigmas": sigmas,
         "samples": samples,
         "seed": seed,
+        "rng": rng,
         "k": k,
         "target_ci": target_ci,
         "device": device,
@@ -467,8 +468,7 @@ def audit(
             latest[:] = [state]
             writer(state)
 
-    evaluator = None
-    spec = None
+    evaluator, spec = None, None
     if workers > 1 or ray is not None:
         spec = WorkerSpec(
             model_path=str(loaded.path),
@@ -487,10 +487,11 @@ def audit(
             batch_samples=samples_per_pass,
             fold_batchnorm=fold_batchnorm,
             pipeline=pipeline,
+            rng=rng,
         )
     else:
         evaluator = ChunkEvaluator(
-            runner, crossbar, sigmas, seed, effects, batch_samples=samples_per_pass
+            runner, crossbar, sigmas, seed, effects, batch_samples=samples_per_pass, rng=rng
         )
     backend = backend_for(spec, evaluator, workers=workers, ray=ray)
     try:
@@ -572,6 +573,7 @@ def audit(
                 mean=mean,
                 std=std,
                 output=output,
+                rng=rng,
             ),
             "config_file": config_file,
             "execution": execution,

@@ -1,10 +1,11 @@
 """The Monte Carlo engine: per-sample draws keyed by (seed, sample, layer), shared across sigma.
 
-Sample i's base draws for crossbar layer l come from ``SeedSequence(seed, spawn_key=(i, l))``
-(an SFC64 generator: among numpy's, the fastest for normal draws, and statistically sound),
-so they depend on nothing else: not the batch size, the worker count, the order of work, nor
-which other layers are selected. Every sigma of a run reuses the same draws (common random
-numbers), which makes accuracy curves smooth and paired comparisons between models possible.
+Sample i's base draws for crossbar layer l are the standard normals of the keyed stream
+``(i, l)`` (``ftaudit.draws``: SFC64 seeded by ``SeedSequence(seed, spawn_key=(i, l))``, turned
+into normals by the run's ``rng``), so they depend on nothing else: not the batch size, the
+worker count, the order of work, nor which other layers are selected. Every sigma of a run
+reuses the same draws (common random numbers), which makes accuracy curves smooth and paired
+comparisons between models possible.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from ftaudit.coverage import look_confidence, sequential_looks
+from ftaudit.draws import DEFAULT_RNG, standard_normal
 from ftaudit.models.base import CrossbarLayer, ModelRunner
 from ftaudit.noise.base import LayerNoise, NoiseModel
 from ftaudit.stats import kpp_interval_width
@@ -31,20 +33,16 @@ CHECK_EVERY = 50
 ProgressCallback = Callable[[int, int], None]
 
 
-def sample_generator(seed: int, sample: int, layer_index: int) -> np.random.Generator:
-    """The random generator owning sample ``sample``'s draws for crossbar layer ``layer_index``."""
-    sequence = np.random.SeedSequence(seed, spawn_key=(sample, layer_index))
-    return np.random.Generator(np.random.SFC64(sequence))
-
-
 def draws_for_sample(
     seed: int,
     sample: int,
     layers: Sequence[CrossbarLayer],
     draws_per_weight: int,
     out: Sequence[np.ndarray] | None = None,
+    rng: str = DEFAULT_RNG,
 ) -> list[np.ndarray]:
-    """Standard-normal base draws of one sample, one array (d, *canonical_shape) per layer."""
+    """Standard-normal base draws of one sample, one array (d, *canonical_shape) per layer:
+    stream ``(sample, layer.index)`` of ``ftaudit.draws`` under generator ``rng``."""
     result = []
     for i, layer in enumerate(layers):
         buffer = (
@@ -52,8 +50,7 @@ def draws_for_sample(
             if out is not None
             else np.empty((draws_per_weight, *layer.canonical_shape), np.float32)
         )
-        sample_generator(seed, sample, layer.index).standard_normal(dtype=np.float32, out=buffer)
-        result.append(buffer)
+        result.append(standard_normal(seed, (sample, layer.index), buffer, rng))
     return result
 
 
@@ -89,8 +86,40 @@ class MonteCarloCounts:
         return self.counts[j, : self.used[j]] / n
 
 
+class Metric(Protocol):
+    """What the loop measures of each perturbed model (one value per weight set)."""
+
+    #: the dtype of the values (counts are integers, a loss is a float)
+    dtype: Any
+
+    def one(self, runner: ModelRunner) -> Any:
+        """The value of the weights ``runner`` holds now."""
+        ...
+
+    def many(self, runner: ModelRunner, weight_sets: list[dict[str, np.ndarray]]) -> list[Any]:
+        """The values of several weight sets (``--batch-samples``)."""
+        ...
+
+
+class AccuracyCounts:
+    """Correct predictions on the data (eval's metric: accuracy = count / n)."""
+
+    dtype = np.int64
+
+    def one(self, runner: ModelRunner) -> int:
+        return runner.count_correct()
+
+    def many(self, runner: ModelRunner, weight_sets: list[dict[str, np.ndarray]]) -> list[int]:
+        return runner.count_correct_many(weight_sets)
+
+
+#: the default metric of the loop
+ACCURACY_COUNTS = AccuracyCounts()
+
+
 class ChunkEvaluator:
-    """Correct counts for a range of sample indices: the unit of work a worker runs.
+    """Metric values (correct counts by default) for a range of sample indices: the unit of
+    work a worker runs.
 
     It owns its draw and weight buffers and a helper thread that makes sample i+1's draws while
     sample i is evaluated (numpy's generators and the model runtimes release the GIL)."""
@@ -103,8 +132,12 @@ class ChunkEvaluator:
         seed: int,
         effects: DeviceEffects | None = None,
         batch_samples: int = 1,
+        rng: str = DEFAULT_RNG,
+        metric: Metric = ACCURACY_COUNTS,
     ) -> None:
         self.runner = runner
+        self.rng = rng  # the normal generator of every draw (ftaudit.draws.RNGS)
+        self.metric = metric
         #: weight sets per runner call (``count_correct_many``), with or without device effects
         self.batch_samples = batch_samples
         self.crossbar = crossbar
@@ -114,7 +147,7 @@ class ChunkEvaluator:
         if effects is not None:
             from ftaudit.device_effects import EffectsEngine
 
-            self.engine = EffectsEngine(crossbar.layers, crossbar.states, effects, seed)
+            self.engine = EffectsEngine(crossbar.layers, crossbar.states, effects, seed, rng)
         #: result rows: one per sigma, or one per (sigma, time, compensation) with effects
         self.rows = len(self.sigmas) if self.engine is None else len(self.engine.rows(sigmas))
         d = crossbar.noise.draws_per_weight
@@ -132,7 +165,7 @@ class ChunkEvaluator:
     def evaluate(self, start: int, stop: int, active: Sequence[int]) -> np.ndarray:
         """Counts ``(rows, stop - start)`` for samples [start, stop); only ``active`` rows are
         filled (the others stay 0)."""
-        counts = np.zeros((self.rows, stop - start), dtype=np.int64)
+        counts = np.zeros((self.rows, stop - start), dtype=self.metric.dtype)
         if not active or stop <= start:
             return counts
         names = [layer.name for layer in self.crossbar.layers]
@@ -155,7 +188,7 @@ class ChunkEvaluator:
                         self._flush(staged, counts)
                 else:
                     self.runner.set_weights(dict(zip(names, weights, strict=True)))
-                    counts[row, offset] = self.runner.count_correct()
+                    counts[row, offset] = self.metric.one(self.runner)
         if staged:
             self._flush(staged, counts)
         return counts
@@ -188,14 +221,15 @@ class ChunkEvaluator:
         """Evaluate the staged weight sets in one runner call and empty the stage."""
         names = [layer.name for layer in self.crossbar.layers]
         sets = [dict(zip(names, self._staged[k], strict=True)) for k in range(len(staged))]
-        for (offset, j), correct in zip(staged, self.runner.count_correct_many(sets), strict=True):
-            counts[j, offset] = correct
+        values = self.metric.many(self.runner, sets)
+        for (offset, j), value in zip(staged, values, strict=True):
+            counts[j, offset] = value
         staged.clear()
 
     def _draw(self, sample: int, buffer: int) -> tuple[list[np.ndarray], Any]:
         """Sample ``sample``'s base draws (into buffer set ``buffer``) and effect draws."""
         layers, d = self.crossbar.layers, self.crossbar.noise.draws_per_weight
-        draws = draws_for_sample(self.seed, sample, layers, d, self._draws[buffer])
+        draws = draws_for_sample(self.seed, sample, layers, d, self._draws[buffer], self.rng)
         return draws, None if self.engine is None else self.engine.draw(sample)
 
     def close(self) -> None:
@@ -267,6 +301,8 @@ def run_monte_carlo(
     restored: Progress | None = None,
     on_chunk: ChunkCallback | None = None,
     effects: DeviceEffects | None = None,
+    rng: str = DEFAULT_RNG,
+    metric: Metric = ACCURACY_COUNTS,
 ) -> MonteCarloCounts:
     """Evaluate ``samples`` perturbed models per sigma; stop a sigma early at ``target_ci``.
 
@@ -276,13 +312,15 @@ def run_monte_carlo(
     ``on_chunk`` sees the state after every chunk (to write a checkpoint).
 
     With ``effects`` (stuck-at faults, drift) the rows are ``effects.conditions(sigmas)``, one
-    per (sigma, time, compensation), and every row is random, sigma = 0 included."""
+    per (sigma, time, compensation), and every row is random, sigma = 0 included. ``metric``
+    is what each sample measures (correct counts; BayesFT's objective: a loss); ``target_ci``
+    reads counts."""
     if backend is None:
-        evaluator = ChunkEvaluator(runner, crossbar, sigmas, seed, effects)
+        evaluator = ChunkEvaluator(runner, crossbar, sigmas, seed, effects, rng=rng, metric=metric)
         backend = LocalBackend(evaluator)
     n_sigma = len(sigmas) if effects is None else len(effects.conditions(sigmas))
     state = Progress(
-        counts=np.zeros((n_sigma, samples), dtype=np.int64),
+        counts=np.zeros((n_sigma, samples), dtype=metric.dtype),
         done=np.zeros((n_sigma, samples), dtype=bool),
     )
     if restored is not None:
@@ -295,7 +333,7 @@ def run_monte_carlo(
     zero = [j for j in range(n_sigma) if j not in active]
     if zero:  # sigma = 0: no perturbation at all, one evaluation serves all
         runner.set_weights(crossbar.unperturbed())
-        state.counts[zero] = runner.count_correct()
+        state.counts[zero] = metric.one(runner)
         state.done[zero] = True
     if not active:  # every sigma is 0: nothing to draw
         return MonteCarloCounts(counts=state.counts, used=used, stopped_early=stopped)

@@ -3,7 +3,7 @@ every default of the audit commands (eval, compare, sensitivity).
 
 - ``PerturbOptions``: what to perturb (sigmas, noise model, layers, the logits output)
 - ``DeviceEffectOptions``: drift, compensation and stuck-at cells
-- ``MonteCarloOptions``: the run (samples, k, seed, batch size, device, data subset)
+- ``MonteCarloOptions``: the run (samples, k, seed, generator, batch size, device, data subset)
 - ``ScaleOutOptions``: where samples run (worker processes, Ray) and checkpoints
 - ``OutputOptions``: the report files and the terminal table
 
@@ -15,6 +15,7 @@ once. ``from_settings`` builds a group from resolved settings (config file under
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -90,6 +91,7 @@ class MonteCarloOptions(_Group):
     samples: int = 1000
     k: float = 1.0
     seed: int = 0
+    rng: str = "fast"  # the normal generator: fast or ziggurat (ftaudit.draws.RNGS)
     batch_size: int = 512
     device: str = "cpu"
     limit: int | None = None  # evaluate on only the first N examples
@@ -150,6 +152,29 @@ class OutputOptions(_Group):
     def files(self) -> dict[str, Path | str | None]:
         """format -> path of every report file (stdout excluded), for the writer registry."""
         return {fmt: path for fmt, path in asdict(self).items() if fmt != "quiet" and path != "-"}
+
+
+@dataclass(frozen=True)
+class CheckedOptions:
+    """The options one ``validate_options`` call accepted: ``audit`` given these (the CLI
+    checks before its output checks) does not check them again."""
+
+    values: tuple[Any, ...]
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        sigmas: Sequence[float],
+        target_ci: float | None = None,
+        fail_under_kpp: float | None = None,
+        fail_under_mean: float | None = None,
+        rng: str = MonteCarloOptions.rng,
+        **options: Any,
+    ) -> CheckedOptions:
+        gates = {"target_ci": target_ci, "fail_under_kpp": fail_under_kpp}
+        gates.update(fail_under_mean=fail_under_mean, rng=rng)
+        return cls((tuple(float(s) for s in sigmas), *sorted({**options, **gates}.items())))
 
 
 #: the default of every audit option, by name (what ``EvalSettings`` starts from)

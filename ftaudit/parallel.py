@@ -30,6 +30,7 @@ import numpy as np
 
 from ftaudit.analog.options import ForwardPipeline
 from ftaudit.device_effects import DeviceEffects
+from ftaudit.draws import DEFAULT_RNG
 from ftaudit.errors import MissingExtraError, UserError
 from ftaudit.montecarlo import ChunkEvaluator, Crossbar, LocalBackend, SampleBackend
 from ftaudit.noise.base import NoiseModel
@@ -73,6 +74,7 @@ class WorkerSpec:
     fold_batchnorm: bool = True
     #: the analog forward pipeline (``ftaudit.analog``); workers recalibrate it identically
     pipeline: ForwardPipeline | None = None
+    rng: str = DEFAULT_RNG  # the normal generator (ftaudit.draws.RNGS)
     key: str = field(default="", compare=False)
 
     def with_key(self) -> WorkerSpec:
@@ -95,6 +97,7 @@ class WorkerSpec:
                     self.batch_samples,
                     self.fold_batchnorm,
                     None if self.pipeline is None else self.pipeline.to_dict(),
+                    self.rng,
                 )
             ).encode()
         )
@@ -123,6 +126,7 @@ class WorkerSpec:
                 seed=self.seed,
                 device=self.device,
                 threads=self.threads,
+                rng=self.rng,
             )
         else:
             runner = build_runner(
@@ -135,7 +139,7 @@ class WorkerSpec:
         runner.bind_data(self.x, self.y, batch_size=self.batch_size)
         crossbar = Crossbar.prepare(selected, model.crossbar_weights(), self.noise)
         return ChunkEvaluator(
-            runner, crossbar, self.sigmas, self.seed, self.effects, self.batch_samples
+            runner, crossbar, self.sigmas, self.seed, self.effects, self.batch_samples, self.rng
         )
 
 

@@ -18,6 +18,22 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_models"
 
 
+def keyed_normals(
+    seed: int, key: tuple[int, ...], shape: tuple[int, ...], rng: str = "fast"
+) -> np.ndarray:
+    """Stream ``key``'s first float32 standard normals under generator ``rng``: numpy's own
+    ziggurat on SFC64(SeedSequence(seed, spawn_key=key)) for "ziggurat" (independent of
+    ftaudit), the public ``ftaudit.draws.normals`` for "fast" (tests/test_draws.py checks it
+    against an independent float64 Box-Muller)."""
+    if rng == "ziggurat":
+        sequence = np.random.SeedSequence(seed, spawn_key=key)
+        generator = np.random.Generator(np.random.SFC64(sequence))
+        return generator.standard_normal(shape, dtype=np.float32)
+    from ftaudit.draws import normals
+
+    return normals(seed, key, shape, rng)
+
+
 def make_blobs(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """uint8 images (n, 1, 8, 8) and int64 labels in 0..3."""
     rng = np.random.default_rng(seed)
@@ -152,6 +168,46 @@ def convnet_ts(trained_convnet, model_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def mlp_onnx(trained_mlp, model_dir: Path) -> Path:
     return export_onnx(trained_mlp, model_dir / "mlp.onnx")
+
+
+def export_program(model, path: Path, example) -> Path:
+    """torch.export.save of ``model`` with a dynamic batch axis."""
+    torch = _torch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},))
+        torch.export.save(program, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def lenet_pt2(model_dir: Path) -> Path:
+    """The shipped sample LeNet (sample_models/lenet.pt's weights) as a torch.export archive."""
+    from collections import OrderedDict
+
+    torch = _torch()
+    nn = torch.nn
+    model = nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(1, 6, 5),
+            relu1=nn.ReLU(),
+            pool1=nn.MaxPool2d(2),
+            conv2=nn.Conv2d(6, 16, 5),
+            relu2=nn.ReLU(),
+            pool2=nn.MaxPool2d(2),
+            flatten=nn.Flatten(),
+            fc1=nn.Linear(16 * 4 * 4, 120),
+            relu3=nn.ReLU(),
+            fc2=nn.Linear(120, 84),
+            relu4=nn.ReLU(),
+            fc3=nn.Linear(84, 10),
+        )
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.load_state_dict(torch.jit.load(str(SAMPLES / "lenet.pt")).state_dict())
+    return export_program(model, model_dir / "lenet.pt2", torch.zeros(2, 1, 28, 28))
 
 
 def matmul_mlp_onnx(trained_mlp, path: Path, *, input_name: str = "pixels") -> Path:

@@ -80,6 +80,10 @@ def test_the_cycle_check_finds_a_cycle():
         ("ftaudit.report", "ftaudit.device_effects"),
         ("ftaudit.report", "ftaudit.models"),
         ("ftaudit.results", "ftaudit.device_effects"),
+        ("ftaudit.results", "ftaudit.models"),
+        ("ftaudit.results", "ftaudit.evaluation"),
+        ("ftaudit.results", "ftaudit.harden"),
+        ("ftaudit.results", "ftaudit.report"),
         ("ftaudit.options", "ftaudit.evaluation"),
     ],
 )
@@ -94,6 +98,12 @@ def test_dependencies_run_one_way(lower, upper):
         if target == upper or target.startswith(upper + ".")
     )
     assert not offenders
+
+
+def test_keyed_draws_are_a_leaf():
+    """ftaudit.draws, the one home of the random streams, sits below every layer that draws
+    (engine, device effects, analog, harden): it imports nothing of ftaudit but its errors."""
+    assert _graph()["ftaudit.draws"] <= {"ftaudit.errors"}
 
 
 def test_cli_modules_stay_small():
@@ -115,3 +125,50 @@ def test_every_command_has_its_module():
     for name, function, _ in COMMANDS:
         module = function.__module__.rpartition(".")[2]
         assert module == name.replace("-", "_"), (name, function.__module__)
+
+
+#: what report writers may import besides each other: the results and pure helpers
+REPORT_MAY_IMPORT = (
+    "ftaudit",  # the version
+    "ftaudit.results",
+    "ftaudit.stats",
+    "ftaudit.units",
+    "ftaudit.text",
+    "ftaudit.fileio",
+    "ftaudit.errors",
+    "ftaudit._optional",
+)
+
+
+def test_report_depends_on_results_only():
+    """Report writers read result objects: never an api module (evaluation, compare,
+    sensitivity, inspect, harden), a loader or the engine."""
+    graph = _graph()
+    offenders = sorted(
+        f"{module} imports {target}"
+        for module, targets in graph.items()
+        if module.startswith("ftaudit.report")
+        for target in targets
+        if not target.startswith("ftaudit.report")
+        and not any(target == ok or target.startswith(ok + ".") for ok in REPORT_MAY_IMPORT[1:])
+        and target != "ftaudit"
+    )
+    assert not offenders, offenders
+
+
+def test_result_types_live_in_results():
+    """compare's, sensitivity's, inspect's and harden's result types are defined in results/
+    (the api modules only use them)."""
+    from ftaudit import compare, inspect, sensitivity
+    from ftaudit.harden import api
+
+    for module, name in (
+        (compare, "CompareReport"),
+        (compare, "PairedSigmaResult"),
+        (compare, "WorseGate"),
+        (sensitivity, "SensitivityReport"),
+        (sensitivity, "SigmaPoint"),
+        (inspect, "ModelSummary"),
+        (api, "HardenReport"),
+    ):
+        assert getattr(module, name).__module__.startswith("ftaudit.results."), name

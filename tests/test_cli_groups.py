@@ -29,7 +29,7 @@ DEVICE = [
 EFFECT_FLAGS = [
     "--time", "--drift-nu", "--drift-nu-std", "--drift-t0", "--compensation", "--stuck-at",
 ]  # fmt: skip
-MONTE_CARLO = ["--samples", "--k", "--seed", "--batch-size", "--device"]
+MONTE_CARLO = ["--samples", "--k", "--seed", "--rng", "--batch-size", "--device"]
 ANALOG = [
     "--dac-bits", "--adc-bits", "--adc-bound", "--read-noise", "--weight-read-noise", "--tile-size",
     "--weight-scaling",
@@ -193,13 +193,19 @@ def test_every_audit_command_takes_every_flag_of_the_shared_groups() -> None:
             assert flags <= own, (name, flags - own)
 
 
-def test_eval_checks_its_options_once(run_cli, monkeypatch, mlp_onnx, blobs_npz) -> None:
+@pytest.mark.parametrize("command", ["eval", "compare", "sensitivity"])
+def test_each_command_checks_its_options_once(
+    run_cli, monkeypatch, mlp_onnx, blobs_npz, command: str
+) -> None:
+    """The CLI checks before its output checks; the library, and every audit a command runs,
+    take that check (options.CheckedOptions) instead of checking again."""
     from ftaudit import evaluation
 
     calls = []
     real = evaluation.validate_options
     monkeypatch.setattr(evaluation, "validate_options", lambda **kw: calls.append(kw) or real(**kw))
-    args = ("eval", mlp_onnx, "--data", blobs_npz, "--sigma", "0.1,0.2", "--samples", "3", "-q")
+    models = (mlp_onnx, mlp_onnx) if command == "compare" else (mlp_onnx,)
+    args = (command, *models, "--data", blobs_npz, "--sigma", "0.1,0.2", "--samples", "3", "-q")
     code, _, err = run_cli(*args)
     assert code == 0, err
     assert len(calls) == 1 and calls[0]["sigmas"] == (0.1, 0.2) and calls[0]["samples"] == 3
@@ -208,3 +214,6 @@ def test_eval_checks_its_options_once(run_cli, monkeypatch, mlp_onnx, blobs_npz)
     # the library alone still checks what it is given
     with pytest.raises(evaluation.UserError, match="samples must be at least 1"):
         evaluation.audit(mlp_onnx, blobs_npz, sigmas=[0.1], samples=0)
+    stale = real(sigmas=[0.1], samples=3, k=1, seed=0, batch_size=512, device="cpu")
+    with pytest.raises(evaluation.UserError, match="samples must be at least 1"):
+        evaluation.audit(mlp_onnx, blobs_npz, sigmas=[0.1], samples=0, checked=stale)

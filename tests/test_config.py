@@ -192,6 +192,7 @@ sigma = [0.0, 0.05]
 samples = 6
 noise = "gaussian"
 seed = 5
+rng = "ziggurat"
 fail_under_kpp = 0.5
 """
 
@@ -209,6 +210,7 @@ def test_config_in_cwd_needs_no_flags(run_cli: RunCli, project: Path, monkeypatc
     assert [r["sigma"] for r in report["results"]] == [0.0, 0.05]
     assert report["samples"] == 6
     assert report["seed"] == 5
+    assert report["options"]["rng"] == "ziggurat"
     assert report["noise"]["name"] == "gaussian"
     assert report["data"]["n"] == 400
     assert [(g["metric"], g["threshold"]) for g in report["gates"]] == [("kpp", 0.5)] * 2
@@ -232,10 +234,11 @@ def test_flags_override_config(run_cli: RunCli, project: Path, monkeypatch) -> N
     monkeypatch.chdir(project)
     code, out, err = run_cli(
         "eval", "model.onnx", "--sigma", "0.2", "--samples", "4", "--noise", "lognormal",
-        "--seed", "1", "--fail-under-kpp", "0.1", "--json", "-",
+        "--seed", "1", "--rng", "fast", "--fail-under-kpp", "0.1", "--json", "-",
     )  # fmt: skip
     assert code == 0, err
     report = json.loads(out)
+    assert report["options"]["rng"] == "fast"
     assert [r["sigma"] for r in report["results"]] == [0.2]
     assert report["samples"] == 4
     assert report["seed"] == 1
@@ -325,6 +328,7 @@ def test_unknown_key(run_cli: RunCli, project: Path, monkeypatch, text, expect) 
         "samples = true\n",
         'k = "one"\n',
         "seed = [1]\n",
+        "rng = 3\n",
         "noise = 3\n",
         'device = ["cpu"]\n',
         "sigma = true\n",
@@ -395,3 +399,18 @@ def test_empty_sigma_list_in_config(run_cli: RunCli, project: Path, monkeypatch)
     monkeypatch.chdir(project)
     code, out, err = run_cli("eval", "model.onnx")
     assert "sigma" in assert_one_line_error(code, out, err)
+
+
+@pytest.mark.parametrize("command", ["eval", "compare", "sensitivity"])
+def test_unknown_rng_is_one_line_and_writes_nothing(
+    run_cli: RunCli, project: Path, monkeypatch, command: str
+) -> None:
+    monkeypatch.chdir(project)
+    models = ["model.onnx", "model.onnx"] if command == "compare" else ["model.onnx"]
+    code, out, err = run_cli(
+        command, *models, "--data", "data/blobs.npz", "--sigma", "0.1", "--samples", "2",
+        "--rng", "zigurat", "--json", "out.json",
+    )  # fmt: skip
+    assert_one_line_error(code, out, err)
+    assert "unknown random generator --rng 'zigurat'" in err and "ziggurat" in err
+    assert not (project / "out.json").exists()

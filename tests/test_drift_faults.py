@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import keyed_normals
 
 import ftaudit
 from ftaudit.device_effects import (
@@ -87,10 +88,7 @@ def lognormal_reference(crossbar: Crossbar, sample: int, sigma: float) -> dict[s
     """w * exp(sigma z), z from the documented keying SeedSequence(seed, (sample, layer))."""
     result = {}
     for layer, state in zip(crossbar.layers, crossbar.states, strict=True):
-        sequence = np.random.SeedSequence(SEED, spawn_key=(sample, layer.index))
-        z = np.random.Generator(np.random.SFC64(sequence)).standard_normal(
-            layer.canonical_shape, dtype=np.float32
-        )
+        z = keyed_normals(SEED, (sample, layer.index), layer.canonical_shape)
         z = z.T if layer.transposed else z
         clean = state.unperturbed().astype(np.float64)
         result[layer.name] = clean * np.exp(sigma * z.astype(np.float64))
@@ -237,6 +235,28 @@ def test_same_device_same_nu_at_every_sigma_and_time() -> None:
     assert np.all(recovered[0] >= -1e-4)  # clipped at 0
 
 
+@pytest.mark.parametrize("noise", ["lognormal", "rram"])
+def test_drift_factors_made_beside_the_draws_or_per_row_are_the_same(
+    noise: str, monkeypatch
+) -> None:
+    """Drift factors precomputed with a sample's draws (within DECAY_BUDGET) and computed per
+    row (over it) give bit-identical weight sets, stuck cells and compensation included."""
+    import ftaudit.device_effects as device_effects
+
+    effects = DeviceEffects(
+        times=(3600.0, YEAR),
+        compensations=("none", "global"),
+        drift=DriftModel(20, 0.05, 0.02),
+        stuck_at=StuckAt(0.05, 0.05),
+    )
+    precomputed, _ = record(noise, effects, [0.1, 0.3])
+    monkeypatch.setattr(device_effects, "DECAY_BUDGET", 0)
+    per_row, _ = record(noise, effects, [0.1, 0.3])
+    assert len(precomputed.calls) == len(per_row.calls) == 2 * 2 * 2 * 2
+    for a, b in zip(precomputed.calls, per_row.calls, strict=True):
+        assert all(np.array_equal(a[name], b[name]) for name in a)
+
+
 def test_compensation_with_nu_spread_zero_restores_the_programmed_weights() -> None:
     effects = DeviceEffects(
         times=(YEAR,), compensations=("none", "global"), drift=DriftModel(20, 0.05, 0)
@@ -274,6 +294,31 @@ def test_compensation_factor_is_the_calibration_ratio() -> None:
             alpha = np.abs(matrix(w_0) @ batch).sum() / np.abs(matrix(w_t) @ batch).sum()
         assert 1.2 < alpha < 2.5  # one year of drift at nu 0.05 is a factor of about 2
         np.testing.assert_allclose(compensated[layer.name], alpha * w_t, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rng", ["fast", "ziggurat"])
+def test_compensation_readout_is_the_float64_matrix_product(rng: str) -> None:
+    """readout(W) = sum |W u| over the 64 calibration vectors u of stream (0, layer, CAL),
+    recomputed in float64 from the documented keying, for a Conv (rows are outputs, fan-in
+    C*kh*kw) and a MatMul (stored (in, out))."""
+    from ftaudit.device_effects import CALIBRATION_STREAM, CALIBRATION_VECTORS
+
+    effects = DeviceEffects(times=(YEAR,), compensations=("global",), drift=DriftModel(20, 0.05))
+    layers, weights = make_layers()
+    crossbar = Crossbar.prepare(layers, weights, get_noise_model("lognormal"))
+    engine = EffectsEngine(layers, crossbar.states, effects, SEED, rng)
+    for index, layer in enumerate(layers):
+        w = np.random.default_rng(index).normal(0, 1, layer.shape).astype(np.float32)
+        fan_in = layer.shape[0] if layer.transposed else int(np.prod(layer.shape[1:]))
+        key = (0, layer.index, CALIBRATION_STREAM)
+        u = keyed_normals(SEED, key, (CALIBRATION_VECTORS, fan_in), rng).astype(np.float64)
+        w64 = w.astype(np.float64)
+        expected = (
+            np.abs(u @ w64).sum()
+            if layer.transposed
+            else np.abs(w64.reshape(w.shape[0], -1) @ u.T).sum()
+        )
+        assert engine.readout(index, w) == pytest.approx(expected, rel=1e-5)
 
 
 # --- stuck-at ---------------------------------------------------------------------------------

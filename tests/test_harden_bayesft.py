@@ -456,3 +456,67 @@ def test_cli_bayesft_refuses_torchscript(convnet_ts, blobs_npz, run_cli, tmp_pat
 
 def test_registered_with_a_docstring() -> None:
     assert HARDEN_METHODS["bayesft"].__doc__.strip().startswith("BayesFT (Algorithm 1)")
+
+
+def _reference_losses(trainable, data, layers, noise, sigma, seed, samples, batch_size):
+    """The objective's per-sample losses by the loop it had before it ran on the engine
+    (harden/objective.ObjectiveEvaluator up to 0.x): draws, perturb, sum of batch losses / n."""
+    from ftaudit.montecarlo import Crossbar, draws_for_sample
+
+    clean = trainable.crossbar_arrays()
+    crossbar = Crossbar.prepare(layers, clean, noise)
+    xt = torch.from_numpy(np.ascontiguousarray(data.x))
+    yt = torch.from_numpy(data.y)
+    batches = [
+        (xt[s : s + batch_size], yt[s : s + batch_size]) for s in range(0, len(data), batch_size)
+    ]
+    losses = []
+    module = trainable.module
+    module.eval()
+    try:
+        for i in range(samples):
+            draws = draws_for_sample(seed, i, layers, noise.draws_per_weight)
+            trainable.set_crossbar_arrays(
+                {
+                    layer.name: state.perturb(
+                        layer.to_native(z), sigma, np.empty(layer.shape, np.float32)
+                    )
+                    for layer, state, z in zip(layers, crossbar.states, draws, strict=True)
+                }
+            )
+            total = 0.0
+            with torch.no_grad():
+                for xb, yb in batches:
+                    total += float(
+                        torch.nn.functional.cross_entropy(module(xb).float(), yb, reduction="sum")
+                    )
+            losses.append(total / len(data))
+    finally:
+        trainable.set_crossbar_arrays(clean)
+    return np.array(losses)
+
+
+@pytest.mark.parametrize("noise_name", ["lognormal", "rram"])
+def test_objective_on_the_engine_loop_is_bit_for_bit_the_old_loop(mlp_onnx, noise_name) -> None:
+    """BayesFT's objective runs through montecarlo.run_monte_carlo with the loss metric: the
+    same float, to the last bit, as its own loop gave (here and from a worker's evaluator)."""
+    from ftaudit.harden.objective import objective_evaluator
+
+    source = load_model(mlp_onnx)
+    trainable = make_trainable(source)
+    insert_dropout(trainable)
+    x, y = make_blobs(100, seed=5)
+    data = TrainingData(x.astype(np.float32) / 255, y.astype(np.int64))
+    noise = get_noise_model(noise_name)
+    kw = {"layers": source.layers, "noise": noise, "seed": 77, "batch_size": 32}
+    reference = _reference_losses(trainable, data, sigma=0.6, samples=7, **kw)
+    assert len(set(reference.tolist())) == 7
+    u = bayesft_objective(trainable, data, sigma=0.6, samples=7, **kw)
+    assert u == -float(np.mean(reference))
+    evaluator = objective_evaluator(trainable, data, sigma=0.6, **kw)
+    chunks = np.concatenate([evaluator.evaluate(0, 3, [0])[0], evaluator.evaluate(3, 7, [0])[0]])
+    evaluator.close()
+    assert np.array_equal(chunks, reference)
+    trainable.set_crossbar_arrays(trainable.crossbar_arrays())  # the engine left no trace
+    zero = bayesft_objective(trainable, data, sigma=0.0, samples=7, **kw)
+    assert zero == -float(_reference_losses(trainable, data, sigma=0.0, samples=1, **kw)[0])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import export_onnx, export_torchscript
+from conftest import export_onnx, export_torchscript, keyed_normals
 
 import ftaudit
 from ftaudit.errors import UserError
@@ -60,9 +60,7 @@ def random_weight(shape: Sequence[int], seed: int) -> np.ndarray:
 
 def reference_draws(seed: int, sample: int, layer_index: int, shape: Sequence[int]) -> np.ndarray:
     """Base draws as docs/methods.md defines them (SFC64, SeedSequence(seed, (sample, layer)))."""
-    sequence = np.random.SeedSequence(seed, spawn_key=(sample, layer_index))
-    generator = np.random.Generator(np.random.SFC64(sequence))
-    return generator.standard_normal((1, *shape), dtype=np.float32)[0]
+    return keyed_normals(seed, (sample, layer_index), (1, *shape))[0]
 
 
 def lognormal_weights(

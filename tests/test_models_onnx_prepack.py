@@ -180,3 +180,75 @@ def test_weight_mixed_with_another_constant_keeps_plain_graph(tmp_path):
 def test_non_float32_weights_keep_plain_graph():
     weights = {"w": np.ones((2, 2), np.float16)}
     assert build_prepacked_graph(None, weights) is None
+
+
+def test_a_pure_reorder_is_a_strided_copy_equal_to_the_gather():
+    """A blocked layout without padding, (O/8, I/8, kh, kw, i8, o8) of (O, I, kh, kw), is
+    found as strides and computed by a strided copy with the gather's numbers; an index with
+    padding (a repeated element) or a non-affine one keeps the gather."""
+    from ftaudit.models.onnx_prepack import DerivedInput, affine_strides
+
+    o, i, k = 16, 24, 3
+    ids = np.arange(o * i * k * k).reshape(o, i, k, k)
+    blocked = ids.reshape(o // 8, 8, i // 8, 8, k, k).transpose(0, 2, 4, 5, 3, 1)
+    shape = blocked.shape
+    index = blocked.reshape(-1).astype(np.intp)
+    strides = affine_strides(index)
+    # read off innermost first; kh and kw, contiguous in both layouts, merge into one axis
+    assert strides == ((2, 3, 9, 8, 8), (8 * i * k * k, 8 * k * k, 1, k * k, i * k * k))
+    weight = np.random.default_rng(1).normal(size=(o, i, k, k)).astype(np.float32)
+    fast = DerivedInput("d", "w", shape, index, None, strides)
+    slow = DerivedInput("d", "w", shape, index, None, None)
+    got = fast.compute(weight, np.empty(shape, np.float32))
+    assert np.array_equal(got, slow.compute(weight, np.empty(shape, np.float32)))
+    assert np.array_equal(got.reshape(-1), weight.reshape(-1)[index])
+    padded = index.copy()
+    padded[-5:] = 0
+    assert affine_strides(padded) is None
+    shuffled = np.random.default_rng(0).permutation(index)
+    assert affine_strides(shuffled) is None
+
+
+def test_convolutions_without_padding_feed_through_strided_copies(tmp_path, monkeypatch):
+    """Conv 8 -> 16 -> 16 channels (multiples of the block): the optimiser's reorders are
+    found as strides, and the runner's logits equal the plain graph's on perturbed weights."""
+    rng = np.random.default_rng(4)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.3, (16, 8, 3, 3)).astype(np.float32), "c1.w"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (16, 16, 3, 3)).astype(np.float32), "c2.w"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (3, 16)).astype(np.float32), "fc.w"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "c1.w"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "c2.w"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc.w"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv16",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8, 10, 10])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        inits,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    onnx.save(proto, str(tmp_path / "conv16.onnx"))
+    model = load_model(tmp_path / "conv16.onnx")
+    fast = model.runner(model.layers, device="cpu")
+    assert fast.prepacked
+    derived = [d for ds in fast._derived.values() for d in ds]
+    if not any(d.strides is not None for d in derived):
+        pytest.skip("this CPU's ONNX Runtime pads or does not block these convolutions")
+    slow = plain_runner(model, monkeypatch)
+    x = np.random.default_rng(0).normal(0, 1, (16, 8, 10, 10)).astype(np.float32)
+    for runner in (fast, slow):
+        runner.bind_data(x, np.zeros(16, dtype=np.int64), batch_size=8)
+    for seed in range(3):
+        weights = perturbed(model.clean_weights(), seed)
+        fast.set_weights(weights)
+        slow.set_weights(weights)
+        np.testing.assert_allclose(fast.logits(), slow.logits(), rtol=1e-4, atol=1e-4)

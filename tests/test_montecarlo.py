@@ -12,21 +12,33 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import keyed_normals
 
 import ftaudit
 from ftaudit.models.base import CrossbarLayer, ModelRunner
-from ftaudit.montecarlo import CHECK_EVERY, Crossbar, draws_for_sample, run_monte_carlo
+from ftaudit.montecarlo import (
+    CHECK_EVERY,
+    ChunkEvaluator,
+    Crossbar,
+    draws_for_sample,
+    run_monte_carlo,
+)
 from ftaudit.noise import LayerNoise, get_noise_model
 
 SEED = 1234
 
 
-def reference_draws(seed: int, sample: int, layer_index: int, shape: tuple[int, ...], d: int = 1):
+def reference_draws(
+    seed: int,
+    sample: int,
+    layer_index: int,
+    shape: tuple[int, ...],
+    d: int = 1,
+    rng: str = "fast",
+):
     """Sample ``sample``'s draws for layer ``layer_index``, from the keying in docs/methods.md:
-    float32 standard normals of an SFC64 generator seeded by SeedSequence(seed, (sample, layer))."""
-    sequence = np.random.SeedSequence(seed, spawn_key=(sample, layer_index))
-    generator = np.random.Generator(np.random.SFC64(sequence))
-    return generator.standard_normal((d, *shape), dtype=np.float32)
+    float32 standard normals of the keyed stream SeedSequence(seed, (sample, layer))."""
+    return keyed_normals(seed, (sample, layer_index), (d, *shape), rng)
 
 
 def make_layers() -> tuple[list[CrossbarLayer], dict[str, np.ndarray]]:
@@ -68,12 +80,14 @@ def positive_weights(weights: Mapping[str, np.ndarray]) -> int:
 # --- draws ------------------------------------------------------------------------------------
 
 
-def test_draws_follow_the_documented_keying() -> None:
+@pytest.mark.parametrize("rng", ["fast", "ziggurat"])
+def test_draws_follow_the_documented_keying(rng: str) -> None:
     layers, _ = make_layers()
-    draws = draws_for_sample(SEED, 7, layers, 2)
+    draws = draws_for_sample(SEED, 7, layers, 2, rng=rng)
     for layer, z in zip(layers, draws, strict=True):
         assert z.shape == (2, *layer.canonical_shape) and z.dtype == np.float32
-        assert np.array_equal(z, reference_draws(SEED, 7, layer.index, layer.canonical_shape, 2))
+        expected = reference_draws(SEED, 7, layer.index, layer.canonical_shape, 2, rng)
+        assert np.array_equal(z, expected)
     assert draws[1].shape == (2, 6, 18)  # canonical: output features first
 
 
@@ -357,18 +371,24 @@ def test_accuracy_falls_with_sigma(convnet_onnx: Path, blobs_npz: Path) -> None:
     assert high.summary.mean < report.clean_accuracy
 
 
-@pytest.mark.parametrize("layers", [None, ["3.weight", "5.weight"]])
+@pytest.mark.parametrize(
+    ("layers", "rng"),
+    [(None, "fast"), (["3.weight", "5.weight"], "fast"), (None, "ziggurat")],
+)
 def test_audit_matches_an_independent_monte_carlo(
-    convnet_ts: Path, blobs_npz: Path, blobs, trained_convnet, layers: list[str] | None
+    convnet_ts: Path, blobs_npz: Path, blobs, trained_convnet, layers: list[str] | None, rng: str
 ) -> None:
-    """Per-sample accuracies equal a plain-torch re-run of the documented draws."""
+    """Per-sample accuracies equal a plain-torch re-run of the documented draws; under
+    rng="ziggurat" the draws are numpy's own SFC64 ziggurat (the generator of earlier
+    reports), so those reports are reproduced bit for bit."""
     torch = pytest.importorskip("torch")
     import copy
 
     sigma, samples = 1.0, 6
     report = ftaudit.audit(
-        convnet_ts, blobs_npz, sigmas=[sigma], samples=samples, seed=SEED, layers=layers
+        convnet_ts, blobs_npz, sigmas=[sigma], samples=samples, seed=SEED, layers=layers, rng=rng
     )
+    assert report.options["rng"] == rng
     order = ["0.weight", "3.weight", "5.weight"]  # crossbar layer index = execution order
     chosen = layers or order
     expected = []
@@ -378,8 +398,59 @@ def test_audit_matches_an_independent_monte_carlo(
         with torch.no_grad():
             for name in chosen:
                 w = params[name].numpy()
-                z = reference_draws(SEED, i, order.index(name), w.shape)[0]
+                z = reference_draws(SEED, i, order.index(name), w.shape, rng=rng)[0]
                 params[name].copy_(torch.from_numpy(w * np.exp(np.float32(sigma) * z)))
         expected.append(torch_accuracy(model, *blobs))
     assert report.results[0].accuracies.tolist() == expected
     assert len(set(expected)) > 1  # the perturbation does reach the accuracy
+
+
+class MeanWeight:
+    """A float metric for the loop (a stand-in for BayesFT's loss): the mean of every weight
+    the runner was given last."""
+
+    dtype = np.float64
+
+    def one(self, runner: RecordingRunner) -> float:
+        return float(np.mean(np.concatenate([w.ravel() for w in runner.calls[-1].values()])))
+
+    def many(self, runner: RecordingRunner, weight_sets: list) -> list[float]:
+        values = []
+        for weights in weight_sets:
+            runner.set_weights(weights)
+            values.append(self.one(runner))
+        return values
+
+
+def test_a_pluggable_metric_runs_in_the_same_loop() -> None:
+    """run_monte_carlo and ChunkEvaluator measure what the metric says, per sample and row,
+    with the same draws as the counts (w exp(sigma z) recomputed here)."""
+    layers, weights = make_layers()
+    crossbar = Crossbar.prepare(layers, weights, get_noise_model("lognormal"))
+    result = run_monte_carlo(
+        RecordingRunner(positive_weights), crossbar, [0.0, 0.3], samples=6, seed=SEED,
+        n_data=1, k=1, metric=MeanWeight(),
+    )  # fmt: skip
+    assert result.counts.dtype == np.float64
+    clean = float(np.mean(np.concatenate([weights[layer.name].ravel() for layer in layers])))
+    assert np.all(result.counts[0] == clean)
+    expected = []
+    for i in range(6):
+        draws = draws_for_sample(SEED, i, layers, 1)
+        perturbed = [
+            weights[layer.name] * np.exp(np.float32(0.3) * layer.to_native(z)[0])
+            for layer, z in zip(layers, draws, strict=True)
+        ]
+        expected.append(float(np.mean(np.concatenate([w.ravel() for w in perturbed]))))
+    np.testing.assert_allclose(result.counts[1], expected, rtol=1e-6)
+    assert len(set(result.counts[1].tolist())) == 6
+    batched = ChunkEvaluator(
+        RecordingRunner(positive_weights), crossbar, [0.3], SEED, batch_samples=4,
+        metric=MeanWeight(),
+    )  # fmt: skip
+    assert np.array_equal(batched.evaluate(0, 6, [0])[0], result.counts[1])
+    batched.close()
+    counts = run_monte_carlo(
+        RecordingRunner(positive_weights), crossbar, [0.3], samples=6, seed=SEED, n_data=1, k=1
+    )
+    assert counts.counts.dtype == np.int64  # the default metric: correct counts

@@ -69,6 +69,16 @@ def test_workers_with_early_stopping_and_drift_match_one_process(
     assert min(used) < 3 * CHECK_EVERY  # an early stop did happen
 
 
+def test_workers_draw_with_the_runs_generator(convnet_onnx: Path, blobs_npz: Path) -> None:
+    """--rng reaches the worker processes: under ziggurat two workers give one process's
+    numbers, which differ from the fast generator's (plain and drift rows)."""
+    options = dict(sigmas=[0.6], samples=12, seed=2, times=[3600.0], compensation="both")
+    one = ftaudit.audit(convnet_onnx, blobs_npz, rng="ziggurat", **options)
+    two = ftaudit.audit(convnet_onnx, blobs_npz, workers=2, rng="ziggurat", **options)
+    assert numbers(two) == numbers(one)
+    assert numbers(ftaudit.audit(convnet_onnx, blobs_npz, **options)) != numbers(one)
+
+
 def test_torchscript_workers_match(convnet_ts: Path, blobs_npz: Path) -> None:
     options = dict(sigmas=[0.5], samples=20, seed=2)
     one = ftaudit.audit(convnet_ts, blobs_npz, **options)
@@ -168,6 +178,34 @@ def test_a_checkpoint_of_another_run_is_refused(
     assert code == 2
     assert err.count("\n") == 1 and "from another run (differs in: seed)" in err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_a_checkpoint_of_another_generator_is_refused(
+    convnet_onnx: Path, blobs_npz: Path, tmp_path: Path, run_cli
+) -> None:
+    """The normal generator is part of the run: a checkpoint written under --rng ziggurat (or
+    by an ftaudit that recorded no generator) refuses to resume a fast run, naming the field."""
+    import json
+
+    ftaudit.audit(
+        convnet_onnx, blobs_npz, sigmas=[0.3], samples=10, checkpoint_dir=tmp_path, rng="ziggurat"
+    )
+    args = ["eval", convnet_onnx, "--data", blobs_npz, "--sigma", "0.3", "--samples", "10"]
+    code, _, err = run_cli(*args, "--checkpoint-dir", tmp_path, "--resume", "-q")
+    assert code == 2
+    assert err.count("\n") == 1 and "from another run (differs in: rng)" in err
+    code, _, err = run_cli(*args, "--rng", "ziggurat", "--checkpoint-dir", tmp_path, "--resume")
+    assert code == 0, err
+    # a checkpoint from before the generator was recorded
+    path = checkpoint_file(tmp_path)
+    with np.load(path) as saved:
+        arrays = dict(saved)
+    fingerprint = json.loads(str(arrays["fingerprint"]))
+    del fingerprint["rng"]
+    arrays["fingerprint"] = np.array(json.dumps(fingerprint, sort_keys=True))
+    np.savez(path, **arrays)
+    code, _, err = run_cli(*args, "--rng", "ziggurat", "--checkpoint-dir", tmp_path, "--resume")
+    assert code == 2 and "differs in: rng" in err
 
 
 def test_checkpoint_round_trip_and_damage(tmp_path: Path) -> None:

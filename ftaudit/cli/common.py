@@ -128,7 +128,7 @@ class AuditInputs:
     effects: DeviceEffectOptions
     pipeline: Any  # ForwardPipeline | None
     scale_out: ScaleOutOptions
-    checked: Any  # evaluation.CheckedOptions: audit does not check these again
+    checked: Any  # options.CheckedOptions: the library does not check these again
 
     def library_kwargs(self) -> dict[str, Any]:
         """The keywords of ``audit``/``compare``/``sensitivity`` the option groups stand for."""
@@ -141,6 +141,7 @@ class AuditInputs:
             "pipeline": self.pipeline,
             "command": command_line(),
             "config_file": self.settings.config_file,
+            "checked": self.checked,
         }
 
 
@@ -190,6 +191,7 @@ def audit_inputs(
         seed=settings.seed,
         batch_size=settings.batch_size,
         device=settings.device,
+        rng=settings.rng,
         **{gate: getattr(settings, gate) for gate in gates},
     )
     return AuditInputs(settings, noise, effects, pipeline, where, checked)

@@ -94,7 +94,6 @@ def eval_command(
         resume=checkpoints["resume"],
         batch_samples=checkpoints["batch_samples"],
         fold_batchnorm=fold_batchnorm,
-        checked=inputs.checked,
     )
     warn(report.warnings)
 

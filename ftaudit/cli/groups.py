@@ -145,6 +145,7 @@ AUDIT = ArgGroup(
         Flag("samples", aliases.SamplesOpt),
         Flag("k", aliases.KOpt),
         Flag("seed", aliases.SeedOpt),
+        Flag("rng", aliases.RngOpt),
         Flag("batch_size", aliases.BatchSizeOpt),
         Flag("device", aliases.DeviceOpt),
         Flag("layers", aliases.LayersOpt, parse=tuple),

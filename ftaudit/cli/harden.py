@@ -183,38 +183,36 @@ def harden_command(
     from ftaudit.config import merge, parse_sigmas
     from ftaudit.harden.settings import load_harden_settings
 
-    settings = merge(
-        load_harden_settings(config, Path.cwd()),
-        {
-            "data": data,
-            "sigma": sigma,
-            "method": method,
-            "noise": noise,
-            **device_physics,
-            "val_data": val_data,
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "lr": lr,
-            "seed": seed,
-            "device": device,
-            "k": k,
-            "trice_start": trice_start,
-            "trice_end": trice_end,
-            "threshold": threshold,
-            "warmup": warmup,
-            "search_samples": search_samples,
-            "eval_samples": eval_samples,
-            "eval_sigmas": parse_sigmas(eval_sigmas) if eval_sigmas is not None else None,
-            "rc_negative": rc_negative,
-            "max_dropout": max_dropout,
-            "trials": trials,
-            "epochs_per_trial": epochs_per_trial,
-            "objective_samples": objective_samples,
-            "train_draws": train_draws,
-            "limit": limit,
-            "workers": workers,
-        },
-    )
+    flags = {
+        "data": data,
+        "sigma": sigma,
+        "method": method,
+        "noise": noise,
+        **device_physics,
+        "val_data": val_data,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "device": device,
+        "k": k,
+        "trice_start": trice_start,
+        "trice_end": trice_end,
+        "threshold": threshold,
+        "warmup": warmup,
+        "search_samples": search_samples,
+        "eval_samples": eval_samples,
+        "eval_sigmas": parse_sigmas(eval_sigmas) if eval_sigmas is not None else None,
+        "rc_negative": rc_negative,
+        "max_dropout": max_dropout,
+        "trials": trials,
+        "epochs_per_trial": epochs_per_trial,
+        "objective_samples": objective_samples,
+        "train_draws": train_draws,
+        "limit": limit,
+        "workers": workers,
+    }
+    settings = merge(load_harden_settings(config, Path.cwd()), flags)
     if settings.data is None:
         raise UserError(
             "no training data given",
@@ -259,6 +257,12 @@ def harden_command(
         err.print(" · ".join(parts), highlight=False)
 
     options = {f.name: getattr(settings, f.name) for f in fields(settings)}
+    from ftaudit.harden.methods import foreign_options
+
+    # another method's keys in the config file stay there (a [harden] table may serve several
+    # methods); given as flags they reach harden, which refuses them
+    for name in foreign_options(settings.method) - {k for k, v in flags.items() if v is not None}:
+        options.pop(name, None)
     training_data = options.pop("data")
     report = run_with_stages(
         harden,

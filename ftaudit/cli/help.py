@@ -132,6 +132,7 @@ _SHARED_LAYOUT: dict[str, tuple[str, str | None]] = {
     "--samples": (MONTE_CARLO_PANEL, "N"),
     "--k": (MONTE_CARLO_PANEL, "K"),
     "--seed": (MONTE_CARLO_PANEL, "SEED"),
+    "--rng": (MONTE_CARLO_PANEL, "fast|ziggurat"),
     "--target-ci": (MONTE_CARLO_PANEL, "WIDTH"),
     "--test-set-error": (MONTE_CARLO_PANEL, None),
     "--batch-size": (MONTE_CARLO_PANEL, "B"),

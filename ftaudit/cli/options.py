@@ -131,6 +131,14 @@ SamplesOpt = Annotated[
 ]
 KOpt = Annotated[float | None, typer.Option("--k", help="Percentile for KPP, in (0, 100) [1].")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed [0].")]
+RngOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rng",
+        help="Normal generator: fast (Box-Muller) or ziggurat (numpy's; reproduces reports made "
+        "before fast) [fast].",
+    ),
+]
 BatchSizeOpt = Annotated[
     int | None, typer.Option("--batch-size", help="Inference batch size [512].")
 ]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,15 @@ from ftaudit.eval_checkpoint import check_checkpoint_dir
 from ftaudit.evaluation import audit
 from ftaudit.fileio import check_output_path
 from ftaudit.harden.checkpoint import load_checkpoint
-from ftaudit.harden.methods import EpochCallback, HardenContext, StageProgress, get_method
-from ftaudit.harden.methods.bayesft import validate_bayesft_options
+from ftaudit.harden.methods import (
+    EpochCallback,
+    HardenContext,
+    StageProgress,
+    check_method_options,
+    get_method,
+    method_option_names,
+)
 from ftaudit.harden.parallel_eval import open_workers
-from ftaudit.harden.settings import CLEAN_DROP_NOTICE
 from ftaudit.harden.settings import HARDEN_DEFAULTS as DEFAULTS
 from ftaudit.harden.trainable import export_hardened
 from ftaudit.harden.training import TrainingData
@@ -34,62 +38,11 @@ from ftaudit.models import load_model
 from ftaudit.models.fingerprint import model_sha256
 from ftaudit.noise import get_noise_model
 from ftaudit.results import AuditReport
+from ftaudit.results.harden import CLEAN_DROP_NOTICE, HardenReport
 
 VAL_FRACTION = 0.1
 VAL_MAX = 5000
 VAL_KEY = 1_000_004
-
-
-@dataclass
-class HardenReport:
-    """What ``harden`` did and the paired evaluation of the input and the hardened model."""
-
-    ftaudit_version: str
-    command: list[str]
-    method: str
-    input_model: str
-    output_model: str
-    settings: dict[str, Any]
-    validation: dict[str, Any]
-    details: dict[str, Any]
-    history: list[dict[str, Any]]
-    before: AuditReport
-    after: AuditReport
-    elapsed_s: float
-    notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "ftaudit_version": self.ftaudit_version,
-            "command": self.command,
-            "method": self.method,
-            "input_model": self.input_model,
-            "output_model": self.output_model,
-            "settings": self.settings,
-            "validation": self.validation,
-            "details": self.details,
-            "history": self.history,
-            "before": self.before.to_dict(),
-            "after": self.after.to_dict(),
-            "paired_differences": self.paired_differences(),
-            "elapsed_s": self.elapsed_s,
-            "notes": self.notes,
-        }
-
-    def paired_differences(self) -> list[dict[str, float]]:
-        """After minus before, per sigma: mean of the per-sample differences (same draws)."""
-        rows = []
-        for b, a in zip(self.before.results, self.after.results, strict=True):
-            n = min(len(a.accuracies), len(b.accuracies))
-            diff = a.accuracies[:n] - b.accuracies[:n]
-            rows.append(
-                {
-                    "sigma": a.sigma,
-                    "mean_difference": float(diff.mean()),
-                    "kpp_difference": a.summary.kpp - b.summary.kpp,
-                }
-            )
-        return rows
 
 
 def _split_validation(x: np.ndarray, y: np.ndarray, seed: int):
@@ -116,9 +69,6 @@ def validate_harden_options(
     batch_size: int,
     lr: float,
     sigma: float,
-    threshold: float,
-    warmup: int,
-    search_samples: int,
     eval_samples: int,
     k: float,
 ) -> None:
@@ -131,12 +81,8 @@ def validate_harden_options(
         raise UserError(f"--lr must be a positive number, got {lr:g}")
     if not (math.isfinite(sigma) and sigma >= 0):
         raise UserError(f"sigma must be a finite number >= 0, got {sigma:g}")
-    if not (threshold > 0 and math.isfinite(threshold)):
-        raise UserError(f"--threshold must be a positive number, got {threshold:g}")
-    if warmup < 0:
-        raise UserError(f"--warmup must be >= 0, got {warmup}")
-    if search_samples < 1 or eval_samples < 1:
-        raise UserError("--search-samples and --eval-samples must be at least 1")
+    if eval_samples < 1:
+        raise UserError(f"--eval-samples must be at least 1, got {eval_samples}")
     if not (0 < k < 100):
         raise UserError(f"k must lie strictly between 0 and 100, got {k:g}")
 
@@ -225,7 +171,7 @@ def harden(
     ``config_file`` is recorded in the report's settings (the CLI passes the file it read).
     ``progress(stage, done, total)`` follows the training steps of each epoch and the Monte
     Carlo samples of the before/after report.
-    ``pipeline`` (ftaudit.analog; ONNX models) trains, validates and audits with the analog
+    ``pipeline`` (ftaudit.analog) trains, validates and audits with the analog
     forward pass: hardware-aware training, e.g. TRICE with 4-bit activations (``dac_bits=4``).
     The defaults are those of ``HardenSettings`` (ftaudit/harden/settings.py)."""
     started = time.perf_counter()
@@ -234,40 +180,19 @@ def harden(
         batch_size=batch_size,
         lr=lr,
         sigma=sigma,
-        threshold=threshold,
-        warmup=warmup,
-        search_samples=search_samples,
         eval_samples=eval_samples,
         k=k,
     )
     validate_harden_workers(workers=workers, ray=ray)
-    from ftaudit.harden.training import RC_NEGATIVE
-
-    if rc_negative not in RC_NEGATIVE:
-        raise UserError(
-            f"--rc-negative must be one of {', '.join(RC_NEGATIVE)}, got '{rc_negative}'",
-            hint="magnitude (default) censors |w| growth for every weight; value censors a "
-            "negative weight's rise",
-        )
     validate_eval_sigmas(eval_sigmas)
     method_impl = get_method(method)
-    validate_bayesft_options(
-        method=method,
-        max_dropout=max_dropout,
-        trials=trials,
-        epochs_per_trial=epochs_per_trial,
-        objective_samples=objective_samples,
-        train_draws=train_draws,
-        study=study,
+    keywords = locals()  # harden's keywords name every method's options
+    method_options = check_method_options(
+        method_impl,
+        {name: keywords[name] for name in method_option_names()},
+        sigma=sigma,
         protect=(Path(model), Path(data), Path(output)),
     )
-    trice_end_value = 2 * sigma if trice_end is None else trice_end
-    if not (0 <= trice_start <= trice_end_value) or not math.isfinite(trice_end_value):
-        raise UserError(
-            f"the TRICE search needs 0 <= --trice-start <= --trice-end, got "
-            f"[{trice_start:g}, {trice_end_value:g}]",
-            hint="the paper's defaults are start 0 and end 2*sigma",
-        )
     model_path, output_path = Path(model), Path(output)
     if not model_path.exists():
         raise UserError(f"model file {model_path} does not exist", hint="check the path")
@@ -294,11 +219,6 @@ def harden(
         pipeline = getattr(noise_model.profile, "analog", None)
     if pipeline is not None and not pipeline.active:
         pipeline = None
-    if pipeline is not None and (workers > 1 or ray is not None):
-        raise UserError(
-            "harden with the analog forward pipeline validates in this process only",
-            hint="drop --workers/--ray",
-        )
     source = load_model(model_path)
     layers = source.select_layers()
     train_set = load_dataset(Path(data), limit=limit)
@@ -331,22 +251,6 @@ def harden(
     validate_labels(train.y, logits.shape[1])
     validate_labels(val.y, logits.shape[1])
 
-    options = {
-        "trice_start": trice_start,
-        "trice_end": trice_end_value,
-        "threshold": threshold,
-        "warmup": warmup,
-        "search_samples": search_samples,
-        "rc_negative": rc_negative,
-    }
-    # --trials and --study are left out of the fingerprint: a larger --trials continues the same
-    # study and checkpoint, and the study file may move
-    bayesft_options = {
-        "max_dropout": max_dropout,
-        "epochs_per_trial": epochs_per_trial,
-        "objective_samples": objective_samples,
-        "train_draws": train_draws,
-    }
     fingerprint = {
         "model_sha256": model_sha256(source),
         "data_sha256": train_set.source["sha256"],
@@ -358,7 +262,7 @@ def harden(
         "batch_size": batch_size,
         "lr": lr,
         "k": k,
-        "options": {"trice": options, "bayesft": bayesft_options}.get(method, {}),
+        "options": method_impl.fingerprint(method_options),
         "n_train": len(train),
         "n_val": len(val),
         **({"analog": pipeline.to_dict()} if pipeline is not None else {}),
@@ -383,12 +287,7 @@ def harden(
         seed=seed,
         k=k,
         device=device,
-        options={
-            **options,
-            **bayesft_options,
-            "trials": trials,
-            "study": None if study is None else str(study),
-        },
+        options=method_options,
         fingerprint=fingerprint,
         checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir),
         resume_state=resume_state,
@@ -402,7 +301,14 @@ def harden(
     # one pool of workers for the whole training (processes start at the first evaluation);
     # a Ray connection is kept for the before/after audits, which then reuse it
     ctx.workers = open_workers(
-        source, val, layers=layers, noise=noise_model, workers=workers, ray=ray, device=device
+        source,
+        val,
+        layers=layers,
+        noise=noise_model,
+        workers=workers,
+        ray=ray,
+        device=device,
+        analog=ctx.analog,
     )
     try:
         result = method_impl.run(ctx)

@@ -1,4 +1,5 @@
-"""BayesFT's objective u (eq. 3-4) as a per-sample metric: the validation cross-entropy of the
+"""BayesFT's objective u (eq. 3-4) as a per-sample metric of the engine's one Monte Carlo loop
+(``montecarlo.run_monte_carlo`` / ``ChunkEvaluator``): the validation cross-entropy of the
 trainable with its crossbar weights perturbed by the evaluation noise, sample by sample, with the
 same draws as ``ftaudit eval`` (``draws_for_sample``). The same evaluator runs in this process
 and in a worker (``harden/parallel_eval``), so the number does not depend on where it ran."""
@@ -11,86 +12,82 @@ import numpy as np
 
 from ftaudit._optional import require_torch
 from ftaudit.harden.trainable import TrainableModel
-from ftaudit.harden.training import SampleWorkers, TrainingData
-from ftaudit.models.base import CrossbarLayer, contiguous_input
-from ftaudit.montecarlo import Crossbar, chunk_size, draws_for_sample
+from ftaudit.harden.training import SampleWorkers, TrainableRunner, TrainingData
+from ftaudit.models.base import CrossbarLayer
+from ftaudit.montecarlo import ChunkEvaluator, Crossbar, run_monte_carlo
 from ftaudit.noise import NoiseModel
 
 FEATURE = "the bayesft harden method"
 
 
-class ObjectiveEvaluator:
-    """Mean validation cross-entropy of Monte Carlo samples [start, stop): the objective's unit
-    of work, the same class in this process and in a worker (``--workers``/``--ray``).
+class MeanCrossEntropy:
+    """The mean cross-entropy of a ``TrainableRunner``'s module on its bound data (summed per
+    batch in batch order, then divided by the number of examples): the objective's metric. The
+    module runs in its current mode (eval: no dropout)."""
 
-    Sample i's weights are ``noise`` at ``sigma`` applied with ``draws_for_sample(seed, i, ...)``;
-    the module runs in its current mode (eval: no dropout). The clean weights are put back after
-    every chunk."""
+    dtype = np.float64
 
-    def __init__(
-        self,
-        trainable: TrainableModel,
-        data: TrainingData,
-        *,
-        layers: Sequence[CrossbarLayer],
-        noise: NoiseModel,
-        sigma: float,
-        seed: int,
-        batch_size: int = 512,
-        device: str = "cpu",
-    ) -> None:
+    def __init__(self, y: np.ndarray, *, batch_size: int, device: str = "cpu") -> None:
         torch = require_torch(FEATURE)
-        self.torch, self.trainable = torch, trainable
-        self.layers, self.sigma, self.seed = list(layers), sigma, seed
-        self.clean = trainable.crossbar_arrays()
-        self.crossbar = Crossbar.prepare(layers, self.clean, noise)
-        self.n = len(data)
-        x = contiguous_input(data.x)
-        self.batches = [
-            (
-                torch.from_numpy(x[s : s + batch_size]).to(device),
-                torch.from_numpy(data.y[s : s + batch_size]).to(device),
-            )
-            for s in range(0, len(data), batch_size)
+        self.torch, self.n = torch, len(y)
+        self.labels = [
+            torch.from_numpy(y[s : s + batch_size]).to(device) for s in range(0, len(y), batch_size)
         ]
-        self._weights = [np.empty(layer.shape, np.float32) for layer in layers]
-        d = noise.draws_per_weight
-        self._draws = [np.empty((d, *layer.canonical_shape), np.float32) for layer in layers]
 
-    def evaluate(self, start: int, stop: int, active: Sequence[int] = (0,)) -> np.ndarray:
-        """Losses ``(1, stop - start)`` of samples [start, stop) (``active`` is the engine's
-        row list; the objective has one row)."""
-        torch, module = self.torch, self.trainable.module
-        losses = np.zeros((1, stop - start), dtype=np.float64)
-        d = self.crossbar.noise.draws_per_weight
-        try:
-            for offset, i in enumerate(range(start, stop)):
-                draws = draws_for_sample(self.seed, i, self.layers, d, out=self._draws)
-                self.trainable.set_crossbar_arrays(
-                    {
-                        layer.name: state.perturb(layer.to_native(z), self.sigma, buf)
-                        for layer, state, z, buf in zip(
-                            self.layers, self.crossbar.states, draws, self._weights, strict=True
-                        )
-                    }
+    def one(self, runner: TrainableRunner) -> float:  # type: ignore[override]
+        torch, module = self.torch, runner.trainable.module
+        total = 0.0
+        with torch.no_grad():
+            for xb, yb in zip(runner.batches, self.labels, strict=True):
+                logits = module(xb)
+                if isinstance(logits, (tuple, list)):
+                    logits = logits[0]
+                total += float(
+                    torch.nn.functional.cross_entropy(logits.float(), yb, reduction="sum")
                 )
-                total = 0.0
-                with torch.no_grad():
-                    for xb, yb in self.batches:
-                        logits = module(xb)
-                        if isinstance(logits, (tuple, list)):
-                            logits = logits[0]
-                        loss = torch.nn.functional.cross_entropy(
-                            logits.float(), yb, reduction="sum"
-                        )
-                        total += float(loss)
-                losses[0, offset] = total / self.n
-        finally:
-            self.trainable.set_crossbar_arrays(self.clean)
-        return losses
+        return total / self.n
 
-    def close(self) -> None:
-        pass
+    def many(self, runner: TrainableRunner, weight_sets: list) -> list[float]:  # type: ignore[override]
+        values = []
+        for weights in weight_sets:
+            runner.set_weights(weights)
+            values.append(self.one(runner))
+        return values
+
+
+def objective_parts(
+    trainable: TrainableModel,
+    data: TrainingData,
+    *,
+    layers: Sequence[CrossbarLayer],
+    noise: NoiseModel,
+    batch_size: int = 512,
+    device: str = "cpu",
+) -> tuple[TrainableRunner, Crossbar, MeanCrossEntropy]:
+    """The runner (data bound), the crossbar of the current weights and the loss metric."""
+    runner = TrainableRunner(trainable, device)
+    runner.bind_data(data.x, data.y, batch_size=batch_size)
+    crossbar = Crossbar.prepare(layers, trainable.crossbar_arrays(), noise)
+    return runner, crossbar, MeanCrossEntropy(data.y, batch_size=batch_size, device=device)
+
+
+def objective_evaluator(
+    trainable: TrainableModel,
+    data: TrainingData,
+    *,
+    layers: Sequence[CrossbarLayer],
+    noise: NoiseModel,
+    sigma: float,
+    seed: int,
+    batch_size: int = 512,
+    device: str = "cpu",
+) -> ChunkEvaluator:
+    """The engine's evaluator of the objective's losses, ``(1, stop - start)`` per chunk (what
+    a worker builds for ``objective='loss'``)."""
+    runner, crossbar, metric = objective_parts(
+        trainable, data, layers=layers, noise=noise, batch_size=batch_size, device=device
+    )
+    return ChunkEvaluator(runner, crossbar, [sigma], seed, metric=metric)
 
 
 def bayesft_objective(
@@ -118,30 +115,28 @@ def bayesft_objective(
     was_training = module.training
     module.eval()
     n = samples if sigma > 0 else 1
+    clean = trainable.crossbar_arrays()
     try:
-        if workers is None or n == 1:
-            evaluator = ObjectiveEvaluator(
-                trainable,
-                data,
-                layers=layers,
-                noise=noise,
-                sigma=sigma,
-                seed=seed,
-                batch_size=batch_size,
-                device=device,
-            )
-            losses = evaluator.evaluate(0, n)[0]
-        else:
+        runner, crossbar, metric = objective_parts(
+            trainable, data, layers=layers, noise=noise, batch_size=batch_size, device=device
+        )
+        backend = None
+        if workers is not None and n > 1:
             backend = workers.backend(
                 trainable, sigmas=[sigma], seed=seed, batch_size=batch_size, objective="loss"
             )
-            size = chunk_size(n, backend.parallelism, None)
-            futures = [backend.submit(s, min(s + size, n), [0]) for s in range(0, n, size)]
-            try:
-                losses = np.concatenate([future.result()[0] for future in futures])
-            finally:
-                for future in futures:
-                    future.cancel()
+        losses = run_monte_carlo(
+            runner,
+            crossbar,
+            [sigma],
+            samples=n,
+            seed=seed,
+            n_data=len(data),
+            k=1.0,  # unused: no early stop
+            backend=backend,
+            metric=metric,
+        ).counts[0, :n]
     finally:
+        trainable.set_crossbar_arrays(clean)
         module.train(was_training)
     return -float(np.mean(losses))

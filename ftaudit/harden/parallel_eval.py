@@ -14,7 +14,7 @@ import hashlib
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from ftaudit.models.base import AuditModel, CrossbarLayer, contiguous_input
 from ftaudit.montecarlo import ChunkEvaluator, Crossbar, SampleBackend
 from ftaudit.noise.base import NoiseModel
 from ftaudit.parallel import _limit_threads, threads_per_worker
+
+if TYPE_CHECKING:
+    from ftaudit.analog.torch_pipeline import AnalogTraining
 
 FEATURE = "ftaudit harden --workers"
 
@@ -48,11 +51,13 @@ class TrainableWorkerSpec:
     threads: int | None = None
     #: 'counts': correct predictions per sigma (the eval engine); 'loss': BayesFT's objective
     objective: str = "counts"
+    #: the analog forward pipeline the trainable runs (calibrated once, in the main process)
+    analog: AnalogTraining | None = None
     key: str = field(default="", compare=False)
 
     def build(self) -> ChunkEvaluator:
         """Recreate the trainable from the model's bytes, load the weights, bind the data."""
-        from ftaudit.harden.trainable import make_trainable
+        from ftaudit.harden.analog_trainable import trainable_copy
         from ftaudit.harden.training import TrainableRunner
         from ftaudit.models import load_model_bytes
 
@@ -60,7 +65,7 @@ class TrainableWorkerSpec:
         if self.threads is not None:
             _limit_threads(self.threads)
         source = load_model_bytes(self.model_path, self.model_bytes)
-        trainable = make_trainable(source)
+        trainable = trainable_copy(source, self.analog)
         trainable.module.to(self.device)
         state = torch.load(io.BytesIO(self.state), map_location=self.device, weights_only=True)
         trainable.load_state_dict(state)
@@ -70,10 +75,10 @@ class TrainableWorkerSpec:
         if self.objective == "loss":
             # BayesFT's dropout modules hold no state and act only in train mode: the plain
             # trainable loads the state and computes the same eval-mode outputs
-            from ftaudit.harden.objective import ObjectiveEvaluator
+            from ftaudit.harden.objective import objective_evaluator
 
             (sigma,) = self.sigmas
-            return ObjectiveEvaluator(  # type: ignore[return-value]
+            return objective_evaluator(
                 trainable,
                 TrainingData(self.x, self.y),
                 layers=layers,
@@ -114,6 +119,7 @@ class HardenWorkers:
         workers: int,
         ray: str | None,
         device: str = "cpu",
+        analog: AnalogTraining | None = None,
     ) -> None:
         from ftaudit.models.fingerprint import model_bytes
 
@@ -126,12 +132,14 @@ class HardenWorkers:
             "noise": noise,
             "device": device,
             "threads": 1 if ray is not None else threads_per_worker(workers),
+            "analog": analog,
         }
         digest = hashlib.sha256(self._static["model_bytes"])
         for array in (self._static["x"], self._static["y"]):
             digest.update(hashlib.sha256(array.tobytes()).digest())
         static = {k: v for k, v in self._static.items() if k not in ("model_bytes", "x", "y")}
         static["noise"] = noise.parameters()
+        static["analog"] = None if analog is None else analog.pipeline.to_dict()
         digest.update(repr(sorted(static.items())).encode())
         self._digest = digest.digest()
         # every epoch's weights make a new spec, never released: each chunk carries it
@@ -196,10 +204,18 @@ def open_workers(
     workers: int,
     ray: str | None,
     device: str = "cpu",
+    analog: AnalogTraining | None = None,
 ) -> HardenWorkers | None:
     """The run's workers for ``--workers``/``--ray``; None: evaluate in this process."""
     if workers == 1 and ray is None:
         return None
     return HardenWorkers(
-        source, data, layers=layers, noise=noise, workers=workers, ray=ray, device=device
+        source,
+        data,
+        layers=layers,
+        noise=noise,
+        workers=workers,
+        ray=ray,
+        device=device,
+        analog=analog,
     )

@@ -68,9 +68,6 @@ class HardenSettings:
     config_file: str | None = None  # where the non-default values came from
 
 
-#: a clean-accuracy loss after hardening above this (3 points) is called out in the summary
-CLEAN_DROP_NOTICE = 0.03
-
 HARDEN_DEFAULTS = HardenSettings()
 
 #: keys of the eval settings (top level or [eval]) that harden uses too

@@ -2,8 +2,10 @@
 
 Randomness never comes from global state: the batch order of epoch e comes from
 ``SeedSequence(seed, spawn_key=(ORDER_KEY, e))`` and the training noise of step s of epoch e for
-crossbar layer l from ``SeedSequence(seed, spawn_key=(NOISE_KEY, e, s, l))``. A run resumed from
-a checkpoint therefore draws exactly what an uninterrupted run draws.
+crossbar layer l from ``SeedSequence(seed, spawn_key=(NOISE_KEY, e, s, l))`` (numpy's ziggurat
+normals: training noise keeps its generator; the validation Monte Carlo draws as ``eval`` does,
+with the default ``rng``). A run resumed from a checkpoint therefore draws exactly what an
+uninterrupted run draws.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from ftaudit._optional import require_torch
+from ftaudit.draws import keyed_generator
 from ftaudit.harden.rc_gaussian import censor_draws
 from ftaudit.harden.trainable import TrainableModel
 from ftaudit.models.base import CrossbarLayer, ModelRunner, contiguous_input
@@ -89,8 +92,7 @@ def noise_generator(
     """The training noise of one (epoch, step, layer); ``draw`` > 0 keys the further draws of a
     step that averages its gradient over several (draw 0 keeps NoiseTrain's keys)."""
     key = (NOISE_KEY, epoch, step, layer) if draw == 0 else (NOISE_KEY, epoch, step, layer, draw)
-    sequence = np.random.SeedSequence(seed, spawn_key=key)
-    return np.random.Generator(np.random.SFC64(sequence))
+    return keyed_generator(seed, key)
 
 
 def perturbed_arrays(
@@ -228,6 +230,11 @@ class TrainableRunner(ModelRunner):
             for s in range(0, len(x), batch_size)
         ]
         self._labels = np.asarray(y)
+
+    @property
+    def batches(self) -> list[Any]:
+        """The bound inputs, one tensor per batch (a metric reads them, e.g. the loss)."""
+        return self._batches
 
     def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
         self.trainable.set_crossbar_arrays(dict(weights))

@@ -198,23 +198,3 @@ def search_status(search: TriceSearch) -> str:
     if search.converged():
         return "converged"
     return "not converged" if search.trace else "not run"
-
-
-def trice_summary(details: dict[str, Any]) -> str:
-    """One line on what TRICE exported, true to the search's state (the table's caption)."""
-    status, sigma_t = details.get("search_status"), details.get("sigma_t")
-    trained = "no epoch ran" if sigma_t is None else f"trained at sigma_t = {sigma_t:.4g}"
-    th = f"th = {details['threshold']:g}"
-    if status == "converged":
-        return f"TRICE chose sigma_t = {sigma_t:.4g} ({th}; the search converged)"
-    search = details.get("search", {})
-    if status == "not run":
-        return (
-            f"TRICE's search never ran (epochs <= warm-up {search.get('warmup', '?')}): the "
-            f"exported model is the mid copy, {trained} in its last epoch ({th})"
-        )
-    return (
-        f"TRICE's search did not converge (interval [{search.get('start', 0):.4g}, "
-        f"{search.get('end', 0):.4g}] after {len(search.get('trace', []))} update(s)): the "
-        f"exported model {trained} in its last epoch ({th})"
-    )

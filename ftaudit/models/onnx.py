@@ -101,6 +101,12 @@ def _check_external_extent(tensor: Any, entries: dict[str, str], target: Path, p
 #: model files up to this size are parsed before a run to find the external data files that
 #: outputs must not overwrite (a model that keeps its weights outside is small)
 EXTERNAL_DATA_PROBE_BYTES = 64 << 20
+#: whether ONNX Runtime's intra-op threads spin-wait between runs. Off: between the runs of a
+#: Monte Carlo sample the engine perturbs weights on this thread and draws the next sample's
+#: normals on a helper thread, and a spinning pool takes their cores (measured on 2 loaded
+#: cores: 34% less time per sample for LeNet and the MLP; benchmarks/mc_throughput.py has the
+#: column). The numbers do not depend on it.
+SPIN_BETWEEN_RUNS = False
 
 
 def declared_external_files(path: Path) -> list[Path]:
@@ -529,6 +535,8 @@ class OnnxRunner(ModelRunner):
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not SPIN_BETWEEN_RUNS:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.threads is not None:
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1

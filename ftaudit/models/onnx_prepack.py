@@ -45,12 +45,22 @@ class DerivedInput:
     index: np.ndarray | None
     #: per-element factor (None: all ones)
     scale: np.ndarray | None
+    #: (shape, element strides) when ``index`` is a pure reorder (a transpose of a reshape, no
+    #: padding): the source viewed with them holds ``index``'s elements in order, so a strided
+    #: copy replaces the gather (``affine_strides``)
+    strides: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
     def compute(self, weight: np.ndarray, out: np.ndarray) -> np.ndarray:
         """This input's value for ``weight`` (stored layout), written into ``out``."""
         flat = weight.reshape(-1)
         if self.index is None:
             np.copyto(out.reshape(-1), flat)
+        elif self.strides is not None:  # same elements as the gather, 2x faster (no index read)
+            shape, steps = self.strides
+            view = np.lib.stride_tricks.as_strided(
+                flat, shape, tuple(s * flat.itemsize for s in steps), writeable=False
+            )
+            np.copyto(out.reshape(shape), view)
         else:
             np.take(flat, self.index, out=out.reshape(-1))
         if self.scale is not None:
@@ -217,10 +227,46 @@ def _decode(
         and tuple(value.shape) == tuple(weight.shape)
         and np.array_equal(index, np.arange(weight.size))
     )
+    shape = tuple(int(d) for d in value.shape)
     return DerivedInput(
         name=name,
         source=names[source],
-        shape=tuple(int(d) for d in value.shape),
+        shape=shape,
         index=None if identity else index,
         scale=None if bool(np.all(scale == 1)) else scale,
+        strides=None if identity else affine_strides(index),
     )
+
+
+def affine_strides(index: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """(shape, element strides) of a strided view of the source whose C-order elements are
+    ``index`` (a transpose of a reshape: a reorder without padding), else None.
+
+    Read off the index from the innermost axis out: each axis repeats the block of the axes
+    inside it at a constant stride; the result is checked against the whole index."""
+    n = index.size
+    if n == 0 or index[0] != 0:
+        return None
+    sizes: list[int] = []
+    strides: list[int] = []
+    block = 1
+    while block < n:
+        stride = int(index[block])
+        if stride <= 0 or n % block:
+            return None
+        heads = index[::block]
+        matches = heads == stride * np.arange(heads.size, dtype=np.intp)
+        size = int(np.argmin(matches)) if not matches.all() else heads.size
+        while size > 1 and (n // block) % size:  # the axis must tile the blocks above it
+            size -= 1
+        if size < 2:
+            return None
+        sizes.append(size)
+        strides.append(stride)
+        block *= size
+    shape, steps = tuple(reversed(sizes)), tuple(reversed(strides))
+    if sum(s * (k - 1) for s, k in zip(steps, shape, strict=True)) >= n:
+        return None  # the view would leave the source
+    ids = np.arange(n, dtype=np.intp)
+    predicted = np.lib.stride_tricks.as_strided(ids, shape, tuple(s * ids.itemsize for s in steps))
+    return (shape, steps) if np.array_equal(predicted.reshape(-1), index) else None

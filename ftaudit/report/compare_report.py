@@ -25,8 +25,8 @@ from ftaudit.text import escape
 from ftaudit.units import format_time
 
 if TYPE_CHECKING:
-    from ftaudit.compare import CompareReport, PairedSigmaResult, WorseGate
     from ftaudit.results import Interval
+    from ftaudit.results.compare import CompareReport, PairedSigmaResult, WorseGate
 
 COMPARE_CSV_COLUMNS = (
     "sigma",

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 from rich import box
 from rich.table import Table
 
-from ftaudit.harden.settings import CLEAN_DROP_NOTICE
+from ftaudit.results.harden import CLEAN_DROP_NOTICE, trice_summary
 from ftaudit.text import escape
 
 if TYPE_CHECKING:
-    from ftaudit.harden.api import HardenReport
+    from ftaudit.results.harden import HardenReport
 
 
 def _pct(value: float) -> str:
@@ -32,8 +32,6 @@ def harden_table(report: HardenReport) -> Table:
     if drop > CLEAN_DROP_NOTICE:
         caption.append(f"[bold red]clean accuracy {100 * drop:.2f} points lower after hardening[/]")
     if "sigma_t" in details:
-        from ftaudit.harden.trice_search import trice_summary
-
         caption.append(escape(trice_summary(details)))
     table = Table(title=title, caption="\n".join(caption), box=box.SIMPLE_HEAD, pad_edge=False)
     for header in ("sigma", "mean before", "mean after", "KPP before", "KPP after", "Δmean paired"):

@@ -10,7 +10,7 @@ from rich.table import Table
 from ftaudit.text import escape
 
 if TYPE_CHECKING:
-    from ftaudit.inspect import ModelSummary
+    from ftaudit.results.inspect import ModelSummary
 
 
 def _shape(shape: list[int | None] | None) -> str:

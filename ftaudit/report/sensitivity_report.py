@@ -28,7 +28,7 @@ from ftaudit.text import escape
 from ftaudit.units import format_time
 
 if TYPE_CHECKING:
-    from ftaudit.sensitivity import SensitivityReport
+    from ftaudit.results.sensitivity import SensitivityReport
 
 SENSITIVITY_CSV_COLUMNS = (
     "rank",

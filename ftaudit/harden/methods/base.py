@@ -7,17 +7,18 @@ registry in the package's ``__init__`` imports them, so the dependency runs one 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from ftaudit._optional import require_torch
 from ftaudit.errors import UserError
+from ftaudit.harden.analog_trainable import trainable_copy
 from ftaudit.harden.checkpoint import save_checkpoint
-from ftaudit.harden.trainable import TrainableModel, make_trainable
+from ftaudit.harden.trainable import TrainableModel
 from ftaudit.harden.training import SampleWorkers, TrainingData, TrainingNoise, train_epoch
 from ftaudit.models.base import AuditModel, CrossbarLayer
 from ftaudit.noise import NoiseModel
@@ -63,9 +64,7 @@ class HardenContext:
 
     def new_model(self) -> TrainableModel:
         """A fresh trainable copy of the input model on this run's device."""
-        model = make_trainable(self.source)
-        if self.analog is not None:
-            self.analog.attach(model)
+        model = trainable_copy(self.source, self.analog)
         model.module.to(self.device)
         return model
 
@@ -180,9 +179,27 @@ def _restore(ctx: HardenContext, models: list[TrainableModel], optimizers: list[
 
 
 class HardenMethod:
-    """Base: one model trained ``ctx.epochs`` epochs with ``training_noise`` (None: plain)."""
+    """Base: one model trained ``ctx.epochs`` epochs with ``training_noise`` (None: plain).
+
+    A method declares its own options (``options``: harden keyword -> default, the flag being
+    ``--`` and the name with dashes) and checks them in ``check_options``; ``harden`` gives it
+    only these (``ctx.options``) and refuses another method's option given to it."""
 
     name = ""
+    #: this method's options and their defaults (HardenSettings' where it has them)
+    options: ClassVar[dict[str, Any]] = {}
+    #: options left out of the checkpoint fingerprint (they may change on --resume)
+    resumable: ClassVar[tuple[str, ...]] = ()
+
+    def check_options(
+        self, values: dict[str, Any], *, sigma: float, protect: Sequence[Path] = ()
+    ) -> dict[str, Any]:
+        """This method's options, checked (a bad value raises UserError) and resolved."""
+        return dict(values)
+
+    def fingerprint(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The options a resumed run must share with the checkpoint."""
+        return {name: value for name, value in options.items() if name not in self.resumable}
 
     def training_noise(self, ctx: HardenContext) -> TrainingNoise | None:
         return None

@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -50,8 +50,8 @@ from ftaudit.harden.methods.base import (
     _optimizer,
     _restore,
 )
-from ftaudit.harden.objective import ObjectiveEvaluator as ObjectiveEvaluator
 from ftaudit.harden.objective import bayesft_objective
+from ftaudit.harden.settings import HARDEN_DEFAULTS as DEFAULTS
 from ftaudit.harden.trainable import TrainableModel
 from ftaudit.harden.training import TrainingNoise
 
@@ -81,7 +81,6 @@ _CROSSBAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 def validate_bayesft_options(
     *,
-    method: str,
     max_dropout: float,
     trials: int,
     epochs_per_trial: int,
@@ -106,10 +105,6 @@ def validate_bayesft_options(
         raise UserError(f"--train-draws must be at least 1, got {train_draws}")
     if study is None:
         return
-    if method != "bayesft":
-        raise UserError(
-            f"--study is used only by --method bayesft, not {method}", hint="drop --study"
-        )
     path = check_output_path(Path(study), what="study database", protect=tuple(protect))
     parent = path.parent if str(path.parent) else Path(".")
     if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
@@ -299,6 +294,23 @@ class BayesftMethod(HardenMethod):
     """BayesFT (Algorithm 1): dropout rate per layer chosen by GP Bayesian optimisation."""
 
     name = "bayesft"
+    options: ClassVar[dict[str, Any]] = {
+        "max_dropout": DEFAULTS.max_dropout,
+        "trials": DEFAULTS.trials,
+        "epochs_per_trial": DEFAULTS.epochs_per_trial,
+        "objective_samples": DEFAULTS.objective_samples,
+        "train_draws": DEFAULTS.train_draws,
+        "study": None,
+    }
+    # a larger --trials continues the same study and checkpoint, and the study file may move
+    resumable = ("trials", "study")
+
+    def check_options(
+        self, values: dict[str, Any], *, sigma: float, protect: Sequence[Path] = ()
+    ) -> dict[str, Any]:
+        validate_bayesft_options(**values, protect=protect)
+        study = values["study"]
+        return {**values, "study": None if study is None else str(study)}
 
     def run(self, ctx: HardenContext) -> MethodResult:
         opts = ctx.options

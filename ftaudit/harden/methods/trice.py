@@ -4,8 +4,12 @@ search narrows the training sigma_t by their validation KPP."""
 from __future__ import annotations
 
 import copy
-from typing import Any
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
 
+from ftaudit.errors import UserError
 from ftaudit.harden.methods.base import (
     HardenContext,
     HardenMethod,
@@ -14,7 +18,8 @@ from ftaudit.harden.methods.base import (
     _optimizer,
     _restore,
 )
-from ftaudit.harden.training import TrainingNoise, quantile_eval
+from ftaudit.harden.settings import HARDEN_DEFAULTS as DEFAULTS
+from ftaudit.harden.training import RC_NEGATIVE, TrainingNoise, quantile_eval
 from ftaudit.harden.trice_search import TriceSearch, exported_sigma_t, search_status
 
 
@@ -22,6 +27,42 @@ class TriceMethod(HardenMethod):
     """TRICE (Algorithm 3): right-censored noise, sigma_t found by the three-model search."""
 
     name = "trice"
+    options: ClassVar[dict[str, Any]] = {
+        "trice_start": DEFAULTS.trice_start,
+        "trice_end": DEFAULTS.trice_end,
+        "threshold": DEFAULTS.threshold,
+        "warmup": DEFAULTS.warmup,
+        "search_samples": DEFAULTS.search_samples,
+        "rc_negative": DEFAULTS.rc_negative,
+    }
+
+    def check_options(
+        self, values: dict[str, Any], *, sigma: float, protect: Sequence[Path] = ()
+    ) -> dict[str, Any]:
+        """The search range (end: 2 sigma when not given), censoring and search samples."""
+        threshold = values["threshold"]
+        if not (threshold > 0 and math.isfinite(threshold)):
+            raise UserError(f"--threshold must be a positive number, got {threshold:g}")
+        if values["warmup"] < 0:
+            raise UserError(f"--warmup must be >= 0, got {values['warmup']}")
+        if values["search_samples"] < 1:
+            raise UserError(f"--search-samples must be at least 1, got {values['search_samples']}")
+        if values["rc_negative"] not in RC_NEGATIVE:
+            raise UserError(
+                f"--rc-negative must be one of {', '.join(RC_NEGATIVE)}, got "
+                f"'{values['rc_negative']}'",
+                hint="magnitude (default) censors |w| growth for every weight; value censors a "
+                "negative weight's rise",
+            )
+        start = values["trice_start"]
+        end = 2 * sigma if values["trice_end"] is None else values["trice_end"]
+        if not (0 <= start <= end) or not math.isfinite(end):
+            raise UserError(
+                f"the TRICE search needs 0 <= --trice-start <= --trice-end, got "
+                f"[{start:g}, {end:g}]",
+                hint="the paper's defaults are start 0 and end 2*sigma",
+            )
+        return {**values, "trice_end": end}
 
     def run(self, ctx: HardenContext) -> MethodResult:
         opts = ctx.options

@@ -1,4 +1,6 @@
-"""Typed result objects returned by the library and serialised by the report writers."""
+"""Typed result objects returned by the library and serialised by the report writers: eval's
+here with the row key (sigma, time, compensation); compare's, sensitivity's, inspect's and
+harden's in the modules beside it. They import nothing above ``stats``/``units``."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+
+from ftaudit.units import format_time
 
 REPORT_SCHEMA_VERSION = "1.0"
 
@@ -64,11 +68,7 @@ class SigmaResult:
 
     def to_dict(self) -> dict[str, Any]:
         s = self.summary
-        row: dict[str, Any] = {"sigma": self.sigma}
-        if self.time_s is not None:
-            row["time_s"] = self.time_s
-            row["compensation"] = self.compensation
-        return row | {
+        return row_fields(self.sigma, self.time_s, self.compensation) | {
             "samples": s.n,
             "stopped_early": self.stopped_early,
             "mean": s.mean,
@@ -239,3 +239,23 @@ def test_set_half_width(accuracy: float, n_images: int, confidence: float = 0.95
     a = min(max(float(accuracy), 0.0), 1.0)
     z = NormalDist().inv_cdf(1.0 - (1.0 - confidence) / 2.0)
     return z * math.sqrt(a * (1.0 - a) / n_images)
+
+
+def row_key(result: SigmaResult) -> tuple[float, float | None, str | None]:
+    """What identifies a report row: its sigma, and with drift its time and compensation."""
+    return result.sigma, result.time_s, result.compensation
+
+
+def row_fields(sigma: float, time_s: float | None, compensation: str | None) -> dict[str, Any]:
+    """A report row's key as JSON fields: its sigma, and with drift its time and compensation."""
+    if time_s is None:
+        return {"sigma": sigma}
+    return {"sigma": sigma, "time_s": time_s, "compensation": compensation}
+
+
+def row_label(sigma: float, time_s: float | None, compensation: str | None) -> str:
+    """'sigma=0.3', or 'sigma=0.3, t=1y, compensation=global' for a drift row."""
+    label = f"sigma={sigma:g}"
+    if time_s is not None:
+        label += f", t={format_time(time_s)}, compensation={compensation}"
+    return label
