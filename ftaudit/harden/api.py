@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from ftaudit.draws import check_rng
 from ftaudit.errors import UserError
 from ftaudit.eval_checkpoint import check_checkpoint_dir
 from ftaudit.evaluation import audit
+from ftaudit.execution import execution_session
 from ftaudit.fileio import check_output_path
 from ftaudit.harden.checkpoint import load_checkpoint
 from ftaudit.harden.methods import (
@@ -305,19 +307,21 @@ def harden(
         from ftaudit.analog.torch_pipeline import AnalogTraining
 
         ctx.analog = AnalogTraining(source, layers, train.x, pipeline, seed=seed)
-    # one pool of workers for the whole training (processes start at the first evaluation);
-    # a Ray connection is kept for the before/after audits, which then reuse it
-    ctx.workers = open_workers(
-        source,
-        val,
-        layers=layers,
-        noise=noise_model,
-        workers=workers,
-        ray=ray,
-        device=device,
-        analog=ctx.analog,
-    )
+    # one pool of workers (or Ray connection) for the whole command: training's evaluations
+    # and the before/after audits run on the same processes, started at the first evaluation
+    session = ExitStack()
     try:
+        session.enter_context(execution_session(workers, ray))
+        ctx.workers = open_workers(
+            source,
+            val,
+            layers=layers,
+            noise=noise_model,
+            workers=workers,
+            ray=ray,
+            device=device,
+            analog=ctx.analog,
+        )
         result = method_impl.run(ctx)
         notes.extend(result.notes)
         metadata = {
@@ -330,8 +334,6 @@ def harden(
             **{k_: v for k_, v in result.details.items() if k_ != "search"},
         }
         export_hardened(result.trainable, output_path, metadata=metadata)
-        if ctx.workers is not None and ray is None:  # the audits start their own processes
-            ctx.workers.close()
 
         grid = list(eval_sigmas) if eval_sigmas is not None else default_eval_sigmas(sigma)
         common = dict(
@@ -373,6 +375,7 @@ def harden(
     finally:
         if ctx.workers is not None:
             ctx.workers.close()
+        session.close()
     return HardenReport(
         ftaudit_version=__version__,
         command=list(command or []),

@@ -20,7 +20,7 @@ import numpy as np
 
 from ftaudit._optional import require_torch
 from ftaudit.draws import DEFAULT_RNG
-from ftaudit.execution import Pool, bind, open_pool
+from ftaudit.execution import Pool, bind, open_pool, session_pool
 from ftaudit.harden.trainable import TrainableModel
 from ftaudit.harden.training import TrainingData
 from ftaudit.models.base import AuditModel, CrossbarLayer, contiguous_input
@@ -146,10 +146,14 @@ class HardenWorkers:
         static["analog"] = None if analog is None else analog.pipeline.to_dict()
         digest.update(repr(sorted(static.items())).encode())
         self._digest = digest.digest()
-        # every epoch's weights make a new spec, never released: each chunk carries it
-        pool = open_pool(workers, ray, by_file=False)
+        # the command's pool when harden opened one (its before/after audits then run on the
+        # same processes); every epoch's weights make a new spec, never released: each chunk
+        # carries it
+        shared = session_pool(workers, ray)
+        pool = shared if shared is not None else open_pool(workers, ray, by_file=False)
         assert pool is not None  # open_workers asks for workers only with --workers/--ray
         self.pool: Pool = pool
+        self._owns_pool = shared is None
 
     def spec(
         self,
@@ -198,13 +202,15 @@ class HardenWorkers:
             objective=objective,
             rng=rng,
         )
-        return bind(self.pool, spec)
+        return bind(self.pool, spec, by_file=False)
 
     def describe(self) -> dict[str, Any]:
         return self.pool.describe()
 
     def close(self) -> None:
-        self.pool.close()
+        """Close the pool if this run opened it (a command's pool is closed by its session)."""
+        if self._owns_pool:
+            self.pool.close()
 
 
 def open_workers(
