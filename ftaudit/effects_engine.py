@@ -82,7 +82,7 @@ class EffectsEngine:
                 low, high = stuck.draw(self.seed, sample, layer, cm.count)
             nu = None
             if effects.drifts:
-                nu = drift.draw_nu(self.seed, sample, layer, cm.count, self.rng)
+                nu = drift.draw(self.seed, sample, layer, cm.count, self.rng)
                 if low is not None and high is not None:
                     nu[low | high] = 0  # a stuck cell stays where it is stuck
             nus.append(nu)
@@ -171,8 +171,7 @@ class EffectsEngine:
         decay = sample.decay.get(time)
         for i, (programmed, buffer) in enumerate(zip(cells, self.drift_buffers, strict=True)):
             factor = decay[i] if decay is not None else self._decay(sample.nu[i], log_ratio, buffer)
-            np.multiply(factor, programmed, out=buffer)
-            result.append(buffer)
+            result.append(DriftModel.apply(programmed, factor, buffer))
         return result
 
     def _assemble(self, cells: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -110,9 +110,12 @@ def test_stuck_masks_are_disjoint_and_forced_to_the_extremes() -> None:
 
 def test_drift_exponents_and_decay_follow_the_power_law() -> None:
     layer = _layer()
-    nu = DriftModel(20.0, 0.05, 0.0).draw_nu(1, 0, layer, 1)
+    nu = DriftModel(20.0, 0.05, 0.0).draw(1, 0, layer, 1)
     assert nu.shape == (1, 3, 4) and np.all(nu == np.float32(0.05))
-    spread = DriftModel(20.0, 0.05, 0.5).draw_nu(1, 0, layer, 1)
+    spread = DriftModel(20.0, 0.05, 0.5).draw(1, 0, layer, 1)
     assert np.all(spread >= 0) and len(np.unique(spread)) > 1  # clipped at 0, spread
     factor = DriftModel.decay(nu, DriftModel().log_ratio(YEAR))
     np.testing.assert_allclose(factor, (YEAR / 20.0) ** -0.05, rtol=1e-6)
+    cells = np.full((1, 3, 4), 0.8, np.float32)
+    drifted = DriftModel.apply(cells, factor, np.empty_like(cells))
+    np.testing.assert_allclose(drifted, 0.8 * (YEAR / 20.0) ** -0.05, rtol=1e-6)

@@ -48,7 +48,7 @@ class DriftModel:
         """ln(t / t0), 0 for t <= t0: no drift before the first read at t0."""
         return math.log(t / self.t0_s) if t > self.t0_s else 0.0
 
-    def draw_nu(
+    def draw(
         self, seed: int, sample: int, layer: CrossbarLayer, cells: int, rng: str = DEFAULT_RNG
     ) -> np.ndarray:
         """The drift exponents of ``sample``'s ``cells`` devices per weight of ``layer``:
@@ -68,6 +68,11 @@ class DriftModel:
         """(t / t0)^(-nu) = exp(-nu ln(t / t0)) per cell, float32."""
         out = np.multiply(nu, np.float32(-log_ratio), out=out)
         return np.exp(out, out=out)
+
+    @staticmethod
+    def apply(cells: np.ndarray, factor: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """The programmed ``cells`` drifted by their ``decay`` factors, into ``out``."""
+        return np.multiply(factor, cells, out=out)
 
     def to_dict(self) -> dict[str, float]:
         return {"t0_s": self.t0_s, "nu_mean": self.nu_mean, "nu_std": self.nu_std}

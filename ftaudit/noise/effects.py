@@ -8,8 +8,9 @@ Per Monte Carlo sample and crossbar layer the engine (``ftaudit.effects_engine``
 
 on the cells of the layer's noise model (``LayerNoise.cells()``). Each effect is a small class
 with one job: a per-cell effect draws its state for a (sample, layer) from its own keyed stream
-(``draw``) and acts on the cells (``apply``/``decay``); compensation reads the layer out before
-and after. docs/methods.md gives the sources and every choice.
+(``draw``) and acts on the cells (``apply``; drift's ``decay`` gives the factor at a time);
+compensation reads the layer out before and after (``baseline``, ``apply``). docs/methods.md
+gives the sources and every choice.
 """
 
 from __future__ import annotations
