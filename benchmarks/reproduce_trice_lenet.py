@@ -88,9 +88,8 @@ def write_markdown(
         "(2-core CPU budget); the paper also averages 5 runs, this is one seeded run.",
         "- Activations are not quantised in the table above (the paper quantises them to 4 "
         "bits); only the crossbar weights are quantised and perturbed (see docs/methods.md). "
-        'The section "With 4-bit activations" below adds the paper\'s setup through the analog '
-        "forward pipeline (`--dac-bits 4`, docs/analog.md; "
-        "`benchmarks/reproduce_trice_lenet_4bit.py`).",
+        "trice-lenet-4bit.md reruns the paper's setup through the analog forward pipeline "
+        "(`--dac-bits 4`, docs/analog.md; `benchmarks/reproduce_trice_lenet_4bit.py`).",
         "- KPP from 1,000 Monte Carlo samples on 2,000 test images, not 10,000 samples on the "
         "full test set; the interval column says how precise each number is.",
         "",

@@ -237,12 +237,12 @@ def prepare_run(
     check_finite_weights(model)
     x = model.input_array(dataset)
     if pipeline is not None and pipeline.active:
-        from ftaudit.analog.runner import analog_runner
+        from ftaudit.analog.runner import ONE_SAMPLE_PER_PASS, analog_runner
 
-        # the ftaudit.analog runner, its calibrated ranges kept (assigned left to right)
-        runner, runner.calibration = analog_runner(
+        runner, runner.calibration = analog_runner(  # calibrated ranges kept (left to right)
             model, selected, x, pipeline=pipeline, seed=seed, device=device, rng=rng
         )
+        runner.fallback = ONE_SAMPLE_PER_PASS if batch_samples > 1 else None  # the CUDA default
     else:
         runner = build_runner(
             model,

@@ -62,15 +62,16 @@ class ProcessPool(ProcessBackend):
     """Spawned worker processes started once; each evaluation is bound to them by a handle.
 
     ``by_file`` (the default) ships each spec once, as a file; False sends the spec with every
-    chunk (small specs, or evaluations nobody releases)."""
+    chunk (small specs, or evaluations nobody releases, such as harden's per-epoch weights);
+    ``handle`` can choose per spec."""
 
     def __init__(self, workers: int, *, by_file: bool = True) -> None:
         super().__init__(None, workers)
         self.by_file = by_file
-        self._folder = tempfile.mkdtemp(prefix="ftaudit-pool-") if by_file else None
+        self._folder = tempfile.mkdtemp(prefix="ftaudit-pool-")
 
-    def handle(self, spec: EvaluatorSpec) -> Any:
-        if self._folder is None:
+    def handle(self, spec: EvaluatorSpec, *, by_file: bool | None = None) -> Any:
+        if not (self.by_file if by_file is None else by_file):
             return spec
         path = os.path.join(self._folder, f"{spec.key}.pkl")
         if not os.path.exists(path):
@@ -87,8 +88,7 @@ class ProcessPool(ProcessBackend):
         try:
             super().close()
         finally:
-            if self._folder is not None:
-                shutil.rmtree(self._folder, ignore_errors=True)
+            shutil.rmtree(self._folder, ignore_errors=True)
 
 
 class RayPool(RayBackend):
@@ -97,8 +97,8 @@ class RayPool(RayBackend):
     def __init__(self, address: str, workers: int | None) -> None:
         super().__init__(None, address, workers)
 
-    def handle(self, spec: EvaluatorSpec) -> Any:
-        return self._ray.put(spec)
+    def handle(self, spec: EvaluatorSpec, *, by_file: bool | None = None) -> Any:
+        return self._ray.put(spec)  # the object store holds it once either way
 
     def submit_spec(self, handle: Any, start: int, stop: int, active: Sequence[int]) -> Any:
         return self._task.remote(handle, start, stop, list(active)).future()
@@ -132,9 +132,9 @@ def open_pool(workers: int, ray: str | None, *, by_file: bool = True) -> Pool | 
     return None
 
 
-def bind(pool: Pool, spec: EvaluatorSpec) -> BoundBackend:
-    """A backend that evaluates ``spec`` on ``pool``."""
-    return BoundBackend(pool, pool.handle(spec), pool.parallelism)
+def bind(pool: Pool, spec: EvaluatorSpec, *, by_file: bool | None = None) -> BoundBackend:
+    """A backend that evaluates ``spec`` on ``pool`` (``by_file``: see ``ProcessPool``)."""
+    return BoundBackend(pool, pool.handle(spec, by_file=by_file), pool.parallelism)
 
 
 #: the pool of the command running now, with the (workers, ray) it was opened for
@@ -159,14 +159,20 @@ def execution_session(workers: int, ray: str | None) -> Iterator[None]:
         pool.close()
 
 
+def session_pool(workers: int, ray: str | None) -> Pool | None:
+    """The pool of the command running now, if it was opened for ``workers``/``ray``."""
+    session = _SESSION.get()
+    return session[2] if session is not None and session[:2] == (workers, ray) else None
+
+
 def backend_for(
     spec: Any, evaluator: ChunkEvaluator | None, *, workers: int, ray: str | None
 ) -> SampleBackend:
     """The backend of one evaluation: bound to the session's pool when one is open for the
     same ``workers``/``ray``, else its own (``parallel.make_backend``)."""
-    session = _SESSION.get()
-    if session is not None and spec is not None and session[:2] == (workers, ray):
-        return bind(session[2], spec.with_key())
+    pool = session_pool(workers, ray)
+    if pool is not None and spec is not None:
+        return bind(pool, spec.with_key())
     return make_backend(spec, evaluator, workers=workers, ray=ray)
 
 

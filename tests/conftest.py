@@ -170,6 +170,46 @@ def mlp_onnx(trained_mlp, model_dir: Path) -> Path:
     return export_onnx(trained_mlp, model_dir / "mlp.onnx")
 
 
+def export_program(model, path: Path, example) -> Path:
+    """torch.export.save of ``model`` with a dynamic batch axis."""
+    torch = _torch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},))
+        torch.export.save(program, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def lenet_pt2(model_dir: Path) -> Path:
+    """The shipped sample LeNet (sample_models/lenet.pt's weights) as a torch.export archive."""
+    from collections import OrderedDict
+
+    torch = _torch()
+    nn = torch.nn
+    model = nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(1, 6, 5),
+            relu1=nn.ReLU(),
+            pool1=nn.MaxPool2d(2),
+            conv2=nn.Conv2d(6, 16, 5),
+            relu2=nn.ReLU(),
+            pool2=nn.MaxPool2d(2),
+            flatten=nn.Flatten(),
+            fc1=nn.Linear(16 * 4 * 4, 120),
+            relu3=nn.ReLU(),
+            fc2=nn.Linear(120, 84),
+            relu4=nn.ReLU(),
+            fc3=nn.Linear(84, 10),
+        )
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.load_state_dict(torch.jit.load(str(SAMPLES / "lenet.pt")).state_dict())
+    return export_program(model, model_dir / "lenet.pt2", torch.zeros(2, 1, 28, 28))
+
+
 def matmul_mlp_onnx(trained_mlp, path: Path, *, input_name: str = "pixels") -> Path:
     """The trained MLP rebuilt by hand: MatMul + Add, weights stored (in, out), no torch export."""
     import onnx

@@ -272,6 +272,81 @@ def test_torchscript_runs_the_same_pipeline_as_onnx(fmnist):
         np.testing.assert_array_equal(a.accuracies, b.accuracies)
 
 
+def test_torch_export_runs_the_pipeline_through_its_onnx_export(fmnist, lenet_pt2):
+    pytest.importorskip("torch")
+    ideal = _audit(fmnist, model=lenet_pt2)
+    fine = _audit(fmnist, model=lenet_pt2, pipeline=ForwardPipeline(dac_bits=16, adc_bits=16))
+    assert fine.model["format"] == "torch.export" and fine.analog["dac_bits"] == 16
+    assert abs(ideal.clean_accuracy - fine.clean_accuracy) <= 0.005
+    for a, b in zip(ideal.results, fine.results, strict=True):
+        assert abs(a.summary.mean - b.summary.mean) <= 0.005
+    # the same network as the shipped ONNX file: the same draws and read noise, the same counts
+    pipeline = ForwardPipeline(read_noise=0.1, dac_bits=6, adc_bits=6, tile_size=(64, 64))
+    onnx_report = _audit(fmnist, samples=3, pipeline=pipeline)
+    program = _audit(fmnist, samples=3, pipeline=pipeline, model=lenet_pt2, batch_size=48)
+    assert program.clean_accuracy == onnx_report.clean_accuracy
+    for a, b in zip(onnx_report.results, program.results, strict=True):
+        np.testing.assert_array_equal(a.accuracies, b.accuracies)
+    assert np.std(program.results[0].accuracies) > 0  # read noise at sigma 0
+
+
+def test_compare_and_sensitivity_run_torch_export_models_with_the_pipeline(fmnist, lenet_pt2):
+    pytest.importorskip("torch")
+    from ftaudit.compare import compare
+    from ftaudit.data import Dataset
+    from ftaudit.sensitivity import sensitivity
+
+    dataset = Dataset(x=fmnist["x"][:200].astype(np.float32) / 255, y=fmnist["y"][:200], source={})
+    pipeline = ForwardPipeline(read_noise=0.1, adc_bits=8)
+    report = compare(
+        SAMPLES / "lenet.pt", lenet_pt2, dataset, sigmas=[0.1], samples=4, seed=2, pipeline=pipeline
+    )
+    row = report.results[0]
+    np.testing.assert_array_equal(row.baseline.accuracies, row.candidate.accuracies)
+    kwargs = {"sigmas": [0.1], "samples": 2, "seed": 2, "pipeline": pipeline}
+    ranked = sensitivity(lenet_pt2, dataset, **kwargs)
+    reference = sensitivity(SAMPLES / "lenet.onnx", dataset, **kwargs)
+    assert ranked.to_dict()["options"]["analog"]["adc_bits"] == 8
+    assert ranked.all_layers[0].mean == reference.all_layers[0].mean
+
+
+def test_cli_eval_runs_a_torch_export_model_with_the_pipeline(run_cli, lenet_pt2, tmp_path):
+    pytest.importorskip("torch")
+    data = tmp_path / "d.npz"
+    with np.load(SAMPLES / "fmnist_test_2000.npz") as f:
+        np.savez(data, x=f["x"][:100], y=f["y"][:100])
+    out = tmp_path / "r.json"
+    code, _, err = run_cli(
+        "eval", lenet_pt2, "--data", data, "--sigma", "0.1", "--samples", "2",
+        "--dac-bits", "4", "--json", out,
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out.read_text())["analog"]["dac_bits"] == 4
+
+
+def test_cli_a_program_onnx_cannot_export_exits_2_with_one_line(run_cli, blobs_npz, tmp_path):
+    torch = pytest.importorskip("torch")
+    from conftest import export_program
+
+    class SpectrumHead(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(64, 8)
+
+        def forward(self, x):
+            return torch.fft.rfft(self.fc(x.flatten(1))).abs()  # no ONNX export at opset 17
+
+    path = export_program(SpectrumHead(), tmp_path / "fft.pt2", torch.zeros(2, 1, 8, 8))
+    out = tmp_path / "r.json"
+    code, stdout, err = run_cli(
+        "eval", path, "--data", blobs_npz, "--sigma", "0.1", "--samples", "2",
+        "--dac-bits", "4", "--json", out,
+    )  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "cannot be exported" in err and "export the model to ONNX yourself" in err
+    assert stdout == "" and not out.exists()
+
+
 @pytest.mark.parametrize(
     "noise", [{"read_noise": 0.1}, {"weight_read_noise": 0.05}], ids=["output", "weight"]
 )
@@ -287,6 +362,40 @@ def test_read_noise_runs_are_identical_with_worker_processes(fmnist, noise):
 def test_batch_samples_are_refused_with_the_pipeline(fmnist):
     with pytest.raises(UserError, match="--batch-samples"):
         _audit(fmnist, batch_samples=4, pipeline=ForwardPipeline(read_noise=0.1))
+
+
+def test_the_cuda_batching_default_falls_back_to_one_sample_per_pass(fmnist, monkeypatch):
+    """--device cuda without --batch-samples asks for 16 weight sets per pass; the pipeline
+    runs one (each sample reads its own noise), and the report's execution says so."""
+    import ftaudit.evaluation
+    from ftaudit.batched import DEFAULT_CUDA_BATCH_SAMPLES
+
+    pipeline = ForwardPipeline(read_noise=0.1, adc_bits=8)
+    plain = _audit(fmnist, samples=3, pipeline=pipeline)
+    monkeypatch.setattr(
+        ftaudit.evaluation,
+        "resolve_batch_samples",
+        lambda batch_samples, **_: DEFAULT_CUDA_BATCH_SAMPLES,
+    )
+    defaulted = _audit(fmnist, samples=3, pipeline=pipeline)
+    execution = defaulted.options["execution"]
+    assert execution["batch_samples"] == 1
+    assert "analog forward pipeline" in execution["batch_fallback"]
+    assert "batch_fallback" not in plain.options["execution"]
+    for a, b in zip(plain.results, defaulted.results, strict=True):
+        np.testing.assert_array_equal(a.accuracies, b.accuracies)
+
+
+def test_cli_batch_samples_with_the_pipeline_exit_2_with_one_line(
+    run_cli, mlp_onnx, blobs_npz, tmp_path
+):
+    out = tmp_path / "r.json"
+    code, _, err = run_cli(
+        "eval", mlp_onnx, "--data", blobs_npz, "--sigma", "0.1", "--samples", "2",
+        "--batch-samples", "4", "--read-noise", "0.1", "--json", out,
+    )  # fmt: skip
+    assert code == 2 and "--batch-samples" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
 
 
 def test_compare_pairs_read_noise_and_records_the_pipeline(fmnist):

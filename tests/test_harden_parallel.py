@@ -203,3 +203,30 @@ def test_cli_bad_workers_and_ray_exit_2(setup, run_cli, tmp_path, extra, message
     assert code == 2, err
     assert message in err
     assert not out.exists() and not report.exists()
+
+
+def test_harden_runs_training_and_audits_on_one_pool(setup, monkeypatch) -> None:
+    """One pool of worker processes serves TRICE's evaluations and the before/after audits
+    (before, the audits started their own); the audits' numbers are those of one process."""
+    from ftaudit import parallel
+
+    pools: list[str] = []
+    start = parallel.ProcessBackend.__init__
+
+    def counted(self, *args, **kwargs):
+        pools.append(type(self).__name__)
+        start(self, *args, **kwargs)
+
+    options = {**TRICE, "epochs": 1, "eval_sigmas": [0.6], "eval_samples": 12}
+    one = harden(setup["onnx"], setup["data"], output=setup["dir"] / "pool1.onnx", **options)
+    monkeypatch.setattr(parallel.ProcessBackend, "__init__", counted)
+    two = harden(
+        setup["onnx"], setup["data"], output=setup["dir"] / "pool2.onnx", workers=2, **options
+    )
+    assert pools == ["ProcessPool"]
+    assert _trace(two) == _trace(one)
+    for mine, theirs in ((two.before, one.before), (two.after, one.after)):
+        assert mine.options["execution"]["backend"] == "processes"
+        assert [r.accuracies.tolist() for r in mine.results] == [
+            r.accuracies.tolist() for r in theirs.results
+        ]

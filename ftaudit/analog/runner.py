@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -15,6 +16,9 @@ from ftaudit.draws import DEFAULT_RNG
 from ftaudit.errors import UserError
 from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner
 from ftaudit.models.onnx import OnnxModel, OnnxRunner
+
+#: why a run whose batching was only a default (``--device cuda``) runs one sample per pass
+ONE_SAMPLE_PER_PASS = "the analog forward pipeline runs one Monte Carlo sample per pass"
 
 
 class AnalogOnnxRunner(OnnxRunner):
@@ -97,47 +101,79 @@ class AnalogOnnxRunner(OnnxRunner):
             pool.shutdown(wait=False)
 
 
+def _script_module(model: AuditModel) -> Any:
+    from ftaudit.models.torchscript import jit_load
+
+    return jit_load(model.raw, model.path)  # type: ignore[attr-defined]
+
+
+def _program_module(model: AuditModel) -> Any:
+    from ftaudit.models.export import load_program
+
+    return load_program(model.raw, model.path).module()  # type: ignore[attr-defined]
+
+
+#: formats the pipeline runs as their own in-memory ONNX export -> the torch module exported
+EXPORTED_FORMATS: dict[str, Callable[[AuditModel], Any]] = {
+    "torchscript": _script_module,
+    "torch.export": _program_module,
+}
+
+
 def as_onnx(model: AuditModel, x: np.ndarray) -> OnnxModel:
-    """``model`` itself if ONNX; a TorchScript model exported to ONNX in memory, checked to
+    """``model`` itself if ONNX; a TorchScript or torch.export model exported to ONNX in
+    memory (torch's TorchScript exporter, parameters kept as named initializers), checked to
     have the same crossbar layers (names, stored shapes, order)."""
     if isinstance(model, OnnxModel):
         return model
-    if model.format != "torchscript":
+    make_module = EXPORTED_FORMATS.get(model.format)
+    if make_module is None:
         raise UserError(
-            f"the analog forward pipeline does not run {model.format} models yet",
+            f"the analog forward pipeline does not run {model.format} models",
             hint="export the model to ONNX (torch.onnx.export) and audit the .onnx file",
         )
+    import contextlib
     import io
     import warnings
 
     import torch
 
-    from ftaudit.models.torchscript import jit_load
-
-    module = jit_load(model.raw, model.path)  # type: ignore[attr-defined]
-    example = torch.from_numpy(np.ascontiguousarray(x[:1], dtype=np.float32))
+    module = make_module(model)
+    # a program exported for a fixed batch runs on that batch only: export it so (the ONNX
+    # runner pads the last batch); otherwise one image and a dynamic batch axis
+    fixed = model.input.shape[0] if model.input.shape else None
+    example = np.ascontiguousarray(x[:1], dtype=np.float32)
+    if fixed:
+        example = np.ascontiguousarray(np.resize(example, (fixed, *example.shape[1:])))
     buffer = io.BytesIO()
     try:
-        with warnings.catch_warnings():
+        # the exporter prints the graph to stdout when it fails: the library stays silent
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module,
-                (example,),
+                (torch.from_numpy(example),),
                 buffer,
                 dynamo=False,
                 input_names=["input"],
                 output_names=["output"],
-                dynamic_axes={"input": {0: "n"}, "output": {0: "n"}},
+                dynamic_axes=None if fixed else {"input": {0: "n"}, "output": {0: "n"}},
                 opset_version=17,
                 do_constant_folding=False,
+                # no merging of parameters with equal values (an untrained BatchNorm's bias and
+                # running mean): every initializer keeps its parameter's name (dropped from the
+                # graph inputs below)
+                keep_initializers_as_inputs=True,
+                # an exported program refuses train(); the module is in its inference mode
+                training=torch.onnx.TrainingMode.PRESERVE,
             )
     except Exception as exc:  # the exporter raises many types for graphs it cannot export
         raise UserError(
-            f"the analog forward pipeline runs TorchScript models through ONNX, and "
+            f"the analog forward pipeline runs {model.format} models through ONNX, and "
             f"{model.path} cannot be exported ({exc.__class__.__name__})",
             hint="export the model to ONNX yourself and audit the .onnx file",
         ) from exc
-    exported = OnnxModel.from_bytes(model.path, buffer.getvalue())
+    exported = OnnxModel.from_bytes(model.path, _initializers_off_inputs(buffer.getvalue()))
     same = [(la.name, la.shape) for la in exported.layers] == [
         (la.name, la.shape) for la in model.layers
     ]
@@ -148,6 +184,18 @@ def as_onnx(model: AuditModel, x: np.ndarray) -> OnnxModel:
             hint="export the model to ONNX yourself and audit the .onnx file",
         )
     return exported
+
+
+def _initializers_off_inputs(raw: bytes) -> bytes:
+    """An exported model whose initializers are no longer also graph inputs."""
+    import onnx
+
+    proto = onnx.load_from_string(raw)
+    names = {t.name for t in proto.graph.initializer}
+    data_inputs = [i for i in proto.graph.input if i.name not in names]
+    del proto.graph.input[:]
+    proto.graph.input.extend(data_inputs)
+    return proto.SerializeToString()
 
 
 def analog_runner(
@@ -163,8 +211,8 @@ def analog_runner(
 ) -> tuple[ModelRunner, Calibration]:
     """Calibrate the pipeline's ranges on (a seeded subset of) ``x`` and build the runner.
 
-    A TorchScript model runs as its own ONNX export (same weights, same names, same layer
-    order, so the same draws and numbers as the ONNX file of the same network)."""
+    A TorchScript or torch.export model runs as its own ONNX export (same weights, same names,
+    same layer order, so the same draws and numbers as the ONNX file of the same network)."""
     model = as_onnx(model, x)
     weights = model.clean_weights()
     tiled = plan_tiles(model.proto, selected, weights, pipeline)

@@ -4,7 +4,8 @@ The same transforms as the ONNX rewrite (``ftaudit.analog.onnx_graph``), on the 
 module's own Linear and Conv layers: their ``forward`` is replaced on the instance, so parameter
 names, the export and the optimiser see the same module. Quantisers use straight-through
 estimators: rounding passes the gradient unchanged, saturation passes none outside the range.
-Ranges and tiles come from the ONNX calibration of the input model, fixed for the whole run.
+Ranges and tiles come from the ONNX calibration of the input model (a TorchScript or
+torch.export model: of its in-memory ONNX export, as ``eval`` runs it), fixed for the whole run.
 Read noise is drawn in training mode only, from a torch generator seeded by the run's seed
 (weight read noise from a second one, so turning it on leaves the output noise's draws);
 the validation passes (eval mode) and the exported model are deterministic.
@@ -26,7 +27,6 @@ from ftaudit.analog.onnx_graph import (
     quantiser_scales,
 )
 from ftaudit.analog.options import ForwardPipeline
-from ftaudit.errors import UserError
 
 #: spawn key of the training read-noise generator
 TRAINING_NOISE_KEY = 0xA7A1
@@ -152,18 +152,15 @@ class AnalogTraining:
         *,
         seed: int,
     ) -> None:
-        from ftaudit.models.onnx import OnnxModel
+        from ftaudit.analog.runner import as_onnx
 
-        if not isinstance(model, OnnxModel):
-            raise UserError(
-                "harden with the analog forward pipeline trains ONNX models only; "
-                f"{model.path} is {model.format}",
-                hint="export the model to ONNX, or drop --dac-bits/--adc-bits/--read-noise",
-            )
+        #: the graph the pipeline runs: the model itself, or a TorchScript or torch.export
+        #: model's in-memory ONNX export (``ftaudit.harden.analog_trainable`` trains that)
+        self.model = as_onnx(model, x)
         self.pipeline = pipeline
         self.seed = seed
-        self.tiled = plan_tiles(model.proto, layers, model.clean_weights(), pipeline)
-        self.calibration = calibrate(model.proto, self.tiled, x, seed=seed)
+        self.tiled = plan_tiles(self.model.proto, layers, self.model.clean_weights(), pipeline)
+        self.calibration = calibrate(self.model.proto, self.tiled, x, seed=seed)
 
     def attach(self, trainable: Any) -> int:
         """Give the trainable module's crossbar Linear/Conv layers the pipeline; returns how

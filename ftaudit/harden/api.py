@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from ftaudit.data import Dataset, load_dataset, validate_labels
 from ftaudit.errors import UserError
 from ftaudit.eval_checkpoint import check_checkpoint_dir
 from ftaudit.evaluation import audit
+from ftaudit.execution import execution_session
 from ftaudit.fileio import check_output_path
 from ftaudit.harden.checkpoint import load_checkpoint
 from ftaudit.harden.methods import (
@@ -171,7 +173,7 @@ def harden(
     ``config_file`` is recorded in the report's settings (the CLI passes the file it read).
     ``progress(stage, done, total)`` follows the training steps of each epoch and the Monte
     Carlo samples of the before/after report.
-    ``pipeline`` (ftaudit.analog; ONNX models) trains, validates and audits with the analog
+    ``pipeline`` (ftaudit.analog) trains, validates and audits with the analog
     forward pass: hardware-aware training, e.g. TRICE with 4-bit activations (``dac_bits=4``).
     The defaults are those of ``HardenSettings`` (ftaudit/harden/settings.py)."""
     started = time.perf_counter()
@@ -219,11 +221,6 @@ def harden(
         pipeline = getattr(noise_model.profile, "analog", None)
     if pipeline is not None and not pipeline.active:
         pipeline = None
-    if pipeline is not None and (workers > 1 or ray is not None):
-        raise UserError(
-            "harden with the analog forward pipeline validates in this process only",
-            hint="drop --workers/--ray",
-        )
     source = load_model(model_path)
     layers = source.select_layers()
     train_set = load_dataset(Path(data), limit=limit)
@@ -303,12 +300,21 @@ def harden(
         from ftaudit.analog.torch_pipeline import AnalogTraining
 
         ctx.analog = AnalogTraining(source, layers, train.x, pipeline, seed=seed)
-    # one pool of workers for the whole training (processes start at the first evaluation);
-    # a Ray connection is kept for the before/after audits, which then reuse it
-    ctx.workers = open_workers(
-        source, val, layers=layers, noise=noise_model, workers=workers, ray=ray, device=device
-    )
+    # one pool of workers (or Ray connection) for the whole command: training's evaluations
+    # and the before/after audits run on the same processes, started at the first evaluation
+    session = ExitStack()
     try:
+        session.enter_context(execution_session(workers, ray))
+        ctx.workers = open_workers(
+            source,
+            val,
+            layers=layers,
+            noise=noise_model,
+            workers=workers,
+            ray=ray,
+            device=device,
+            analog=ctx.analog,
+        )
         result = method_impl.run(ctx)
         notes.extend(result.notes)
         metadata = {
@@ -321,8 +327,6 @@ def harden(
             **{k_: v for k_, v in result.details.items() if k_ != "search"},
         }
         export_hardened(result.trainable, output_path, metadata=metadata)
-        if ctx.workers is not None and ray is None:  # the audits start their own processes
-            ctx.workers.close()
 
         grid = list(eval_sigmas) if eval_sigmas is not None else default_eval_sigmas(sigma)
         common = dict(
@@ -363,6 +367,7 @@ def harden(
     finally:
         if ctx.workers is not None:
             ctx.workers.close()
+        session.close()
     return HardenReport(
         ftaudit_version=__version__,
         command=list(command or []),

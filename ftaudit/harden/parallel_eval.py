@@ -14,18 +14,21 @@ import hashlib
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ftaudit._optional import require_torch
-from ftaudit.execution import Pool, bind, open_pool
+from ftaudit.execution import Pool, bind, open_pool, session_pool
 from ftaudit.harden.trainable import TrainableModel
 from ftaudit.harden.training import TrainingData
 from ftaudit.models.base import AuditModel, CrossbarLayer, contiguous_input
 from ftaudit.montecarlo import ChunkEvaluator, Crossbar, SampleBackend
 from ftaudit.noise.base import NoiseModel
 from ftaudit.parallel import _limit_threads, threads_per_worker
+
+if TYPE_CHECKING:
+    from ftaudit.analog.torch_pipeline import AnalogTraining
 
 FEATURE = "ftaudit harden --workers"
 
@@ -48,11 +51,13 @@ class TrainableWorkerSpec:
     threads: int | None = None
     #: 'counts': correct predictions per sigma (the eval engine); 'loss': BayesFT's objective
     objective: str = "counts"
+    #: the analog forward pipeline the trainable runs (calibrated once, in the main process)
+    analog: AnalogTraining | None = None
     key: str = field(default="", compare=False)
 
     def build(self) -> ChunkEvaluator:
         """Recreate the trainable from the model's bytes, load the weights, bind the data."""
-        from ftaudit.harden.trainable import make_trainable
+        from ftaudit.harden.analog_trainable import trainable_copy
         from ftaudit.harden.training import TrainableRunner
         from ftaudit.models import load_model_bytes
 
@@ -60,7 +65,7 @@ class TrainableWorkerSpec:
         if self.threads is not None:
             _limit_threads(self.threads)
         source = load_model_bytes(self.model_path, self.model_bytes)
-        trainable = make_trainable(source)
+        trainable = trainable_copy(source, self.analog)
         trainable.module.to(self.device)
         state = torch.load(io.BytesIO(self.state), map_location=self.device, weights_only=True)
         trainable.load_state_dict(state)
@@ -114,6 +119,7 @@ class HardenWorkers:
         workers: int,
         ray: str | None,
         device: str = "cpu",
+        analog: AnalogTraining | None = None,
     ) -> None:
         from ftaudit.models.fingerprint import model_bytes
 
@@ -126,18 +132,24 @@ class HardenWorkers:
             "noise": noise,
             "device": device,
             "threads": 1 if ray is not None else threads_per_worker(workers),
+            "analog": analog,
         }
         digest = hashlib.sha256(self._static["model_bytes"])
         for array in (self._static["x"], self._static["y"]):
             digest.update(hashlib.sha256(array.tobytes()).digest())
         static = {k: v for k, v in self._static.items() if k not in ("model_bytes", "x", "y")}
         static["noise"] = noise.parameters()
+        static["analog"] = None if analog is None else analog.pipeline.to_dict()
         digest.update(repr(sorted(static.items())).encode())
         self._digest = digest.digest()
-        # every epoch's weights make a new spec, never released: each chunk carries it
-        pool = open_pool(workers, ray, by_file=False)
+        # the command's pool when harden opened one (its before/after audits then run on the
+        # same processes); every epoch's weights make a new spec, never released: each chunk
+        # carries it
+        shared = session_pool(workers, ray)
+        pool = shared if shared is not None else open_pool(workers, ray, by_file=False)
         assert pool is not None  # open_workers asks for workers only with --workers/--ray
         self.pool: Pool = pool
+        self._owns_pool = shared is None
 
     def spec(
         self,
@@ -178,13 +190,15 @@ class HardenWorkers:
         spec = self.spec(
             trainable, sigmas=sigmas, seed=seed, batch_size=batch_size, objective=objective
         )
-        return bind(self.pool, spec)
+        return bind(self.pool, spec, by_file=False)
 
     def describe(self) -> dict[str, Any]:
         return self.pool.describe()
 
     def close(self) -> None:
-        self.pool.close()
+        """Close the pool if this run opened it (a command's pool is closed by its session)."""
+        if self._owns_pool:
+            self.pool.close()
 
 
 def open_workers(
@@ -196,10 +210,18 @@ def open_workers(
     workers: int,
     ray: str | None,
     device: str = "cpu",
+    analog: AnalogTraining | None = None,
 ) -> HardenWorkers | None:
     """The run's workers for ``--workers``/``--ray``; None: evaluate in this process."""
     if workers == 1 and ray is None:
         return None
     return HardenWorkers(
-        source, data, layers=layers, noise=noise, workers=workers, ray=ray, device=device
+        source,
+        data,
+        layers=layers,
+        noise=noise,
+        workers=workers,
+        ray=ray,
+        device=device,
+        analog=analog,
     )

@@ -99,7 +99,7 @@ def _import_onnx2torch() -> Any:
     return onnx2torch
 
 
-def _onnx_trainable(model: AuditModel) -> TrainableModel:
+def onnx_trainable(model: AuditModel) -> TrainableModel:
     """onnx2torch conversion of ``model.proto`` with every float initializer traced."""
     import onnx
 
@@ -432,14 +432,19 @@ def _export_torchscript(trainable: TrainableModel, out: Path, metadata: dict[str
     from ftaudit.models.torchscript import jit_load
 
     torch = require_torch(FEATURE)
-    # a copy through bytes (deepcopy would clone parameters into non-leaf tensors): the trainable
-    # module keeps its device and mode, the file is saved from the CPU in eval mode so it loads
-    # anywhere and behaves like an inference model
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit.save's deprecation notice
-        torch.jit.save(trainable.module, buffer)
-    module = jit_load(buffer.getvalue(), trainable.source.path).eval()
+    if trainable.by_name:  # trained as its ONNX export: the archive with the trained values
+        module = jit_load(cast("TorchScriptModel", trainable.source).raw, trainable.source.path)
+        _write_by_name(module.state_dict(), trainable.slot_values(), torch)
+        module.eval()
+    else:
+        # a copy through bytes (deepcopy would clone parameters into non-leaf tensors): the
+        # trainable module keeps its device and mode, the file is saved from the CPU in eval
+        # mode so it loads anywhere and behaves like an inference model
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit.save's deprecation notice
+            torch.jit.save(trainable.module, buffer)
+        module = jit_load(buffer.getvalue(), trainable.source.path).eval()
     extra = {"ftaudit.json": json.dumps(metadata, sort_keys=True)}
 
     def save(tmp: Path) -> None:
@@ -493,23 +498,33 @@ def _export_program(trainable: TrainableModel, out: Path, metadata: dict[str, An
     torch = require_torch(FEATURE)
     source = trainable.source
     program = load_program(cast("Any", source).raw, source.path)
-    trained = dict(trainable.module.named_parameters())
-    with torch.no_grad():
-        for name, tensor in program.state_dict.items():
-            if name in trained:
-                tensor.copy_(trained[name].detach().to(tensor.device))
+    trained = (
+        trainable.slot_values()
+        if trainable.by_name
+        else {name: to_numpy(p) for name, p in trainable.module.named_parameters()}
+    )
+    _write_by_name(program.state_dict, trained, torch)
     extra = {"ftaudit.json": json.dumps(metadata, sort_keys=True)}
 
-    def save(tmp: Path) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.export.save(program, str(tmp), extra_files=extra)
+    # saved to memory: torch logs a warning for a file whose name (the temporary file's) does
+    # not end in .pt2
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.export.save(program, buffer, extra_files=extra)
+    atomic_write(out, lambda tmp: tmp.write_bytes(buffer.getvalue()))
 
-    atomic_write(out, save)
+
+def _write_by_name(state: Mapping[str, Any], values: Mapping[str, np.ndarray], torch: Any) -> None:
+    """Copy trained values into the tensors of a state dict that have their names."""
+    with torch.no_grad():
+        for name, tensor in state.items():
+            if name in values:
+                tensor.copy_(torch.from_numpy(np.ascontiguousarray(values[name])).to(tensor))
 
 
 _MAKERS: dict[str, Callable[[AuditModel], TrainableModel]] = {
-    "onnx": _onnx_trainable,
+    "onnx": onnx_trainable,
     "torch.export": _program_trainable,
     "torchscript": _torchscript_trainable,
 }

@@ -46,6 +46,10 @@ class TrainableModel:
     slots: dict[str, TensorSlot] = field(default_factory=dict)
     #: crossbar layer name -> its torch tensor is the 2-D transpose of the layer's layout
     crossbar_transposed: dict[str, bool] = field(default_factory=dict)
+    #: trained as the source's own ONNX export (the analog pipeline's graph, for TorchScript and
+    #: torch.export sources): ``slots`` carry the source's parameter and buffer names, and the
+    #: export writes the trained values back into the source by those names
+    by_name: bool = False
 
     def _transposed(self, name: str) -> bool:
         if name in self.crossbar_transposed:
@@ -84,6 +88,15 @@ class TrainableModel:
                         f"(transposed: {self._transposed(name)})"
                     )
                 tensor.copy_(value)
+
+    def slot_values(self) -> dict[str, np.ndarray]:
+        """Every traced initializer's current value, in its stored layout."""
+        values = {}
+        for name, slot in self.slots.items():
+            owner, _, attr = slot.target.rpartition(".")
+            value = to_numpy(getattr(self.module.get_submodule(owner), attr))
+            values[name] = value.T if slot.transposed else value
+        return values
 
     def state_dict(self) -> dict[str, Any]:
         """The module's state (parameters and buffers) for checkpoints."""

@@ -16,8 +16,9 @@ import numpy as np
 
 from ftaudit._optional import require_torch
 from ftaudit.errors import UserError
+from ftaudit.harden.analog_trainable import trainable_copy
 from ftaudit.harden.checkpoint import save_checkpoint
-from ftaudit.harden.trainable import TrainableModel, make_trainable
+from ftaudit.harden.trainable import TrainableModel
 from ftaudit.harden.training import SampleWorkers, TrainingData, TrainingNoise, train_epoch
 from ftaudit.models.base import AuditModel, CrossbarLayer
 from ftaudit.noise import NoiseModel
@@ -63,9 +64,7 @@ class HardenContext:
 
     def new_model(self) -> TrainableModel:
         """A fresh trainable copy of the input model on this run's device."""
-        model = make_trainable(self.source)
-        if self.analog is not None:
-            self.analog.attach(model)
+        model = trainable_copy(self.source, self.analog)
         model.module.to(self.device)
         return model
 
