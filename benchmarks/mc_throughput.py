@@ -212,7 +212,8 @@ def machine() -> str:
 
 
 def drift_effects(compensation: str):
-    from ftaudit.device_effects import DeviceEffects, DriftModel
+    from ftaudit.noise.drift import DriftModel
+    from ftaudit.noise.effects import DeviceEffects
 
     return DeviceEffects(
         times=(3600.0,), compensations=(compensation,), drift=DriftModel(20.0, 0.05, 0.01)

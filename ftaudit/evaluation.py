@@ -16,7 +16,6 @@ from ftaudit.analog.options import ForwardPipeline, resolve_pipeline
 from ftaudit.batched import BatchedTorchRunner, build_runner, resolve_batch_samples
 from ftaudit.coverage import sequential_summary, with_test_set_error
 from ftaudit.data import Dataset, load_dataset, validate_labels
-from ftaudit.device_effects import Condition
 from ftaudit.draws import check_rng
 from ftaudit.errors import UserError
 from ftaudit.eval_checkpoint import CheckpointWriter, check_checkpoint_dir, load_progress
@@ -31,6 +30,7 @@ from ftaudit.montecarlo import (
     run_monte_carlo,
 )
 from ftaudit.noise import NoiseModel, get_noise_model
+from ftaudit.noise.effects import Condition
 from ftaudit.options import (
     CheckedOptions,
     DeviceEffectOptions,
@@ -371,7 +371,7 @@ def audit(
     ``sigmas`` defaults to the noise profile's (``--noise pcm``). ``times`` (seconds after
     programming) adds conductance drift, one row per (sigma, time, compensation); ``stuck_at``
     (P_LOW, P_HIGH) adds stuck cells. Drift and stuck-at defaults come from the noise profile,
-    else ``DriftModel()``; see ftaudit.device_effects.
+    else ``DriftModel()``; see ftaudit.noise.effects.
 
     ``workers`` > 1 spreads samples over local processes, ``ray`` over a Ray cluster ('local'
     starts one, 'auto' or an address joins one); the numbers are the same either way.

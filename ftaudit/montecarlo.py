@@ -25,7 +25,7 @@ from ftaudit.noise.base import LayerNoise, NoiseModel
 from ftaudit.stats import kpp_interval_width
 
 if TYPE_CHECKING:
-    from ftaudit.device_effects import DeviceEffects
+    from ftaudit.noise.effects import DeviceEffects
 
 #: chunk size under --target-ci: every sequential look (50 * 2**i) falls on a chunk end
 CHECK_EVERY = 50
@@ -145,7 +145,7 @@ class ChunkEvaluator:
         self.seed = seed
         self.engine = None
         if effects is not None:
-            from ftaudit.device_effects import EffectsEngine
+            from ftaudit.effects_engine import EffectsEngine
 
             self.engine = EffectsEngine(crossbar.layers, crossbar.states, effects, seed, rng)
         #: result rows: one per sigma, or one per (sigma, time, compensation) with effects

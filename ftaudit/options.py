@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from ftaudit.device_effects import DeviceEffects
+    from ftaudit.noise.effects import DeviceEffects
+    from ftaudit.noise.stuck import StuckAt
 
 GroupT = TypeVar("GroupT", bound="_Group")
 
@@ -79,9 +80,68 @@ class DeviceEffectOptions(_Group):
     def resolve(self, profile: Any = None) -> DeviceEffects | None:
         """The device effects these options ask for over ``profile``'s defaults (None: no
         effect); a bad value raises UserError."""
-        from ftaudit.device_effects import resolve_effects
-
         return resolve_effects(**self.as_kwargs(), profile=profile)
+
+
+def resolve_effects(
+    *,
+    times: Sequence[float] | None = None,
+    drift_nu: float | None = None,
+    drift_nu_std: float | None = None,
+    drift_t0: float | None = None,
+    compensation: str | None = None,
+    stuck_at: tuple[float, float] | StuckAt | None = None,
+    profile: Any = None,
+) -> DeviceEffects | None:
+    """Options over the noise profile's defaults over the built-ins; None when nothing applies.
+
+    ``profile`` is a ``DeviceProfile`` (or None). Drift options without ``times`` are an error;
+    stuck-at fractions of 0 and no times mean no effects at all (results exactly unchanged).
+    """
+    import math
+
+    from ftaudit.errors import UserError
+    from ftaudit.noise.compensation import compensation_modes
+    from ftaudit.noise.drift import DriftModel
+    from ftaudit.noise.effects import DeviceEffects
+    from ftaudit.noise.stuck import StuckAt
+
+    times = tuple(float(t) for t in times or ())
+    for t in times:
+        if not (math.isfinite(t) and t >= 0):
+            raise UserError(f"time must be a finite number of seconds >= 0, got {t:g}")
+    drift_given = {
+        "--drift-nu": drift_nu,
+        "--drift-nu-std": drift_nu_std,
+        "--drift-t0": drift_t0,
+        "--compensation": compensation,
+    }
+    if not times and any(v is not None for v in drift_given.values()):
+        flags = ", ".join(k for k, v in drift_given.items() if v is not None)
+        raise UserError(f"{flags} given without --time", hint="add e.g. --time 1h,1d,1y")
+    base = getattr(profile, "drift", None) or DriftModel()
+    drift = DriftModel(
+        t0_s=float(base.t0_s if drift_t0 is None else drift_t0),
+        nu_mean=float(base.nu_mean if drift_nu is None else drift_nu),
+        nu_std=float(base.nu_std if drift_nu_std is None else drift_nu_std),
+    )
+    drift.validate()
+    compensations = compensation_modes(compensation)
+    if stuck_at is None:
+        stuck = getattr(profile, "stuck_at", None) or StuckAt()
+    elif isinstance(stuck_at, StuckAt):
+        stuck = stuck_at
+    else:
+        stuck = StuckAt(float(stuck_at[0]), float(stuck_at[1]))
+    stuck.validate()
+    if not times and not stuck.active:
+        return None
+    return DeviceEffects(
+        times=times,
+        compensations=compensations if times else (),
+        drift=drift,
+        stuck_at=stuck,
+    )
 
 
 @dataclass(frozen=True)

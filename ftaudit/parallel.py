@@ -29,11 +29,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from ftaudit.analog.options import ForwardPipeline
-from ftaudit.device_effects import DeviceEffects
 from ftaudit.draws import DEFAULT_RNG
 from ftaudit.errors import MissingExtraError, UserError
 from ftaudit.montecarlo import ChunkEvaluator, Crossbar, LocalBackend, SampleBackend
 from ftaudit.noise.base import NoiseModel
+from ftaudit.noise.effects import DeviceEffects
 
 #: Ray retries a task whose worker process died this many times before the run fails
 RAY_MAX_RETRIES = 3

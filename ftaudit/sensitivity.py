@@ -23,7 +23,6 @@ from ftaudit import __version__
 from ftaudit.analog.options import ForwardPipeline
 from ftaudit.compare import StageProgress, stage_progress, validate_fraction
 from ftaudit.data import Dataset
-from ftaudit.device_effects import Condition
 from ftaudit.evaluation import (
     audit,
     ensure_checked,
@@ -35,6 +34,7 @@ from ftaudit.evaluation import (
 from ftaudit.execution import execution_session
 from ftaudit.models import AuditModel, CrossbarLayer, load_model
 from ftaudit.noise import NoiseModel
+from ftaudit.noise.effects import Condition
 from ftaudit.options import (
     CheckedOptions,
     DeviceEffectOptions,

@@ -85,6 +85,10 @@ def test_the_cycle_check_finds_a_cycle():
         ("ftaudit.results", "ftaudit.harden"),
         ("ftaudit.results", "ftaudit.report"),
         ("ftaudit.options", "ftaudit.evaluation"),
+        ("ftaudit.noise", "ftaudit.effects_engine"),
+        ("ftaudit.noise", "ftaudit.montecarlo"),
+        ("ftaudit.report", "ftaudit.effects_engine"),
+        ("ftaudit.results", "ftaudit.effects_engine"),
     ],
 )
 def test_dependencies_run_one_way(lower, upper):
@@ -104,6 +108,23 @@ def test_keyed_draws_are_a_leaf():
     """ftaudit.draws, the one home of the random streams, sits below every layer that draws
     (engine, device effects, analog, harden): it imports nothing of ftaudit but its errors."""
     assert _graph()["ftaudit.draws"] <= {"ftaudit.errors"}
+
+
+#: the device effects of the noise family: one job each, composed by the effects engine only
+EFFECT_MODULES = ("ftaudit.noise.drift", "ftaudit.noise.stuck", "ftaudit.noise.compensation")
+
+
+def test_device_effects_are_independent_noise_classes():
+    """Drift, stuck-at and compensation know nothing of each other nor of the engine that
+    composes them (ftaudit.effects_engine); nothing in ftaudit imports the old home
+    ftaudit.device_effects (kept for outside code only)."""
+    graph = _graph()
+    for module in EFFECT_MODULES:
+        assert not graph[module] & {*EFFECT_MODULES, "ftaudit.noise.effects"}, module
+        assert not {t for t in graph[module] if t.startswith("ftaudit.effects_engine")}
+    assert set(EFFECT_MODULES) < graph["ftaudit.effects_engine"] | graph["ftaudit.noise.effects"]
+    importers = sorted(m for m, targets in graph.items() if "ftaudit.device_effects" in targets)
+    assert not importers, importers
 
 
 def test_cli_modules_stay_small():

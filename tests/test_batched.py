@@ -128,7 +128,9 @@ def test_drift_and_stuck_rows_are_staged_like_plain_rows(
     convnet_onnx: Path, blobs_npz: Path, batch_samples
 ):
     """Device effects no longer switch batching off: staged sets give the one-at-a-time counts."""
-    from ftaudit.device_effects import DeviceEffects, DriftModel, StuckAt
+    from ftaudit.noise.drift import DriftModel
+    from ftaudit.noise.effects import DeviceEffects
+    from ftaudit.noise.stuck import StuckAt
 
     model = load_model(convnet_onnx)
     data = load_dataset(blobs_npz)

@@ -18,21 +18,17 @@ import pytest
 from conftest import keyed_normals
 
 import ftaudit
-from ftaudit.device_effects import (
-    DeviceEffects,
-    DriftModel,
-    EffectsEngine,
-    StuckAt,
-    format_time,
-    parse_stuck_at,
-    parse_times,
-    resolve_effects,
-)
+from ftaudit.effects_engine import EffectsEngine
 from ftaudit.errors import UserError
 from ftaudit.models.base import CrossbarLayer, ModelRunner
 from ftaudit.montecarlo import Crossbar, run_monte_carlo
 from ftaudit.noise import get_noise_model
 from ftaudit.noise.device import load_device_file, shipped_profiles
+from ftaudit.noise.drift import DriftModel
+from ftaudit.noise.effects import DeviceEffects
+from ftaudit.noise.stuck import StuckAt
+from ftaudit.options import resolve_effects
+from ftaudit.units import format_time, parse_stuck_at, parse_times
 
 RunCli = Callable[..., tuple[int, str, str]]
 SEED = 99
@@ -241,7 +237,7 @@ def test_drift_factors_made_beside_the_draws_or_per_row_are_the_same(
 ) -> None:
     """Drift factors precomputed with a sample's draws (within DECAY_BUDGET) and computed per
     row (over it) give bit-identical weight sets, stuck cells and compensation included."""
-    import ftaudit.device_effects as device_effects
+    import ftaudit.effects_engine as effects_engine
 
     effects = DeviceEffects(
         times=(3600.0, YEAR),
@@ -250,7 +246,7 @@ def test_drift_factors_made_beside_the_draws_or_per_row_are_the_same(
         stuck_at=StuckAt(0.05, 0.05),
     )
     precomputed, _ = record(noise, effects, [0.1, 0.3])
-    monkeypatch.setattr(device_effects, "DECAY_BUDGET", 0)
+    monkeypatch.setattr(effects_engine, "DECAY_BUDGET", 0)
     per_row, _ = record(noise, effects, [0.1, 0.3])
     assert len(precomputed.calls) == len(per_row.calls) == 2 * 2 * 2 * 2
     for a, b in zip(precomputed.calls, per_row.calls, strict=True):
@@ -286,7 +282,7 @@ def test_compensation_factor_is_the_calibration_ratio() -> None:
     for index, layer in enumerate(layers):
         w_t = uncompensated[layer.name].astype(np.float64)
         w_0 = programmed[layer.name]
-        batch = engine.calibration[index].astype(np.float64)
+        batch = engine.compensation.calibration[index].astype(np.float64)
         if layer.transposed:  # stored (in, out): the crossbar computes u @ W
             alpha = np.abs(batch @ w_0).sum() / np.abs(batch @ w_t).sum()
         else:
@@ -301,7 +297,7 @@ def test_compensation_readout_is_the_float64_matrix_product(rng: str) -> None:
     """readout(W) = sum |W u| over the 64 calibration vectors u of stream (0, layer, CAL),
     recomputed in float64 from the documented keying, for a Conv (rows are outputs, fan-in
     C*kh*kw) and a MatMul (stored (in, out))."""
-    from ftaudit.device_effects import CALIBRATION_STREAM, CALIBRATION_VECTORS
+    from ftaudit.noise.compensation import CALIBRATION_STREAM, CALIBRATION_VECTORS
 
     effects = DeviceEffects(times=(YEAR,), compensations=("global",), drift=DriftModel(20, 0.05))
     layers, weights = make_layers()
@@ -318,7 +314,7 @@ def test_compensation_readout_is_the_float64_matrix_product(rng: str) -> None:
             if layer.transposed
             else np.abs(w64.reshape(w.shape[0], -1) @ u.T).sum()
         )
-        assert engine.readout(index, w) == pytest.approx(expected, rel=1e-5)
+        assert engine.compensation.readout(index, w) == pytest.approx(expected, rel=1e-5)
 
 
 # --- stuck-at ---------------------------------------------------------------------------------

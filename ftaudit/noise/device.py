@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 
 from ftaudit.analog.options import ForwardPipeline, pipeline_from_table
-from ftaudit.device_effects import DriftModel, StuckAt
 from ftaudit.errors import UserError
 from ftaudit.noise.base import CellModel, LayerNoise, NoiseModel, register
+from ftaudit.noise.drift import DriftModel
+from ftaudit.noise.stuck import StuckAt
 
 #: --cell-noise choices: one conductance deviation per cell, or one per weight shared by its cells
 CELL_NOISE = {
