@@ -77,7 +77,7 @@ def monte_carlo_runner(
     sigmas: tuple[float, ...] = (SIGMA,),
     *,
     prepacked: bool = True,
-    spinning: bool = False,
+    spinning: bool | None = None,
     effects=None,
     batch_size: int = BATCH,
     pipeline=None,
@@ -85,8 +85,9 @@ def monte_carlo_runner(
 ) -> Callable[[int], float]:
     """(b) ftaudit's Monte Carlo loop, set up once; the returned function times ``samples``
     samples and gives seconds per sample and row. ``prepacked=False`` feeds the weights to the
-    original graph; ``spinning`` lets ONNX Runtime's threads spin between runs (the setting
-    before this round); ``effects`` adds drift rows; ``pipeline`` runs the analog forward pass."""
+    original graph; ``spinning`` sets whether ONNX Runtime's threads spin between runs (None:
+    ftaudit's default, ``SPIN_BETWEEN_RUNS``); ``effects`` adds drift rows; ``pipeline`` runs
+    the analog forward pass."""
     from ftaudit.models import load_model
     from ftaudit.models import onnx as onnx_models
     from ftaudit.montecarlo import Crossbar, run_monte_carlo
@@ -97,7 +98,7 @@ def monte_carlo_runner(
     builder, spin = onnx_models.build_prepacked_graph, onnx_models.SPIN_BETWEEN_RUNS
     if not prepacked:
         onnx_models.build_prepacked_graph = lambda *a, **k: None
-    onnx_models.SPIN_BETWEEN_RUNS = spinning
+    onnx_models.SPIN_BETWEEN_RUNS = spin if spinning is None else spinning
     try:
         runner = pipeline_runner(model, x_fit, pipeline, rng)
     finally:
@@ -138,9 +139,23 @@ def plain_pipeline_seconds(path: Path, x: np.ndarray, y: np.ndarray, pipeline, r
     return median_time(runner.logits, repeats)
 
 
-def block_median(timed: Callable[[int], float], samples: int, rounds: int) -> float:
-    """Median seconds per sample and row over ``rounds`` blocks of ``samples // rounds``."""
-    return statistics.median(timed(max(1, samples // rounds)) for _ in range(rounds))
+def block_median(
+    timed: Callable[[int], float],
+    samples: int,
+    rounds: int,
+    plain: Callable[[], None],
+    plain_times: list[float],
+) -> float:
+    """Median seconds per sample and row over ``rounds`` blocks of ``samples // rounds``; a
+    plain pass is timed after every block into ``plain_times``, so (a) is measured over the
+    same minutes as (b) (a 2-core VM's speed drifts by tens of percent between minutes)."""
+    blocks = []
+    for _ in range(rounds):
+        blocks.append(timed(max(1, samples // rounds)))
+        start = time.perf_counter()
+        plain()
+        plain_times.append(time.perf_counter() - start)
+    return statistics.median(blocks)
 
 
 def draw_seconds_per_sample(path: Path, rng: str, samples: int = 50) -> float:
@@ -239,7 +254,7 @@ def measure(name: str, path: Path, x: np.ndarray, y: np.ndarray, args) -> dict:
     macs = sum(layer.macs or 0 for layer in model.layers) * len(x)
     weights = sum(layer.params for layer in model.layers)
     plain_pass = plain_onnx_runner(path, x, BATCH)
-    plain = median_time(plain_pass, args.repeats)
+    plain_times = [median_time(plain_pass, args.repeats)]
     row: dict = {"model": name, "images": len(x), "weights": weights, "macs": macs}
     rng = args.rng
     variants = {
@@ -262,12 +277,12 @@ def measure(name: str, path: Path, x: np.ndarray, y: np.ndarray, args) -> dict:
         )
     for key, build_variant in variants.items():
         timed = build_variant()  # one Monte Carlo session alive at a time
-        row[key] = block_median(timed, samples, rounds) * 1e3
+        row[key] = block_median(timed, samples, rounds, plain_pass, plain_times) * 1e3
         del timed
         gc.collect()
     naive = naive_seconds_per_sample(path, x, max(3, int(args.naive_samples * SCALE.get(name, 1))))
     row.update(
-        plain=plain * 1e3,
+        plain=statistics.median(plain_times) * 1e3,
         naive=naive * 1e3,
         draws_fast=draw_seconds_per_sample(path, "fast") * 1e3,
         draws_ziggurat=draw_seconds_per_sample(path, "ziggurat") * 1e3,
@@ -412,7 +427,8 @@ def main() -> None:
         f"the samples column of the script's output), {args.naive_samples} for the naive way. "
         "lenet and mlp run on the 2,000 shipped Fashion-MNIST images; the other models on "
         "random inputs labelled by the clean model (bench_models.py). (a) is the median of "
-        "plain passes in a steady loop; each Monte Carlo column is the median of "
+        "plain passes timed between the Monte Carlo blocks (and a steady loop before them); "
+        "each Monte Carlo column is the median of "
         f"{args.rounds} blocks, one variant alive at a time; efficiency is (a) over it. "
         "Drift rows: one time "
         "(1 hour), nu 0.05 +- 0.01. Forward-pipeline columns: efficiency is one plain pass "

@@ -601,3 +601,18 @@ def test_audit_leaves_the_model_file_alone(
     ftaudit.inspect_model(path)
     assert (path.read_bytes(), path.stat().st_mtime_ns) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+@pytest.mark.parametrize(("value", "spins"), [(None, False), ("0", False), ("1", True)])
+def test_ort_spinning_follows_the_environment(value, spins) -> None:
+    """The Monte Carlo's sessions do not spin unless FTAUDIT_ORT_SPINNING=1 asks for it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "FTAUDIT_ORT_SPINNING"}
+    if value is not None:
+        env["FTAUDIT_ORT_SPINNING"] = value
+    code = "import ftaudit.models.onnx as m; print(m.SPIN_BETWEEN_RUNS)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == str(spins)

@@ -101,12 +101,13 @@ def _check_external_extent(tensor: Any, entries: dict[str, str], target: Path, p
 #: model files up to this size are parsed before a run to find the external data files that
 #: outputs must not overwrite (a model that keeps its weights outside is small)
 EXTERNAL_DATA_PROBE_BYTES = 64 << 20
-#: whether ONNX Runtime's intra-op threads spin-wait between runs. Off: between the runs of a
-#: Monte Carlo sample the engine perturbs weights on this thread and draws the next sample's
-#: normals on a helper thread, and a spinning pool takes their cores (measured on 2 loaded
-#: cores: 34% less time per sample for LeNet and the MLP; benchmarks/mc_throughput.py has the
-#: column). The numbers do not depend on it.
-SPIN_BETWEEN_RUNS = False
+#: whether ONNX Runtime's intra-op threads spin-wait between runs (ONNX Runtime's default is
+#: to spin). Off: between runs the engine perturbs the next row's weights on this thread and
+#: draws the next sample's normals on a helper thread, and a spinning pool takes their cores.
+#: Measured on 2 quiet cores (benchmarks/mc_throughput.py, docs/benchmarks.md): spinning costs
+#: 10-18% on five-sigma grids and 14-34% on drift rows of LeNet and the MLP; single rows differ
+#: within run-to-run noise. FTAUDIT_ORT_SPINNING=1 turns spinning on. Numbers do not depend on it.
+SPIN_BETWEEN_RUNS = os.environ.get("FTAUDIT_ORT_SPINNING", "0") == "1"
 
 
 def declared_external_files(path: Path) -> list[Path]:
