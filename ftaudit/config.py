@@ -245,24 +245,12 @@ def settings_from_config(table: dict[str, Any], path: Path) -> EvalSettings:
     return replace(EvalSettings(), **values, config_file=str(path))
 
 
-#: the config keys of the analog forward pipeline (``ftaudit.analog.options.TABLE_KEYS``)
-ANALOG_KEYS = (
-    "dac_bits",
-    "adc_bits",
-    "adc_bound",
-    "read_noise",
-    "weight_read_noise",
-    "tile_size",
-    "weight_scaling",
-)
-
-
 def _check_pipeline(values: dict[str, Any], path: Path) -> None:
     """The analog keys of a config file validated as their flags are, naming the file."""
-    from ftaudit.analog.options import pipeline_from_flags
+    from ftaudit.analog.options import TABLE_KEYS, pipeline_from_flags
 
     try:
-        pipeline_from_flags(**{key: values.get(key) for key in ANALOG_KEYS})
+        pipeline_from_flags(**{key: values.get(key) for key in TABLE_KEYS})
     except UserError as exc:
         raise UserError(f"config file {path}: {exc.message}", hint=exc.hint) from exc
 

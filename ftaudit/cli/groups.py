@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar, get_type_hints
 
+from ftaudit.analog.options import TABLE_KEYS
 from ftaudit.cli import options as aliases
 
 
@@ -224,21 +225,12 @@ class AnalogFlags:
 
 
 #: the analog forward pipeline (ftaudit.analog.options.ForwardPipeline)
-_ANALOG_NAMES = (
-    "dac_bits",
-    "adc_bits",
-    "adc_bound",
-    "read_noise",
-    "weight_read_noise",
-    "tile_size",
-    "weight_scaling",
-)
 ANALOG = ArgGroup(
     "analog",
     tuple(
         Flag(name, alias)
         for name, alias in zip(
-            _ANALOG_NAMES,
+            TABLE_KEYS,
             (
                 aliases.DacBitsOpt,
                 aliases.AdcBitsOpt,
