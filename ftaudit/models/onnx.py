@@ -104,9 +104,9 @@ EXTERNAL_DATA_PROBE_BYTES = 64 << 20
 #: whether ONNX Runtime's intra-op threads spin-wait between runs (ONNX Runtime's default is
 #: to spin). Off: between runs the engine perturbs the next row's weights on this thread and
 #: draws the next sample's normals on a helper thread, and a spinning pool takes their cores.
-#: Measured on 2 quiet cores (benchmarks/mc_throughput.py, docs/benchmarks.md): spinning costs
-#: 10-18% on five-sigma grids and 14-34% on drift rows of LeNet and the MLP; single rows differ
-#: within run-to-run noise. FTAUDIT_ORT_SPINNING=1 turns spinning on. Numbers do not depend on it.
+#: Measured (benchmarks/spinning.py, LeNet on 2 cores): within noise on a quiet machine, 36%
+#: less time per sample beside two busy processes. FTAUDIT_ORT_SPINNING=1 turns spinning on.
+#: The numbers do not depend on it.
 SPIN_BETWEEN_RUNS = os.environ.get("FTAUDIT_ORT_SPINNING", "0") == "1"
 
 
