@@ -68,6 +68,9 @@ def standard_normal(
     """Fill the C-contiguous float32 array ``out`` with the first ``out.size`` standard normals
     of stream ``key`` under generator ``rng``; returns ``out``. A shorter ``out`` gets a prefix
     of a longer one's numbers."""
+    if not (out.flags.c_contiguous and out.dtype == np.float32):
+        # a reshaped copy would take the draws and leave ``out`` as it was
+        raise ValueError("standard_normal fills C-contiguous float32 arrays only")
     generator = keyed_generator(seed, key)
     if rng == "ziggurat":
         generator.standard_normal(dtype=np.float32, out=out)

@@ -171,13 +171,13 @@ class ChunkEvaluator:
         names = [layer.name for layer in self.crossbar.layers]
         pending = self._pool.submit(self._draw, start, 0)
         staged: list[tuple[int, int]] = []  # (sample offset, row) of the staged weight sets
+        # batched: plain rows are perturbed straight into the next free staging slot
+        target = (lambda: self._staged[len(staged)]) if self.batch_samples > 1 else None
         for offset, i in enumerate(range(start, stop)):
             draws, extra = pending.result()
             self.runner.set_sample(self.seed, i)
             if i + 1 < stop:
                 pending = self._pool.submit(self._draw, i + 1, ~offset & 1)
-            # batched: plain rows are perturbed straight into the next free staging slot
-            target = (lambda: self._staged[len(staged)]) if self.batch_samples > 1 else None
             for row, weights in self._weight_sets(draws, extra, active, target):
                 if self.batch_samples > 1:
                     for buffer, weight in zip(self._staged[len(staged)], weights, strict=True):

@@ -183,27 +183,18 @@ def export_program(model, path: Path, example) -> Path:
 
 @pytest.fixture(scope="session")
 def lenet_pt2(model_dir: Path) -> Path:
-    """The shipped sample LeNet (sample_models/lenet.pt's weights) as a torch.export archive."""
-    from collections import OrderedDict
+    """The shipped sample LeNet (sample_models/lenet.pt's weights) as a torch.export archive,
+    its architecture from the script that built the samples."""
+    import importlib.util
+    import sys
 
     torch = _torch()
-    nn = torch.nn
-    model = nn.Sequential(
-        OrderedDict(
-            conv1=nn.Conv2d(1, 6, 5),
-            relu1=nn.ReLU(),
-            pool1=nn.MaxPool2d(2),
-            conv2=nn.Conv2d(6, 16, 5),
-            relu2=nn.ReLU(),
-            pool2=nn.MaxPool2d(2),
-            flatten=nn.Flatten(),
-            fc1=nn.Linear(16 * 4 * 4, 120),
-            relu3=nn.ReLU(),
-            fc2=nn.Linear(120, 84),
-            relu4=nn.ReLU(),
-            fc3=nn.Linear(84, 10),
-        )
-    )
+    spec = importlib.util.spec_from_file_location("sample_models_build", SAMPLES / "build.py")
+    assert spec is not None and spec.loader is not None
+    build = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = build  # its dataclasses look their module up
+    spec.loader.exec_module(build)
+    model = build.build_lenet()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.load_state_dict(torch.jit.load(str(SAMPLES / "lenet.pt")).state_dict())

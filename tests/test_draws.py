@@ -113,3 +113,15 @@ def test_unknown_generator_is_a_user_error() -> None:
         check_rng("fats")
     with pytest.raises(UserError, match="--rng"):
         normals(0, (0,), (4,), "mersenne")
+
+
+@pytest.mark.parametrize("rng", sorted(RNGS))
+def test_a_buffer_that_cannot_be_filled_in_place_is_refused(rng: str) -> None:
+    """A strided or float64 buffer would be filled through a copy and keep its old values
+    (a weight left unperturbed): refused, under both generators."""
+    strided = np.zeros((8, 6), np.float32)[:, ::2]
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        standard_normal(0, (1, 2), strided, rng)
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        standard_normal(0, (1, 2), np.zeros(8), rng)
+    assert not strided.any()
