@@ -42,6 +42,7 @@ class EvalSettings:
     adc_bound: float | None = None
     read_noise: float | None = None
     weight_read_noise: float | None = None
+    weight_read_noise_type: str | None = None  # additive or pcm
     tile_size: str | None = None  # "ROWSxCOLS" (a [rows, cols] list in the file)
     weight_scaling: str | None = None
     samples: int = MonteCarloOptions.samples
@@ -290,6 +291,7 @@ def _check_types(values: dict[str, Any], path: Path) -> None:
         "cell_noise",
         "tile_size",
         "weight_scaling",
+        "weight_read_noise_type",
         "rng",
     }
     for key, value in values.items():

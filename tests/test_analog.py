@@ -348,7 +348,13 @@ def test_cli_a_program_onnx_cannot_export_exits_2_with_one_line(run_cli, blobs_n
 
 
 @pytest.mark.parametrize(
-    "noise", [{"read_noise": 0.1}, {"weight_read_noise": 0.05}], ids=["output", "weight"]
+    "noise",
+    [
+        {"read_noise": 0.1},
+        {"weight_read_noise": 0.05},
+        {"weight_read_noise": 0.05, "weight_read_noise_type": "pcm"},
+    ],
+    ids=["output", "weight", "pcm"],
 )
 def test_read_noise_runs_are_identical_with_worker_processes(fmnist, noise):
     pipeline = ForwardPipeline(**noise, dac_bits=8, adc_bits=8, tile_size=(64, 64))

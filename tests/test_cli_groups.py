@@ -31,8 +31,8 @@ EFFECT_FLAGS = [
 ]  # fmt: skip
 MONTE_CARLO = ["--samples", "--k", "--seed", "--rng", "--batch-size", "--device"]
 ANALOG = [
-    "--dac-bits", "--adc-bits", "--adc-bound", "--read-noise", "--weight-read-noise", "--tile-size",
-    "--weight-scaling",
+    "--dac-bits", "--adc-bits", "--adc-bound", "--read-noise", "--weight-read-noise",
+    "--weight-read-noise-type", "--tile-size", "--weight-scaling",
 ]  # fmt: skip
 
 #: (panel, its options in order) per command, as --help showed them before the groups

@@ -12,7 +12,9 @@ Each selected crossbar op (Conv, Gemm, MatMul with a stored weight) is replaced 
    scaled to max|W| = 1 per layer, column or tile, inputs to the DAC range), ``n + noise *
    z`` with ``z`` a standard normal draw fed per read; weight read noise adds ``S_w *
    ||x_t / r||_2 * z_w`` (i.i.d. weight noise seen at the output, aihwkit's additive-constant
-   ``w_noise``; Conv: the norm of each input patch); then quantised to ``adc_bits`` levels
+   ``w_noise``; Conv: the norm of each input patch), or with ``pcm`` ``S_w * sqrt(sum_j
+   |W_j| / w_scale * (x_j / r)**2) * z_w`` (aihwkit's PCM_READ, |W| of the fed, programmed
+   weights: the op itself on ``x**2`` and ``|W|``); then quantised to ``adc_bits`` levels
    over ``[-bound, bound]`` with saturation, and scaled back.
 4. The tiles' outputs summed digitally, then the bias added (digital bias).
 
@@ -275,16 +277,36 @@ def _tile_input(b: _Builder, tiled: TiledNode, x: str, t: int) -> str:
     return x if len(tiled.row_tiles) == 1 else b.slice(x, tiled.x_axis, r0, r1)
 
 
-def _partial(b: _Builder, node: Any, tiled: TiledNode, x_t: str, t: int) -> str:
-    """Tile ``t``'s partial sum: the op on its input slice ``x_t`` and weight rows, no bias."""
+def _tile_weight(b: _Builder, node: Any, tiled: TiledNode, t: int) -> str:
+    """Tile ``t``'s rows of the node's (fed) weight."""
     r0, r1 = tiled.row_tiles[t]
     whole = len(tiled.row_tiles) == 1
-    w_t = node.input[1] if whole else b.slice(node.input[1], tiled.w_axis, r0, r1)
+    return node.input[1] if whole else b.slice(node.input[1], tiled.w_axis, r0, r1)
+
+
+def _partial(
+    b: _Builder, node: Any, tiled: TiledNode, x_t: str, t: int, w_t: str | None = None
+) -> str:
+    """Tile ``t``'s partial sum: the op on its input slice ``x_t`` and weight rows ``w_t``
+    (default: the node's weight, sliced), no bias."""
+    w_t = _tile_weight(b, node, tiled, t) if w_t is None else w_t
     attrs = {a.name: _onnx().helper.get_attribute_value(a) for a in node.attribute}
     if tiled.kind == "gemm":
         attrs.pop("beta", None)
         return b.op("Gemm", [x_t, w_t], **attrs)
     return b.op(node.op_type, [x_t, w_t], **attrs)
+
+
+def _pcm_read_spread(b: _Builder, node: Any, tiled: TiledNode, x_t: str, w_t: str) -> str:
+    """sqrt(sum_j |W_jc| x_j^2) per output: the op itself on x^2 and |W| (Gemm without
+    alpha: the conductances are the stored weights), so Conv strides, pads, dilations and
+    groups match."""
+    attrs = {a.name: _onnx().helper.get_attribute_value(a) for a in node.attribute}
+    if tiled.kind == "gemm":
+        attrs.pop("beta", None)
+        attrs.pop("alpha", None)
+    square = b.op("Mul", [x_t, x_t])
+    return b.op("Sqrt", [b.op(node.op_type, [square, b.op("Abs", [w_t])], **attrs)])
 
 
 def _input_norm(b: _Builder, node: Any, tiled: TiledNode, x_t: str, t: int) -> str:
@@ -305,6 +327,30 @@ def _input_norm(b: _Builder, node: Any, tiled: TiledNode, x_t: str, t: int) -> s
     else:
         total = b.op("ReduceSumSquare", [x_t], axes=[tiled.x_axis], keepdims=1)
     return b.op("Sqrt", [total])
+
+
+def _weight_read_spread(
+    b: _Builder,
+    node: Any,
+    tiled: TiledNode,
+    pipeline: ForwardPipeline,
+    x_t: str,
+    w_t: str,
+    t: int,
+) -> str:
+    """The standard deviation weight read noise gives each output of tile ``t``, in the
+    partial sum's units: additive ``S w_t ||x||`` (N(0, (S w_t)^2) on every weight); pcm
+    ``S sqrt(w_t) sqrt(sum_j |W_j| x_j^2)`` (variance S^2 |W| / w_t per weight normalised to
+    w_t, times w_t^2 back in weight units; r cancels)."""
+    scale = tiled.weight_scale[t]
+    if pipeline.weight_read_noise_type == "pcm":
+        spread = _pcm_read_spread(b, node, tiled, x_t, w_t)
+        sigma = pipeline.weight_read_noise * np.sqrt(scale)
+    else:
+        spread = _input_norm(b, node, tiled, x_t, t)
+        sigma = pipeline.weight_read_noise * scale
+    sigma = sigma.astype(np.float32).reshape(tiled.col_shape)
+    return b.op("Mul", [spread, b.const(sigma, "wsigma")])
 
 
 def _bias(b: _Builder, node: Any, tiled: TiledNode, total: str, output: str) -> None:
@@ -356,7 +402,8 @@ def rewrite(
             tiles = []
             for t in range(len(tiled.row_tiles)):
                 x_t = _tile_input(b, tiled, x, t)
-                p = _partial(b, node, tiled, x_t, t)
+                w_t = _tile_weight(b, node, tiled, t)
+                p = _partial(b, node, tiled, x_t, t, w_t)
                 unit = (tiled.weight_scale[t] * r).astype(np.float32).reshape(tiled.col_shape)
                 tile = tiled.first_tile + t
                 if pipeline.read_noise > 0:
@@ -364,17 +411,10 @@ def rewrite(
                     noise_inputs.append((name, tiled.layer_index, tile, READ_NOISE_TAG))
                     sigma = b.const((pipeline.read_noise * unit).astype(np.float32), "sigma")
                     p = b.op("Add", [p, b.op("Mul", [name, sigma])])
-                if pipeline.weight_read_noise > 0:  # sum_j N_ij x_j ~ S ||x|| N(0, 1) per output
+                if pipeline.weight_read_noise > 0:  # sum_j N_ij x_j: one normal per output
                     name = f"{WEIGHT_NOISE_INPUT_PREFIX}{tiled.layer_index}_{tile}"
                     noise_inputs.append((name, tiled.layer_index, tile, WEIGHT_TAG))
-                    sigma = (pipeline.weight_read_noise * tiled.weight_scale[t]).astype(np.float32)
-                    spread = b.op(
-                        "Mul",
-                        [
-                            _input_norm(b, node, tiled, x_t, t),
-                            b.const(sigma.reshape(tiled.col_shape), "wsigma"),
-                        ],
-                    )
+                    spread = _weight_read_spread(b, node, tiled, pipeline, x_t, w_t, t)
                     p = b.op("Add", [p, b.op("Mul", [name, spread])])
                 if pipeline.adc_bits is not None:
                     bound = (

@@ -16,6 +16,9 @@ from typing import Any
 from ftaudit.errors import UserError
 
 WEIGHT_SCALINGS = ("layer", "column", "tile")
+#: how weight read noise scales: ``additive`` (aihwkit's ADDITIVE_CONSTANT, the same std on
+#: every weight) or ``pcm`` (aihwkit's PCM_READ, variance proportional to |W|)
+WEIGHT_READ_NOISE_TYPES = ("additive", "pcm")
 MAX_BITS = 24
 #: calibration images drawn (seeded) from the evaluation data to set DAC and ADC ranges
 CALIBRATION_IMAGES = 256
@@ -45,7 +48,10 @@ class ForwardPipeline:
     normalised units (aihwkit's ``out_noise``). ``weight_read_noise``: standard deviation of
     fresh Gaussian noise on every weight at every read, normalised to max|W| = 1 (aihwkit's
     ``w_noise`` with ``w_noise_type`` ADDITIVE_CONSTANT); it reaches each output as
-    ``weight_read_noise * ||x_tile||_2`` times a standard normal. ``tile_size``: (rows, cols)
+    ``weight_read_noise * ||x_tile||_2`` times a standard normal. ``weight_read_noise_type``
+    ``pcm`` makes it aihwkit's PCM_READ instead: each weight's read variance is
+    ``weight_read_noise**2 * |W|`` (max|W| = 1, the programmed weight), so an output gets
+    ``weight_read_noise * sqrt(sum_j |W_j| x_j**2)``. ``tile_size``: (rows, cols)
     of one crossbar; None is one tile per layer. ``weight_scaling``: what max|W| sets the
     conductance range.
     """
@@ -55,6 +61,7 @@ class ForwardPipeline:
     adc_bound: float | None = None
     read_noise: float = 0.0
     weight_read_noise: float = 0.0
+    weight_read_noise_type: str = "additive"
     tile_size: tuple[int, int] | None = None
     weight_scaling: str = "layer"
 
@@ -74,6 +81,11 @@ class ForwardPipeline:
             raise UserError(
                 f"--weight-read-noise must be a finite number >= 0, got {self.weight_read_noise:g}",
                 hint="it is a standard deviation per weight read, max|W| = 1, e.g. 0.02",
+            )
+        if self.weight_read_noise_type not in WEIGHT_READ_NOISE_TYPES:
+            raise UserError(
+                f"unknown --weight-read-noise-type '{self.weight_read_noise_type}'",
+                hint=f"use one of: {', '.join(WEIGHT_READ_NOISE_TYPES)}",
             )
         if self.adc_bound is not None and not (
             math.isfinite(self.adc_bound) and self.adc_bound > 0
@@ -115,6 +127,7 @@ class ForwardPipeline:
             "adc_bound": self.adc_bound,
             "read_noise": self.read_noise,
             "weight_read_noise": self.weight_read_noise,
+            "weight_read_noise_type": self.weight_read_noise_type,
             "tile_size": None if self.tile_size is None else list(self.tile_size),
             "weight_scaling": self.weight_scaling,
         }
@@ -150,8 +163,10 @@ class ForwardPipeline:
         if self.read_noise > 0:
             lines.append(f"read noise {self.read_noise:g} (normalised output units) per read")
         if self.weight_read_noise > 0:
+            form = "PCM: variance S^2 |W|" if self.weight_read_noise_type == "pcm" else "additive"
             lines.append(
-                f"weight read noise {self.weight_read_noise:g} (max|W| = 1) per weight per read"
+                f"weight read noise {self.weight_read_noise:g} ({form}, max|W| = 1) "
+                "per weight per read"
             )
         if self.active:
             tiles = (
@@ -168,6 +183,7 @@ def pipeline_from_flags(
     adc_bound: float | None = None,
     read_noise: float | None = None,
     weight_read_noise: float | None = None,
+    weight_read_noise_type: str | None = None,
     tile_size: str | None = None,
     weight_scaling: str | None = None,
     base: ForwardPipeline | None = None,
@@ -180,6 +196,7 @@ def pipeline_from_flags(
         adc_bound,
         read_noise,
         weight_read_noise,
+        weight_read_noise_type,
         tile_size,
         weight_scaling,
     )
@@ -194,6 +211,7 @@ def pipeline_from_flags(
         weight_read_noise=(
             base.weight_read_noise if weight_read_noise is None else float(weight_read_noise)
         ),
+        weight_read_noise_type=weight_read_noise_type or base.weight_read_noise_type,
         tile_size=base.tile_size if tile_size is None else parse_tile_size(tile_size),
         weight_scaling=weight_scaling or base.weight_scaling,
     )
@@ -206,6 +224,7 @@ TABLE_KEYS = (
     "adc_bound",
     "read_noise",
     "weight_read_noise",
+    "weight_read_noise_type",
     "tile_size",
     "weight_scaling",
 )
@@ -237,6 +256,7 @@ def pipeline_from_table(table: Any) -> ForwardPipeline:
             adc_bound=table.get("adc_bound"),
             read_noise=table.get("read_noise"),
             weight_read_noise=table.get("weight_read_noise"),
+            weight_read_noise_type=table.get("weight_read_noise_type"),
             tile_size=None if tile is None else str(tile),
             weight_scaling=table.get("weight_scaling"),
         )

@@ -7,7 +7,8 @@ estimators: rounding passes the gradient unchanged, saturation passes none outsi
 Ranges and tiles come from the ONNX calibration of the input model (a TorchScript or
 torch.export model: of its in-memory ONNX export, as ``eval`` runs it), fixed for the whole run.
 Read noise is drawn in training mode only, from a torch generator seeded by the run's seed
-(weight read noise from a second one, so turning it on leaves the output noise's draws);
+(weight read noise, additive or PCM, from a second one, so turning it on leaves the output
+noise's draws);
 the validation passes (eval mode) and the exported model are deterministic.
 """
 
@@ -73,7 +74,9 @@ class _LayerPipeline:
         for t in range(len(tiled.row_tiles)):
             unit = (tiled.weight_scale[t] * r).astype(np.float32).reshape(tiled.col_shape)
             self.sigma.append(torch.from_numpy(pipeline.read_noise * unit))
-            weight_sigma = pipeline.weight_read_noise * tiled.weight_scale[t]
+            scale = tiled.weight_scale[t]  # pcm: S sqrt(w_t), as ``onnx_graph`` explains
+            pcm = pipeline.weight_read_noise_type == "pcm"
+            weight_sigma = pipeline.weight_read_noise * (np.sqrt(scale) if pcm else scale)
             self.weight_sigma.append(
                 torch.from_numpy(weight_sigma.astype(np.float32).reshape(tiled.col_shape))
             )
@@ -104,6 +107,19 @@ def _input_norm(module: Any, plan: _LayerPipeline, x_t: Any, rows: int) -> Any:
         return module._conv_forward(x_t.square(), ones, None).sqrt()
 
 
+def _pcm_read_spread(module: Any, plan: _LayerPipeline, x_t: Any, w_t: Any) -> Any:
+    """sqrt(sum_j |W_j| x_j^2) per output (aihwkit's PCM_READ): the module's own op on x^2
+    and |W|, outside the graph like ``_input_norm``."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        square, magnitude = x_t.square(), w_t.abs()
+        if plan.kind == "conv":
+            return module._conv_forward(square, magnitude, None).sqrt()
+        return F.linear(square, magnitude).sqrt()
+
+
 def _analog_forward(self: Any, x: Any) -> Any:
     """Replaces ``forward`` of an nn.Linear / nn.ConvNd carrying ``_ftaudit_analog``."""
     import torch
@@ -127,7 +143,11 @@ def _analog_forward(self: Any, x: Any) -> Any:
             p = p + z * plan.sigma[t].to(p.device)
         if plan.pipeline.weight_read_noise > 0 and self.training:
             z = torch.randn(p.shape, generator=self._ftaudit_weight_generator, dtype=p.dtype)
-            spread = _input_norm(self, plan, x_t, r1 - r0) * plan.weight_sigma[t].to(p.device)
+            if plan.pipeline.weight_read_noise_type == "pcm":
+                spread = _pcm_read_spread(self, plan, x_t, w_t)
+            else:
+                spread = _input_norm(self, plan, x_t, r1 - r0)
+            spread = spread * plan.weight_sigma[t].to(p.device)
             p = p + z.to(p.device) * spread
         if plan.pipeline.adc_bits is not None:
             scale_in, scale_out = plan.adc[t]

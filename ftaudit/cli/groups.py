@@ -237,6 +237,7 @@ ANALOG = ArgGroup(
                 aliases.AdcBoundOpt,
                 aliases.ReadNoiseOpt,
                 aliases.WeightReadNoiseOpt,
+                aliases.WeightReadNoiseTypeOpt,
                 aliases.TileSizeOpt,
                 aliases.WeightScalingOpt,
             ),

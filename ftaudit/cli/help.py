@@ -158,6 +158,7 @@ _SHARED_LAYOUT: dict[str, tuple[str, str | None]] = {
     "--adc-bound": (ANALOG_PANEL, "B"),
     "--read-noise": (ANALOG_PANEL, "S"),
     "--weight-read-noise": (ANALOG_PANEL, "S"),
+    "--weight-read-noise-type": (ANALOG_PANEL, "additive|pcm"),
     "--tile-size": (ANALOG_PANEL, "ROWSxCOLS"),
     "--weight-scaling": (ANALOG_PANEL, "layer|column|tile"),
 }

@@ -195,6 +195,14 @@ WeightReadNoiseOpt = Annotated[
         help="Analog: Gaussian noise on every weight per read, max|W| = 1 [0].",
     ),
 ]
+WeightReadNoiseTypeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--weight-read-noise-type",
+        help="Analog: weight read noise additive (same on every weight) or pcm "
+        "(variance ~ |W|, aihwkit's PCM_READ) [additive].",
+    ),
+]
 TileSizeOpt = Annotated[
     str | None, typer.Option("--tile-size", help="Analog: crossbar ROWSxCOLS, e.g. 256x256.")
 ]
