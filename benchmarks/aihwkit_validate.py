@@ -19,11 +19,13 @@ input ranges = ftaudit's calibrated DAC ranges via aihwkit's ``pre_post.input_ra
 bound management off, weights scaled to max|W| = 1 per layer: ``weight_scaling_omega`` = 1);
 plus output noise (aihwkit ``out_noise`` = ftaudit's ``--read-noise``); weight read noise
 (aihwkit ``w_noise`` with ``w_noise_type`` ADDITIVE_CONSTANT = ftaudit's
-``--weight-read-noise``). ``--rows 5`` runs a subset (row numbers from 0). Row n runs with seed
-``--seed + n`` on both sides, so the rows' Monte Carlo errors are independent (with one seed,
-ftaudit's common random numbers would give its programming-noise rows the same draws, and one
-lucky set of draws would move them all together). The random numbers differ between the two
-simulators, so the means agree within Monte Carlo error, not exactly.
+``--weight-read-noise``, PCM_READ = ``--weight-read-noise-type pcm``, alone and on top of
+programming noise, which it reads through). ``--rows 5`` runs a subset (row numbers from 0).
+Row n runs with seed ``--seed + n`` on both sides, so the rows' Monte Carlo errors are
+independent (with one seed, ftaudit's common random numbers would give its programming-noise
+rows the same draws, and one lucky set of draws would move them all together). The random
+numbers differ between the two simulators, so the means agree within Monte Carlo error, not
+exactly.
 """
 
 from __future__ import annotations
@@ -78,6 +80,21 @@ ROWS = [
         "name": "differential pairs: Gaussian 0.03 w_max on G+ and G-, clamped at 0",
         "sigma": 0.03,
         "pairs": "gaussian",
+    },
+    {
+        "name": "PCM weight read noise 0.1 only (DAC/ADC 16)",
+        "sigma": 0.0,
+        "bits": 16,
+        "w_noise": 0.1,
+        "w_noise_type": "pcm",
+        "max_samples": 300,
+    },
+    {
+        "name": "PCM weight read noise 0.1 on the programmed weights (DAC/ADC 16)",
+        "sigma": 0.3,
+        "bits": 16,
+        "w_noise": 0.1,
+        "w_noise_type": "pcm",
     },
 ]
 ADC_BOUND = 12.0
@@ -155,6 +172,7 @@ def pipeline_for(row: dict):
         adc_bound=ADC_BOUND,
         read_noise=row.get("noise", 0.0),
         weight_read_noise=row.get("w_noise", 0.0),
+        weight_read_noise_type=row.get("w_noise_type", "additive"),
     )
 
 
@@ -211,7 +229,11 @@ def aihwkit_model(row: dict, ranges: dict | None):
     config.forward.out_bound = ADC_BOUND
     config.forward.out_noise = row.get("noise", 0.0)
     config.forward.w_noise = row.get("w_noise", 0.0)
-    config.forward.w_noise_type = WeightNoiseType.ADDITIVE_CONSTANT
+    config.forward.w_noise_type = (
+        WeightNoiseType.PCM_READ
+        if row.get("w_noise_type") == "pcm"
+        else WeightNoiseType.ADDITIVE_CONSTANT
+    )
     config.forward.inp_noise = 0.0
     config.forward.noise_management = NoiseManagementType.NONE
     config.forward.bound_management = BoundManagementType.NONE
