@@ -82,18 +82,18 @@ ROWS = [
         "pairs": "gaussian",
     },
     {
-        "name": "PCM weight read noise 0.1 only (DAC/ADC 16)",
+        "name": "PCM weight read noise 0.15 only (DAC/ADC 16)",
         "sigma": 0.0,
         "bits": 16,
-        "w_noise": 0.1,
+        "w_noise": 0.15,
         "w_noise_type": "pcm",
         "max_samples": 300,
     },
     {
-        "name": "PCM weight read noise 0.1 on the programmed weights (DAC/ADC 16)",
+        "name": "PCM weight read noise 0.15 + programming noise (DAC/ADC 16)",
         "sigma": 0.3,
         "bits": 16,
-        "w_noise": 0.1,
+        "w_noise": 0.15,
         "w_noise_type": "pcm",
     },
 ]

@@ -401,7 +401,8 @@ def load_device_file(
 
     Optional defaults: ``sigma`` (number, list or range), ``[drift]`` (t0_s, nu_mean, nu_std),
     ``[stuck_at]`` (p_low, p_high) and ``[analog]`` (the forward pipeline: dac_bits, adc_bits,
-    adc_bound, read_noise, weight_read_noise, tile_size, weight_scaling) and ``differential``
+    adc_bound, read_noise, weight_read_noise, weight_read_noise_type, tile_size,
+    weight_scaling) and ``differential``
     (true: each weight on a G+/G- pair; ``differential`` given here wins). ``shipped`` marks
     a profile from ``ftaudit/noise/profiles``.
     """
