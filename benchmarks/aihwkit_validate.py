@@ -95,6 +95,8 @@ ROWS = [
         "bits": 16,
         "w_noise": 0.15,
         "w_noise_type": "pcm",
+        # aihwkit's CPU PCM_READ loops over |W| x^2 per vector: about 2.5 s a sample here
+        "max_samples": 500,
     },
 ]
 ADC_BOUND = 12.0
