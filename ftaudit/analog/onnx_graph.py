@@ -111,12 +111,17 @@ def plan_tiles(
     layers: Sequence[Any],
     weights: Mapping[str, np.ndarray],
     pipeline: ForwardPipeline,
+    feed_names: Mapping[str, str] | None = None,
 ) -> list[TiledNode]:
     """Which graph nodes the pipeline rewrites and how their weights split into tiles.
 
-    ``layers``: the selected CrossbarLayer objects; ops the pipeline cannot map (ConvTranspose,
-    Gemm with transA, a MatMul whose weight is the left operand) stay ideal."""
-    by_name = {layer.name: layer for layer in layers}
+    ``layers``: the selected CrossbarLayer objects; ``feed_names``: each layer's graph value
+    (the value its op reads: an initializer, or a Transpose/Cast/DequantizeLinear output;
+    default the layer's name). Every selected layer is planned or refused: a layer the
+    pipeline cannot map (ConvTranspose, Gemm with transA, a MatMul whose weight is the left
+    operand) is a UserError, never an ideal op left in the graph."""
+    feeds = feed_names or {}
+    by_value = {feeds.get(layer.name, layer.name): layer for layer in layers}
     producers = {o: n for n in proto.graph.node for o in n.output}
     rows, cols = pipeline.tile_size or (None, None)
     planned = []
@@ -124,9 +129,11 @@ def plan_tiles(
     for index, node in enumerate(proto.graph.node):
         if node.domain not in ("", "ai.onnx") or len(node.input) < 2:
             continue
-        name = _source(node.input[1], producers)
-        if name not in by_name:
+        layer = by_value.get(_source(node.input[1], producers))
+        if layer is None:
+            _refuse_left_weight(node, by_value, producers)
             continue
+        name = layer.name
         weight = weights[name]
         if weight.dtype != np.float32:
             raise UserError(
@@ -151,7 +158,12 @@ def plan_tiles(
             col_shape = (weight.shape[0],) + (1,) * (weight.ndim - 2)
             groups = int(_attr(node, "group", 1))
         else:
-            continue
+            raise UserError(
+                f"the analog forward pipeline cannot map crossbar layer {name} "
+                f"({_unmapped_reason(node, weight)})",
+                hint=f"leave it digital with --layers (select the others) or drop the analog "
+                f"flags; supported: {SUPPORTED_OPS}",
+            )
         out = canonical.shape[0]
         units = canonical.shape[1]
         per_tile = units if rows is None or groups != 1 else max(1, rows // unit)
@@ -172,7 +184,7 @@ def plan_tiles(
             TiledNode(
                 node_index=index,
                 layer=name,
-                layer_index=by_name[name].index,
+                layer_index=layer.index,
                 kind=kind,
                 x_axis=x_axis,
                 w_axis=w_axis,
@@ -185,7 +197,38 @@ def plan_tiles(
             )
         )
         tile_count[name] = tile_count.get(name, 0) + len(row_tiles)
+    missing = [layer.name for layer in layers if layer.name not in tile_count]
+    if missing:  # a layer whose value no op of the graph reads as its weight operand
+        raise UserError(
+            f"the analog forward pipeline found no crossbar op reading layer "
+            f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}",
+            hint="leave it digital with --layers (select the others) or drop the analog flags",
+        )
     return planned
+
+
+#: the crossbar ops the rewrite maps onto tiles (README: the analog pipeline's support table)
+SUPPORTED_OPS = "Conv (any groups, 1-3-D), Gemm without transA, MatMul with a 2-D right weight"
+
+
+def _unmapped_reason(node: Any, weight: np.ndarray) -> str:
+    if node.op_type == "Gemm":
+        return "a Gemm with transA=1"
+    if node.op_type == "MatMul":
+        return f"a MatMul with a {weight.ndim}-D weight"
+    return f"a {node.op_type}"
+
+
+def _refuse_left_weight(node: Any, by_value: Mapping[str, Any], producers: Mapping) -> None:
+    """A MatMul/Gemm whose first operand is a selected layer's weight (W @ x): refused."""
+    layer = by_value.get(_source(node.input[0], producers))
+    if layer is not None and node.op_type in ("MatMul", "Gemm"):
+        raise UserError(
+            f"the analog forward pipeline cannot map crossbar layer {layer.name} "
+            f"(the weight is the left operand of {node.op_type} '{node.name}')",
+            hint="export with the weight as the right operand (x @ W), or leave the layer "
+            "digital with --layers (select the others)",
+        )
 
 
 class _Builder:

@@ -159,7 +159,9 @@ class AnalogTraining:
         self.model = as_onnx(model, x)
         self.pipeline = pipeline
         self.seed = seed
-        self.tiled = plan_tiles(self.model.proto, layers, self.model.clean_weights(), pipeline)
+        self.tiled = plan_tiles(
+            self.model.proto, layers, self.model.clean_weights(), pipeline, self.model.feed_names
+        )
         self.calibration = calibrate(self.model.proto, self.tiled, x, seed=seed)
 
     def attach(self, trainable: Any) -> int:
