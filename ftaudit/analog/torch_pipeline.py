@@ -14,7 +14,6 @@ the validation passes (eval mode) and the exported model are deterministic.
 from __future__ import annotations
 
 import types
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -27,6 +26,7 @@ from ftaudit.analog.onnx_graph import (
     quantiser_scales,
 )
 from ftaudit.analog.options import ForwardPipeline
+from ftaudit.errors import UserError
 
 #: spawn key of the training read-noise generator
 TRAINING_NOISE_KEY = 0xA7A1
@@ -162,31 +162,60 @@ class AnalogTraining:
         self.tiled = plan_tiles(
             self.model.proto, layers, self.model.clean_weights(), pipeline, self.model.feed_names
         )
+        _check_trainable(self.tiled)
         self.calibration = calibrate(self.model.proto, self.tiled, x, seed=seed)
 
     def attach(self, trainable: Any) -> int:
         """Give the trainable module's crossbar Linear/Conv layers the pipeline; returns how
-        many layers took it (the others, e.g. MatMul weights, stay ideal)."""
+        many layers took it (all of them: a layer left ideal is a UserError)."""
         import torch
 
         generator = training_generator(self.seed, TRAINING_NOISE_KEY)
         weight_generator = training_generator(self.seed, TRAINING_WEIGHT_NOISE_KEY)
-        counts: Mapping[str, int] = {}
+        owners = _crossbar_modules(torch, trainable)
         for tiled in self.tiled:
-            counts[tiled.layer] = counts.get(tiled.layer, 0) + 1  # type: ignore[index]
-        attached = 0
-        for tiled in self.tiled:
-            slot = trainable.slots.get(tiled.layer)
-            if slot is None or counts[tiled.layer] != 1 or tiled.kind == "matmul":
-                continue
-            module = trainable.module.get_submodule(slot.target.rsplit(".", 1)[0])
-            if not isinstance(module, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)):
-                continue
-            if isinstance(module, torch.nn.modules.conv._ConvTransposeNd):
-                continue
+            module = owners.get(tiled.layer)
+            if module is None:
+                raise _untrainable(
+                    [tiled.layer], "its trainable copy has no Linear or Conv module for it"
+                )
             module._ftaudit_analog = _LayerPipeline(torch, tiled, self.pipeline, self.calibration)
             module._ftaudit_generator = generator
             module._ftaudit_weight_generator = weight_generator
             module.forward = types.MethodType(_analog_forward, module)
-            attached += 1
-        return attached
+        return len(self.tiled)
+
+
+def _crossbar_modules(torch: Any, trainable: Any) -> dict[str, Any]:
+    """Crossbar layer name -> the Linear or Conv module whose weight is its tensor."""
+    kinds = (torch.nn.Linear, torch.nn.modules.conv._ConvNd)
+    by_weight = {
+        id(m.weight): m
+        for m in trainable.module.modules()
+        if isinstance(m, kinds) and not isinstance(m, torch.nn.modules.conv._ConvTransposeNd)
+    }
+    return {
+        name: by_weight[id(tensor)]
+        for name, tensor in trainable.crossbar.items()
+        if id(tensor) in by_weight
+    }
+
+
+def _check_trainable(tiled_nodes: list[TiledNode]) -> None:
+    """Layers the torch pipeline cannot train through (a MatMul weight, a weight read by
+    several ops), refused before any work rather than trained ideal."""
+    layers = [t.layer for t in tiled_nodes]
+    matmul = [t.layer for t in tiled_nodes if t.kind == "matmul"]
+    if matmul:
+        raise _untrainable(matmul, "it is the weight of a MatMul (a Linear on a 3-D input)")
+    shared = sorted({name for name in layers if layers.count(name) > 1})
+    if shared:
+        raise _untrainable(shared, "several ops read the same weight")
+
+
+def _untrainable(layers: list[str], why: str) -> UserError:
+    named = ", ".join(layers[:3]) + (" ..." if len(layers) > 3 else "")
+    return UserError(
+        f"harden cannot train layer {named} through the analog forward pipeline: {why}",
+        hint="harden without the analog flags, then audit the result with them (ftaudit eval)",
+    )
