@@ -160,3 +160,56 @@ def test_sklearn_mlp_through_the_pipeline(sklearn_mlp, zipmap: bool, run_cli):
     )  # fmt: skip
     assert code == 0, err
     assert json.loads(out)["analog"]["calibration"]["tiles"] == 2
+
+
+@pytest.mark.torch
+def test_conv1d_runs_through_the_pipeline(tmp_path, run_cli):
+    """Conv1d (audio, sequence models): tiled over channels x kernel, like Conv2d."""
+    import ftaudit
+    from ftaudit.analog import ForwardPipeline
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv1d(3, 6, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(36, 4)
+    ).eval()
+    x = np.random.default_rng(0).normal(size=(24, 3, 8)).astype(np.float32)
+    path, data = tmp_path / "conv1d.onnx", tmp_path / "data.npz"
+    torch.onnx.export(
+        net, (torch.from_numpy(x[:1]),), str(path), dynamo=False, input_names=["x"],
+        dynamic_axes={"x": {0: "n"}}, opset_version=17,
+    )  # fmt: skip
+    np.savez(data, x=x, y=net(torch.from_numpy(x)).argmax(1).numpy())
+    code, _out, err = run_cli("eval", path, "--data", data, "--sigma", "0.1", "-q", *CHIP)
+    assert code == 0, err
+    # 4x4 tiles: one input channel (3 rows) per tile, three tiles; sigma small enough that no
+    # noisy partial sum passes a small tile's calibrated (saturating) ADC bound
+    ideal = ForwardPipeline(dac_bits=16, adc_bits=16, tile_size=(4, 4))
+    args = dict(sigmas=[0.1], samples=3, seed=1)
+    plain = ftaudit.audit(path, data, **args).results[0].accuracies
+    analog = ftaudit.audit(path, data, pipeline=ideal, **args).results[0].accuracies
+    np.testing.assert_allclose(analog, plain, rtol=0, atol=0.005)
+
+
+def test_a_weight_on_the_left_of_matmul_is_refused(tmp_path, run_cli):
+    """W @ x (the weight as MatMul's first operand) has no tile mapping: one line, exit 2,
+    never an ideal layer."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.normal(size=(4, 5)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["w", "x"], ["h"]),  # (4, 5) @ (n?, 5, 1)
+            helper.make_node("Flatten", ["h"], ["logits"]),
+        ],
+        "left",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 5, 1])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 4])],
+        [weight],
+    )
+    path, data = tmp_path / "left.onnx", tmp_path / "data.npz"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    np.savez(data, x=rng.normal(size=(8, 5, 1)).astype(np.float32), y=np.zeros(8, np.int64))
+    code, out, err = run_cli("eval", path, "--data", data, "--sigma", "0.1", *CHIP)
+    _one_line_refusal(code, err)
+    assert "left operand" in err and out == ""
