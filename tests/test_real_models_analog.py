@@ -22,10 +22,8 @@ from real_models import FLOAT_FORMATS, FORMATS, Matrix, cells  # noqa: E402  (im
 
 #: cells the analog pipeline refuses with one line (README: the analog pipeline's support)
 ANALOG_UNSUPPORTED = {"float16"}
-#: harden through the pipeline refuses with one line (README: harden's unsupported cells):
-#: float16 models, and transformers (their Linear layers on 3-D inputs export as MatMul)
-HARDEN_ANALOG_UNSUPPORTED_FORMATS = {"float16"}
-HARDEN_ANALOG_UNSUPPORTED_ARCHS = {"vit", "text"}
+#: harden through the pipeline refuses with one line (README: harden's unsupported cells)
+HARDEN_ANALOG_UNSUPPORTED = {"float16"}
 CHIP = (
     "--dac-bits", "8", "--adc-bits", "8", "--read-noise", "0.05", "--weight-read-noise", "0.02",
     "--tile-size", "32x32", "--weight-scaling", "column",
@@ -108,6 +106,39 @@ def test_every_crossbar_layer_is_rewritten(matrix: Matrix, arch: str, fmt: str):
 
 
 @pytest.mark.torch
+@pytest.mark.parametrize(("arch", "fmt"), cells(("legacy", "dynamo_noopt")))
+def test_the_training_pipeline_computes_the_onnx_rewrite(matrix: Matrix, arch: str, fmt: str):
+    """harden's torch twin of the rewrite (Conv, Linear and onnx2torch's MatMul modules, the
+    weight as a Transpose output or as stored) gives the ONNX graph's logits, and every
+    crossbar weight gets a gradient through the straight-through quantisers."""
+    pytest.importorskip("onnx2torch")
+    from ftaudit.analog import ForwardPipeline
+    from ftaudit.analog.runner import analog_runner
+    from ftaudit.analog.torch_pipeline import AnalogTraining
+    from ftaudit.harden.trainable import make_trainable
+    from ftaudit.models import load_model
+
+    model = load_model(matrix.file(arch, fmt))
+    data = np.load(matrix.dataset(arch))
+    x = model.fit_input(data["x"] if model.integer_input else data["x"].astype(np.float32))
+    pipeline = ForwardPipeline(dac_bits=6, adc_bits=6, tile_size=(4, 4), weight_scaling="column")
+    runner, _ = analog_runner(model, model.layers, x, pipeline=pipeline, seed=2, device="cpu")
+    runner.bind_data(x, data["y"], batch_size=64)
+    want = runner.logits()
+    trainable = make_trainable(model)
+    assert AnalogTraining(model, model.layers, x, pipeline, seed=2).attach(trainable) >= len(
+        model.layers
+    )
+    trainable.module.eval()
+    with torch.no_grad():
+        got = trainable.module(torch.from_numpy(x)).numpy()
+    assert np.isclose(got, want, rtol=1e-3, atol=1e-3).mean() > 0.99
+    trainable.module.train()
+    trainable.module(torch.from_numpy(x[:8])).sum().backward()
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in trainable.crossbar.values())
+
+
+@pytest.mark.torch
 @pytest.mark.parametrize(("arch", "fmt"), cells((*FLOAT_FORMATS, "float16")))
 def test_harden_one_epoch_through_the_pipeline(
     matrix: Matrix, arch: str, fmt: str, run_cli, tmp_path
@@ -119,7 +150,7 @@ def test_harden_one_epoch_through_the_pipeline(
         "--sigma", "0.1", "--epochs", "1", "--eval-samples", "2", "--eval-sigmas", "0.1", "-q",
         *CHIP,
     )  # fmt: skip
-    if fmt in HARDEN_ANALOG_UNSUPPORTED_FORMATS or arch in HARDEN_ANALOG_UNSUPPORTED_ARCHS:
+    if fmt in HARDEN_ANALOG_UNSUPPORTED:
         _one_line_refusal(code, stderr)
         assert not out.exists()
         return

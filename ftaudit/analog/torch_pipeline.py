@@ -106,28 +106,56 @@ def _input_norm(module: Any, plan: _LayerPipeline, x_t: Any, rows: int) -> Any:
 
 def _analog_forward(self: Any, x: Any) -> Any:
     """Replaces ``forward`` of an nn.Linear / nn.ConvNd carrying ``_ftaudit_analog``."""
+    plan: _LayerPipeline = self._ftaudit_analog
+    if not plan.pipeline.per_tile:
+        return type(self).forward(self, _dac(plan, x))
+    total = _tiled_product(self, plan, _dac(plan, x), self.weight)
+    if self.bias is not None:
+        total = total + self.bias.view(plan.col_shape if plan.kind == "conv" else (-1,))
+    return total
+
+
+def _analog_matmul_forward(self: Any, x: Any, weight: Any) -> Any:
+    """Replaces ``forward`` of onnx2torch's MatMul module (``x @ weight``, the weight
+    (in, out) as the ONNX graph feeds it) carrying ``_ftaudit_analog``."""
+    import torch
+
+    plan: _LayerPipeline = self._ftaudit_analog
+    if not plan.pipeline.per_tile:
+        return torch.matmul(_dac(plan, x), weight)
+    return _tiled_product(self, plan, _dac(plan, x), weight)
+
+
+def _dac(plan: _LayerPipeline, x: Any) -> Any:
+    import torch
+
+    return x if plan.dac is None else _quantise(torch, x, plan.pipeline.dac_bits, *plan.dac)
+
+
+def _tiled_product(module: Any, plan: _LayerPipeline, x: Any, weight: Any) -> Any:
+    """The tiles' partial sums, each with its read noise and ADC, summed (no bias)."""
     import torch
     import torch.nn.functional as F
 
-    plan: _LayerPipeline = self._ftaudit_analog
-    generator = self._ftaudit_generator
-    if plan.dac is not None:
-        x = _quantise(torch, x, plan.pipeline.dac_bits, *plan.dac)
-    if not plan.pipeline.per_tile:
-        return type(self).forward(self, x)
-    axis = -1 if plan.kind != "conv" else 1
+    axis = 1 if plan.kind == "conv" else -1
+    w_axis = 0 if plan.kind == "matmul" else 1  # the weight's crossbar rows
     total = None
     for t, (r0, r1) in enumerate(plan.row_tiles):
         whole = len(plan.row_tiles) == 1
         x_t = x if whole else x.narrow(axis, r0, r1 - r0)
-        w_t = self.weight if whole else self.weight.narrow(1, r0, r1 - r0)
-        p = self._conv_forward(x_t, w_t, None) if plan.kind == "conv" else F.linear(x_t, w_t)
-        if plan.pipeline.read_noise > 0 and self.training:
-            z = torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device)
-            p = p + z * plan.sigma[t].to(p.device)
-        if plan.pipeline.weight_read_noise > 0 and self.training:
-            z = torch.randn(p.shape, generator=self._ftaudit_weight_generator, dtype=p.dtype)
-            spread = _input_norm(self, plan, x_t, r1 - r0) * plan.weight_sigma[t].to(p.device)
+        w_t = weight if whole else weight.narrow(w_axis, r0, r1 - r0)
+        if plan.kind == "conv":
+            p = module._conv_forward(x_t, w_t, None)
+        elif plan.kind == "matmul":
+            p = torch.matmul(x_t, w_t)
+        else:
+            p = F.linear(x_t, w_t)
+        if plan.pipeline.read_noise > 0 and module.training:
+            z = torch.randn(p.shape, generator=module._ftaudit_generator, dtype=p.dtype)
+            p = p + z.to(p.device) * plan.sigma[t].to(p.device)
+        if plan.pipeline.weight_read_noise > 0 and module.training:
+            z = torch.randn(p.shape, generator=module._ftaudit_weight_generator, dtype=p.dtype)
+            spread = _input_norm(module, plan, x_t, r1 - r0) * plan.weight_sigma[t].to(p.device)
             p = p + z.to(p.device) * spread
         if plan.pipeline.adc_bits is not None:
             scale_in, scale_out = plan.adc[t]
@@ -135,8 +163,6 @@ def _analog_forward(self: Any, x: Any) -> Any:
                 torch, p, plan.pipeline.adc_bits, scale_in.to(p.device), scale_out.to(p.device)
             )
         total = p if total is None else total + p
-    if self.bias is not None:
-        total = total + self.bias.view(plan.col_shape if plan.kind == "conv" else (-1,))
     return total
 
 
@@ -173,17 +199,32 @@ class AnalogTraining:
         generator = training_generator(self.seed, TRAINING_NOISE_KEY)
         weight_generator = training_generator(self.seed, TRAINING_WEIGHT_NOISE_KEY)
         owners = _crossbar_modules(torch, trainable)
+        matmuls = _matmul_modules(trainable)
         for tiled in self.tiled:
-            module = owners.get(tiled.layer)
+            if tiled.kind == "matmul":
+                output = self.model.proto.graph.node[tiled.node_index].output[0]
+                module, forward = matmuls.get(output), _analog_matmul_forward
+            else:
+                module, forward = owners.get(tiled.layer), _analog_forward
             if module is None:
                 raise _untrainable(
-                    [tiled.layer], "its trainable copy has no Linear or Conv module for it"
+                    [tiled.layer], "its trainable copy has no module computing its product"
                 )
             module._ftaudit_analog = _LayerPipeline(torch, tiled, self.pipeline, self.calibration)
             module._ftaudit_generator = generator
             module._ftaudit_weight_generator = weight_generator
-            module.forward = types.MethodType(_analog_forward, module)
+            module.forward = types.MethodType(forward, module)
         return len(self.tiled)
+
+
+def _matmul_modules(trainable: Any) -> dict[str, Any]:
+    """ONNX MatMul output name -> the onnx2torch module computing it."""
+    found = {}
+    for module in trainable.module.modules():
+        mapping = getattr(module, "onnx_mapping", None)
+        if type(module).__name__ == "OnnxMatMul" and mapping is not None and mapping.outputs:
+            found[mapping.outputs[0]] = module
+    return found
 
 
 def _crossbar_modules(torch: Any, trainable: Any) -> dict[str, Any]:
@@ -202,12 +243,9 @@ def _crossbar_modules(torch: Any, trainable: Any) -> dict[str, Any]:
 
 
 def _check_trainable(tiled_nodes: list[TiledNode]) -> None:
-    """Layers the torch pipeline cannot train through (a MatMul weight, a weight read by
-    several ops), refused before any work rather than trained ideal."""
-    layers = [t.layer for t in tiled_nodes]
-    matmul = [t.layer for t in tiled_nodes if t.kind == "matmul"]
-    if matmul:
-        raise _untrainable(matmul, "it is the weight of a MatMul (a Linear on a 3-D input)")
+    """Layers the torch pipeline cannot train through (a Linear or Conv weight read by
+    several ops: one module holds it), refused before any work rather than trained ideal."""
+    layers = [t.layer for t in tiled_nodes if t.kind != "matmul"]
     shared = sorted({name for name in layers if layers.count(name) > 1})
     if shared:
         raise _untrainable(shared, "several ops read the same weight")
