@@ -160,7 +160,7 @@ def test_harden_one_epoch_through_the_pipeline(
 
 @pytest.mark.torch
 @pytest.mark.parametrize(
-    ("arch", "fmt"), [("vit", "legacy"), ("text", "export"), ("mobilenet", "qdq")]
+    ("arch", "fmt"), [("vit", "legacy"), ("text", "dynamo_noopt"), ("mobilenet", "qdq")]
 )
 def test_numbers_do_not_depend_on_batch_size_or_workers(matrix: Matrix, arch: str, fmt: str):
     """Read noise is keyed by image: batches of 7 or 32 and two worker processes agree."""
