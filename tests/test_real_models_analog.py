@@ -21,9 +21,9 @@ onnx = pytest.importorskip("onnx")
 from real_models import FLOAT_FORMATS, FORMATS, Matrix, cells  # noqa: E402  (imports torch)
 
 #: cells the analog pipeline refuses with one line (README: the analog pipeline's support)
-ANALOG_UNSUPPORTED = {"float16"}
+ANALOG_UNSUPPORTED: set[str] = set()
 #: harden through the pipeline refuses with one line (README: harden's unsupported cells)
-HARDEN_ANALOG_UNSUPPORTED = {"float16"}
+HARDEN_ANALOG_UNSUPPORTED: set[str] = set()
 CHIP = (
     "--dac-bits", "8", "--adc-bits", "8", "--read-noise", "0.05", "--weight-read-noise", "0.02",
     "--tile-size", "32x32", "--weight-scaling", "column",

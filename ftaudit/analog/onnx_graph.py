@@ -63,6 +63,9 @@ class TiledNode:
     first_tile: int = 0
     #: the stored weight's shape (Conv: sets the kernel of the input-norm pass)
     weight_shape: list[int] = field(default_factory=list)
+    #: the op computes in float16: the pipeline casts its operands to float32 and the
+    #: result back (converters and noise in float32, like a float32 model's)
+    half: bool = False
 
 
 @dataclass
@@ -134,12 +137,14 @@ def plan_tiles(
             _refuse_left_weight(node, by_value, producers)
             continue
         name = layer.name
-        weight = weights[name]
-        if weight.dtype != np.float32:
+        stored = weights[name]
+        if stored.dtype not in (np.float32, np.float16):
             raise UserError(
-                f"crossbar weight {name} is {weight.dtype}; the analog pipeline needs float32",
+                f"crossbar weight {name} is {stored.dtype}; the analog pipeline needs float32 "
+                "or float16",
                 hint="export the model in float32",
             )
+        weight = stored.astype(np.float32, copy=False)
         if node.op_type == "Gemm" and not _attr(node, "transA", 0):
             trans_b = bool(_attr(node, "transB", 0))
             canonical = weight if trans_b else weight.T
@@ -194,6 +199,7 @@ def plan_tiles(
                 weight_scale=scale,
                 first_tile=tile_count.get(name, 0),
                 weight_shape=list(weight.shape),
+                half=stored.dtype == np.float16,
             )
         )
         tile_count[name] = tile_count.get(name, 0) + len(row_tiles)
@@ -318,11 +324,17 @@ def _tile_input(b: _Builder, tiled: TiledNode, x: str, t: int) -> str:
     return x if len(tiled.row_tiles) == 1 else b.slice(x, tiled.x_axis, r0, r1)
 
 
-def _partial(b: _Builder, node: Any, tiled: TiledNode, x_t: str, t: int) -> str:
-    """Tile ``t``'s partial sum: the op on its input slice ``x_t`` and weight rows, no bias."""
+def _float32(b: _Builder, tiled: TiledNode, value: str) -> str:
+    """``value`` as float32: a Cast for a float16 op, else the value itself."""
+    return b.op("Cast", [value], to=_onnx().TensorProto.FLOAT) if tiled.half else value
+
+
+def _partial(b: _Builder, node: Any, tiled: TiledNode, x_t: str, t: int, w: str) -> str:
+    """Tile ``t``'s partial sum: the op on its input slice ``x_t`` and the rows of its
+    (float32) weight ``w``, no bias."""
     r0, r1 = tiled.row_tiles[t]
     whole = len(tiled.row_tiles) == 1
-    w_t = node.input[1] if whole else b.slice(node.input[1], tiled.w_axis, r0, r1)
+    w_t = w if whole else b.slice(w, tiled.w_axis, r0, r1)
     attrs = {a.name: _onnx().helper.get_attribute_value(a) for a in node.attribute}
     if tiled.kind == "gemm":
         attrs.pop("beta", None)
@@ -352,14 +364,17 @@ def _input_norm(b: _Builder, node: Any, tiled: TiledNode, x_t: str, t: int) -> s
 
 def _bias(b: _Builder, node: Any, tiled: TiledNode, total: str, output: str) -> None:
     """Add the node's bias digitally to the summed tiles, writing the node's output name."""
+    if tiled.half:  # the summed tiles back to the op's float16, written to its output
+        total = b.op("Cast", [total], to=_onnx().TensorProto.FLOAT16)
     if len(node.input) < 3 or not node.input[2]:
         b.op("Identity", [total], output)
         return
-    bias = node.input[2]
+    bias = node.input[2]  # added in the op's own type, as the op adds it
     if tiled.kind == "gemm":
         beta = float(_attr(node, "beta", 1.0))
         if beta != 1.0:
-            bias = b.op("Mul", [bias, b.const(np.array(beta, np.float32), "beta")])
+            dtype = np.float16 if tiled.half else np.float32
+            bias = b.op("Mul", [bias, b.const(np.array(beta, dtype), "beta")])
     elif tiled.kind == "conv":
         shape = b.const(np.array(tiled.col_shape, np.int64), "shape")
         bias = b.op("Reshape", [bias, shape])
@@ -385,21 +400,22 @@ def rewrite(
         node = graph.node[tiled.node_index]
         start = len(b.nodes)
         r = np.float32(calibration.input_range[tiled.layer])
-        x = node.input[0]
+        x = _float32(b, tiled, node.input[0])
         if pipeline.dac_bits is not None:
             scale_in, scale_out = quantiser_scales(pipeline.dac_bits, r)
             x = b.quantise(x, pipeline.dac_bits, scale_in, scale_out)
         if not pipeline.per_tile:
             rewired = onnx.NodeProto()
             rewired.CopyFrom(node)
-            rewired.input[0] = x
+            rewired.input[0] = b.op("Cast", [x], to=onnx.TensorProto.FLOAT16) if tiled.half else x
             b.nodes.append(rewired)
         else:
             bounds = calibration.adc_bound.get(tiled.node_index)
+            w = _float32(b, tiled, node.input[1])
             tiles = []
             for t in range(len(tiled.row_tiles)):
                 x_t = _tile_input(b, tiled, x, t)
-                p = _partial(b, node, tiled, x_t, t)
+                p = _partial(b, node, tiled, x_t, t, w)
                 unit = (tiled.weight_scale[t] * r).astype(np.float32).reshape(tiled.col_shape)
                 tile = tiled.first_tile + t
                 if pipeline.read_noise > 0:
@@ -470,9 +486,10 @@ def calibrate(
     wanted: list[tuple[str, Any]] = []
     for tiled in tiled_nodes:
         node = graph.node[tiled.node_index]
-        wanted.append((b.reduce_max(b.op("Abs", [node.input[0]]), None), ("x", tiled)))
+        x_in, w = _float32(b, tiled, node.input[0]), _float32(b, tiled, node.input[1])
+        wanted.append((b.reduce_max(b.op("Abs", [x_in]), None), ("x", tiled)))
         for t in range(len(tiled.row_tiles)):
-            p = _partial(b, node, tiled, _tile_input(b, tiled, node.input[0], t), t)
+            p = _partial(b, node, tiled, _tile_input(b, tiled, x_in, t), t, w)
             inv = (1.0 / tiled.weight_scale[t]).astype(np.float32).reshape(tiled.col_shape)
             normalised = b.op("Abs", [b.op("Mul", [p, b.const(inv, "inv")])])
             if tiled.kind == "conv":
@@ -503,6 +520,9 @@ def calibrate(
     )
     input_name = data_input.name
     chosen = x[calibration_indices(len(x), seed)]
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(data_input.type.tensor_type.elem_type)
+    if np.issubdtype(dtype, np.floating):  # a float16 model reads float16 images
+        chosen = chosen.astype(dtype, copy=False)
     dim = data_input.type.tensor_type.shape.dim
     fixed = dim[0].dim_value if len(dim) and dim[0].HasField("dim_value") else 0
     size = fixed or batch_size
