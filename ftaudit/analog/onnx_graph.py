@@ -1,6 +1,8 @@
 """The analog forward pipeline as an ONNX graph rewrite, run by ONNX Runtime.
 
-Each selected crossbar op (Conv, Gemm, MatMul with a stored weight) is replaced by:
+Each selected crossbar op (Conv, Gemm, MatMul with a stored weight; found by the value it
+reads as its weight, so renamed, transposed and dequantised weights alike; float16 ops
+computed in float32 between casts) is replaced by:
 
 1. DAC: its input quantised to ``dac_bits`` signed levels over the layer's input range ``r``
    (``clip(round(x * s / r), -s, s) * r / s`` with ``s = 2**(bits-1) - 1``; 1 bit is ``r *
