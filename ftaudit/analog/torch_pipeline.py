@@ -3,8 +3,9 @@
 The same transforms as the ONNX rewrite (``ftaudit.analog.onnx_graph``), on the trainable
 module's own Linear and Conv layers and onnx2torch's MatMul modules (a MatMul weight, fed as
 the graph reads it): their ``forward`` is replaced on the instance, so parameter names, the
-export and the optimiser see the same module; a layer left without one is a UserError. Quantisers use straight-through
-estimators: rounding passes the gradient unchanged, saturation passes none outside the range.
+export and the optimiser see the same module; a layer left without one is a UserError.
+Quantisers use straight-through estimators: rounding passes the gradient unchanged, saturation
+passes none outside the range.
 Ranges and tiles come from the ONNX calibration of the input model (a TorchScript or
 torch.export model: of its in-memory ONNX export, as ``eval`` runs it), fixed for the whole run.
 Read noise is drawn in training mode only, from a torch generator seeded by the run's seed
