@@ -244,3 +244,22 @@ def test_a_weight_on_the_left_of_matmul_is_refused(tmp_path, run_cli):
     code, out, err = run_cli("eval", path, "--data", data, "--sigma", "0.1", *CHIP)
     _one_line_refusal(code, err)
     assert "left operand" in err and out == ""
+
+
+@pytest.mark.torch
+def test_a_conv_transpose_layer_is_refused(tmp_path, run_cli):
+    """ConvTranspose (decoders, U-Nets) has no tile mapping: one line naming the layer."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.ConvTranspose2d(1, 2, 2, stride=2), torch.nn.Flatten(), torch.nn.Linear(32, 3)
+    ).eval()
+    x = np.random.default_rng(0).normal(size=(6, 1, 2, 2)).astype(np.float32)
+    path, data = tmp_path / "deconv.onnx", tmp_path / "data.npz"
+    torch.onnx.export(
+        net, (torch.from_numpy(x[:1]),), str(path), dynamo=False, input_names=["x"],
+        dynamic_axes={"x": {0: "n"}}, opset_version=17,
+    )  # fmt: skip
+    np.savez(data, x=x, y=np.zeros(6, np.int64))
+    code, out, err = run_cli("eval", path, "--data", data, "--sigma", "0.1", *CHIP)
+    _one_line_refusal(code, err)
+    assert "ConvTranspose" in err and "0.weight" in err and out == ""

@@ -164,6 +164,8 @@ def plan_tiles(
             unit = int(np.prod(weight.shape[2:]))
             col_shape = (weight.shape[0],) + (1,) * (weight.ndim - 2)
             groups = int(_attr(node, "group", 1))
+        elif node.op_type not in ("Gemm", "MatMul", "ConvTranspose"):
+            continue  # another reader of the same tensor, not a product with it
         else:
             raise UserError(
                 f"the analog forward pipeline cannot map crossbar layer {name} "
