@@ -124,7 +124,7 @@ EXPORTED_FORMATS: dict[str, Callable[[AuditModel], Any]] = {
 def as_onnx(model: AuditModel, x: np.ndarray) -> OnnxModel:
     """``model`` itself if ONNX; a TorchScript or torch.export model exported to ONNX in
     memory (torch's TorchScript exporter, parameters kept as named initializers), checked to
-    have the same crossbar layers (names, stored shapes, order)."""
+    have the same crossbar layers (names, canonical shapes, order)."""
     if isinstance(model, OnnxModel):
         return model
     make_module = EXPORTED_FORMATS.get(model.format)
