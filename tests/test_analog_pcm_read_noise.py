@@ -238,7 +238,7 @@ def test_device_file_and_flag_set_the_type_and_the_report_lists_it(
     assert json.loads(out.read_text())["analog"]["weight_read_noise_type"] == "additive"
 
 
-@pytest.mark.parametrize("fixture", ["convnet_onnx", "mlp_onnx"])
+@pytest.mark.parametrize("fixture", ["convnet_onnx", "mlp_onnx", "mlp_matmul_onnx"])
 def test_training_pcm_read_noise_is_s_sqrt_w_times_the_abs_weighted_norm(request, blobs, fixture):
     """harden's torch pipeline: the first crossbar layer's train-mode output minus its eval
     output is S sqrt(max|W|) sqrt(sum_j |W_j| x_j^2) z, z from the weight-noise generator."""
@@ -260,15 +260,18 @@ def test_training_pcm_read_noise_is_s_sqrt_w_times_the_abs_weighted_norm(request
     AnalogTraining(model, model.layers, x, pipeline, seed=9).attach(trainable)
     first = next(m for m in trainable.module.modules() if hasattr(m, "_ftaudit_analog"))
     seen = []
-    first.register_forward_hook(lambda _m, inputs, out: seen.append((inputs[0], out)))
+    first.register_forward_hook(lambda _m, inputs, out: seen.append((inputs, out)))
     with torch.no_grad():
         trainable.module.eval()
         trainable.module(torch.from_numpy(x))
         trainable.module.train()
         trainable.module(torch.from_numpy(x))
-    (x_in, clean), (_, noisy) = seen
-    x_in = x_in.double().numpy()
-    weight = first.weight.detach().double().numpy()
+    (inputs, clean), (_, noisy) = seen
+    x_in = inputs[0].double().numpy()
+    if fixture == "mlp_matmul_onnx":  # onnx2torch's MatMul module: x @ weight, (in, out)
+        weight = inputs[1].detach().double().numpy().T
+    else:
+        weight = first.weight.detach().double().numpy()
     if fixture == "convnet_onnx":
         sums = _conv_abs_weighted_squares(x_in, weight, 1, 0, 1, 1)
     else:
