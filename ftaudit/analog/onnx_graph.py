@@ -12,12 +12,10 @@ computed in float32 between casts) is replaced by:
    partial sum is computed on its own (the op itself on the sliced input and weight).
 3. Read noise and ADC per tile: in normalised units ``n = p / (w_scale[col] * r)`` (weights
    scaled to max|W| = 1 per layer, column or tile, inputs to the DAC range), ``n + noise *
-   z`` with ``z`` a standard normal draw fed per read; weight read noise adds ``S_w *
-   ||x_t / r||_2 * z_w`` (i.i.d. weight noise seen at the output, aihwkit's additive-constant
-   ``w_noise``; Conv: the norm of each input patch), or with ``pcm`` ``S_w * sqrt(sum_j
-   |W_j| / w_scale * (x_j / r)**2) * z_w`` (aihwkit's PCM_READ, |W| of the fed, programmed
-   weights: the op itself on ``x**2`` and ``|W|``); then quantised to ``adc_bits`` levels
-   over ``[-bound, bound]`` with saturation, and scaled back.
+   z`` with ``z`` a standard normal draw fed per read; weight read noise adds ``S_w z_w``
+   times ``||x_t / r||_2`` (additive, aihwkit's ADDITIVE_CONSTANT; Conv: per input patch) or
+   ``sqrt(sum_j |W_j| / w_scale (x_j / r)**2)`` (``pcm``, aihwkit's PCM_READ, fed weights);
+   then quantised to ``adc_bits`` levels over ``[-bound, bound]``, saturating, scaled back.
 4. The tiles' outputs summed digitally, then the bias added (digital bias).
 
 Ranges come from one calibration pass of the ideal model (``calibrate``): ``r`` is the
@@ -352,9 +350,8 @@ def _partial(b: _Builder, node: Any, tiled: TiledNode, x_t: str, w_t: str) -> st
 
 
 def _pcm_read_spread(b: _Builder, node: Any, tiled: TiledNode, x_t: str, w_t: str) -> str:
-    """sqrt(sum_j |W_jc| x_j^2) per output: the op itself on x^2 and |W| (Gemm without
-    alpha: the conductances are the stored weights), so Conv strides, pads, dilations and
-    groups match."""
+    """sqrt(sum_j |W_jc| x_j^2) per output: the op itself on x^2 and |W| (so Conv strides, pads,
+    dilations and groups match; Gemm without alpha: the stored weights are the conductances)."""
     attrs = {a.name: _onnx().helper.get_attribute_value(a) for a in node.attribute}
     if tiled.kind == "gemm":
         attrs.pop("beta", None)
@@ -384,18 +381,10 @@ def _input_norm(b: _Builder, node: Any, tiled: TiledNode, x_t: str, t: int) -> s
 
 
 def _weight_read_spread(
-    b: _Builder,
-    node: Any,
-    tiled: TiledNode,
-    pipeline: ForwardPipeline,
-    x_t: str,
-    w_t: str,
-    t: int,
+    b: _Builder, node: Any, tiled: TiledNode, pipeline: ForwardPipeline, x_t: str, w_t: str, t: int
 ) -> str:
-    """The standard deviation weight read noise gives each output of tile ``t``, in the
-    partial sum's units: additive ``S w_t ||x||`` (N(0, (S w_t)^2) on every weight); pcm
-    ``S sqrt(w_t) sqrt(sum_j |W_j| x_j^2)`` (variance S^2 |W| / w_t per weight normalised to
-    w_t, times w_t^2 back in weight units; r cancels)."""
+    """Each output's weight read noise std in partial-sum units: additive ``S w_t ||x||``; pcm
+    ``S sqrt(w_t) sqrt(sum_j |W_j| x_j^2)`` (variance S^2 |W| / w_t normalised, r cancels)."""
     scale = tiled.weight_scale[t]
     if pipeline.weight_read_noise_type == "pcm":
         spread = _pcm_read_spread(b, node, tiled, x_t, w_t)
