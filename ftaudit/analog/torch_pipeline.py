@@ -1,4 +1,5 @@
-"""The analog forward pipeline in torch, for hardware-aware training (``ftaudit harden``).
+"""The analog forward pipeline in torch: hardware-aware training (``ftaudit harden``) and
+several Monte Carlo samples per pass (``--batch-samples``, ``ftaudit.batched``).
 
 The same transforms as the ONNX rewrite (``ftaudit.analog.onnx_graph``), on the trainable
 module's own Linear and Conv layers: their ``forward`` is replaced on the instance, so parameter
@@ -6,15 +7,19 @@ names, the export and the optimiser see the same module. Quantisers use straight
 estimators: rounding passes the gradient unchanged, saturation passes none outside the range.
 Ranges and tiles come from the ONNX calibration of the input model (a TorchScript or
 torch.export model: of its in-memory ONNX export, as ``eval`` runs it), fixed for the whole run.
-Read noise is drawn in training mode only, from a torch generator seeded by the run's seed
-(weight read noise from a second one, so turning it on leaves the output noise's draws);
-the validation passes (eval mode) and the exported model are deterministic.
+In training mode read noise is drawn from a torch generator seeded by the run's seed
+(weight read noise from a second one, so turning it on leaves the output noise's draws).
+In eval mode a layer reads the standard normals fed to it (``fed``: the keyed draws of
+``ftaudit.analog.read_noise``, the arrays the ONNX runner feeds, so an audit gives the same
+numbers either way), else none: the validation passes and the exported model are deterministic.
+The layer code sees one sample, so it runs unchanged under ``torch.func.vmap``.
 """
 
 from __future__ import annotations
 
 import types
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -27,6 +32,9 @@ from ftaudit.analog.onnx_graph import (
     quantiser_scales,
 )
 from ftaudit.analog.options import ForwardPipeline
+from ftaudit.analog.read_noise import TAG as READ_NOISE_TAG
+from ftaudit.analog.read_noise import WEIGHT_TAG, read_noise
+from ftaudit.draws import DEFAULT_RNG
 
 #: spawn key of the training read-noise generator
 TRAINING_NOISE_KEY = 0xA7A1
@@ -60,8 +68,20 @@ class _LayerPipeline:
         self, torch: Any, tiled: TiledNode, pipeline: ForwardPipeline, calibration: Calibration
     ) -> None:
         self.kind = tiled.kind
+        self.layer = tiled.layer
+        self.layer_index, self.first_tile = tiled.layer_index, tiled.first_tile
         self.row_tiles = tiled.row_tiles
         self.pipeline = pipeline
+        #: the keyed draw streams this layer reads: (tile number among the layer's, tag)
+        tags = [READ_NOISE_TAG] if pipeline.read_noise > 0 else []
+        tags += [WEIGHT_TAG] if pipeline.weight_read_noise > 0 else []
+        self.streams = [
+            (tiled.layer_index, tiled.first_tile + t, tag)
+            for t in range(len(tiled.row_tiles))
+            for tag in tags
+        ]
+        #: standard normals fed for the next passes, by stream (eval mode); None: none fed
+        self.fed: Mapping[tuple[int, int, int], Any] | None = None
         r = np.float32(calibration.input_range[tiled.layer])
         self.dac = None
         if pipeline.dac_bits is not None:
@@ -88,6 +108,21 @@ class _LayerPipeline:
                 self.adc.append((torch.from_numpy(scale_in), torch.from_numpy(scale_out)))
         self.col_shape = tiled.col_shape
 
+    def normals(self, module: Any, t: int, tag: int, like: Any) -> Any:
+        """Standard normals shaped like tile ``t``'s partial sum ``like``: the fed draws, the
+        training generator's in training mode, else None (a deterministic read)."""
+        if self.fed is not None:
+            return self.fed[(self.layer_index, self.first_tile + t, tag)]
+        if not module.training:
+            return None
+        import torch
+
+        generator = (
+            module._ftaudit_generator if tag == READ_NOISE_TAG else module._ftaudit_weight_generator
+        )
+        z = torch.randn(like.shape, generator=generator, dtype=like.dtype)
+        return z.to(like.device)
+
 
 def _input_norm(module: Any, plan: _LayerPipeline, x_t: Any, rows: int) -> Any:
     """||x||_2 of the inputs each output reads (Conv: per patch, the module's own conv on
@@ -110,7 +145,6 @@ def _analog_forward(self: Any, x: Any) -> Any:
     import torch.nn.functional as F
 
     plan: _LayerPipeline = self._ftaudit_analog
-    generator = self._ftaudit_generator
     if plan.dac is not None:
         x = _quantise(torch, x, plan.pipeline.dac_bits, *plan.dac)
     if not plan.pipeline.per_tile:
@@ -122,13 +156,13 @@ def _analog_forward(self: Any, x: Any) -> Any:
         x_t = x if whole else x.narrow(axis, r0, r1 - r0)
         w_t = self.weight if whole else self.weight.narrow(1, r0, r1 - r0)
         p = self._conv_forward(x_t, w_t, None) if plan.kind == "conv" else F.linear(x_t, w_t)
-        if plan.pipeline.read_noise > 0 and self.training:
-            z = torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device)
+        z = plan.normals(self, t, READ_NOISE_TAG, p) if plan.pipeline.read_noise > 0 else None
+        if z is not None:
             p = p + z * plan.sigma[t].to(p.device)
-        if plan.pipeline.weight_read_noise > 0 and self.training:
-            z = torch.randn(p.shape, generator=self._ftaudit_weight_generator, dtype=p.dtype)
+        z = plan.normals(self, t, WEIGHT_TAG, p) if plan.pipeline.weight_read_noise > 0 else None
+        if z is not None:
             spread = _input_norm(self, plan, x_t, r1 - r0) * plan.weight_sigma[t].to(p.device)
-            p = p + z.to(p.device) * spread
+            p = p + z * spread
         if plan.pipeline.adc_bits is not None:
             scale_in, scale_out = plan.adc[t]
             p = _quantise(
@@ -141,7 +175,8 @@ def _analog_forward(self: Any, x: Any) -> Any:
 
 
 class AnalogTraining:
-    """The pipeline calibrated on the input model, ready to attach to trainable copies."""
+    """The pipeline calibrated on the input model, ready to attach to trainable copies
+    (``harden``) and to the module of the batched runner (``ftaudit.batched``)."""
 
     def __init__(
         self,
@@ -188,3 +223,51 @@ class AnalogTraining:
             module.forward = types.MethodType(_analog_forward, module)
             attached += 1
         return attached
+
+
+#: one keyed draw stream of the pipeline: (layer index, tile number, tag)
+Stream = tuple[int, int, int]
+
+
+class KeyedReads:
+    """The keyed read-noise draws of Monte Carlo samples, fed to a module's pipeline layers:
+    sample ``s``'s draws for images [start, stop) are ``read_noise(seed, s, ...)``, the very
+    arrays the ONNX runner feeds, so the numbers do not depend on how samples are batched."""
+
+    def __init__(
+        self,
+        module: Any,
+        tile_shapes: Mapping[tuple[int, int], tuple[int, ...]],
+        rng: str = DEFAULT_RNG,
+    ) -> None:
+        self.plans = [m._ftaudit_analog for m in module.modules() if hasattr(m, "_ftaudit_analog")]
+        self.shapes = {s: tile_shapes[s[:2]] for plan in self.plans for s in plan.streams}
+        self.rng = rng
+        self._buffers: dict[tuple[Stream, int, int], np.ndarray] = {}
+
+    def draws(
+        self, seed: int, samples: Sequence[int], start: int, stop: int
+    ) -> dict[Stream, np.ndarray]:
+        """Every stream's draws, shape (len(samples), stop - start, *tile shape); the arrays
+        are reused buffers, valid until the next call with the same sizes."""
+        out = {}
+        for stream, shape in self.shapes.items():
+            key = (stream, len(samples), stop - start)
+            if key not in self._buffers:
+                self._buffers[key] = np.empty((len(samples), stop - start, *shape), np.float32)
+            array = out[stream] = self._buffers[key]
+            layer, tile, tag = stream
+            for k, sample in enumerate(samples):
+                read_noise(seed, sample, layer, tile, start, stop, shape, array[k], tag, self.rng)
+        return out
+
+    @contextmanager
+    def feeding(self, normals: Mapping[Stream, Any]) -> Iterator[None]:
+        """The layers read ``normals`` (one sample's, shaped like their partial sums) inside."""
+        for plan in self.plans:
+            plan.fed = normals
+        try:
+            yield
+        finally:
+            for plan in self.plans:
+                plan.fed = None
