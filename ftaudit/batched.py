@@ -14,7 +14,7 @@ set reads its own sample's keyed read-noise draws, fed as a vmapped input.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -149,8 +149,10 @@ class BatchedTorchRunner(ModelRunner):
                 outs.append(out.float().cpu().numpy())
         return np.concatenate(outs) if len(outs) > 1 else outs[0]
 
-    def count_correct_many(self, weight_sets: Sequence[Mapping[str, np.ndarray]]) -> list[int]:
-        """Correct counts of several weight sets (stored layout), one vmapped pass per batch."""
+    def _passes(self, weight_sets: Sequence[Mapping[str, np.ndarray]]) -> Iterator[tuple[Any, Any]]:
+        """(logits (S, batch, classes), labels) of each data batch, one vmapped pass each; set
+        k reads the read noise of the k-th ``set_samples`` sample (else all the last
+        ``set_sample``'s)."""
         torch = self.torch
         stacked = {}
         for name in self.selected:
@@ -159,21 +161,30 @@ class BatchedTorchRunner(ModelRunner):
             if transposed:
                 value = value.transpose(-1, -2)
             stacked[target] = value.to(self.device, non_blocking=True)
+        keys, self._samples_key = self._samples_key, None
+        if keys is None and self._key is not None:
+            keys = (self._key[0], [self._key[1]] * len(weight_sets))
+        for k, (batch, labels) in enumerate(zip(self._batches, self._labels_t, strict=True)):
+            normals = {} if keys is None else self._normals(*keys, k)
+            yield self._call(stacked, normals, batch), labels
+
+    def logits_many(self, weight_sets: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
+        """Logits of several weight sets over the bound data, shape (S, n, classes): the
+        vmapped passes ``count_correct_many`` counts."""
+        with self.torch.no_grad():
+            outs = [logits.float().cpu().numpy() for logits, _ in self._passes(weight_sets)]
+        return np.concatenate(outs, axis=1)
+
+    def count_correct_many(self, weight_sets: Sequence[Mapping[str, np.ndarray]]) -> list[int]:
+        """Correct counts of several weight sets (stored layout), one vmapped pass per batch."""
+        torch = self.torch
         given = self._samples_key  # the one-by-one fallback keys its sets the same way
         if self.fallback is not None:
             return super().count_correct_many(weight_sets)
-        self._samples_key = None
-        keys = given
-        if keys is None and self._key is not None:  # every set reads as the sample set last
-            keys = (self._key[0], [self._key[1]] * len(weight_sets))
         correct = torch.zeros(len(weight_sets), dtype=torch.int64, device=self.device)
         try:
             with torch.no_grad():
-                for k, (batch, labels) in enumerate(
-                    zip(self._batches, self._labels_t, strict=True)
-                ):
-                    normals = {} if keys is None else self._normals(*keys, k)
-                    logits = self._call(stacked, normals, batch)  # (S, batch, classes)
+                for logits, labels in self._passes(weight_sets):  # (S, batch, classes)
                     correct += (logits.argmax(dim=-1) == labels).sum(dim=-1)
         except (RuntimeError, NotImplementedError) as exc:
             # an op with no batching rule: evaluate the weight sets one by one from now on
