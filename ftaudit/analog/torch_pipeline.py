@@ -51,12 +51,17 @@ def training_generator(seed: int, key: int) -> Any:
 
 
 def _quantise(torch: Any, x: Any, bits: int, scale_in: Any, scale_out: Any) -> Any:
-    """N-bit quantiser with a straight-through gradient inside the range."""
+    """N-bit quantiser with a straight-through gradient inside the range (the same values:
+    ``c + (round(c) - c)`` is exactly ``round(c)`` in floating point, the difference being
+    exact); without autograd, the plain quantiser in place, a third of the memory traffic."""
     scaled = x * scale_in
+    steps = float(2 ** (bits - 1) - 1)
+    if not torch.is_grad_enabled():  # evaluation: the plain quantiser, rounded in place
+        level = torch.sign(scaled) if bits == 1 else scaled.clamp(-steps, steps).round_()
+        return level.mul_(scale_out)
     if bits == 1:
         clipped = scaled.clamp(-1.0, 1.0)
         return (clipped + (torch.sign(scaled) - clipped).detach()) * scale_out
-    steps = float(2 ** (bits - 1) - 1)
     clipped = scaled.clamp(-steps, steps)
     return (clipped + (torch.round(clipped) - clipped).detach()) * scale_out
 
