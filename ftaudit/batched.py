@@ -15,6 +15,7 @@ set reads its own sample's keyed read-noise draws, fed as a vmapped input.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -92,6 +93,7 @@ class BatchedTorchRunner(ModelRunner):
             self.reads = _attach_pipeline(analog, self.trainable, rng)
             self.random_reads = bool(self.reads.shapes)
         self._key: tuple[int, int] | None = None
+        self._pool: ThreadPoolExecutor | None = None
         self._call = torch.func.vmap(self._forward, in_dims=(0, 0, None))
 
     def _forward(self, weights: dict[str, Any], normals: dict[Any, Any], x: Any) -> Any:
@@ -112,11 +114,31 @@ class BatchedTorchRunner(ModelRunner):
             return {}
         start = k * self._batch_size
         stop = start + len(self._batches[k])
-        draws = self.reads.draws(seed, samples, start, stop)
+        draws = self.reads.draws(seed, samples, start, stop, slot=k & 1)
         return {
             stream: self.torch.from_numpy(array).to(self.device, non_blocking=True)
             for stream, array in draws.items()
         }
+
+    def _normals_ahead(self, keys: tuple[int, list[int]] | None) -> Iterator[dict[Any, Any]]:
+        """Every batch's read-noise draws in turn, the next batch's made on a helper thread
+        while this one runs (numpy's generators release the GIL)."""
+        if keys is None or self.reads is None or not self.reads.shapes:
+            yield from ({} for _ in self._batches)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1)
+        pending = self._pool.submit(self._normals, *keys, 0)
+        for k in range(len(self._batches)):
+            normals = pending.result()
+            if k + 1 < len(self._batches):
+                pending = self._pool.submit(self._normals, *keys, k + 1)
+            yield normals
+
+    def __del__(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False)
 
     def bind_data(self, x: np.ndarray, y: np.ndarray, *, batch_size: int) -> None:
         x = contiguous_input(x)
@@ -164,8 +186,8 @@ class BatchedTorchRunner(ModelRunner):
         keys, self._samples_key = self._samples_key, None
         if keys is None and self._key is not None:
             keys = (self._key[0], [self._key[1]] * len(weight_sets))
-        for k, (batch, labels) in enumerate(zip(self._batches, self._labels_t, strict=True)):
-            normals = {} if keys is None else self._normals(*keys, k)
+        batches = zip(self._batches, self._labels_t, self._normals_ahead(keys), strict=True)
+        for batch, labels, normals in batches:
             yield self._call(stacked, normals, batch), labels
 
     def logits_many(self, weight_sets: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:

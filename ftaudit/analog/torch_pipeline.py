@@ -248,16 +248,17 @@ class KeyedReads:
         self.plans = [m._ftaudit_analog for m in module.modules() if hasattr(m, "_ftaudit_analog")]
         self.shapes = {s: tile_shapes[s[:2]] for plan in self.plans for s in plan.streams}
         self.rng = rng
-        self._buffers: dict[tuple[Stream, int, int], np.ndarray] = {}
+        self._buffers: dict[tuple[Stream, int, int, int], np.ndarray] = {}
 
     def draws(
-        self, seed: int, samples: Sequence[int], start: int, stop: int
+        self, seed: int, samples: Sequence[int], start: int, stop: int, slot: int = 0
     ) -> dict[Stream, np.ndarray]:
         """Every stream's draws, shape (len(samples), stop - start, *tile shape); the arrays
-        are reused buffers, valid until the next call with the same sizes."""
+        are reused buffers, valid until the next call with the same sizes and ``slot`` (two
+        slots: one batch's draws are made while the other's are read)."""
         out = {}
         for stream, shape in self.shapes.items():
-            key = (stream, len(samples), stop - start)
+            key = (stream, len(samples), stop - start, slot)
             if key not in self._buffers:
                 self._buffers[key] = np.empty((len(samples), stop - start, *shape), np.float32)
             array = out[stream] = self._buffers[key]
