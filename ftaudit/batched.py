@@ -91,6 +91,8 @@ class BatchedTorchRunner(ModelRunner):
         if analog is not None:
             self.calibration = analog.calibration
             self.reads = _attach_pipeline(analog, self.trainable, rng)
+            for plan in self.reads.plans:
+                plan.to(self.device)
             self.random_reads = bool(self.reads.shapes)
         self._key: tuple[int, int] | None = None
         self._pool: ThreadPoolExecutor | None = None

@@ -85,6 +85,14 @@ def test_drift_and_stuck_rows_read_their_samples_noise_batched(mlp_onnx: Path, b
         assert np.abs(a.accuracies - b.accuracies).max() <= 1 / 400 + 1e-12
 
 
+def test_batched_pipeline_on_workers_matches_in_process(mlp_onnx: Path, blobs_npz: Path):
+    options = dict(sigmas=[0.1], samples=6, seed=4, batch_samples=3, pipeline=TILED)
+    here = ftaudit.audit(mlp_onnx, blobs_npz, **options)
+    spread = ftaudit.audit(mlp_onnx, blobs_npz, workers=2, **options)
+    assert spread.options["execution"]["batch_samples"] == 3
+    np.testing.assert_array_equal(spread.results[0].accuracies, here.results[0].accuracies)
+
+
 def _one_gemm_model(path: Path, weight: np.ndarray, bias: np.ndarray) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper

@@ -113,6 +113,12 @@ class _LayerPipeline:
                 self.adc.append((torch.from_numpy(scale_in), torch.from_numpy(scale_out)))
         self.col_shape = tiled.col_shape
 
+    def to(self, device: Any) -> None:
+        """Keep the constants on ``device`` (the batched runner's), so no pass copies them."""
+        self.sigma = [s.to(device) for s in self.sigma]
+        self.weight_sigma = [s.to(device) for s in self.weight_sigma]
+        self.adc = [(a.to(device), b.to(device)) for a, b in self.adc]
+
     def normals(self, module: Any, t: int, tag: int, like: Any) -> Any:
         """Standard normals shaped like tile ``t``'s partial sum ``like``: the fed draws, the
         training generator's in training mode, else None (a deterministic read)."""
