@@ -163,9 +163,10 @@ class BatchedTorchRunner(ModelRunner):
         outs = []
         with self.torch.no_grad():
             for k, batch in enumerate(self._batches):
-                one = {} if self._key is None else self._normals(self._key[0], [self._key[1]], k)
-                if one and self.reads is not None:
-                    with self.reads.feeding({stream: z[0] for stream, z in one.items()}):
+                key = self._key
+                normals = {} if key is None else self._normals(key[0], [key[1]], k)
+                if normals and self.reads is not None:  # one sample: its draws, unstacked
+                    with self.reads.feeding({stream: z[0] for stream, z in normals.items()}):
                         out = self.module(batch)
                 else:
                     out = self.module(batch)
@@ -256,7 +257,7 @@ def build_runner(
 
     When batching was only a default (``batch_required`` False: ``--device cuda`` without
     ``--batch-samples``), a model torch cannot take, or no torch at all, falls back to the
-    model's own runner instead of failing (with the pipeline, its ``fallback`` says why)."""
+    model's own runner instead of failing, and its ``fallback`` says why."""
     runner: ModelRunner | None = None
     fallback = None
     analog = pipeline is not None and pipeline.active

@@ -77,7 +77,7 @@ class _LayerPipeline:
         self.layer_index, self.first_tile = tiled.layer_index, tiled.first_tile
         self.row_tiles = tiled.row_tiles
         self.pipeline = pipeline
-        #: the keyed draw streams this layer reads: (tile number among the layer's, tag)
+        #: the keyed draw streams this layer reads: (layer index, tile number, tag)
         tags = [READ_NOISE_TAG] if pipeline.read_noise > 0 else []
         tags += [WEIGHT_TAG] if pipeline.weight_read_noise > 0 else []
         self.streams = [
