@@ -145,17 +145,39 @@ def block_median(
     rounds: int,
     plain: Callable[[], None],
     plain_times: list[float],
-) -> float:
-    """Median seconds per sample and row over ``rounds`` blocks of ``samples // rounds``; a
-    plain pass is timed after every block into ``plain_times``, so (a) is measured over the
-    same minutes as (b) (a 2-core VM's speed drifts by tens of percent between minutes)."""
-    blocks = []
+) -> tuple[float, list[float]]:
+    """Median seconds per sample and row over ``rounds`` blocks of ``samples // rounds``, and
+    each block's paired efficiency: the mean of the plain passes timed just before and just
+    after the block, over the block's time per sample. A 2-core VM's speed drifts by tens of
+    percent between minutes; a ratio of neighbours cancels that drift where a ratio of
+    medians taken minutes apart does not. The passes after each block go to ``plain_times``."""
+    blocks, ratios = [], []
     for _ in range(rounds):
-        blocks.append(timed(max(1, samples // rounds)))
-        start = time.perf_counter()
-        plain()
-        plain_times.append(time.perf_counter() - start)
-    return statistics.median(blocks)
+        before = _timed_once(plain)
+        block = timed(max(1, samples // rounds))
+        after = _timed_once(plain)
+        blocks.append(block)
+        ratios.append((before + after) / 2 / block)
+        plain_times.append(after)
+    return statistics.median(blocks), ratios
+
+
+def _timed_once(fn: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def paired(ratios: list[float]) -> str:
+    """The median paired efficiency with its interquartile range, e.g. '0.91 (0.88-0.95)'."""
+    q1, median, q3 = np.percentile(ratios, [25, 50, 75])
+    return f"{median:.2f} ({q1:.2f}-{q3:.2f})"
+
+
+def relative(r: dict, key: str) -> str:
+    """A variant's cost over a plain row's, each measured against its neighbouring plain
+    passes: median(plain-row efficiency) / median(variant efficiency)."""
+    return f"{statistics.median(r['mc_ratios']) / statistics.median(r[f'{key}_ratios']):.2f}"
 
 
 def draw_seconds_per_sample(path: Path, rng: str, samples: int = 50) -> float:
@@ -277,7 +299,8 @@ def measure(name: str, path: Path, x: np.ndarray, y: np.ndarray, args) -> dict:
         )
     for key, build_variant in variants.items():
         timed = build_variant()  # one Monte Carlo session alive at a time
-        row[key] = block_median(timed, samples, rounds, plain_pass, plain_times) * 1e3
+        seconds, ratios = block_median(timed, samples, rounds, plain_pass, plain_times)
+        row[key], row[f"{key}_ratios"] = seconds * 1e3, ratios
         del timed
         gc.collect()
     naive = naive_seconds_per_sample(path, x, max(3, int(args.naive_samples * SCALE.get(name, 1))))
@@ -315,7 +338,7 @@ def pipeline_cells(r: dict) -> str:
 def render(rows: list[dict], rng: str = "fast") -> str:
     header = (
         "| model | images | crossbar weights | MACs / pass | (a) plain ORT ms "
-        "| (b) MC ms/sample | efficiency (a)/(b) | 5 sigmas: ms/sample/sigma "
+        "| (b) MC ms/sample | efficiency (a)/(b), median (IQR) | 5 sigmas: ms/sample/sigma "
         "| efficiency, 5 sigmas "
         "| before pre-packing: ms/sample | efficiency before "
         "| ORT threads spinning: ms/sample | efficiency spinning | (c) naive ms/sample "
@@ -332,13 +355,13 @@ def render(rows: list[dict], rng: str = "fast") -> str:
     other = "ziggurat" if rng == "fast" else "fast"
     lines = [
         f"| {r['model']} | {r['images']:,} | {r['weights']:,} | {r['macs']:,} "
-        f"| {r['plain']:.2f} | {r['mc']:.2f} | {r['plain'] / r['mc']:.2f} "
-        f"| {r['grid']:.2f} | {r['plain'] / r['grid']:.2f} "
-        f"| {r['mc_old']:.2f} | {r['plain'] / r['mc_old']:.2f} "
-        f"| {r['mc_spin']:.2f} | {r['plain'] / r['mc_spin']:.2f} | {r['naive']:.2f} "
+        f"| {r['plain']:.2f} | {r['mc']:.2f} | {paired(r['mc_ratios'])} "
+        f"| {r['grid']:.2f} | {paired(r['grid_ratios'])} "
+        f"| {r['mc_old']:.2f} | {paired(r['mc_old_ratios'])} "
+        f"| {r['mc_spin']:.2f} | {paired(r['mc_spin_ratios'])} | {r['naive']:.2f} "
         f"| {r['naive'] / r['mc']:.1f}x | {r['naive'] / r['plain']:.1f}x "
-        f"| {r['drift']:.2f} | {r['drift'] / r['mc']:.2f} "
-        f"| {r['drift_comp']:.2f} | {r['drift_comp'] / r['mc']:.2f} "
+        f"| {r['drift']:.2f} | {relative(r, 'drift')} "
+        f"| {r['drift_comp']:.2f} | {relative(r, 'drift_comp')} "
         f"| {pipeline_cells(r)} "
         f"| {r[f'draws_{rng}']:.2f} | {r[f'draws_{other}']:.2f} |"
         for r in rows
@@ -429,7 +452,11 @@ def main() -> None:
         "random inputs labelled by the clean model (bench_models.py). (a) is the median of "
         "plain passes timed between the Monte Carlo blocks (and a steady loop before them); "
         "each Monte Carlo column is the median of "
-        f"{args.rounds} blocks, one variant alive at a time; efficiency is (a) over it. "
+        f"{args.rounds} blocks, one variant alive at a time. Efficiency is paired: each "
+        "block's time per sample against the mean of the plain passes timed just before and "
+        "after it, the median over the blocks with its interquartile range (the VM's speed "
+        "drifts between minutes; neighbours share it). Drift and compensation rows are a "
+        "ratio of two such paired efficiencies. "
         "Drift rows: one time "
         "(1 hour), nu 0.05 +- 0.01. Forward-pipeline columns: efficiency is one plain pass "
         "of the same pipeline graph (ideal weights, no read noise) over its Monte Carlo cost "

@@ -50,7 +50,8 @@ class CellModel(ABC):
 
     @abstractmethod
     def assemble(self, cells: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """The weights the cell conductances ``cells`` represent, written into ``out``."""
+        """The weights the cell conductances ``cells`` represent: written into ``out``, or a
+        view of ``cells`` where the cells already are the weights (no copy to make)."""
 
 
 class WeightCells(CellModel):
@@ -75,8 +76,7 @@ class WeightCells(CellModel):
         return self._low, self._high
 
     def assemble(self, cells: np.ndarray, out: np.ndarray) -> np.ndarray:
-        np.copyto(out, cells[0])
-        return out
+        return cells[0]  # one signed cell per weight: the cells are the weights
 
 
 class PairLayer(LayerNoise):
