@@ -222,20 +222,12 @@ class BatchedTorchRunner(ModelRunner):
 
 
 def _attach_pipeline(analog: AnalogTraining, trainable: Any, rng: str) -> KeyedReads:
-    """Run the pipeline in ``trainable``'s crossbar layers; refused unless every layer the
-    ONNX rewrite tiles takes it (a MatMul weight or a shared one stays ideal in torch)."""
+    """Run the pipeline in ``trainable``'s crossbar layers (Gemm, Conv and MatMul modules;
+    ``attach`` refuses a layer it cannot run), their read noise keyed."""
     from ftaudit.analog.torch_pipeline import KeyedReads
 
     analog.attach(trainable)
-    reads = KeyedReads(trainable.module, analog.calibration.tile_shapes, rng)
-    missing = sorted({t.layer for t in analog.tiled} - {plan.layer for plan in reads.plans})
-    if missing:
-        raise UserError(
-            f"--batch-samples cannot run the analog forward pipeline on {', '.join(missing[:3])} "
-            "(only Gemm and Conv weights used once are batched)",
-            hint="drop --batch-samples (one sample per pass runs every layer)",
-        )
-    return reads
+    return KeyedReads(trainable.module, analog.calibration.tile_shapes, rng)
 
 
 def build_runner(
@@ -314,4 +306,4 @@ def _calibrated(
 
     if x is None or pipeline is None:
         raise ValueError("the analog forward pipeline needs the data x to calibrate on")
-    return AnalogTraining(model, selected, x, pipeline, seed=seed)
+    return AnalogTraining(model, selected, x, pipeline, seed=seed, feature="--batch-samples")

@@ -243,6 +243,28 @@ def mlp_matmul_onnx(trained_mlp, model_dir: Path) -> Path:
     return matmul_mlp_onnx(trained_mlp, model_dir / "mlp_matmul.onnx")
 
 
+@pytest.fixture(scope="session")
+def matrix(tmp_path_factory: pytest.TempPathFactory):
+    """The acceptance matrix's models and exported files (tests/real_models.py), on demand."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from real_models import Matrix
+
+    _torch().set_num_threads(1)
+    return Matrix(tmp_path_factory.mktemp("real_models"))
+
+
+@pytest.fixture(scope="session")
+def sklearn_mlp(tmp_path_factory: pytest.TempPathFactory):
+    """A scikit-learn MLP through skl2onnx, with and without ZipMap (tests/real_models.py)."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("skl2onnx")
+    pytest.importorskip("torch")
+    from real_models import build_sklearn_mlp
+
+    return build_sklearn_mlp(tmp_path_factory.mktemp("sklearn"))
+
+
 @pytest.fixture
 def run_cli(capsys) -> Callable[..., tuple[int, str, str]]:
     """Run the CLI in-process; returns (exit code, stdout, stderr)."""

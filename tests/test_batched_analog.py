@@ -93,22 +93,63 @@ def test_batched_pipeline_on_workers_matches_in_process(mlp_onnx: Path, blobs_np
     np.testing.assert_array_equal(spread.results[0].accuracies, here.results[0].accuracies)
 
 
-def _one_gemm_model(path: Path, weight: np.ndarray, bias: np.ndarray) -> Path:
+def _save_graph(path: Path, nodes, input_shape: list, out: int, initializers) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    out, features = weight.shape
     graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)],
-        "one_gemm",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", features])],
+        nodes,
+        path.stem,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, input_shape)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", out])],
-        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
+        [numpy_helper.from_array(array, name) for name, array in initializers.items()],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(path))
     return path
+
+
+def _one_gemm_model(path: Path, weight: np.ndarray, bias: np.ndarray) -> Path:
+    from onnx import helper
+
+    out, features = weight.shape
+    gemm = helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)
+    return _save_graph(path, [gemm], ["n", features], out, {"w": weight, "b": bias})
+
+
+def _one_matmul_model(path: Path, weight: np.ndarray, bias: np.ndarray) -> Path:
+    """``x @ W^T + b`` as MatMul and Add: the weight stored (in, out), as the graph reads it."""
+    from onnx import helper
+
+    out, features = weight.shape
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Add", ["h", "b"], ["y"]),
+    ]
+    return _save_graph(
+        path, nodes, ["n", features], out, {"w": np.ascontiguousarray(weight.T), "b": bias}
+    )
+
+
+def _shared_gemm_model(path: Path) -> Path:
+    """Two Gemm ops reading the same (64, 64) weight, then a head: an 8x8 image classifier."""
+    from onnx import helper
+
+    rng = np.random.default_rng(1)
+    initializers = {
+        "shape": np.array([-1, 64], np.int64),
+        "w": (rng.normal(size=(64, 64)) / 8).astype(np.float32),
+        "head": rng.normal(size=(4, 64)).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Reshape", ["x", "shape"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "w"], ["h1"], transB=1, alpha=1 / 255),
+        helper.make_node("Relu", ["h1"], ["r1"]),
+        helper.make_node("Gemm", ["r1", "w"], ["h2"], transB=1),
+        helper.make_node("Gemm", ["h2", "head"], ["y"], transB=1),
+    ]
+    return _save_graph(path, nodes, ["n", 1, 8, 8], 4, initializers)
 
 
 def _quantise(x: np.ndarray, bits: int, full: np.ndarray) -> np.ndarray:
@@ -143,7 +184,9 @@ def _reference_gemm(x, clean, weight, bias, pipeline, *, seed, sample):
     return total + bias
 
 
-def test_batched_logits_match_an_independent_numpy_pipeline(tmp_path):
+@pytest.mark.parametrize("build", [_one_gemm_model, _one_matmul_model], ids=["gemm", "matmul"])
+def test_batched_logits_match_an_independent_numpy_pipeline(tmp_path, build):
+    """One Gemm layer, and the same layer as MatMul (its weight fed (in, out) as stored)."""
     from ftaudit.batched import BatchedTorchRunner, build_runner
     from ftaudit.models import load_model
 
@@ -151,7 +194,8 @@ def test_batched_logits_match_an_independent_numpy_pipeline(tmp_path):
     clean = rng.normal(size=(5, 12)).astype(np.float32)
     bias = rng.normal(size=5).astype(np.float32)
     x = rng.normal(size=(40, 12)).astype(np.float32)
-    model = load_model(_one_gemm_model(tmp_path / "gemm.onnx", clean, bias))
+    model = load_model(build(tmp_path / "layer.onnx", clean, bias))
+    stored = (lambda w: w) if build is _one_gemm_model else (lambda w: np.ascontiguousarray(w.T))
     pipeline = ForwardPipeline(
         dac_bits=5,
         adc_bits=6,
@@ -167,7 +211,7 @@ def test_batched_logits_match_an_independent_numpy_pipeline(tmp_path):
     runner.bind_data(x, np.zeros(len(x), np.int64), batch_size=16)  # 3 batches, one short
     perturbed = [clean * 1.1, clean + rng.normal(0, 0.1, clean.shape).astype(np.float32)]
     runner.set_samples(4, [3, 7])
-    got = runner.logits_many([{"w": w} for w in perturbed])
+    got = runner.logits_many([{"w": stored(w)} for w in perturbed])
     assert got.shape == (2, 40, 5)
     for k, sample in enumerate((3, 7)):
         want = _reference_gemm(x, clean, perturbed[k], bias, pipeline, seed=4, sample=sample)
@@ -175,7 +219,7 @@ def test_batched_logits_match_an_independent_numpy_pipeline(tmp_path):
         assert np.isclose(got[k], want, rtol=1e-4, atol=1e-4).mean() > 0.99
     # one sample per pass (the torch module alone) reads the same draws
     runner.set_sample(4, 7)
-    runner.set_weights({"w": perturbed[1]})
+    runner.set_weights({"w": stored(perturbed[1])})
     np.testing.assert_allclose(runner.logits(), got[1], rtol=1e-5, atol=1e-5)
 
 
@@ -191,41 +235,72 @@ def test_cli_accepts_batch_samples_with_the_pipeline(run_cli, mlp_onnx, blobs_np
     assert report["analog"]["dac_bits"] == 8
 
 
-def test_cli_refuses_a_layer_the_batched_pipeline_cannot_run(
-    run_cli, mlp_matmul_onnx, blobs_npz, tmp_path
-):
-    """A MatMul weight stays ideal in the torch twin: batching it would drop its pipeline."""
+@pytest.mark.parametrize("arch", ["vit", "text"])
+def test_transformer_matmul_layers_batch_with_the_pipeline(matrix, arch):
+    """A ViT and a text encoder (their Linear layers on 3-D inputs are MatMul ops): each
+    MatMul module runs the pipeline under vmap, reading its own keyed draws."""
+    from ftaudit.batched import build_runner
+    from ftaudit.models import load_model
+
+    path, data = matrix.file(arch, "legacy"), matrix.dataset(arch)
+    pipeline = ForwardPipeline(
+        dac_bits=6, adc_bits=6, read_noise=0.1, weight_read_noise=0.05, tile_size=(5, 4)
+    )
+    model = load_model(path)
+    x = np.load(data)["x"]
+    runner = build_runner(
+        model, model.layers, device="cpu", batch_samples=3, pipeline=pipeline, x=x
+    )
+    kinds = [plan.kind for plan in runner.reads.plans]  # every layer runs the pipeline
+    assert "matmul" in kinds and len(kinds) == len(model.layers)
+    options = dict(sigmas=[0.0, 0.2], samples=6, seed=3, batch_size=8, pipeline=pipeline)
+    one = ftaudit.audit(path, data, **options)
+    batched = ftaudit.audit(path, data, batch_samples=4, **options)
+    assert "batch_fallback" not in batched.options["execution"]
+    n = len(x)
+    one_counts = np.rint(np.stack([r.accuracies for r in one.results]) * n)
+    batched_counts = np.rint(np.stack([r.accuracies for r in batched.results]) * n)
+    assert np.std(one_counts[0]) > 0
+    assert_same_up_to_ties(batched_counts, one_counts)
+
+
+def test_cli_refuses_a_layer_the_batched_pipeline_cannot_run(run_cli, blobs_npz, tmp_path):
+    """A Gemm weight read by two ops: one torch module holds it, so the twin cannot run it."""
     out = tmp_path / "r.json"
+    model = _shared_gemm_model(tmp_path / "shared.onnx")
     code, _, err = run_cli(
-        "eval", mlp_matmul_onnx, "--data", blobs_npz, "--sigma", "0.1", "--samples", "2",
+        "eval", model, "--data", blobs_npz, "--sigma", "0.1", "--samples", "2",
         "--batch-samples", "4", "--read-noise", "0.1", "--json", out,
     )  # fmt: skip
     assert code == 2 and "--batch-samples" in err and len(err.strip().splitlines()) == 1
+    assert "several ops read the same weight" in err
     assert "Traceback" not in err and not out.exists()
 
 
 def test_the_cuda_default_batches_the_pipeline_or_says_why_not(
-    monkeypatch, mlp_onnx, mlp_matmul_onnx, blobs_npz
+    monkeypatch, mlp_matmul_onnx, blobs_npz, tmp_path
 ):
     """--device cuda without --batch-samples asks for 16 weight sets per pass: the pipeline
-    takes them; a model it cannot batch runs one sample per pass and the report says why."""
+    takes them (MatMul layers too); a model it cannot batch runs one sample per pass and the
+    report says why."""
     import ftaudit.evaluation
     from ftaudit.batched import DEFAULT_CUDA_BATCH_SAMPLES
 
+    shared = _shared_gemm_model(tmp_path / "shared.onnx")
     options = dict(sigmas=[0.1], samples=3, seed=1, pipeline=TILED)
-    plain = {m: ftaudit.audit(m, blobs_npz, **options) for m in (mlp_onnx, mlp_matmul_onnx)}
+    plain = {m: ftaudit.audit(m, blobs_npz, **options) for m in (mlp_matmul_onnx, shared)}
     monkeypatch.setattr(
         ftaudit.evaluation, "resolve_batch_samples", lambda *_, **__: DEFAULT_CUDA_BATCH_SAMPLES
     )
-    batched = ftaudit.audit(mlp_onnx, blobs_npz, **options)
+    batched = ftaudit.audit(mlp_matmul_onnx, blobs_npz, **options)
     assert batched.options["execution"]["batch_samples"] == DEFAULT_CUDA_BATCH_SAMPLES
     assert "batch_fallback" not in batched.options["execution"]
-    diff = np.abs(batched.results[0].accuracies - plain[mlp_onnx].results[0].accuracies)
+    diff = np.abs(batched.results[0].accuracies - plain[mlp_matmul_onnx].results[0].accuracies)
     assert diff.max() <= 1 / 400 + 1e-12
-    fallback = ftaudit.audit(mlp_matmul_onnx, blobs_npz, **options)
+    fallback = ftaudit.audit(shared, blobs_npz, **options)
     execution = fallback.options["execution"]
     assert execution["batch_samples"] == 1
     assert "one sample per pass" in execution["batch_fallback"]
     np.testing.assert_array_equal(
-        fallback.results[0].accuracies, plain[mlp_matmul_onnx].results[0].accuracies
+        fallback.results[0].accuracies, plain[shared].results[0].accuracies
     )

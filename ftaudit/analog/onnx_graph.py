@@ -1,6 +1,8 @@
 """The analog forward pipeline as an ONNX graph rewrite, run by ONNX Runtime.
 
-Each selected crossbar op (Conv, Gemm, MatMul with a stored weight) is replaced by:
+Each selected crossbar op (Conv, Gemm, MatMul with a stored weight; found by the value it
+reads as its weight, so renamed, transposed and dequantised weights alike; float16 ops
+computed in float32 between casts) is replaced by:
 
 1. DAC: its input quantised to ``dac_bits`` signed levels over the layer's input range ``r``
    (``clip(round(x * s / r), -s, s) * r / s`` with ``s = 2**(bits-1) - 1``; 1 bit is ``r *
@@ -63,6 +65,9 @@ class TiledNode:
     first_tile: int = 0
     #: the stored weight's shape (Conv: sets the kernel of the input-norm pass)
     weight_shape: list[int] = field(default_factory=list)
+    #: the op computes in float16: the pipeline casts its operands to float32 and the
+    #: result back (converters and noise in float32, like a float32 model's)
+    half: bool = False
 
 
 @dataclass
@@ -111,12 +116,17 @@ def plan_tiles(
     layers: Sequence[Any],
     weights: Mapping[str, np.ndarray],
     pipeline: ForwardPipeline,
+    feed_names: Mapping[str, str] | None = None,
 ) -> list[TiledNode]:
     """Which graph nodes the pipeline rewrites and how their weights split into tiles.
 
-    ``layers``: the selected CrossbarLayer objects; ops the pipeline cannot map (ConvTranspose,
-    Gemm with transA, a MatMul whose weight is the left operand) stay ideal."""
-    by_name = {layer.name: layer for layer in layers}
+    ``layers``: the selected CrossbarLayer objects; ``feed_names``: each layer's graph value
+    (the value its op reads: an initializer, or a Transpose/Cast/DequantizeLinear output;
+    default the layer's name). Every selected layer is planned or refused: a layer the
+    pipeline cannot map (ConvTranspose, Gemm with transA, a MatMul whose weight is the left
+    operand) is a UserError, never an ideal op left in the graph."""
+    feeds = feed_names or {}
+    by_value = {feeds.get(layer.name, layer.name): layer for layer in layers}
     producers = {o: n for n in proto.graph.node for o in n.output}
     rows, cols = pipeline.tile_size or (None, None)
     planned = []
@@ -124,15 +134,19 @@ def plan_tiles(
     for index, node in enumerate(proto.graph.node):
         if node.domain not in ("", "ai.onnx") or len(node.input) < 2:
             continue
-        name = _source(node.input[1], producers)
-        if name not in by_name:
+        layer = by_value.get(_source(node.input[1], producers))
+        if layer is None:
+            _refuse_left_weight(node, by_value, producers)
             continue
-        weight = weights[name]
-        if weight.dtype != np.float32:
+        name = layer.name
+        stored = weights[name]
+        if stored.dtype not in (np.float32, np.float16):
             raise UserError(
-                f"crossbar weight {name} is {weight.dtype}; the analog pipeline needs float32",
+                f"crossbar weight {name} is {stored.dtype}; the analog pipeline needs float32 "
+                "or float16",
                 hint="export the model in float32",
             )
+        weight = stored.astype(np.float32, copy=False)
         if node.op_type == "Gemm" and not _attr(node, "transA", 0):
             trans_b = bool(_attr(node, "transB", 0))
             canonical = weight if trans_b else weight.T
@@ -150,8 +164,15 @@ def plan_tiles(
             unit = int(np.prod(weight.shape[2:]))
             col_shape = (weight.shape[0],) + (1,) * (weight.ndim - 2)
             groups = int(_attr(node, "group", 1))
+        elif node.op_type not in ("Gemm", "MatMul", "ConvTranspose"):
+            continue  # another reader of the same tensor, not a product with it
         else:
-            continue
+            raise UserError(
+                f"the analog forward pipeline cannot map crossbar layer {name} "
+                f"({_unmapped_reason(node, weight)})",
+                hint=f"leave it digital with --layers (select the others) or drop the analog "
+                f"flags; supported: {SUPPORTED_OPS}",
+            )
         out = canonical.shape[0]
         units = canonical.shape[1]
         per_tile = units if rows is None or groups != 1 else max(1, rows // unit)
@@ -172,7 +193,7 @@ def plan_tiles(
             TiledNode(
                 node_index=index,
                 layer=name,
-                layer_index=by_name[name].index,
+                layer_index=layer.index,
                 kind=kind,
                 x_axis=x_axis,
                 w_axis=w_axis,
@@ -182,10 +203,42 @@ def plan_tiles(
                 weight_scale=scale,
                 first_tile=tile_count.get(name, 0),
                 weight_shape=list(weight.shape),
+                half=stored.dtype == np.float16,
             )
         )
         tile_count[name] = tile_count.get(name, 0) + len(row_tiles)
+    missing = [layer.name for layer in layers if layer.name not in tile_count]
+    if missing:  # a layer whose value no op of the graph reads as its weight operand
+        raise UserError(
+            f"the analog forward pipeline found no crossbar op reading layer "
+            f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}",
+            hint="leave it digital with --layers (select the others) or drop the analog flags",
+        )
     return planned
+
+
+#: the crossbar ops the rewrite maps onto tiles (README: the analog pipeline's support table)
+SUPPORTED_OPS = "Conv (any groups, 1-3-D), Gemm without transA, MatMul with a 2-D right weight"
+
+
+def _unmapped_reason(node: Any, weight: np.ndarray) -> str:
+    if node.op_type == "Gemm":
+        return "a Gemm with transA=1"
+    if node.op_type == "MatMul":
+        return f"a MatMul with a {weight.ndim}-D weight"
+    return f"a {node.op_type}"
+
+
+def _refuse_left_weight(node: Any, by_value: Mapping[str, Any], producers: Mapping) -> None:
+    """A MatMul/Gemm whose first operand is a selected layer's weight (W @ x): refused."""
+    layer = by_value.get(_source(node.input[0], producers))
+    if layer is not None and node.op_type in ("MatMul", "Gemm"):
+        raise UserError(
+            f"the analog forward pipeline cannot map crossbar layer {layer.name} "
+            f"(the weight is the left operand of {node.op_type} '{node.name}')",
+            hint="export with the weight as the right operand (x @ W), or leave the layer "
+            "digital with --layers (select the others)",
+        )
 
 
 class _Builder:
@@ -275,11 +328,17 @@ def _tile_input(b: _Builder, tiled: TiledNode, x: str, t: int) -> str:
     return x if len(tiled.row_tiles) == 1 else b.slice(x, tiled.x_axis, r0, r1)
 
 
-def _partial(b: _Builder, node: Any, tiled: TiledNode, x_t: str, t: int) -> str:
-    """Tile ``t``'s partial sum: the op on its input slice ``x_t`` and weight rows, no bias."""
+def _float32(b: _Builder, tiled: TiledNode, value: str) -> str:
+    """``value`` as float32: a Cast for a float16 op, else the value itself."""
+    return b.op("Cast", [value], to=_onnx().TensorProto.FLOAT) if tiled.half else value
+
+
+def _partial(b: _Builder, node: Any, tiled: TiledNode, x_t: str, t: int, w: str) -> str:
+    """Tile ``t``'s partial sum: the op on its input slice ``x_t`` and the rows of its
+    (float32) weight ``w``, no bias."""
     r0, r1 = tiled.row_tiles[t]
     whole = len(tiled.row_tiles) == 1
-    w_t = node.input[1] if whole else b.slice(node.input[1], tiled.w_axis, r0, r1)
+    w_t = w if whole else b.slice(w, tiled.w_axis, r0, r1)
     attrs = {a.name: _onnx().helper.get_attribute_value(a) for a in node.attribute}
     if tiled.kind == "gemm":
         attrs.pop("beta", None)
@@ -309,14 +368,17 @@ def _input_norm(b: _Builder, node: Any, tiled: TiledNode, x_t: str, t: int) -> s
 
 def _bias(b: _Builder, node: Any, tiled: TiledNode, total: str, output: str) -> None:
     """Add the node's bias digitally to the summed tiles, writing the node's output name."""
+    if tiled.half:  # the summed tiles back to the op's float16, written to its output
+        total = b.op("Cast", [total], to=_onnx().TensorProto.FLOAT16)
     if len(node.input) < 3 or not node.input[2]:
         b.op("Identity", [total], output)
         return
-    bias = node.input[2]
+    bias = node.input[2]  # added in the op's own type, as the op adds it
     if tiled.kind == "gemm":
         beta = float(_attr(node, "beta", 1.0))
         if beta != 1.0:
-            bias = b.op("Mul", [bias, b.const(np.array(beta, np.float32), "beta")])
+            dtype = np.float16 if tiled.half else np.float32
+            bias = b.op("Mul", [bias, b.const(np.array(beta, dtype), "beta")])
     elif tiled.kind == "conv":
         shape = b.const(np.array(tiled.col_shape, np.int64), "shape")
         bias = b.op("Reshape", [bias, shape])
@@ -342,21 +404,22 @@ def rewrite(
         node = graph.node[tiled.node_index]
         start = len(b.nodes)
         r = np.float32(calibration.input_range[tiled.layer])
-        x = node.input[0]
+        x = _float32(b, tiled, node.input[0])
         if pipeline.dac_bits is not None:
             scale_in, scale_out = quantiser_scales(pipeline.dac_bits, r)
             x = b.quantise(x, pipeline.dac_bits, scale_in, scale_out)
         if not pipeline.per_tile:
             rewired = onnx.NodeProto()
             rewired.CopyFrom(node)
-            rewired.input[0] = x
+            rewired.input[0] = b.op("Cast", [x], to=onnx.TensorProto.FLOAT16) if tiled.half else x
             b.nodes.append(rewired)
         else:
             bounds = calibration.adc_bound.get(tiled.node_index)
+            w = _float32(b, tiled, node.input[1])
             tiles = []
             for t in range(len(tiled.row_tiles)):
                 x_t = _tile_input(b, tiled, x, t)
-                p = _partial(b, node, tiled, x_t, t)
+                p = _partial(b, node, tiled, x_t, t, w)
                 unit = (tiled.weight_scale[t] * r).astype(np.float32).reshape(tiled.col_shape)
                 tile = tiled.first_tile + t
                 if pipeline.read_noise > 0:
@@ -427,9 +490,10 @@ def calibrate(
     wanted: list[tuple[str, Any]] = []
     for tiled in tiled_nodes:
         node = graph.node[tiled.node_index]
-        wanted.append((b.reduce_max(b.op("Abs", [node.input[0]]), None), ("x", tiled)))
+        x_in, w = _float32(b, tiled, node.input[0]), _float32(b, tiled, node.input[1])
+        wanted.append((b.reduce_max(b.op("Abs", [x_in]), None), ("x", tiled)))
         for t in range(len(tiled.row_tiles)):
-            p = _partial(b, node, tiled, _tile_input(b, tiled, node.input[0], t), t)
+            p = _partial(b, node, tiled, _tile_input(b, tiled, x_in, t), t, w)
             inv = (1.0 / tiled.weight_scale[t]).astype(np.float32).reshape(tiled.col_shape)
             normalised = b.op("Abs", [b.op("Mul", [p, b.const(inv, "inv")])])
             if tiled.kind == "conv":
@@ -460,6 +524,9 @@ def calibrate(
     )
     input_name = data_input.name
     chosen = x[calibration_indices(len(x), seed)]
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(data_input.type.tensor_type.elem_type)
+    if np.issubdtype(dtype, np.floating):  # a float16 model reads float16 images
+        chosen = chosen.astype(dtype, copy=False)
     dim = data_input.type.tensor_type.shape.dim
     fixed = dim[0].dim_value if len(dim) and dim[0].HasField("dim_value") else 0
     size = fixed or batch_size

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -14,7 +14,8 @@ from ftaudit.analog.options import ForwardPipeline
 from ftaudit.analog.read_noise import read_noise
 from ftaudit.draws import DEFAULT_RNG
 from ftaudit.errors import UserError
-from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner
+from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner, contiguous_input
+from ftaudit.models.folding import FoldedRunner
 from ftaudit.models.onnx import OnnxModel, OnnxRunner
 
 
@@ -120,7 +121,7 @@ EXPORTED_FORMATS: dict[str, Callable[[AuditModel], Any]] = {
 def as_onnx(model: AuditModel, x: np.ndarray) -> OnnxModel:
     """``model`` itself if ONNX; a TorchScript or torch.export model exported to ONNX in
     memory (torch's TorchScript exporter, parameters kept as named initializers), checked to
-    have the same crossbar layers (names, stored shapes, order)."""
+    have the same crossbar layers (names, canonical shapes, order)."""
     if isinstance(model, OnnxModel):
         return model
     make_module = EXPORTED_FORMATS.get(model.format)
@@ -139,7 +140,7 @@ def as_onnx(model: AuditModel, x: np.ndarray) -> OnnxModel:
     # a program exported for a fixed batch runs on that batch only: export it so (the ONNX
     # runner pads the last batch); otherwise one image and a dynamic batch axis
     fixed = model.input.shape[0] if model.input.shape else None
-    example = np.ascontiguousarray(x[:1], dtype=np.float32)
+    example = contiguous_input(x[:1])  # token ids stay integers
     if fixed:
         example = np.ascontiguousarray(np.resize(example, (fixed, *example.shape[1:])))
     buffer = io.BytesIO()
@@ -171,8 +172,10 @@ def as_onnx(model: AuditModel, x: np.ndarray) -> OnnxModel:
             hint="export the model to ONNX yourself and audit the .onnx file",
         ) from exc
     exported = OnnxModel.from_bytes(model.path, _initializers_off_inputs(buffer.getvalue()))
-    same = [(la.name, la.shape) for la in exported.layers] == [
-        (la.name, la.shape) for la in model.layers
+    # the same weights in the canonical layout (a Linear on a 3-D input exports as MatMul with
+    # W^T: ``transposed_layers`` feeds those transposed)
+    same = [(la.name, la.canonical_shape) for la in exported.layers] == [
+        (la.name, la.canonical_shape) for la in model.layers
     ]
     if not same:
         raise UserError(
@@ -181,6 +184,29 @@ def as_onnx(model: AuditModel, x: np.ndarray) -> OnnxModel:
             hint="export the model to ONNX yourself and audit the .onnx file",
         )
     return exported
+
+
+def transposed_layers(source: AuditModel, exported: AuditModel) -> set[str]:
+    """Layers the export stores in the other 2-D layout than the source model."""
+    layouts = {layer.name: layer.transposed for layer in source.layers}
+    return {
+        la.name for la in exported.layers if layouts.get(la.name, la.transposed) != la.transposed
+    }
+
+
+class TransposedRunner(FoldedRunner):
+    """A runner fed weights in the source model's layout, transposing those the export stores
+    the other way (the delegation of ``FoldedRunner``, with a transpose for its one hook)."""
+
+    def __init__(self, inner: ModelRunner, names: set[str]) -> None:
+        super().__init__(inner, {})
+        self.names = names
+
+    def unfold(self, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {
+            name: np.ascontiguousarray(array.T) if name in self.names else array
+            for name, array in weights.items()
+        }
 
 
 def _initializers_off_inputs(raw: bytes) -> bytes:
@@ -210,9 +236,12 @@ def analog_runner(
 
     A TorchScript or torch.export model runs as its own ONNX export (same weights, same names,
     same layer order, so the same draws and numbers as the ONNX file of the same network)."""
+    source = model
     model = as_onnx(model, x)
+    chosen = {layer.name for layer in selected}
+    selected = [layer for layer in model.layers if layer.name in chosen]  # the export's layouts
     weights = model.clean_weights()
-    tiled = plan_tiles(model.proto, selected, weights, pipeline)
+    tiled = plan_tiles(model.proto, selected, weights, pipeline, model.feed_names)
     calibration = calibrate(model.proto, tiled, x, seed=seed)
     runner: ModelRunner = AnalogOnnxRunner(
         model,
@@ -224,10 +253,10 @@ def analog_runner(
         threads=threads,
         rng=rng,
     )
-    chosen = {layer.name for layer in selected}
+    swapped = transposed_layers(source, model)
+    if swapped & chosen:
+        runner = TransposedRunner(runner, swapped & chosen)
     scales = {name: s for name, s in model.fold_scales.items() if name in chosen}
     if scales:  # fed folded weights (BatchNorm folded in); the graph still runs the BatchNorm
-        from ftaudit.models.folding import FoldedRunner
-
         runner = FoldedRunner(runner, scales)
     return runner, calibration

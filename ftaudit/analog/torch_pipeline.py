@@ -2,9 +2,11 @@
 several Monte Carlo samples per pass (``--batch-samples``, ``ftaudit.batched``).
 
 The same transforms as the ONNX rewrite (``ftaudit.analog.onnx_graph``), on the trainable
-module's own Linear and Conv layers: their ``forward`` is replaced on the instance, so parameter
-names, the export and the optimiser see the same module. Quantisers use straight-through
-estimators: rounding passes the gradient unchanged, saturation passes none outside the range.
+module's own Linear and Conv layers and onnx2torch's MatMul modules (a MatMul weight, fed as
+the graph reads it): their ``forward`` is replaced on the instance, so parameter names, the
+export and the optimiser see the same module; a layer left without one is a UserError.
+Quantisers use straight-through estimators: rounding passes the gradient unchanged, saturation
+passes none outside the range.
 Ranges and tiles come from the ONNX calibration of the input model (a TorchScript or
 torch.export model: of its in-memory ONNX export, as ``eval`` runs it), fixed for the whole run.
 In training mode read noise is drawn from a torch generator seeded by the run's seed
@@ -35,6 +37,7 @@ from ftaudit.analog.options import ForwardPipeline
 from ftaudit.analog.read_noise import TAG as READ_NOISE_TAG
 from ftaudit.analog.read_noise import WEIGHT_TAG, read_noise
 from ftaudit.draws import DEFAULT_RNG
+from ftaudit.errors import UserError
 
 #: spawn key of the training read-noise generator
 TRAINING_NOISE_KEY = 0xA7A1
@@ -152,27 +155,56 @@ def _input_norm(module: Any, plan: _LayerPipeline, x_t: Any, rows: int) -> Any:
 
 def _analog_forward(self: Any, x: Any) -> Any:
     """Replaces ``forward`` of an nn.Linear / nn.ConvNd carrying ``_ftaudit_analog``."""
+    plan: _LayerPipeline = self._ftaudit_analog
+    if not plan.pipeline.per_tile:
+        return type(self).forward(self, _dac(plan, x))
+    total = _tiled_product(self, plan, _dac(plan, x), self.weight)
+    if self.bias is not None:
+        total = total + self.bias.view(plan.col_shape if plan.kind == "conv" else (-1,))
+    return total
+
+
+def _analog_matmul_forward(self: Any, x: Any, weight: Any) -> Any:
+    """Replaces ``forward`` of onnx2torch's MatMul module (``x @ weight``, the weight
+    (in, out) as the ONNX graph feeds it) carrying ``_ftaudit_analog``."""
+    import torch
+
+    plan: _LayerPipeline = self._ftaudit_analog
+    if not plan.pipeline.per_tile:
+        return torch.matmul(_dac(plan, x), weight)
+    return _tiled_product(self, plan, _dac(plan, x), weight)
+
+
+def _dac(plan: _LayerPipeline, x: Any) -> Any:
+    import torch
+
+    return x if plan.dac is None else _quantise(torch, x, plan.pipeline.dac_bits, *plan.dac)
+
+
+def _tiled_product(module: Any, plan: _LayerPipeline, x: Any, weight: Any) -> Any:
+    """The tiles' partial sums, each with its read noise and ADC, summed (no bias)."""
     import torch
     import torch.nn.functional as F
 
-    plan: _LayerPipeline = self._ftaudit_analog
-    if plan.dac is not None:
-        x = _quantise(torch, x, plan.pipeline.dac_bits, *plan.dac)
-    if not plan.pipeline.per_tile:
-        return type(self).forward(self, x)
-    axis = -1 if plan.kind != "conv" else 1
+    axis = 1 if plan.kind == "conv" else -1
+    w_axis = 0 if plan.kind == "matmul" else 1  # the weight's crossbar rows
     total = None
     for t, (r0, r1) in enumerate(plan.row_tiles):
         whole = len(plan.row_tiles) == 1
         x_t = x if whole else x.narrow(axis, r0, r1 - r0)
-        w_t = self.weight if whole else self.weight.narrow(1, r0, r1 - r0)
-        p = self._conv_forward(x_t, w_t, None) if plan.kind == "conv" else F.linear(x_t, w_t)
-        z = plan.normals(self, t, READ_NOISE_TAG, p) if plan.pipeline.read_noise > 0 else None
+        w_t = weight if whole else weight.narrow(w_axis, r0, r1 - r0)
+        if plan.kind == "conv":
+            p = module._conv_forward(x_t, w_t, None)
+        elif plan.kind == "matmul":
+            p = torch.matmul(x_t, w_t)
+        else:
+            p = F.linear(x_t, w_t)
+        z = plan.normals(module, t, READ_NOISE_TAG, p) if plan.pipeline.read_noise > 0 else None
         if z is not None:
             p = p + z * plan.sigma[t].to(p.device)
-        z = plan.normals(self, t, WEIGHT_TAG, p) if plan.pipeline.weight_read_noise > 0 else None
+        z = plan.normals(module, t, WEIGHT_TAG, p) if plan.pipeline.weight_read_noise > 0 else None
         if z is not None:
-            spread = _input_norm(self, plan, x_t, r1 - r0) * plan.weight_sigma[t].to(p.device)
+            spread = _input_norm(module, plan, x_t, r1 - r0) * plan.weight_sigma[t].to(p.device)
             p = p + z * spread
         if plan.pipeline.adc_bits is not None:
             scale_in, scale_out = plan.adc[t]
@@ -180,8 +212,6 @@ def _analog_forward(self: Any, x: Any) -> Any:
                 torch, p, plan.pipeline.adc_bits, scale_in.to(p.device), scale_out.to(p.device)
             )
         total = p if total is None else total + p
-    if self.bias is not None:
-        total = total + self.bias.view(plan.col_shape if plan.kind == "conv" else (-1,))
     return total
 
 
@@ -197,6 +227,7 @@ class AnalogTraining:
         pipeline: ForwardPipeline,
         *,
         seed: int,
+        feature: str = "harden",
     ) -> None:
         from ftaudit.analog.runner import as_onnx
 
@@ -205,35 +236,89 @@ class AnalogTraining:
         self.model = as_onnx(model, x)
         self.pipeline = pipeline
         self.seed = seed
-        self.tiled = plan_tiles(self.model.proto, layers, self.model.clean_weights(), pipeline)
+        #: who runs the twin (a key of ``UNRUNNABLE_HINTS``), named when a layer is refused
+        self.feature = feature
+        self.tiled = plan_tiles(
+            self.model.proto, layers, self.model.clean_weights(), pipeline, self.model.feed_names
+        )
+        _check_runnable(self.tiled, feature)
         self.calibration = calibrate(self.model.proto, self.tiled, x, seed=seed)
 
     def attach(self, trainable: Any) -> int:
-        """Give the trainable module's crossbar Linear/Conv layers the pipeline; returns how
-        many layers took it (the others, e.g. MatMul weights, stay ideal)."""
+        """Give the torch module's crossbar Linear/Conv layers and MatMul modules the pipeline;
+        returns how many layers took it (all of them: a layer left ideal is a UserError)."""
         import torch
 
         generator = training_generator(self.seed, TRAINING_NOISE_KEY)
         weight_generator = training_generator(self.seed, TRAINING_WEIGHT_NOISE_KEY)
-        counts: Mapping[str, int] = {}
+        owners = _crossbar_modules(torch, trainable)
+        matmuls = _matmul_modules(trainable)
         for tiled in self.tiled:
-            counts[tiled.layer] = counts.get(tiled.layer, 0) + 1  # type: ignore[index]
-        attached = 0
-        for tiled in self.tiled:
-            slot = trainable.slots.get(tiled.layer)
-            if slot is None or counts[tiled.layer] != 1 or tiled.kind == "matmul":
-                continue
-            module = trainable.module.get_submodule(slot.target.rsplit(".", 1)[0])
-            if not isinstance(module, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)):
-                continue
-            if isinstance(module, torch.nn.modules.conv._ConvTransposeNd):
-                continue
+            if tiled.kind == "matmul":
+                output = self.model.proto.graph.node[tiled.node_index].output[0]
+                module, forward = matmuls.get(output), _analog_matmul_forward
+            else:
+                module, forward = owners.get(tiled.layer), _analog_forward
+            if module is None:
+                raise _unrunnable(
+                    [tiled.layer],
+                    "its torch copy has no module computing its product",
+                    self.feature,
+                )
             module._ftaudit_analog = _LayerPipeline(torch, tiled, self.pipeline, self.calibration)
             module._ftaudit_generator = generator
             module._ftaudit_weight_generator = weight_generator
-            module.forward = types.MethodType(_analog_forward, module)
-            attached += 1
-        return attached
+            module.forward = types.MethodType(forward, module)
+        return len(self.tiled)
+
+
+def _matmul_modules(trainable: Any) -> dict[str, Any]:
+    """ONNX MatMul output name -> the onnx2torch module computing it."""
+    found = {}
+    for module in trainable.module.modules():
+        mapping = getattr(module, "onnx_mapping", None)
+        if type(module).__name__ == "OnnxMatMul" and mapping is not None and mapping.outputs:
+            found[mapping.outputs[0]] = module
+    return found
+
+
+def _crossbar_modules(torch: Any, trainable: Any) -> dict[str, Any]:
+    """Crossbar layer name -> the Linear or Conv module whose weight is its tensor."""
+    kinds = (torch.nn.Linear, torch.nn.modules.conv._ConvNd)
+    by_weight = {
+        id(m.weight): m
+        for m in trainable.module.modules()
+        if isinstance(m, kinds) and not isinstance(m, torch.nn.modules.conv._ConvTransposeNd)
+    }
+    return {
+        name: by_weight[id(tensor)]
+        for name, tensor in trainable.crossbar.items()
+        if id(tensor) in by_weight
+    }
+
+
+#: what each user of the torch twin is told to do about a layer the twin cannot run
+UNRUNNABLE_HINTS = {
+    "harden": "harden without the analog flags, then audit the result with them (ftaudit eval)",
+    "--batch-samples": "drop --batch-samples (one sample per pass runs every layer)",
+}
+
+
+def _check_runnable(tiled_nodes: list[TiledNode], feature: str) -> None:
+    """Layers the torch twin cannot run (a Linear or Conv weight read by several ops: one
+    module holds it), refused before any work rather than run ideal."""
+    layers = [t.layer for t in tiled_nodes if t.kind != "matmul"]
+    shared = sorted({name for name in layers if layers.count(name) > 1})
+    if shared:
+        raise _unrunnable(shared, "several ops read the same weight", feature)
+
+
+def _unrunnable(layers: list[str], why: str, feature: str) -> UserError:
+    named = ", ".join(layers[:3]) + (" ..." if len(layers) > 3 else "")
+    return UserError(
+        f"{feature} cannot run layer {named} through the analog forward pipeline: {why}",
+        hint=UNRUNNABLE_HINTS[feature],
+    )
 
 
 #: one keyed draw stream of the pipeline: (layer index, tile number, tag)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ftaudit.analog.runner import transposed_layers
 from ftaudit.errors import UserError
 from ftaudit.harden.trainable import make_trainable, onnx_trainable
 from ftaudit.harden.trainable_model import TrainableModel
@@ -49,6 +50,11 @@ def _through_onnx(model: AuditModel, analog: AnalogTraining) -> TrainableModel:
         )
     trainable.source = model
     trainable.by_name = True
+    # a Linear on a 3-D input exports as MatMul of W^T: its arrays move in the source's layout
+    for name in transposed_layers(model, analog.model):
+        trainable.crossbar_transposed[name] = not trainable.crossbar_transposed.get(
+            name, trainable.slots[name].transposed if name in trainable.slots else False
+        )
     return trainable
 
 
