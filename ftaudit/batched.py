@@ -6,18 +6,28 @@ An ONNX model is converted to torch (onnx2torch, the same conversion ``harden`` 
 labels kept on the device. On a GPU this turns S small launches into one large one. Logits come
 from torch rather than ONNX Runtime, so they agree with the one-sample path to float rounding
 (counts may differ on an exact tie), not bit for bit.
+
+With the analog forward pipeline its crossbar layers run the pipeline's torch twin
+(``ftaudit.analog.torch_pipeline``, calibrated as the ONNX rewrite is), and each stacked weight
+set reads its own sample's keyed read-noise draws, fed as a vmapped input.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ftaudit._optional import require_torch
+from ftaudit.draws import DEFAULT_RNG
 from ftaudit.errors import UserError
 from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner, contiguous_input
+
+if TYPE_CHECKING:
+    from ftaudit.analog.options import ForwardPipeline
+    from ftaudit.analog.torch_pipeline import AnalogTraining, KeyedReads
 
 FEATURE = "--batch-samples (several Monte Carlo samples per forward pass)"
 #: samples per forward pass on a GPU when --batch-samples is not given
@@ -43,10 +53,19 @@ def resolve_batch_samples(batch_samples: int | None, *, device: str, model_forma
 
 
 class BatchedTorchRunner(ModelRunner):
-    """The model as a torch module; ``count_correct_many`` runs S weight sets in one vmap."""
+    """The model as a torch module; ``count_correct_many`` runs S weight sets in one vmap.
+
+    ``analog``: the calibrated forward pipeline its crossbar layers run (every one of them,
+    or a UserError), read noise keyed by ``set_sample``/``set_samples``."""
 
     def __init__(
-        self, model: AuditModel, selected: Sequence[CrossbarLayer], *, device: str
+        self,
+        model: AuditModel,
+        selected: Sequence[CrossbarLayer],
+        *,
+        device: str,
+        analog: AnalogTraining | None = None,
+        rng: str = DEFAULT_RNG,
     ) -> None:
         self.torch = torch = require_torch(FEATURE)
         from ftaudit.harden.trainable import make_trainable
@@ -68,15 +87,65 @@ class BatchedTorchRunner(ModelRunner):
         self.runtime_errors = (RuntimeError,)
         #: why weight sets run one by one after all (an op torch cannot vmap), else None
         self.fallback: str | None = None
-        self._call = torch.func.vmap(self._forward, in_dims=(0, None))
+        self.reads: KeyedReads | None = None
+        if analog is not None:
+            self.calibration = analog.calibration
+            self.reads = _attach_pipeline(analog, self.trainable, rng)
+            for plan in self.reads.plans:
+                plan.to(self.device)
+            self.random_reads = bool(self.reads.shapes)
+        self._key: tuple[int, int] | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._call = torch.func.vmap(self._forward, in_dims=(0, 0, None))
 
-    def _forward(self, weights: dict[str, Any], x: Any) -> Any:
-        out = self.torch.func.functional_call(self.module, weights, (x,))
+    def _forward(self, weights: dict[str, Any], normals: dict[Any, Any], x: Any) -> Any:
+        """One weight set's logits (vmapped: the stacked sets), its read noise ``normals``."""
+        if self.reads is None or not normals:
+            out = self.torch.func.functional_call(self.module, weights, (x,))
+        else:
+            with self.reads.feeding(normals):
+                out = self.torch.func.functional_call(self.module, weights, (x,))
         return out[0] if isinstance(out, (tuple, list)) else out
+
+    def set_sample(self, seed: int, sample: int | None) -> None:
+        self._key = None if sample is None else (seed, sample)
+
+    def _normals(self, seed: int, samples: Sequence[int], k: int) -> dict[Any, Any]:
+        """Batch ``k``'s read-noise draws of ``samples`` on the device, (S, batch, *shape)."""
+        if self.reads is None or not self.reads.shapes:
+            return {}
+        start = k * self._batch_size
+        stop = start + len(self._batches[k])
+        draws = self.reads.draws(seed, samples, start, stop, slot=k & 1)
+        return {
+            stream: self.torch.from_numpy(array).to(self.device, non_blocking=True)
+            for stream, array in draws.items()
+        }
+
+    def _normals_ahead(self, keys: tuple[int, list[int]] | None) -> Iterator[dict[Any, Any]]:
+        """Every batch's read-noise draws in turn, the next batch's made on a helper thread
+        while this one runs (numpy's generators release the GIL)."""
+        if keys is None or self.reads is None or not self.reads.shapes:
+            yield from ({} for _ in self._batches)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1)
+        pending = self._pool.submit(self._normals, *keys, 0)
+        for k in range(len(self._batches)):
+            normals = pending.result()
+            if k + 1 < len(self._batches):
+                pending = self._pool.submit(self._normals, *keys, k + 1)
+            yield normals
+
+    def __del__(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False)
 
     def bind_data(self, x: np.ndarray, y: np.ndarray, *, batch_size: int) -> None:
         x = contiguous_input(x)
         torch = self.torch
+        self._batch_size = batch_size
         self._batches = [
             torch.from_numpy(x[s : s + batch_size]).to(self.device)
             for s in range(0, len(x), batch_size)
@@ -93,14 +162,22 @@ class BatchedTorchRunner(ModelRunner):
     def logits(self) -> np.ndarray:
         outs = []
         with self.torch.no_grad():
-            for batch in self._batches:
-                out = self.module(batch)
+            for k, batch in enumerate(self._batches):
+                key = self._key
+                normals = {} if key is None else self._normals(key[0], [key[1]], k)
+                if normals and self.reads is not None:  # one sample: its draws, unstacked
+                    with self.reads.feeding({stream: z[0] for stream, z in normals.items()}):
+                        out = self.module(batch)
+                else:
+                    out = self.module(batch)
                 out = out[0] if isinstance(out, (tuple, list)) else out
                 outs.append(out.float().cpu().numpy())
         return np.concatenate(outs) if len(outs) > 1 else outs[0]
 
-    def count_correct_many(self, weight_sets: Sequence[Mapping[str, np.ndarray]]) -> list[int]:
-        """Correct counts of several weight sets (stored layout), one vmapped pass per batch."""
+    def _passes(self, weight_sets: Sequence[Mapping[str, np.ndarray]]) -> Iterator[tuple[Any, Any]]:
+        """(logits (S, batch, classes), labels) of each data batch, one vmapped pass each; set
+        k reads the read noise of the k-th ``set_samples`` sample (else all the last
+        ``set_sample``'s)."""
         torch = self.torch
         stacked = {}
         for name in self.selected:
@@ -109,21 +186,48 @@ class BatchedTorchRunner(ModelRunner):
             if transposed:
                 value = value.transpose(-1, -2)
             stacked[target] = value.to(self.device, non_blocking=True)
+        keys, self._samples_key = self._samples_key, None
+        if keys is None and self._key is not None:
+            keys = (self._key[0], [self._key[1]] * len(weight_sets))
+        batches = zip(self._batches, self._labels_t, self._normals_ahead(keys), strict=True)
+        for batch, labels, normals in batches:
+            yield self._call(stacked, normals, batch), labels
+
+    def logits_many(self, weight_sets: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
+        """Logits of several weight sets over the bound data, shape (S, n, classes): the
+        vmapped passes ``count_correct_many`` counts."""
+        with self.torch.no_grad():
+            outs = [logits.float().cpu().numpy() for logits, _ in self._passes(weight_sets)]
+        return np.concatenate(outs, axis=1)
+
+    def count_correct_many(self, weight_sets: Sequence[Mapping[str, np.ndarray]]) -> list[int]:
+        """Correct counts of several weight sets (stored layout), one vmapped pass per batch."""
+        torch = self.torch
+        given = self._samples_key  # the one-by-one fallback keys its sets the same way
         if self.fallback is not None:
             return super().count_correct_many(weight_sets)
         correct = torch.zeros(len(weight_sets), dtype=torch.int64, device=self.device)
         try:
             with torch.no_grad():
-                for batch, labels in zip(self._batches, self._labels_t, strict=True):
-                    logits = self._call(stacked, batch)  # (S, batch, classes)
+                for logits, labels in self._passes(weight_sets):  # (S, batch, classes)
                     correct += (logits.argmax(dim=-1) == labels).sum(dim=-1)
         except (RuntimeError, NotImplementedError) as exc:
             # an op with no batching rule: evaluate the weight sets one by one from now on
             # (the first pass already ran this module on the data, so the data is not at fault)
             text = str(exc).strip().splitlines()
             self.fallback = f"vmap failed, one sample per pass: {text[0][:200] if text else exc}"
+            self._samples_key = given
             return super().count_correct_many(weight_sets)
         return [int(c) for c in correct.cpu()]
+
+
+def _attach_pipeline(analog: AnalogTraining, trainable: Any, rng: str) -> KeyedReads:
+    """Run the pipeline in ``trainable``'s crossbar layers (Gemm, Conv and MatMul modules;
+    ``attach`` refuses a layer it cannot run), their read noise keyed."""
+    from ftaudit.analog.torch_pipeline import KeyedReads
+
+    analog.attach(trainable)
+    return KeyedReads(trainable.module, analog.calibration.tile_shapes, rng)
 
 
 def build_runner(
@@ -134,19 +238,49 @@ def build_runner(
     threads: int | None = None,
     batch_samples: int = 1,
     batch_required: bool = True,
+    pipeline: ForwardPipeline | None = None,
+    x: np.ndarray | None = None,
+    seed: int = 0,
+    rng: str = DEFAULT_RNG,
 ) -> ModelRunner:
-    """The model's own runner, or the vmapped torch runner when samples are batched.
+    """The model's own runner, or the vmapped torch runner when samples are batched; with an
+    active ``pipeline`` (calibrated on ``x`` with ``seed``) both run it, and carry its
+    ``calibration``.
 
     When batching was only a default (``batch_required`` False: ``--device cuda`` without
     ``--batch-samples``), a model torch cannot take, or no torch at all, falls back to the
-    model's own runner instead of failing."""
+    model's own runner instead of failing, and its ``fallback`` says why."""
     runner: ModelRunner | None = None
+    fallback = None
+    analog = pipeline is not None and pipeline.active
     if batch_samples > 1:
         try:
-            runner = BatchedTorchRunner(model, selected, device=device)
-        except UserError:
+            runner = BatchedTorchRunner(
+                model,
+                selected,
+                device=device,
+                analog=_calibrated(model, selected, x, pipeline, seed) if analog else None,
+                rng=rng,
+            )
+        except UserError as exc:
             if batch_required:
                 raise
+            fallback = f"one sample per pass: {exc.message}"
+    if runner is None and analog:
+        from ftaudit.analog.runner import analog_runner
+
+        runner, calibration = analog_runner(  # it feeds folded weights itself
+            model,
+            selected,
+            x,
+            pipeline=pipeline,
+            seed=seed,
+            device=device,
+            threads=threads,
+            rng=rng,
+        )
+        runner.calibration, runner.fallback = calibration, fallback
+        return runner
     if runner is None:
         runner = model.runner(selected, device=device, threads=threads)
     chosen = {layer.name for layer in selected}
@@ -154,5 +288,22 @@ def build_runner(
     if scales:
         from ftaudit.models.folding import FoldedRunner
 
-        return FoldedRunner(runner, scales)
+        runner = FoldedRunner(runner, scales)
+    if fallback is not None:  # (a batched runner keeps its own: a vmap failure sets it later)
+        runner.fallback = fallback
     return runner
+
+
+def _calibrated(
+    model: AuditModel,
+    selected: Sequence[CrossbarLayer],
+    x: np.ndarray | None,
+    pipeline: ForwardPipeline | None,
+    seed: int,
+) -> AnalogTraining:
+    """The pipeline calibrated on ``x`` as the ONNX runner calibrates it (same ranges)."""
+    from ftaudit.analog.torch_pipeline import AnalogTraining
+
+    if x is None or pipeline is None:
+        raise ValueError("the analog forward pipeline needs the data x to calibrate on")
+    return AnalogTraining(model, selected, x, pipeline, seed=seed, feature="--batch-samples")

@@ -236,21 +236,17 @@ def prepare_run(
     selected = choose_layers(model, layers, exclude)
     check_finite_weights(model)
     x = model.input_array(dataset)
-    if pipeline is not None and pipeline.active:
-        from ftaudit.analog.runner import ONE_SAMPLE_PER_PASS, analog_runner
-
-        runner, runner.calibration = analog_runner(  # calibrated ranges kept (left to right)
-            model, selected, x, pipeline=pipeline, seed=seed, device=device, rng=rng
-        )
-        runner.fallback = ONE_SAMPLE_PER_PASS if batch_samples > 1 else None  # the CUDA default
-    else:
-        runner = build_runner(
-            model,
-            selected,
-            device=device,
-            batch_samples=batch_samples,
-            batch_required=batch_required,
-        )
+    runner = build_runner(
+        model,
+        selected,
+        device=device,
+        batch_samples=batch_samples,
+        batch_required=batch_required,
+        pipeline=pipeline,
+        x=x,
+        seed=seed,
+        rng=rng,
+    )
     runner.bind_data(x, dataset.y, batch_size=batch_size)
     weights = model.crossbar_weights()
     if model.fold_scales:  # the clean pass runs the folded weights too (same rounding as sigma 0)
@@ -405,7 +401,7 @@ def audit(
     run_options.update(fail_under_mean=fail_under_mean, rng=rng)
     ensure_checked(checked, **run_options)
     validate_scale_out(workers=workers, checkpoint_dir=checkpoint_dir, resume=resume)
-    pipeline = resolve_pipeline(pipeline, noise_model.profile, batch_samples=batch_samples)
+    pipeline = resolve_pipeline(pipeline, noise_model.profile)
     loaded = model if isinstance(model, AuditModel) else load_model(model, output=output)
     if not fold_batchnorm:
         loaded = replace(loaded, fold_scales={})

@@ -185,12 +185,12 @@ class ChunkEvaluator:
                             np.copyto(buffer, weight)
                     staged.append((offset, row))
                     if len(staged) == self.batch_samples:
-                        self._flush(staged, counts)
+                        self._flush(staged, counts, start)
                 else:
                     self.runner.set_weights(dict(zip(names, weights, strict=True)))
                     counts[row, offset] = self.metric.one(self.runner)
         if staged:
-            self._flush(staged, counts)
+            self._flush(staged, counts, start)
         return counts
 
     def _weight_sets(
@@ -217,10 +217,12 @@ class ChunkEvaluator:
                 ],
             )
 
-    def _flush(self, staged: list[tuple[int, int]], counts: np.ndarray) -> None:
-        """Evaluate the staged weight sets in one runner call and empty the stage."""
+    def _flush(self, staged: list[tuple[int, int]], counts: np.ndarray, start: int) -> None:
+        """Evaluate the staged weight sets in one runner call and empty the stage; each set
+        reads its own sample's read noise (``set_samples``), as one sample per pass would."""
         names = [layer.name for layer in self.crossbar.layers]
         sets = [dict(zip(names, self._staged[k], strict=True)) for k in range(len(staged))]
+        self.runner.set_samples(self.seed, [start + offset for offset, _ in staged])
         values = self.metric.many(self.runner, sets)
         for (offset, j), value in zip(staged, values, strict=True):
             counts[j, offset] = value

@@ -115,27 +115,17 @@ class WorkerSpec:
             model.fold_scales.clear()
         chosen = set(self.layer_names)
         selected = [layer for layer in model.layers if layer.name in chosen]
-        if self.pipeline is not None and self.pipeline.active:
-            from ftaudit.analog.runner import analog_runner
-
-            runner, _ = analog_runner(
-                model,
-                selected,
-                self.x,
-                pipeline=self.pipeline,
-                seed=self.seed,
-                device=self.device,
-                threads=self.threads,
-                rng=self.rng,
-            )
-        else:
-            runner = build_runner(
-                model,
-                selected,
-                device=self.device,
-                threads=self.threads,
-                batch_samples=self.batch_samples,
-            )
+        runner = build_runner(
+            model,
+            selected,
+            device=self.device,
+            threads=self.threads,
+            batch_samples=self.batch_samples,
+            pipeline=self.pipeline,
+            x=self.x,
+            seed=self.seed,
+            rng=self.rng,
+        )
         runner.bind_data(self.x, self.y, batch_size=self.batch_size)
         crossbar = Crossbar.prepare(selected, model.crossbar_weights(), self.noise)
         return ChunkEvaluator(

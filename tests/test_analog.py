@@ -365,45 +365,6 @@ def test_read_noise_runs_are_identical_with_worker_processes(fmnist, noise):
         np.testing.assert_array_equal(a.accuracies, b.accuracies)
 
 
-def test_batch_samples_are_refused_with_the_pipeline(fmnist):
-    with pytest.raises(UserError, match="--batch-samples"):
-        _audit(fmnist, batch_samples=4, pipeline=ForwardPipeline(read_noise=0.1))
-
-
-def test_the_cuda_batching_default_falls_back_to_one_sample_per_pass(fmnist, monkeypatch):
-    """--device cuda without --batch-samples asks for 16 weight sets per pass; the pipeline
-    runs one (each sample reads its own noise), and the report's execution says so."""
-    import ftaudit.evaluation
-    from ftaudit.batched import DEFAULT_CUDA_BATCH_SAMPLES
-
-    pipeline = ForwardPipeline(read_noise=0.1, adc_bits=8)
-    plain = _audit(fmnist, samples=3, pipeline=pipeline)
-    monkeypatch.setattr(
-        ftaudit.evaluation,
-        "resolve_batch_samples",
-        lambda batch_samples, **_: DEFAULT_CUDA_BATCH_SAMPLES,
-    )
-    defaulted = _audit(fmnist, samples=3, pipeline=pipeline)
-    execution = defaulted.options["execution"]
-    assert execution["batch_samples"] == 1
-    assert "analog forward pipeline" in execution["batch_fallback"]
-    assert "batch_fallback" not in plain.options["execution"]
-    for a, b in zip(plain.results, defaulted.results, strict=True):
-        np.testing.assert_array_equal(a.accuracies, b.accuracies)
-
-
-def test_cli_batch_samples_with_the_pipeline_exit_2_with_one_line(
-    run_cli, mlp_onnx, blobs_npz, tmp_path
-):
-    out = tmp_path / "r.json"
-    code, _, err = run_cli(
-        "eval", mlp_onnx, "--data", blobs_npz, "--sigma", "0.1", "--samples", "2",
-        "--batch-samples", "4", "--read-noise", "0.1", "--json", out,
-    )  # fmt: skip
-    assert code == 2 and "--batch-samples" in err and len(err.strip().splitlines()) == 1
-    assert not out.exists()
-
-
 def test_compare_pairs_read_noise_and_records_the_pipeline(fmnist):
     from ftaudit.compare import compare
     from ftaudit.data import Dataset

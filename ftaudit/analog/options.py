@@ -132,14 +132,6 @@ class ForwardPipeline:
             "weight_scaling": self.weight_scaling,
         }
 
-    def check_run(self, *, batch_samples: int | None) -> None:
-        """One weight set per pass: each Monte Carlo sample reads its own noise."""
-        if batch_samples is not None and batch_samples > 1:
-            raise UserError(
-                "--batch-samples cannot be combined with the analog forward pipeline",
-                hint="drop --batch-samples (each sample is its own pass)",
-            )
-
     def report_block(self, calibration: Any) -> dict[str, Any]:
         """The report's ``analog`` entry: settings, every non-ideality in force, calibration."""
         return {
@@ -264,14 +256,11 @@ def pipeline_from_table(table: Any) -> ForwardPipeline:
     )
 
 
-def resolve_pipeline(
-    pipeline: ForwardPipeline | None, profile: Any, *, batch_samples: int | None = None
-) -> ForwardPipeline | None:
+def resolve_pipeline(pipeline: ForwardPipeline | None, profile: Any) -> ForwardPipeline | None:
     """The pipeline a run uses: the one given, else the noise profile's ``[analog]``; None
-    when nothing in it is active. Checks it against ``batch_samples``."""
+    when nothing in it is active."""
     if pipeline is None:
         pipeline = getattr(profile, "analog", None)
     if pipeline is None or not pipeline.active:
         return None
-    pipeline.check_run(batch_samples=batch_samples)
     return pipeline

@@ -18,9 +18,6 @@ from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner, contiguo
 from ftaudit.models.folding import FoldedRunner
 from ftaudit.models.onnx import OnnxModel, OnnxRunner
 
-#: why a run whose batching was only a default (``--device cuda``) runs one sample per pass
-ONE_SAMPLE_PER_PASS = "the analog forward pipeline runs one Monte Carlo sample per pass"
-
 
 class AnalogOnnxRunner(OnnxRunner):
     """An ``OnnxRunner`` on the rewritten graph; read noise is fed per batch, keyed by the

@@ -1,4 +1,5 @@
-"""The analog forward pipeline in torch, for hardware-aware training (``ftaudit harden``).
+"""The analog forward pipeline in torch: hardware-aware training (``ftaudit harden``) and
+several Monte Carlo samples per pass (``--batch-samples``, ``ftaudit.batched``).
 
 The same transforms as the ONNX rewrite (``ftaudit.analog.onnx_graph``), on the trainable
 module's own Linear and Conv layers and onnx2torch's MatMul modules (a MatMul weight, fed as
@@ -8,15 +9,20 @@ Quantisers use straight-through estimators: rounding passes the gradient unchang
 passes none outside the range.
 Ranges and tiles come from the ONNX calibration of the input model (a TorchScript or
 torch.export model: of its in-memory ONNX export, as ``eval`` runs it), fixed for the whole run.
-Read noise is drawn in training mode only, from a torch generator seeded by the run's seed
+In training mode read noise is drawn from a torch generator seeded by the run's seed
 (weight read noise, additive or PCM, from a second one, so turning it on leaves the output
-noise's draws);
-the validation passes (eval mode) and the exported model are deterministic.
+noise's draws).
+In eval mode a layer reads the standard normals fed to it (``fed``: the keyed draws of
+``ftaudit.analog.read_noise``, the arrays the ONNX runner feeds, so an audit gives the same
+numbers either way), else none: the validation passes and the exported model are deterministic.
+The layer code sees one sample, so it runs unchanged under ``torch.func.vmap``.
 """
 
 from __future__ import annotations
 
 import types
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -29,6 +35,9 @@ from ftaudit.analog.onnx_graph import (
     quantiser_scales,
 )
 from ftaudit.analog.options import ForwardPipeline
+from ftaudit.analog.read_noise import TAG as READ_NOISE_TAG
+from ftaudit.analog.read_noise import WEIGHT_TAG, read_noise
+from ftaudit.draws import DEFAULT_RNG
 from ftaudit.errors import UserError
 
 #: spawn key of the training read-noise generator
@@ -46,12 +55,17 @@ def training_generator(seed: int, key: int) -> Any:
 
 
 def _quantise(torch: Any, x: Any, bits: int, scale_in: Any, scale_out: Any) -> Any:
-    """N-bit quantiser with a straight-through gradient inside the range."""
+    """N-bit quantiser with a straight-through gradient inside the range (the same values:
+    ``c + (round(c) - c)`` is exactly ``round(c)`` in floating point, the difference being
+    exact); without autograd, the plain quantiser in place, a third of the memory traffic."""
     scaled = x * scale_in
+    steps = float(2 ** (bits - 1) - 1)
+    if not torch.is_grad_enabled():  # evaluation: the plain quantiser, rounded in place
+        level = torch.sign(scaled) if bits == 1 else scaled.clamp(-steps, steps).round_()
+        return level.mul_(scale_out)
     if bits == 1:
         clipped = scaled.clamp(-1.0, 1.0)
         return (clipped + (torch.sign(scaled) - clipped).detach()) * scale_out
-    steps = float(2 ** (bits - 1) - 1)
     clipped = scaled.clamp(-steps, steps)
     return (clipped + (torch.round(clipped) - clipped).detach()) * scale_out
 
@@ -63,8 +77,20 @@ class _LayerPipeline:
         self, torch: Any, tiled: TiledNode, pipeline: ForwardPipeline, calibration: Calibration
     ) -> None:
         self.kind = tiled.kind
+        self.layer = tiled.layer
+        self.layer_index, self.first_tile = tiled.layer_index, tiled.first_tile
         self.row_tiles = tiled.row_tiles
         self.pipeline = pipeline
+        #: the keyed draw streams this layer reads: (layer index, tile number, tag)
+        tags = [READ_NOISE_TAG] if pipeline.read_noise > 0 else []
+        tags += [WEIGHT_TAG] if pipeline.weight_read_noise > 0 else []
+        self.streams = [
+            (tiled.layer_index, tiled.first_tile + t, tag)
+            for t in range(len(tiled.row_tiles))
+            for tag in tags
+        ]
+        #: standard normals fed for the next passes, by stream (eval mode); None: none fed
+        self.fed: Mapping[tuple[int, int, int], Any] | None = None
         r = np.float32(calibration.input_range[tiled.layer])
         self.dac = None
         if pipeline.dac_bits is not None:
@@ -92,6 +118,27 @@ class _LayerPipeline:
                 scale_in, scale_out = quantiser_scales(pipeline.adc_bits, full)
                 self.adc.append((torch.from_numpy(scale_in), torch.from_numpy(scale_out)))
         self.col_shape = tiled.col_shape
+
+    def to(self, device: Any) -> None:
+        """Keep the constants on ``device`` (the batched runner's), so no pass copies them."""
+        self.sigma = [s.to(device) for s in self.sigma]
+        self.weight_sigma = [s.to(device) for s in self.weight_sigma]
+        self.adc = [(a.to(device), b.to(device)) for a, b in self.adc]
+
+    def normals(self, module: Any, t: int, tag: int, like: Any) -> Any:
+        """Standard normals shaped like tile ``t``'s partial sum ``like``: the fed draws, the
+        training generator's in training mode, else None (a deterministic read)."""
+        if self.fed is not None:
+            return self.fed[(self.layer_index, self.first_tile + t, tag)]
+        if not module.training:
+            return None
+        import torch
+
+        generator = (
+            module._ftaudit_generator if tag == READ_NOISE_TAG else module._ftaudit_weight_generator
+        )
+        z = torch.randn(like.shape, generator=generator, dtype=like.dtype)
+        return z.to(like.device)
 
 
 def _input_norm(module: Any, plan: _LayerPipeline, x_t: Any, rows: int) -> Any:
@@ -170,17 +217,16 @@ def _tiled_product(module: Any, plan: _LayerPipeline, x: Any, weight: Any) -> An
             p = torch.matmul(x_t, w_t)
         else:
             p = F.linear(x_t, w_t)
-        if plan.pipeline.read_noise > 0 and module.training:
-            z = torch.randn(p.shape, generator=module._ftaudit_generator, dtype=p.dtype)
-            p = p + z.to(p.device) * plan.sigma[t].to(p.device)
-        if plan.pipeline.weight_read_noise > 0 and module.training:
-            z = torch.randn(p.shape, generator=module._ftaudit_weight_generator, dtype=p.dtype)
+        z = plan.normals(module, t, READ_NOISE_TAG, p) if plan.pipeline.read_noise > 0 else None
+        if z is not None:
+            p = p + z * plan.sigma[t].to(p.device)
+        z = plan.normals(module, t, WEIGHT_TAG, p) if plan.pipeline.weight_read_noise > 0 else None
+        if z is not None:
             if plan.pipeline.weight_read_noise_type == "pcm":
                 spread = _pcm_read_spread(module, plan, x_t, w_t)
             else:
                 spread = _input_norm(module, plan, x_t, r1 - r0)
-            spread = spread * plan.weight_sigma[t].to(p.device)
-            p = p + z.to(p.device) * spread
+            p = p + z * (spread * plan.weight_sigma[t].to(p.device))
         if plan.pipeline.adc_bits is not None:
             scale_in, scale_out = plan.adc[t]
             p = _quantise(
@@ -191,7 +237,8 @@ def _tiled_product(module: Any, plan: _LayerPipeline, x: Any, weight: Any) -> An
 
 
 class AnalogTraining:
-    """The pipeline calibrated on the input model, ready to attach to trainable copies."""
+    """The pipeline calibrated on the input model, ready to attach to trainable copies
+    (``harden``) and to the module of the batched runner (``ftaudit.batched``)."""
 
     def __init__(
         self,
@@ -201,6 +248,7 @@ class AnalogTraining:
         pipeline: ForwardPipeline,
         *,
         seed: int,
+        feature: str = "harden",
     ) -> None:
         from ftaudit.analog.runner import as_onnx
 
@@ -209,15 +257,17 @@ class AnalogTraining:
         self.model = as_onnx(model, x)
         self.pipeline = pipeline
         self.seed = seed
+        #: who runs the twin (a key of ``UNRUNNABLE_HINTS``), named when a layer is refused
+        self.feature = feature
         self.tiled = plan_tiles(
             self.model.proto, layers, self.model.clean_weights(), pipeline, self.model.feed_names
         )
-        _check_trainable(self.tiled)
+        _check_runnable(self.tiled, feature)
         self.calibration = calibrate(self.model.proto, self.tiled, x, seed=seed)
 
     def attach(self, trainable: Any) -> int:
-        """Give the trainable module's crossbar Linear/Conv layers the pipeline; returns how
-        many layers took it (all of them: a layer left ideal is a UserError)."""
+        """Give the torch module's crossbar Linear/Conv layers and MatMul modules the pipeline;
+        returns how many layers took it (all of them: a layer left ideal is a UserError)."""
         import torch
 
         generator = training_generator(self.seed, TRAINING_NOISE_KEY)
@@ -231,8 +281,10 @@ class AnalogTraining:
             else:
                 module, forward = owners.get(tiled.layer), _analog_forward
             if module is None:
-                raise _untrainable(
-                    [tiled.layer], "its trainable copy has no module computing its product"
+                raise _unrunnable(
+                    [tiled.layer],
+                    "its torch copy has no module computing its product",
+                    self.feature,
                 )
             module._ftaudit_analog = _LayerPipeline(torch, tiled, self.pipeline, self.calibration)
             module._ftaudit_generator = generator
@@ -266,18 +318,74 @@ def _crossbar_modules(torch: Any, trainable: Any) -> dict[str, Any]:
     }
 
 
-def _check_trainable(tiled_nodes: list[TiledNode]) -> None:
-    """Layers the torch pipeline cannot train through (a Linear or Conv weight read by
-    several ops: one module holds it), refused before any work rather than trained ideal."""
+#: what each user of the torch twin is told to do about a layer the twin cannot run
+UNRUNNABLE_HINTS = {
+    "harden": "harden without the analog flags, then audit the result with them (ftaudit eval)",
+    "--batch-samples": "drop --batch-samples (one sample per pass runs every layer)",
+}
+
+
+def _check_runnable(tiled_nodes: list[TiledNode], feature: str) -> None:
+    """Layers the torch twin cannot run (a Linear or Conv weight read by several ops: one
+    module holds it), refused before any work rather than run ideal."""
     layers = [t.layer for t in tiled_nodes if t.kind != "matmul"]
     shared = sorted({name for name in layers if layers.count(name) > 1})
     if shared:
-        raise _untrainable(shared, "several ops read the same weight")
+        raise _unrunnable(shared, "several ops read the same weight", feature)
 
 
-def _untrainable(layers: list[str], why: str) -> UserError:
+def _unrunnable(layers: list[str], why: str, feature: str) -> UserError:
     named = ", ".join(layers[:3]) + (" ..." if len(layers) > 3 else "")
     return UserError(
-        f"harden cannot train layer {named} through the analog forward pipeline: {why}",
-        hint="harden without the analog flags, then audit the result with them (ftaudit eval)",
+        f"{feature} cannot run layer {named} through the analog forward pipeline: {why}",
+        hint=UNRUNNABLE_HINTS[feature],
     )
+
+
+#: one keyed draw stream of the pipeline: (layer index, tile number, tag)
+Stream = tuple[int, int, int]
+
+
+class KeyedReads:
+    """The keyed read-noise draws of Monte Carlo samples, fed to a module's pipeline layers:
+    sample ``s``'s draws for images [start, stop) are ``read_noise(seed, s, ...)``, the very
+    arrays the ONNX runner feeds, so the numbers do not depend on how samples are batched."""
+
+    def __init__(
+        self,
+        module: Any,
+        tile_shapes: Mapping[tuple[int, int], tuple[int, ...]],
+        rng: str = DEFAULT_RNG,
+    ) -> None:
+        self.plans = [m._ftaudit_analog for m in module.modules() if hasattr(m, "_ftaudit_analog")]
+        self.shapes = {s: tile_shapes[s[:2]] for plan in self.plans for s in plan.streams}
+        self.rng = rng
+        self._buffers: dict[tuple[Stream, int, int, int], np.ndarray] = {}
+
+    def draws(
+        self, seed: int, samples: Sequence[int], start: int, stop: int, slot: int = 0
+    ) -> dict[Stream, np.ndarray]:
+        """Every stream's draws, shape (len(samples), stop - start, *tile shape); the arrays
+        are reused buffers, valid until the next call with the same sizes and ``slot`` (two
+        slots: one batch's draws are made while the other's are read)."""
+        out = {}
+        for stream, shape in self.shapes.items():
+            key = (stream, len(samples), stop - start, slot)
+            if key not in self._buffers:
+                self._buffers[key] = np.empty((len(samples), stop - start, *shape), np.float32)
+            array = out[stream] = self._buffers[key]
+            layer, tile, tag = stream
+            for k, sample in enumerate(samples):
+                read_noise(seed, sample, layer, tile, start, stop, shape, array[k], tag, self.rng)
+        return out
+
+    @contextmanager
+    def feeding(self, normals: Mapping[Stream, Any]) -> Iterator[None]:
+        """The layers read ``normals`` (one sample's, shaped like their partial sums) inside."""
+        for plan in self.plans:
+            plan.fed = normals
+        try:
+            yield
+        finally:
+            for plan in self.plans:
+                plan.fed = None

@@ -102,10 +102,21 @@ class ModelRunner(ABC):
         """Number of bound samples whose arg-max logit equals the label."""
         return int(np.count_nonzero(self.logits().argmax(axis=1) == self._labels))
 
+    #: (seed, one sample per weight set) keying the next ``count_correct_many``, else None
+    _samples_key: tuple[int, list[int]] | None = None
+
+    def set_samples(self, seed: int, samples: Sequence[int]) -> None:
+        """Key the read noise of the next ``count_correct_many``: weight set k reads as Monte
+        Carlo sample ``samples[k]`` (without it, every set reads as the last ``set_sample``)."""
+        self._samples_key = (seed, list(samples))
+
     def count_correct_many(self, weight_sets: Sequence[Mapping[str, np.ndarray]]) -> list[int]:
         """Correct counts for several weight sets; runners that can batch them override this."""
+        keys, self._samples_key = self._samples_key, None
         counts = []
-        for weights in weight_sets:
+        for k, weights in enumerate(weight_sets):
+            if keys is not None:
+                self.set_sample(keys[0], keys[1][k])
             self.set_weights(weights)
             counts.append(self.count_correct())
         return counts

@@ -62,6 +62,9 @@ class FoldedRunner(ModelRunner):
     def set_sample(self, seed: int, sample: int | None) -> None:
         self.inner.set_sample(seed, sample)
 
+    def set_samples(self, seed: int, samples: Sequence[int]) -> None:
+        self.inner.set_samples(seed, samples)
+
     def bind_data(self, x: np.ndarray, y: np.ndarray, *, batch_size: int) -> None:
         self.inner.bind_data(x, y, batch_size=batch_size)
         self._labels = np.asarray(y)
