@@ -56,7 +56,8 @@ class BatchedTorchRunner(ModelRunner):
     """The model as a torch module; ``count_correct_many`` runs S weight sets in one vmap.
 
     ``analog``: the calibrated forward pipeline its crossbar layers run (every one of them,
-    or a UserError), read noise keyed by ``set_sample``/``set_samples``."""
+    or a UserError), read noise keyed by ``set_sample``/``set_samples``, digital gains fed by
+    ``set_gains``/``set_gain_sets`` (with tiles read on their own), vmapped like the noise."""
 
     def __init__(
         self,
@@ -94,21 +95,44 @@ class BatchedTorchRunner(ModelRunner):
             for plan in self.reads.plans:
                 plan.to(self.device)
             self.random_reads = bool(self.reads.shapes)
+            self.digital_gains = analog.pipeline.per_tile
         self._key: tuple[int, int] | None = None
+        self._gains: Mapping[str, float] | None = None
         self._pool: ThreadPoolExecutor | None = None
-        self._call = torch.func.vmap(self._forward, in_dims=(0, 0, None))
+        self._call = torch.func.vmap(self._forward, in_dims=(0, 0, 0, None))
 
-    def _forward(self, weights: dict[str, Any], normals: dict[Any, Any], x: Any) -> Any:
-        """One weight set's logits (vmapped: the stacked sets), its read noise ``normals``."""
-        if self.reads is None or not normals:
+    def _forward(
+        self, weights: dict[str, Any], normals: dict[Any, Any], gains: dict[str, Any], x: Any
+    ) -> Any:
+        """One weight set's logits (vmapped: the stacked sets), its read noise ``normals`` and
+        its layers' digital ``gains``."""
+        if self.reads is None or not (normals or gains):
             out = self.torch.func.functional_call(self.module, weights, (x,))
         else:
-            with self.reads.feeding(normals):
+            with self.reads.feeding(normals, gains):
                 out = self.torch.func.functional_call(self.module, weights, (x,))
         return out[0] if isinstance(out, (tuple, list)) else out
 
     def set_sample(self, seed: int, sample: int | None) -> None:
         self._key = None if sample is None else (seed, sample)
+
+    def set_gains(self, gains: Mapping[str, float] | None) -> None:
+        if gains is not None and not self.digital_gains:
+            super().set_gains(gains)  # refused: no pipeline applies them
+        self._gains = gains
+
+    def _stacked_gains(self, gain_sets: Sequence[Mapping[str, float] | None]) -> dict[str, Any]:
+        """Each layer's gain in each of ``gain_sets`` (None: all 1), shape (sets,) on the
+        device; {} when every gain is 1, so the layers multiply by nothing."""
+        if all(g is None for g in gain_sets):
+            return {}
+        return {
+            name: self.torch.tensor(
+                [1.0 if g is None else g.get(name, 1.0) for g in gain_sets],
+                dtype=self.torch.float32,
+            ).to(self.device)
+            for name in self.selected
+        }
 
     def _normals(self, seed: int, samples: Sequence[int], k: int) -> dict[Any, Any]:
         """Batch ``k``'s read-noise draws of ``samples`` on the device, (S, batch, *shape)."""
@@ -161,12 +185,13 @@ class BatchedTorchRunner(ModelRunner):
 
     def logits(self) -> np.ndarray:
         outs = []
+        gains = {name: g[0] for name, g in self._stacked_gains([self._gains]).items()}
         with self.torch.no_grad():
             for k, batch in enumerate(self._batches):
                 key = self._key
                 normals = {} if key is None else self._normals(key[0], [key[1]], k)
-                if normals and self.reads is not None:  # one sample: its draws, unstacked
-                    with self.reads.feeding({stream: z[0] for stream, z in normals.items()}):
+                if (normals or gains) and self.reads is not None:  # one sample, unstacked
+                    with self.reads.feeding({s: z[0] for s, z in normals.items()}, gains):
                         out = self.module(batch)
                 else:
                     out = self.module(batch)
@@ -177,7 +202,7 @@ class BatchedTorchRunner(ModelRunner):
     def _passes(self, weight_sets: Sequence[Mapping[str, np.ndarray]]) -> Iterator[tuple[Any, Any]]:
         """(logits (S, batch, classes), labels) of each data batch, one vmapped pass each; set
         k reads the read noise of the k-th ``set_samples`` sample (else all the last
-        ``set_sample``'s)."""
+        ``set_sample``'s) and the k-th ``set_gain_sets`` gains (else the last ``set_gains``)."""
         torch = self.torch
         stacked = {}
         for name in self.selected:
@@ -189,9 +214,11 @@ class BatchedTorchRunner(ModelRunner):
         keys, self._samples_key = self._samples_key, None
         if keys is None and self._key is not None:
             keys = (self._key[0], [self._key[1]] * len(weight_sets))
+        gain_sets, self._gain_sets = self._gain_sets, None
+        gains = self._stacked_gains(gain_sets or [self._gains] * len(weight_sets))
         batches = zip(self._batches, self._labels_t, self._normals_ahead(keys), strict=True)
         for batch, labels, normals in batches:
-            yield self._call(stacked, normals, batch), labels
+            yield self._call(stacked, normals, gains, batch), labels
 
     def logits_many(self, weight_sets: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
         """Logits of several weight sets over the bound data, shape (S, n, classes): the
@@ -203,7 +230,8 @@ class BatchedTorchRunner(ModelRunner):
     def count_correct_many(self, weight_sets: Sequence[Mapping[str, np.ndarray]]) -> list[int]:
         """Correct counts of several weight sets (stored layout), one vmapped pass per batch."""
         torch = self.torch
-        given = self._samples_key  # the one-by-one fallback keys its sets the same way
+        # the one-by-one fallback keys its sets and gains the same way
+        given, given_gains = self._samples_key, self._gain_sets
         if self.fallback is not None:
             return super().count_correct_many(weight_sets)
         correct = torch.zeros(len(weight_sets), dtype=torch.int64, device=self.device)
@@ -216,7 +244,7 @@ class BatchedTorchRunner(ModelRunner):
             # (the first pass already ran this module on the data, so the data is not at fault)
             text = str(exc).strip().splitlines()
             self.fallback = f"vmap failed, one sample per pass: {text[0][:200] if text else exc}"
-            self._samples_key = given
+            self._samples_key, self._gain_sets = given, given_gains
             return super().count_correct_many(weight_sets)
         return [int(c) for c in correct.cpu()]
 

@@ -2,7 +2,9 @@
 
 The engine composes the effect classes of the noise family (``ftaudit.noise.effects``): stuck
 cells forced after programming (``StuckAt``), drift to each time (``DriftModel``), global drift
-compensation (``GlobalDriftCompensation``). The programming-noise draws are the loop's,
+compensation (``GlobalDriftCompensation``: its gains folded into the weights, or yielded beside
+the drifted weights for a runner that applies them digitally after its ADC, the analog
+pipeline's ``digital_gains``). The programming-noise draws are the loop's,
 unchanged; each effect draws from its own keyed stream, so adding drift or faults never changes
 the programming noise, and a device keeps its nu and its fault at every sigma and every time.
 """
@@ -47,8 +49,11 @@ class EffectsEngine:
         effects: DeviceEffects,
         seed: int,
         rng: str = DEFAULT_RNG,
+        digital_gains: bool = False,
     ) -> None:
         self.layers = list(layers)
+        #: compensated rows keep the drifted weights and yield alpha per layer beside them
+        self.digital_gains = digital_gains
         self.effects = effects
         self.seed = seed
         self.rng = rng
@@ -110,9 +115,11 @@ class EffectsEngine:
         active: Sequence[int],
         draws: Sequence[np.ndarray],
         sample: SampleEffects,
-    ) -> Iterator[tuple[int, list[np.ndarray]]]:
-        """(row, weights) of one sample at every active row; the arrays are reused buffers,
-        valid until the next item. Rows are (sigma, time, compensation) in ``conditions`` order."""
+    ) -> Iterator[tuple[int, list[np.ndarray], list[float] | None]]:
+        """(row, weights, gains) of one sample at every active row; the arrays are reused
+        buffers, valid until the next item. Rows are (sigma, time, compensation) in
+        ``conditions`` order. ``gains``: per layer, the compensation factors the runner applies
+        to the layers' outputs (``digital_gains``), else None (every gain 1 or in the weights)."""
         effects = self.effects
         per_sigma = max(1, len(effects.times) * len(effects.compensations))
         active_rows = set(active)
@@ -123,7 +130,7 @@ class EffectsEngine:
                 continue
             programmed = self._program(native, sigma, sample)
             if not effects.times:
-                yield first, self._assemble(programmed)
+                yield first, self._assemble(programmed), None
                 continue
             baseline = None
             if self.compensation is not None:
@@ -142,12 +149,22 @@ class EffectsEngine:
                     for r, compensation in zip(rows, effects.compensations, strict=True):
                         if r not in active_rows:
                             continue
-                        final = weights
                         if compensation == "global" and log_ratio > 0 and baseline is not None:
-                            assert self.compensation is not None
-                            final = self.compensation.apply(weights, baseline, self.compensated)
-                        yield r, final
+                            yield r, *self._compensate(weights, baseline)
+                        else:
+                            yield r, weights, None
                 row += len(effects.compensations)
+
+    def _compensate(
+        self, weights: list[np.ndarray], baseline: list[float]
+    ) -> tuple[list[np.ndarray], list[float] | None]:
+        """The compensated row: the drifted weights and their gains (``digital_gains``), else
+        alpha * W_t with the gains folded in."""
+        assert self.compensation is not None
+        gains = self.compensation.gains(weights, baseline)
+        if self.digital_gains:
+            return weights, gains
+        return self.compensation.apply(weights, gains, self.compensated), None
 
     def _program(
         self, draws: Sequence[np.ndarray], sigma: float, sample: SampleEffects

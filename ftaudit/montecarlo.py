@@ -147,7 +147,9 @@ class ChunkEvaluator:
         if effects is not None:
             from ftaudit.effects_engine import EffectsEngine
 
-            self.engine = EffectsEngine(crossbar.layers, crossbar.states, effects, seed, rng)
+            self.engine = EffectsEngine(
+                crossbar.layers, crossbar.states, effects, seed, rng, runner.digital_gains
+            )
         #: result rows: one per sigma, or one per (sigma, time, compensation) with effects
         self.rows = len(self.sigmas) if self.engine is None else len(self.engine.rows(sigmas))
         d = crossbar.noise.draws_per_weight
@@ -170,7 +172,8 @@ class ChunkEvaluator:
             return counts
         names = [layer.name for layer in self.crossbar.layers]
         pending = self._pool.submit(self._draw, start, 0)
-        staged: list[tuple[int, int]] = []  # (sample offset, row) of the staged weight sets
+        # (sample offset, row, gains) of the staged weight sets
+        staged: list[tuple[int, int, list[float] | None]] = []
         # batched: plain rows are perturbed straight into the next free staging slot
         target = (lambda: self._staged[len(staged)]) if self.batch_samples > 1 else None
         for offset, i in enumerate(range(start, stop)):
@@ -178,20 +181,28 @@ class ChunkEvaluator:
             self.runner.set_sample(self.seed, i)
             if i + 1 < stop:
                 pending = self._pool.submit(self._draw, i + 1, ~offset & 1)
-            for row, weights in self._weight_sets(draws, extra, active, target):
+            for row, weights, gains in self._weight_sets(draws, extra, active, target):
                 if self.batch_samples > 1:
                     for buffer, weight in zip(self._staged[len(staged)], weights, strict=True):
                         if weight is not buffer:
                             np.copyto(buffer, weight)
-                    staged.append((offset, row))
+                    staged.append((offset, row, gains))
                     if len(staged) == self.batch_samples:
                         self._flush(staged, counts, start)
                 else:
                     self.runner.set_weights(dict(zip(names, weights, strict=True)))
+                    if self.runner.digital_gains:
+                        self.runner.set_gains(None if gains is None else self._named(gains))
                     counts[row, offset] = self.metric.one(self.runner)
         if staged:
             self._flush(staged, counts, start)
+        if self.runner.digital_gains:
+            self.runner.set_gains(None)  # later passes (another caller's) read uncompensated
         return counts
+
+    def _named(self, gains: Sequence[float]) -> dict[str, float]:
+        """Per-layer gains keyed by crossbar layer name, as the runner takes them."""
+        return {layer.name: g for layer, g in zip(self.crossbar.layers, gains, strict=True)}
 
     def _weight_sets(
         self,
@@ -199,9 +210,10 @@ class ChunkEvaluator:
         extra: Any,
         active: Sequence[int],
         target: Callable[[], list[np.ndarray]] | None = None,
-    ) -> Iterator[tuple[int, list[np.ndarray]]]:
-        """(row, weights) for every active row of one sample; the arrays are reused buffers,
-        valid until the next item. Plain rows are written into ``target()`` when given."""
+    ) -> Iterator[tuple[int, list[np.ndarray], list[float] | None]]:
+        """(row, weights, gains) for every active row of one sample (``EffectsEngine``'s); the
+        arrays are reused buffers, valid until the next item. Plain rows are written into
+        ``target()`` when given."""
         if self.engine is not None:
             yield from self.engine.weight_sets(self.sigmas, active, draws, extra)
             return
@@ -215,16 +227,22 @@ class ChunkEvaluator:
                     state.perturb(z, self.sigmas[j], out=buffer)
                     for state, z, buffer in zip(states, native, buffers, strict=True)
                 ],
+                None,
             )
 
-    def _flush(self, staged: list[tuple[int, int]], counts: np.ndarray, start: int) -> None:
+    def _flush(
+        self, staged: list[tuple[int, int, list[float] | None]], counts: np.ndarray, start: int
+    ) -> None:
         """Evaluate the staged weight sets in one runner call and empty the stage; each set
-        reads its own sample's read noise (``set_samples``), as one sample per pass would."""
+        reads its own sample's read noise (``set_samples``) and its own row's gains
+        (``set_gain_sets``), as one sample per pass would."""
         names = [layer.name for layer in self.crossbar.layers]
         sets = [dict(zip(names, self._staged[k], strict=True)) for k in range(len(staged))]
-        self.runner.set_samples(self.seed, [start + offset for offset, _ in staged])
+        self.runner.set_samples(self.seed, [start + offset for offset, _, _ in staged])
+        if self.runner.digital_gains:
+            self.runner.set_gain_sets([None if g is None else self._named(g) for *_, g in staged])
         values = self.metric.many(self.runner, sets)
-        for (offset, j), value in zip(staged, values, strict=True):
+        for (offset, j, _), value in zip(staged, values, strict=True):
             counts[j, offset] = value
         staged.clear()
 

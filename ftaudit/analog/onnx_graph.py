@@ -16,7 +16,8 @@ computed in float32 between casts) is replaced by:
    times ``||x_t / r||_2`` (additive, aihwkit's ADDITIVE_CONSTANT; Conv: per input patch) or
    ``sqrt(sum_j |W_j| / w_scale (x_j / r)**2)`` (``pcm``, aihwkit's PCM_READ, fed weights);
    then quantised to ``adc_bits`` levels over ``[-bound, bound]``, saturating, scaled back.
-4. The tiles' outputs summed digitally, then the bias added (digital bias).
+4. The tiles' outputs summed digitally, times the layer's digital gain (a scalar graph input,
+   ``gain_input``: global drift compensation's alpha, 1 on other rows), then the bias added.
 
 Ranges come from one calibration pass of the ideal model (``calibrate``): ``r`` is the
 largest |input| of the layer over the calibration images; a calibrated ADC bound is the
@@ -32,12 +33,19 @@ from typing import Any
 import numpy as np
 
 from ftaudit.analog.options import CALIBRATION_IMAGES, ForwardPipeline
+from ftaudit.analog.quantiser import quantiser_scales
 from ftaudit.analog.read_noise import TAG as READ_NOISE_TAG
 from ftaudit.analog.read_noise import WEIGHT_TAG
 from ftaudit.errors import UserError
 
 NOISE_INPUT_PREFIX = "ftaudit_read_noise_"
 WEIGHT_NOISE_INPUT_PREFIX = "ftaudit_weight_read_noise_"
+GAIN_INPUT_PREFIX = "ftaudit_gain_"
+
+
+def gain_input(layer_index: int) -> str:
+    """The scalar graph input multiplying crossbar layer ``layer_index``'s summed tiles."""
+    return f"{GAIN_INPUT_PREFIX}{layer_index}"
 
 
 def _onnx():
@@ -299,25 +307,6 @@ class _Builder:
         )
 
 
-def quantiser_scales(bits: int, full_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(scale_in, scale_out) of an N-bit signed quantiser over [-full_scale, full_scale]."""
-    full_scale = np.asarray(full_scale, np.float32)
-    if bits == 1:
-        return np.ones_like(full_scale), full_scale
-    steps = np.float32(2 ** (bits - 1) - 1)
-    return (steps / full_scale).astype(np.float32), (full_scale / steps).astype(np.float32)
-
-
-def quantise_reference(x: np.ndarray, bits: int, full_scale: np.ndarray) -> np.ndarray:
-    """The numpy twin of ``_Builder.quantise`` (tests compare the two)."""
-    scale_in, scale_out = quantiser_scales(bits, full_scale)
-    scaled = np.asarray(x, np.float32) * scale_in
-    if bits == 1:
-        return np.sign(scaled) * scale_out
-    steps = np.float32(2 ** (bits - 1) - 1)
-    return np.round(np.clip(scaled, -steps, steps)) * scale_out
-
-
 def _opset(proto: Any) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
 
@@ -422,7 +411,8 @@ def rewrite(
     calibration: Calibration,
 ) -> tuple[Any, list[tuple[str, int, int, int]]]:
     """A copy of ``proto`` with the pipeline around every tiled node, and its read-noise inputs
-    as (input name, layer index, tile number, draw stream tag)."""
+    as (input name, layer index, tile number, draw stream tag); with tiles read on their own
+    (``per_tile``), each layer's summed tiles are multiplied by its ``gain_input``."""
     onnx = _onnx()
     new = onnx.ModelProto()
     new.CopyFrom(proto)
@@ -474,11 +464,15 @@ def rewrite(
                     p = b.quantise(p, pipeline.adc_bits, scale_in, scale_out)
                 tiles.append(p)
             total = tiles[0] if len(tiles) == 1 else b.op("Sum", tiles)
+            total = b.op("Mul", [total, gain_input(tiled.layer_index)])
             _bias(b, node, tiled, total, node.output[0])
         replaced[tiled.node_index] = b.nodes[start:]
         del b.nodes[start:]
     for name, *_ in noise_inputs:
         graph.input.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    gains = {gain_input(t.layer_index) for t in tiled_nodes} if pipeline.per_tile else set()
+    for name in sorted(gains):
+        graph.input.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, []))
     nodes = []
     for index, node in enumerate(graph.node):
         nodes.extend(replaced.get(index, [node]))

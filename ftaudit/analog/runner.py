@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ftaudit.analog.onnx_graph import Calibration, calibrate, plan_tiles, rewrite
+from ftaudit.analog.onnx_graph import Calibration, calibrate, gain_input, plan_tiles, rewrite
 from ftaudit.analog.options import ForwardPipeline
 from ftaudit.analog.read_noise import read_noise
 from ftaudit.draws import DEFAULT_RNG
@@ -21,7 +21,8 @@ from ftaudit.models.onnx import OnnxModel, OnnxRunner
 
 class AnalogOnnxRunner(OnnxRunner):
     """An ``OnnxRunner`` on the rewritten graph; read noise is fed per batch, keyed by the
-    sample set with ``set_sample`` (none before the first call: the deterministic pass)."""
+    sample set with ``set_sample`` (none before the first call: the deterministic pass), and
+    each layer's digital gain (``set_gains``) as a scalar input when tiles are read on their own."""
 
     def __init__(
         self,
@@ -42,6 +43,16 @@ class AnalogOnnxRunner(OnnxRunner):
         self._key: tuple[int, int] | None = None
         self._pool = ThreadPoolExecutor(max_workers=1)
         super().__init__(replace(model, proto=rewritten), selected, device=device, threads=threads)
+        #: crossbar layer -> the scalar its gain input is fed, set in place by ``set_gains``
+        self._gains: dict[str, np.ndarray] = {}
+        for node in tiled if pipeline.per_tile else ():
+            gain = self._gains.setdefault(node.layer, np.ones((), np.float32))
+            self.feed[gain_input(node.layer_index)] = gain
+        self.digital_gains = bool(self._gains)
+
+    def set_gains(self, gains: Mapping[str, float] | None) -> None:
+        for name, value in self._gains.items():
+            value[...] = 1.0 if gains is None else gains.get(name, 1.0)
 
     def set_sample(self, seed: int, sample: int | None) -> None:
         self._key = None if sample is None else (seed, sample)

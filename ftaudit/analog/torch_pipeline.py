@@ -27,14 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from ftaudit.analog.onnx_graph import (
-    Calibration,
-    TiledNode,
-    calibrate,
-    plan_tiles,
-    quantiser_scales,
-)
+from ftaudit.analog.onnx_graph import Calibration, TiledNode, calibrate, plan_tiles
 from ftaudit.analog.options import ForwardPipeline
+from ftaudit.analog.quantiser import quantiser_scales
 from ftaudit.analog.read_noise import TAG as READ_NOISE_TAG
 from ftaudit.analog.read_noise import WEIGHT_TAG, read_noise
 from ftaudit.draws import DEFAULT_RNG
@@ -91,6 +86,8 @@ class _LayerPipeline:
         ]
         #: standard normals fed for the next passes, by stream (eval mode); None: none fed
         self.fed: Mapping[tuple[int, int, int], Any] | None = None
+        #: the digital gain on the summed tiles for the next passes (a scalar tensor), or None
+        self.gain: Any = None
         r = np.float32(calibration.input_range[tiled.layer])
         self.dac = None
         if pipeline.dac_bits is not None:
@@ -200,7 +197,8 @@ def _dac(plan: _LayerPipeline, x: Any) -> Any:
 
 
 def _tiled_product(module: Any, plan: _LayerPipeline, x: Any, weight: Any) -> Any:
-    """The tiles' partial sums, each with its read noise and ADC, summed (no bias)."""
+    """The tiles' partial sums, each with its read noise and ADC, summed, times the fed
+    digital gain (no bias)."""
     import torch
     import torch.nn.functional as F
 
@@ -233,7 +231,7 @@ def _tiled_product(module: Any, plan: _LayerPipeline, x: Any, weight: Any) -> An
                 torch, p, plan.pipeline.adc_bits, scale_in.to(p.device), scale_out.to(p.device)
             )
         total = p if total is None else total + p
-    return total
+    return total if plan.gain is None else total * plan.gain
 
 
 class AnalogTraining:
@@ -380,12 +378,16 @@ class KeyedReads:
         return out
 
     @contextmanager
-    def feeding(self, normals: Mapping[Stream, Any]) -> Iterator[None]:
-        """The layers read ``normals`` (one sample's, shaped like their partial sums) inside."""
+    def feeding(
+        self, normals: Mapping[Stream, Any], gains: Mapping[str, Any] | None = None
+    ) -> Iterator[None]:
+        """The layers read ``normals`` (one sample's, shaped like their partial sums) inside,
+        and multiply their summed tiles by ``gains`` (by layer name; scalar tensors)."""
         for plan in self.plans:
-            plan.fed = normals
+            plan.fed = normals or None  # none fed: a deterministic read
+            plan.gain = None if gains is None else gains.get(plan.layer)
         try:
             yield
         finally:
             for plan in self.plans:
-                plan.fed = None
+                plan.fed, plan.gain = None, None

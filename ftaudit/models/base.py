@@ -98,27 +98,50 @@ class ModelRunner(ABC):
         noise. Runners without read noise ignore it."""
         return None
 
+    #: whether the runner multiplies each crossbar layer's output by a digital gain after its
+    #: ADC (``set_gains``; the analog pipeline's tiles): global drift compensation is then fed
+    #: as gains beside the drifted weights, as a chip applies it; other runners take alpha * W
+    digital_gains: bool = False
+
+    def set_gains(self, gains: Mapping[str, float] | None) -> None:
+        """Multiply each named crossbar layer's summed tile outputs by its gain (before the
+        bias) in the next passes; None: every gain 1. Only runners with ``digital_gains``."""
+        if gains is not None:
+            raise NotImplementedError(f"{type(self).__name__} applies no digital gains")
+
     def count_correct(self) -> int:
         """Number of bound samples whose arg-max logit equals the label."""
         return int(np.count_nonzero(self.logits().argmax(axis=1) == self._labels))
 
     #: (seed, one sample per weight set) keying the next ``count_correct_many``, else None
     _samples_key: tuple[int, list[int]] | None = None
+    #: the gains of each weight set of the next ``count_correct_many``, else None
+    _gain_sets: list[Mapping[str, float] | None] | None = None
 
     def set_samples(self, seed: int, samples: Sequence[int]) -> None:
         """Key the read noise of the next ``count_correct_many``: weight set k reads as Monte
         Carlo sample ``samples[k]`` (without it, every set reads as the last ``set_sample``)."""
         self._samples_key = (seed, list(samples))
 
+    def set_gain_sets(self, gains: Sequence[Mapping[str, float] | None]) -> None:
+        """The gains of the next ``count_correct_many``: weight set k is read with ``gains[k]``
+        (``set_gains``; without it, every set with the last ``set_gains``)."""
+        self._gain_sets = list(gains)
+
     def count_correct_many(self, weight_sets: Sequence[Mapping[str, np.ndarray]]) -> list[int]:
         """Correct counts for several weight sets; runners that can batch them override this."""
         keys, self._samples_key = self._samples_key, None
+        gain_sets, self._gain_sets = self._gain_sets, None
         counts = []
         for k, weights in enumerate(weight_sets):
             if keys is not None:
                 self.set_sample(keys[0], keys[1][k])
+            if gain_sets is not None:
+                self.set_gains(gain_sets[k])
             self.set_weights(weights)
             counts.append(self.count_correct())
+        if gain_sets is not None:
+            self.set_gains(None)
         return counts
 
     def checked_logits(self, data_shape: tuple[int, ...]) -> np.ndarray:

@@ -65,6 +65,16 @@ class FoldedRunner(ModelRunner):
     def set_samples(self, seed: int, samples: Sequence[int]) -> None:
         self.inner.set_samples(seed, samples)
 
+    @property
+    def digital_gains(self) -> bool:  # type: ignore[override]
+        return self.inner.digital_gains
+
+    def set_gains(self, gains: Mapping[str, float] | None) -> None:
+        self.inner.set_gains(gains)  # a gain scales the output: folding leaves it as it is
+
+    def set_gain_sets(self, gains: Sequence[Mapping[str, float] | None]) -> None:
+        self.inner.set_gain_sets(gains)
+
     def bind_data(self, x: np.ndarray, y: np.ndarray, *, batch_size: int) -> None:
         self.inner.bind_data(x, y, batch_size=batch_size)
         self._labels = np.asarray(y)

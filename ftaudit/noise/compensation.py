@@ -2,8 +2,9 @@
 the ratio of its calibration read-outs before and after drift.
 
 One job: a fixed seeded batch of input vectors per crossbar layer (its own keyed stream
-``(0, layer, CALIBRATION_STREAM)``), the read-out sum |W u| over it, and W_t scaled by
-alpha = sum|W_0 u| / sum|W_t u|.
+``(0, layer, CALIBRATION_STREAM)``), the read-out sum |W u| over it, and the gain
+alpha = sum|W_0 u| / sum|W_t u|: folded into W_t, or applied to the layer's output after the
+ADC where the analog pipeline runs (as aihwkit and a chip do).
 """
 
 from __future__ import annotations
@@ -84,20 +85,25 @@ class GlobalDriftCompensation:
         """The read-outs of the programmed (not yet drifted) weights, one per layer."""
         return [self.readout(i, w) for i, w in enumerate(weights)]
 
-    def apply(
-        self,
-        weights: Sequence[np.ndarray],
-        baseline: Sequence[float],
-        out: Sequence[np.ndarray],
-    ) -> list[np.ndarray]:
-        """alpha * W_t per layer into ``out``, alpha = sum|W_0 u| / sum|W_t u|."""
+    def gains(self, weights: Sequence[np.ndarray], baseline: Sequence[float]) -> list[float]:
+        """alpha = sum|W_0 u| / sum|W_t u| per layer (1 where the drifted read-out is 0): the
+        digital gain on each layer's output (the analog pipeline applies it after the ADC)."""
         result = []
-        for i, (w, ref, target) in enumerate(zip(weights, baseline, out, strict=True)):
+        for i, (w, ref) in enumerate(zip(weights, baseline, strict=True)):
             now = self.readout(i, w)
-            alpha = ref / now if now > 0 else 1.0
-            np.multiply(w, np.float32(alpha), out=target)
-            result.append(target)
+            result.append(ref / now if now > 0 else 1.0)
         return result
+
+    @staticmethod
+    def apply(
+        weights: Sequence[np.ndarray], gains: Sequence[float], out: Sequence[np.ndarray]
+    ) -> list[np.ndarray]:
+        """alpha * W_t per layer into ``out``: the gains folded into the weights, the same
+        output as a digital gain where the product is linear (no ADC, no read noise)."""
+        return [
+            np.multiply(w, np.float32(alpha), out=target)
+            for w, alpha, target in zip(weights, gains, out, strict=True)
+        ]
 
     def _one_blas_thread(self) -> Any:
         """A context in which BLAS runs on the calling thread only (threadpoolctl)."""
