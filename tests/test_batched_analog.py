@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SAMPLES, keyed_normals
+from analog_reference import one_gemm_model, one_matmul_model, reference_gemm, save_graph
+from conftest import SAMPLES
 
 import ftaudit
 from ftaudit.analog import ForwardPipeline
@@ -102,45 +103,6 @@ def test_batched_pipeline_on_workers_matches_in_process(mlp_onnx: Path, blobs_np
     np.testing.assert_array_equal(spread.results[0].accuracies, here.results[0].accuracies)
 
 
-def _save_graph(path: Path, nodes, input_shape: list, out: int, initializers) -> Path:
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    graph = helper.make_graph(
-        nodes,
-        path.stem,
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, input_shape)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", out])],
-        [numpy_helper.from_array(array, name) for name, array in initializers.items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
-
-
-def _one_gemm_model(path: Path, weight: np.ndarray, bias: np.ndarray) -> Path:
-    from onnx import helper
-
-    out, features = weight.shape
-    gemm = helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)
-    return _save_graph(path, [gemm], ["n", features], out, {"w": weight, "b": bias})
-
-
-def _one_matmul_model(path: Path, weight: np.ndarray, bias: np.ndarray) -> Path:
-    """``x @ W^T + b`` as MatMul and Add: the weight stored (in, out), as the graph reads it."""
-    from onnx import helper
-
-    out, features = weight.shape
-    nodes = [
-        helper.make_node("MatMul", ["x", "w"], ["h"]),
-        helper.make_node("Add", ["h", "b"], ["y"]),
-    ]
-    return _save_graph(
-        path, nodes, ["n", features], out, {"w": np.ascontiguousarray(weight.T), "b": bias}
-    )
-
-
 def _shared_gemm_model(path: Path) -> Path:
     """Two Gemm ops reading the same (64, 64) weight, then a head: an 8x8 image classifier."""
     from onnx import helper
@@ -158,42 +120,10 @@ def _shared_gemm_model(path: Path) -> Path:
         helper.make_node("Gemm", ["r1", "w"], ["h2"], transB=1),
         helper.make_node("Gemm", ["h2", "head"], ["y"], transB=1),
     ]
-    return _save_graph(path, nodes, ["n", 1, 8, 8], 4, initializers)
+    return save_graph(path, nodes, ["n", 1, 8, 8], 4, initializers)
 
 
-def _quantise(x: np.ndarray, bits: int, full: np.ndarray) -> np.ndarray:
-    steps = 2 ** (bits - 1) - 1
-    return np.round(np.clip(x / full * steps, -steps, steps)) * full / steps
-
-
-def _reference_gemm(x, clean, weight, bias, pipeline, *, seed, sample):
-    """One Gemm layer through the pipeline in float64 numpy, from docs/analog.md's formulas:
-    ranges on the ideal layer over all of ``x`` (fewer than 256 images), column scaling,
-    draws from the documented keys ((0x5EAD or 0x3EAD, sample, layer, tile, block))."""
-    x, clean, weight = (a.astype(np.float64) for a in (x, clean, weight))
-    rows, cols = pipeline.tile_size
-    r = np.abs(x).max()
-    scale = np.abs(clean).max(axis=1)  # per column, over every row
-    xq = _quantise(x, pipeline.dac_bits, r)
-    total = np.zeros((len(x), len(weight)))
-    for t, r0 in enumerate(range(0, x.shape[1], rows)):
-        r1 = min(r0 + rows, x.shape[1])
-        ideal = np.abs(x[:, r0:r1] @ clean[:, r0:r1].T / scale).max(axis=0) / r
-        bound = np.empty_like(ideal)
-        for c0 in range(0, len(bound), cols):
-            bound[c0 : c0 + cols] = ideal[c0 : c0 + cols].max()
-        unit = scale * r
-        z = keyed_normals(seed, (0x5EAD, sample, 0, t, 0), (64, len(weight)))[: len(x)]
-        z_w = keyed_normals(seed, (0x3EAD, sample, 0, t, 0), (64, len(weight)))[: len(x)]
-        p = xq[:, r0:r1] @ weight[:, r0:r1].T
-        p = p + pipeline.read_noise * unit * z
-        norm = np.sqrt((xq[:, r0:r1] ** 2).sum(axis=1, keepdims=True))
-        p = p + pipeline.weight_read_noise * scale * norm * z_w
-        total += _quantise(p, pipeline.adc_bits, bound * unit)
-    return total + bias
-
-
-@pytest.mark.parametrize("build", [_one_gemm_model, _one_matmul_model], ids=["gemm", "matmul"])
+@pytest.mark.parametrize("build", [one_gemm_model, one_matmul_model], ids=["gemm", "matmul"])
 def test_batched_logits_match_an_independent_numpy_pipeline(tmp_path, build):
     """One Gemm layer, and the same layer as MatMul (its weight fed (in, out) as stored)."""
     from ftaudit.batched import BatchedTorchRunner, build_runner
@@ -204,7 +134,7 @@ def test_batched_logits_match_an_independent_numpy_pipeline(tmp_path, build):
     bias = rng.normal(size=5).astype(np.float32)
     x = rng.normal(size=(40, 12)).astype(np.float32)
     model = load_model(build(tmp_path / "layer.onnx", clean, bias))
-    stored = (lambda w: w) if build is _one_gemm_model else (lambda w: np.ascontiguousarray(w.T))
+    stored = (lambda w: w) if build is one_gemm_model else (lambda w: np.ascontiguousarray(w.T))
     pipeline = ForwardPipeline(
         dac_bits=5,
         adc_bits=6,
@@ -223,7 +153,7 @@ def test_batched_logits_match_an_independent_numpy_pipeline(tmp_path, build):
     got = runner.logits_many([{"w": stored(w)} for w in perturbed])
     assert got.shape == (2, 40, 5)
     for k, sample in enumerate((3, 7)):
-        want = _reference_gemm(x, clean, perturbed[k], bias, pipeline, seed=4, sample=sample)
+        want = reference_gemm(x, clean, perturbed[k], bias, pipeline, seed=4, sample=sample)
         # float32 sums may land on the other side of a rounding edge for a rare element
         assert np.isclose(got[k], want, rtol=1e-4, atol=1e-4).mean() > 0.99
     # one sample per pass (the torch module alone) reads the same draws
