@@ -94,7 +94,7 @@ def test_an_op_torch_cannot_vmap_falls_back_to_one_set_per_pass(
 ) -> None:
     from ftaudit.batched import BatchedTorchRunner
 
-    def no_batching_rule(self, weights, normals, x):
+    def no_batching_rule(self, weights, normals, gains, x):
         raise NotImplementedError("no batching rule for OnnxSomething")
 
     options = dict(sigmas=[0.3], samples=6, seed=1)
