@@ -2,8 +2,11 @@
 
 For each sample model and pipeline setting it builds the runner ``ftaudit eval`` uses, binds the
 2,000 shipped test images and times ``ChunkEvaluator.evaluate`` (draws, perturbation, forward
-passes, read noise) over ``--samples`` samples at one sigma, after one warm-up sample. Prints a
-markdown table: milliseconds per sample, and the ratio to the weights-only row of the model.
+passes, read noise) over ``--samples`` samples at one sigma, after one warm-up sample, in
+``--rounds`` rounds that time every setting once each (the VM's speed drifts between minutes;
+settings timed side by side share it). Prints a markdown table: milliseconds per sample
+(median over the rounds), and the ratio to the weights-only row of the model, paired per round
+(median and interquartile range).
 
     python benchmarks/analog_cost.py --samples 20
 """
@@ -11,6 +14,7 @@ markdown table: milliseconds per sample, and the ratio to the weights-only row o
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from pathlib import Path
 
@@ -34,9 +38,9 @@ SETTINGS = {
 }
 
 
-def ms_per_sample(
-    model_name: str, pipeline: ForwardPipeline | None, samples: int, noise_name: str
-) -> float:
+def sample_timer(model_name: str, pipeline: ForwardPipeline | None, noise_name: str):
+    """The Monte Carlo set up once for one setting; the returned function times ``n`` samples
+    (the next ones: every call draws new samples) and gives milliseconds per sample."""
     model = load_model(REPO / "sample_models" / model_name)
     with np.load(REPO / "sample_models" / "fmnist_test_2000.npz") as data:
         x = model.fit_input(data["x"].astype(np.float32) / 255)
@@ -52,28 +56,45 @@ def ms_per_sample(
     crossbar = Crossbar.prepare(selected, model.clean_weights(), noise)
     evaluator = ChunkEvaluator(runner, crossbar, [0.1], seed=0)
     evaluator.evaluate(0, 1, [0])  # warm-up
-    start = time.perf_counter()
-    evaluator.evaluate(1, 1 + samples, [0])
-    evaluator.close()
-    return (time.perf_counter() - start) / samples * 1e3
+    done = [1]
+
+    def timed(n: int) -> float:
+        time.sleep(0.05)  # the previous setting's threads idle
+        start = time.perf_counter()
+        evaluator.evaluate(done[0], done[0] + n, [0])
+        done[0] += n
+        return (time.perf_counter() - start) / n * 1e3
+
+    return timed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=8, help="interleaved rounds (median)")
     parser.add_argument("--models", default="lenet.onnx,mlp.onnx")
     parser.add_argument(
         "--noise", default="lognormal", help="e.g. 'rram' (add ',differential' for pairs)"
     )
     args = parser.parse_args()
-    print("| model | setting | ms / sample | vs weights only |")
+    print("| model | setting | ms / sample | vs weights only, paired (IQR) |")
     print("| --- | --- | ---: | ---: |")
+    per_round = max(1, args.samples // args.rounds)
     for model_name in args.models.split(","):
-        base = None
-        for label, pipeline in SETTINGS.items():
-            ms = ms_per_sample(model_name, pipeline, args.samples, args.noise)
-            base = ms if base is None else base
-            print(f"| {model_name} | {label} | {ms:.1f} | {ms / base:.2f}x |", flush=True)
+        timers = {label: sample_timer(model_name, p, args.noise) for label, p in SETTINGS.items()}
+        times: dict[str, list[float]] = {label: [] for label in timers}
+        for _ in range(args.rounds):  # every setting once per round: neighbours share the speed
+            for label, timed in timers.items():
+                times[label].append(timed(per_round))
+        base = times["weights only"]
+        for label, values in times.items():
+            ratios = [v / b for v, b in zip(values, base, strict=True)]
+            q1, median, q3 = np.percentile(ratios, [25, 50, 75])
+            print(
+                f"| {model_name} | {label} | {statistics.median(values):.1f} "
+                f"| {median:.2f}x ({q1:.2f}-{q3:.2f}) |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

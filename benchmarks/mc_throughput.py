@@ -147,25 +147,45 @@ def block_median(
     plain_times: list[float],
 ) -> tuple[float, list[float]]:
     """Median seconds per sample and row over ``rounds`` blocks of ``samples // rounds``, and
-    each block's paired efficiency: the mean of the plain passes timed just before and just
-    after the block, over the block's time per sample. A 2-core VM's speed drifts by tens of
-    percent between minutes; a ratio of neighbours cancels that drift where a ratio of
-    medians taken minutes apart does not. The passes after each block go to ``plain_times``."""
+    each block's paired efficiency: the mean of the plain probes (``plain_probe``) just before
+    and just after the block, over the block's time per sample. A 2-core VM's speed drifts by
+    tens of percent between minutes; a ratio of neighbours cancels that drift where a ratio of
+    medians taken minutes apart does not. The probes after each block go to ``plain_times``."""
     blocks, ratios = [], []
+    before = plain_probe(plain)
     for _ in range(rounds):
-        before = _timed_once(plain)
+        time.sleep(SETTLE_S)
         block = timed(max(1, samples // rounds))
-        after = _timed_once(plain)
+        after = plain_probe(plain)
         blocks.append(block)
         ratios.append((before + after) / 2 / block)
         plain_times.append(after)
+        before = after
     return statistics.median(blocks), ratios
 
 
-def _timed_once(fn: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+#: whether ftaudit's sessions spin on this machine, decided once when the script starts (before
+#: its own load raises the load average ``spin_between_runs`` reads); the "ORT threads" column
+#: runs the other mode
+SPINS = False
+
+
+#: pause before each timed segment, so the previous one's threads are idle (a spinning ONNX
+#: Runtime pool keeps a core busy for a moment after its run returns)
+SETTLE_S = 0.05
+
+
+def plain_probe(plain: Callable[[], None], passes: int = 3) -> float:
+    """Median of ``passes`` plain passes after a pause and one untimed pass (the first pass after
+    a Monte Carlo block ran measurably slower: the other session's threads still winding down)."""
+    time.sleep(SETTLE_S)
+    plain()
+    times = []
+    for _ in range(passes):
+        start = time.perf_counter()
+        plain()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def paired(ratios: list[float]) -> str:
@@ -283,7 +303,7 @@ def measure(name: str, path: Path, x: np.ndarray, y: np.ndarray, args) -> dict:
         "mc": lambda: monte_carlo_runner(path, x, y, rng=rng),
         "grid": lambda: monte_carlo_runner(path, x, y, GRID, rng=rng),
         "mc_old": lambda: monte_carlo_runner(path, x, y, prepacked=False, rng=rng),
-        "mc_spin": lambda: monte_carlo_runner(path, x, y, spinning=True, rng=rng),
+        "mc_spin": lambda: monte_carlo_runner(path, x, y, spinning=not SPINS, rng=rng),
         "drift": lambda: monte_carlo_runner(path, x, y, effects=drift_effects("none"), rng=rng),
         "drift_comp": lambda: monte_carlo_runner(
             path, x, y, effects=drift_effects("global"), rng=rng
@@ -341,7 +361,8 @@ def render(rows: list[dict], rng: str = "fast") -> str:
         "| (b) MC ms/sample | efficiency (a)/(b), median (IQR) | 5 sigmas: ms/sample/sigma "
         "| efficiency, 5 sigmas "
         "| before pre-packing: ms/sample | efficiency before "
-        "| ORT threads spinning: ms/sample | efficiency spinning | (c) naive ms/sample "
+        f"| ORT threads {'not ' if SPINS else ''}spinning: ms/sample | efficiency "
+        "| (c) naive ms/sample "
         "| speed-up over naive | ceiling (c)/(a) | drift row ms | drift row / plain row "
         "| drift + global comp. row ms | comp. row / plain row "
         "| DAC 8 + ADC 8: plain pass ms | MC ms/sample | efficiency | efficiency, 5 sigmas "
@@ -432,6 +453,11 @@ def main() -> None:
     )
     parser.add_argument("--write", action="store_true", help="write docs/benchmarks.md")
     args = parser.parse_args()
+    global SPINS
+    from ftaudit.models import onnx as onnx_models
+
+    SPINS = onnx_models.spin_between_runs()
+    onnx_models.SPIN_BETWEEN_RUNS = SPINS
 
     with tempfile.TemporaryDirectory(prefix="ftaudit-bench-") as tmp:
         rows = []
@@ -454,13 +480,17 @@ def main() -> None:
         "each Monte Carlo column is the median of "
         f"{args.rounds} blocks, one variant alive at a time. Efficiency is paired: each "
         "block's time per sample against the mean of the plain passes timed just before and "
-        "after it, the median over the blocks with its interquartile range (the VM's speed "
+        "after it (each the median of three passes after an untimed one), the median over the "
+        "blocks with its interquartile range (the VM's speed "
         "drifts between minutes; neighbours share it). Drift and compensation rows are a "
         "ratio of two such paired efficiencies. "
         "Drift rows: one time "
         "(1 hour), nu 0.05 +- 0.01. Forward-pipeline columns: efficiency is one plain pass "
         "of the same pipeline graph (ideal weights, no read noise) over its Monte Carlo cost "
         f"(models {args.pipeline_models}). Normals drawn with --rng {args.rng}. "
+        f"ONNX Runtime threads {'spin' if SPINS else 'do not spin'} (ftaudit's choice when "
+        'the script started: spinning on an idle machine); the "ORT threads" column runs '
+        "the other mode. "
         "No GPU was lent to this session: no GPU rows.\n"
     )
     print(summary)

@@ -603,9 +603,9 @@ def test_audit_leaves_the_model_file_alone(
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
 
 
-@pytest.mark.parametrize(("value", "spins"), [(None, False), ("0", False), ("1", True)])
-def test_ort_spinning_follows_the_environment(value, spins) -> None:
-    """The Monte Carlo's sessions do not spin unless FTAUDIT_ORT_SPINNING=1 asks for it."""
+@pytest.mark.parametrize(("value", "forced"), [(None, None), ("0", False), ("1", True)])
+def test_ort_spinning_follows_the_environment(value, forced) -> None:
+    """FTAUDIT_ORT_SPINNING=1/0 forces spinning on/off; unset leaves it to the load average."""
     import os
     import subprocess
     import sys
@@ -615,4 +615,26 @@ def test_ort_spinning_follows_the_environment(value, spins) -> None:
         env["FTAUDIT_ORT_SPINNING"] = value
     code = "import ftaudit.models.onnx as m; print(m.SPIN_BETWEEN_RUNS)"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.strip() == str(spins)
+    assert out.stdout.strip() == str(forced)
+
+
+@pytest.mark.parametrize(
+    ("forced", "load", "cores", "spins"),
+    [
+        (None, 0.1, 2, True),  # idle 2-core machine: ONNX Runtime's default
+        (None, 0.6, 2, False),  # above a quarter of a load per core: other work shares them
+        (None, 1.5, 8, True),
+        (None, 2.5, 8, False),
+        (True, 9.0, 2, True),
+        (False, 0.0, 2, False),
+    ],
+)
+def test_ort_spinning_only_on_an_idle_machine(monkeypatch, forced, load, cores, spins) -> None:
+    import os
+
+    import ftaudit.models.onnx as onnx_models
+
+    monkeypatch.setattr(onnx_models, "SPIN_BETWEEN_RUNS", forced)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert onnx_models.spin_between_runs() is spins
