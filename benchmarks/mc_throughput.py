@@ -88,21 +88,22 @@ def monte_carlo_runner(
     original graph; ``spinning`` sets whether ONNX Runtime's threads spin between runs (None:
     ftaudit's default, ``SPIN_BETWEEN_RUNS``); ``effects`` adds drift rows; ``pipeline`` runs
     the analog forward pass."""
-    from ftaudit.models import load_model
+    from ftaudit.models import load_model, ort_spinning
     from ftaudit.models import onnx as onnx_models
     from ftaudit.montecarlo import Crossbar, run_monte_carlo
     from ftaudit.noise import get_noise_model
 
     model = load_model(path)
     x_fit = model.fit_input(x)
-    builder, spin = onnx_models.build_prepacked_graph, onnx_models.SPIN_BETWEEN_RUNS
+    builder, spin = onnx_models.build_prepacked_graph, ort_spinning.SPIN_BETWEEN_RUNS
     if not prepacked:
         onnx_models.build_prepacked_graph = lambda *a, **k: None
-    onnx_models.SPIN_BETWEEN_RUNS = spin if spinning is None else spinning
+    ort_spinning.SPIN_BETWEEN_RUNS = spin if spinning is None else spinning
     try:
         runner = pipeline_runner(model, x_fit, pipeline, rng)
     finally:
-        onnx_models.build_prepacked_graph, onnx_models.SPIN_BETWEEN_RUNS = builder, spin
+        onnx_models.build_prepacked_graph = builder
+        ort_spinning.SPIN_BETWEEN_RUNS = spin
     runner.bind_data(x_fit, y, batch_size=batch_size)
     crossbar = Crossbar.prepare(model.layers, model.clean_weights(), get_noise_model("lognormal"))
     options = dict(n_data=len(y), k=1.0, effects=effects, rng=rng)
@@ -454,10 +455,10 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="write docs/benchmarks.md")
     args = parser.parse_args()
     global SPINS
-    from ftaudit.models import onnx as onnx_models
+    from ftaudit.models import ort_spinning
 
-    SPINS = onnx_models.spin_between_runs()
-    onnx_models.SPIN_BETWEEN_RUNS = SPINS
+    SPINS = ort_spinning.spin_between_runs()
+    ort_spinning.SPIN_BETWEEN_RUNS = SPINS
 
     with tempfile.TemporaryDirectory(prefix="ftaudit-bench-") as tmp:
         rows = []

@@ -25,7 +25,7 @@ CHILD = """
 import statistics, sys
 sys.path.insert(0, {here!r})
 mode = {mode!r}
-import ftaudit.models.onnx as om
+import ftaudit.models.ort_spinning as om
 om.SPIN_BETWEEN_RUNS = mode != "not spinning"
 if mode == "spinning inside a run":
     import onnxruntime as ort

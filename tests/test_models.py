@@ -613,7 +613,7 @@ def test_ort_spinning_follows_the_environment(value, forced) -> None:
     env = {k: v for k, v in os.environ.items() if k != "FTAUDIT_ORT_SPINNING"}
     if value is not None:
         env["FTAUDIT_ORT_SPINNING"] = value
-    code = "import ftaudit.models.onnx as m; print(m.SPIN_BETWEEN_RUNS)"
+    code = "import ftaudit.models.ort_spinning as m; print(m.SPIN_BETWEEN_RUNS)"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == str(forced)
 
@@ -632,9 +632,9 @@ def test_ort_spinning_follows_the_environment(value, forced) -> None:
 def test_ort_spinning_only_on_an_idle_machine(monkeypatch, forced, load, cores, spins) -> None:
     import os
 
-    import ftaudit.models.onnx as onnx_models
+    from ftaudit.models import ort_spinning
 
-    monkeypatch.setattr(onnx_models, "SPIN_BETWEEN_RUNS", forced)
+    monkeypatch.setattr(ort_spinning, "SPIN_BETWEEN_RUNS", forced)
     monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
-    assert onnx_models.spin_between_runs() is spins
+    assert ort_spinning.spin_between_runs() is spins

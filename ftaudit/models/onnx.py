@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ftaudit.errors import UserError
+from ftaudit.models import ort_spinning
 from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner
 from ftaudit.models.onnx_graph import (
     CROSSBAR_WEIGHT_INPUT,
@@ -101,31 +102,6 @@ def _check_external_extent(tensor: Any, entries: dict[str, str], target: Path, p
 #: model files up to this size are parsed before a run to find the external data files that
 #: outputs must not overwrite (a model that keeps its weights outside is small)
 EXTERNAL_DATA_PROBE_BYTES = 64 << 20
-#: whether ONNX Runtime's intra-op threads spin-wait between parallel sections (ONNX Runtime's
-#: default is to spin): True or False forces it (FTAUDIT_ORT_SPINNING=1 or 0), None decides per
-#: session with ``spin_between_runs``. Between runs the engine perturbs the next row's weights
-#: on this thread and draws the next sample's normals on a helper thread; a spinning pool takes
-#: their cores when other work shares them. The numbers do not depend on it.
-SPIN_BETWEEN_RUNS: bool | None = {"1": True, "0": False}.get(
-    os.environ.get("FTAUDIT_ORT_SPINNING", "")
-)
-#: spin only while the machine's 1-minute load average is below this many per usable core.
-#: Measured (benchmarks/spinning.py, LeNet on 2 cores, 2026-12-07): spinning 7% faster on an
-#: idle machine, 33% slower beside two busy processes.
-IDLE_LOAD_PER_CORE = 0.25
-
-
-def spin_between_runs() -> bool:
-    """Whether a new Monte Carlo session spins: as forced by ``SPIN_BETWEEN_RUNS``, else only on
-    an idle machine (load average below ``IDLE_LOAD_PER_CORE`` per usable core)."""
-    if SPIN_BETWEEN_RUNS is not None:
-        return SPIN_BETWEEN_RUNS
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):  # no load average (Windows): the safe choice
-        return False
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return load < IDLE_LOAD_PER_CORE * (cores or 1)
 
 
 def declared_external_files(path: Path) -> list[Path]:
@@ -554,7 +530,7 @@ class OnnxRunner(ModelRunner):
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if not spin_between_runs():
+        if not ort_spinning.spin_between_runs():
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.threads is not None:
             options.intra_op_num_threads = self.threads
