@@ -3,7 +3,7 @@ once and bound to every evaluation the command runs (``compare``'s two audits,
 ``sensitivity``'s 2L+1, ``harden``'s validation and objective evaluations).
 
 A bound evaluation ships its spec (model bytes, data, noise) once: to Ray's object store, or
-pickled to a file in the pool's folder that every chunk names, so a worker rebuilds the
+pickled to a signed file in the pool's folder that every chunk names, so a worker rebuilds the
 evaluator once per evaluation, not per chunk. Numbers never depend on the backend (see
 ``ftaudit.parallel``).
 """
@@ -11,6 +11,8 @@ evaluator once per evaluation, not per chunk. Numbers never depend on the backen
 from __future__ import annotations
 
 import contextvars
+import hashlib
+import hmac
 import os
 import pickle
 import shutil
@@ -38,23 +40,35 @@ from ftaudit.parallel import (
 
 @dataclass(frozen=True)
 class SpecFile:
-    """A spec pickled once into the pool's folder: what a chunk carries instead of the spec."""
+    """A spec pickled once into the pool's folder: what a chunk carries instead of the spec,
+    with the HMAC-SHA256 of the file's bytes under the pool's secret key (sent over the pipe,
+    never written), so a worker unpickles only the bytes this command wrote."""
 
     key: str
     path: str
+    secret: bytes
+    digest: bytes
+
+
+def _signature(secret: bytes, data: bytes) -> bytes:
+    return hmac.new(secret, data, hashlib.sha256).digest()
 
 
 def _file_chunk(handle: SpecFile, start: int, stop: int, active: list[int]) -> np.ndarray:
     """Worker side: the evaluator of ``handle``'s spec (loaded from its file on first use).
 
     The file is this command's own pickle in its private ``mkdtemp`` folder (mode 0700), the
-    same bytes a process pool would send over its pipe; nothing a user hands in is unpickled."""
+    same bytes a process pool would send over its pipe; its signature is checked before it is
+    unpickled (a file changed by anyone else is refused), and nothing a user hands in is."""
     from ftaudit import parallel
 
     evaluator = parallel._EVALUATORS.get(handle.key)
     if evaluator is None:
         with open(handle.path, "rb") as file:
-            evaluator = _evaluator(pickle.load(file))
+            data = file.read()
+        if not hmac.compare_digest(_signature(handle.secret, data), handle.digest):
+            raise RuntimeError(f"evaluation spec {handle.path} was changed after it was written")
+        evaluator = _evaluator(pickle.loads(data))
     return evaluator.evaluate(start, stop, active)
 
 
@@ -69,16 +83,21 @@ class ProcessPool(ProcessBackend):
         super().__init__(None, workers)
         self.by_file = by_file
         self._folder = tempfile.mkdtemp(prefix="ftaudit-pool-")
+        #: signs the spec files (``SpecFile``); lives in memory and in the chunks' pipes only
+        self._secret = os.urandom(32)
+        self._digests: dict[str, bytes] = {}
 
     def handle(self, spec: EvaluatorSpec, *, by_file: bool | None = None) -> Any:
         if not (self.by_file if by_file is None else by_file):
             return spec
         path = os.path.join(self._folder, f"{spec.key}.pkl")
-        if not os.path.exists(path):
+        if spec.key not in self._digests:
+            data = pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)
             with open(path + ".tmp", "wb") as file:
-                pickle.dump(spec, file, protocol=pickle.HIGHEST_PROTOCOL)
+                file.write(data)
             os.replace(path + ".tmp", path)
-        return SpecFile(spec.key, path)
+            self._digests[spec.key] = _signature(self._secret, data)
+        return SpecFile(spec.key, path, self._secret, self._digests[spec.key])
 
     def submit_spec(self, handle: Any, start: int, stop: int, active: Sequence[int]) -> Any:
         chunk = _file_chunk if isinstance(handle, SpecFile) else _ray_chunk

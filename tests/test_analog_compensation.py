@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from analog_reference import one_gemm_model, one_matmul_model, reference_gemm
 from conftest import keyed_normals
+from test_drift_faults import make_layers  # a conv and a transposed MatMul layer
 
 import ftaudit
 from ftaudit.analog import ForwardPipeline
@@ -93,16 +94,6 @@ class GainRunner(ModelRunner):
     def count_correct(self) -> int:
         self.calls.append((self.weights, None if self.gains is None else dict(self.gains)))
         return 0
-
-
-def make_layers() -> tuple[list[CrossbarLayer], dict[str, np.ndarray]]:
-    """A conv layer and a transposed (in, out) MatMul layer."""
-    rng = np.random.default_rng(3)
-    layers = [
-        CrossbarLayer("conv", "Conv", 0, (6, 3, 3, 3), "float32"),
-        CrossbarLayer("fc", "MatMul", 2, (40, 5), "float32", transposed=True),
-    ]
-    return layers, {la.name: rng.normal(0, 1, la.shape).astype(np.float32) for la in layers}
 
 
 @pytest.mark.parametrize("batch_samples", [1, 3])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
 import pytest
 
 from ftaudit import execution, parallel
@@ -45,6 +46,33 @@ def test_a_spec_is_written_once_and_removed_with_the_pool():
     finally:
         pool.close()
     assert not os.path.exists(folder)
+
+
+def test_a_worker_unpickles_only_the_spec_file_the_pool_wrote(monkeypatch):
+    """The spec file is signed with the pool's in-memory key: the genuine file is loaded, a
+    file changed after it was written is refused before anything is unpickled."""
+    built = []
+
+    class _Evaluator:
+        def evaluate(self, start, stop, active):
+            return np.arange(start, stop)
+
+    monkeypatch.setattr(execution, "_evaluator", lambda spec: built.append(spec) or _Evaluator())
+    pool = ProcessPool(1)
+    try:
+        handle = pool.handle(_Spec(b"x" * 100))
+        assert list(execution._file_chunk(handle, 2, 5, [0])) == [2, 3, 4]
+        assert built == [_Spec(b"x" * 100)]
+        with open(handle.path, "r+b") as file:  # one byte changed by someone else
+            data = bytearray(file.read())
+            data[-5] ^= 1
+            file.seek(0)
+            file.write(bytes(data))
+        with pytest.raises(RuntimeError, match="changed after it was written"):
+            execution._file_chunk(handle, 2, 5, [0])
+        assert len(built) == 1
+    finally:
+        pool.close()
 
 
 def test_without_a_session_each_evaluation_gets_its_own_backend(monkeypatch):

@@ -638,3 +638,22 @@ def test_ort_spinning_only_on_an_idle_machine(monkeypatch, forced, load, cores, 
     monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
     assert ort_spinning.spin_between_runs() is spins
+
+
+@pytest.mark.parametrize("spins", [True, False])
+def test_monte_carlo_sessions_follow_the_spinning_decision(monkeypatch, spins) -> None:
+    """The runner's ONNX Runtime session is built with spinning off exactly when the policy
+    says not to spin (ONNX Runtime's own default, spinning, otherwise)."""
+    from conftest import SAMPLES
+
+    from ftaudit.models import load_model, ort_spinning
+
+    monkeypatch.setattr(ort_spinning, "SPIN_BETWEEN_RUNS", spins)
+    model = load_model(SAMPLES / "mlp.onnx")
+    runner = model.runner(model.layers, device="cpu")
+    options = runner.session.get_session_options()
+    try:  # no entry: ONNX Runtime's default, spinning
+        entry = options.get_session_config_entry("session.intra_op.allow_spinning")
+    except RuntimeError:
+        entry = None
+    assert (entry != "0") is spins

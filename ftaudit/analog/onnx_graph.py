@@ -328,25 +328,22 @@ def _tile_weight(b: _Builder, tiled: TiledNode, w: str, t: int) -> str:
     return w if len(tiled.row_tiles) == 1 else b.slice(w, tiled.w_axis, r0, r1)
 
 
-def _partial(b: _Builder, node: Any, tiled: TiledNode, x_t: str, w_t: str) -> str:
-    """One tile's partial sum: the op on its input slice ``x_t`` and its weight rows ``w_t``
-    (``_tile_weight``), no bias."""
+def _product(b: _Builder, node: Any, x: str, w: str, *, alpha: bool = True) -> str:
+    """The node's own op (its attributes: strides, pads, groups, transB) on ``x`` and ``w``, no
+    bias: a tile's partial sum on its input slice and weight rows (``_tile_weight``);
+    ``alpha=False`` drops Gemm's alpha (a sum over the stored conductances)."""
     attrs = {a.name: _onnx().helper.get_attribute_value(a) for a in node.attribute}
-    if tiled.kind == "gemm":
-        attrs.pop("beta", None)
-        return b.op("Gemm", [x_t, w_t], **attrs)
-    return b.op(node.op_type, [x_t, w_t], **attrs)
+    attrs.pop("beta", None)
+    if not alpha:
+        attrs.pop("alpha", None)
+    return b.op(node.op_type, [x, w], **attrs)
 
 
-def _pcm_read_spread(b: _Builder, node: Any, tiled: TiledNode, x_t: str, w_t: str) -> str:
+def _pcm_read_spread(b: _Builder, node: Any, x_t: str, w_t: str) -> str:
     """sqrt(sum_j |W_jc| x_j^2) per output: the op itself on x^2 and |W| (so Conv strides, pads,
     dilations and groups match; Gemm without alpha: the stored weights are the conductances)."""
-    attrs = {a.name: _onnx().helper.get_attribute_value(a) for a in node.attribute}
-    if tiled.kind == "gemm":
-        attrs.pop("beta", None)
-        attrs.pop("alpha", None)
     square = b.op("Mul", [x_t, x_t])
-    return b.op("Sqrt", [b.op(node.op_type, [square, b.op("Abs", [w_t])], **attrs)])
+    return b.op("Sqrt", [_product(b, node, square, b.op("Abs", [w_t]), alpha=False)])
 
 
 def _input_norm(b: _Builder, node: Any, tiled: TiledNode, x_t: str, t: int) -> str:
@@ -376,7 +373,7 @@ def _weight_read_spread(
     ``S sqrt(w_t) sqrt(sum_j |W_j| x_j^2)`` (variance S^2 |W| / w_t normalised, r cancels)."""
     scale = tiled.weight_scale[t]
     if pipeline.weight_read_noise_type == "pcm":
-        spread = _pcm_read_spread(b, node, tiled, x_t, w_t)
+        spread = _pcm_read_spread(b, node, x_t, w_t)
         sigma = pipeline.weight_read_noise * np.sqrt(scale)
     else:
         spread = _input_norm(b, node, tiled, x_t, t)
@@ -440,7 +437,7 @@ def rewrite(
             for t in range(len(tiled.row_tiles)):
                 x_t = _tile_input(b, tiled, x, t)
                 w_t = _tile_weight(b, tiled, w, t)
-                p = _partial(b, node, tiled, x_t, w_t)
+                p = _product(b, node, x_t, w_t)
                 unit = (tiled.weight_scale[t] * r).astype(np.float32).reshape(tiled.col_shape)
                 tile = tiled.first_tile + t
                 if pipeline.read_noise > 0:
@@ -512,7 +509,7 @@ def calibrate(
         wanted.append((b.reduce_max(b.op("Abs", [x_in]), None), ("x", tiled)))
         for t in range(len(tiled.row_tiles)):
             x_t, w_t = _tile_input(b, tiled, x_in, t), _tile_weight(b, tiled, w, t)
-            p = _partial(b, node, tiled, x_t, w_t)
+            p = _product(b, node, x_t, w_t)
             inv = (1.0 / tiled.weight_scale[t]).astype(np.float32).reshape(tiled.col_shape)
             normalised = b.op("Abs", [b.op("Mul", [p, b.const(inv, "inv")])])
             if tiled.kind == "conv":

@@ -96,11 +96,11 @@ class _LayerPipeline:
         self.units, self.adc, self.sigma, self.weight_sigma = [], [], [], []
         self.weight_shape = tiled.weight_shape
         bounds = calibration.adc_bound.get(tiled.node_index)
+        pcm = pipeline.weight_read_noise_type == "pcm"
         for t in range(len(tiled.row_tiles)):
             unit = (tiled.weight_scale[t] * r).astype(np.float32).reshape(tiled.col_shape)
             self.sigma.append(torch.from_numpy(pipeline.read_noise * unit))
             scale = tiled.weight_scale[t]  # pcm: S sqrt(w_t), as ``onnx_graph`` explains
-            pcm = pipeline.weight_read_noise_type == "pcm"
             weight_sigma = pipeline.weight_read_noise * (np.sqrt(scale) if pcm else scale)
             self.weight_sigma.append(
                 torch.from_numpy(weight_sigma.astype(np.float32).reshape(tiled.col_shape))
