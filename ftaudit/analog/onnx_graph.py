@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from ftaudit.analog.options import CALIBRATION_IMAGES, ForwardPipeline
-from ftaudit.analog.quantiser import quantiser_scales
+from ftaudit.analog.quantiser import quantise_nodes
 from ftaudit.analog.read_noise import TAG as READ_NOISE_TAG
 from ftaudit.analog.read_noise import WEIGHT_TAG
 from ftaudit.errors import UserError
@@ -282,19 +282,6 @@ class _Builder:
             return self.op("ReduceMax", [x, self.const(np.array(axes, np.int64))], keepdims=0)
         return self.op("ReduceMax", [x], axes=list(axes), keepdims=0)
 
-    def quantise(self, x: str, bits: int, scale_in: Any, scale_out: Any) -> str:
-        """``clip(round(x * scale_in), -s, s) * scale_out`` with ``s = 2**(bits-1) - 1``;
-        1 bit: ``sign(x) * scale_out`` (scale_out then holds the full range)."""
-        scaled = self.op("Mul", [x, self.const(np.asarray(scale_in, np.float32), "qin")])
-        if bits == 1:
-            level = self.op("Sign", [scaled])
-        else:
-            steps = float(2 ** (bits - 1) - 1)
-            lo = self.const(np.array(-steps, np.float32), "lo")
-            hi = self.const(np.array(steps, np.float32), "hi")
-            level = self.op("Round", [self.op("Clip", [scaled, lo, hi])])
-        return self.op("Mul", [level, self.const(np.asarray(scale_out, np.float32), "qout")])
-
     def slice(self, x: str, axis: int, start: int, stop: int) -> str:
         return self.op(
             "Slice",
@@ -423,8 +410,7 @@ def rewrite(
         r = np.float32(calibration.input_range[tiled.layer])
         x = _float32(b, tiled, node.input[0])
         if pipeline.dac_bits is not None:
-            scale_in, scale_out = quantiser_scales(pipeline.dac_bits, r)
-            x = b.quantise(x, pipeline.dac_bits, scale_in, scale_out)
+            x = quantise_nodes(b, x, pipeline.dac_bits, r, qdq=False)
         if not pipeline.per_tile:
             rewired = onnx.NodeProto()
             rewired.CopyFrom(node)
@@ -432,6 +418,8 @@ def rewrite(
             b.nodes.append(rewired)
         else:
             bounds = calibration.adc_bound.get(tiled.node_index)
+            gain = gain_input(tiled.layer_index)
+            fold_gain = len(tiled.row_tiles) == 1  # one tile: the gain joins the ADC's scale
             w = _float32(b, tiled, node.input[1])
             tiles = []
             for t in range(len(tiled.row_tiles)):
@@ -457,11 +445,14 @@ def rewrite(
                         else bounds[t]
                     )
                     full = bound.reshape(tiled.col_shape) * unit
-                    scale_in, scale_out = quantiser_scales(pipeline.adc_bits, full)
-                    p = b.quantise(p, pipeline.adc_bits, scale_in, scale_out)
+                    shape = calibration.tile_shapes.get((tiled.layer_index, tile))
+                    p = quantise_nodes(
+                        b, p, pipeline.adc_bits, full, gain=gain if fold_gain else None, shape=shape
+                    )
                 tiles.append(p)
             total = tiles[0] if len(tiles) == 1 else b.op("Sum", tiles)
-            total = b.op("Mul", [total, gain_input(tiled.layer_index)])
+            if not (fold_gain and pipeline.adc_bits is not None):
+                total = b.op("Mul", [total, gain])
             _bias(b, node, tiled, total, node.output[0])
         replaced[tiled.node_index] = b.nodes[start:]
         del b.nodes[start:]

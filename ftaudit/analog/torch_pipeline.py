@@ -225,13 +225,15 @@ def _tiled_product(module: Any, plan: _LayerPipeline, x: Any, weight: Any) -> An
             else:
                 spread = _input_norm(module, plan, x_t, r1 - r0)
             p = p + z * (spread * plan.weight_sigma[t].to(p.device))
+        folded = whole and plan.gain is not None and plan.pipeline.adc_bits is not None
         if plan.pipeline.adc_bits is not None:
             scale_in, scale_out = plan.adc[t]
-            p = _quantise(
-                torch, p, plan.pipeline.adc_bits, scale_in.to(p.device), scale_out.to(p.device)
-            )
+            scale_out = scale_out.to(p.device)
+            if folded:  # one tile: the gain joins the ADC's output scale, as in the graph
+                scale_out = scale_out * plan.gain
+            p = _quantise(torch, p, plan.pipeline.adc_bits, scale_in.to(p.device), scale_out)
         total = p if total is None else total + p
-    return total if plan.gain is None else total * plan.gain
+    return total if plan.gain is None or folded else total * plan.gain
 
 
 class AnalogTraining:
