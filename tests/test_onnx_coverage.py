@@ -264,3 +264,62 @@ def test_recurrent_matrices_are_layers(tmp_path, dynamo, run_cli):
         "--layers", "head.weight",
     )  # fmt: skip
     assert code == 0, err
+
+
+@pytest.mark.parametrize("op", ["Attention", "FusedMatMul"])
+def test_ort_contrib_products_are_layers(tmp_path, op):
+    """com.microsoft Attention (weights (in, 3 hidden)) and FusedMatMul with transB: layers in
+    the canonical outputs-first layout, fed where the operator reads them."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(4)
+    if op == "Attention":
+        inits = {"w": rng.standard_normal((6, 18)), "b": rng.standard_normal(18)}
+        product = helper.make_node(op, ["x", "w", "b"], ["h"], domain="com.microsoft", num_heads=2)
+        expected = ("w", (6, 18), (18, 6))
+    else:
+        inits = {"w": rng.standard_normal((6, 6))}
+        product = helper.make_node(op, ["x", "w"], ["h"], domain="com.microsoft", transB=1)
+        expected = ("w", (6, 6), (6, 6))
+    inits["head"] = rng.standard_normal((3, 6))
+    nodes = [
+        product,
+        helper.make_node("ReduceMean", ["h"], ["m"], axes=[1], keepdims=0),
+        helper.make_node("Gemm", ["m", "head"], ["y"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        op,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+        [onnx.numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model_proto = helper.make_model(graph, opset_imports=opsets)
+    model_proto.ir_version = 8
+    path = tmp_path / f"{op}.onnx"
+    onnx.save(model_proto, str(path))
+    model = load_model(path)
+    layer = model.layers[0]
+    assert (layer.name, layer.shape, layer.canonical_shape) == expected
+    assert layer.op == op and not model.untraced
+    x = rng.standard_normal((16, 4, 6)).astype(np.float32)
+    _check_fed_weights_reach_the_ops(path, x, np.zeros(16, np.int64))
+
+
+def test_gemm_with_the_weight_on_the_left_is_a_layer(tmp_path):
+    """Gemm(W, x, transB=1) = W x^T: W is the layer (outputs first), 18 MACs per example."""
+    from onnx import helper
+
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((3, 6)).astype(np.float32)
+    nodes = [
+        helper.make_node("Gemm", ["w", "x"], ["yt"], transB=1),
+        helper.make_node("Transpose", ["yt"], ["y"]),
+    ]
+    path = _graph_model(tmp_path, nodes, {"w": w}, "left")
+    model = load_model(path)
+    assert [(la.name, la.canonical_shape, la.macs) for la in model.layers] == [("w", (3, 6), 18)]
+    x = rng.standard_normal((8, 6)).astype(np.float32)
+    _check_fed_weights_reach_the_ops(path, x, np.zeros(8, np.int64))

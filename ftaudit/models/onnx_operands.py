@@ -69,7 +69,11 @@ def weight_operands(node: Any, constant: set[str]) -> list[Operand] | None:
     if key in _CONV_LIKE:
         return [Operand(inputs[1], False)] if const(1) else []
     if key in (("", "Gemm"), (ORT_DOMAIN, "FusedGemm")):
-        return [Operand(inputs[1], not _attr(node, "transB"))] if const(1) else []
+        if const(1):
+            return [Operand(inputs[1], not _attr(node, "transB"))]
+        if const(0):  # W @ x: the weight is A, (out, in) unless transA
+            return [Operand(inputs[0], bool(_attr(node, "transA")), on_left=True)]
+        return []
     if key in (("", "MatMul"), (ORT_DOMAIN, "FusedMatMul")):
         if const(1):
             return [Operand(inputs[1], not _attr(node, "transB"))]
@@ -178,8 +182,8 @@ def node_macs(
     if op == "Conv":
         return int(np.prod(out[1:]) * np.prod(weight.shape[1:]))
     # Gemm and MatMul outputs include the batch axis: divide by it to count per example
-    if op == "Gemm":
-        return int(out[0] * weight.size) // batch
+    if op == "Gemm":  # W @ x (weight on the left): one product per example's column
+        return int(weight.size) if weight_on_left else int(out[0] * weight.size) // batch
     if op in ("LSTM", "GRU", "RNN"):  # every step multiplies by the whole matrix
         layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
         steps = out[1] if layout else out[0]
