@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from ftaudit.models.onnx_operands import (
+    ATTRIBUTE_PRODUCTS,
+    ATTRIBUTE_REASON,
     INTEGER_KERNEL_REASON,
     INTEGER_KERNELS,
     NCHWC_DOMAIN,
@@ -192,6 +194,8 @@ def _not_traceable(node: Any, constant: set[str], stored: Mapping[str, Any]) -> 
     ints = INTEGER_KERNELS.get((domain, node.op_type))
     if ints is not None:
         return INTEGER_KERNEL_REASON if any(node.input[i] in constant for i in ints) else None
+    if domain == "ai.onnx.ml" and node.op_type in ATTRIBUTE_PRODUCTS:
+        return ATTRIBUTE_REASON
     if domain == NCHWC_DOMAIN and node.op_type == "Conv":
         return NCHWC_REASON if node.input[1] in constant else None
     body = _product_in_body(node, stored)

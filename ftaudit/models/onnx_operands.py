@@ -132,6 +132,13 @@ INTEGER_KERNEL_REASON = (
     "quantised weights) that cannot carry device noise; audit the float model, or one "
     "quantised with onnxruntime.quantization's QuantFormat.QDQ"
 )
+#: ai.onnx.ml operators that multiply by coefficients kept in node attributes
+ATTRIBUTE_PRODUCTS = {"LinearClassifier", "LinearRegressor", "SVMClassifier", "SVMRegressor"}
+ATTRIBUTE_REASON = (
+    "its coefficients are node attributes (a scikit-learn linear or kernel model converted by "
+    "skl2onnx), which ftaudit does not perturb; audit a model whose weights are tensors read "
+    "by MatMul or Gemm (e.g. an MLPClassifier, or the same model written in torch)"
+)
 NCHWC_REASON = (
     "the model was saved after ONNX Runtime's ORT_ENABLE_ALL layout optimisation, which stores "
     "this weight in a padded, blocked layout specific to the CPU that optimised it; audit the "
