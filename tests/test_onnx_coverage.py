@@ -342,3 +342,33 @@ def test_attribute_coefficients_are_named_not_skipped(tmp_path, run_cli):
     assert code == 2 and not out
     assert len(err.strip().splitlines()) == 1 and "LinearClassifier" in err
     assert "node attributes" in err
+
+
+def test_products_inside_local_functions_are_layers(tmp_path):
+    """A MatMul inside a model-local function, its weight passed in by the caller: inlined in
+    memory, the weight is a layer fed where the MatMul reads it."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    w = np.random.default_rng(8).standard_normal((6, 3)).astype(np.float32)
+    body = [helper.make_node("MatMul", ["a", "weight"], ["o"])]
+    proj = helper.make_function(
+        "local", "Proj", ["a", "weight"], ["o"], body, [helper.make_opsetid("", 17)]
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Proj", ["x", "w"], ["y"], domain="local")],
+        "func",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+        [onnx.numpy_helper.from_array(w, "w")],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("local", 1)]
+    proto = helper.make_model(graph, opset_imports=opsets, functions=[proj])
+    proto.ir_version = 8
+    path = tmp_path / "func.onnx"
+    onnx.save(proto, str(path))
+    model = load_model(path)
+    assert [(la.name, la.op, la.macs) for la in model.layers] == [("w", "MatMul", 18)]
+    assert not model.untraced
+    x = np.random.default_rng(9).standard_normal((8, 6)).astype(np.float32)
+    _check_fed_weights_reach_the_ops(path, x, np.zeros(8, np.int64))

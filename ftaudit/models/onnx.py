@@ -247,6 +247,10 @@ class OnnxModel(AuditModel):
     def from_bytes(cls, path: Path, raw: bytes, *, output: str | None = None) -> OnnxModel:
         external_files: list[Path] = []
         model = load_onnx_bytes(path, raw, external_files=external_files)
+        if model.functions:  # a product inside a local function is a layer like any other
+            import onnx.inliner
+
+            model = onnx.inliner.inline_local_functions(model)
         _constant_nodes_to_initializers(model)
         # int8 QOperator kernels become dequantise -> float op -> quantise, so their levels can
         # carry device noise like a QDQ model's (the file is never modified)
