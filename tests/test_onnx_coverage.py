@@ -372,3 +372,27 @@ def test_products_inside_local_functions_are_layers(tmp_path):
     assert not model.untraced
     x = np.random.default_rng(9).standard_normal((8, 6)).astype(np.float32)
     _check_fed_weights_reach_the_ops(path, x, np.zeros(8, np.int64))
+
+
+def test_weights_cut_with_data_shapes_are_reported(tmp_path):
+    """MatMul(x, Slice(W, 0, shape(x)[1])): the weight is no constant only because its index
+    comes from the data's shape (unfolded exports): listed with the stored matrix, not
+    skipped, and the attention-like product of two activations beside it is not listed."""
+    from onnx import helper
+
+    w = np.ones((6, 3), np.float32)
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "one"], ["features"]),
+        helper.make_node("Slice", ["w", "zero", "features", "zero"], ["cut"]),
+        helper.make_node("MatMul", ["x", "cut"], ["h"]),
+        helper.make_node("MatMul", ["x", "xt"], ["scores"]),
+        helper.make_node("Transpose", ["x"], ["xt"]),
+        helper.make_node("MatMul", ["scores", "h"], ["y"]),
+    ]
+    nodes = [nodes[i] for i in (0, 1, 2, 3, 5, 4, 6)]  # topological order
+    inits = {"w": w, "one": np.array([1]), "zero": np.array([0])}
+    model = load_model(_graph_model(tmp_path, nodes, inits, "cut"))
+    assert not model.layers
+    assert [op.op for op in model.untraced] == ["MatMul"]
+    assert "'w'" in model.untraced[0].reason and "shape" in model.untraced[0].reason

@@ -28,8 +28,10 @@ from ftaudit.models.onnx_operands import (
     INTEGER_KERNELS,
     NCHWC_DOMAIN,
     NCHWC_REASON,
+    SHAPED_REASON,
     SUBGRAPH_REASON,
     unknown_matrix_reader,
+    weight_inputs,
     weight_operands,
 )
 
@@ -134,6 +136,7 @@ def trace_crossbar_weights(graph: Any) -> tuple[list[WeightTrace], list[Untraced
     initializers = {t.name for t in graph.initializer}
     constant, not_weight_only = _classify_values(graph)
     stored = _stored_matrices(graph, producers)
+    shaped = _shape_indexed_weights(graph, constant, stored)
     traces: list[WeightTrace] = []
     untraced: list[UntracedOp] = []
     for i, node in enumerate(graph.node):
@@ -150,7 +153,10 @@ def trace_crossbar_weights(graph: Any) -> tuple[list[WeightTrace], list[Untraced
         operands = weight_operands(node, constant)
         if operands is None:
             continue
-        if not operands and node.op_type in CROSSBAR_WEIGHT_INPUT and len(node.input) > 1:
+        computed = [shaped[v] for v in weight_inputs(node) if v not in constant and v in shaped]
+        if computed:
+            untraced.append(UntracedOp(label, node.op_type, SHAPED_REASON.format(root=computed[0])))
+        elif not operands and node.op_type in CROSSBAR_WEIGHT_INPUT and len(node.input) > 1:
             untraced.append(
                 UntracedOp(label, node.op_type, "its weight is computed from the data input")
             )
@@ -225,6 +231,32 @@ def _product_in_body(node: Any, stored: Mapping[str, Any]) -> str | None:
             if operands or _product_in_body(inner, stored) is not None:
                 return ""
     return None
+
+
+def _shape_indexed_weights(
+    graph: Any, constant: set[str], stored: Mapping[str, Any]
+) -> dict[str, str]:
+    """value -> the stored matrix it is cut from, for values that are no constant only because
+    index operands come from tensor shapes (Shape, Size and what is computed from them alone):
+    a weight the exporter slices and concatenates at run time (not multiplied by data)."""
+    from_shapes: set[str] = set()
+    cut = {name: name for name in stored}
+    for node in graph.node:
+        inputs = [v for v in node.input if v]
+        if node.op_type in ("Shape", "Size"):
+            from_shapes.update(node.output)
+            continue
+        if weight_operands(node, set()) is not None:
+            continue  # a product's output is data
+        roots = [cut[v] for v in inputs if v in cut]
+        if roots and all(v in constant or v in from_shapes or v in cut for v in inputs):
+            for out in node.output:
+                cut[out] = roots[0]
+        elif any(v in from_shapes for v in inputs) and all(
+            v in constant or v in from_shapes for v in inputs
+        ):
+            from_shapes.update(node.output)
+    return {value: root for value, root in cut.items() if value not in constant}
 
 
 def _stored_matrices(graph: Any, producers: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:

@@ -89,6 +89,39 @@ def weight_operands(node: Any, constant: set[str]) -> list[Operand] | None:
     return None
 
 
+_TWO_OPERANDS = {
+    ("", "Gemm"),
+    (ORT_DOMAIN, "FusedGemm"),
+    ("", "MatMul"),
+    (ORT_DOMAIN, "FusedMatMul"),
+}
+
+
+def weight_inputs(node: Any) -> tuple[str, ...]:
+    """The inputs of a product operator that may hold a stored weight (both operands of a
+    MatMul or Gemm, every operand of an Einsum); () for other operators."""
+    key = (_domain(node), node.op_type)
+    inputs = tuple(node.input)
+    if key in _CONV_LIKE or key in ((ORT_DOMAIN, "Attention"), (ORT_DOMAIN, "GemmFastGelu")):
+        return inputs[1:2]
+    if key in (
+        ("", "Gemm"),
+        (ORT_DOMAIN, "FusedGemm"),
+        ("", "MatMul"),
+        (ORT_DOMAIN, "FusedMatMul"),
+    ):
+        return inputs[:2]
+    if key[0] == "" and node.op_type in RECURRENT:
+        return inputs[1:3]
+    return inputs if key == ("", "Einsum") else ()
+
+
+SHAPED_REASON = (
+    "its weight is computed from the stored matrix '{root}' with indices taken from the data's "
+    "shape (an exporter that did not fold constants, e.g. torch's dynamo exporter with "
+    "optimize=False), so it cannot be fed; export with constant folding"
+)
+
 #: operators that read stored tensors without multiplying data by them as a matrix
 NOT_PRODUCTS = frozenset(
     {
