@@ -47,9 +47,12 @@ def _replaced_logits(path: Path, values: dict[str, np.ndarray], x: np.ndarray) -
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
-def _check_fed_weights_reach_the_ops(path: Path, x: np.ndarray, y: np.ndarray) -> None:
-    """Each layer with its sign flipped changes the logits, and all layers scaled together
-    give the plain session's logits on the file with those initializers."""
+def _check_fed_weights_reach_the_ops(
+    path: Path, x: np.ndarray, y: np.ndarray, *, stored: bool = True
+) -> None:
+    """Each layer with its sign flipped changes the logits, and (``stored``: the layers are
+    initializers as stored) all layers scaled together give the plain session's logits on the
+    file with those initializers."""
     model = load_model(path)
     runner = model.runner(model.layers, device="cpu")
     runner.bind_data(model.fit_input(x), y, batch_size=32)
@@ -60,6 +63,8 @@ def _check_fed_weights_reach_the_ops(path: Path, x: np.ndarray, y: np.ndarray) -
         flipped[layer.name] = -clean_weights[layer.name]
         runner.set_weights(flipped)
         assert not np.allclose(runner.logits(), clean, atol=1e-5), layer.name
+    if not stored:
+        return
     rng = np.random.default_rng(3)
     scaled = {
         name: (w * (1 + 0.3 * rng.standard_normal(w.shape))).astype(w.dtype)
@@ -396,3 +401,39 @@ def test_weights_cut_with_data_shapes_are_reported(tmp_path):
     assert not model.layers
     assert [op.op for op in model.untraced] == ["MatMul"]
     assert "'w'" in model.untraced[0].reason and "shape" in model.untraced[0].reason
+
+
+def test_fake_quantised_float_weights_are_their_dequantised_levels(tmp_path, run_cli):
+    """W -> QuantizeLinear -> DequantizeLinear -> Gemm (QAT and explicit-quantisation exports):
+    the layer is the dequantised level grid the Gemm reads; harden refuses in one line."""
+    import onnx
+    from onnx import helper
+
+    rng = np.random.default_rng(10)
+    w = rng.standard_normal((3, 6)).astype(np.float32)
+    scale = np.float32(np.abs(w).max() / 127)
+    nodes = [
+        helper.make_node("QuantizeLinear", ["w", "s", "z"], ["wq"]),
+        helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["wd"]),
+        helper.make_node("Gemm", ["x", "wd"], ["y"], transB=1),
+    ]
+    inits = {"w": w, "s": np.array(scale), "z": np.array(0, np.int8)}
+    path = _graph_model(tmp_path, nodes, inits, "fq")
+    model = load_model(path)
+    assert [(la.name, la.op) for la in model.layers] == [("w", "Gemm")]
+    levels = np.clip(np.round(w / scale), -128, 127) * scale  # round half to even, like ONNX
+    np.testing.assert_allclose(model.clean_weights()["w"], levels, rtol=1e-6)
+    x = rng.standard_normal((20, 6)).astype(np.float32)
+    _check_fed_weights_reach_the_ops(path, x, np.zeros(20, np.int64), stored=False)
+    runner = model.runner(model.layers, device="cpu")
+    runner.bind_data(x, np.zeros(20, np.int64), batch_size=8)
+    np.testing.assert_allclose(runner.logits(), x @ levels.T, rtol=1e-5, atol=1e-5)
+    npz = tmp_path / "d.npz"
+    np.savez(npz, x=x, y=rng.integers(0, 3, 20))
+    out = tmp_path / "h.onnx"
+    code, _, err = run_cli(
+        "harden", path, "--data", npz, "--method", "erm", "--epochs", "1", "--sigma", "0.1",
+        "--output", out,
+    )  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1 and not out.exists()
+    assert onnx.load(str(path)).graph.node[0].op_type == "QuantizeLinear"  # input untouched

@@ -48,6 +48,7 @@ WEIGHT_ONLY_OPS = frozenset(
         "Squeeze",
         "Flatten",
         "DequantizeLinear",
+        "QuantizeLinear",  # fake-quantised float weights (QAT exports): W -> Q -> DQ
     }
 )
 #: int8 kernels (onnxruntime.quantization's QOperator format) -> index of their weight input
