@@ -6,7 +6,8 @@ passes, read noise) over ``--samples`` samples at one sigma, after one warm-up s
 ``--rounds`` rounds that time every setting once each (the VM's speed drifts between minutes;
 settings timed side by side share it). Prints a markdown table: milliseconds per sample
 (median over the rounds), and the ratio to the weights-only row of the model, paired per round
-(median and interquartile range).
+(median and interquartile range). A second table gives the read-noise row's draws alone: standard
+normals per sample and their cost on one core.
 
     python benchmarks/analog_cost.py --samples 20
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ftaudit.analog import ForwardPipeline
+from ftaudit.analog.read_noise import read_noise
 from ftaudit.analog.runner import analog_runner
 from ftaudit.models import load_model
 from ftaudit.montecarlo import ChunkEvaluator, Crossbar
@@ -68,6 +70,31 @@ def sample_timer(model_name: str, pipeline: ForwardPipeline | None, noise_name: 
     return timed
 
 
+def read_noise_draws(model_name: str, repeats: int = 5) -> tuple[int, float]:
+    """(standard normals per Monte Carlo sample, milliseconds to draw them on one core, the
+    median of ``repeats``) for the read-noise row: the keyed draws alone, as the runner makes
+    them (``ftaudit.analog.read_noise``), without the forward pass."""
+    model = load_model(REPO / "sample_models" / model_name)
+    with np.load(REPO / "sample_models" / "fmnist_test_2000.npz") as data:
+        x = model.fit_input(data["x"].astype(np.float32) / 255)
+    selected = model.select_layers()
+    runner, _ = analog_runner(
+        model, selected, x, pipeline=SETTINGS["DAC 8 + ADC 8 + read noise 0.06"], seed=0,
+        device="cpu",
+    )  # fmt: skip
+    streams = [(layer, tile, runner.tile_shapes[(layer, tile)]) for _, layer, tile, _ in
+               runner.noise_inputs]  # fmt: skip
+    count = sum(int(np.prod(shape)) for *_, shape in streams) * len(x)
+    times = []
+    for sample in range(repeats):
+        start = time.perf_counter()
+        for layer, tile, shape in streams:
+            for first in range(0, len(x), 512):
+                read_noise(0, sample, layer, tile, first, min(first + 512, len(x)), shape)
+        times.append((time.perf_counter() - start) * 1e3)
+    return count, statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=20)
@@ -95,6 +122,11 @@ def main() -> None:
                 f"| {median:.2f}x ({q1:.2f}-{q3:.2f}) |",
                 flush=True,
             )
+    print("\n| model | read-noise normals per sample | ms on one core | ns per normal |")
+    print("| --- | ---: | ---: | ---: |")
+    for model_name in args.models.split(","):
+        count, ms = read_noise_draws(model_name)
+        print(f"| {model_name} | {count:,} | {ms:.1f} | {ms * 1e6 / count:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
