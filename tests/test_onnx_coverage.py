@@ -437,3 +437,56 @@ def test_fake_quantised_float_weights_are_their_dequantised_levels(tmp_path, run
     )  # fmt: skip
     assert code == 2 and len(err.strip().splitlines()) == 1 and not out.exists()
     assert onnx.load(str(path)).graph.node[0].op_type == "QuantizeLinear"  # input untouched
+
+
+RECURRENT_LAYERS = [f"lstm.weight_{m}_l{k}" for k in range(2) for m in ("ih", "hh")]
+RECURRENT_LAYERS += ["gru.weight_ih_l0", "gru.weight_hh_l0"]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(
+    ("fmt", "layers", "untraced"),
+    [
+        ("float16", [*RECURRENT_LAYERS, "head.weight"], []),
+        ("qdq", [*RECURRENT_LAYERS, "head.weight_quantized"], []),
+        ("qoperator", [*RECURRENT_LAYERS, "head.weight_quantized"], []),
+        # quantize_dynamic packs LSTM weights into DynamicQuantizeLSTM (integer kernels)
+        ("dynamic", ["gru.weight_ih_l0", "gru.weight_hh_l0", "head.weight_Transposed_quantized"],
+         ["DynamicQuantizeLSTM", "DynamicQuantizeLSTM"]),
+        # without constant folding the gates are re-ordered with indices from the data's shape
+        ("dynamo_noopt", ["head.weight"], ["LSTM", "LSTM", "GRU"]),
+    ],
+)  # fmt: skip
+def test_recurrent_models_in_every_onnx_form(tmp_path, fmt, layers, untraced):
+    """The recurrent model as float16, int8 (QDQ, QOperator, dynamic) and unfolded exports:
+    every matrix is a layer whose sign moves the logits, or listed with the reason."""
+    torch = pytest.importorskip("torch")
+    from real_models import _export
+
+    nn = torch.nn
+
+    class Recurrent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = nn.LSTM(5, 8, num_layers=2, bidirectional=True, batch_first=True)
+            self.gru = nn.GRU(16, 6, batch_first=True)
+            self.head = nn.Linear(6, 4)
+
+        def forward(self, x):
+            h, _ = self.lstm(x)
+            h, _ = self.gru(h)
+            return self.head(h[:, -1])
+
+    torch.manual_seed(11)
+    net = Recurrent().eval()
+    x = np.random.default_rng(5).standard_normal((32, 7, 5)).astype(np.float32)
+    path = _export(net, x, fmt, tmp_path / f"rnn_{fmt}.onnx", x)
+    model = load_model(path)
+    assert [la.name for la in model.layers] == layers
+    assert [op.op for op in model.untraced] == untraced
+    runner = model.runner(model.layers, device="cpu")
+    runner.bind_data(model.fit_input(x), np.zeros(len(x), np.int64), batch_size=16)
+    clean_weights, clean = model.clean_weights(), runner.logits()
+    for layer in model.layers:
+        runner.set_weights({**clean_weights, layer.name: -clean_weights[layer.name]})
+        assert not np.allclose(runner.logits(), clean, atol=1e-4), layer.name
