@@ -3,10 +3,10 @@
 Tiny sequence models (built here, random init, labelled with their own argmax) in three files
 each: torch.jit.script, torch.jit.trace and torch.export. Every one must list the recurrent
 (LSTM, GRU), attention (MultiheadAttention in a TransformerEncoderLayer, both attention paths),
-bare-parameter (x @ W, einsum) weights the module holds, flip each one's sign and see the logits
-move, list a parameter read through a reshape as untraced with how to fix it, and leave lookups
-and added position parameters alone. Expected names and shapes come from the torch modules'
-own state dicts, never from ftaudit.
+Bilinear and bare-parameter (x @ W, x @ V.t(), F.linear, einsum) weights the module holds, flip
+each one's sign and see the logits move, list a parameter read through a reshape as untraced
+with how to fix it, and leave lookups, added position parameters and gates alone. Expected
+names and shapes come from the torch modules' own state dicts, never from ftaudit.
 """
 
 from __future__ import annotations
@@ -97,6 +97,27 @@ class EinsumNet(nn.Module):
         return torch.einsum("bto,oc->btc", h, self.B).mean(1)
 
 
+class LinearNet(nn.Module):
+    """Bare parameters read by F.linear and through a transpose, x @ V.t()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(4, 5))
+        self.V = nn.Parameter(torch.randn(3, 4))
+
+    def forward(self, x):
+        return torch.tanh(nn.functional.linear(x.mean(1), self.W)) @ self.V.t()
+
+
+class BilinearNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bilinear = nn.Bilinear(5, 5, 3)
+
+    def forward(self, x):
+        return self.bilinear(x[:, 0], x[:, -1])
+
+
 class EmbeddingNet(nn.Module):
     """A lookup table and an added position parameter: neither is a product."""
 
@@ -112,15 +133,17 @@ class EmbeddingNet(nn.Module):
 
 
 class ReshapedNet(nn.Module):
-    """A parameter read through a reshape: not mappable, so listed."""
+    """A parameter read through a reshape: not mappable, so listed; a gate multiplying the
+    activations before a product is no weight."""
 
     def __init__(self) -> None:
         super().__init__()
         self.W = nn.Parameter(torch.randn(3, 5))
+        self.gate = nn.Parameter(torch.rand(1, 3) + 0.5)
         self.head = nn.Linear(3, 3)
 
     def forward(self, x):
-        return self.head(x.mean(1) @ self.W.reshape(5, 3))
+        return self.head(self.gate * (x.mean(1) @ self.W.reshape(5, 3)))
 
 
 #: model -> (class, its crossbar weights: name -> (op, transposed), in execution order)
@@ -165,10 +188,14 @@ MODELS: dict[str, tuple[type, dict[str, tuple[str, bool]]]] = {
     ),
     "matmul": (MatMulNet, {"W": ("MatMul", True)}),
     "einsum": (EinsumNet, {"A": ("Einsum", False), "B": ("Einsum", True)}),
+    "linear": (LinearNet, {"W": ("Linear", False), "V": ("MatMul", False)}),
+    "bilinear": (BilinearNet, {"bilinear.weight": ("Bilinear", False)}),
     "embedding": (EmbeddingNet, {"head.weight": ("Linear", False)}),
     "reshaped": (ReshapedNet, {"head.weight": ("Linear", False)}),
 }
-FEATURES = {"lstm": 5, "gru": 5, "matmul": 5, "einsum": 5, "reshaped": 5}
+FEATURES = {
+    name: 5 for name in ("lstm", "gru", "matmul", "einsum", "linear", "bilinear", "reshaped")
+}
 
 
 def _example(name: str, n: int) -> torch.Tensor:
@@ -363,3 +390,33 @@ def test_einsum_weight_layout(equation: str, operand: int, expected: bool | None
 
     rank = len(equation.split("->")[0].split(",")[operand].replace("...", ""))
     assert einsum_weight_layout(equation, operand, rank) is expected
+
+
+def test_bilinear_is_refused_by_the_analog_pipeline(files: Files, run_cli) -> None:
+    code, out, err = run_cli(
+        "eval", files.file("bilinear", "export"), "--data", files.data("bilinear"),
+        "--sigma", "0.2", "--samples", "3", "--adc-bits", "6",
+    )  # fmt: skip
+    assert "bilinear.weight (a bilinear form)" in assert_one_line_error(code, out, err)
+
+
+@pytest.mark.parametrize("name", ["lstm", "encoder", "einsum"])
+def test_formats_agree_under_the_same_draws(files: Files, name: str) -> None:
+    """The same network as a script and as a program: the same layers in the same order, so
+    the same keyed draws and the same accuracies."""
+    import ftaudit
+
+    reports = [
+        ftaudit.audit(
+            files.file(name, fmt),
+            files.data(name),
+            sigmas=[1.0],
+            noise="lognormal",
+            samples=4,
+            seed=2,
+        )
+        for fmt in ("script", "export")
+    ]
+    script, program = (r.results[0].accuracies for r in reports)
+    np.testing.assert_array_equal(script, program)
+    assert script.min() < 1.0  # the noise does move the accuracy

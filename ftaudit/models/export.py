@@ -29,6 +29,7 @@ from ftaudit.models.base import (
 from ftaudit.models.onnx_graph import UntracedOp
 from ftaudit.models.torch_products import (
     DERIVING,
+    SCALINGS,
     TRANSPARENT,
     Operand,
     ProductScan,
@@ -163,6 +164,8 @@ def _operand(parameters: Mapping[str, str]) -> Operand:
             if call == "permute" and list(arg.args[1]) in ([0, 1], [-2, -1]):
                 call = "contiguous"  # a permute that changes nothing
             if call not in TRANSPARENT and call not in DERIVING:
+                return None
+            if call in SCALINGS and not isinstance(arg.args[1], (int, float)):
                 return None
             if call not in TRANSPARENT:
                 via.append(call)

@@ -4,7 +4,7 @@ share (recurrent weights, einsum operands, the reason an unmappable product is l
 A parameter is a crossbar layer when a product reads it as a weight matrix whose rows are the
 outputs (a Linear-like role); a parameter read by a product in any other way is listed as
 untraced with how to fix it, never skipped. Lookups (Embedding), additions and norms are not
-products. Pure functions over names and equations: no torch import.
+products. No torch import: each format hands ``ProductScan`` the way to read its graph.
 """
 
 from __future__ import annotations
@@ -134,7 +134,10 @@ TRANSPARENT = {"to", "_to_copy", "contiguous", "detach", "clone", "type_as", "al
 #: 2-D transposes (permutes that change nothing are transparent): x @ W.t() reads W as (out, in)
 TRANSPOSES = {"t", "numpy_T", "transpose", "permute"}
 #: calls a weight may pass through on its way to a product: it is then computed, not mappable
+#: (``SCALINGS`` only by a number: a parameter times an activation is no weight)
+SCALINGS = {"mul", "div"}
 DERIVING = {
+    *SCALINGS,
     *TRANSPOSES,
     "view",
     "reshape",
@@ -150,8 +153,6 @@ DERIVING = {
     "split",
     "split_with_sizes",
     "unbind",
-    "mul",
-    "div",
     "neg",
     "__getitem__",
     "getitem",

@@ -14,6 +14,7 @@ from ftaudit.models.torch_products import (
     DERIVING,
     RECURRENT_MODULES,
     RECURRENT_WEIGHT,
+    SCALINGS,
     TRANSPARENT,
     Operand,
     ProductScan,
@@ -30,6 +31,8 @@ CROSSBAR_MODULES = {
 }
 #: MultiheadAttention's input projections: one packed matrix, or one per query/key/value
 ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+#: TorchScript types of a number (a weight scaled by one is still that weight, computed)
+_NUMBERS = ("IntType", "FloatType", "NumberType")
 
 
 def attr_path(value: Any) -> str | None:
@@ -64,6 +67,8 @@ def _operand(params: dict[str, Any]) -> Operand:
             if call == "permute" and node.inputsAt(1).toIValue() in ([0, 1], [-2, -1]):
                 call = "contiguous"  # a permute that changes nothing
             if call not in TRANSPARENT and call not in DERIVING:
+                return None
+            if call in SCALINGS and node.inputsAt(1).type().kind() not in _NUMBERS:
                 return None
             if call not in TRANSPARENT:
                 via.append(call)
