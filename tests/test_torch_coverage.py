@@ -400,6 +400,18 @@ def test_bilinear_is_refused_by_the_analog_pipeline(files: Files, run_cli) -> No
     assert "bilinear.weight (a bilinear form)" in assert_one_line_error(code, out, err)
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_attention_through_the_analog_pipeline_is_one_line(files: Files, fmt: str, run_cli):
+    """torch's ONNX exporter cannot export a scripted encoder layer, and keeps a traced or
+    exported one's attention reshapes at its example's batch size: one line, never a crash."""
+    code, out, err = run_cli(
+        "eval", files.file("encoder", fmt), "--data", files.data("encoder"),
+        "--sigma", "0.2", "--samples", "3", "--adc-bits", "6",
+    )  # fmt: skip
+    line = assert_one_line_error(code, out, err)
+    assert "ONNX" in line
+
+
 @pytest.mark.parametrize("name", ["lstm", "encoder", "einsum"])
 def test_formats_agree_under_the_same_draws(files: Files, name: str) -> None:
     """The same network as a script and as a program: the same layers in the same order, so

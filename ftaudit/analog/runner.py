@@ -204,7 +204,10 @@ def as_onnx(
             f"{model.path} cannot be exported ({exc.__class__.__name__})",
             hint="export the model to ONNX yourself and audit the .onnx file",
         ) from exc
-    exported = OnnxModel.from_bytes(model.path, _initializers_off_inputs(buffer.getvalue()))
+    raw = _initializers_off_inputs(buffer.getvalue())
+    if not fixed:
+        _check_other_batches(raw, example, model)
+    exported = OnnxModel.from_bytes(model.path, raw)
     # the same weights in the canonical layout (a Linear on a 3-D input exports as MatMul with
     # W^T: ``transposed_layers`` feeds those transposed)
     mapped = {la.name for la in model.layers if la.op not in UNMAPPED_OPS}
@@ -218,6 +221,25 @@ def as_onnx(
             hint="export the model to ONNX yourself and audit the .onnx file",
         )
     return exported
+
+
+def _check_other_batches(raw: bytes, example: np.ndarray, model: AuditModel) -> None:
+    """The export must run on a batch of another size than its one-image example: torch's
+    exporter keeps some modules' reshapes at the example's batch size (a torch.export program's
+    MultiheadAttention), which would fail on the first real batch."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(raw, providers=["CPUExecutionProvider"])
+    try:
+        session.run(None, {"input": np.concatenate([example, example])})
+    except OnnxRunner.runtime_errors as exc:
+        raise UserError(
+            f"{model.path}'s ONNX export runs on batches of exactly {len(example)} only (torch's "
+            "exporter kept the example's batch size in a reshape), so the analog forward "
+            f"pipeline cannot run this {model.format} model",
+            hint="export the model to ONNX yourself with a dynamic batch axis and audit the "
+            ".onnx file",
+        ) from exc
 
 
 def transposed_layers(source: AuditModel, exported: AuditModel) -> set[str]:
