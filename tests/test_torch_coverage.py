@@ -12,6 +12,7 @@ names and shapes come from the torch modules' own state dicts, never from ftaudi
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -312,6 +313,24 @@ def test_eval_runs(files: Files, name: str, fmt: str, run_cli, tmp_path: Path) -
         assert "parameter W is read by" in err and "is not perturbed" in err
     else:
         assert "warning" not in err
+
+
+@pytest.mark.parametrize("name", ["lstm", "encoder", "einsum", "bilinear"])
+def test_a_decomposed_program_maps_or_lists_every_weight(files: Files, name: str, tmp_path):
+    """run_decompositions() turns the recurrent kernels, attention, einsum and bilinear into
+    views and batched products: every 2-D parameter is still a layer or listed, with the fix."""
+    from ftaudit.models import load_model
+
+    module = files.module(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(module, (_example(name, 2),)).run_decompositions()
+        torch.export.save(program, str(tmp_path / "decomposed.pt2"))
+    model = load_model(tmp_path / "decomposed.pt2")
+    listed = {re.match(r"parameter (\S+) is read", u.reason).group(1) for u in model.untraced}
+    assert listed and all("run_decompositions()" in u.reason for u in model.untraced)
+    covered = {layer.name for layer in model.layers} | listed
+    assert covered == {n for n, p in module.named_parameters() if p.dim() >= 2}
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

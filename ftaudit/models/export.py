@@ -187,6 +187,7 @@ def program_layers(program: Any) -> tuple[list[CrossbarLayer], list[UntracedOp]]
         operand=_operand({k: v for k, v in parameters.items() if v in floats}),
         elements=lambda arg: list(arg) if isinstance(arg, (list, tuple)) else [],
         constant=lambda arg: arg,
+        fix=" (a decomposed program: export it without run_decompositions())",
         mapped=chosen,
     )
     computed: list[UntracedOp] = []

@@ -75,7 +75,7 @@ CONVOLUTIONS = (
 
 _HOW_TO_FIX = (
     "read the 2-D parameter itself with nn.Linear, F.linear(x, W), x @ W or an einsum with one "
-    "output and one summed axis (a torch.export program: export it without run_decompositions())"
+    "output and one summed axis"
 )
 
 
@@ -89,11 +89,12 @@ def weight_rank(op: str) -> int | None:
     return 3 if op == "Bilinear" else None if op.startswith("Conv") else 2
 
 
-def untraced_reason(parameter: str, product: str, how: str) -> str:
-    """Why a parameter read by ``product`` is not perturbed, then how to fix it (after '; ')."""
+def untraced_reason(parameter: str, product: str, how: str, fix: str = "") -> str:
+    """Why a parameter read by ``product`` is not perturbed, then how to fix it (after '; ');
+    ``fix`` adds the format's own remedy."""
     return (
         f"parameter {parameter} is read by {product} {how}, which ftaudit cannot map onto a "
-        f"crossbar's rows and columns; {_HOW_TO_FIX}"
+        f"crossbar's rows and columns; {_HOW_TO_FIX}{fix}"
     )
 
 
@@ -169,12 +170,14 @@ class ProductScan:
     """Parameters read by a graph's products, for either torch format: ``mapped`` are crossbar
     weights (op, transposed), ``unmapped`` are listed with why. ``operand`` traces a value back
     to a parameter, ``elements`` opens a list argument, ``constant`` reads a constant argument;
-    ``ranks`` holds every float parameter's number of dimensions."""
+    ``ranks`` holds every float parameter's number of dimensions; ``fix`` ends each listed
+    reason with the format's own remedy."""
 
     ranks: dict[str, int]
     operand: Operand
     elements: Callable[[Any], list[Any]]
     constant: Callable[[Any], Any]
+    fix: str = ""
     mapped: dict[str, tuple[str, bool]] = field(default_factory=dict)
     unmapped: dict[str, UntracedOp] = field(default_factory=dict)
 
@@ -229,5 +232,5 @@ class ProductScan:
             how = f"through {', '.join(reversed(via))}"
         if rank >= 2:
             self.unmapped.setdefault(
-                name, UntracedOp(label, kind, untraced_reason(name, kind, how))
+                name, UntracedOp(label, kind, untraced_reason(name, kind, how, self.fix))
             )
