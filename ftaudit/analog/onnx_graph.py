@@ -36,6 +36,14 @@ from ftaudit.analog.options import CALIBRATION_IMAGES, ForwardPipeline
 from ftaudit.analog.quantiser import quantise_nodes
 from ftaudit.analog.read_noise import TAG as READ_NOISE_TAG
 from ftaudit.analog.read_noise import WEIGHT_TAG
+from ftaudit.analog.unmapped import (
+    MAPPED_OPS,
+    SUPPORTED_OPS,
+    refuse_left_weight,
+    refuse_unmapped_product,
+    source_value,
+    unmapped_reason,
+)
 from ftaudit.errors import UserError
 
 NOISE_INPUT_PREFIX = "ftaudit_read_noise_"
@@ -101,12 +109,6 @@ class Calibration:
         }
 
 
-def _source(name: str, producers: Mapping[str, Any]) -> str:
-    while name in producers and producers[name].op_type == "Identity":
-        name = producers[name].input[0]
-    return name
-
-
 def _attr(node: Any, name: str, default: Any) -> Any:
     onnx = _onnx()
     for a in node.attribute:
@@ -140,11 +142,14 @@ def plan_tiles(
     planned = []
     tile_count: dict[str, int] = {}
     for index, node in enumerate(proto.graph.node):
-        if node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+        if len(node.input) < 2:
             continue
-        layer = by_value.get(_source(node.input[1], producers))
+        if node.domain not in ("", "ai.onnx") or node.op_type not in MAPPED_OPS:
+            refuse_unmapped_product(node, by_value, producers)
+            continue
+        layer = by_value.get(source_value(node.input[1], producers))
         if layer is None:
-            _refuse_left_weight(node, by_value, producers)
+            refuse_left_weight(node, by_value, producers)
             continue
         name = layer.name
         stored = weights[name]
@@ -177,7 +182,7 @@ def plan_tiles(
         else:
             raise UserError(
                 f"the analog forward pipeline cannot map crossbar layer {name} "
-                f"({_unmapped_reason(node, weight)})",
+                f"({unmapped_reason(node, weight)})",
                 hint=f"leave it digital with --layers (select the others) or drop the analog "
                 f"flags; supported: {SUPPORTED_OPS}",
             )
@@ -223,30 +228,6 @@ def plan_tiles(
             hint="leave it digital with --layers (select the others) or drop the analog flags",
         )
     return planned
-
-
-#: the crossbar ops the rewrite maps onto tiles (README: the analog pipeline's support table)
-SUPPORTED_OPS = "Conv (any groups, 1-3-D), Gemm without transA, MatMul with a 2-D right weight"
-
-
-def _unmapped_reason(node: Any, weight: np.ndarray) -> str:
-    if node.op_type == "Gemm":
-        return "a Gemm with transA=1"
-    if node.op_type == "MatMul":
-        return f"a MatMul with a {weight.ndim}-D weight"
-    return f"a {node.op_type}"
-
-
-def _refuse_left_weight(node: Any, by_value: Mapping[str, Any], producers: Mapping) -> None:
-    """A MatMul/Gemm whose first operand is a selected layer's weight (W @ x): refused."""
-    layer = by_value.get(_source(node.input[0], producers))
-    if layer is not None and node.op_type in ("MatMul", "Gemm"):
-        raise UserError(
-            f"the analog forward pipeline cannot map crossbar layer {layer.name} "
-            f"(the weight is the left operand of {node.op_type} '{node.name}')",
-            hint="export with the weight as the right operand (x @ W), or leave the layer "
-            "digital with --layers (select the others)",
-        )
 
 
 class _Builder:

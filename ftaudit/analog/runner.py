@@ -12,6 +12,7 @@ import numpy as np
 from ftaudit.analog.onnx_graph import Calibration, calibrate, gain_input, plan_tiles, rewrite
 from ftaudit.analog.options import ForwardPipeline
 from ftaudit.analog.read_noise import read_noise
+from ftaudit.analog.unmapped import SUPPORTED_OPS
 from ftaudit.draws import DEFAULT_RNG
 from ftaudit.errors import UserError
 from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner, contiguous_input
@@ -160,8 +161,8 @@ def as_onnx(
             raise UserError(
                 f"the analog forward pipeline cannot map crossbar layer {layer.name} "
                 f"({UNMAPPED_OPS[layer.op]}) onto crossbar tiles",
-                hint="leave it digital: select the other layers with --layers, or drop it with "
-                f"--exclude '{layer.name.rpartition('.')[0] or layer.name}*'",
+                hint="leave it digital with --layers (select the others) or --exclude "
+                f"'{layer.name.rpartition('.')[0] or layer.name}*'; supported: {SUPPORTED_OPS}",
             )
     import contextlib
     import io

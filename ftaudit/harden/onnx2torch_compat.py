@@ -271,9 +271,9 @@ def check_convertible(proto: Any, path: Path) -> None:
             unsupported[f"{op} (opset {version})"] = None
     if unsupported:
         raise UserError(
-            f"{path} uses operator(s) that onnx2torch cannot convert to PyTorch for training: "
-            f"{', '.join(unsupported)}",
+            f"{path} uses operator(s) that onnx2torch cannot convert to PyTorch (harden and "
+            f"--batch-samples run the model in PyTorch): {', '.join(unsupported)}",
             hint="re-export the model without them (its supported operators are listed at "
-            "https://github.com/ENOT-AutoDL/onnx2torch/blob/main/operators.md), or harden the "
-            "PyTorch model saved as TorchScript",
+            "https://github.com/ENOT-AutoDL/onnx2torch/blob/main/operators.md), evaluate with "
+            "--batch-samples 1, or harden the PyTorch model saved as TorchScript",
         )

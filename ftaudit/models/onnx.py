@@ -26,6 +26,7 @@ from ftaudit.models.onnx_graph import (
     trace_crossbar_weights,
 )
 from ftaudit.models.onnx_io import classifier_output, select_output, tensor_spec
+from ftaudit.models.onnx_operands import node_macs
 from ftaudit.models.onnx_prepack import DerivedInput, build_prepacked_graph
 from ftaudit.models.onnx_quant import qoperator_to_qdq
 
@@ -207,35 +208,6 @@ def _infer_shapes(model: Any) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _node_macs(
-    node: Any,
-    weight: np.ndarray,
-    shapes: Mapping[str, tuple[int, ...]],
-    *,
-    batch: int = 1,
-    weight_on_left: bool = False,
-) -> int | None:
-    """Multiply-accumulates per example; ``batch`` is the data input's fixed batch size, if any."""
-    out = shapes.get(node.output[0])
-    if node.op_type == "ConvTranspose":
-        data = shapes.get(node.input[0])
-        return None if data is None else int(np.prod(data[1:]) * np.prod(weight.shape[1:]))
-    if out is None:
-        return None
-    if node.op_type == "Conv":
-        return int(np.prod(out[1:]) * np.prod(weight.shape[1:]))
-    # Gemm and MatMul outputs include the batch axis: divide by it to count per example
-    if node.op_type == "Gemm":
-        return int(out[0] * weight.size) // batch
-    # MatMul: every output element is a dot product over the contracted axis, which is the
-    # weight's last axis when it is the left operand and its second-last when it is the right one
-    if len(weight.shape) < 2:
-        contracted = weight.shape[0]
-    else:
-        contracted = weight.shape[-1] if weight_on_left else weight.shape[-2]
-    return int(np.prod(out) * contracted) // batch
-
-
 def _layer_names(
     found: Mapping[str, Mapping[str, Any]], readable: Mapping[str, str], initializers: set[str]
 ) -> dict[str, str]:
@@ -275,6 +247,10 @@ class OnnxModel(AuditModel):
     def from_bytes(cls, path: Path, raw: bytes, *, output: str | None = None) -> OnnxModel:
         external_files: list[Path] = []
         model = load_onnx_bytes(path, raw, external_files=external_files)
+        if model.functions:  # a product inside a local function is a layer like any other
+            import onnx.inliner
+
+            model = onnx.inliner.inline_local_functions(model)
         _constant_nodes_to_initializers(model)
         # int8 QOperator kernels become dequantise -> float op -> quantise, so their levels can
         # carry device noise like a QDQ model's (the file is never modified)
@@ -316,7 +292,7 @@ class OnnxModel(AuditModel):
                     )
                 )
                 continue
-            macs = _node_macs(node, array, shapes, batch=batch, weight_on_left=trace.weight_on_left)
+            macs = node_macs(node, array, shapes, batch=batch, weight_on_left=trace.weight_on_left)
             if trace.value in found:  # a weight shared by several nodes is one crossbar layer
                 prev = found[trace.value]["macs"]
                 found[trace.value]["macs"] = None if prev is None or macs is None else prev + macs

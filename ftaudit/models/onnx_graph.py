@@ -21,6 +21,20 @@ from typing import Any
 
 import numpy as np
 
+from ftaudit.models.onnx_operands import (
+    ATTRIBUTE_PRODUCTS,
+    ATTRIBUTE_REASON,
+    INTEGER_KERNEL_REASON,
+    INTEGER_KERNELS,
+    NCHWC_DOMAIN,
+    NCHWC_REASON,
+    SHAPED_REASON,
+    SUBGRAPH_REASON,
+    unknown_matrix_reader,
+    weight_inputs,
+    weight_operands,
+)
+
 #: op type -> index of the weight input that a crossbar stores
 CROSSBAR_WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1}
 #: operators that only re-lay out, re-type or dequantise a constant: traced through
@@ -71,6 +85,9 @@ class WeightTrace:
     via: tuple[str, ...]
     transposed: bool
     weight_on_left: bool
+    #: the layer's name under its module path (``weight``; ``weight_ih``/``weight_hh`` for
+    #: recurrent operators' two matrices)
+    role: str = "weight"
 
 
 @dataclass(frozen=True)
@@ -112,10 +129,14 @@ def _classify_values(graph: Any) -> tuple[set[str], dict[str, str]]:
 
 
 def trace_crossbar_weights(graph: Any) -> tuple[list[WeightTrace], list[UntracedOp]]:
-    """Every crossbar weight of ``graph`` in node order, and every operator left out, with why."""
+    """Every crossbar weight of ``graph`` in node order, and every operator left out, with why:
+    the products ``onnx_operands`` knows whose weight cannot be traced, integer kernels, any
+    other operator reading a stored matrix, and products inside control-flow bodies."""
     producers = {out: node for node in graph.node for out in node.output}
     initializers = {t.name for t in graph.initializer}
     constant, not_weight_only = _classify_values(graph)
+    stored = _stored_matrices(graph, producers)
+    shaped = _shape_indexed_weights(graph, constant, stored)
     traces: list[WeightTrace] = []
     untraced: list[UntracedOp] = []
     for i, node in enumerate(graph.node):
@@ -125,50 +146,140 @@ def trace_crossbar_weights(graph: Any) -> tuple[list[WeightTrace], list[Untraced
             if any(v in constant for v in operands):  # else activations x activations
                 untraced.append(UntracedOp(label, node.op_type, QOPERATOR_REASON))
             continue
-        if node.domain not in ("", "ai.onnx"):
+        reason = _not_traceable(node, constant, stored)
+        if reason is not None:
+            untraced.append(UntracedOp(label, node.op_type, reason))
             continue
-        weight_on_left = False
-        if node.op_type in CROSSBAR_WEIGHT_INPUT:
-            if len(node.input) < 2:
-                continue
-            operand = node.input[1]
-            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-            transposed = node.op_type == "Gemm" and not trans_b
-            if operand not in constant:
+        operands = weight_operands(node, constant)
+        if operands is None:
+            continue
+        computed = [shaped[v] for v in weight_inputs(node) if v not in constant and v in shaped]
+        if computed:
+            untraced.append(UntracedOp(label, node.op_type, SHAPED_REASON.format(root=computed[0])))
+        elif not operands and node.op_type in CROSSBAR_WEIGHT_INPUT and len(node.input) > 1:
+            untraced.append(
+                UntracedOp(label, node.op_type, "its weight is computed from the data input")
+            )
+        for operand in operands:
+            if operand.value in not_weight_only:
                 untraced.append(
-                    UntracedOp(label, node.op_type, "its weight is computed from the data input")
+                    UntracedOp(
+                        label,
+                        node.op_type,
+                        f"its weight passes through {not_weight_only[operand.value]}, which is "
+                        "not a weight-only re-layout (Transpose, Cast, Reshape, "
+                        "DequantizeLinear, ...)",
+                    )
                 )
                 continue
-        elif node.op_type == "MatMul":
-            if node.input[1] in constant:
-                operand, transposed = node.input[1], True
-            elif node.input[0] in constant:
-                operand, transposed, weight_on_left = node.input[0], False, True
-            else:
-                continue  # activations times activations (attention): no stored weight
-        else:
-            continue
-        if operand in not_weight_only:
-            untraced.append(
-                UntracedOp(
-                    label,
-                    node.op_type,
-                    f"its weight passes through {not_weight_only[operand]}, which is not a "
-                    "weight-only re-layout (Transpose, Cast, Reshape, DequantizeLinear, ...)",
+            value = operand.value
+            while value in producers and producers[value].op_type == "Identity":
+                value = producers[value].input[0]
+            root, via = value, []
+            while root not in initializers and root in producers:
+                via.append(producers[root].op_type)
+                root = producers[root].input[0]
+            traces.append(
+                WeightTrace(
+                    node,
+                    value,
+                    root,
+                    tuple(reversed(via)),
+                    operand.transposed,
+                    operand.on_left,
+                    operand.role,
                 )
             )
-            continue
-        value = operand
-        while value in producers and producers[value].op_type == "Identity":
-            value = producers[value].input[0]
-        root, via = value, []
-        while root not in initializers and root in producers:
-            via.append(producers[root].op_type)
-            root = producers[root].input[0]
-        traces.append(
-            WeightTrace(node, value, root, tuple(reversed(via)), transposed, weight_on_left)
-        )
     return traces, untraced
+
+
+def _not_traceable(node: Any, constant: set[str], stored: Mapping[str, Any]) -> str | None:
+    """Why ``node`` multiplies by a stored weight that cannot be a crossbar layer, if it does:
+    an integer kernel, the nchwc layout, a control-flow body, or an operator nobody maps."""
+    domain = "" if node.domain in ("", "ai.onnx") else node.domain
+    ints = INTEGER_KERNELS.get((domain, node.op_type))
+    if ints is not None:
+        return INTEGER_KERNEL_REASON if any(node.input[i] in constant for i in ints) else None
+    if domain == "ai.onnx.ml" and node.op_type in ATTRIBUTE_PRODUCTS:
+        return ATTRIBUTE_REASON
+    if domain == NCHWC_DOMAIN and node.op_type == "Conv":
+        return NCHWC_REASON if node.input[1] in constant else None
+    body = _product_in_body(node, stored)
+    if body is not None:
+        return SUBGRAPH_REASON.format(op=node.op_type) + body
+    if weight_operands(node, constant) is not None:
+        return None
+    return unknown_matrix_reader(node, stored)
+
+
+def _product_in_body(node: Any, stored: Mapping[str, Any]) -> str | None:
+    """For If/Loop/Scan: '' when a body multiplies by a stored or body-local matrix (the
+    reason's suffix), else None."""
+    import onnx
+
+    bodies = [
+        g
+        for a in node.attribute
+        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs))
+    ]
+    for body in bodies:
+        local = {t.name for t in body.initializer if len(t.dims) >= 2}
+        local |= {out for n in body.node if n.op_type == "Constant" for out in n.output}
+        reads = local | set(stored)
+        for inner in body.node:
+            operands = weight_operands(inner, reads)
+            if operands or _product_in_body(inner, stored) is not None:
+                return ""
+    return None
+
+
+def _shape_indexed_weights(
+    graph: Any, constant: set[str], stored: Mapping[str, Any]
+) -> dict[str, str]:
+    """value -> the stored matrix it is cut from, for values that are no constant only because
+    index operands come from tensor shapes (Shape, Size and what is computed from them alone):
+    a weight the exporter slices and concatenates at run time (not multiplied by data)."""
+    from_shapes: set[str] = set()
+    cut = {name: name for name in stored}
+    for node in graph.node:
+        inputs = [v for v in node.input if v]
+        if node.op_type in ("Shape", "Size"):
+            from_shapes.update(node.output)
+            continue
+        if weight_operands(node, set()) is not None:
+            continue  # a product's output is data
+        roots = [cut[v] for v in inputs if v in cut]
+        if roots and all(v in constant or v in from_shapes or v in cut for v in inputs):
+            for out in node.output:
+                cut[out] = roots[0]
+        elif any(v in from_shapes for v in inputs) and all(
+            v in constant or v in from_shapes for v in inputs
+        ):
+            from_shapes.update(node.output)
+    return {value: root for value, root in cut.items() if value not in constant}
+
+
+def _stored_matrices(graph: Any, producers: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """value -> shape of every float initializer with 2+ axes of 2+ entries, and of the values
+    weight-only re-layouts derive from one (their root's shape)."""
+    import onnx
+
+    floats = {
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.FLOAT16,
+        onnx.TensorProto.BFLOAT16,
+        onnx.TensorProto.DOUBLE,
+    }
+    stored = {
+        t.name: tuple(int(d) for d in t.dims)
+        for t in graph.initializer
+        if t.data_type in floats and sum(d >= 2 for d in t.dims) >= 2
+    }
+    for node in graph.node:
+        if node.op_type in WEIGHT_ONLY_OPS and node.input and node.input[0] in stored:
+            for out in node.output:
+                stored[out] = stored[node.input[0]]
+    return stored
 
 
 def evaluate_values(model: Any, names: list[str]) -> dict[str, np.ndarray]:
@@ -224,6 +335,7 @@ def module_path_names(traces: list[WeightTrace]) -> dict[str, str]:
     (``val_31``, ``onnx::MatMul_12``), from the consuming node's recorded module scope (torch
     dynamo's name_scopes metadata, or the legacy exporter's node names such as /layer1/Conv)."""
     names: dict[str, str] = {}
+    recurrent: dict[str, int] = {}  # recurrent matrices per module path: torch's _l{k}
     for trace in traces:
         # onnxruntime.quantization appends suffixes to the float weight's name
         stem = re.sub(r"(_Transposed)?(_quantized)?$", "", trace.root)
@@ -231,16 +343,22 @@ def module_path_names(traces: list[WeightTrace]) -> dict[str, str]:
             continue
         props: Mapping[str, str] = {p.key: p.value for p in trace.node.metadata_props}
         scopes = _parse_scopes(props.get("pkg.torch.onnx.name_scopes", ""))
+        path = ""
         if len(scopes) >= 2 and scopes[-2]:
-            names[trace.value] = f"{scopes[-2]}.weight"
+            path = scopes[-2]
         elif trace.node.name.startswith("/") and trace.node.name.count("/") >= 2:
             # torch's legacy exporter names nodes by module scope: /features/0/Conv
-            path = ""
             for part in trace.node.name.split("/")[1:-1]:
                 # each scope is the child's name (layer1) or, in containers, its full path (mlp.0)
                 path = part if not path or part.startswith(f"{path}.") else f"{path}.{part}"
-            if path:
-                names[trace.value] = f"{path}.weight"
+        if not path:
+            continue
+        name = f"{path}.{trace.role}"
+        if trace.role != "weight":  # one LSTM/GRU/RNN node per stacked layer, in order
+            layer = recurrent.get(name, 0)
+            recurrent[name] = layer + 1
+            name = f"{name}_l{layer}"
+        names[trace.value] = name
     return names
 
 
