@@ -12,6 +12,7 @@ import numpy as np
 from ftaudit.analog.onnx_graph import Calibration, calibrate, gain_input, plan_tiles, rewrite
 from ftaudit.analog.options import ForwardPipeline
 from ftaudit.analog.read_noise import read_noise
+from ftaudit.analog.unmapped import SUPPORTED_OPS
 from ftaudit.draws import DEFAULT_RNG
 from ftaudit.errors import UserError
 from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner, contiguous_input
@@ -129,10 +130,24 @@ EXPORTED_FORMATS: dict[str, Callable[[AuditModel], Any]] = {
 }
 
 
-def as_onnx(model: AuditModel, x: np.ndarray) -> OnnxModel:
+#: crossbar layer ops of torch models the pipeline cannot map onto tiles -> what they are
+#: (a recurrent kernel runs as one fused op, a bilinear form and an einsum have no tile mapping)
+UNMAPPED_OPS = {
+    "LSTM": "an LSTM",
+    "GRU": "a GRU",
+    "RNN": "an RNN",
+    "Bilinear": "a bilinear form",
+    "Einsum": "an einsum",
+}
+
+
+def as_onnx(
+    model: AuditModel, x: np.ndarray, selected: Sequence[CrossbarLayer] | None = None
+) -> OnnxModel:
     """``model`` itself if ONNX; a TorchScript or torch.export model exported to ONNX in
     memory (torch's TorchScript exporter, parameters kept as named initializers), checked to
-    have the same crossbar layers (names, canonical shapes, order)."""
+    have the same crossbar layers the pipeline maps (names, canonical shapes, order). A
+    ``selected`` layer it cannot map (``UNMAPPED_OPS``) is refused first."""
     if isinstance(model, OnnxModel):
         return model
     make_module = EXPORTED_FORMATS.get(model.format)
@@ -141,6 +156,14 @@ def as_onnx(model: AuditModel, x: np.ndarray) -> OnnxModel:
             f"the analog forward pipeline does not run {model.format} models",
             hint="export the model to ONNX (torch.onnx.export) and audit the .onnx file",
         )
+    for layer in model.layers if selected is None else selected:
+        if layer.op in UNMAPPED_OPS:
+            raise UserError(
+                f"the analog forward pipeline cannot map crossbar layer {layer.name} "
+                f"({UNMAPPED_OPS[layer.op]}) onto crossbar tiles",
+                hint="leave it digital with --layers (select the others) or --exclude "
+                f"'{layer.name.rpartition('.')[0] or layer.name}*'; supported: {SUPPORTED_OPS}",
+            )
     import contextlib
     import io
     import warnings
@@ -182,11 +205,15 @@ def as_onnx(model: AuditModel, x: np.ndarray) -> OnnxModel:
             f"{model.path} cannot be exported ({exc.__class__.__name__})",
             hint="export the model to ONNX yourself and audit the .onnx file",
         ) from exc
-    exported = OnnxModel.from_bytes(model.path, _initializers_off_inputs(buffer.getvalue()))
+    raw = _initializers_off_inputs(buffer.getvalue())
+    if not fixed:
+        _check_other_batches(raw, example, model)
+    exported = OnnxModel.from_bytes(model.path, raw)
     # the same weights in the canonical layout (a Linear on a 3-D input exports as MatMul with
     # W^T: ``transposed_layers`` feeds those transposed)
-    same = [(la.name, la.canonical_shape) for la in exported.layers] == [
-        (la.name, la.canonical_shape) for la in model.layers
+    mapped = {la.name for la in model.layers if la.op not in UNMAPPED_OPS}
+    same = [(la.name, la.canonical_shape) for la in exported.layers if la.name in mapped] == [
+        (la.name, la.canonical_shape) for la in model.layers if la.name in mapped
     ]
     if not same:
         raise UserError(
@@ -195,6 +222,25 @@ def as_onnx(model: AuditModel, x: np.ndarray) -> OnnxModel:
             hint="export the model to ONNX yourself and audit the .onnx file",
         )
     return exported
+
+
+def _check_other_batches(raw: bytes, example: np.ndarray, model: AuditModel) -> None:
+    """The export must run on a batch of another size than its one-image example: torch's
+    exporter keeps some modules' reshapes at the example's batch size (a torch.export program's
+    MultiheadAttention), which would fail on the first real batch."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(raw, providers=["CPUExecutionProvider"])
+    try:
+        session.run(None, {"input": np.concatenate([example, example])})
+    except OnnxRunner.runtime_errors as exc:
+        raise UserError(
+            f"{model.path}'s ONNX export runs on batches of exactly {len(example)} only (torch's "
+            "exporter kept the example's batch size in a reshape), so the analog forward "
+            f"pipeline cannot run this {model.format} model",
+            hint="export the model to ONNX yourself with a dynamic batch axis and audit the "
+            ".onnx file",
+        ) from exc
 
 
 def transposed_layers(source: AuditModel, exported: AuditModel) -> set[str]:
@@ -248,7 +294,7 @@ def analog_runner(
     A TorchScript or torch.export model runs as its own ONNX export (same weights, same names,
     same layer order, so the same draws and numbers as the ONNX file of the same network)."""
     source = model
-    model = as_onnx(model, x)
+    model = as_onnx(model, x, selected)
     chosen = {layer.name for layer in selected}
     selected = [layer for layer in model.layers if layer.name in chosen]  # the export's layouts
     weights = model.clean_weights()

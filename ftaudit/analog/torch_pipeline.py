@@ -254,7 +254,7 @@ class AnalogTraining:
 
         #: the graph the pipeline runs: the model itself, or a TorchScript or torch.export
         #: model's in-memory ONNX export (``ftaudit.harden.analog_trainable`` trains that)
-        self.model = as_onnx(model, x)
+        self.model = as_onnx(model, x, layers)
         self.pipeline = pipeline
         self.seed = seed
         #: who runs the twin (a key of ``UNRUNNABLE_HINTS``), named when a layer is refused

@@ -1,5 +1,6 @@
 """torch.export programs (``torch.export.save`` archives, .pt2): crossbar weights are the
-parameters that convolution and linear calls of the exported graph read, overwritten in place.
+parameters that convolution, linear, matrix-product, einsum, bilinear and recurrent calls of the
+exported graph read as weights (``ftaudit.models.torch_products``), overwritten in place.
 
 TorchScript is deprecated in torch 2.14; an ExportedProgram is its successor. The program's
 graph is inspected, never re-traced; ``ExportedProgram.module()`` runs it.
@@ -26,6 +27,13 @@ from ftaudit.models.base import (
     contiguous_input,
 )
 from ftaudit.models.onnx_graph import UntracedOp
+from ftaudit.models.torch_products import (
+    DERIVING,
+    SCALINGS,
+    TRANSPARENT,
+    Operand,
+    ProductScan,
+)
 
 FEATURE = "torch.export programs"
 #: aten operator name -> the op name shown for the layer (the weight is argument 1)
@@ -42,13 +50,6 @@ CROSSBAR_CALLS = {
     "aten.conv_transpose3d.input": "ConvTranspose3d",
     "aten.linear.default": "Linear",
 }
-#: matrix products whose parameter operand is not traced (a decomposed program: mm(x, t(W)))
-UNTRACED_CALLS = (
-    "aten.mm.default",
-    "aten.addmm.default",
-    "aten.matmul.default",
-    "aten.bmm.default",
-)
 
 
 def is_exported_program(names: Sequence[str]) -> bool:
@@ -93,7 +94,6 @@ class ExportedProgramModel(AuditModel):
         torch = require_torch(FEATURE)
         program = load_program(raw, path)
         signature = program.graph_signature
-        parameters = dict(signature.inputs_to_parameters)
         user_inputs = [n for n in program.graph.nodes if n.name in signature.user_inputs]
         if len(user_inputs) != 1:
             raise UserError(
@@ -101,42 +101,7 @@ class ExportedProgramModel(AuditModel):
                 "classifiers",
                 hint="export the model with one input tensor",
             )
-        state = program.state_dict
-        layers: list[CrossbarLayer] = []
-        untraced: list[UntracedOp] = []
-        seen: set[str] = set()
-        for node in program.graph.nodes:
-            if node.op != "call_function":
-                continue
-            target = str(node.target)
-            weight = node.args[1] if len(node.args) > 1 else None
-            fqn = parameters.get(getattr(weight, "name", None)) if weight is not None else None
-            if target in CROSSBAR_CALLS and fqn is not None:
-                tensor = state[fqn]
-                if fqn in seen or not tensor.dtype.is_floating_point:
-                    continue
-                seen.add(fqn)
-                layers.append(
-                    CrossbarLayer(
-                        name=fqn,
-                        op=CROSSBAR_CALLS[target],
-                        index=len(layers),
-                        shape=tuple(tensor.shape),
-                        dtype=str(tensor.dtype).removeprefix("torch."),
-                    )
-                )
-            elif target in CROSSBAR_CALLS or (
-                target in UNTRACED_CALLS
-                and any(_parameter_behind(a, parameters) for a in node.args[:3])
-            ):
-                untraced.append(
-                    UntracedOp(
-                        node.name,
-                        target,
-                        "its weight is not a parameter read directly (a decomposed or "
-                        "computed weight); export without run_decompositions()",
-                    )
-                )
+        layers, untraced = program_layers(program)
         shapes = {layer.name: layer.shape for layer in layers}
         fold_scales = {
             name: scale.reshape(-1, *([1] * (len(shapes[name]) - 1)))
@@ -174,23 +139,91 @@ class ExportedProgramModel(AuditModel):
         return ExportedProgramRunner(self, selected, device=resolve_torch_device(device))
 
 
-#: view-like calls a decomposed program puts between a parameter and a matrix product
-_VIEWS = {
-    "aten.t.default",
-    "aten.permute.default",
-    "aten.transpose.int",
-    "aten.view.default",
-    "aten.reshape.default",
-    "aten._to_copy.default",
-    "aten.clone.default",
-}
+def _call_name(target: Any) -> str:
+    """An aten call's name without namespace and overload (``aten.conv2d.padding``: conv2d);
+    ``getitem`` for Python's item access."""
+    text = str(target)
+    if text.startswith("aten."):
+        return text.split(".")[1]
+    return getattr(target, "__name__", text)
 
 
-def _parameter_behind(arg: Any, parameters: Mapping[str, str]) -> str | None:
-    """The parameter an argument is (possibly through view-like calls), else None."""
-    while getattr(arg, "op", None) == "call_function" and str(arg.target) in _VIEWS:
-        arg = arg.args[0]
-    return parameters.get(getattr(arg, "name", None)) if hasattr(arg, "name") else None
+def _operand(parameters: Mapping[str, str]) -> Operand:
+    """Trace a graph argument back to the parameter it is (its state-dict name), through the
+    calls ``torch_products`` knows (transparent copies left out of the list)."""
+
+    def operand(arg: Any) -> tuple[str, list[str]] | None:
+        via: list[str] = []
+        for _ in range(32):
+            if getattr(arg, "op", None) == "placeholder":
+                name = parameters.get(arg.name)
+                return (name, via) if name is not None else None
+            if getattr(arg, "op", None) != "call_function" or not arg.args:
+                return None
+            call = _call_name(arg.target)
+            if call == "permute" and list(arg.args[1]) in ([0, 1], [-2, -1]):
+                call = "contiguous"  # a permute that changes nothing
+            if call not in TRANSPARENT and call not in DERIVING:
+                return None
+            if call in SCALINGS and not isinstance(arg.args[1], (int, float)):
+                return None
+            if call not in TRANSPARENT:
+                via.append(call)
+            arg = arg.args[0]
+        return None
+
+    return operand
+
+
+def program_layers(program: Any) -> tuple[list[CrossbarLayer], list[UntracedOp]]:
+    """The crossbar layers of an exported program (in graph order) and the products whose
+    parameter operand cannot be mapped, with why (``ftaudit.models.torch_products``)."""
+    parameters = dict(program.graph_signature.inputs_to_parameters)
+    state = program.state_dict
+    floats = {fqn for fqn in parameters.values() if state[fqn].dtype.is_floating_point}
+    chosen: dict[str, tuple[str, bool]] = {}
+    scan = ProductScan(
+        ranks={fqn: state[fqn].dim() for fqn in floats},
+        operand=_operand({k: v for k, v in parameters.items() if v in floats}),
+        elements=lambda arg: list(arg) if isinstance(arg, (list, tuple)) else [],
+        constant=lambda arg: arg,
+        fix=" (a decomposed program: export it without run_decompositions())",
+        mapped=chosen,
+    )
+    computed: list[UntracedOp] = []
+    for node in program.graph.nodes:
+        if node.op != "call_function":
+            continue
+        target = str(node.target)
+        weight = node.args[1] if len(node.args) > 1 else None
+        fqn = parameters.get(getattr(weight, "name", None)) if weight is not None else None
+        if target in CROSSBAR_CALLS and fqn is not None:
+            if fqn in floats:
+                chosen.setdefault(fqn, (CROSSBAR_CALLS[target], False))
+            continue
+        scan.node(_call_name(node.target), list(node.args), node.name, target)
+        if target in CROSSBAR_CALLS and scan.operand(weight) is None:
+            computed.append(
+                UntracedOp(
+                    node.name,
+                    target,
+                    "its weight is not a parameter read directly (a decomposed or "
+                    "computed weight); export without run_decompositions()",
+                )
+            )
+    layers = [
+        CrossbarLayer(
+            name=fqn,
+            op=op,
+            index=k,
+            shape=tuple(state[fqn].shape),
+            dtype=str(state[fqn].dtype).removeprefix("torch."),
+            transposed=transposed,
+        )
+        for k, (fqn, (op, transposed)) in enumerate(chosen.items())
+    ]
+    unmapped = [op for fqn, op in scan.unmapped.items() if fqn not in chosen]
+    return layers, unmapped + computed
 
 
 #: BatchNorm calls -> index of their eps argument

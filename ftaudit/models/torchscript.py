@@ -1,4 +1,5 @@
-"""TorchScript models: crossbar weights are Conv*/Linear parameters, overwritten in place."""
+"""TorchScript models: crossbar weights are parameters (``models.torchscript_layers`` finds
+them), overwritten in place."""
 
 from __future__ import annotations
 
@@ -14,17 +15,7 @@ import numpy as np
 from ftaudit._optional import require_torch
 from ftaudit.errors import UserError
 from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner, TensorSpec, contiguous_input
-
-#: TorchScript module types whose ``weight`` a crossbar stores
-CROSSBAR_MODULES = (
-    "Conv1d",
-    "Conv2d",
-    "Conv3d",
-    "ConvTranspose1d",
-    "ConvTranspose2d",
-    "ConvTranspose3d",
-    "Linear",
-)
+from ftaudit.models.torchscript_layers import attr_path, script_layers
 
 
 def jit_load(raw: bytes, path: Path, map_location: str = "cpu") -> Any:
@@ -76,15 +67,6 @@ _SHAPE_OPS = {"aten::dim", "aten::size", "aten::len", "prim::shape"}
 _CONV_KINDS = ("aten::_convolution", "aten::conv1d", "aten::conv2d", "aten::conv3d")
 
 
-def _attr_path(value: Any) -> str | None:
-    """``conv1.weight`` for a value read by a chain of prim::GetAttr from the module itself."""
-    node, parts = value.node(), []
-    while node.kind() == "prim::GetAttr":
-        parts.append(node.s("name"))
-        node = node.inputsAt(0).node()
-    return ".".join(reversed(parts)) if node.kind() == "prim::Param" and parts else None
-
-
 def _batchnorm_scales(module: Any) -> dict[str, np.ndarray]:
     """Conv weight name -> gamma / sqrt(var + eps) of the BatchNorm that alone takes the
     convolution's output (``ftaudit.models.folding``)."""
@@ -107,7 +89,7 @@ def _batchnorm_scales(module: Any) -> dict[str, np.ndarray]:
             continue
         if conv.kind() == "aten::_convolution" and conv.inputsAt(6).toIValue():
             continue  # a transposed convolution: its output channels are not the first axis
-        weight, gamma, var = (_attr_path(v) for v in (conv.inputsAt(1), inputs[1], inputs[4]))
+        weight, gamma, var = (attr_path(v) for v in (conv.inputsAt(1), inputs[1], inputs[4]))
         eps = inputs[7].toIValue()
         if weight is None or var not in tensors or not isinstance(eps, float):
             continue
@@ -156,23 +138,7 @@ class TorchScriptModel(AuditModel):
     @classmethod
     def from_bytes(cls, path: Path, raw: bytes) -> TorchScriptModel:
         module = jit_load(raw, path)
-        layers = []
-        for prefix, sub in module.named_modules():
-            kind = getattr(sub, "original_name", type(sub).__name__)
-            if kind not in CROSSBAR_MODULES:
-                continue
-            weight = getattr(sub, "weight", None)
-            if weight is None or not weight.dtype.is_floating_point:
-                continue
-            layers.append(
-                CrossbarLayer(
-                    name=f"{prefix}.weight" if prefix else "weight",
-                    op=kind,
-                    index=len(layers),
-                    shape=tuple(weight.shape),
-                    dtype=str(weight.dtype).removeprefix("torch."),
-                )
-            )
+        layers, untraced = script_layers(module)
         shapes = {layer.name: layer.shape for layer in layers}
         return cls(
             fold_scales={
@@ -180,7 +146,7 @@ class TorchScriptModel(AuditModel):
                 for name, scale in _batchnorm_scales(module).items()
                 if name in shapes
             },
-            untraced=[] if layers else _frozen_ops(module),
+            untraced=untraced if layers else untraced + _frozen_ops(module),
             path=path,
             format="torchscript",
             # TorchScript keeps no input signature: shapes are checked when data first runs
