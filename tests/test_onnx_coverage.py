@@ -76,29 +76,43 @@ def _check_fed_weights_reach_the_ops(
 
 
 def test_ort_fused_models_keep_every_layer(tmp_path, run_cli):
-    """Saved after ORT_ENABLE_EXTENDED: FusedConv and FusedGemm carry the same five weights,
-    and a Monte Carlo run gives the exported model's accuracies under the same draws."""
+    """Saved after ORT_ENABLE_EXTENDED (FusedConv, FusedGemm): read as the standard ops they
+    fuse, the same five layers (names, shapes, MACs); Monte Carlo runs, weights only and with
+    the analog pipeline, give the exported model's numbers under the same draws; harden
+    trains it and writes the fused file back."""
+    import onnx
+
     fused = _ort_saved(tmp_path, "EXTENDED")
+    assert {n.op_type for n in onnx.load(str(fused)).graph.node} >= {"FusedConv", "FusedGemm"}
     original, optimised = load_model(SAMPLES / "lenet.onnx"), load_model(fused)
-    assert {layer.op for layer in optimised.layers} == {"FusedConv", "FusedGemm", "Gemm"}
-    assert [(la.name, la.shape) for la in optimised.layers] == [
-        (la.name, la.shape) for la in original.layers
+    assert [(la.name, la.op, la.shape, la.macs) for la in optimised.layers] == [
+        (la.name, la.op, la.shape, la.macs) for la in original.layers
     ]
     assert not optimised.untraced
     x, y = _images()
     _check_fed_weights_reach_the_ops(fused, x, y)
     npz = tmp_path / "d.npz"
     np.savez(npz, x=x, y=y)
-    results = []
-    for model in (SAMPLES / "lenet.onnx", fused):
-        out = tmp_path / f"{model.stem}.json"
-        code, _, err = run_cli(
-            "eval", model, "--data", npz, "--sigma", "0.3", "--samples", "6", "--json", out
-        )
-        assert code == 0, err
-        result = json.loads(out.read_text())["results"][0]
-        results.append([result[k] for k in ("mean", "min", "max")])
-    assert results[0] == results[1]
+    for analog in ([], ["--dac-bits", "6", "--adc-bits", "6", "--read-noise", "0.05"]):
+        results = []
+        for model in (SAMPLES / "lenet.onnx", fused):
+            out = tmp_path / f"{model.stem}.json"
+            code, _, err = run_cli(
+                "eval", model, "--data", npz, "--sigma", "0.3", "--samples", "6", "--json", out,
+                *analog,
+            )  # fmt: skip
+            assert code == 0, err
+            result = json.loads(out.read_text())["results"][0]
+            results.append([result[k] for k in ("mean", "min", "max")])
+        assert results[0] == results[1]
+    hardened = tmp_path / "hardened.onnx"
+    code, _, err = run_cli(
+        "harden", fused, "--data", npz, "--method", "erm", "--epochs", "1", "--sigma", "0.1",
+        "--output", hardened,
+    )  # fmt: skip
+    assert code == 0, err
+    ops = {n.op_type for n in onnx.load(str(hardened)).graph.node}
+    assert {"FusedConv", "FusedGemm"} <= ops
 
 
 def test_nchwc_layouts_are_reported_not_skipped(tmp_path, run_cli):
@@ -286,7 +300,7 @@ def test_ort_contrib_products_are_layers(tmp_path, op):
     else:
         inits = {"w": rng.standard_normal((6, 6))}
         product = helper.make_node(op, ["x", "w"], ["h"], domain="com.microsoft", transB=1)
-        expected = ("w", (6, 6), (6, 6))
+        expected = ("w", (6, 6), (6, 6))  # read as MatMul(x, Transpose(w))
     inits["head"] = rng.standard_normal((3, 6))
     nodes = [
         product,
@@ -308,9 +322,13 @@ def test_ort_contrib_products_are_layers(tmp_path, op):
     model = load_model(path)
     layer = model.layers[0]
     assert (layer.name, layer.shape, layer.canonical_shape) == expected
-    assert layer.op == op and not model.untraced
+    assert layer.op == ("MatMul" if op == "FusedMatMul" else op) and not model.untraced
     x = rng.standard_normal((16, 4, 6)).astype(np.float32)
-    _check_fed_weights_reach_the_ops(path, x, np.zeros(16, np.int64))
+    # the unfused MatMul reads Transpose(w): its fed layout is not the stored one
+    _check_fed_weights_reach_the_ops(path, x, np.zeros(16, np.int64), stored=op == "Attention")
+    runner = model.runner(model.layers, device="cpu")
+    runner.bind_data(x, np.zeros(16, np.int64), batch_size=8)
+    np.testing.assert_allclose(runner.logits(), _replaced_logits(path, {}, x), atol=1e-5)
 
 
 def test_gemm_with_the_weight_on_the_left_is_a_layer(tmp_path):
@@ -490,3 +508,57 @@ def test_recurrent_models_in_every_onnx_form(tmp_path, fmt, layers, untraced):
     for layer in model.layers:
         runner.set_weights({**clean_weights, layer.name: -clean_weights[layer.name]})
         assert not np.allclose(runner.logits(), clean, atol=1e-4), layer.name
+
+
+def test_unfused_operators_compute_what_ort_fused(tmp_path):
+    """FusedConv (sum input, Clip), FusedGemm (HardSigmoid) and FusedMatMul (transB, alpha):
+    the standard ops ftaudit reads them as give ONNX Runtime's own fused outputs."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(12)
+    inits = {
+        "w": rng.standard_normal((4, 1, 3, 3)),
+        "b": rng.standard_normal(4),
+        "v": rng.standard_normal((4, 1, 3, 3)),
+        "g": rng.standard_normal((5, 64)),
+        "m": rng.standard_normal((3, 5)),
+    }
+    ms = "com.microsoft"
+    nodes = [
+        helper.make_node("Conv", ["x", "v"], ["z"]),  # the sum input: the output's own shape
+        helper.make_node("FusedConv", ["x", "w", "b", "z"], ["c"], domain=ms,
+                         activation="Clip", activation_params=[-0.5, 0.5]),
+        helper.make_node("Flatten", ["c"], ["f"]),
+        helper.make_node("FusedGemm", ["f", "g"], ["h"], domain=ms, transB=1,
+                         activation="HardSigmoid", activation_alpha=0.3, activation_beta=0.4),
+        helper.make_node("FusedMatMul", ["h", "m"], ["y"], domain=ms, transB=1, alpha=0.5),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "fused",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+        [onnx.numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(ms, 1)]
+    proto = helper.make_model(graph, opset_imports=opsets)
+    proto.ir_version = 8
+    path = tmp_path / "fused.onnx"
+    onnx.save(proto, str(path))
+    model = load_model(path)
+    assert [(la.name, la.op) for la in model.layers] == [
+        ("v", "Conv"), ("w", "Conv"), ("g", "Gemm"), ("m", "MatMul")
+    ]  # fmt: skip
+    assert all(n.domain != ms for n in model.proto.graph.node)
+    x = rng.standard_normal((7, 1, 6, 6)).astype(np.float32)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    fused_out = ort.InferenceSession(str(path), options, ["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )[0]
+    unfused = ort.InferenceSession(
+        model.proto.SerializeToString(), options, ["CPUExecutionProvider"]
+    )
+    np.testing.assert_allclose(unfused.run(None, {"x": x})[0], fused_out, rtol=1e-5, atol=1e-6)

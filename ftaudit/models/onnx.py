@@ -29,6 +29,7 @@ from ftaudit.models.onnx_io import classifier_output, select_output, tensor_spec
 from ftaudit.models.onnx_operands import node_macs
 from ftaudit.models.onnx_prepack import DerivedInput, build_prepacked_graph
 from ftaudit.models.onnx_quant import qoperator_to_qdq
+from ftaudit.models.onnx_unfuse import unfuse_ort_operators
 
 __all__ = ["CROSSBAR_WEIGHT_INPUT", "OnnxModel", "OnnxRunner", "load_onnx_bytes", "ort_providers"]
 
@@ -253,8 +254,10 @@ class OnnxModel(AuditModel):
             model = onnx.inliner.inline_local_functions(model)
         _constant_nodes_to_initializers(model)
         # int8 QOperator kernels become dequantise -> float op -> quantise, so their levels can
-        # carry device noise like a QDQ model's (the file is never modified)
+        # carry device noise like a QDQ model's, and ORT's fused ops the standard ones (every
+        # path then sees plain products; the file is never modified)
         qoperator_to_qdq(model)
+        unfuse_ort_operators(model)
         initializer_names = {t.name for t in model.graph.initializer}
         graph_inputs = [i for i in model.graph.input if i.name not in initializer_names]
         if len(graph_inputs) != 1:
