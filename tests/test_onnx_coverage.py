@@ -5,7 +5,6 @@ integer kernels, the nchwc layout, control-flow bodies and operators nobody maps
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -228,11 +227,8 @@ def test_products_inside_control_flow_are_reported(tmp_path):
     assert "control flow" in model.untraced[0].reason
 
 
-@pytest.mark.torch
-@pytest.mark.parametrize("dynamo", [False, True])
-def test_recurrent_matrices_are_layers(tmp_path, dynamo, run_cli):
-    """LSTM (2 layers, bidirectional) and GRU: W and R of every layer, named as torch names
-    them, with MACs = steps x matrix size; the analog pipeline refuses them in one line."""
+def _recurrent_net(classes: int):
+    """A seeded 2-layer bidirectional LSTM, a GRU and a Linear head over (N, 7, 5) sequences."""
     torch = pytest.importorskip("torch")
     nn = torch.nn
 
@@ -241,27 +237,26 @@ def test_recurrent_matrices_are_layers(tmp_path, dynamo, run_cli):
             super().__init__()
             self.lstm = nn.LSTM(5, 8, num_layers=2, bidirectional=True, batch_first=True)
             self.gru = nn.GRU(16, 6, batch_first=True)
-            self.head = nn.Linear(6, 3)
+            self.head = nn.Linear(6, classes)
 
         def forward(self, x):
             h, _ = self.lstm(x)
             h, _ = self.gru(h)
             return self.head(h[:, -1])
 
-    torch.manual_seed(0)
-    net = Recurrent().eval()
-    path = tmp_path / "rnn.onnx"
-    example = torch.randn(2, 7, 5)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if dynamo:
-            batch = torch.export.Dim("n", min=1, max=1024)
-            torch.onnx.export(net, (example,), str(path), dynamo=True, dynamic_shapes=({0: batch},))
-        else:
-            torch.onnx.export(
-                net, (example,), str(path), dynamo=False, input_names=["x"],
-                dynamic_axes={"x": {0: "n"}},
-            )  # fmt: skip
+    torch.manual_seed(11)
+    return Recurrent().eval()
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_recurrent_matrices_are_layers(tmp_path, dynamo, run_cli):
+    """LSTM (2 layers, bidirectional) and GRU: W and R of every layer, named as torch names
+    them, with MACs = steps x matrix size; the analog pipeline refuses them in one line."""
+    from real_models import _export
+
+    x = np.random.default_rng(1).standard_normal((24, 7, 5)).astype(np.float32)
+    path = _export(_recurrent_net(3), x, "dynamo" if dynamo else "legacy", tmp_path / "r.onnx", x)
     model = load_model(path)
     names = [f"lstm.weight_{m}_l{k}" for k in range(2) for m in ("ih", "hh")]
     names += ["gru.weight_ih_l0", "gru.weight_hh_l0", "head.weight"]
@@ -270,11 +265,9 @@ def test_recurrent_matrices_are_layers(tmp_path, dynamo, run_cli):
     assert [la.shape for la in model.layers] == shapes
     assert [la.macs for la in model.layers[:6]] == [7 * int(np.prod(s)) for s in shapes[:6]]
     assert not model.untraced
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((24, 7, 5)).astype(np.float32)
     _check_fed_weights_reach_the_ops(path, x, np.zeros(24, np.int64))
     npz = tmp_path / "seq.npz"
-    np.savez(npz, x=x, y=rng.integers(0, 3, 24))
+    np.savez(npz, x=x, y=np.arange(24) % 3)
     code, _, err = run_cli("eval", path, "--data", npz, "--sigma", "0.1", "--adc-bits", "8")
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "lstm.weight_ih_l0" in err and "LSTM" in err
@@ -478,25 +471,9 @@ RECURRENT_LAYERS += ["gru.weight_ih_l0", "gru.weight_hh_l0"]
 def test_recurrent_models_in_every_onnx_form(tmp_path, fmt, layers, untraced):
     """The recurrent model as float16, int8 (QDQ, QOperator, dynamic) and unfolded exports:
     every matrix is a layer whose sign moves the logits, or listed with the reason."""
-    torch = pytest.importorskip("torch")
     from real_models import _export
 
-    nn = torch.nn
-
-    class Recurrent(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lstm = nn.LSTM(5, 8, num_layers=2, bidirectional=True, batch_first=True)
-            self.gru = nn.GRU(16, 6, batch_first=True)
-            self.head = nn.Linear(6, 4)
-
-        def forward(self, x):
-            h, _ = self.lstm(x)
-            h, _ = self.gru(h)
-            return self.head(h[:, -1])
-
-    torch.manual_seed(11)
-    net = Recurrent().eval()
+    net = _recurrent_net(4)
     x = np.random.default_rng(5).standard_normal((32, 7, 5)).astype(np.float32)
     path = _export(net, x, fmt, tmp_path / f"rnn_{fmt}.onnx", x)
     model = load_model(path)
