@@ -165,9 +165,8 @@ def block_median(
     return statistics.median(blocks), ratios
 
 
-#: whether ftaudit's sessions spin on this machine, decided once when the script starts (before
-#: its own load raises the load average ``spin_between_runs`` reads); the "ORT threads" column
-#: runs the other mode
+#: whether ftaudit's sessions spin on this machine, decided once when the script starts (other
+#: processes' CPU use, ``spin_between_runs``); the "ORT threads" column runs the other mode
 SPINS = False
 
 

@@ -619,25 +619,57 @@ def test_ort_spinning_follows_the_environment(value, forced) -> None:
 
 
 @pytest.mark.parametrize(
-    ("forced", "load", "cores", "spins"),
+    ("forced", "others", "load", "cores", "spins"),
     [
-        (None, 0.1, 2, True),  # idle 2-core machine: ONNX Runtime's default
-        (None, 0.6, 2, False),  # above a quarter of a load per core: other work shares them
-        (None, 1.5, 8, True),
-        (None, 2.5, 8, False),
-        (True, 9.0, 2, True),
-        (False, 0.0, 2, False),
+        (None, 0.1, 9.0, 2, True),  # others idle: spin, whatever the load average remembers
+        (None, 0.6, 0.0, 2, False),  # other processes keep more than a quarter core per core
+        (None, 1.5, 0.0, 8, True),
+        (None, 2.5, 0.0, 8, False),
+        (None, None, 0.1, 2, True),  # no /proc/stat: the 1-minute load average decides
+        (None, None, 0.6, 2, False),
+        (True, 9.0, 9.0, 2, True),
+        (False, 0.0, 0.0, 2, False),
     ],
 )
-def test_ort_spinning_only_on_an_idle_machine(monkeypatch, forced, load, cores, spins) -> None:
+def test_ort_spinning_only_when_other_processes_leave_the_cores_idle(
+    monkeypatch, forced, others, load, cores, spins
+) -> None:
     import os
 
     from ftaudit.models import ort_spinning
 
     monkeypatch.setattr(ort_spinning, "SPIN_BETWEEN_RUNS", forced)
+    monkeypatch.setattr(ort_spinning, "_decided", None)
+    monkeypatch.setattr(ort_spinning, "other_processes_cores", lambda window: others)
     monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
     assert ort_spinning.spin_between_runs() is spins
+
+
+def test_ort_spinning_decides_once_per_reuse_period(monkeypatch) -> None:
+    from ftaudit.models import ort_spinning
+
+    calls = []
+    monkeypatch.setattr(ort_spinning, "SPIN_BETWEEN_RUNS", None)
+    monkeypatch.setattr(ort_spinning, "_decided", None)
+    monkeypatch.setattr(ort_spinning, "other_processes_cores", lambda w: calls.append(w) or 0.0)
+    assert ort_spinning.spin_between_runs() and ort_spinning.spin_between_runs()
+    assert calls == [ort_spinning.WINDOW_S]
+    monkeypatch.setattr(ort_spinning, "REUSE_S", 0.0)
+    ort_spinning.spin_between_runs()
+    assert len(calls) == 2
+
+
+def test_other_processes_cores_subtracts_this_process(monkeypatch) -> None:
+    """Busy seconds of the machine minus this process's own, per second of the window."""
+    from ftaudit.models import ort_spinning
+
+    counters = iter([(100.0, 10.0, 5.0), (100.9, 10.6, 5.5)])  # 0.9 s busy, 0.6 s our own
+    monkeypatch.setattr(ort_spinning, "cpu_counters", lambda: next(counters))
+    monkeypatch.setattr(ort_spinning.time, "sleep", lambda s: None)
+    assert ort_spinning.other_processes_cores(0.5) == pytest.approx(0.6)
+    monkeypatch.setattr(ort_spinning, "cpu_counters", lambda: (_ for _ in ()).throw(OSError()))
+    assert ort_spinning.other_processes_cores(0.5) is None
 
 
 @pytest.mark.parametrize("spins", [True, False])
