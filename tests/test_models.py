@@ -689,3 +689,34 @@ def test_monte_carlo_sessions_follow_the_spinning_decision(monkeypatch, spins) -
     except RuntimeError:
         entry = None
     assert (entry != "0") is spins
+
+
+def test_read_noise_sessions_never_spin_unless_forced(monkeypatch) -> None:
+    """The analog pipeline's read-noise draws run on a helper thread during the session's runs:
+    its session sleeps between parallel sections on an idle machine too; forcing still wins."""
+    import numpy as np
+    from conftest import SAMPLES
+
+    from ftaudit.analog import ForwardPipeline
+    from ftaudit.analog.runner import analog_runner
+    from ftaudit.models import load_model, ort_spinning
+
+    model = load_model(SAMPLES / "mlp.onnx")
+    with np.load(SAMPLES / "fmnist_test_2000.npz") as data:
+        x = model.fit_input(data["x"][:64].astype(np.float32) / 255)
+    monkeypatch.setattr(ort_spinning, "_decided", None)
+    monkeypatch.setattr(ort_spinning, "other_processes_cores", lambda window: 0.0)
+
+    def allows_spinning(forced, pipeline) -> bool:
+        monkeypatch.setattr(ort_spinning, "SPIN_BETWEEN_RUNS", forced)
+        runner, _ = analog_runner(model, model.layers, x, pipeline=pipeline, seed=0, device="cpu")
+        options = runner.session.get_session_options()
+        try:
+            return options.get_session_config_entry("session.intra_op.allow_spinning") != "0"
+        except RuntimeError:  # no entry: ONNX Runtime's default, spinning
+            return True
+
+    noisy, quiet = ForwardPipeline(adc_bits=8, read_noise=0.05), ForwardPipeline(adc_bits=8)
+    assert not allows_spinning(None, noisy)
+    assert allows_spinning(None, quiet)
+    assert allows_spinning(True, noisy)

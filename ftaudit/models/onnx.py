@@ -509,7 +509,7 @@ class OnnxRunner(ModelRunner):
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if not ort_spinning.spin_between_runs():
+        if not ort_spinning.spin_between_runs(self.random_reads):
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.threads is not None:
             options.intra_op_num_threads = self.threads

@@ -29,9 +29,13 @@ REUSE_S = 30.0
 _decided: tuple[float, bool] | None = None
 
 
-def spin_between_runs() -> bool:
-    """Whether a new Monte Carlo session spins: as forced by ``SPIN_BETWEEN_RUNS``, else only
-    when other processes leave the cores idle (``IDLE_LOAD_PER_CORE`` per usable core).
+def spin_between_runs(drawing_during_runs: bool = False) -> bool:
+    """Whether a new Monte Carlo session spins: as forced by ``SPIN_BETWEEN_RUNS``; never when
+    the runner draws on its helper thread while the session runs (``drawing_during_runs``: the
+    analog pipeline's read noise, whose draws a spinning pool starves: measured with
+    benchmarks/mc_throughput.py on 2 cores, LeNet's read-noise efficiency 0.35 spinning
+    against 0.55 not); else only when other processes leave the cores idle
+    (``IDLE_LOAD_PER_CORE`` per usable core).
 
     Other processes' use is what ``/proc/stat`` counts as busy over ``WINDOW_S`` minus this
     process's own CPU time, so neither this run's earlier work nor a load average that still
@@ -40,6 +44,8 @@ def spin_between_runs() -> bool:
     global _decided
     if SPIN_BETWEEN_RUNS is not None:
         return SPIN_BETWEEN_RUNS
+    if drawing_during_runs:
+        return False
     now = time.monotonic()
     if _decided is not None and now - _decided[0] < REUSE_S:
         return _decided[1]
