@@ -4,9 +4,11 @@ Times ms per Monte Carlo sample (LeNet, sigma 0.3, the 2,000 shipped images) wit
 Monte Carlo's sessions not spinning between runs (ftaudit's default), spinning (ONNX Runtime's
 default, FTAUDIT_ORT_SPINNING=1), and spinning inside a run only (``session.force_spinning_stop``).
 Each measurement is its own process, the modes alternate, and "under load" runs ``--busy``
-busy-looping processes beside it (other jobs on the same cores).
+busy-looping processes beside it (other jobs on the same cores). ``--read-noise S`` runs the
+analog pipeline (DAC 8, ADC 8, read noise S), whose read-noise draws run on the helper thread
+during the session's runs.
 
-    python benchmarks/spinning.py [--busy 2] [--repeats 2]
+    python benchmarks/spinning.py [--busy 2] [--repeats 2] [--read-noise 0.06]
 """
 
 from __future__ import annotations
@@ -41,7 +43,11 @@ from ftaudit.models import load_model
 data = load_dataset(mt.DATA)
 path = mt.MODELS / "lenet.onnx"
 x = load_model(path).fit_input(data.x)
-timed = mt.monte_carlo_runner(path, x, data.y)
+pipeline = None
+if {read_noise!r}:
+    from ftaudit.analog import ForwardPipeline
+    pipeline = ForwardPipeline(dac_bits=8, adc_bits=8, read_noise={read_noise!r})
+timed = mt.monte_carlo_runner(path, x, data.y, pipeline=pipeline)
 timed(10)
 print(statistics.median(timed(20) for _ in range(8)) * 1e3)
 """
@@ -52,13 +58,13 @@ def _busy() -> None:
         pass
 
 
-def measure(mode: str) -> float:
-    code = CHILD.format(here=str(HERE), mode=mode)
+def measure(mode: str, read_noise: float = 0.0) -> float:
+    code = CHILD.format(here=str(HERE), mode=mode, read_noise=read_noise)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def run(busy: int, repeats: int) -> dict[str, float]:
+def run(busy: int, repeats: int, read_noise: float = 0.0) -> dict[str, float]:
     """Median ms per sample of each mode over ``repeats`` alternating rounds."""
     load = [multiprocessing.Process(target=_busy, daemon=True) for _ in range(busy)]
     for process in load:
@@ -67,7 +73,7 @@ def run(busy: int, repeats: int) -> dict[str, float]:
         times: dict[str, list[float]] = {mode: [] for mode in MODES}
         for _ in range(repeats):
             for mode in MODES:
-                times[mode].append(measure(mode))
+                times[mode].append(measure(mode, read_noise))
     finally:
         for process in load:
             process.terminate()
@@ -78,11 +84,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--busy", type=int, default=2, help="busy processes for 'under load'")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--read-noise", type=float, default=0.0, help="analog pipeline's")
+    parser.add_argument("--quiet-only", action="store_true", help="skip the busy rows")
     args = parser.parse_args()
-    rows = {
-        "quiet": run(0, args.repeats),
-        f"{args.busy} busy processes": run(args.busy, args.repeats),
-    }
+    rows = {"quiet": run(0, args.repeats, args.read_noise)}
+    if not args.quiet_only:
+        rows[f"{args.busy} busy processes"] = run(args.busy, args.repeats, args.read_noise)
     print("| machine | " + " | ".join(f"{mode}: ms/sample" for mode in MODES) + " |")
     print("| --- |" + " ---: |" * len(MODES))
     for label, row in rows.items():

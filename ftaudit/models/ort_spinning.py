@@ -32,9 +32,9 @@ _decided: tuple[float, bool] | None = None
 def spin_between_runs(drawing_during_runs: bool = False) -> bool:
     """Whether a new Monte Carlo session spins: as forced by ``SPIN_BETWEEN_RUNS``; never when
     the runner draws on its helper thread while the session runs (``drawing_during_runs``: the
-    analog pipeline's read noise, whose draws a spinning pool starves: measured with
-    benchmarks/mc_throughput.py on 2 cores, LeNet's read-noise efficiency 0.35 spinning
-    against 0.55 not); else only when other processes leave the cores idle
+    analog pipeline's read noise, whose draws a spinning pool starves: LeNet with read noise,
+    2 quiet cores, 69.1 ms per sample spinning against 59.0 not, benchmarks/spinning.py
+    --read-noise 0.06, 2026-12-07); else only when other processes leave the cores idle
     (``IDLE_LOAD_PER_CORE`` per usable core).
 
     Other processes' use is what ``/proc/stat`` counts as busy over ``WINDOW_S`` minus this
