@@ -41,10 +41,10 @@ from ftaudit.analog.unmapped import (
     SUPPORTED_OPS,
     refuse_left_weight,
     refuse_unmapped_product,
-    source_value,
     unmapped_reason,
 )
 from ftaudit.errors import UserError
+from ftaudit.models.onnx_graph import source_value
 
 NOISE_INPUT_PREFIX = "ftaudit_read_noise_"
 WEIGHT_NOISE_INPUT_PREFIX = "ftaudit_weight_read_noise_"

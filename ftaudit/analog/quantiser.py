@@ -1,5 +1,5 @@
-"""The signed N-bit quantiser of the DAC and the ADC: its scales, its ONNX nodes, and a numpy
-twin of those nodes for tests.
+"""The signed N-bit quantiser of the DAC and the ADC: its scales and its ONNX nodes
+(``tests/test_analog_quantiser.py`` checks them against an independent numpy quantiser).
 
 The quantiser is ``clip(round(x * scale_in), -s, s) * scale_out`` with ``s = 2**(bits-1) - 1``.
 In the graph, up to 8 bits, the rounding is ``QuantizeLinear`` (scale 1, ties to even like
@@ -26,16 +26,6 @@ def quantiser_scales(bits: int, full_scale: np.ndarray) -> tuple[np.ndarray, np.
         return np.ones_like(full_scale), full_scale
     steps = np.float32(2 ** (bits - 1) - 1)
     return (steps / full_scale).astype(np.float32), (full_scale / steps).astype(np.float32)
-
-
-def quantise_reference(x: np.ndarray, bits: int, full_scale: np.ndarray) -> np.ndarray:
-    """The numpy twin of ``_Builder.quantise`` (tests compare the two)."""
-    scale_in, scale_out = quantiser_scales(bits, full_scale)
-    scaled = np.asarray(x, np.float32) * scale_in
-    if bits == 1:
-        return np.sign(scaled) * scale_out
-    steps = np.float32(2 ** (bits - 1) - 1)
-    return np.round(np.clip(scaled, -steps, steps)) * scale_out
 
 
 def quantise_nodes(

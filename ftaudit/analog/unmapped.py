@@ -8,15 +8,8 @@ from typing import Any
 import numpy as np
 
 from ftaudit.errors import UserError
+from ftaudit.models.onnx_graph import source_value
 from ftaudit.models.onnx_operands import weight_operands
-
-
-def source_value(name: str, producers: Mapping[str, Any]) -> str:
-    """The value ``name`` copies through Identity nodes (the initializer an op reads)."""
-    while name in producers and producers[name].op_type == "Identity":
-        name = producers[name].input[0]
-    return name
-
 
 #: the crossbar ops the rewrite maps onto tiles (README: the analog pipeline's support table)
 SUPPORTED_OPS = "Conv (any groups, 1-3-D), Gemm without transA, MatMul with a 2-D right weight"

@@ -59,7 +59,7 @@ def crossbar_outputs(
     ONNX loader finds them (``onnx_graph.trace_crossbar_weights``); ``feed_names`` maps layer
     names to the values the operators read (``OnnxModel.feed_names``; the name by default).
     """
-    from ftaudit.models.onnx_graph import trace_crossbar_weights
+    from ftaudit.models.onnx_graph import source_value, trace_crossbar_weights
 
     graph = proto.graph
     feeds = feed_names or {}
@@ -71,11 +71,6 @@ def crossbar_outputs(
         for name in node.input:
             consumers.setdefault(name, []).append(node)
 
-    def source(name: str) -> str:
-        while name in producers and producers[name].op_type == "Identity":
-            name = producers[name].input[0]
-        return name
-
     found: dict[str, list[str]] = {}
     for trace in trace_crossbar_weights(graph)[0]:
         weight = layer_of.get(trace.value)
@@ -86,7 +81,7 @@ def crossbar_outputs(
         users = consumers.get(out, [])
         if node.op_type == "MatMul" and len(users) == 1 and users[0].op_type == "Add":
             add = users[0]
-            other = [source(name) for name in add.input if name != out]
+            other = [source_value(name, producers) for name in add.input if name != out]
             if len(other) == 1 and other[0] in initializers:
                 out = add.output[0]
         found.setdefault(weight, []).append(out)

@@ -136,7 +136,7 @@ def trace_crossbar_weights(graph: Any) -> tuple[list[WeightTrace], list[Untraced
     producers = {out: node for node in graph.node for out in node.output}
     initializers = {t.name for t in graph.initializer}
     constant, not_weight_only = _classify_values(graph)
-    stored = _stored_matrices(graph, producers)
+    stored = _stored_matrices(graph)
     shaped = _shape_indexed_weights(graph, constant, stored)
     traces: list[WeightTrace] = []
     untraced: list[UntracedOp] = []
@@ -147,11 +147,11 @@ def trace_crossbar_weights(graph: Any) -> tuple[list[WeightTrace], list[Untraced
             if any(v in constant for v in operands):  # else activations x activations
                 untraced.append(UntracedOp(label, node.op_type, QOPERATOR_REASON))
             continue
-        reason = _not_traceable(node, constant, stored)
+        operands = weight_operands(node, constant)
+        reason = _not_traceable(node, constant, stored, known_product=operands is not None)
         if reason is not None:
             untraced.append(UntracedOp(label, node.op_type, reason))
             continue
-        operands = weight_operands(node, constant)
         if operands is None:
             continue
         computed = [shaped[v] for v in weight_inputs(node) if v not in constant and v in shaped]
@@ -173,9 +173,7 @@ def trace_crossbar_weights(graph: Any) -> tuple[list[WeightTrace], list[Untraced
                     )
                 )
                 continue
-            value = operand.value
-            while value in producers and producers[value].op_type == "Identity":
-                value = producers[value].input[0]
+            value = source_value(operand.value, producers)
             root, via = value, []
             while root not in initializers and root in producers:
                 via.append(producers[root].op_type)
@@ -194,9 +192,19 @@ def trace_crossbar_weights(graph: Any) -> tuple[list[WeightTrace], list[Untraced
     return traces, untraced
 
 
-def _not_traceable(node: Any, constant: set[str], stored: Mapping[str, Any]) -> str | None:
+def source_value(name: str, producers: Mapping[str, Any]) -> str:
+    """The value ``name`` copies through Identity nodes (what an operator really reads)."""
+    while name in producers and producers[name].op_type == "Identity":
+        name = producers[name].input[0]
+    return name
+
+
+def _not_traceable(
+    node: Any, constant: set[str], stored: Mapping[str, Any], *, known_product: bool
+) -> str | None:
     """Why ``node`` multiplies by a stored weight that cannot be a crossbar layer, if it does:
-    an integer kernel, the nchwc layout, a control-flow body, or an operator nobody maps."""
+    an integer kernel, the nchwc layout, a control-flow body, or an operator nobody maps
+    (``known_product``: ``onnx_operands`` has the node's rule, so it is none of those)."""
     domain = "" if node.domain in ("", "ai.onnx") else node.domain
     ints = INTEGER_KERNELS.get((domain, node.op_type))
     if ints is not None:
@@ -205,17 +213,14 @@ def _not_traceable(node: Any, constant: set[str], stored: Mapping[str, Any]) -> 
         return ATTRIBUTE_REASON
     if domain == NCHWC_DOMAIN and node.op_type == "Conv":
         return NCHWC_REASON if node.input[1] in constant else None
-    body = _product_in_body(node, stored)
-    if body is not None:
-        return SUBGRAPH_REASON.format(op=node.op_type) + body
-    if weight_operands(node, constant) is not None:
-        return None
-    return unknown_matrix_reader(node, stored)
+    if _product_in_body(node, stored):
+        return SUBGRAPH_REASON.format(op=node.op_type)
+    return None if known_product else unknown_matrix_reader(node, stored)
 
 
-def _product_in_body(node: Any, stored: Mapping[str, Any]) -> str | None:
-    """For If/Loop/Scan: '' when a body multiplies by a stored or body-local matrix (the
-    reason's suffix), else None."""
+def _product_in_body(node: Any, stored: Mapping[str, Any]) -> bool:
+    """For If/Loop/Scan: whether a body (or a body's body) multiplies by a stored or
+    body-local matrix."""
     import onnx
 
     bodies = [
@@ -227,11 +232,9 @@ def _product_in_body(node: Any, stored: Mapping[str, Any]) -> str | None:
         local = {t.name for t in body.initializer if len(t.dims) >= 2}
         local |= {out for n in body.node if n.op_type == "Constant" for out in n.output}
         reads = local | set(stored)
-        for inner in body.node:
-            operands = weight_operands(inner, reads)
-            if operands or _product_in_body(inner, stored) is not None:
-                return ""
-    return None
+        if any(weight_operands(n, reads) or _product_in_body(n, stored) for n in body.node):
+            return True
+    return False
 
 
 def _shape_indexed_weights(
@@ -260,7 +263,7 @@ def _shape_indexed_weights(
     return {value: root for value, root in cut.items() if value not in constant}
 
 
-def _stored_matrices(graph: Any, producers: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+def _stored_matrices(graph: Any) -> dict[str, tuple[int, ...]]:
     """value -> shape of every float initializer with 2+ axes of 2+ entries, and of the values
     weight-only re-layouts derive from one (their root's shape)."""
     import onnx

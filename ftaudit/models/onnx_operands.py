@@ -158,7 +158,6 @@ INTEGER_KERNELS = {
     (ORT_DOMAIN, "QAttention"): (1,),
     (ORT_DOMAIN, "QOrderedMatMul"): (3,),
     (ORT_DOMAIN, "DynamicQuantizeLSTM"): (1, 2),
-    (ORT_DOMAIN, "GatherBlockQuantized"): (),
 }
 INTEGER_KERNEL_REASON = (
     "an integer kernel computes it from packed integer levels (block-quantised or dynamically "
@@ -187,7 +186,7 @@ UNKNOWN_REASON = (
 )
 
 
-def unknown_matrix_reader(node: Any, stored: dict[str, tuple[int, ...]]) -> str | None:
+def unknown_matrix_reader(node: Any, stored: Mapping[str, tuple[int, ...]]) -> str | None:
     """The reason to report ``node`` as untraced when it is no known product yet reads a stored
     float matrix (``stored``: value -> shape, for float tensors of 2+ axes of 2+ entries, traced
     back through weight-only re-layouts); None when it is known not to be a product."""
@@ -197,9 +196,7 @@ def unknown_matrix_reader(node: Any, stored: dict[str, tuple[int, ...]]) -> str 
         shape = stored.get(value)
         if shape is not None:
             domain = _domain(node) or "ai.onnx"
-            return UNKNOWN_REASON.format(
-                op=node.op_type, domain=domain, value=value, shape=tuple(shape)
-            )
+            return UNKNOWN_REASON.format(op=node.op_type, domain=domain, value=value, shape=shape)
     return None
 
 
@@ -225,18 +222,17 @@ def node_macs(
     if op == "Gemm":  # W @ x (weight on the left): one product per example's column
         return int(weight.size) if weight_on_left else int(out[0] * weight.size) // batch
     if op in ("LSTM", "GRU", "RNN"):  # every step multiplies by the whole matrix
-        layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
-        steps = out[1] if layout else out[0]
+        steps = out[1] if _attr(node, "layout") else out[0]
         return int(steps * weight.size)
     if op != "MatMul":
         return None
     # MatMul: every output element is a dot product over the contracted axis, which is the
     # weight's last axis when it is the left operand and its second-last when it is the right one
-    trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
     if len(weight.shape) < 2:
         contracted = weight.shape[0]
     else:
-        contracted = weight.shape[-1] if weight_on_left or trans_b else weight.shape[-2]
+        on_last = weight_on_left or _attr(node, "transB")
+        contracted = weight.shape[-1] if on_last else weight.shape[-2]
     return int(np.prod(out) * contracted) // batch
 
 

@@ -40,29 +40,22 @@ _ACTIVATION_ATTRS = {
 }
 
 
-def unfuse_ort_operators(model: Any) -> int:
+def unfuse_ort_operators(model: Any) -> None:
     """Rewrite ``model``'s FusedConv, FusedGemm and FusedMatMul nodes in place as standard
-    ops; returns how many were rewritten."""
+    ops (opset 11+, where Clip takes its bounds as inputs)."""
     from onnx import helper
 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     graph = model.graph
-    shapes = {t.name: len(t.dims) for t in graph.initializer}
+    if opset < 11 or not any(node.domain == ORT_DOMAIN for node in graph.node):
+        return
+    ranks = {t.name: len(t.dims) for t in graph.initializer}
     nodes: list[Any] = []
-    rewritten = 0
     for node in graph.node:
-        replacement = None
-        if node.domain == ORT_DOMAIN and opset >= 11:
-            replacement = _unfused(node, opset, shapes, graph, helper)
-        if replacement is None:
-            nodes.append(node)
-        else:
-            nodes.extend(replacement)
-            rewritten += 1
-    if rewritten:
-        del graph.node[:]
-        graph.node.extend(nodes)
-    return rewritten
+        replacement = _unfused(node, ranks, graph, helper) if node.domain == ORT_DOMAIN else None
+        nodes.extend([node] if replacement is None else replacement)
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def _attrs(node: Any, helper: Any) -> dict[str, Any]:
@@ -102,9 +95,7 @@ def _activation(
     return [helper.make_node(name, [value], [node.output[0]], **kwargs)]
 
 
-def _unfused(
-    node: Any, opset: int, ranks: dict[str, int], graph: Any, helper: Any
-) -> list[Any] | None:
+def _unfused(node: Any, ranks: dict[str, int], graph: Any, helper: Any) -> list[Any] | None:
     """The standard nodes computing ``node`` (same output name), or None to keep it."""
     attrs = _attrs(node, helper)
     product = {k: v for k, v in attrs.items() if k not in _ACTIVATION_ATTRS}
