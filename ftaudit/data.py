@@ -3,7 +3,9 @@
 Sources (``load_dataset`` tells them apart by name, never by unpickling anything):
 
 * ``.npz`` with arrays ``x`` (inputs, batch axis first) and ``y`` (class indices). Loaded with
-  ``allow_pickle=False``: object arrays are refused.
+  ``allow_pickle=False``: object arrays are refused. Any other array with one row per sample is
+  kept in ``Dataset.inputs`` under its name, as stored: a model with several inputs (a
+  transformer's ``attention_mask``) is fed the array named after each input.
 * MNIST / Fashion-MNIST IDX files, gzip-compressed or raw: the images file
   (``t10k-images-idx3-ubyte.gz``; its labels file ``t10k-labels-idx1-ubyte[.gz]`` must sit next to
   it) or a folder holding exactly one images/labels pair.
@@ -37,7 +39,7 @@ import warnings
 import zipfile
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +60,9 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 _IDX_IMAGES = re.compile(r"images([-.])idx3")
 _IDX_LABELS = re.compile(r"labels([-.])idx1")
 
-# What each loader returns: raw x (limit applied, dtype as stored), int64 y, source sha256.
-_Loaded = tuple[np.ndarray, np.ndarray, str]
+# What each loader returns: raw x (limit applied, dtype as stored), int64 y, source sha256, and
+# the other per-sample arrays by name (.npz only; raw, limit applied).
+_Loaded = tuple[np.ndarray, np.ndarray, str, dict[str, np.ndarray]]
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing or hashing arrays is meaningless here
@@ -74,6 +77,9 @@ class Dataset:
     x_raw: np.ndarray | None = None
     #: things the user is probably wrong about (shown as warnings by the CLI), e.g. pixel values
     warnings: tuple[str, ...] = ()
+    #: the .npz's other arrays with one row per sample, by name, as stored (limit applied): the
+    #: further inputs of a model with several (``ftaudit.models.packed_inputs``)
+    inputs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def load_dataset(
@@ -100,7 +106,7 @@ def load_dataset(
     kind, files = _find_source(path)
     for file in files:
         require_regular_file(file, "data file")
-    x, y, sha256 = _LOADERS[kind](path, files, limit)
+    x, y, sha256, inputs = _LOADERS[kind](path, files, limit)
     x_raw = x if np.issubdtype(x.dtype, np.integer) and mean is None and std is None else None
     scale_warning = None if x.dtype == np.uint8 else pixel_scale_warning(x, path)
     x = _to_float32(x, path)
@@ -115,6 +121,7 @@ def load_dataset(
         source=source,
         warnings=(scale_warning,) if scale_warning else (),
         x_raw=x_raw,
+        inputs=inputs,
     )
 
 
@@ -324,12 +331,30 @@ def _load_npz(path: Path, files: list[Path], limit: int | None) -> _Loaded:
             _check_not_empty(y_shape[0], path)
             x = read_npz_rows(archive, "x", path, limit)
             y = read_npz_rows(archive, "y", path, limit)
+            inputs = _per_sample_arrays(
+                archive, sorted(names - {"x", "y"}), x_shape[0], path, limit
+            )
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as exc:
         raise UserError(
             f"cannot read {path}: {exc}",
             hint="the file looks corrupt; save it again with np.savez",
         ) from exc
-    return x, _labels(y, path), sha256_file(path)
+    return x, _labels(y, path), sha256_file(path), inputs
+
+
+def _per_sample_arrays(
+    archive: zipfile.ZipFile, names: list[str], n: int, path: Path, limit: int | None
+) -> dict[str, np.ndarray]:
+    """The archive's other arrays with ``n`` rows (further model inputs); one that is not
+    plain numbers (an object array) is left out, as it was before it could be an input."""
+    found: dict[str, np.ndarray] = {}
+    for name in names:
+        try:
+            if npz_header(archive, name, path)[0][:1] == (n,):
+                found[name] = read_npz_rows(archive, name, path, limit)
+        except UserError:
+            continue
+    return found
 
 
 def _load_idx(path: Path, files: list[Path], limit: int | None) -> _Loaded:
@@ -350,7 +375,7 @@ def _load_idx(path: Path, files: list[Path], limit: int | None) -> _Loaded:
     _check_not_empty(y_dims[0], images_file)
     x = read_idx(images_file, limit)
     y = read_idx(labels_file, limit)
-    return x, _labels(y, labels_file), _sha256_files(images_file.parent, files)
+    return x, _labels(y, labels_file), _sha256_files(images_file.parent, files), {}
 
 
 def _load_image_folder(path: Path, files: list[Path], limit: int | None) -> _Loaded:
@@ -411,7 +436,7 @@ def _load_image_folder(path: Path, files: list[Path], limit: int | None) -> _Loa
         x[index] = pixels
     assert x is not None  # samples is not empty
     y = np.array([label for _, label in samples], dtype=np.int64)
-    return x, y, sha256
+    return x, y, sha256, {}
 
 
 _LOADERS = {"npz": _load_npz, "idx": _load_idx, "images": _load_image_folder}

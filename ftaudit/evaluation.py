@@ -147,7 +147,7 @@ def model_provenance(model: AuditModel) -> dict[str, object]:
         "path": str(model.path),
         "sha256": model_sha256(model),
         "format": model.format,
-        "input": model.input.to_dict(),
+        "input": model.input_dict(),
         "output": model.output.to_dict(),
         "producer": model.metadata.get("producer"),
         "opset": model.metadata.get("opset"),
@@ -578,8 +578,7 @@ def audit(
         device_effects=None if effects is None else effects.to_dict(),
         test_set_error=test_set_error,
         analog=pipeline.report_block(getattr(runner, "calibration", None)) if pipeline else None,
-        # token ids are integers by design: the 0..255 pixel-scale warning does not apply
-        warnings=[] if loaded.integer_input else list(dataset.warnings),
+        warnings=loaded.data_warnings(dataset),
     )
 
 

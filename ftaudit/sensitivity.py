@@ -244,7 +244,7 @@ def sensitivity(
         layers=ranked,
         always_digital=[la.name for la in loaded.layers if la.name not in analog_names],
         warnings=[
-            *([] if loaded.integer_input else dataset.warnings),
+            *loaded.data_warnings(dataset),
             *([target.message()] if target is not None and target.status in OUT_OF_REACH else []),
         ],
         target=target,
@@ -270,7 +270,7 @@ def sensitivity(
 def ideal_accuracy(model: AuditModel, dataset: Dataset, *, batch_size: int, device: str) -> float:
     """Accuracy of the unperturbed model with every layer digital (no analog pipeline)."""
     runner = model.runner(model.layers[:1], device=device)
-    x = model.fit_input(dataset.x)
+    x = model.input_array(dataset)
     runner.bind_data(x, dataset.y, batch_size=batch_size)
     return runner.count_correct() / len(dataset.y)
 

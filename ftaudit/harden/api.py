@@ -39,6 +39,7 @@ from ftaudit.harden.trainable import export_hardened
 from ftaudit.harden.training import TrainingData
 from ftaudit.models import load_model
 from ftaudit.models.fingerprint import model_sha256
+from ftaudit.models.packed_inputs import unpacked
 from ftaudit.noise import get_noise_model
 from ftaudit.results import AuditReport
 from ftaudit.results.harden import CLEAN_DROP_NOTICE, HardenReport
@@ -361,6 +362,7 @@ def harden(
                 "limit": limit,
             },
             x_raw=val.x if source.integer_input else None,
+            inputs=unpacked(source.data_inputs, val.x),
         )
         before = audit(
             source, eval_data, progress=_stage(progress, "evaluating the input model"), **common

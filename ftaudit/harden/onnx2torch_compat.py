@@ -26,7 +26,6 @@ _SAME_SEMANTICS: dict[str, tuple[int, tuple[int, ...]]] = {
     "Cast": (13, (19, 21, 23, 24)),
     "Identity": (16, (19, 21, 23, 24)),
     "Transpose": (13, (21, 23, 24)),
-    "Flatten": (13, (21, 23, 24)),
     "Squeeze": (13, (21, 23, 24)),
     "Unsqueeze": (13, (21, 23, 24)),
     "ConstantOfShape": (9, (20, 21, 23, 24)),
@@ -42,6 +41,14 @@ _REDUCE_AXES_INPUT: dict[str, tuple[int, ...]] = {
     "ReduceLogSum": (18,),
     "ReduceLogSumExp": (18,),
     "ReduceSumSquare": (18,),
+}
+#: element-wise operators onnx2torch lacks (transformers exports compare and test masks with
+#: them), by version: the torch function of the same meaning
+_ELEMENTWISE: dict[str, tuple[tuple[int, ...], str]] = {
+    "GreaterOrEqual": ((12, 16), "greater_equal"),
+    "LessOrEqual": ((12, 16), "less_equal"),
+    "IsNaN": ((9, 13, 20), "isnan"),
+    "IsInf": ((10, 20), "isinf"),
 }
 _registered = False
 
@@ -69,13 +76,44 @@ def register_converters() -> None:
         for version in versions:
             add(op, version, _reduce_axes_input)
     add("Gelu", 20, _gelu)
+    for op, (versions, function) in _ELEMENTWISE.items():
+        for version in versions:
+            add(op, version, _elementwise(op, function))
     for version in (15, 19, 21, 23, 24):
         add("CastLike", version, _cast_like)
+    for version in (1, 9, 11, 13, 21, 23, 24):  # replaces onnx2torch's, wrong at axis = rank
+        table[
+            registry.OperationDescription(domain="", operation_type="Flatten", version=version)
+        ] = _flatten
     for version in (14, 19, 21, 23, 24):  # replaces onnx2torch's, which refuses allowzero=1
         table[
             registry.OperationDescription(domain="", operation_type="Reshape", version=version)
         ] = _reshape
     _registered = True
+
+
+def _flatten(node: Any, graph: Any) -> Any:
+    """Flatten to (prod(shape[:axis]), prod(shape[axis:])) for any axis, negative or equal to
+    the rank (transformers' legacy exports flatten a 2-D mask at axis 2, which onnx2torch's
+    module cannot)."""
+    del graph
+    from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
+
+    axis = int(node.attributes.get("axis", 1))
+
+    def flatten(x: Any) -> Any:
+        cut = axis + x.dim() if axis < 0 else axis
+        lead = 1
+        for size in x.shape[:cut]:
+            lead *= int(size)
+        rest = 1
+        for size in x.shape[cut:]:
+            rest *= int(size)
+        return x.reshape(lead, rest)
+
+    return OperationConverterResult(
+        torch_module=_module("Flatten", flatten), onnx_mapping=onnx_mapping_from_node(node=node)
+    )
 
 
 def _reshape(node: Any, graph: Any) -> Any:
@@ -140,6 +178,38 @@ def _reduce_axes_input(node: Any, graph: Any) -> Any:
         ),
         onnx_mapping=OnnxMapping(inputs=(node.input_values[0],), outputs=node.output_values),
     )
+
+
+def _elementwise(op: str, function: str) -> Any:
+    """A converter for ``op``: torch's ``function`` of the node's inputs (IsInf's
+    detect_negative/detect_positive attributes honoured)."""
+
+    def convert(node: Any, graph: Any) -> Any:
+        del graph
+        import torch
+        from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
+
+        call = getattr(torch, function)
+        if op == "IsInf":
+            negative = node.attributes.get("detect_negative", 1)
+            positive = node.attributes.get("detect_positive", 1)
+            call = _is_inf(torch, bool(negative), bool(positive))
+        return OperationConverterResult(
+            torch_module=_module(op, call), onnx_mapping=onnx_mapping_from_node(node=node)
+        )
+
+    return convert
+
+
+def _is_inf(torch: Any, negative: bool, positive: bool) -> Any:
+    def is_inf(x: Any) -> Any:
+        if negative and positive:
+            return torch.isinf(x)
+        if negative or positive:
+            return torch.isneginf(x) if negative else torch.isposinf(x)
+        return torch.zeros_like(x, dtype=torch.bool)
+
+    return is_inf
 
 
 def _gelu(node: Any, graph: Any) -> Any:

@@ -76,6 +76,8 @@ def _refuse_non_finite(trainable: TrainableModel) -> None:
     torch = require_torch(FEATURE)
     tensors = [*trainable.module.named_parameters(), *trainable.module.named_buffers()]
     for name, tensor in tensors:
+        if name in trainable.non_finite_at_start:
+            continue  # the model's own constant (a -inf attention mask), never trained
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise UserError(
                 f"training diverged: weight {name} of the hardened model is NaN or infinite, "

@@ -50,6 +50,18 @@ class TrainableModel:
     #: torch.export sources): ``slots`` carry the source's parameter and buffer names, and the
     #: export writes the trained values back into the source by those names
     by_name: bool = False
+    #: float tensors already NaN/inf before training (a transformer's -inf mask constant): not
+    #: a sign of divergence when the trained model is checked before export
+    non_finite_at_start: frozenset[str] = field(init=False, default=frozenset())
+
+    def __post_init__(self) -> None:
+        torch = require_torch(FEATURE)
+        tensors = [*self.module.named_parameters(), *self.module.named_buffers()]
+        self.non_finite_at_start = frozenset(
+            name
+            for name, tensor in tensors
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+        )
 
     def _transposed(self, name: str) -> bool:
         if name in self.crossbar_transposed:

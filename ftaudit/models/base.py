@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ftaudit.errors import UserError
+from ftaudit.models.tensor_spec import TensorSpec
 
 
 def contiguous_input(x: np.ndarray) -> np.ndarray:
@@ -53,22 +54,6 @@ class CrossbarLayer:
         if not self.transposed:
             return canonical
         return np.swapaxes(canonical, -1, -2)
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Name, shape (None for dynamic dimensions) and numpy dtype of a model input or output."""
-
-    name: str
-    shape: tuple[int | None, ...] | None
-    dtype: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "shape": None if self.shape is None else list(self.shape),
-            "dtype": self.dtype,
-        }
 
 
 class ModelRunner(ABC):
@@ -190,6 +175,9 @@ class AuditModel(ABC):
     #: conv layer name -> its following BatchNorm's per-channel factor (``models.folding``);
     #: cleared to perturb the unfolded weights
     fold_scales: dict[str, np.ndarray] = field(default_factory=dict)
+    #: a model with several data inputs: those inputs, fed through the one packed ``input``
+    #: (``ftaudit.models.packed_inputs``); empty for a one-input model
+    data_inputs: tuple[TensorSpec, ...] = ()
 
     @abstractmethod
     def clean_weights(self) -> dict[str, np.ndarray]:
@@ -210,6 +198,12 @@ class AuditModel(ABC):
             weights[name] = (weights[name] * scale).astype(weights[name].dtype, copy=False)
         return weights
 
+    def input_dict(self) -> dict[str, Any]:
+        """The fed input for reports; with ``packed_inputs``, the model's own inputs, when the
+        fed input packs several."""
+        packed = [spec.to_dict() for spec in self.data_inputs]
+        return {**self.input.to_dict(), **({"packed_inputs": packed} if packed else {})}
+
     @property
     def integer_input(self) -> bool:
         """The model takes integers (token ids): data are fed unscaled."""
@@ -217,12 +211,28 @@ class AuditModel(ABC):
 
     def input_array(self, dataset: Any) -> np.ndarray:
         """A Dataset's x as this model takes it: the stored integers for an integer input
-        (never divided by 255), float32 otherwise; reshaped by ``fit_input``."""
+        (never divided by 255), float32 otherwise; every input packed into one array for a
+        model with several; reshaped by ``fit_input``."""
+        if self.data_inputs:
+            from ftaudit.models.packed_inputs import packed_array
+
+            return self.fit_input(packed_array(self.data_inputs, self.input, dataset))
         if self.integer_input:
             from ftaudit.data import integer_input
 
             return self.fit_input(integer_input(dataset, self.input.dtype, name=self.input.name))
         return self.fit_input(dataset.x)
+
+    def data_warnings(self, dataset: Any) -> list[str]:
+        """What the user is probably wrong about in ``dataset`` for this model: the pixel-scale
+        warning (not for token ids) and each input fed its transformers default."""
+        if self.data_inputs:
+            from ftaudit.models.packed_inputs import default_warnings
+
+            defaults = default_warnings(self.data_inputs, dataset)
+            floats = any(not np.issubdtype(np.dtype(s.dtype), np.integer) for s in self.data_inputs)
+            return [*(dataset.warnings if floats else ()), *defaults]
+        return [] if self.integer_input else list(dataset.warnings)
 
     def fit_input(self, x: np.ndarray) -> np.ndarray:
         """Data x reshaped to the model's declared input shape (or a UserError)."""

@@ -16,7 +16,7 @@ import numpy as np
 
 from ftaudit.errors import UserError
 from ftaudit.models import ort_spinning
-from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner
+from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner, TensorSpec
 from ftaudit.models.onnx_graph import (
     CROSSBAR_WEIGHT_INPUT,
     UntracedOp,
@@ -27,6 +27,7 @@ from ftaudit.models.onnx_graph import (
 )
 from ftaudit.models.onnx_io import classifier_output, select_output, tensor_spec
 from ftaudit.models.onnx_operands import node_macs
+from ftaudit.models.onnx_packing import pack_onnx_inputs
 from ftaudit.models.onnx_prepack import DerivedInput, build_prepacked_graph
 from ftaudit.models.onnx_quant import qoperator_to_qdq
 from ftaudit.models.onnx_unfuse import unfuse_ort_operators
@@ -260,13 +261,16 @@ class OnnxModel(AuditModel):
         unfuse_ort_operators(model)
         initializer_names = {t.name for t in model.graph.initializer}
         graph_inputs = [i for i in model.graph.input if i.name not in initializer_names]
-        if len(graph_inputs) != 1:
-            names = ", ".join(i.name for i in graph_inputs) or "none"
+        if not graph_inputs:
             raise UserError(
-                f"{path} has {len(graph_inputs)} data inputs ({names}); ftaudit evaluates "
-                "single-input classifiers",
-                hint="export the model with one input tensor",
+                f"{path} has no data input; ftaudit evaluates classifiers that take data",
+                hint="export the model with its input tensor",
             )
+        data_inputs: tuple[TensorSpec, ...] = ()
+        if len(graph_inputs) > 1:  # one packed input in memory (``packed_inputs``)
+            data_inputs = tuple(tensor_spec(value) for value in graph_inputs)
+            packed = pack_onnx_inputs(model, graph_inputs, path)
+            graph_inputs = [i for i in model.graph.input if i.name == packed.name]
         output_spec = classifier_output(model, output, path)
         traces, untraced = trace_crossbar_weights(model.graph)
         try:
@@ -345,6 +349,7 @@ class OnnxModel(AuditModel):
                 if value in found
             },
             external_files=tuple(external_files),
+            data_inputs=data_inputs,
         )
 
     def clean_weights(self) -> dict[str, np.ndarray]:

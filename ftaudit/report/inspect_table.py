@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 def _shape(shape: list[int | None] | None) -> str:
     if shape is None:
         return "not declared"
-    return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
+    dims = [str(d) if d is not None else "N" if i == 0 else "?" for i, d in enumerate(shape)]
+    return "(" + ", ".join(dims) + ")"
 
 
 def inspect_renderable(summary: ModelSummary) -> RenderableType:
@@ -32,9 +33,15 @@ def inspect_renderable(summary: ModelSummary) -> RenderableType:
     if model.get("opset") is not None:
         head.add_row("opset", str(model["opset"]))
     head.add_row("sha256", str(model["sha256"]))
-    for role in ("input", "output"):
-        spec = model[role]
-        head.add_row(role, f"{escape(str(spec['name']))} {_shape(spec['shape'])} {spec['dtype']}")
+    fed = model["input"].get("packed_inputs") or [model["input"]]
+    for spec in fed:
+        head.add_row(
+            "input", f"{escape(str(spec['name']))} {_shape(spec['shape'])} {spec['dtype']}"
+        )
+    if len(fed) > 1:
+        head.add_row("", f"(fed as one packed array {_shape(model['input']['shape'])})")
+    spec = model["output"]
+    head.add_row("output", f"{escape(str(spec['name']))} {_shape(spec['shape'])} {spec['dtype']}")
 
     layers = Table(title="crossbar layers", title_justify="left")
     for column in ("#", "weight", "op", "shape", "params", "max |w|", "MACs/input", "selected"):
