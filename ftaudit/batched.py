@@ -24,6 +24,7 @@ from ftaudit._optional import require_torch
 from ftaudit.draws import DEFAULT_RNG
 from ftaudit.errors import UserError
 from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner, contiguous_input
+from ftaudit.models.packed_inputs import module_arguments
 
 if TYPE_CHECKING:
     from ftaudit.analog.options import ForwardPipeline
@@ -106,11 +107,12 @@ class BatchedTorchRunner(ModelRunner):
     ) -> Any:
         """One weight set's logits (vmapped: the stacked sets), its read noise ``normals`` and
         its layers' digital ``gains``."""
+        args = module_arguments(x, self.trainable.split_inputs)
         if self.reads is None or not (normals or gains):
-            out = self.torch.func.functional_call(self.module, weights, (x,))
+            out = self.torch.func.functional_call(self.module, weights, args)
         else:
             with self.reads.feeding(normals, gains):
-                out = self.torch.func.functional_call(self.module, weights, (x,))
+                out = self.torch.func.functional_call(self.module, weights, args)
         return out[0] if isinstance(out, (tuple, list)) else out
 
     def set_sample(self, seed: int, sample: int | None) -> None:
@@ -192,9 +194,9 @@ class BatchedTorchRunner(ModelRunner):
                 normals = {} if key is None else self._normals(key[0], [key[1]], k)
                 if (normals or gains) and self.reads is not None:  # one sample, unstacked
                     with self.reads.feeding({s: z[0] for s, z in normals.items()}, gains):
-                        out = self.module(batch)
+                        out = self.trainable.forward(batch)
                 else:
-                    out = self.module(batch)
+                    out = self.trainable.forward(batch)
                 out = out[0] if isinstance(out, (tuple, list)) else out
                 outs.append(out.float().cpu().numpy())
         return np.concatenate(outs) if len(outs) > 1 else outs[0]

@@ -18,6 +18,7 @@ from ftaudit.errors import UserError
 from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner, contiguous_input
 from ftaudit.models.folding import FoldedRunner
 from ftaudit.models.onnx import OnnxModel, OnnxRunner
+from ftaudit.models.packed_inputs import module_arguments
 
 
 class AnalogOnnxRunner(OnnxRunner):
@@ -177,6 +178,9 @@ def as_onnx(
     example = contiguous_input(x[:1])  # token ids stay integers
     if fixed:
         example = np.ascontiguousarray(np.resize(example, (fixed, *example.shape[1:])))
+    # several inputs: exported with the module's own arguments, packed again by from_bytes
+    args = module_arguments(torch.from_numpy(example), model.data_inputs)
+    names = [spec.name for spec in model.data_inputs] or ["input"]
     buffer = io.BytesIO()
     try:
         # the exporter prints the graph to stdout when it fails: the library stays silent
@@ -184,12 +188,12 @@ def as_onnx(
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module,
-                (torch.from_numpy(example),),
+                args,
                 buffer,
                 dynamo=False,
-                input_names=["input"],
+                input_names=names,
                 output_names=["output"],
-                dynamic_axes=None if fixed else {"input": {0: "n"}, "output": {0: "n"}},
+                dynamic_axes=None if fixed else {n: {0: "n"} for n in [*names, "output"]},
                 opset_version=17,
                 do_constant_folding=False,
                 # no merging of parameters with equal values (an untrained BatchNorm's bias and
@@ -207,7 +211,8 @@ def as_onnx(
         ) from exc
     raw = _initializers_off_inputs(buffer.getvalue())
     if not fixed:
-        _check_other_batches(raw, example, model)
+        feed = {name: arg.numpy() for name, arg in zip(names, args, strict=True)}
+        _check_other_batches(raw, feed, model)
     exported = OnnxModel.from_bytes(model.path, raw)
     # the same weights in the canonical layout (a Linear on a 3-D input exports as MatMul with
     # W^T: ``transposed_layers`` feeds those transposed)
@@ -224,7 +229,7 @@ def as_onnx(
     return exported
 
 
-def _check_other_batches(raw: bytes, example: np.ndarray, model: AuditModel) -> None:
+def _check_other_batches(raw: bytes, example: Mapping[str, np.ndarray], model: AuditModel) -> None:
     """The export must run on a batch of another size than its one-image example: torch's
     exporter keeps some modules' reshapes at the example's batch size (a torch.export program's
     MultiheadAttention), which would fail on the first real batch."""
@@ -232,10 +237,10 @@ def _check_other_batches(raw: bytes, example: np.ndarray, model: AuditModel) -> 
 
     session = onnxruntime.InferenceSession(raw, providers=["CPUExecutionProvider"])
     try:
-        session.run(None, {"input": np.concatenate([example, example])})
+        session.run(None, {name: np.concatenate([a, a]) for name, a in example.items()})
     except OnnxRunner.runtime_errors as exc:
         raise UserError(
-            f"{model.path}'s ONNX export runs on batches of exactly {len(example)} only (torch's "
+            f"{model.path}'s ONNX export runs on batches of exactly 1 only (torch's "
             "exporter kept the example's batch size in a reshape), so the analog forward "
             f"pipeline cannot run this {model.format} model",
             hint="export the model to ONNX yourself with a dynamic batch axis and audit the "

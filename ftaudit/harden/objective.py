@@ -36,11 +36,11 @@ class MeanCrossEntropy:
         ]
 
     def one(self, runner: TrainableRunner) -> float:  # type: ignore[override]
-        torch, module = self.torch, runner.trainable.module
+        torch = self.torch
         total = 0.0
         with torch.no_grad():
             for xb, yb in zip(runner.batches, self.labels, strict=True):
-                logits = module(xb)
+                logits = runner.trainable.forward(xb)
                 if isinstance(logits, (tuple, list)):
                     logits = logits[0]
                 total += float(

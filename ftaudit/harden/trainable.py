@@ -426,7 +426,9 @@ def _torchscript_trainable(model: AuditModel) -> TrainableModel:
     module.eval()
     parameters = dict(module.named_parameters())
     crossbar = {layer.name: parameters[layer.name] for layer in model.layers}
-    return TrainableModel(module=module, source=model, crossbar=crossbar)
+    return TrainableModel(
+        module=module, source=model, crossbar=crossbar, split_inputs=model.data_inputs
+    )
 
 
 def _export_torchscript(trainable: TrainableModel, out: Path, metadata: dict[str, Any]) -> None:
@@ -489,7 +491,9 @@ def _program_trainable(model: AuditModel) -> TrainableModel:
     module.eval = types.MethodType(lambda self: self.train(False), module)
     parameters = dict(module.named_parameters())
     crossbar = {layer.name: parameters[layer.name] for layer in model.layers}
-    return TrainableModel(module=module, source=model, crossbar=crossbar)
+    return TrainableModel(
+        module=module, source=model, crossbar=crossbar, split_inputs=model.data_inputs
+    )
 
 
 def _export_program(trainable: TrainableModel, out: Path, metadata: dict[str, Any]) -> None:

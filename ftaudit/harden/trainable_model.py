@@ -10,6 +10,8 @@ import numpy as np
 
 from ftaudit._optional import require_torch
 from ftaudit.models.base import AuditModel
+from ftaudit.models.packed_inputs import packed_call
+from ftaudit.models.tensor_spec import TensorSpec
 
 if TYPE_CHECKING:
     import torch
@@ -50,6 +52,9 @@ class TrainableModel:
     #: torch.export sources): ``slots`` carry the source's parameter and buffer names, and the
     #: export writes the trained values back into the source by those names
     by_name: bool = False
+    #: the source's data inputs when the module takes them as separate arguments (a TorchScript
+    #: or torch.export module fed packed data); () when it takes the batch as is
+    split_inputs: tuple[TensorSpec, ...] = ()
     #: float tensors already NaN/inf before training (a transformer's -inf mask constant): not
     #: a sign of divergence when the trained model is checked before export
     non_finite_at_start: frozenset[str] = field(init=False, default=frozenset())
@@ -62,6 +67,10 @@ class TrainableModel:
             for name, tensor in tensors
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
         )
+
+    def forward(self, batch: Any) -> Any:
+        """The module's output for one batch of (packed) data."""
+        return packed_call(self.module, batch, self.split_inputs)
 
     def _transposed(self, name: str) -> bool:
         if name in self.crossbar_transposed:

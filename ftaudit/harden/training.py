@@ -179,7 +179,7 @@ def train_epoch(
                         clean, layers, noise, seed=seed, epoch=epoch, step=step, draw=draw
                     )
                 )
-            logits = module(xb)
+            logits = trainable.forward(xb)
             if isinstance(logits, (tuple, list)):
                 logits = logits[0]
             loss = torch.nn.functional.cross_entropy(logits, yb)
@@ -241,11 +241,10 @@ class TrainableRunner(ModelRunner):
         self.trainable.set_crossbar_arrays(dict(weights))
 
     def logits(self) -> np.ndarray:
-        module = self.trainable.module
         outs = []
         with self.torch.no_grad():
             for batch in self._batches:
-                out = module(batch)
+                out = self.trainable.forward(batch)
                 if isinstance(out, (tuple, list)):
                     out = out[0]
                 outs.append(out.float().cpu().numpy())

@@ -225,12 +225,13 @@ class AuditModel(ABC):
 
     def data_warnings(self, dataset: Any) -> list[str]:
         """What the user is probably wrong about in ``dataset`` for this model: the pixel-scale
-        warning (not for token ids) and each input fed its transformers default."""
+        warning (not when x feeds token ids) and each input fed its transformers default."""
         if self.data_inputs:
-            from ftaudit.models.packed_inputs import default_warnings
+            from ftaudit.models.packed_inputs import default_warnings, x_input
 
             defaults = default_warnings(self.data_inputs, dataset)
-            floats = any(not np.issubdtype(np.dtype(s.dtype), np.integer) for s in self.data_inputs)
+            fed = x_input(self.data_inputs, dataset)  # the pixel warning is about x
+            floats = fed is not None and not np.issubdtype(np.dtype(fed.dtype), np.integer)
             return [*(dataset.warnings if floats else ()), *defaults]
         return [] if self.integer_input else list(dataset.warnings)
 

@@ -27,6 +27,7 @@ from ftaudit.models.base import (
     contiguous_input,
 )
 from ftaudit.models.onnx_graph import UntracedOp
+from ftaudit.models.packed_inputs import packed_call, packed_spec
 from ftaudit.models.torch_products import (
     DERIVING,
     SCALINGS,
@@ -95,12 +96,12 @@ class ExportedProgramModel(AuditModel):
         program = load_program(raw, path)
         signature = program.graph_signature
         user_inputs = [n for n in program.graph.nodes if n.name in signature.user_inputs]
-        if len(user_inputs) != 1:
+        if not user_inputs:
             raise UserError(
-                f"{path} takes {len(user_inputs)} inputs; ftaudit evaluates single-input "
-                "classifiers",
-                hint="export the model with one input tensor",
+                f"{path} takes no input; ftaudit evaluates classifiers that take data",
+                hint="export the model with its input tensor: torch.export.export(model, (x,))",
             )
+        inputs = tuple(_spec(node, node.name) for node in user_inputs)
         layers, untraced = program_layers(program)
         shapes = {layer.name: layer.shape for layer in layers}
         fold_scales = {
@@ -114,7 +115,8 @@ class ExportedProgramModel(AuditModel):
         return cls(
             path=path,
             format="torch.export",
-            input=_spec(user_inputs[0], user_inputs[0].name),
+            input=inputs[0] if len(inputs) == 1 else packed_spec(inputs, path),
+            data_inputs=inputs if len(inputs) > 1 else (),
             output=_spec(first_out, "output")
             if first_out is not None
             else TensorSpec("output", None, "float32"),
@@ -318,7 +320,7 @@ class ExportedProgramRunner(ModelRunner):
         outs = []
         with self.torch.no_grad():
             for batch in self._batches:
-                out = self.module(batch)
+                out = packed_call(self.module, batch, self.model.data_inputs)
                 if isinstance(out, (tuple, list)):
                     out = out[0]
                 outs.append(out.float().cpu().numpy())

@@ -4,8 +4,10 @@ ftaudit's engine feeds one array, sliced by image. A model with several inputs w
 shapes agree is run through one packed input of shape (N, k, *row): in memory, the ONNX graph
 takes ``packed[:, i]`` (a Gather) for its i-th input, cast back to that input's type, so every
 runner, worker, backend and the analog rewrite see a one-input model and the draws stay keyed
-by image. The packed type is int64 when every input is integer, else float32 (integers then
-must be exact in float32: below 2**24 in magnitude). The file on disk is never changed;
+by image. A TorchScript or torch.export module keeps its own arguments: each call site hands it
+``module_arguments(batch, inputs)``, the packed batch split back into one tensor per input. The
+packed type is int64 when every input is integer, else float32 (integers then must be exact in
+float32: below 2**24 in magnitude). The file on disk is never changed;
 ``harden`` writes the original graph, with its inputs, back.
 
 Data (``Dataset.inputs``): each input is fed the .npz array named after it; ``x`` stands for
@@ -52,9 +54,14 @@ DEFAULT_INPUTS: dict[str, tuple[str, Callable[[int, tuple[int, ...]], np.ndarray
 }
 
 
-def packed_spec(inputs: Sequence[TensorSpec], path: Any) -> TensorSpec:
-    """The packed input (N, k, *row) of ``inputs``, or a UserError when their per-sample shapes
-    cannot share one array."""
+def packed_spec(inputs: Sequence[TensorSpec], path: Any, *, declared: bool = True) -> TensorSpec:
+    """The packed input (N, k, *row) of ``inputs`` (N fixed when the inputs fix it), or a
+    UserError when their per-sample shapes cannot share one array. ``declared`` False
+    (TorchScript keeps no input shapes): shape None, and ``packed_array`` refuses data arrays
+    whose rows differ."""
+    integer = all(_integral(np.dtype(s.dtype)) for s in inputs)
+    if not declared:
+        return TensorSpec(PACKED_NAME, None, "int64" if integer else "float32")
     ranks = {len(spec.shape) if spec.shape is not None else None for spec in inputs}
     listing = ", ".join(f"{s.name} {_shape_text(s.shape)}" for s in inputs)
     if None in ranks or len(ranks) != 1 or 0 in ranks:
@@ -75,8 +82,24 @@ def packed_spec(inputs: Sequence[TensorSpec], path: Any) -> TensorSpec:
                 "sample (as a transformer's input_ids and attention_mask)",
             )
         row.append(dims.pop() if dims else None)
-    integer = all(_integral(np.dtype(s.dtype)) for s in inputs)
-    return TensorSpec(PACKED_NAME, (None, len(inputs), *row), "int64" if integer else "float32")
+    batch = {spec.shape[0] for spec in inputs if spec.shape is not None} - {None}
+    fixed = batch.pop() if len(batch) == 1 else None  # a program exported for one batch size
+    return TensorSpec(PACKED_NAME, (fixed, len(inputs), *row), "int64" if integer else "float32")
+
+
+def module_arguments(batch: Any, inputs: Sequence[TensorSpec]) -> tuple[Any, ...]:
+    """A torch module's arguments for one packed ``batch``: ``batch[:, i]`` as input i's dtype
+    for a module taking ``inputs`` separately; ``(batch,)`` when ``inputs`` is empty."""
+    if not inputs:
+        return (batch,)
+    import torch
+
+    return tuple(batch[:, i].to(getattr(torch, spec.dtype)) for i, spec in enumerate(inputs))
+
+
+def packed_call(module: Any, batch: Any, inputs: Sequence[TensorSpec]) -> Any:
+    """``module`` run on a packed ``batch`` (``module_arguments``)."""
+    return module(*module_arguments(batch, inputs))
 
 
 def default_warnings(inputs: Sequence[TensorSpec], dataset: Dataset) -> list[str]:
@@ -92,15 +115,20 @@ def default_warnings(inputs: Sequence[TensorSpec], dataset: Dataset) -> list[str
     ]
 
 
+def x_input(inputs: Sequence[TensorSpec], dataset: Dataset) -> TensorSpec | None:
+    """The input that ``dataset``'s x feeds: the first without an array of its own."""
+    return next((spec for spec in inputs if spec.name not in dataset.inputs), None)
+
+
 def _fed(inputs: Sequence[TensorSpec], dataset: Dataset) -> tuple[dict[str, np.ndarray], list[str]]:
     """The data array each input is fed (its own, or x for the first without one), and the
     inputs left without one."""
     arrays: dict[str, np.ndarray] = {}
-    primary = next((s.name for s in inputs if s.name not in dataset.inputs), None)
+    primary = x_input(inputs, dataset)
     for spec in inputs:
         if spec.name in dataset.inputs:
             arrays[spec.name] = dataset.inputs[spec.name]
-        elif spec.name == primary:
+        elif spec == primary:
             integral = _integral(np.dtype(spec.dtype)) and dataset.x_raw is not None
             arrays[spec.name] = dataset.x_raw if integral else dataset.x
     return arrays, [s.name for s in inputs if s.name not in arrays]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import numpy as np
 from ftaudit._optional import require_torch
 from ftaudit.errors import UserError
 from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner, TensorSpec, contiguous_input
+from ftaudit.models.packed_inputs import packed_call, packed_spec
 from ftaudit.models.torchscript_layers import attr_path, script_layers
 
 
@@ -48,19 +49,30 @@ def resolve_torch_device(device: str) -> str:
 _INDEX_OPS = {"aten::embedding": 1, "aten::one_hot": 0, "aten::embedding_bag": 1}
 
 
-def _input_dtype(module: Any) -> str:
-    """'int64' when the module's one input is fed straight to an embedding (token ids), else
-    'float32' (TorchScript keeps no input dtype)."""
+def _data_inputs(module: Any, path: Path) -> tuple[TensorSpec, ...]:
+    """The forward's arguments after ``self`` that have no default, as TensorSpecs without a
+    shape (TorchScript keeps none). The dtype rule (TorchScript keeps no input dtype either):
+    'int64' for an argument fed straight to an embedding or one_hot as its indices (token ids),
+    'float32' for any other (a mask, compared or multiplied, takes 0.0/1.0 as well as 0/1)."""
     try:
-        inputs = list(module.inlined_graph.inputs())[1:]  # the first is the module itself
+        arguments = list(module.forward.schema.arguments)[1:]
+        values = list(module.inlined_graph.inputs())[1:]  # the first is the module itself
     except RuntimeError:
-        return "float32"
-    if len(inputs) != 1:
-        return "float32"
-    for use in inputs[0].uses():
-        if _INDEX_OPS.get(use.user.kind()) == use.offset:
-            return "int64"
-    return "float32"
+        return (TensorSpec("input", None, "float32"),)
+    # the arguments without a default are fed; the others are left to their defaults
+    fed = [(a, v) for a, v in zip(arguments, values, strict=False) if not a.has_default_value()]
+    specs = []
+    for argument, value in fed:
+        if len(fed) > 1 and str(argument.type) != "Tensor":
+            raise UserError(
+                f"{path}'s forward takes {argument.name} of type {argument.type}; ftaudit feeds "
+                "several inputs only when each is a tensor",
+                hint="script a module whose forward takes the data tensors (give other "
+                "arguments defaults)",
+            )
+        index = any(_INDEX_OPS.get(use.user.kind()) == use.offset for use in value.uses())
+        specs.append(TensorSpec(argument.name, None, "int64" if index else "float32"))
+    return tuple(specs) or (TensorSpec("input", None, "float32"),)
 
 
 _SHAPE_OPS = {"aten::dim", "aten::size", "aten::len", "prim::shape"}
@@ -138,6 +150,7 @@ class TorchScriptModel(AuditModel):
     @classmethod
     def from_bytes(cls, path: Path, raw: bytes) -> TorchScriptModel:
         module = jit_load(raw, path)
+        inputs = _data_inputs(module, path)
         layers, untraced = script_layers(module)
         shapes = {layer.name: layer.shape for layer in layers}
         return cls(
@@ -150,7 +163,10 @@ class TorchScriptModel(AuditModel):
             path=path,
             format="torchscript",
             # TorchScript keeps no input signature: shapes are checked when data first runs
-            input=TensorSpec("input", None, _input_dtype(module)),
+            input=replace(inputs[0], name="input")
+            if len(inputs) == 1
+            else packed_spec(inputs, path, declared=False),
+            data_inputs=inputs if len(inputs) > 1 else (),
             output=TensorSpec("output", None, "float32"),
             layers=layers,
             metadata={"producer": f"torch {require_torch('TorchScript models').__version__}"},
@@ -159,8 +175,9 @@ class TorchScriptModel(AuditModel):
 
     def fit_input(self, x: np.ndarray) -> np.ndarray:
         """TorchScript declares no input shape: keep x if the model runs on it, else fit x to
-        what the first crossbar layer takes (add a channel axis for Conv, flatten for Linear)."""
-        if not self.layers or self._runs_on(x[:2]):
+        what the first crossbar layer takes (add a channel axis for Conv, flatten for Linear).
+        Packed inputs (several) are never reshaped: the first real run reports a mismatch."""
+        if not self.layers or self.data_inputs or self._runs_on(x[:2]):
             return x
         first = self.layers[0]
         if first.op.startswith("Conv") and not first.op.startswith("ConvTranspose"):
@@ -234,7 +251,7 @@ class TorchScriptRunner(ModelRunner):
         outs = []
         with torch.no_grad():
             for batch in self._batches:
-                out = self.module(batch)
+                out = packed_call(self.module, batch, self.model.data_inputs)
                 if isinstance(out, (tuple, list)) and out:
                     out = out[0]
                 outs.append(tensor_logits(torch, out))
