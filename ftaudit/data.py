@@ -309,7 +309,8 @@ def _load_npz(path: Path, files: list[Path], limit: int | None) -> _Loaded:
                     raise UserError(
                         f"{path} has no array '{key}' (arrays present: {present})",
                         hint="save the inputs as x and the labels as y: "
-                        "np.savez(path, x=inputs, y=labels)",
+                        "np.savez(path, x=inputs, y=labels) (a model with several inputs: the "
+                        "first as x, the others under their input names)",
                     )
             x_shape = npz_header(archive, "x", path)[0]
             y_shape = npz_header(archive, "y", path)[0]

@@ -78,6 +78,9 @@ def register_converters() -> None:
     add("Gelu", 20, _gelu)
     for op, (versions, function) in _ELEMENTWISE.items():
         for version in versions:
+            if op == "IsInf":  # onnx2torch's IsInf-10 ignores detect_negative/detect_positive
+                key = registry.OperationDescription(domain="", operation_type=op, version=version)
+                table[key] = _elementwise(op, function)
             add(op, version, _elementwise(op, function))
     for version in (15, 19, 21, 23, 24):
         add("CastLike", version, _cast_like)

@@ -1,0 +1,73 @@
+"""ftaudit's onnx2torch converters (what harden and --batch-samples run) against ONNX Runtime on
+one-operator graphs: Flatten at every axis, the comparisons and tests transformers exports use."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+pytest.importorskip("onnx2torch")
+
+
+def _one_node(op: str, inputs: dict[str, np.ndarray], opset: int, out: int, **attrs):
+    """A graph of one ``op`` node over ``inputs`` (float32), output element type ``out``."""
+    node = helper.make_node(op, list(inputs), ["y"], **attrs)
+    graph = helper.make_graph(
+        [node],
+        op,
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, a.shape) for n, a in inputs.items()],
+        [helper.make_tensor_value_info("y", out, None)],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _check(model, inputs: dict[str, np.ndarray]) -> None:
+    import onnx2torch
+    import onnxruntime as ort
+    import torch
+
+    from ftaudit.harden.onnx2torch_compat import register_converters
+
+    register_converters()
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = session.run(None, inputs)[0]
+    module = onnx2torch.convert(model)
+    with torch.no_grad():
+        actual = module(*(torch.from_numpy(a) for a in inputs.values())).numpy()
+    assert actual.shape == expected.shape
+    np.testing.assert_array_equal(actual, expected)
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (2, 3, 4)])
+@pytest.mark.parametrize("axis", [0, 1, 2, -1])
+@pytest.mark.parametrize("opset", [13, 21])
+def test_flatten_matches_onnx_runtime_at_every_axis(shape, axis, opset) -> None:
+    if axis > len(shape):
+        pytest.skip("axis beyond the rank")
+    x = {"x": np.arange(np.prod(shape), dtype=np.float32).reshape(shape)}
+    _check(_one_node("Flatten", x, opset, TensorProto.FLOAT, axis=axis), x)
+
+
+@pytest.mark.parametrize("op", ["GreaterOrEqual", "LessOrEqual"])
+@pytest.mark.parametrize("opset", [12, 16])
+def test_comparisons_match_onnx_runtime(op, opset) -> None:
+    rng = np.random.default_rng(0)
+    a = rng.integers(-2, 3, size=(4, 5)).astype(np.float32)
+    b = rng.integers(-2, 3, size=(5,)).astype(np.float32)  # broadcast
+    inputs = {"a": a, "b": b}
+    _check(_one_node(op, inputs, opset, TensorProto.BOOL), inputs)
+
+
+@pytest.mark.parametrize(
+    ("attrs", "opset"),
+    [({}, 20), ({"detect_negative": 0}, 10), ({"detect_positive": 0}, 20)],
+)
+def test_is_inf_honours_its_attributes(attrs, opset) -> None:
+    x = {"x": np.array([[-np.inf, 1.0, np.inf, np.nan]], np.float32)}
+    _check(_one_node("IsInf", x, opset, TensorProto.BOOL, **attrs), x)
+
+
+def test_is_nan_matches_onnx_runtime() -> None:
+    x = {"x": np.array([[-np.inf, 1.0, np.nan, 0.0]], np.float32)}
+    _check(_one_node("IsNaN", x, 13, TensorProto.BOOL), x)
