@@ -126,8 +126,8 @@ def test_weights_fed_by_the_runner_reach_every_product(data_dir: Path, kind: str
 
 def test_numbers_do_not_depend_on_batch_size_and_equal_the_onnx_export(data_dir: Path) -> None:
     """Layers keyed by index in execution order and draws in the canonical layout: the same
-    per-sample accuracies for the scripted module, the program and the ONNX export (one
-    sample per pass or --batch-samples)."""
+    per-sample accuracies for the scripted module (in this process or 2 workers), the program
+    and the ONNX export (with --batch-samples)."""
     data = data_dir / "all.npz"
     runs = [
         audit(data_dir / "encoder.onnx", data, sigmas=[0.3], samples=4, batch_samples=2),
@@ -136,6 +136,7 @@ def test_numbers_do_not_depend_on_batch_size_and_equal_the_onnx_export(data_dir:
             for kind in ("scripted", "program")
             for size in (160, 17)
         ),
+        audit(data_dir / TORCH_FILES["scripted"], data, sigmas=[0.3], samples=4, workers=2),
     ]
     assert np.std(runs[0].results[0].accuracies) > 0
     for run in runs[1:]:
@@ -258,10 +259,19 @@ def test_refusals_are_one_line(tmp_path: Path, run_cli) -> None:
         load_model(scaled)
 
 
-def test_a_program_exported_for_one_batch_size_keeps_it(tmp_path: Path, network) -> None:
+@pytest.mark.parametrize("suffix", [".pt2", ".onnx"])
+def test_a_model_exported_for_one_batch_size_keeps_it(tmp_path: Path, network, suffix: str) -> None:
     """The packed input keeps the fixed batch: the runner pads the last batch, as for one
     input, and the logits of 5 samples (batches of 2) are the model's own."""
-    path = _save_program(network, tmp_path / "fixed.pt2", _examples(), dynamic=False)
+    path = tmp_path / f"fixed{suffix}"
+    if suffix == ".pt2":
+        _save_program(network, path, _examples(), dynamic=False)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                network, _examples(), str(path), dynamo=False, input_names=list(INPUTS)
+            )
     model = load_model(path)
     assert model.input.shape == (2, 3, 10)
     data = {name: array[:5] for name, array in token_data().items()}
