@@ -230,9 +230,9 @@ def as_onnx(
 
 
 def _check_other_batches(raw: bytes, example: Mapping[str, np.ndarray], model: AuditModel) -> None:
-    """The export must run on a batch of another size than its one-image example: torch's
-    exporter keeps some modules' reshapes at the example's batch size (a torch.export program's
-    MultiheadAttention), which would fail on the first real batch."""
+    """The export must run on a batch of another size than its one-image ``example`` (an array
+    per input name): torch's exporter keeps some modules' reshapes at the example's batch size
+    (a torch.export program's MultiheadAttention), which would fail on the first real batch."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(raw, providers=["CPUExecutionProvider"])

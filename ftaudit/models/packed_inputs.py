@@ -83,7 +83,7 @@ def packed_spec(inputs: Sequence[TensorSpec], path: Any, *, declared: bool = Tru
             )
         row.append(dims.pop() if dims else None)
     batch = {spec.shape[0] for spec in inputs if spec.shape is not None} - {None}
-    fixed = batch.pop() if len(batch) == 1 else None  # a program exported for one batch size
+    fixed = batch.pop() if len(batch) == 1 else None  # an export for one batch size
     return TensorSpec(PACKED_NAME, (fixed, len(inputs), *row), "int64" if integer else "float32")
 
 

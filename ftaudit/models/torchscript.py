@@ -57,7 +57,7 @@ def _data_inputs(module: Any, path: Path) -> tuple[TensorSpec, ...]:
     try:
         arguments = list(module.forward.schema.arguments)[1:]
         values = list(module.inlined_graph.inputs())[1:]  # the first is the module itself
-    except RuntimeError:
+    except (RuntimeError, AttributeError):  # no scripted forward to read
         return (TensorSpec("input", None, "float32"),)
     # the arguments without a default are fed; the others are left to their defaults
     fed = [(a, v) for a, v in zip(arguments, values, strict=False) if not a.has_default_value()]
