@@ -148,7 +148,7 @@ def model_provenance(model: AuditModel) -> dict[str, object]:
         "sha256": model_sha256(model),
         "format": model.format,
         "input": model.input_dict(),
-        "output": model.output.to_dict(),
+        "output": model.output_dict(),
         "producer": model.metadata.get("producer"),
         "opset": model.metadata.get("opset"),
         # multiply operators whose weight is NOT perturbed, with why (never skipped silently)

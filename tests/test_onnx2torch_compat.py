@@ -10,16 +10,21 @@ from onnx import TensorProto, helper
 pytest.importorskip("onnx2torch")
 
 
-def _one_node(op: str, inputs: dict[str, np.ndarray], opset: int, out: int, **attrs):
+def _one_node(
+    op: str, inputs: dict[str, np.ndarray], opset: int, out: int, domain: str = "", **attrs
+):
     """A graph of one ``op`` node over ``inputs`` (float32), output element type ``out``."""
-    node = helper.make_node(op, list(inputs), ["y"], **attrs)
+    node = helper.make_node(op, list(inputs), ["y"], domain=domain, **attrs)
     graph = helper.make_graph(
         [node],
         op,
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, a.shape) for n, a in inputs.items()],
         [helper.make_tensor_value_info("y", out, None)],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    opsets = [helper.make_opsetid("", opset)]
+    if domain:
+        opsets.append(helper.make_opsetid(domain, 1))
+    return helper.make_model(graph, opset_imports=opsets)
 
 
 def _check(model, inputs: dict[str, np.ndarray]) -> None:
@@ -71,3 +76,21 @@ def test_is_inf_honours_its_attributes(attrs, opset) -> None:
 def test_is_nan_matches_onnx_runtime() -> None:
     x = {"x": np.array([[-np.inf, 1.0, np.nan, 0.0]], np.float32)}
     _check(_one_node("IsNaN", x, 13, TensorProto.BOOL), x)
+
+
+@pytest.mark.parametrize("norm", ["MAX", "L1", "L2"])
+def test_normalizer_matches_onnx_runtime(norm) -> None:
+    """scikit-learn's row normalisation (skl2onnx's multi-class probabilities)."""
+    x = {"x": np.array([[0.2, 0.5, 0.3], [1.0, -2.0, 4.0]], np.float32)}
+    model = _one_node("Normalizer", x, 17, TensorProto.FLOAT, domain="ai.onnx.ml", norm=norm)
+    import onnx2torch
+    import onnxruntime as ort
+    import torch
+
+    from ftaudit.harden.onnx2torch_compat import register_converters
+
+    register_converters()
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        actual = onnx2torch.convert(model)(torch.from_numpy(x["x"])).numpy()
+    np.testing.assert_allclose(actual, session.run(None, x)[0], rtol=1e-6)

@@ -342,21 +342,21 @@ def test_gemm_with_the_weight_on_the_left_is_a_layer(tmp_path):
 
 
 def test_attribute_coefficients_are_named_not_skipped(tmp_path, run_cli):
-    """skl2onnx's LogisticRegression keeps its weights in LinearClassifier attributes: eval
-    exits 2 with one line saying so."""
+    """skl2onnx's kernel SVC keeps its support vectors in SVMClassifier attributes: eval exits 2
+    with one line saying so (a LinearClassifier is a layer: tests/test_onnx_sklearn.py)."""
     pytest.importorskip("skl2onnx")
     from skl2onnx import to_onnx
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import SVC
 
     rng = np.random.default_rng(7)
     x, y = rng.standard_normal((60, 6)).astype(np.float32), rng.integers(0, 3, 60)
-    model = to_onnx(LogisticRegression(max_iter=200).fit(x, y), x[:1], options={"zipmap": False})
-    path, npz = tmp_path / "logreg.onnx", tmp_path / "d.npz"
+    model = to_onnx(SVC().fit(x, y), x[:1], target_opset=17)
+    path, npz = tmp_path / "svc.onnx", tmp_path / "d.npz"
     path.write_bytes(model.SerializeToString())
     np.savez(npz, x=x, y=y)
     code, out, err = run_cli("eval", path, "--data", npz, "--sigma", "0.1", "--samples", "2")
     assert code == 2 and not out
-    assert len(err.strip().splitlines()) == 1 and "LinearClassifier" in err
+    assert len(err.strip().splitlines()) == 1 and "SVMClassifier" in err
     assert "node attributes" in err
 
 

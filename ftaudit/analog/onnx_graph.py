@@ -503,7 +503,7 @@ def calibrate(
     for name, _ in wanted:
         graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors arrive as exceptions, said in one line
     session = ort.InferenceSession(
         probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )

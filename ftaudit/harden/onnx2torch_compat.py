@@ -84,6 +84,9 @@ def register_converters() -> None:
             add(op, version, _elementwise(op, function))
     for version in (15, 19, 21, 23, 24):
         add("CastLike", version, _cast_like)
+    table[  # scikit-learn's row normalisation (skl2onnx's multi-class probabilities)
+        registry.OperationDescription(domain="ai.onnx.ml", operation_type="Normalizer", version=1)
+    ] = _normalizer
     for version in (1, 9, 11, 13, 21, 23, 24):  # replaces onnx2torch's, wrong at axis = rank
         table[
             registry.OperationDescription(domain="", operation_type="Flatten", version=version)
@@ -92,7 +95,41 @@ def register_converters() -> None:
         table[
             registry.OperationDescription(domain="", operation_type="Reshape", version=version)
         ] = _reshape
+    _name_modules_without_dots()
     _registered = True
+
+
+def _name_modules_without_dots() -> None:
+    """onnx2torch names a node's module '<domain>/<name>' and replaces the dots in the name
+    only; torch refuses the dots of a domain such as ai.onnx.ml."""
+    from onnx2torch.onnx_graph import OnnxGraph
+
+    generate = OnnxGraph.generate_node_name
+    OnnxGraph.generate_node_name = staticmethod(  # type: ignore[method-assign]
+        lambda node: generate(node).replace(".", "_")
+    )
+
+
+def _normalizer(node: Any, graph: Any) -> Any:
+    """ONNX-ML Normalizer: each row divided by its max, its L1 norm or its L2 norm."""
+    del graph
+    import torch
+    from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
+
+    norm = node.attributes.get("norm", "MAX")
+    norm = norm.decode() if isinstance(norm, bytes) else str(norm)
+    divisors = {
+        "MAX": lambda x: x.amax(dim=-1, keepdim=True),
+        "L1": lambda x: x.abs().sum(dim=-1, keepdim=True),
+        "L2": lambda x: torch.sqrt((x * x).sum(dim=-1, keepdim=True)),
+    }
+    if norm not in divisors:
+        raise NotImplementedError(f"Normalizer norm {norm}")
+    divisor = divisors[norm]
+    return OperationConverterResult(
+        torch_module=_module("Normalizer", lambda x: x.to(torch.float32) / divisor(x)),
+        onnx_mapping=onnx_mapping_from_node(node=node),
+    )
 
 
 def _flatten(node: Any, graph: Any) -> Any:

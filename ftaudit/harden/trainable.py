@@ -363,6 +363,7 @@ def _export_onnx(trainable: TrainableModel, out: Path, metadata: dict[str, Any])
     import onnx
 
     from ftaudit.models.onnx import load_onnx_bytes
+    from ftaudit.models.onnx_sklearn import attribute_targets, write_attribute
 
     source = trainable.source
     try:
@@ -378,7 +379,13 @@ def _export_onnx(trainable: TrainableModel, out: Path, metadata: dict[str, Any])
             value = [a for a in node.attribute if a.name == "value"]
             if value:
                 tensors[node.output[0]] = value[0].t
+    attributes = attribute_targets(model)  # a LinearClassifier's coefficients and intercepts
     for name, slot in trainable.slots.items():
+        if name in attributes and name not in tensors:
+            value = to_numpy(_tensor_at(trainable.module, slot.target))
+            attribute, transposed = attributes[name]
+            write_attribute(attribute, value.T if slot.transposed else value, transposed)
+            continue
         if name not in tensors:
             raise UserError(
                 f"{source.path} changed on disk since it was loaded: initializer {name} is gone",

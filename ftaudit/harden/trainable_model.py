@@ -10,6 +10,7 @@ import numpy as np
 
 from ftaudit._optional import require_torch
 from ftaudit.models.base import AuditModel
+from ftaudit.models.binary_head import two_class_tensor
 from ftaudit.models.packed_inputs import packed_call
 from ftaudit.models.tensor_spec import TensorSpec
 
@@ -69,8 +70,15 @@ class TrainableModel:
         )
 
     def forward(self, batch: Any) -> Any:
-        """The module's output for one batch of (packed) data."""
-        return packed_call(self.module, batch, self.split_inputs)
+        """The module's output for one batch of (packed) data; one score per input as the
+        two-class logits the engine counts (``models.binary_head``)."""
+        out = packed_call(self.module, batch, self.split_inputs)
+        if isinstance(out, (tuple, list)) and out:
+            out = out[0]
+        torch = require_torch(FEATURE)
+        if isinstance(out, torch.Tensor) and out.is_floating_point():
+            return two_class_tensor(torch, out, self.source.sigmoid_output)
+        return out
 
     def _transposed(self, name: str) -> bool:
         if name in self.crossbar_transposed:

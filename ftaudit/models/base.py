@@ -178,6 +178,8 @@ class AuditModel(ABC):
     #: a model with several data inputs: those inputs, fed through the one packed ``input``
     #: (``ftaudit.models.packed_inputs``); empty for a one-input model
     data_inputs: tuple[TensorSpec, ...] = ()
+    #: a one-column output is a sigmoid's probability, not a logit (``models.binary_head``)
+    sigmoid_output: bool = False
 
     @abstractmethod
     def clean_weights(self) -> dict[str, np.ndarray]:
@@ -203,6 +205,12 @@ class AuditModel(ABC):
         fed input packs several."""
         packed = [spec.to_dict() for spec in self.data_inputs]
         return {**self.input.to_dict(), **({"packed_inputs": packed} if packed else {})}
+
+    def output_dict(self) -> dict[str, Any]:
+        """The evaluated output for reports; with ``binary_output``, the one-column output
+        it is read from as two classes (``models.binary_head``)."""
+        source = self.metadata.get("binary_output")
+        return {**self.output.to_dict(), **({"binary_output": source} if source else {})}
 
     @property
     def integer_input(self) -> bool:

@@ -17,6 +17,7 @@ import numpy as np
 from ftaudit.errors import UserError
 from ftaudit.models import ort_spinning
 from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner, TensorSpec
+from ftaudit.models.binary_head import onnx_two_class
 from ftaudit.models.onnx_graph import (
     CROSSBAR_WEIGHT_INPUT,
     UntracedOp,
@@ -30,6 +31,7 @@ from ftaudit.models.onnx_operands import node_macs
 from ftaudit.models.onnx_packing import pack_onnx_inputs
 from ftaudit.models.onnx_prepack import DerivedInput, build_prepacked_graph
 from ftaudit.models.onnx_quant import qoperator_to_qdq
+from ftaudit.models.onnx_sklearn import unfold_linear_classifiers
 from ftaudit.models.onnx_unfuse import unfuse_ort_operators
 
 __all__ = ["CROSSBAR_WEIGHT_INPUT", "OnnxModel", "OnnxRunner", "load_onnx_bytes", "ort_providers"]
@@ -259,6 +261,7 @@ class OnnxModel(AuditModel):
         # path then sees plain products; the file is never modified)
         qoperator_to_qdq(model)
         unfuse_ort_operators(model)
+        unfold_linear_classifiers(model)
         initializer_names = {t.name for t in model.graph.initializer}
         graph_inputs = [i for i in model.graph.input if i.name not in initializer_names]
         if not graph_inputs:
@@ -272,6 +275,9 @@ class OnnxModel(AuditModel):
             packed = pack_onnx_inputs(model, graph_inputs, path)
             graph_inputs = [i for i in model.graph.input if i.name == packed.name]
         output_spec = classifier_output(model, output, path)
+        binary = onnx_two_class(model, output_spec)  # one score per input: two classes
+        binary_output = {"binary_output": output_spec.name} if binary else {}
+        output_spec = binary or output_spec
         traces, untraced = trace_crossbar_weights(model.graph)
         try:
             arrays = evaluate_values(model, list(dict.fromkeys(t.value for t in traces)))
@@ -330,6 +336,7 @@ class OnnxModel(AuditModel):
             "opset": opsets.get("ai.onnx"),
             "ir_version": model.ir_version,
             "metadata_props": {p.key: p.value for p in model.metadata_props},
+            **binary_output,
         }
         return cls(
             path=path,
@@ -512,7 +519,7 @@ class OnnxRunner(ModelRunner):
     def _new_session(self) -> Any:
         ort = _ort()
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # errors arrive as exceptions, said in one line
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if not ort_spinning.spin_between_runs(self.random_reads):
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")

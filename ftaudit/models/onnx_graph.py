@@ -325,7 +325,7 @@ def evaluate_values(model: Any, names: list[str]) -> dict[str, np.ndarray]:
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors arrive as exceptions, said in one line
     session = onnxruntime.InferenceSession(
         probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )

@@ -83,8 +83,9 @@ def _value_spec(model: Any, name: str) -> TensorSpec:
 
 
 def select_output(graph: Any, spec: TensorSpec) -> None:
-    """Make ``spec`` the graph's only output, so nothing else is computed (an intermediate
-    value such as the probabilities under a ZipMap becomes an output)."""
+    """Make ``spec`` the graph's only output and drop the nodes it does not need, so nothing
+    else is computed (an intermediate value such as the probabilities under a ZipMap becomes
+    an output)."""
     onnx = _onnx()
     kept = [o for o in graph.output if o.name == spec.name]
     if not kept:
@@ -93,3 +94,22 @@ def select_output(graph: Any, spec: TensorSpec) -> None:
         kept = [onnx.helper.make_tensor_value_info(spec.name, elem, shape)]
     del graph.output[:]
     graph.output.extend(kept)
+    needed, live = {spec.name}, []
+    for node in reversed(graph.node):  # nodes come in topological order
+        if any(out in needed for out in node.output):
+            live.append(node)
+            needed.update(_reads(node))
+    if len(live) != len(graph.node):  # a ZipMap, a label branch: dropped, never converted
+        del graph.node[:]
+        graph.node.extend(reversed(live))
+
+
+def _reads(node: Any) -> set[str]:
+    """Every value ``node`` reads: its inputs and, for If/Loop/Scan, what its bodies read from
+    the enclosing graph."""
+    names = set(node.input)
+    for attribute in node.attribute:
+        for body in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+            for inner in body.node:
+                names |= _reads(inner)
+    return names

@@ -99,7 +99,7 @@ def _optimised_initializers(
     target = workdir / f"{tag}.out.onnx"
     source.write_bytes(model.SerializeToString())
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors arrive as exceptions, said in one line
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.optimized_model_filepath = str(target)
     options.intra_op_num_threads = 1

@@ -15,6 +15,7 @@ import numpy as np
 from ftaudit._optional import require_torch
 from ftaudit.errors import UserError
 from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner, TensorSpec, contiguous_input
+from ftaudit.models.binary_head import returns_sigmoid, two_class_numpy
 from ftaudit.models.packed_inputs import packed_call, packed_spec
 from ftaudit.models.torchscript_layers import attr_path, script_layers
 
@@ -141,6 +142,26 @@ def _frozen_ops(module: Any) -> list[Any]:
     ]
 
 
+#: views that keep a sigmoid's values (walked through to the op that made the output)
+_VIEW_OPS = ("view", "reshape", "squeeze", "unsqueeze", "flatten", "contiguous")
+
+
+def _returns_sigmoid(module: Any) -> bool:
+    """Whether forward's output is a sigmoid's (a binary classifier's probability)."""
+    try:
+        outputs = list(module.inlined_graph.outputs())
+    except RuntimeError:
+        return False
+    node = outputs[0].node() if outputs else None
+    kinds: list[str] = []
+    while node is not None and node.kind().startswith("aten::"):
+        kinds.append(node.kind())
+        if node.kind().removeprefix("aten::") not in _VIEW_OPS:
+            break
+        node = node.inputsAt(0).node()
+    return returns_sigmoid(kinds[-1:])
+
+
 @dataclass
 class TorchScriptModel(AuditModel):
     """A ``torch.jit.save`` archive, kept in memory; the file is never written back."""
@@ -168,6 +189,7 @@ class TorchScriptModel(AuditModel):
             else packed_spec(inputs, path, declared=False),
             data_inputs=inputs if len(inputs) > 1 else (),
             output=TensorSpec("output", None, "float32"),
+            sigmoid_output=_returns_sigmoid(module),
             layers=layers,
             metadata={"producer": f"torch {require_torch('TorchScript models').__version__}"},
             raw=raw,
@@ -255,7 +277,8 @@ class TorchScriptRunner(ModelRunner):
                 if isinstance(out, (tuple, list)) and out:
                     out = out[0]
                 outs.append(tensor_logits(torch, out))
-        return np.concatenate(outs) if len(outs) > 1 else outs[0]
+        logits = np.concatenate(outs) if len(outs) > 1 else outs[0]
+        return two_class_numpy(logits, self.model.sigmoid_output)
 
 
 def tensor_logits(torch: Any, out: Any) -> np.ndarray:

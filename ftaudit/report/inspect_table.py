@@ -41,7 +41,12 @@ def inspect_renderable(summary: ModelSummary) -> RenderableType:
     if len(fed) > 1:
         head.add_row("", f"(fed as one packed array {_shape(model['input']['shape'])})")
     spec = model["output"]
-    head.add_row("output", f"{escape(str(spec['name']))} {_shape(spec['shape'])} {spec['dtype']}")
+    text = f"{escape(str(spec['name']))} {_shape(spec['shape'])} {spec['dtype']}"
+    if spec.get("binary_output"):  # one score per input, read as two classes
+        head.add_row("output", f"{escape(str(spec['binary_output']))}: one score per input")
+        head.add_row("", f"(read as two classes: {text}, [0, logit])")
+    else:
+        head.add_row("output", text)
 
     layers = Table(title="crossbar layers", title_justify="left")
     for column in ("#", "weight", "op", "shape", "params", "max |w|", "MACs/input", "selected"):
