@@ -93,3 +93,45 @@ def export_encoder_onnx(model: nn.Module, path: Path, *, dynamo: bool = False) -
                 opset_version=17,
             )
     return path
+
+
+def check_scaled_weights_reach_every_product(model_path: Path, data_path: Path) -> None:
+    """All crossbar weights x1.1, fed by ftaudit's runner, give the logits of the torch model
+    with its Linear weights x1.1 (a layout-free twin of the fed weights)."""
+    from ftaudit.data import load_dataset
+    from ftaudit.models import load_model
+
+    model = load_model(model_path)
+    runner = model.runner(model.layers, device="cpu")
+    dataset = load_dataset(data_path)
+    runner.bind_data(model.input_array(dataset), dataset.y, batch_size=64)
+    runner.set_weights({name: w * 1.1 for name, w in model.clean_weights().items()})
+    twin = encoder()
+    with torch.no_grad():
+        for module in twin.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.mul_(1.1)
+    np.testing.assert_allclose(runner.logits(), torch_logits(twin, token_data()), atol=1e-4)
+
+
+def harden_once(model_path: Path, data_path: Path, out: Path):
+    """``harden`` (noise, one epoch) of ``model_path``; returns (source, written) models after
+    checking the written crossbar weights are the source's layers with new values."""
+    from ftaudit.harden.api import harden
+    from ftaudit.models import load_model
+
+    harden(
+        model_path,
+        data_path,
+        output=out,
+        method="noise",
+        sigma=0.1,
+        epochs=1,
+        eval_samples=2,
+        eval_sigmas=[0.1],
+    )
+    source, written = load_model(model_path), load_model(out)
+    trained, clean = written.clean_weights(), source.clean_weights()
+    assert trained.keys() == clean.keys()
+    assert any(not np.array_equal(trained[k], clean[k]) for k in clean)
+    return source, written

@@ -138,3 +138,27 @@ def test_linear_svc_binary_decision_function(tmp_path) -> None:
     report = audit(path, tmp_path / "d.npz", sigmas=[0.2], samples=4)
     assert report.clean_accuracy == pytest.approx(svc.score(x, y))
     assert [la["name"] for la in report.to_dict()["layers"]] == ["LinearClassifier.coefficients"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_softmax_outputs_train_on_log_probabilities(fmt, tmp_path) -> None:
+    """A model that ends in Softmax is evaluated on its probabilities (same argmax) and trained
+    on their log: its trainable's output is torch's log_softmax of the logits, so harden's
+    cross-entropy is the one over the logits."""
+    from torch import nn
+
+    from ftaudit.harden.trainable import make_trainable
+
+    torch.manual_seed(6)
+    logits_net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    net = nn.Sequential(logits_net, nn.Softmax(dim=1)).eval()
+    x = np.random.default_rng(1).standard_normal((20, 6)).astype(np.float32)
+    model = load_model(_save(net, fmt, tmp_path / f"softmax.{fmt}", x))
+    assert model.output_activation == "softmax"
+    trainable = make_trainable(model)
+    with torch.no_grad():
+        out = trainable.forward(torch.from_numpy(x)).numpy()
+        expected = torch.log_softmax(logits_net(torch.from_numpy(x)), dim=1).numpy()
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    plain = load_model(_save(logits_net, fmt, tmp_path / f"logits.{fmt}", x))
+    assert plain.output_activation is None

@@ -10,7 +10,7 @@ import numpy as np
 
 from ftaudit._optional import require_torch
 from ftaudit.models.base import AuditModel
-from ftaudit.models.binary_head import two_class_tensor
+from ftaudit.models.binary_head import train_on_log, two_class_tensor
 from ftaudit.models.packed_inputs import packed_call
 from ftaudit.models.tensor_spec import TensorSpec
 
@@ -77,7 +77,10 @@ class TrainableModel:
             out = out[0]
         torch = require_torch(FEATURE)
         if isinstance(out, torch.Tensor) and out.is_floating_point():
-            return two_class_tensor(torch, out, self.source.sigmoid_output)
+            activation = self.source.output_activation
+            if activation == "softmax":  # cross-entropy over log-probabilities, not over p
+                return train_on_log(torch, out)
+            return two_class_tensor(torch, out, activation == "sigmoid")
         return out
 
     def _transposed(self, name: str) -> bool:

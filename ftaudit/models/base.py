@@ -178,8 +178,10 @@ class AuditModel(ABC):
     #: a model with several data inputs: those inputs, fed through the one packed ``input``
     #: (``ftaudit.models.packed_inputs``); empty for a one-input model
     data_inputs: tuple[TensorSpec, ...] = ()
-    #: a one-column output is a sigmoid's probability, not a logit (``models.binary_head``)
-    sigmoid_output: bool = False
+    #: 'sigmoid' or 'softmax' when the output is that op's probabilities, not logits: a
+    #: one-column sigmoid is read back to its logit, a softmax is trained on its log
+    #: (``models.binary_head``)
+    output_activation: str | None = None
 
     @abstractmethod
     def clean_weights(self) -> dict[str, np.ndarray]:

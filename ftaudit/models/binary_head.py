@@ -90,7 +90,32 @@ def onnx_two_class(model: Any, spec: TensorSpec) -> TensorSpec | None:
     return TensorSpec(name, (batch, 2), spec.dtype)
 
 
-def returns_sigmoid(kinds: list[str]) -> bool:
-    """Whether a torch graph's output comes from a sigmoid: ``kinds`` are the op names on the
-    output's producer chain, last first (shape-only views skipped by the caller)."""
-    return bool(kinds) and kinds[0].split("::")[-1].split(".")[0] in ("sigmoid", "sigmoid_")
+def onnx_output_op(model: Any, name: str) -> str | None:
+    """The op that computes output ``name`` (through shape-only ops and scikit-learn's L1
+    Normalizer, which leaves a softmax as it is): 'Softmax', 'Sigmoid', ...; None for an
+    input or initializer."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    node = producers.get(name)
+    while node is not None and (
+        node.op_type in _SHAPE_ONLY or (node.op_type == "Normalizer" and _l1(node))
+    ):
+        node = producers.get(node.input[0])
+    return None if node is None else node.op_type
+
+
+def _l1(node: Any) -> bool:
+    norm = next((a.s for a in node.attribute if a.name == "norm"), b"MAX")
+    return norm in (b"L1", "L1")
+
+
+def train_on_log(torch: Any, out: Any) -> Any:
+    """Log-probabilities of a softmax output: cross-entropy over them is cross-entropy over the
+    logits (softmax(log softmax(z)) = softmax(z)), where over the probabilities it is not."""
+    return torch.log(out.clamp_min(torch.finfo(out.dtype).tiny))
+
+
+def output_activation(kinds: list[str]) -> str | None:
+    """'sigmoid' or 'softmax' when the torch op that made the output (``kinds[0]``, e.g.
+    'aten::sigmoid' or 'softmax'; views skipped by the caller) is one; else None."""
+    op = kinds[0].split("::")[-1].split(".")[0].rstrip("_") if kinds else ""
+    return {"sigmoid": "sigmoid", "softmax": "softmax", "_softmax": "softmax"}.get(op)

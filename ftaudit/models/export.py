@@ -26,7 +26,7 @@ from ftaudit.models.base import (
     TensorSpec,
     contiguous_input,
 )
-from ftaudit.models.binary_head import returns_sigmoid, two_class_numpy
+from ftaudit.models.binary_head import output_activation, two_class_numpy
 from ftaudit.models.onnx_graph import UntracedOp
 from ftaudit.models.packed_inputs import packed_call, packed_spec
 from ftaudit.models.torch_products import (
@@ -122,7 +122,7 @@ class ExportedProgramModel(AuditModel):
             if first_out is not None
             else TensorSpec("output", None, "float32"),
             layers=layers,
-            sigmoid_output=_returns_sigmoid(first_out),
+            output_activation=_output_activation(first_out),
             metadata={"producer": f"torch {torch.__version__} (torch.export)"},
             untraced=untraced,
             fold_scales=fold_scales,
@@ -143,8 +143,8 @@ class ExportedProgramModel(AuditModel):
         return ExportedProgramRunner(self, selected, device=resolve_torch_device(device))
 
 
-def _returns_sigmoid(node: Any) -> bool:
-    """Whether the program's output ``node`` is a sigmoid's (through views)."""
+def _output_activation(node: Any) -> str | None:
+    """'sigmoid' or 'softmax' when the program's output ``node`` is that op's (through views)."""
     views = {"view", "reshape", "squeeze", "unsqueeze", "flatten", "contiguous", "_unsafe_view"}
     kinds: list[str] = []
     while node is not None and getattr(node, "op", None) == "call_function":
@@ -152,7 +152,7 @@ def _returns_sigmoid(node: Any) -> bool:
         if kinds[-1] not in views or not node.args:
             break
         node = node.args[0]
-    return returns_sigmoid(kinds[-1:])
+    return output_activation(kinds[-1:])
 
 
 def _call_name(target: Any) -> str:
@@ -339,4 +339,4 @@ class ExportedProgramRunner(ModelRunner):
                     out = out[0]
                 outs.append(out.float().cpu().numpy())
         logits = np.concatenate(outs) if len(outs) > 1 else outs[0]
-        return two_class_numpy(logits[: self._n], self.model.sigmoid_output)
+        return two_class_numpy(logits[: self._n], self.model.output_activation == "sigmoid")

@@ -17,7 +17,7 @@ import numpy as np
 from ftaudit.errors import UserError
 from ftaudit.models import ort_spinning
 from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner, TensorSpec
-from ftaudit.models.binary_head import onnx_two_class
+from ftaudit.models.binary_head import onnx_output_op, onnx_two_class
 from ftaudit.models.onnx_graph import (
     CROSSBAR_WEIGHT_INPUT,
     UntracedOp,
@@ -276,6 +276,7 @@ class OnnxModel(AuditModel):
             graph_inputs = [i for i in model.graph.input if i.name == packed.name]
         output_spec = classifier_output(model, output, path)
         binary = onnx_two_class(model, output_spec)  # one score per input: two classes
+        softmax = binary is None and onnx_output_op(model, output_spec.name) == "Softmax"
         binary_output = {"binary_output": output_spec.name} if binary else {}
         output_spec = binary or output_spec
         traces, untraced = trace_crossbar_weights(model.graph)
@@ -357,6 +358,7 @@ class OnnxModel(AuditModel):
             },
             external_files=tuple(external_files),
             data_inputs=data_inputs,
+            output_activation="softmax" if softmax else None,
         )
 
     def clean_weights(self) -> dict[str, np.ndarray]:

@@ -15,7 +15,7 @@ import numpy as np
 from ftaudit._optional import require_torch
 from ftaudit.errors import UserError
 from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner, TensorSpec, contiguous_input
-from ftaudit.models.binary_head import returns_sigmoid, two_class_numpy
+from ftaudit.models.binary_head import output_activation, two_class_numpy
 from ftaudit.models.packed_inputs import packed_call, packed_spec
 from ftaudit.models.torchscript_layers import attr_path, script_layers
 
@@ -146,12 +146,12 @@ def _frozen_ops(module: Any) -> list[Any]:
 _VIEW_OPS = ("view", "reshape", "squeeze", "unsqueeze", "flatten", "contiguous")
 
 
-def _returns_sigmoid(module: Any) -> bool:
-    """Whether forward's output is a sigmoid's (a binary classifier's probability)."""
+def _output_activation(module: Any) -> str | None:
+    """'sigmoid' or 'softmax' when forward's output is that op's (probabilities)."""
     try:
         outputs = list(module.inlined_graph.outputs())
     except RuntimeError:
-        return False
+        return None
     node = outputs[0].node() if outputs else None
     kinds: list[str] = []
     while node is not None and node.kind().startswith("aten::"):
@@ -159,7 +159,7 @@ def _returns_sigmoid(module: Any) -> bool:
         if node.kind().removeprefix("aten::") not in _VIEW_OPS:
             break
         node = node.inputsAt(0).node()
-    return returns_sigmoid(kinds[-1:])
+    return output_activation(kinds[-1:])
 
 
 @dataclass
@@ -189,7 +189,7 @@ class TorchScriptModel(AuditModel):
             else packed_spec(inputs, path, declared=False),
             data_inputs=inputs if len(inputs) > 1 else (),
             output=TensorSpec("output", None, "float32"),
-            sigmoid_output=_returns_sigmoid(module),
+            output_activation=_output_activation(module),
             layers=layers,
             metadata={"producer": f"torch {require_torch('TorchScript models').__version__}"},
             raw=raw,
@@ -278,7 +278,7 @@ class TorchScriptRunner(ModelRunner):
                     out = out[0]
                 outs.append(tensor_logits(torch, out))
         logits = np.concatenate(outs) if len(outs) > 1 else outs[0]
-        return two_class_numpy(logits, self.model.sigmoid_output)
+        return two_class_numpy(logits, self.model.output_activation == "sigmoid")
 
 
 def tensor_logits(torch: Any, out: Any) -> np.ndarray:
