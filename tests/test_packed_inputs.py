@@ -179,12 +179,9 @@ def _two_input_onnx(path: Path, second: tuple[str, list, int]) -> Path:
 
 
 def test_refusals_are_one_line(tmp_path: Path, run_cli) -> None:
-    ranks = _two_input_onnx(tmp_path / "ranks.onnx", ("lengths", ["n"], 7))
-    code, _, err = run_cli("inspect", ranks)
-    assert code == 2 and "share one rank" in err and len(err.strip().splitlines()) == 1
-    widths = _two_input_onnx(tmp_path / "widths.onnx", ("extra", ["n", 5], 7))
-    code, _, err = run_cli("inspect", widths)
-    assert code == 2 and "per-sample shapes differ" in err
+    dynamic = _two_input_onnx(tmp_path / "dynamic.onnx", ("extra", ["n", "L", 2], 7))
+    code, _, err = run_cli("inspect", dynamic)
+    assert code == 2 and "fixed per-sample" in err and len(err.strip().splitlines()) == 1
     unknown = _two_input_onnx(tmp_path / "unknown.onnx", ("extra", ["n", 4], 7))
     x = np.ones((6, 4), np.float32)
     np.savez(tmp_path / "d.npz", x=x, y=np.zeros(6, np.int64))
@@ -213,6 +210,29 @@ def test_mixed_real_and_integer_inputs_pack_as_float32_and_come_back_exact(tmp_p
     np.savez(tmp_path / "big.npz", x=x, extra=extra * 64, y=np.zeros(9, np.int64))
     with pytest.raises(UserError, match="16777216"):
         model.input_array(load_dataset(tmp_path / "big.npz"))
+
+
+def test_inputs_of_different_shapes_pack_flat(tmp_path: Path) -> None:
+    """x (N, 4) float beside extra (N, 5) int64: each sample's values one after the other
+    (N, 9), sliced and reshaped back in the graph; the output equals numpy's."""
+    path = _two_input_onnx(tmp_path / "widths.onnx", ("extra", ["n", 5], 7))
+    model = load_model(path)
+    assert model.input.shape == (None, 9) and model.input.dtype == "float32"
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(7, 4)).astype(np.float32)
+    extra = rng.integers(-50, 50, size=(7, 5))
+    np.savez(tmp_path / "w.npz", x=x, extra=extra, y=np.zeros(7, np.int64))
+    dataset = load_dataset(tmp_path / "w.npz")
+    packed = model.input_array(dataset)
+    np.testing.assert_array_equal(packed, np.concatenate([x, extra], axis=1))
+    np.testing.assert_array_equal(unpacked(model.data_inputs, packed)["extra"], extra)
+    runner = model.runner(model.layers, device="cpu")
+    runner.bind_data(packed, dataset.y, batch_size=3)
+    expected = x @ np.eye(4, 3) + extra.sum(1, keepdims=True)
+    np.testing.assert_allclose(runner.logits(), expected, rtol=1e-6)
+    np.savez(tmp_path / "bad.npz", x=x, extra=extra[:, :4], y=np.zeros(7, np.int64))
+    with pytest.raises(UserError, match="extra"):
+        model.input_array(load_dataset(tmp_path / "bad.npz"))
 
 
 def test_packed_array_rules() -> None:

@@ -217,21 +217,27 @@ class _Scaled(torch.nn.Module):
         return self.fc(x) * scale
 
 
-def test_refusals_are_one_line(tmp_path: Path, run_cli) -> None:
+def test_inputs_of_different_ranks_and_the_refusals(tmp_path: Path, run_cli) -> None:
+    """x (N, 4) beside one length per sample: torch.export declares both shapes, so they pack
+    flat and the logits are the module's own; TorchScript declares none: one line."""
+    torch.manual_seed(1)
+    module = _Lengths().eval()
     example = (torch.ones(2, 4), torch.ones(2, dtype=torch.int64))
-    program = _save_program(_Lengths(), tmp_path / "ranks.pt2", example)
-    code, _, err = run_cli("inspect", program)
-    assert code == 2 and "share one rank" in err and len(err.strip().splitlines()) == 1
-    # TorchScript keeps no shapes: the data arrays' rows are checked instead
-    script = _save_script(torch.jit.script(_Lengths()), tmp_path / "ranks.pt")
-    np.savez(
-        tmp_path / "d.npz",
-        x=np.ones((6, 4), np.float32),
-        lengths=np.ones(6),
-        y=np.zeros(6, np.int64),
-    )
+    program = load_model(_save_program(module, tmp_path / "ranks.pt2", example))
+    assert program.input.shape == (None, 5)
+    rng = np.random.default_rng(0)
+    x, lengths = rng.normal(size=(6, 4)).astype(np.float32), rng.integers(0, 9, 6)
+    np.savez(tmp_path / "d.npz", x=x, lengths=lengths, y=np.zeros(6, np.int64))
+    dataset = load_dataset(tmp_path / "d.npz")
+    runner = program.runner(program.layers, device="cpu")
+    runner.bind_data(program.input_array(dataset), dataset.y, batch_size=4)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x), torch.from_numpy(lengths)).numpy()
+    np.testing.assert_allclose(runner.logits(), expected, atol=1e-6)
+    script = _save_script(torch.jit.script(module), tmp_path / "ranks.pt")
     code, _, err = run_cli("eval", script, "--data", tmp_path / "d.npz", "--sigma", "0.1")
     assert code == 2 and "differ in shape" in err and len(err.strip().splitlines()) == 1
+    assert "torch.export or ONNX" in err
     scaled = _save_script(torch.jit.script(_Scaled()), tmp_path / "scaled.pt")
     with pytest.raises(UserError, match="scale of type float"):
         load_model(scaled)

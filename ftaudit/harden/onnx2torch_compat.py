@@ -12,6 +12,7 @@ converter is registered once, and only where onnx2torch has none.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,11 @@ def register_converters() -> None:
             registry.OperationDescription(domain="", operation_type="Reshape", version=version)
         ] = _reshape
     _name_modules_without_dots()
+    # onnx2torch's Slice indexes with a list, which torch warns about on every batch of
+    # training (a deprecation in torch, not a problem of the user's model)
+    warnings.filterwarnings(
+        "ignore", category=UserWarning, module=r"onnx2torch\.node_converters\.slice"
+    )
     _registered = True
 
 

@@ -4,6 +4,7 @@ the model's i-th input."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from ftaudit.errors import UserError
 from ftaudit.models.onnx_io import tensor_spec
-from ftaudit.models.packed_inputs import PACKED_NAME, packed_spec
+from ftaudit.models.packed_inputs import PACKED_NAME, flat_rows, packed_spec
 from ftaudit.models.tensor_spec import TensorSpec
 
 
@@ -32,23 +33,57 @@ def pack_onnx_inputs(model: Any, inputs: Sequence[Any], path: Any) -> TensorSpec
             hint="rename it; ftaudit uses that name for the packed inputs",
         )
     elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(packed.dtype))
-    nodes = []
+    flat = flat_rows(specs)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if flat is not None and opset < 10:
+        raise UserError(
+            f"{path} has data inputs of different shapes and opset {opset}; ftaudit packs "
+            "them with Slice, which takes its bounds as inputs from opset 10",
+            hint="export the model with opset 10 or later",
+        )
+    nodes, start = [], 0
     for index, value in enumerate(inputs):
         position = f"{PACKED_NAME}/{index}"
-        graph.initializer.append(
-            onnx.numpy_helper.from_array(np.array(index, np.int64), f"{position}/index")
-        )
         target = value.type.tensor_type.elem_type
-        gathered = value.name if target == elem else f"{position}/packed"
-        nodes.append(
-            onnx.helper.make_node(
-                "Gather", [PACKED_NAME, f"{position}/index"], [gathered], axis=1, name=position
+        taken_out = value.name if target == elem else f"{position}/packed"
+        constants: dict[str, np.ndarray] = {}
+        if flat is None:  # stacked: packed[:, index]
+            constants["index"] = np.array(index, np.int64)
+            nodes.append(
+                onnx.helper.make_node(
+                    "Gather",
+                    [PACKED_NAME, f"{position}/index"],
+                    [taken_out],
+                    axis=1,
+                    name=position,
+                )
             )
+        else:  # flat: this input's slice of each sample's row, in its own shape
+            size = math.prod(flat[index])
+            constants |= {
+                "starts": np.array([start], np.int64),
+                "ends": np.array([start + size], np.int64),
+                "axes": np.array([1], np.int64),
+                "shape": np.array([-1, *flat[index]], np.int64),
+            }
+            start += size
+            bounds = [f"{position}/{k}" for k in ("starts", "ends", "axes")]
+            nodes += [
+                onnx.helper.make_node(
+                    "Slice", [PACKED_NAME, *bounds], [f"{position}/slice"], name=position
+                ),
+                onnx.helper.make_node(
+                    "Reshape", [f"{position}/slice", f"{position}/shape"], [taken_out]
+                ),
+            ]
+        graph.initializer.extend(
+            onnx.numpy_helper.from_array(array, f"{position}/{key}")
+            for key, array in constants.items()
         )
         if target != elem:
             nodes.append(
                 onnx.helper.make_node(
-                    "Cast", [gathered], [value.name], to=target, name=f"{position}/cast"
+                    "Cast", [taken_out], [value.name], to=target, name=f"{position}/cast"
                 )
             )
     data_names = {value.name for value in inputs}
@@ -57,7 +92,7 @@ def pack_onnx_inputs(model: Any, inputs: Sequence[Any], path: Any) -> TensorSpec
     new_input = onnx.helper.make_tensor_value_info(
         PACKED_NAME,
         elem,
-        [_dim_param(first, 0), len(inputs), *[d if d else None for d in packed.shape[2:]]],  # type: ignore[index]
+        [_dim_param(first, 0), *[d if d else None for d in (packed.shape or ())[1:]]],
     )
     del graph.input[:]
     graph.input.extend([new_input, *kept])

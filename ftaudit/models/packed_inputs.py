@@ -17,6 +17,7 @@ gives it when it is omitted (``DEFAULT_INPUTS``), with a warning; any other is r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -55,46 +56,80 @@ DEFAULT_INPUTS: dict[str, tuple[str, Callable[[int, tuple[int, ...]], np.ndarray
 
 
 def packed_spec(inputs: Sequence[TensorSpec], path: Any, *, declared: bool = True) -> TensorSpec:
-    """The packed input (N, k, *row) of ``inputs`` (N fixed when the inputs fix it), or a
-    UserError when their per-sample shapes cannot share one array. ``declared`` False
-    (TorchScript keeps no input shapes): shape None, and ``packed_array`` refuses data arrays
-    whose rows differ."""
+    """The packed input of ``inputs`` (N fixed when the inputs fix it): (N, k, *row) stacked
+    when their per-sample shapes agree, else (N, total) with each sample's values flattened
+    one input after the other (``flat_rows``); a UserError when neither can be done.
+    ``declared`` False (TorchScript keeps no input shapes): shape None, stacked, and
+    ``packed_array`` refuses data arrays whose rows differ."""
     integer = all(_integral(np.dtype(s.dtype)) for s in inputs)
+    dtype = "int64" if integer else "float32"
     if not declared:
-        return TensorSpec(PACKED_NAME, None, "int64" if integer else "float32")
-    ranks = {len(spec.shape) if spec.shape is not None else None for spec in inputs}
-    listing = ", ".join(f"{s.name} {_shape_text(s.shape)}" for s in inputs)
-    if None in ranks or len(ranks) != 1 or 0 in ranks:
-        raise UserError(
-            f"{path} has {len(inputs)} data inputs ({listing}); ftaudit feeds several inputs "
-            "only when each has a batch axis and all share one rank",
-            hint="export the model with one input tensor, or with inputs of one shape per "
-            "sample (as a transformer's input_ids and attention_mask)",
-        )
-    row: list[int | None] = []
-    for axis in range(1, ranks.pop() or 0):
-        dims = {spec.shape[axis] for spec in inputs if spec.shape is not None} - {None}
-        if len(dims) > 1:
-            raise UserError(
-                f"{path} has {len(inputs)} data inputs ({listing}) whose per-sample shapes "
-                "differ; ftaudit feeds several inputs only when they share one shape",
-                hint="export the model with one input tensor, or with inputs of one shape per "
-                "sample (as a transformer's input_ids and attention_mask)",
-            )
-        row.append(dims.pop() if dims else None)
-    batch = {spec.shape[0] for spec in inputs if spec.shape is not None} - {None}
+        return TensorSpec(PACKED_NAME, None, dtype)
+    batch = {spec.shape[0] for spec in inputs if spec.shape} - {None}
     fixed = batch.pop() if len(batch) == 1 else None  # an export for one batch size
-    return TensorSpec(PACKED_NAME, (fixed, len(inputs), *row), "int64" if integer else "float32")
+    shapes = [tuple(spec.shape or ()) for spec in inputs]
+    if not _stacked(shapes):
+        if any(len(shape) == 0 or None in shape[1:] for shape in shapes):
+            listing = ", ".join(f"{s.name} {_shape_text(s.shape)}" for s in inputs)
+            raise UserError(
+                f"{path} has {len(inputs)} data inputs of different shapes ({listing}); "
+                "ftaudit feeds them only when each has a batch axis and fixed per-sample "
+                "dimensions",
+                hint="export the model with only the batch axis dynamic, or with inputs of one "
+                "shape per sample (as a transformer's input_ids and attention_mask)",
+            )
+        total = sum(math.prod(row) for row in flat_rows(inputs) or ())
+        return TensorSpec(PACKED_NAME, (fixed, total), dtype)
+    row = [_agreed(inputs, axis) for axis in range(1, len(shapes[0]))]
+    return TensorSpec(PACKED_NAME, (fixed, len(inputs), *row), dtype)
+
+
+def flat_rows(inputs: Sequence[TensorSpec]) -> list[tuple[int, ...]] | None:
+    """Each input's per-sample shape when the inputs are packed flat (their per-sample shapes
+    differ: an image beside a vector of features, ids beside one length per sample; fixed, as
+    ``packed_spec`` checked); None when they are stacked (one shape, or undeclared as in
+    TorchScript)."""
+    shapes = [spec.shape for spec in inputs]
+    if any(shape is None for shape in shapes) or _stacked(shapes):  # type: ignore[arg-type]
+        return None
+    return [tuple(int(d or 0) for d in shape[1:]) for shape in shapes if shape is not None]
+
+
+def _stacked(shapes: Sequence[Sequence[int | None]]) -> bool:
+    """One rank (with a batch axis) and no per-sample dimension that two inputs fix apart."""
+    return (
+        len({len(shape) for shape in shapes}) == 1
+        and len(shapes[0]) > 0
+        and all(
+            len({shape[axis] for shape in shapes} - {None}) <= 1
+            for axis in range(1, len(shapes[0]))
+        )
+    )
+
+
+def _agreed(inputs: Sequence[TensorSpec], axis: int) -> int | None:
+    dims = {spec.shape[axis] for spec in inputs if spec.shape is not None} - {None}
+    return dims.pop() if dims else None
 
 
 def module_arguments(batch: Any, inputs: Sequence[TensorSpec]) -> tuple[Any, ...]:
-    """A torch module's arguments for one packed ``batch``: ``batch[:, i]`` as input i's dtype
-    for a module taking ``inputs`` separately; ``(batch,)`` when ``inputs`` is empty."""
+    """A torch module's arguments for one packed ``batch``, each as its input's dtype:
+    ``batch[:, i]`` when stacked, its slice of the flat row reshaped when flat; ``(batch,)``
+    when ``inputs`` is empty."""
     if not inputs:
         return (batch,)
     import torch
 
-    return tuple(batch[:, i].to(getattr(torch, spec.dtype)) for i, spec in enumerate(inputs))
+    rows = flat_rows(inputs)
+    if rows is None:
+        return tuple(batch[:, i].to(getattr(torch, s.dtype)) for i, s in enumerate(inputs))
+    arguments, start = [], 0
+    for spec, row in zip(inputs, rows, strict=True):
+        size = math.prod(row)
+        part = batch[:, start : start + size].reshape(-1, *row)
+        arguments.append(part.to(getattr(torch, spec.dtype)))
+        start += size
+    return tuple(arguments)
 
 
 def packed_call(module: Any, batch: Any, inputs: Sequence[TensorSpec]) -> Any:
@@ -135,27 +170,30 @@ def _fed(inputs: Sequence[TensorSpec], dataset: Dataset) -> tuple[dict[str, np.n
 
 
 def packed_array(inputs: Sequence[TensorSpec], packed: TensorSpec, dataset: Dataset) -> np.ndarray:
-    """The packed data (N, k, *row) for a model with ``inputs`` (``packed``: its spec)."""
+    """The packed data for a model with ``inputs`` (``packed``: its spec): (N, k, *row), or
+    (N, total) when ``flat_rows`` packs them flat."""
     arrays, missing = _fed(inputs, dataset)
     source = dataset.source.get("path", "the data")
+    present = ", ".join(["x", *sorted(dataset.inputs)])
+    flat = flat_rows(inputs)
+    if flat is not None:
+        n = len(dataset.y)
+        return _flat_array(inputs, flat, arrays, missing, n, packed, source, present)
     rows = {a.shape[1:] for a in arrays.values()}
     if len(rows) != 1:
         shapes = ", ".join(f"{name} {_shape_text(a.shape)}" for name, a in arrays.items())
+        undeclared = any(spec.shape is None for spec in inputs)
         raise UserError(
             f"the arrays fed to the model's inputs in {source} differ in shape ({shapes})",
-            hint="save one array per model input, each of shape (N, *row) with the same row",
+            hint="a TorchScript model declares no input shapes, so its inputs must share one "
+            "shape per sample: save it with torch.export or ONNX, which declare them"
+            if undeclared
+            else "save one array per model input, each of shape (N, *row) with the same row",
         )
     row = rows.pop()
     n = len(dataset.y)
     for name in missing:
-        if name not in DEFAULT_INPUTS:
-            present = ", ".join(["x", *sorted(dataset.inputs)])
-            raise UserError(
-                f"the model input '{name}' has no array in {source} (arrays: {present})",
-                hint=f"save it in the .npz under its name: np.savez(path, x=..., "
-                f"{name}=..., y=...), one row per sample",
-            )
-        arrays[name] = DEFAULT_INPUTS[name][1](n, row)
+        arrays[name] = _default(name, n, row, source, present)
     dtype = np.dtype(packed.dtype)
     out = np.empty((n, len(inputs), *row), dtype)
     for index, spec in enumerate(inputs):
@@ -163,10 +201,57 @@ def packed_array(inputs: Sequence[TensorSpec], packed: TensorSpec, dataset: Data
     return out
 
 
+def _default(name: str, n: int, row: tuple[int, ...], source: Any, present: str) -> Any:
+    """Input ``name``'s transformers default for n samples of shape ``row``, or the UserError
+    saying which array the data file (holding ``present``) lacks."""
+    if name not in DEFAULT_INPUTS:
+        raise UserError(
+            f"the model input '{name}' has no array in {source} (arrays: {present})",
+            hint=f"save it in the .npz under its name: np.savez(path, x=..., {name}=..., "
+            "y=...), one row per sample",
+        )
+    return DEFAULT_INPUTS[name][1](n, row)
+
+
+def _flat_array(
+    inputs: Sequence[TensorSpec],
+    rows: list[tuple[int, ...]],
+    arrays: dict[str, np.ndarray],
+    missing: list[str],
+    n: int,
+    packed: TensorSpec,
+    source: Any,
+    present: str,
+) -> np.ndarray:
+    """Each sample's inputs flattened one after the other (inputs of different shapes)."""
+    parts = []
+    for spec, row in zip(inputs, rows, strict=True):
+        if spec.name in missing:
+            values = _default(spec.name, n, row, source, present)
+        else:
+            values = arrays[spec.name]
+            if math.prod(values.shape[1:]) != math.prod(row):
+                raise UserError(
+                    f"the data for model input '{spec.name}' in {source} has shape "
+                    f"{_shape_text(values.shape)}, but the input takes {_shape_text((None, *row))}",
+                    hint=f"save {spec.name} with one row of that shape per sample",
+                )
+        parts.append(_checked(values.reshape(n, -1), spec, np.dtype(packed.dtype), source))
+    return np.concatenate(parts, axis=1).astype(packed.dtype, copy=False)
+
+
 def unpacked(inputs: Sequence[TensorSpec], packed: np.ndarray) -> dict[str, np.ndarray]:
     """Each input's array of data packed by ``packed_array`` (a Dataset's ``inputs``, so that
     packing them again gives the same array); {} for a one-input model."""
-    return {spec.name: packed[:, index] for index, spec in enumerate(inputs)}
+    flat = flat_rows(inputs)
+    if flat is None:
+        return {spec.name: packed[:, index] for index, spec in enumerate(inputs)}
+    arrays, start = {}, 0
+    for spec, row in zip(inputs, flat, strict=True):
+        size = math.prod(row)
+        arrays[spec.name] = packed[:, start : start + size].reshape(-1, *row)
+        start += size
+    return arrays
 
 
 def _checked(values: np.ndarray, spec: TensorSpec, packed: np.dtype[Any], source: Any) -> Any:
