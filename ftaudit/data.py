@@ -5,7 +5,8 @@ Sources (``load_dataset`` tells them apart by name, never by unpickling anything
 * ``.npz`` with arrays ``x`` (inputs, batch axis first) and ``y`` (class indices). Loaded with
   ``allow_pickle=False``: object arrays are refused. Any other array with one row per sample is
   kept in ``Dataset.inputs`` under its name, as stored: a model with several inputs (a
-  transformer's ``attention_mask``) is fed the array named after each input.
+  transformer's ``attention_mask``) is fed the array named after each input, and then ``x``
+  may be left out (``Dataset.has_x``).
 * MNIST / Fashion-MNIST IDX files, gzip-compressed or raw: the images file
   (``t10k-images-idx3-ubyte.gz``; its labels file ``t10k-labels-idx1-ubyte[.gz]`` must sit next to
   it) or a folder holding exactly one images/labels pair.
@@ -36,8 +37,6 @@ import hashlib
 import math
 import re
 import warnings
-import zipfile
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from ftaudit.data_files import idx_header, npz_header, read_idx, read_npz_rows
+from ftaudit.data_files import idx_header, read_idx, read_npz
 from ftaudit.errors import UserError
 from ftaudit.fileio import sha256_file
 from ftaudit.limits import require_regular_file
@@ -62,7 +61,7 @@ _IDX_LABELS = re.compile(r"labels([-.])idx1")
 
 # What each loader returns: raw x (limit applied, dtype as stored), int64 y, source sha256, and
 # the other per-sample arrays by name (.npz only; raw, limit applied).
-_Loaded = tuple[np.ndarray, np.ndarray, str, dict[str, np.ndarray]]
+_Loaded = tuple[np.ndarray | None, np.ndarray, str, dict[str, np.ndarray]]
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing or hashing arrays is meaningless here
@@ -80,6 +79,8 @@ class Dataset:
     #: the .npz's other arrays with one row per sample, by name, as stored (limit applied): the
     #: further inputs of a model with several (``ftaudit.models.packed_inputs``)
     inputs: dict[str, np.ndarray] = field(default_factory=dict)
+    #: False for an .npz that holds one array per model input and no x (x is then empty)
+    has_x: bool = True
 
 
 def load_dataset(
@@ -107,11 +108,13 @@ def load_dataset(
     for file in files:
         require_regular_file(file, "data file")
     x, y, sha256, inputs = _LOADERS[kind](path, files, limit)
+    has_x = x is not None  # an .npz with one array per input of a model with several
+    x = x if x is not None else np.zeros((len(y), 0), np.float32)
     x_raw = x if np.issubdtype(x.dtype, np.integer) and mean is None and std is None else None
     scale_warning = None if x.dtype == np.uint8 else pixel_scale_warning(x, path)
     x = _to_float32(x, path)
     _check_finite(x, path)
-    if mean is not None or std is not None:
+    if (mean is not None or std is not None) and has_x:
         x = _normalise(x, mean=mean, std=std)
         scale_warning = None  # the user chose a scale
     source = {"path": str(path), "sha256": sha256, "kind": kind, "n": len(y), "limit": limit}
@@ -122,6 +125,7 @@ def load_dataset(
         warnings=(scale_warning,) if scale_warning else (),
         x_raw=x_raw,
         inputs=inputs,
+        has_x=has_x,
     )
 
 
@@ -295,67 +299,9 @@ def _idx_pair(images: Path) -> list[Path]:
 
 
 def _load_npz(path: Path, files: list[Path], limit: int | None) -> _Loaded:
-    if not zipfile.is_zipfile(path):
-        raise UserError(
-            f"{path} is not a valid .npz archive (not a zip file, or truncated)",
-            hint="save the data with np.savez(path, x=inputs, y=labels)",
-        )
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = {name[:-4] for name in archive.namelist() if name.endswith(".npy")}
-            for key in ("x", "y"):
-                if key not in names:
-                    present = ", ".join(sorted(names)) or "none"
-                    raise UserError(
-                        f"{path} has no array '{key}' (arrays present: {present})",
-                        hint="save the inputs as x and the labels as y: "
-                        "np.savez(path, x=inputs, y=labels) (a model with several inputs: the "
-                        "first as x, the others under their input names)",
-                    )
-            x_shape = npz_header(archive, "x", path)[0]
-            y_shape = npz_header(archive, "y", path)[0]
-            if len(x_shape) == 0:
-                raise UserError(
-                    f"array x in {path} is a single number, not a batch of inputs",
-                    hint="x must have the batch axis first: shape (N, ...)",
-                )
-            if len(y_shape) != 1:
-                raise UserError(
-                    f"array y in {path} has shape {y_shape}; it must be 1-D class indices",
-                    hint="for one-hot labels save y.argmax(axis=1)",
-                )
-            if x_shape[0] != y_shape[0]:
-                raise UserError(
-                    f"{path} holds {x_shape[0]} inputs (x) but {y_shape[0]} labels (y)",
-                    hint="x and y must have one entry per sample along the first axis",
-                )
-            _check_not_empty(y_shape[0], path)
-            x = read_npz_rows(archive, "x", path, limit)
-            y = read_npz_rows(archive, "y", path, limit)
-            inputs = _per_sample_arrays(
-                archive, sorted(names - {"x", "y"}), x_shape[0], path, limit
-            )
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as exc:
-        raise UserError(
-            f"cannot read {path}: {exc}",
-            hint="the file looks corrupt; save it again with np.savez",
-        ) from exc
+    x, y, inputs = read_npz(path, limit)
+    _check_not_empty(len(y), path)
     return x, _labels(y, path), sha256_file(path), inputs
-
-
-def _per_sample_arrays(
-    archive: zipfile.ZipFile, names: list[str], n: int, path: Path, limit: int | None
-) -> dict[str, np.ndarray]:
-    """The archive's other arrays with ``n`` rows (further model inputs); one that is not
-    plain numbers (an object array) is left out, as it was before it could be an input."""
-    found: dict[str, np.ndarray] = {}
-    for name in names:
-        try:
-            if npz_header(archive, name, path)[0][:1] == (n,):
-                found[name] = read_npz_rows(archive, name, path, limit)
-        except UserError:
-            continue
-    return found
 
 
 def _load_idx(path: Path, files: list[Path], limit: int | None) -> _Loaded:

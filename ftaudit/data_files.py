@@ -181,3 +181,78 @@ def read_idx(path: Path, limit: int | None) -> np.ndarray:
             hint="the file is corrupt or truncated; download it again",
         ) from exc
     return np.frombuffer(data, dtype=dtype).reshape((rows, *dims[1:]))
+
+
+def read_npz(
+    path: Path, limit: int | None
+) -> tuple[np.ndarray | None, np.ndarray, dict[str, np.ndarray]]:
+    """x (None when the file has no x but other arrays with one row per label: a model with
+    several inputs, each saved under its own name), y as stored, and those other arrays by
+    name, each cut to its first ``limit`` rows."""
+    if not zipfile.is_zipfile(path):
+        raise UserError(
+            f"{path} is not a valid .npz archive (not a zip file, or truncated)",
+            hint="save the data with np.savez(path, x=inputs, y=labels)",
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = {name[:-4] for name in archive.namelist() if name.endswith(".npy")}
+            present = ", ".join(sorted(names)) or "none"
+            if "y" not in names:
+                raise UserError(
+                    f"{path} has no array 'y' (arrays present: {present})",
+                    hint="save the inputs as x and the labels as y: "
+                    "np.savez(path, x=inputs, y=labels)",
+                )
+            y_shape = npz_header(archive, "y", path)[0]
+            if len(y_shape) != 1:
+                raise UserError(
+                    f"array y in {path} has shape {y_shape}; it must be 1-D class indices",
+                    hint="for one-hot labels save y.argmax(axis=1)",
+                )
+            others = sorted(names - {"x", "y"})
+            if "x" not in names:
+                inputs = _per_sample_arrays(archive, others, y_shape, path, limit)
+                if not inputs:
+                    raise UserError(
+                        f"{path} has no array 'x' (arrays present: {present})",
+                        hint="save the inputs as x and the labels as y: np.savez(path, "
+                        "x=inputs, y=labels) (a model with several inputs: each under its "
+                        "input name)",
+                    )
+                return None, read_npz_rows(archive, "y", path, limit), inputs
+            x_shape = npz_header(archive, "x", path)[0]
+            if len(x_shape) == 0:
+                raise UserError(
+                    f"array x in {path} is a single number, not a batch of inputs",
+                    hint="x must have the batch axis first: shape (N, ...)",
+                )
+            if x_shape[0] != y_shape[0]:
+                raise UserError(
+                    f"{path} holds {x_shape[0]} inputs (x) but {y_shape[0]} labels (y)",
+                    hint="x and y must have one entry per sample along the first axis",
+                )
+            x = read_npz_rows(archive, "x", path, limit)
+            y = read_npz_rows(archive, "y", path, limit)
+            inputs = _per_sample_arrays(archive, others, x_shape[:1], path, limit)
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as exc:
+        raise UserError(
+            f"cannot read {path}: {exc}",
+            hint="the file looks corrupt; save it again with np.savez",
+        ) from exc
+    return x, y, inputs
+
+
+def _per_sample_arrays(
+    archive: zipfile.ZipFile, names: list[str], n: tuple[int, ...], path: Path, limit: int | None
+) -> dict[str, np.ndarray]:
+    """The archive's other arrays with ``n`` rows (further model inputs); one that is not
+    plain numbers (an object array) is left out, as it was before it could be an input."""
+    found: dict[str, np.ndarray] = {}
+    for name in names:
+        try:
+            if n and npz_header(archive, name, path)[0][:1] == n:
+                found[name] = read_npz_rows(archive, name, path, limit)
+        except UserError:
+            continue
+    return found

@@ -109,9 +109,27 @@ def test_npz_object_array_is_never_unpickled(tmp_path: Path) -> None:
 
 
 def test_npz_missing_key_names_the_keys_present(tmp_path: Path) -> None:
-    np.savez(tmp_path / "d.npz", images=np.zeros((2, 3)), y=np.array([0, 1]))
+    np.savez(tmp_path / "d.npz", images=np.zeros((3, 3)), y=np.array([0, 1]))  # not per label
     message = user_error(tmp_path / "d.npz")
     assert "no array 'x'" in message and "images, y" in message
+    np.savez(tmp_path / "e.npz", x=np.zeros((2, 3)))
+    assert "no array 'y'" in user_error(tmp_path / "e.npz")
+
+
+def test_npz_without_x_holds_one_array_per_input(tmp_path: Path, mlp_onnx: Path) -> None:
+    """Arrays named after a model's inputs, no x: kept for a model with several inputs; a
+    model with one input says x is missing and what the file holds."""
+    from ftaudit.errors import UserError
+    from ftaudit.models import load_model
+
+    ids = np.arange(8).reshape(4, 2)
+    np.savez(tmp_path / "d.npz", input_ids=ids, mask=ids > 2, y=np.arange(4) % 2, meta=[1, 2])
+    dataset = load_dataset(tmp_path / "d.npz", limit=3)
+    assert not dataset.has_x and dataset.x.shape == (3, 0)
+    assert sorted(dataset.inputs) == ["input_ids", "mask"]
+    np.testing.assert_array_equal(dataset.inputs["input_ids"], ids[:3])
+    with pytest.raises(UserError, match=r"no array 'x' .*input_ids, mask, y"):
+        load_model(mlp_onnx).input_array(dataset)
 
 
 def test_npz_length_mismatch(tmp_path: Path) -> None:

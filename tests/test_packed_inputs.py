@@ -42,8 +42,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory, network) -> Path:
     labels = torch_logits(network, data).argmax(1)
     np.savez(root / "all.npz", x=data["input_ids"], y=labels, **{k: data[k] for k in INPUTS[1:]})
     np.savez(root / "ids_only.npz", x=data["input_ids"], y=labels)
-    named = {name: data[name] for name in INPUTS}
-    np.savez(root / "named.npz", y=labels, x=np.zeros((len(labels), 1)), **named)
+    np.savez(root / "named.npz", y=labels, **{name: data[name] for name in INPUTS})  # no x
     return root
 
 

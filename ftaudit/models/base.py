@@ -227,6 +227,13 @@ class AuditModel(ABC):
             from ftaudit.models.packed_inputs import packed_array
 
             return self.fit_input(packed_array(self.data_inputs, self.input, dataset))
+        if not dataset.has_x:
+            present = ", ".join(sorted(dataset.inputs))
+            raise UserError(
+                f"{dataset.source.get('path')} has no array 'x' (arrays present: {present}, y), "
+                f"and {self.path} takes one input",
+                hint="save the inputs as x: np.savez(path, x=inputs, y=labels)",
+            )
         if self.integer_input:
             from ftaudit.data import integer_input
 

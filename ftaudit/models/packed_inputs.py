@@ -4,11 +4,13 @@ ftaudit's engine feeds one array, sliced by image. A model with several inputs w
 shapes agree is run through one packed input of shape (N, k, *row): in memory, the ONNX graph
 takes ``packed[:, i]`` (a Gather) for its i-th input, cast back to that input's type, so every
 runner, worker, backend and the analog rewrite see a one-input model and the draws stay keyed
-by image. A TorchScript or torch.export module keeps its own arguments: each call site hands it
+by image. Inputs of different per-sample shapes, each fixed by the model, are packed flat,
+(N, total), one input's values after the other's, and sliced and reshaped back. A TorchScript
+or torch.export module keeps its own arguments: each call site hands it
 ``module_arguments(batch, inputs)``, the packed batch split back into one tensor per input. The
 packed type is int64 when every input is integer, else float32 (integers then must be exact in
-float32: below 2**24 in magnitude). The file on disk is never changed;
-``harden`` writes the original graph, with its inputs, back.
+float32: below 2**24 in magnitude). The file on disk is never changed; ``harden`` writes the
+original graph, with its inputs, back.
 
 Data (``Dataset.inputs``): each input is fed the .npz array named after it; ``x`` stands for
 the first input without one of its own. An input with neither gets the value transformers
@@ -44,7 +46,8 @@ def _zeros(n: int, row: tuple[int, ...]) -> np.ndarray:
 
 
 def _positions(n: int, row: tuple[int, ...]) -> np.ndarray:
-    return np.broadcast_to(np.arange(row[-1], dtype=np.int64), (n, *row)).copy()
+    length = row[-1] if row else 1
+    return np.broadcast_to(np.arange(length, dtype=np.int64), (n, *row)).copy()
 
 
 #: input name -> (what transformers feeds when it is omitted, that value for n samples)
@@ -151,7 +154,10 @@ def default_warnings(inputs: Sequence[TensorSpec], dataset: Dataset) -> list[str
 
 
 def x_input(inputs: Sequence[TensorSpec], dataset: Dataset) -> TensorSpec | None:
-    """The input that ``dataset``'s x feeds: the first without an array of its own."""
+    """The input that ``dataset``'s x feeds: the first without an array of its own (none when
+    the file holds no x)."""
+    if not getattr(dataset, "has_x", True):
+        return None
     return next((spec for spec in inputs if spec.name not in dataset.inputs), None)
 
 
@@ -174,7 +180,7 @@ def packed_array(inputs: Sequence[TensorSpec], packed: TensorSpec, dataset: Data
     (N, total) when ``flat_rows`` packs them flat."""
     arrays, missing = _fed(inputs, dataset)
     source = dataset.source.get("path", "the data")
-    present = ", ".join(["x", *sorted(dataset.inputs)])
+    present = ", ".join([*(["x"] if dataset.has_x else []), *sorted(dataset.inputs)])
     flat = flat_rows(inputs)
     if flat is not None:
         n = len(dataset.y)
