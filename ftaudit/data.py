@@ -61,7 +61,7 @@ _IDX_LABELS = re.compile(r"labels([-.])idx1")
 
 # What each loader returns: raw x (limit applied, dtype as stored), int64 y, source sha256, and
 # the other per-sample arrays by name (.npz only; raw, limit applied).
-_Loaded = tuple[np.ndarray | None, np.ndarray, str, dict[str, np.ndarray]]
+_Loaded = tuple[np.ndarray | None, np.ndarray, str, dict[str, np.ndarray | str]]
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing or hashing arrays is meaningless here
@@ -81,6 +81,8 @@ class Dataset:
     inputs: dict[str, np.ndarray] = field(default_factory=dict)
     #: False for an .npz that holds one array per model input and no x (x is then empty)
     has_x: bool = True
+    #: the .npz's other arrays that cannot be inputs, by name: why (said if a model asks)
+    not_inputs: dict[str, str] = field(default_factory=dict)
 
 
 def load_dataset(
@@ -107,7 +109,8 @@ def load_dataset(
     kind, files = _find_source(path)
     for file in files:
         require_regular_file(file, "data file")
-    x, y, sha256, inputs = _LOADERS[kind](path, files, limit)
+    x, y, sha256, others = _LOADERS[kind](path, files, limit)
+    inputs = {k: v for k, v in others.items() if isinstance(v, np.ndarray)}
     has_x = x is not None  # an .npz with one array per input of a model with several
     x = x if x is not None else np.zeros((len(y), 0), np.float32)
     x_raw = x if np.issubdtype(x.dtype, np.integer) and mean is None and std is None else None
@@ -126,6 +129,7 @@ def load_dataset(
         x_raw=x_raw,
         inputs=inputs,
         has_x=has_x,
+        not_inputs={k: v for k, v in others.items() if isinstance(v, str)},
     )
 
 

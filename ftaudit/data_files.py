@@ -185,10 +185,10 @@ def read_idx(path: Path, limit: int | None) -> np.ndarray:
 
 def read_npz(
     path: Path, limit: int | None
-) -> tuple[np.ndarray | None, np.ndarray, dict[str, np.ndarray]]:
+) -> tuple[np.ndarray | None, np.ndarray, dict[str, np.ndarray | str]]:
     """x (None when the file has no x but other arrays with one row per label: a model with
-    several inputs, each saved under its own name), y as stored, and those other arrays by
-    name, each cut to its first ``limit`` rows."""
+    several inputs, each saved under its own name), y as stored, and the other arrays by name:
+    each cut to its first ``limit`` rows, or why it cannot be an input."""
     if not zipfile.is_zipfile(path):
         raise UserError(
             f"{path} is not a valid .npz archive (not a zip file, or truncated)",
@@ -213,7 +213,7 @@ def read_npz(
             others = sorted(names - {"x", "y"})
             if "x" not in names:
                 inputs = _per_sample_arrays(archive, others, y_shape, path, limit)
-                if not inputs:
+                if not any(isinstance(a, np.ndarray) for a in inputs.values()):
                     raise UserError(
                         f"{path} has no array 'x' (arrays present: {present})",
                         hint="save the inputs as x and the labels as y: np.savez(path, "
@@ -245,14 +245,20 @@ def read_npz(
 
 def _per_sample_arrays(
     archive: zipfile.ZipFile, names: list[str], n: tuple[int, ...], path: Path, limit: int | None
-) -> dict[str, np.ndarray]:
-    """The archive's other arrays with ``n`` rows (further model inputs); one that is not
-    plain numbers (an object array) is left out, as it was before it could be an input."""
-    found: dict[str, np.ndarray] = {}
+) -> dict[str, np.ndarray | str]:
+    """The archive's other arrays with ``n`` rows (further model inputs), by name; for one that
+    cannot be an input, why (another row count, pickled objects), said only if a model asks
+    for it."""
+    found: dict[str, np.ndarray | str] = {}
     for name in names:
         try:
-            if n and npz_header(archive, name, path)[0][:1] == n:
-                found[name] = read_npz_rows(archive, name, path, limit)
-        except UserError:
+            shape = npz_header(archive, name, path)[0]
+        except UserError as exc:
+            found[name] = str(exc)
             continue
+        if shape[:1] == n:
+            found[name] = read_npz_rows(archive, name, path, limit)
+        else:
+            rows = f"{shape[0]} rows" if shape else "a single number"
+            found[name] = f"array {name} in {path} has {rows}, not one per label ({n[0]})"
     return found

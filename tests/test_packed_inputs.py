@@ -189,6 +189,9 @@ def test_refusals_are_one_line(tmp_path: Path, run_cli) -> None:
     np.savez(tmp_path / "e.npz", x=x, y=np.zeros(6, np.int64), extra=np.full((6, 4), 0.5))
     code, _, err = run_cli("eval", unknown, "--data", tmp_path / "e.npz", "--sigma", "0.1")
     assert code == 2 and "not whole numbers" in err
+    np.savez(tmp_path / "f.npz", x=x, y=np.zeros(6, np.int64), extra=np.ones((5, 4), np.int64))
+    code, _, err = run_cli("eval", unknown, "--data", tmp_path / "f.npz", "--sigma", "0.1")
+    assert code == 2 and "extra" in err and "has 5 rows, not one per label (6)" in err
 
 
 def test_mixed_real_and_integer_inputs_pack_as_float32_and_come_back_exact(tmp_path) -> None:

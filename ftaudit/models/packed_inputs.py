@@ -149,7 +149,7 @@ def default_warnings(inputs: Sequence[TensorSpec], dataset: Dataset) -> list[str
         f"{DEFAULT_INPUTS[name][0]}, as transformers does when it is omitted (save {name} in "
         "the .npz to set it)"
         for name in _fed(inputs, dataset)[1]
-        if name in DEFAULT_INPUTS
+        if name in DEFAULT_INPUTS and name not in dataset.not_inputs
     ]
 
 
@@ -184,7 +184,8 @@ def packed_array(inputs: Sequence[TensorSpec], packed: TensorSpec, dataset: Data
     flat = flat_rows(inputs)
     if flat is not None:
         n = len(dataset.y)
-        return _flat_array(inputs, flat, arrays, missing, n, packed, source, present)
+        reasons = dataset.not_inputs
+        return _flat_array(inputs, flat, arrays, missing, n, packed, source, present, reasons)
     rows = {a.shape[1:] for a in arrays.values()}
     if len(rows) != 1:
         shapes = ", ".join(f"{name} {_shape_text(a.shape)}" for name, a in arrays.items())
@@ -199,7 +200,7 @@ def packed_array(inputs: Sequence[TensorSpec], packed: TensorSpec, dataset: Data
     row = rows.pop()
     n = len(dataset.y)
     for name in missing:
-        arrays[name] = _default(name, n, row, source, present)
+        arrays[name] = _default(name, n, row, source, present, dataset.not_inputs)
     dtype = np.dtype(packed.dtype)
     out = np.empty((n, len(inputs), *row), dtype)
     for index, spec in enumerate(inputs):
@@ -207,9 +208,17 @@ def packed_array(inputs: Sequence[TensorSpec], packed: TensorSpec, dataset: Data
     return out
 
 
-def _default(name: str, n: int, row: tuple[int, ...], source: Any, present: str) -> Any:
+def _default(
+    name: str, n: int, row: tuple[int, ...], source: Any, present: str, not_inputs: dict[str, str]
+) -> Any:
     """Input ``name``'s transformers default for n samples of shape ``row``, or the UserError
-    saying which array the data file (holding ``present``) lacks."""
+    saying which array the data file (holding ``present``) lacks or cannot feed."""
+    why = not_inputs.get(name)
+    if why:  # the file has the array, but it cannot be fed
+        raise UserError(
+            f"{why}, so it cannot feed the model input '{name}'",
+            hint=f"save {name} with one row per sample (the labels' count), as plain numbers",
+        )
     if name not in DEFAULT_INPUTS:
         raise UserError(
             f"the model input '{name}' has no array in {source} (arrays: {present})",
@@ -228,12 +237,13 @@ def _flat_array(
     packed: TensorSpec,
     source: Any,
     present: str,
+    not_inputs: dict[str, str],
 ) -> np.ndarray:
     """Each sample's inputs flattened one after the other (inputs of different shapes)."""
     parts = []
     for spec, row in zip(inputs, rows, strict=True):
         if spec.name in missing:
-            values = _default(spec.name, n, row, source, present)
+            values = _default(spec.name, n, row, source, present, not_inputs)
         else:
             values = arrays[spec.name]
             if math.prod(values.shape[1:]) != math.prod(row):
