@@ -443,15 +443,30 @@ def test_cli_bayesft_bad_options(setup, run_cli, tmp_path, extra, message) -> No
     assert (tmp_path / "not-sqlite.db").read_text() == "some notes\n"
 
 
-def test_cli_bayesft_refuses_torchscript(convnet_ts, blobs_npz, run_cli, tmp_path) -> None:
-    out, study = tmp_path / "h.pt", tmp_path / "s.db"
-    code, _, err = run_cli(
-        "harden", convnet_ts, "--data", blobs_npz, "--sigma", "0.5", "-o", out,
-        "--method", "bayesft", "--study", study,
-    )  # fmt: skip
-    assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "torch.fx" in err and "torch.onnx.export" in err
-    assert not out.exists() and not study.exists()
+def test_bayesft_trains_torchscript_as_its_onnx_export(
+    convnet_ts, convnet_onnx, blobs_npz, tmp_path
+):
+    """A TorchScript model trains as its in-memory ONNX export (torch.fx edits its onnx2torch
+    module) and is written back as TorchScript: the same dropout rates and weights as BayesFT
+    on the ONNX file of the same network."""
+    from ftaudit.harden.api import harden
+    from ftaudit.models import load_model
+
+    runs = {}
+    for source, out in ((convnet_ts, tmp_path / "h.pt"), (convnet_onnx, tmp_path / "h.onnx")):
+        report = harden(
+            source, blobs_npz, output=out, method="bayesft", sigma=0.5, trials=2, epochs=1,
+            eval_samples=4, eval_sigmas=[0.5],
+        )  # fmt: skip
+        runs[out.suffix] = (load_model(out), report.details)
+    (script, script_details), (onnx, onnx_details) = runs[".pt"], runs[".onnx"]
+    assert script.format == "torchscript"
+    assert script_details["dropout_rates"] == pytest.approx(onnx_details["dropout_rates"])
+    script_weights, onnx_weights = script.crossbar_weights(), onnx.crossbar_weights()
+    for a, b in zip(script.layers, onnx.layers, strict=True):
+        got = script_weights[a.name]
+        want = onnx_weights[b.name].T if a.transposed != b.transposed else onnx_weights[b.name]
+        np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_registered_with_a_docstring() -> None:

@@ -21,21 +21,39 @@ from ftaudit.models.base import AuditModel
 
 if TYPE_CHECKING:
     from ftaudit.analog.torch_pipeline import AnalogTraining
+    from ftaudit.models.onnx import OnnxModel
 
 
-def trainable_copy(model: AuditModel, analog: AnalogTraining | None = None) -> TrainableModel:
+def trainable_copy(
+    model: AuditModel, analog: AnalogTraining | None = None, *, graph: OnnxModel | None = None
+) -> TrainableModel:
     """A trainable copy of ``model``; with ``analog``, of the graph the pipeline runs, its
-    crossbar Linear and Conv layers running the pipeline."""
-    if analog is None:
-        return make_trainable(model)
-    trainable = make_trainable(model) if model.format == "onnx" else _through_onnx(model, analog)
-    analog.attach(trainable)
+    crossbar Linear and Conv layers running the pipeline. ``graph`` (``export_graph``): a
+    TorchScript or torch.export model trains as that in-memory ONNX export of itself, whose
+    onnx2torch module a method can edit with torch.fx (BayesFT's dropout)."""
+    exported = analog.model if analog is not None else graph
+    if model.format == "onnx" or exported is None:
+        trainable = make_trainable(model)
+    else:
+        trainable = _through_onnx(model, exported)
+    if analog is not None:
+        analog.attach(trainable)
     return trainable
 
 
-def _through_onnx(model: AuditModel, analog: AnalogTraining) -> TrainableModel:
+def export_graph(model: AuditModel, x: Any) -> OnnxModel | None:
+    """``model``'s in-memory ONNX export (None for an ONNX model, which is its own graph), made
+    from the data batch ``x``'s first sample."""
+    if model.format == "onnx":
+        return None
+    from ftaudit.analog.runner import as_onnx
+
+    return as_onnx(model, x, selected=[])
+
+
+def _through_onnx(model: AuditModel, exported: OnnxModel) -> TrainableModel:
     """The onnx2torch copy of ``model``'s ONNX export, writing back into ``model`` by name."""
-    trainable = onnx_trainable(analog.model)
+    trainable = onnx_trainable(exported)
     names = _state_names(model)
     unknown = sorted(
         name
@@ -50,8 +68,9 @@ def _through_onnx(model: AuditModel, analog: AnalogTraining) -> TrainableModel:
         )
     trainable.source = model
     trainable.by_name = True
+    trainable.graph = exported
     # a Linear on a 3-D input exports as MatMul of W^T: its arrays move in the source's layout
-    for name in transposed_layers(model, analog.model):
+    for name in transposed_layers(model, exported):
         trainable.crossbar_transposed[name] = not trainable.crossbar_transposed.get(
             name, trainable.slots[name].transposed if name in trainable.slots else False
         )

@@ -24,6 +24,7 @@ from ftaudit.eval_checkpoint import check_checkpoint_dir
 from ftaudit.evaluation import audit
 from ftaudit.execution import execution_session
 from ftaudit.fileio import check_output_path
+from ftaudit.harden.analog_trainable import export_graph
 from ftaudit.harden.checkpoint import load_checkpoint
 from ftaudit.harden.methods import (
     EpochCallback,
@@ -308,6 +309,8 @@ def harden(
         from ftaudit.analog.torch_pipeline import AnalogTraining
 
         ctx.analog = AnalogTraining(source, layers, train.x, pipeline, seed=seed)
+    elif method_impl.edits_graph:  # BayesFT's dropout: torch.fx edits an onnx2torch module
+        ctx.graph = export_graph(source, train.x)
     # one pool of workers (or Ray connection) for the whole command: training's evaluations
     # and the before/after audits run on the same processes, started at the first evaluation
     session = ExitStack()
@@ -322,6 +325,7 @@ def harden(
             ray=ray,
             device=device,
             analog=ctx.analog,
+            through_onnx=ctx.graph is not None,
         )
         result = method_impl.run(ctx)
         notes.extend(result.notes)

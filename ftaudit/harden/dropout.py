@@ -99,7 +99,8 @@ def insert_dropout(trainable: TrainableModel) -> dict[str, Any]:
     values back into the original file, so it never reaches the exported model.
     """
     source = trainable.source
-    if source.format != "onnx":
+    graph_model = trainable.graph if trainable.graph is not None else source
+    if graph_model.format != "onnx":
         raise UserError(
             f"--method bayesft inserts dropout layers with torch.fx, which cannot edit "
             f"{source.format} models ({source.path})",
@@ -113,7 +114,7 @@ def insert_dropout(trainable: TrainableModel) -> dict[str, Any]:
             hint="use --method trice or noise for this model",
         )
     module = trainable.module
-    onnx_source = cast("OnnxModel", source)
+    onnx_source = cast("OnnxModel", graph_model)
     outputs = crossbar_outputs(onnx_source.proto, layers[:-1], onnx_source.feed_names)
     producer = {}
     for node in module.graph.nodes:

@@ -56,11 +56,13 @@ class TrainableWorkerSpec:
     rng: str = DEFAULT_RNG
     #: the analog forward pipeline the trainable runs (calibrated once, in the main process)
     analog: AnalogTraining | None = None
+    #: the trainable is the model's in-memory ONNX export (rebuilt here from ``x``)
+    through_onnx: bool = False
     key: str = field(default="", compare=False)
 
     def build(self) -> ChunkEvaluator:
         """Recreate the trainable from the model's bytes, load the weights, bind the data."""
-        from ftaudit.harden.analog_trainable import trainable_copy
+        from ftaudit.harden.analog_trainable import export_graph, trainable_copy
         from ftaudit.harden.training import TrainableRunner
         from ftaudit.models import load_model_bytes
 
@@ -68,7 +70,8 @@ class TrainableWorkerSpec:
         if self.threads is not None:
             _limit_threads(self.threads)
         source = load_model_bytes(self.model_path, self.model_bytes)
-        trainable = trainable_copy(source, self.analog)
+        graph = export_graph(source, self.x) if self.through_onnx else None
+        trainable = trainable_copy(source, self.analog, graph=graph)
         trainable.module.to(self.device)
         state = torch.load(io.BytesIO(self.state), map_location=self.device, weights_only=True)
         trainable.load_state_dict(state)
@@ -124,6 +127,7 @@ class HardenWorkers:
         ray: str | None,
         device: str = "cpu",
         analog: AnalogTraining | None = None,
+        through_onnx: bool = False,
     ) -> None:
         from ftaudit.models.fingerprint import model_bytes
 
@@ -137,6 +141,7 @@ class HardenWorkers:
             "device": device,
             "threads": 1 if ray is not None else threads_per_worker(workers),
             "analog": analog,
+            "through_onnx": through_onnx,
         }
         digest = hashlib.sha256(self._static["model_bytes"])
         for array in (self._static["x"], self._static["y"]):
@@ -223,6 +228,7 @@ def open_workers(
     ray: str | None,
     device: str = "cpu",
     analog: AnalogTraining | None = None,
+    through_onnx: bool = False,
 ) -> HardenWorkers | None:
     """The run's workers for ``--workers``/``--ray``; None: evaluate in this process."""
     if workers == 1 and ray is None:
@@ -236,4 +242,5 @@ def open_workers(
         ray=ray,
         device=device,
         analog=analog,
+        through_onnx=through_onnx,
     )

@@ -53,6 +53,9 @@ class TrainableModel:
     #: torch.export sources): ``slots`` carry the source's parameter and buffer names, and the
     #: export writes the trained values back into the source by those names
     by_name: bool = False
+    #: the ONNX model ``module`` was converted from when it is not ``source`` (a TorchScript or
+    #: torch.export source trained as its in-memory export): what graph edits read
+    graph: Any = None
     #: the source's data inputs when the module takes them as separate arguments (a TorchScript
     #: or torch.export module fed packed data); () when it takes the batch as is
     split_inputs: tuple[TensorSpec, ...] = ()

@@ -26,6 +26,7 @@ from ftaudit.noise import NoiseModel
 
 if TYPE_CHECKING:
     from ftaudit.analog.torch_pipeline import AnalogTraining
+    from ftaudit.models.onnx import OnnxModel
 
 EVAL_KEY = 1_000_003
 
@@ -62,13 +63,16 @@ class HardenContext:
     workers: SampleWorkers | None = None
     #: the analog forward pipeline every trainable copy trains and validates with
     analog: AnalogTraining | None = None
+    #: a TorchScript or torch.export model's in-memory ONNX export, which its trainable copies
+    #: are made of when the method edits the torch.fx graph (``HardenMethod.edits_graph``)
+    graph: OnnxModel | None = None
     #: the normal generator of the validation Monte Carlo (ftaudit.draws.RNGS; training noise
     #: keeps numpy's ziggurat)
     rng: str = DEFAULT_RNG
 
     def new_model(self) -> TrainableModel:
         """A fresh trainable copy of the input model on this run's device."""
-        model = trainable_copy(self.source, self.analog)
+        model = trainable_copy(self.source, self.analog, graph=self.graph)
         model.module.to(self.device)
         return model
 
@@ -194,6 +198,9 @@ class HardenMethod:
     options: ClassVar[dict[str, Any]] = {}
     #: options left out of the checkpoint fingerprint (they may change on --resume)
     resumable: ClassVar[tuple[str, ...]] = ()
+    #: the method edits the trainable's torch.fx graph: TorchScript and torch.export models then
+    #: train as their own in-memory ONNX export (``analog_trainable.trainable_copy``)
+    edits_graph: ClassVar[bool] = False
 
     def check_options(
         self, values: dict[str, Any], *, sigma: float, protect: Sequence[Path] = ()

@@ -304,6 +304,7 @@ class BayesftMethod(HardenMethod):
     }
     # a larger --trials continues the same study and checkpoint, and the study file may move
     resumable = ("trials", "study")
+    edits_graph = True
 
     def check_options(
         self, values: dict[str, Any], *, sigma: float, protect: Sequence[Path] = ()
