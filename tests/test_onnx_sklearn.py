@@ -139,3 +139,20 @@ def test_eval_perturbs_and_harden_writes_the_attributes(tmp_path: Path, run_cli)
     node = next(n for n in written.graph.node if n.op_type == "LinearClassifier")
     coefficients = next(a for a in node.attribute if a.name == "coefficients")
     np.testing.assert_array_equal(np.asarray(coefficients.floats, np.float32), trained.T.ravel())
+
+
+def test_classifier_names_are_unique_and_stable() -> None:
+    """Empty or shared node names get LinearClassifier_<k>; the file and its in-memory copy
+    agree because both count in graph order."""
+    from onnx import helper
+
+    from ftaudit.models.onnx_sklearn import classifier_prefixes
+
+    def node(name: str):
+        return helper.make_node("LinearClassifier", ["x"], ["y"], name=name, domain="ai.onnx.ml")
+
+    nodes = [node("a"), node(""), node("b"), node("b"), helper.make_node("Relu", ["x"], ["r"])]
+    graph = helper.make_graph(nodes, "g", [], [])
+    assert classifier_prefixes(graph) == [
+        "a", "LinearClassifier_1", "LinearClassifier_2", "LinearClassifier_3",
+    ]  # fmt: skip

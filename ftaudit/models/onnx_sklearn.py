@@ -22,13 +22,26 @@ ML_DOMAIN = "ai.onnx.ml"
 POST_TRANSFORMS: dict[str, str | None] = {"NONE": None, "LOGISTIC": "Sigmoid", "SOFTMAX": "Softmax"}
 
 
-def coefficients_name(node: Any) -> str:
+def _is_classifier(node: Any) -> bool:
+    return node.domain == ML_DOMAIN and node.op_type == "LinearClassifier"
+
+
+def classifier_prefixes(graph: Any) -> list[str]:
+    """The unique name each LinearClassifier node's in-memory values take, in graph order: the
+    node's name, or ``LinearClassifier_<k>`` (the k-th) when that is empty or shared. The same
+    for the loaded file and its in-memory copy."""
+    names = [n.name for n in graph.node if _is_classifier(n)]
+    unique = {name for name in names if name and names.count(name) == 1}
+    return [name if name in unique else f"LinearClassifier_{k}" for k, name in enumerate(names)]
+
+
+def coefficients_name(prefix: str) -> str:
     """The in-memory initializer holding a LinearClassifier's coefficients, (features, classes)."""
-    return f"{node.name or 'LinearClassifier'}.coefficients"
+    return f"{prefix}.coefficients"
 
 
-def intercepts_name(node: Any) -> str:
-    return f"{node.name or 'LinearClassifier'}.intercepts"
+def intercepts_name(prefix: str) -> str:
+    return f"{prefix}.intercepts"
 
 
 def unfold_linear_classifiers(model: Any) -> None:
@@ -37,20 +50,21 @@ def unfold_linear_classifiers(model: Any) -> None:
     from onnx import TensorProto, helper, numpy_helper
 
     graph = model.graph
-    if not any(n.domain == ML_DOMAIN and n.op_type == "LinearClassifier" for n in graph.node):
+    if not any(_is_classifier(n) for n in graph.node):
         return
     types = _elem_types(model)
+    prefixes = iter(classifier_prefixes(graph))
     if not any(o.domain in ("", "ai.onnx") for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("", 13))  # an ML-only graph
     nodes: list[Any] = []
     for node in graph.node:
         form = _form(node, types, helper)
+        prefix = next(prefixes) if _is_classifier(node) else ""
         if form is None:
             nodes.append(node)
             continue
         coefficients, intercepts, labels, post, elem = form
-        prefix = node.name or "LinearClassifier"
-        weight, bias, table = coefficients_name(node), intercepts_name(node), f"{prefix}/labels"
+        weight, bias, table = coefficients_name(prefix), intercepts_name(prefix), f"{prefix}/labels"
         graph.initializer.extend(
             [
                 numpy_helper.from_array(np.ascontiguousarray(coefficients.T), weight),
@@ -119,7 +133,7 @@ def _elem_types(model: Any) -> dict[str, int]:
 
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # a model shape inference cannot read keeps the declared types only
+    except (onnx.shape_inference.InferenceError, ValueError):  # declared types only, then
         inferred = model
     graph = inferred.graph
     return {
@@ -133,14 +147,13 @@ def attribute_targets(model: Any) -> dict[str, tuple[Any, bool]]:
     """For the file's LinearClassifier nodes: in-memory initializer name -> (the attribute its
     values are written back to, whether the initializer is the attribute's transpose)."""
     targets: dict[str, tuple[Any, bool]] = {}
-    for node in model.graph.node:
-        if node.domain != ML_DOMAIN or node.op_type != "LinearClassifier":
-            continue
+    nodes = [node for node in model.graph.node if _is_classifier(node)]
+    for prefix, node in zip(classifier_prefixes(model.graph), nodes, strict=True):
         attrs = {a.name: a for a in node.attribute}
         if "coefficients" in attrs:
-            targets[coefficients_name(node)] = (attrs["coefficients"], True)
+            targets[coefficients_name(prefix)] = (attrs["coefficients"], True)
         if "intercepts" in attrs:
-            targets[intercepts_name(node)] = (attrs["intercepts"], False)
+            targets[intercepts_name(prefix)] = (attrs["intercepts"], False)
     return targets
 
 
