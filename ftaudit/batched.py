@@ -43,14 +43,9 @@ def resolve_batch_samples(batch_samples: int | None, *, device: str, model_forma
                 f"--batch-samples must be at least 1, got {batch_samples}",
                 hint="e.g. --batch-samples 16",
             )
-        if batch_samples > 1 and model_format != "onnx":
-            raise UserError(
-                f"--batch-samples needs an ONNX model; {model_format} modules cannot be "
-                "evaluated for several weight sets at once (torch's stateless API refuses them)",
-                hint="export the model to ONNX, or drop --batch-samples",
-            )
         return batch_samples
-    return DEFAULT_CUDA_BATCH_SAMPLES if device == "cuda" and model_format == "onnx" else 1
+    del model_format  # every format batches (TorchScript and torch.export as their ONNX export)
+    return DEFAULT_CUDA_BATCH_SAMPLES if device == "cuda" else 1
 
 
 class BatchedTorchRunner(ModelRunner):
@@ -68,13 +63,19 @@ class BatchedTorchRunner(ModelRunner):
         device: str,
         analog: AnalogTraining | None = None,
         rng: str = DEFAULT_RNG,
+        x: np.ndarray | None = None,
     ) -> None:
         self.torch = torch = require_torch(FEATURE)
-        from ftaudit.harden.trainable import make_trainable
+        from ftaudit.harden.analog_trainable import export_graph, trainable_copy
         from ftaudit.models.torchscript import resolve_torch_device
 
         self.device = resolve_torch_device(device)
-        self.trainable = make_trainable(model)
+        # a TorchScript or torch.export module runs as its in-memory ONNX export (the graph the
+        # analog pipeline runs), whose onnx2torch module torch's stateless API can call
+        graph = None
+        if model.format != "onnx":
+            graph = analog.model if analog is not None else export_graph(model, _example(x))
+        self.trainable = trainable_copy(model, graph=graph)
         self.module = self.trainable.module.to(self.device).eval()
         names = {id(p): n for n, p in self.module.named_parameters()}
         names.update({id(b): n for n, b in self.module.named_buffers()})
@@ -291,6 +292,7 @@ def build_runner(
                 device=device,
                 analog=_calibrated(model, selected, x, pipeline, seed) if analog else None,
                 rng=rng,
+                x=x,
             )
         except UserError as exc:
             if batch_required:
@@ -322,6 +324,17 @@ def build_runner(
     if fallback is not None:  # (a batched runner keeps its own: a vmap failure sets it later)
         runner.fallback = fallback
     return runner
+
+
+def _example(x: np.ndarray | None) -> np.ndarray:
+    """One data sample to export a torch model with (the data it will run on)."""
+    if x is None:
+        raise UserError(
+            "--batch-samples on a TorchScript or torch.export model needs the data to export "
+            "the model with",
+            hint="bind the data first, or drop --batch-samples",
+        )
+    return x[:1]
 
 
 def _calibrated(

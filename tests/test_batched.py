@@ -69,22 +69,35 @@ def test_drift_rows_fall_back_to_one_sample_per_pass(convnet_onnx: Path, blobs_n
     assert np.abs(accuracies(batched) - accuracies(one)).max() <= 1 / 400 + 1e-12
 
 
-def test_bad_batch_samples(convnet_onnx: Path, convnet_ts: Path, blobs_npz: Path, run_cli):
-    with pytest.raises(UserError, match="needs an ONNX model"):
-        ftaudit.audit(convnet_ts, blobs_npz, sigmas=[0.3], samples=2, batch_samples=2)
+@pytest.mark.parametrize("fixture", ["convnet_ts", "lenet_pt2"])
+def test_torch_formats_batch_as_their_onnx_export(fixture: str, blobs_npz: Path, request):
+    """TorchScript and torch.export models run several weight sets per pass through their
+    in-memory ONNX export: the same per-sample accuracies as one sample per pass."""
+    from conftest import SAMPLES
+
+    model = request.getfixturevalue(fixture)
+    lenet = fixture == "lenet_pt2"
+    data = SAMPLES / "fmnist_test_2000.npz" if lenet else blobs_npz
+    options = dict(sigmas=[0.4], samples=6, seed=3, limit=200 if lenet else None)
+    one = ftaudit.audit(model, data, **options)
+    batched = ftaudit.audit(model, data, batch_samples=3, **options)
+    assert np.array_equal(accuracies(one), accuracies(batched))
+
+
+def test_bad_batch_samples(convnet_onnx: Path, blobs_npz: Path, run_cli):
     code, _, err = run_cli(
         "eval", convnet_onnx, "--data", blobs_npz, "--sigma", "0.3", "--batch-samples", "0"
     )
     assert code == 2 and "--batch-samples must be at least 1" in err
 
 
-def test_cuda_defaults_to_batches_for_onnx_only() -> None:
+def test_cuda_defaults_to_batches() -> None:
     from ftaudit.batched import DEFAULT_CUDA_BATCH_SAMPLES, resolve_batch_samples
 
-    assert resolve_batch_samples(None, device="cuda", model_format="onnx") == (
-        DEFAULT_CUDA_BATCH_SAMPLES
-    )
-    assert resolve_batch_samples(None, device="cuda", model_format="torchscript") == 1
+    for model_format in ("onnx", "torchscript", "torch.export"):
+        assert resolve_batch_samples(None, device="cuda", model_format=model_format) == (
+            DEFAULT_CUDA_BATCH_SAMPLES
+        )
     assert resolve_batch_samples(None, device="cpu", model_format="onnx") == 1
     assert resolve_batch_samples(4, device="cpu", model_format="onnx") == 4
 

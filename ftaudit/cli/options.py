@@ -105,7 +105,7 @@ BatchSamplesOpt = Annotated[
     int | None,
     typer.Option(
         "--batch-samples",
-        help="Monte Carlo samples per forward pass (torch vmap, ONNX models) [16 on cuda, else 1].",
+        help="Monte Carlo samples per forward pass (torch vmap) [16 on cuda, else 1].",
     ),
 ]
 EvalResumeOpt = Annotated[
