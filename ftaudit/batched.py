@@ -35,7 +35,7 @@ FEATURE = "--batch-samples (several Monte Carlo samples per forward pass)"
 DEFAULT_CUDA_BATCH_SAMPLES = 16
 
 
-def resolve_batch_samples(batch_samples: int | None, *, device: str, model_format: str) -> int:
+def resolve_batch_samples(batch_samples: int | None, *, device: str) -> int:
     """The samples per forward pass to use: explicit, else 16 for ONNX on CUDA, else 1."""
     if batch_samples is not None:
         if batch_samples < 1:
@@ -44,7 +44,6 @@ def resolve_batch_samples(batch_samples: int | None, *, device: str, model_forma
                 hint="e.g. --batch-samples 16",
             )
         return batch_samples
-    del model_format  # every format batches (TorchScript and torch.export as their ONNX export)
     return DEFAULT_CUDA_BATCH_SAMPLES if device == "cuda" else 1
 
 
@@ -198,7 +197,6 @@ class BatchedTorchRunner(ModelRunner):
                         out = self.trainable.forward(batch)
                 else:
                     out = self.trainable.forward(batch)
-                out = out[0] if isinstance(out, (tuple, list)) else out
                 outs.append(out.float().cpu().numpy())
         return np.concatenate(outs) if len(outs) > 1 else outs[0]
 

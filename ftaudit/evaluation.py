@@ -406,9 +406,7 @@ def audit(
     if not fold_batchnorm:
         loaded = replace(loaded, fold_scales={})
     dataset = resolve_data(data, limit=limit, mean=mean, std=std)
-    samples_per_pass = resolve_batch_samples(
-        batch_samples, device=device, model_format=loaded.format
-    )
+    samples_per_pass = resolve_batch_samples(batch_samples, device=device)
     selected, runner, crossbar, clean_correct = prepare_run(
         loaded,
         dataset,

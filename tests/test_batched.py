@@ -94,12 +94,9 @@ def test_bad_batch_samples(convnet_onnx: Path, blobs_npz: Path, run_cli):
 def test_cuda_defaults_to_batches() -> None:
     from ftaudit.batched import DEFAULT_CUDA_BATCH_SAMPLES, resolve_batch_samples
 
-    for model_format in ("onnx", "torchscript", "torch.export"):
-        assert resolve_batch_samples(None, device="cuda", model_format=model_format) == (
-            DEFAULT_CUDA_BATCH_SAMPLES
-        )
-    assert resolve_batch_samples(None, device="cpu", model_format="onnx") == 1
-    assert resolve_batch_samples(4, device="cpu", model_format="onnx") == 4
+    assert resolve_batch_samples(None, device="cuda") == DEFAULT_CUDA_BATCH_SAMPLES
+    assert resolve_batch_samples(None, device="cpu") == 1
+    assert resolve_batch_samples(4, device="cpu") == 4
 
 
 def test_an_op_torch_cannot_vmap_falls_back_to_one_set_per_pass(

@@ -41,8 +41,6 @@ class MeanCrossEntropy:
         with torch.no_grad():
             for xb, yb in zip(runner.batches, self.labels, strict=True):
                 logits = runner.trainable.forward(xb)
-                if isinstance(logits, (tuple, list)):
-                    logits = logits[0]
                 total += float(
                     torch.nn.functional.cross_entropy(logits.float(), yb, reduction="sum")
                 )

@@ -32,6 +32,19 @@ if TYPE_CHECKING:
     from ftaudit.analog.torch_pipeline import AnalogTraining
 
 FEATURE = "ftaudit harden --workers"
+#: this worker process's last model export (a spec per evaluation; the model stays the same)
+_EXPORTS: dict[str, Any] = {}
+
+
+def _exported(source: AuditModel, raw: bytes, x: np.ndarray) -> Any:
+    """``source``'s in-memory ONNX export, made once per model in this process."""
+    from ftaudit.harden.analog_trainable import export_graph
+
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest not in _EXPORTS:
+        _EXPORTS.clear()
+        _EXPORTS[digest] = export_graph(source, x)
+    return _EXPORTS[digest]
 
 
 @dataclass(frozen=True)
@@ -62,7 +75,7 @@ class TrainableWorkerSpec:
 
     def build(self) -> ChunkEvaluator:
         """Recreate the trainable from the model's bytes, load the weights, bind the data."""
-        from ftaudit.harden.analog_trainable import export_graph, trainable_copy
+        from ftaudit.harden.analog_trainable import trainable_copy
         from ftaudit.harden.training import TrainableRunner
         from ftaudit.models import load_model_bytes
 
@@ -70,7 +83,7 @@ class TrainableWorkerSpec:
         if self.threads is not None:
             _limit_threads(self.threads)
         source = load_model_bytes(self.model_path, self.model_bytes)
-        graph = export_graph(source, self.x) if self.through_onnx else None
+        graph = _exported(source, self.model_bytes, self.x) if self.through_onnx else None
         trainable = trainable_copy(source, self.analog, graph=graph)
         trainable.module.to(self.device)
         state = torch.load(io.BytesIO(self.state), map_location=self.device, weights_only=True)

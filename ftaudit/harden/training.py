@@ -180,8 +180,6 @@ def train_epoch(
                     )
                 )
             logits = trainable.forward(xb)
-            if isinstance(logits, (tuple, list)):
-                logits = logits[0]
             loss = torch.nn.functional.cross_entropy(logits, yb)
             before = {k: trainable.crossbar[k].grad for k in clean_t}
             for k in clean_t:
@@ -245,8 +243,6 @@ class TrainableRunner(ModelRunner):
         with self.torch.no_grad():
             for batch in self._batches:
                 out = self.trainable.forward(batch)
-                if isinstance(out, (tuple, list)):
-                    out = out[0]
                 outs.append(out.float().cpu().numpy())
         return np.concatenate(outs) if len(outs) > 1 else outs[0]
 

@@ -180,12 +180,9 @@ def packed_array(inputs: Sequence[TensorSpec], packed: TensorSpec, dataset: Data
     (N, total) when ``flat_rows`` packs them flat."""
     arrays, missing = _fed(inputs, dataset)
     source = dataset.source.get("path", "the data")
-    present = ", ".join([*(["x"] if dataset.has_x else []), *sorted(dataset.inputs)])
     flat = flat_rows(inputs)
     if flat is not None:
-        n = len(dataset.y)
-        reasons = dataset.not_inputs
-        return _flat_array(inputs, flat, arrays, missing, n, packed, source, present, reasons)
+        return _flat_array(inputs, flat, arrays, missing, packed, dataset)
     rows = {a.shape[1:] for a in arrays.values()}
     if len(rows) != 1:
         shapes = ", ".join(f"{name} {_shape_text(a.shape)}" for name, a in arrays.items())
@@ -198,34 +195,33 @@ def packed_array(inputs: Sequence[TensorSpec], packed: TensorSpec, dataset: Data
             else "save one array per model input, each of shape (N, *row) with the same row",
         )
     row = rows.pop()
-    n = len(dataset.y)
     for name in missing:
-        arrays[name] = _default(name, n, row, source, present, dataset.not_inputs)
+        arrays[name] = _default(name, row, dataset)
     dtype = np.dtype(packed.dtype)
-    out = np.empty((n, len(inputs), *row), dtype)
+    out = np.empty((len(dataset.y), len(inputs), *row), dtype)
     for index, spec in enumerate(inputs):
         out[:, index] = _checked(arrays[spec.name], spec, dtype, source)
     return out
 
 
-def _default(
-    name: str, n: int, row: tuple[int, ...], source: Any, present: str, not_inputs: dict[str, str]
-) -> Any:
-    """Input ``name``'s transformers default for n samples of shape ``row``, or the UserError
-    saying which array the data file (holding ``present``) lacks or cannot feed."""
-    why = not_inputs.get(name)
+def _default(name: str, row: tuple[int, ...], dataset: Dataset) -> np.ndarray:
+    """Input ``name``'s transformers default for ``dataset``'s samples, of shape ``row``, or the
+    UserError saying which array the data file lacks or cannot feed."""
+    why = dataset.not_inputs.get(name)
     if why:  # the file has the array, but it cannot be fed
         raise UserError(
             f"{why}, so it cannot feed the model input '{name}'",
             hint=f"save {name} with one row per sample (the labels' count), as plain numbers",
         )
     if name not in DEFAULT_INPUTS:
+        present = ", ".join([*(["x"] if dataset.has_x else []), *sorted(dataset.inputs)])
         raise UserError(
-            f"the model input '{name}' has no array in {source} (arrays: {present})",
+            f"the model input '{name}' has no array in "
+            f"{dataset.source.get('path', 'the data')} (arrays: {present})",
             hint=f"save it in the .npz under its name: np.savez(path, x=..., {name}=..., "
             "y=...), one row per sample",
         )
-    return DEFAULT_INPUTS[name][1](n, row)
+    return DEFAULT_INPUTS[name][1](len(dataset.y), row)
 
 
 def _flat_array(
@@ -233,25 +229,20 @@ def _flat_array(
     rows: list[tuple[int, ...]],
     arrays: dict[str, np.ndarray],
     missing: list[str],
-    n: int,
     packed: TensorSpec,
-    source: Any,
-    present: str,
-    not_inputs: dict[str, str],
+    dataset: Dataset,
 ) -> np.ndarray:
     """Each sample's inputs flattened one after the other (inputs of different shapes)."""
+    source, n = dataset.source.get("path", "the data"), len(dataset.y)
     parts = []
     for spec, row in zip(inputs, rows, strict=True):
-        if spec.name in missing:
-            values = _default(spec.name, n, row, source, present, not_inputs)
-        else:
-            values = arrays[spec.name]
-            if math.prod(values.shape[1:]) != math.prod(row):
-                raise UserError(
-                    f"the data for model input '{spec.name}' in {source} has shape "
-                    f"{_shape_text(values.shape)}, but the input takes {_shape_text((None, *row))}",
-                    hint=f"save {spec.name} with one row of that shape per sample",
-                )
+        values = _default(spec.name, row, dataset) if spec.name in missing else arrays[spec.name]
+        if math.prod(values.shape[1:]) != math.prod(row):
+            raise UserError(
+                f"the data for model input '{spec.name}' in {source} has shape "
+                f"{_shape_text(values.shape)}, but the input takes {_shape_text((None, *row))}",
+                hint=f"save {spec.name} with one row of that shape per sample",
+            )
         parts.append(_checked(values.reshape(n, -1), spec, np.dtype(packed.dtype), source))
     return np.concatenate(parts, axis=1).astype(packed.dtype, copy=False)
 
