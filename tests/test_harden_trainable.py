@@ -177,6 +177,32 @@ def test_gemm_without_transb_is_a_transposed_parameter(tmp_path: Path, weight) -
     np.testing.assert_allclose(ort_logits(out, x), torch_logits(trainable, x), atol=1e-4)
 
 
+def test_float16_model_with_float32_io_trains_in_float32(tmp_path: Path, weight) -> None:
+    """onnxconverter-common's keep_io_types: Cast(x) to float16, a float16 Gemm, Cast back. The
+    trainable runs in float32 (the Cast into float16 retargeted) and agrees with ONNX Runtime
+    on the file; its export keeps the float16 initializer and the float32 inputs/outputs."""
+    bias = np.arange(8, dtype=np.float16)
+    path = build_onnx(
+        tmp_path / "keep_io.onnx",
+        [
+            helper.make_node("Cast", ["x"], ["x16"], to=TensorProto.FLOAT16),
+            helper.make_node("Gemm", ["x16", "w", "b"], ["y16"], transB=1),
+            helper.make_node("Cast", ["y16"], ["y"], to=TensorProto.FLOAT),
+        ],
+        [
+            numpy_helper.from_array(weight.astype(np.float16), "w"),
+            numpy_helper.from_array(bias, "b"),
+        ],
+    )
+    trainable = make_trainable(load_model(path))
+    x = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)
+    np.testing.assert_allclose(torch_logits(trainable, x), ort_logits(path, x), atol=2e-2)
+    out = tmp_path / "keep_io_hard.onnx"
+    export_hardened(trainable, out, metadata={})
+    assert without_values(onnx.load(str(out))) == without_values(onnx.load(str(path)))
+    np.testing.assert_allclose(ort_logits(out, x), ort_logits(path, x), atol=2e-2)
+
+
 def test_equal_batchnorm_values_are_mapped_by_provenance(bn_onnx: Path, tmp_path: Path) -> None:
     # weight == running_var and bias == running_mean, as in a fresh BatchNorm: equality alone
     # cannot tell them apart

@@ -164,6 +164,7 @@ def onnx_trainable(model: AuditModel) -> TrainableModel:
         # a float16 model trains in float32 (the data is float32; Adam needs the precision);
         # the export casts the trained values back to the file's float16 initializers
         module.float()
+        _cast_to_float32(module, torch)
     crossbar = {
         layer.name: _tensor_at(module, slots[roots[layer.name]].target) for layer in model.layers
     }
@@ -178,6 +179,15 @@ def onnx_trainable(model: AuditModel) -> TrainableModel:
         slots=slots,
         crossbar_transposed=transposed,
     )
+
+
+def _cast_to_float32(module: Any, torch: Any) -> None:
+    """Retarget the module's Casts to float16 (onnx2torch's ``OnnxCast``) to float32, so a
+    model converted with float32 inputs (a Cast into float16 after the input) runs in the
+    float32 its weights now hold."""
+    for child in module.modules():
+        if getattr(child, "torch_dtype", None) == torch.float16:
+            child.torch_dtype = torch.float32
 
 
 def _layout_of(model: OnnxModel, name: str, root: np.ndarray | None) -> bool:
