@@ -720,3 +720,36 @@ def test_read_noise_sessions_never_spin_unless_forced(monkeypatch) -> None:
     assert not allows_spinning(None, noisy)
     assert allows_spinning(None, quiet)
     assert allows_spinning(True, noisy)
+
+
+def test_float16_torchscript_reads_float16_data(tmp_path: Path, run_cli) -> None:
+    """A model.half() archive: the runner feeds float16 data, so its clean and perturbed logits
+    are torch's own forward on x.half() with those weights; harden refuses in one line."""
+    torch = pytest.importorskip("torch")
+    from test_cli import assert_one_line_error
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    net = net.half().eval()
+    x = np.random.default_rng(0).normal(size=(9, 6)).astype(np.float32)
+    path = tmp_path / "half.pt"
+    torch.jit.save(torch.jit.trace(net, torch.from_numpy(x[:2]).half()), str(path))
+    model = load_model(path)
+    assert model.input.dtype == "float16"
+    assert [layer.dtype for layer in model.layers] == ["float16", "float16"]
+    runner = model.runner(model.layers, device="cpu")
+    runner.bind_data(x, np.zeros(len(x)), batch_size=4)
+    doubled = {name: 2 * w for name, w in model.clean_weights().items()}
+    runner.set_weights(doubled)
+    with torch.no_grad():
+        net[0].weight.mul_(2)
+        net[2].weight.mul_(2)
+        expected = net(torch.from_numpy(x).half()).float().numpy()
+    np.testing.assert_array_equal(runner.logits(), expected)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=x, y=expected.argmax(1))
+    out = tmp_path / "hard.pt"
+    line = assert_one_line_error(
+        *run_cli("harden", path, "--data", data, "--sigma", "0.1", "-o", out)
+    )
+    assert "float16 TorchScript" in line and not out.exists()

@@ -176,6 +176,8 @@ def as_onnx(
     # runner pads the last batch); otherwise one image and a dynamic batch axis
     fixed = model.input.shape[0] if model.input.shape else None
     example = contiguous_input(x[:1])  # token ids stay integers
+    if model.input.dtype == "float16" and example.dtype == np.float32:
+        example = example.astype(np.float16)  # a model.half() archive reads float16
     if fixed:
         example = np.ascontiguousarray(np.resize(example, (fixed, *example.shape[1:])))
     # several inputs: exported with the module's own arguments, packed again by from_bytes

@@ -439,6 +439,13 @@ def _torchscript_trainable(model: AuditModel) -> TrainableModel:
     """A fresh ScriptModule from the archive's bytes; crossbar names are parameter names."""
     from ftaudit.models.torchscript import jit_load
 
+    if any(layer.dtype == "float16" for layer in model.layers):
+        raise UserError(
+            f"{model.path} is a float16 TorchScript model, which harden cannot train "
+            "(training needs float32 weights)",
+            hint="harden the float32 model and convert the result with .half(), or harden "
+            "its float16 ONNX export",
+        )
     module = jit_load(cast("TorchScriptModel", model).raw, model.path)
     module.eval()
     parameters = dict(module.named_parameters())

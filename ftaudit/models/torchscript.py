@@ -173,6 +173,11 @@ class TorchScriptModel(AuditModel):
         module = jit_load(raw, path)
         inputs = _data_inputs(module, path)
         layers, untraced = script_layers(module)
+        if layers and all(layer.dtype == "float16" for layer in layers):
+            # a model.half() archive reads float16 data (TorchScript declares no input dtype)
+            inputs = tuple(
+                replace(s, dtype="float16") if s.dtype == "float32" else s for s in inputs
+            )
         shapes = {layer.name: layer.shape for layer in layers}
         return cls(
             fold_scales={
@@ -215,10 +220,17 @@ class TorchScriptModel(AuditModel):
         module = jit_load(self.raw, self.path)
         try:
             with torch.no_grad():
-                module(torch.from_numpy(contiguous_input(x)))
+                module(torch.from_numpy(self.typed_input(x)))
         except (RuntimeError, torch.jit.Error):
             return False
         return True
+
+    def typed_input(self, x: np.ndarray) -> np.ndarray:
+        """``x`` contiguous, float data in the float16 a half-precision model reads."""
+        x = contiguous_input(x)
+        if self.input.dtype == "float16" and x.dtype == np.float32:
+            return x.astype(np.float16)
+        return x
 
     def clean_weights(self) -> dict[str, np.ndarray]:
         module = jit_load(self.raw, self.path)
@@ -255,7 +267,7 @@ class TorchScriptRunner(ModelRunner):
 
     def bind_data(self, x: np.ndarray, y: np.ndarray, *, batch_size: int) -> None:
         torch = self.torch
-        x = contiguous_input(x)
+        x = self.model.typed_input(x)
         self._batches = [
             torch.from_numpy(x[s : s + batch_size]).to(self.device)
             for s in range(0, len(x), batch_size)
