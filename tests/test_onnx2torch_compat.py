@@ -94,3 +94,36 @@ def test_normalizer_matches_onnx_runtime(norm) -> None:
     with torch.no_grad():
         actual = onnx2torch.convert(model)(torch.from_numpy(x["x"])).numpy()
     np.testing.assert_allclose(actual, session.run(None, x)[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("opset", [19, 22])
+def test_average_pool_of_torch_default_exporter_matches_onnx_runtime(opset) -> None:
+    """AveragePool-19/22 (torch's dynamo exporter writes AdaptiveAvgPool2d / AvgPool2d so)."""
+    x = {"x": np.random.default_rng(0).normal(size=(2, 3, 7, 7)).astype(np.float32)}
+    attrs = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}
+    model = _one_node("AveragePool", x, opset, TensorProto.FLOAT, **attrs, count_include_pad=0)
+    import onnx2torch
+    import onnxruntime as ort
+    import torch
+
+    from ftaudit.harden.onnx2torch_compat import register_converters
+
+    register_converters()
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        actual = onnx2torch.convert(model)(torch.from_numpy(x["x"])).numpy()
+    np.testing.assert_allclose(actual, session.run(None, x)[0], rtol=1e-6, atol=1e-7)
+
+
+def test_average_pool_with_dilations_is_refused() -> None:
+    import onnx2torch
+
+    from ftaudit.harden.onnx2torch_compat import register_converters
+
+    register_converters()
+    x = {"x": np.zeros((1, 1, 7, 7), np.float32)}
+    model = _one_node(
+        "AveragePool", x, 19, TensorProto.FLOAT, kernel_shape=[2, 2], dilations=[2, 2]
+    )
+    with pytest.raises(NotImplementedError, match="dilations"):
+        onnx2torch.convert(model)

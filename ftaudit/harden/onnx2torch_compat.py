@@ -85,6 +85,12 @@ def register_converters() -> None:
             add(op, version, _elementwise(op, function))
     for version in (15, 19, 21, 23, 24):
         add("CastLike", version, _cast_like)
+    average_pool = table.get(
+        registry.OperationDescription(domain="", operation_type="AveragePool", version=11)
+    )
+    if average_pool is not None:  # 19 adds dilations (torch's default exporter writes 20)
+        for version in (19, 22):
+            add("AveragePool", version, _without_dilations(average_pool))
     table[  # scikit-learn's row normalisation (skl2onnx's multi-class probabilities)
         registry.OperationDescription(domain="ai.onnx.ml", operation_type="Normalizer", version=1)
     ] = _normalizer
@@ -190,6 +196,18 @@ def _cast_like(node: Any, graph: Any) -> Any:
         torch_module=_module("CastLike", lambda x, like: x.to(like.dtype)),
         onnx_mapping=onnx_mapping_from_node(node=node),
     )
+
+
+def _without_dilations(converter: Any) -> Any:
+    """``converter`` (AveragePool-11's) for a later version, whose only new attribute,
+    ``dilations``, it would ignore: refused unless every dilation is 1."""
+
+    def convert(node: Any, graph: Any) -> Any:
+        if any(d != 1 for d in node.attributes.get("dilations", ())):
+            raise NotImplementedError(f"{node.operation_type} with dilations other than 1")
+        return converter(node, graph)
+
+    return convert
 
 
 def _module(name: str, function: Any) -> Any:
