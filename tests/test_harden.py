@@ -357,3 +357,35 @@ def test_a_clean_accuracy_drop_of_a_few_points_is_called_out() -> None:
 
     assert "5.00 points lower after hardening" in caption(0.85)
     assert "points lower" not in caption(0.89)
+
+
+def test_fixed_batch_onnx_that_cannot_take_a_mini_batch_is_one_line(tmp_path: Path, run_cli):
+    """torch's dynamo exporter without dynamic shapes writes Reshape(x, [1, -1])-style shapes
+    with the batch in them: harden refuses in one line, naming the fixed batch."""
+    from onnx import TensorProto, helper, numpy_helper
+    from test_cli import assert_one_line_error
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Reshape", ["x", "shape"], ["flat"]),
+            helper.make_node("Gemm", ["flat", "w"], ["y"], transB=1),
+        ],
+        "fixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        [
+            numpy_helper.from_array(np.array([1, 8], np.int64), "shape"),
+            numpy_helper.from_array(rng.normal(size=(3, 8)).astype(np.float32), "w"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "fixed.onnx"
+    onnx.save(model, str(path))
+    data = tmp_path / "d.npz"
+    np.savez(data, x=rng.normal(size=(40, 2, 4)).astype(np.float32), y=np.arange(40) % 3)
+    out = tmp_path / "hard.onnx"
+    code, stdout, err = run_cli("harden", path, "--data", data, "--sigma", "0.1", "-o", out)
+    line = assert_one_line_error(code, stdout, err)
+    assert "batches of exactly 1" in line and not out.exists()

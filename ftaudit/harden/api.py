@@ -256,7 +256,18 @@ def harden(
     probe_model.module.to(resolve_torch_device(device))  # a clear error when CUDA is missing
     probe = TrainableRunner(probe_model, device)
     probe.bind_data(train.x[:8], train.y[:8], batch_size=8)
-    logits = probe.checked_logits(train.x[:8].shape)
+    try:
+        logits = probe.checked_logits(train.x[:8].shape)
+    except UserError as exc:
+        batch = source.input.shape[0] if source.input.shape else None
+        if not batch:
+            raise
+        raise UserError(  # e.g. a Reshape to (batch, -1) written with the batch size in it
+            f"{source.path} was exported for batches of exactly {batch} and does not run on "
+            f"a training mini-batch ({exc.message})",
+            hint="export with a dynamic batch axis (torch.onnx.export: dynamic_axes or "
+            "dynamic_shapes)",
+        ) from exc
     validate_labels(train.y, logits.shape[1])
     validate_labels(val.y, logits.shape[1])
 

@@ -216,6 +216,9 @@ def _chain_rule_grad(tensor: Any, clean: Any, before: Any) -> None:
 class TrainableRunner(ModelRunner):
     """Evaluates an in-memory trainable module for the Monte Carlo engine (eval mode)."""
 
+    #: a forward that fails on the data (checked_logits turns it into one line)
+    runtime_errors: tuple[type[BaseException], ...] = (RuntimeError,)
+
     def __init__(self, trainable: TrainableModel, device: str = "cpu") -> None:
         self.torch = require_torch("ftaudit harden")
         self.trainable = trainable
