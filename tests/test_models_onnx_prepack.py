@@ -252,3 +252,29 @@ def test_convolutions_without_padding_feed_through_strided_copies(tmp_path, monk
         fast.set_weights(weights)
         slow.set_weights(weights)
         np.testing.assert_allclose(fast.logits(), slow.logits(), rtol=1e-4, atol=1e-4)
+
+
+def test_initializers_listed_as_inputs_match_onnx_runtime(tmp_path):
+    """torch.onnx.export(keep_initializers_as_inputs=True) lists every initializer as a graph
+    input too: the pre-packed runner must not list them twice (ONNX Runtime refused the graph),
+    and its logits are ONNX Runtime's on the original file with the perturbed weights fed."""
+    import onnxruntime as ort
+
+    path = conv_bn_model(tmp_path / "convbn.onnx")
+    proto = onnx.load(str(path))
+    for tensor in proto.graph.initializer:
+        proto.graph.input.append(
+            helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+        )
+    listed = tmp_path / "listed.onnx"
+    onnx.save(proto, str(listed))
+    model = load_model(listed)
+    x = np.random.default_rng(0).normal(0, 1, (16, 5, 12, 12)).astype(np.float32)
+    runner = model.runner(model.layers, device="cpu")
+    assert runner.prepacked
+    runner.bind_data(x, np.zeros(16, dtype=np.int64), batch_size=8)
+    weights = perturbed(model.clean_weights(), 1)
+    runner.set_weights(weights)
+    session = ort.InferenceSession(str(listed), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"x": x, **weights})[0]
+    np.testing.assert_allclose(runner.logits(), expected, rtol=1e-4, atol=1e-4)

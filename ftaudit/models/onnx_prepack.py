@@ -174,10 +174,12 @@ def build_prepacked_graph(proto: Any, weights: Mapping[str, np.ndarray]) -> Prep
     kept = [t for t in graph.initializer if t.name not in derived_names]
     del graph.initializer[:]
     graph.initializer.extend(kept)
+    listed = {i.name for i in graph.input}  # keep_initializers_as_inputs lists them already
     for d in derived:
-        graph.input.append(
-            onnx.helper.make_tensor_value_info(d.name, onnx.TensorProto.FLOAT, d.shape)
-        )
+        if d.name not in listed:
+            graph.input.append(
+                onnx.helper.make_tensor_value_info(d.name, onnx.TensorProto.FLOAT, d.shape)
+            )
     return PrepackedGraph(real_model.SerializeToString(), tuple(derived))
 
 
