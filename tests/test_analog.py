@@ -575,3 +575,32 @@ def test_batchnorm_models_run_the_pipeline_on_their_folded_weights(
     assert fine.clean_accuracy == pytest.approx(ideal.clean_accuracy, abs=0.005)
     for a, b in zip(ideal.results, fine.results, strict=True):
         assert abs(a.summary.mean - b.summary.mean) <= 0.005
+
+
+def test_opset_below_11_is_refused_in_one_line(run_cli, tmp_path):
+    """The rewrite writes Slice with inputs and Gemm without a bias (opset 10 and 11): an opset-9
+    model (Gemm's bias required) is refused in one line, not a graph ONNX Runtime rejects."""
+    from onnx import TensorProto, helper, numpy_helper, save
+    from test_cli import assert_one_line_error
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)],
+        "opset9",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+        [
+            numpy_helper.from_array(rng.normal(size=(3, 4)).astype(np.float32), "w"),
+            numpy_helper.from_array(np.zeros(3, np.float32), "b"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    model.ir_version = 4
+    path = tmp_path / "opset9.onnx"
+    save(model, str(path))
+    data = tmp_path / "d.npz"
+    np.savez(data, x=rng.normal(size=(8, 4)).astype(np.float32), y=np.arange(8) % 3)
+    code, out, err = run_cli(
+        "eval", path, "--data", data, "--sigma", "0.1", "--samples", "2", "--dac-bits", "8"
+    )
+    assert "opset 11 or later" in assert_one_line_error(code, out, err)

@@ -275,8 +275,21 @@ class _Builder:
         )
 
 
+#: the oldest default-domain opset the rewrite writes nodes for (Slice takes inputs from 10,
+#: Gemm's bias is optional from 11)
+MIN_OPSET = 11
+
+
 def _opset(proto: Any) -> int:
-    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset < MIN_OPSET:
+        raise UserError(
+            f"the analog forward pipeline needs an ONNX model of opset {MIN_OPSET} or later; "
+            f"this one is opset {opset}",
+            hint="convert it: onnx.version_converter.convert_version(model, 13), or "
+            "re-export with opset_version=13 or later",
+        )
+    return opset
 
 
 def _tile_input(b: _Builder, tiled: TiledNode, x: str, t: int) -> str:
