@@ -1,16 +1,17 @@
-"""Peak memory of ``ftaudit eval`` against plain ONNX Runtime inference of the same model.
+"""Peak memory of ``ftaudit eval`` against plain inference of the same model.
 
 Each measurement runs in a fresh Python process and reads its own high-water mark
 (``VmHWM`` in /proc/self/status, Linux) at exit, so nothing of this script's process counts:
-(a) plain inference, one ONNX Runtime session over the data in batches of 512; (b) ``ftaudit
-eval MODEL --sigma 0.3 --samples 20`` (load, set-up, Monte Carlo, report), with its resident
-memory at exit (``VmRSS``: what a long run holds). Models: the two sample models, the
-ResNet-18-width CNN of bench_models.py, and a wide MLP (784-4096-4096-4096-10, 33.6 million
-weights) built here with seeded random weights. The last columns give ftaudit's extra peak over
-plain inference and the target: at most 64 MiB (ftaudit's own imports: typer, rich, its
+(a) plain inference over the data in batches of 512 (ONNX: one ONNX Runtime session; torch:
+the loaded module without autograd); (b) ``ftaudit eval MODEL --sigma 0.3 --samples 20``
+(load, set-up, Monte Carlo, report), with its resident memory at exit (``VmRSS``: what a long
+run holds). Models: the two sample models, the ResNet-18-width CNN of bench_models.py (as
+ONNX, TorchScript and torch.export) and a wide MLP (784-4096-4096-4096-10, 33.6 million
+weights) built here with seeded random weights. The last columns give ftaudit's extra peak
+over plain inference and the target: at most 64 MiB (ftaudit's own imports: typer, rich, its
 modules) plus 10 times the crossbar weights' bytes (a Monte Carlo sample holds the clean, the
-perturbed and two draw buffers of them, and the set-up optimises the model for the pre-packed
-layouts).
+perturbed and two draw buffers of them, and the set-up optimises the model for the
+pre-packed layouts).
 
     python benchmarks/memory.py --write
 """
@@ -25,6 +26,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -58,6 +60,17 @@ if {scale!r}:
     x = x / 255
 for start in range(0, len(x), 512):
     session.run(None, {{name: x[start:start + 512]}})
+"""
+
+_PLAIN_TORCH = """
+import numpy as np, torch
+with np.load({data!r}) as d:
+    x = torch.from_numpy(d['x'].astype(np.float32))
+path = {model!r}
+module = torch.export.load(path).module() if path.endswith('.pt2') else torch.jit.load(path)
+with torch.no_grad():
+    for start in range(0, len(x), 512):
+        module(x[start:start + 512])
 """
 
 _EVAL = """
@@ -143,10 +156,24 @@ def cases(folder: Path) -> list[tuple[str, Path, Path, bool]]:
     resnet_data = folder / "resnet18w.npz"
     np.savez(resnet_data, x=x, y=y)
     mlp, mlp_data = wide_mlp(folder)
+    torch, _ = bench_models._torch()
+    torch.manual_seed(0)
+    module = bench_models.SPECS["resnet18w"][0]().eval()
+    bench_models._randomise_batchnorm(module, 1)
+    example = (torch.from_numpy(x[:2]),)
+    scripted, exported = folder / "resnet18w.pt", folder / "resnet18w.pt2"
+    with warnings.catch_warnings():  # TorchScript is deprecated in torch 2.14, still supported
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.trace(module, example), str(scripted))
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(module, example, dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(exported))
     return [
         ("lenet", MODELS / "lenet.onnx", DATA, True),
         ("mlp", MODELS / "mlp.onnx", DATA, True),
         ("resnet18w", resnet, resnet_data, False),
+        ("resnet18w, TorchScript", scripted, resnet_data, False),
+        ("resnet18w, torch.export", exported, resnet_data, False),
         ("wide MLP", mlp, mlp_data, False),
     ]
 
@@ -159,7 +186,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ftaudit-memory-") as tmp:
         folder = Path(tmp)
         for name, model, data, scale in cases(folder):
-            plain_peak, _ = measured(_PLAIN.format(data=str(data), model=str(model), scale=scale))
+            plain = _PLAIN if model.suffix == ".onnx" else _PLAIN_TORCH
+            plain_peak, _ = measured(plain.format(data=str(data), model=str(model), scale=scale))
             report = folder / f"{name}.json"
             peak, resident = measured(
                 _EVAL.format(model=str(model), data=str(data), json=str(report))
