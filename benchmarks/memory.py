@@ -206,7 +206,8 @@ def main() -> None:
             f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
             f"{platform.python_version()}; run on "
             f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC (`python benchmarks/memory.py "
-            "--write`). MiB; plain = one ONNX Runtime session over the data, batches of 512; "
+            "--write`). MiB; plain = one ONNX Runtime session (torch: the loaded module) over the "
+            "data, batches of 512; "
             "eval = `ftaudit eval --sigma 0.3 --samples 20`.",
             "",
             "| model | crossbar weights | plain inference peak | ftaudit eval peak | eval "
