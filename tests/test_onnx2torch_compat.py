@@ -127,3 +127,32 @@ def test_average_pool_with_dilations_is_refused() -> None:
     )
     with pytest.raises(NotImplementedError, match="dilations"):
         onnx2torch.convert(model)
+
+
+@pytest.mark.parametrize(("length", "count"), [(6, 2), (7, 3)])
+def test_split_18_matches_onnx_runtime(length, count) -> None:
+    """Split-18 with num_outputs (torch's dynamo exporter, ShuffleNet), even and uneven."""
+    import onnx2torch
+    import onnxruntime as ort
+    import torch
+
+    from ftaudit.harden.onnx2torch_compat import register_converters
+
+    register_converters()
+    x = np.arange(2 * length, dtype=np.float32).reshape(2, length)
+    outputs = [f"y{i}" for i in range(count)]
+    node = helper.make_node("Split", ["x"], outputs, axis=1, num_outputs=count)
+    graph = helper.make_graph(
+        [node],
+        "split",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"x": x})
+    with torch.no_grad():
+        actual = onnx2torch.convert(model)(torch.from_numpy(x))
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected, strict=True):
+        np.testing.assert_array_equal(a.numpy(), e)

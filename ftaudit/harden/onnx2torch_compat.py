@@ -85,6 +85,7 @@ def register_converters() -> None:
             add(op, version, _elementwise(op, function))
     for version in (15, 19, 21, 23, 24):
         add("CastLike", version, _cast_like)
+    add("Split", 18, _split)
     average_pool = table.get(
         registry.OperationDescription(domain="", operation_type="AveragePool", version=11)
     )
@@ -195,6 +196,26 @@ def _cast_like(node: Any, graph: Any) -> Any:
     return OperationConverterResult(
         torch_module=_module("CastLike", lambda x, like: x.to(like.dtype)),
         onnx_mapping=onnx_mapping_from_node(node=node),
+    )
+
+
+def _split(node: Any, graph: Any) -> Any:
+    """Split-18: sizes from the ``split`` input, else ``num_outputs`` chunks of ceil(n / k)
+    (the last one smaller), as torch's dynamo exporter writes ShuffleNet's channel split."""
+    del graph
+    import torch
+    from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
+
+    axis = node.attributes.get("axis", 0)
+    count = len(node.output_values)
+
+    def split(x: Any, sizes: Any = None) -> Any:
+        if sizes is not None:
+            return torch.split(x, sizes.tolist(), dim=axis)
+        return torch.split(x, -(-x.shape[axis] // count), dim=axis)
+
+    return OperationConverterResult(
+        torch_module=_module("Split", split), onnx_mapping=onnx_mapping_from_node(node=node)
     )
 
 
