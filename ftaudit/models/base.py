@@ -170,7 +170,7 @@ class AuditModel(ABC):
     output: TensorSpec
     layers: list[CrossbarLayer]
     metadata: dict[str, Any] = field(default_factory=dict)
-    #: multiply operators whose weight is NOT perturbed, with why (``onnx_graph.UntracedOp``)
+    #: operators whose stored weight is NOT perturbed, with why (``onnx_graph.UntracedOp``)
     untraced: list[Any] = field(default_factory=list)
     #: conv layer name -> its following BatchNorm's per-channel factor (``models.folding``);
     #: cleared to perturb the unfolded weights
@@ -276,8 +276,8 @@ class AuditModel(ABC):
             ops = sorted({op.op for op in self.untraced})
             raise UserError(
                 f"{self.path} has no crossbar weight ftaudit can perturb: its "
-                f"{len(self.untraced)} multiply operator(s) ({', '.join(ops)}) are not traceable "
-                f"because {self.untraced[0].reason.split('; ')[0]}",
+                f"{len(self.untraced)} weight-reading operator(s) ({', '.join(ops)}) are not "
+                f"perturbed because {self.untraced[0].reason.split('; ')[0]}",
                 hint=self.untraced[0].reason.split("; ")[-1]
                 if "; " in self.untraced[0].reason
                 else "run ftaudit inspect to see each operator and why",

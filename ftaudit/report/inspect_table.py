@@ -74,9 +74,7 @@ def inspect_renderable(summary: ModelSummary) -> RenderableType:
     untraced = model.get("untraced") or []
     if not untraced:
         return Group(head, layers)
-    skipped = Table(
-        title="multiply operators NOT perturbed (weights not traced)", title_justify="left"
-    )
+    skipped = Table(title="operators reading stored weights NOT perturbed", title_justify="left")
     for column in ("node", "op", "reason"):
         skipped.add_column(column, style="yellow" if column == "node" else None)
     for op in untraced:
