@@ -247,9 +247,28 @@ def write_report_files(kind: str, report: Any, paths: dict[str, Path | str | Non
 
 
 def warn_untraced(model_block: dict[str, Any]) -> None:
-    """One stderr warning per multiply operator whose weight the audit left exact."""
+    """One stderr warning per operator whose stored weight the audit left exact, and one when
+    the model has other outputs than the one evaluated as the class scores."""
     for op in model_block.get("untraced") or []:
         print(
             f"ftaudit: warning: {op['op']} '{op['node']}' is not perturbed: {op['reason']}",
             file=sys.stderr,
         )
+    output = model_block.get("output") or {}
+    if output.get("other_outputs"):
+        print(f"ftaudit: warning: {other_outputs_note(model_block)}", file=sys.stderr)
+
+
+def other_outputs_note(model_block: dict[str, Any]) -> str:
+    """Which of several outputs is evaluated, and how to evaluate another."""
+    output = model_block["output"]
+    others = ", ".join(output["other_outputs"])
+    how = (
+        "choose another with --output NAME"
+        if model_block.get("format") == "onnx"
+        else "to evaluate another, return the class scores first from forward and re-export"
+    )
+    return (
+        f"the model also returns {others}; ftaudit evaluates "
+        f"'{output.get('binary_output') or output['name']}' as the class scores ({how})"
+    )

@@ -210,9 +210,15 @@ class AuditModel(ABC):
 
     def output_dict(self) -> dict[str, Any]:
         """The evaluated output for reports; with ``binary_output``, the one-column output
-        it is read from as two classes (``models.binary_head``)."""
+        it is read from as two classes (``models.binary_head``); with ``other_outputs``, the
+        model's other floating-point outputs, which the audit does not read."""
         source = self.metadata.get("binary_output")
-        return {**self.output.to_dict(), **({"binary_output": source} if source else {})}
+        others = self.metadata.get("other_outputs")
+        return {
+            **self.output.to_dict(),
+            **({"binary_output": source} if source else {}),
+            **({"other_outputs": list(others)} if others else {}),
+        }
 
     @property
     def integer_input(self) -> bool:

@@ -113,6 +113,7 @@ class ExportedProgramModel(AuditModel):
         output_nodes = [n for n in program.graph.nodes if n.op == "output"]
         outputs = output_nodes[0].args[0] if output_nodes else ()
         first_out = outputs[0] if isinstance(outputs, (tuple, list)) and outputs else None
+        others = [f"output[{i}]" for i in range(1, len(outputs))] if first_out is not None else []
         return cls(
             path=path,
             format="torch.export",
@@ -123,7 +124,10 @@ class ExportedProgramModel(AuditModel):
             else TensorSpec("output", None, "float32"),
             layers=layers,
             output_activation=_output_activation(first_out),
-            metadata={"producer": f"torch {torch.__version__} (torch.export)"},
+            metadata={
+                "producer": f"torch {torch.__version__} (torch.export)",
+                **({"other_outputs": others} if others else {}),
+            },
             untraced=untraced,
             fold_scales=fold_scales,
             raw=raw,

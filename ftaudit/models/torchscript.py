@@ -142,6 +142,17 @@ def _frozen_ops(module: Any) -> list[Any]:
     ]
 
 
+def _other_outputs(module: Any) -> list[str]:
+    """The elements after the first of a tuple forward returns (``output[1]``, ...): the audit
+    evaluates only the first, so the user is told."""
+    try:
+        returned = module.forward.schema.returns[0].type
+    except (AttributeError, IndexError, RuntimeError):  # no forward, or no schema
+        return []
+    count = len(returned.elements()) if type(returned).__name__ == "TupleType" else 1
+    return [f"output[{i}]" for i in range(1, count)]
+
+
 #: views that keep a sigmoid's values (walked through to the op that made the output)
 _VIEW_OPS = ("view", "reshape", "squeeze", "unsqueeze", "flatten", "contiguous")
 
@@ -191,7 +202,10 @@ class TorchScriptModel(AuditModel):
             output=TensorSpec("output", None, "float32"),
             output_activation=_output_activation(module),
             layers=layers,
-            metadata={"producer": f"torch {require_torch('TorchScript models').__version__}"},
+            metadata={
+                "producer": f"torch {require_torch('TorchScript models').__version__}",
+                **({"other_outputs": others} if (others := _other_outputs(module)) else {}),
+            },
             raw=raw,
         )
 
