@@ -306,7 +306,8 @@ def analog_runner(
     selected = [layer for layer in model.layers if layer.name in chosen]  # the export's layouts
     weights = model.clean_weights()
     tiled = plan_tiles(model.proto, selected, weights, pipeline, model.feed_names)
-    calibration = calibrate(model.proto, tiled, x, seed=seed)
+    noisy = pipeline.read_noise > 0 or pipeline.weight_read_noise > 0
+    calibration = calibrate(model.proto, tiled, x, seed=seed, noisy_reads=noisy)
     runner: ModelRunner = AnalogOnnxRunner(
         model,
         selected,
