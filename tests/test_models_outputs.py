@@ -93,3 +93,22 @@ def test_one_output_models_list_no_other_output(tmp_path: Path) -> None:
     path = tmp_path / "one.pt"
     torch.jit.save(torch.jit.trace(module, (torch.randn(2, 4),)), str(path))
     assert "other_outputs" not in load_model(path).output_dict()
+
+
+def test_harden_names_the_output_it_trains(two_outputs, run_cli) -> None:
+    """harden trains the first output: on ONNX, whose head only the second output reads, it
+    refuses in one line saying so (it blamed scaled weights); a torch model trains on its first
+    tensor with a note naming the others."""
+    paths, data, _ = two_outputs
+    common = ("--data", data, "--method", "noise", "--epochs", "1", "--sigma", "0.1")
+    hardened = paths["onnx"].parent / "h.onnx"
+    code, out, err = run_cli("harden", paths["onnx"], *common, "-o", hardened, "-q")
+    assert code == 2 and out == "" and not hardened.exists()
+    assert err.count("\n") == 1 and "head.weight do not feed the output harden trains" in err
+    hardened = paths["torchscript"].parent / "h.pt"
+    code, _, err = run_cli(
+        "harden", paths["torchscript"], *common, "--eval-samples", "2",
+        "--eval-sigmas", "0.1", "-o", hardened, "-q",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "also returns output[1]; harden trains 'output'" in " ".join(err.split())
