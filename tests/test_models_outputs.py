@@ -111,4 +111,44 @@ def test_harden_names_the_output_it_trains(two_outputs, run_cli) -> None:
         "--eval-sigmas", "0.1", "-o", hardened, "-q",
     )  # fmt: skip
     assert code == 0, err
-    assert "also returns output[1]; harden trains 'output'" in " ".join(err.split())
+    assert "also returns output[1]; harden trains 'output[0]'" in " ".join(err.split())
+
+
+def _means(report: Path) -> list[float]:
+    return [row["mean"] for row in json.loads(report.read_text())["results"]]
+
+
+def test_a_torch_models_output_is_chosen_by_position(two_outputs, run_cli) -> None:
+    """--output 1 (or output[1]) evaluates the second tensor forward returns: the clean accuracy
+    is torch's own forward's (80% by construction) and the noisy rows are the ONNX file's with
+    --output scores (same layers, same keyed draws), in TorchScript and torch.export alike."""
+    paths, data, _ = two_outputs
+    report = paths["onnx"].parent / "r.json"
+    args = ("--data", data, "--sigma", "0,0.3", "--samples", "3", "--json", report, "-q")
+    code, _, err = run_cli("eval", paths["onnx"], *args, "--output", "scores")
+    assert code == 0, err
+    onnx_means = _means(report)
+    assert onnx_means[0] == pytest.approx(0.8) and onnx_means[1] != onnx_means[0]
+    for fmt, name in (("torchscript", "1"), ("export", "output[1]")):
+        code, _, err = run_cli("eval", paths[fmt], *args, "--output", name)
+        assert code == 0 and "also returns" not in err, err
+        assert json.loads(report.read_text())["clean_accuracy"] == pytest.approx(0.8)
+        assert _means(report) == pytest.approx(onnx_means)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--output", "2"), "has no output '2': its forward returns 2 tensors"),
+        (("--output", "1", "--batch-samples", "2"), "runs torchscript models in PyTorch only"),
+        (("--output", "1", "--dac-bits", "8"), "runs torchscript models in PyTorch only"),
+    ],
+)
+def test_an_output_torch_cannot_run_is_refused_in_one_line(
+    two_outputs, extra, message, run_cli
+) -> None:
+    paths, data, _ = two_outputs
+    code, out, err = run_cli(
+        "eval", paths["torchscript"], "--data", data, "--sigma", "0", "--samples", "1", *extra
+    )
+    assert code == 2 and out == "" and err.count("\n") == 1 and message in err

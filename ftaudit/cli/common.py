@@ -266,7 +266,7 @@ def other_outputs_note(model_block: dict[str, Any]) -> str:
     how = (
         "choose another with --output NAME"
         if model_block.get("format") == "onnx"
-        else "to evaluate another, return the class scores first from forward and re-export"
+        else "choose another by its position: --output 1"
     )
     return (
         f"the model also returns {others}; ftaudit evaluates "

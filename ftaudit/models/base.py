@@ -182,6 +182,9 @@ class AuditModel(ABC):
     #: one-column sigmoid is read back to its logit, a softmax is trained on its log
     #: (``models.binary_head``)
     output_activation: str | None = None
+    #: a TorchScript or torch.export forward returning several tensors: the one evaluated
+    #: (``--output 1`` or ``output[1]``; ``torch_output_index``)
+    output_index: int = 0
 
     @abstractmethod
     def clean_weights(self) -> dict[str, np.ndarray]:
@@ -301,3 +304,21 @@ class AuditModel(ABC):
                 hint=f"the model's crossbar weights are: {names}",
             )
         return chosen
+
+
+def torch_output_index(requested: str | None, count: int, path: Path) -> int:
+    """The tensor of a torch forward's returned tuple that ``--output`` names: its index
+    (``1``) or ``output[1]``; the first when none is named. Out of range is a UserError."""
+    if requested is None:
+        return 0
+    text = requested.strip()
+    if text.startswith("output[") and text.endswith("]"):
+        text = text[len("output[") : -1]
+    names = ", ".join(f"output[{i}]" for i in range(count))
+    if not text.isdigit() or int(text) >= count:
+        raise UserError(
+            f"{path} has no output '{requested}': its forward returns "
+            f"{count} tensor{'s' if count > 1 else ''} ({names})",
+            hint="name a torch model's output by its position: --output 1 (or output[1])",
+        )
+    return int(text)
