@@ -7,8 +7,11 @@ or a zip entry may promise any size: every loader asks here before it reads.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -93,3 +96,21 @@ def _size(nbytes: float) -> str:
             return f"{nbytes:.0f} {unit}" if unit == "bytes" else f"{nbytes:.1f} {unit}"
         nbytes /= 1000
     return f"{nbytes:.1f} TB"
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None on other C libraries."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_free_memory() -> None:
+    """Hand memory the C heap holds but no longer uses back to the system (glibc keeps it
+    otherwise): called after the set-up steps that parse and optimise whole models, whose
+    freed copies (protobuf, ONNX Runtime) would else add up to several times the model."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

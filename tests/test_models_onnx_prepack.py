@@ -252,3 +252,41 @@ def test_convolutions_without_padding_feed_through_strided_copies(tmp_path, monk
         fast.set_weights(weights)
         slow.set_weights(weights)
         np.testing.assert_allclose(fast.logits(), slow.logits(), rtol=1e-4, atol=1e-4)
+
+
+def test_graph_without_convolutions_skips_the_prepacking_and_matches_onnx_runtime(tmp_path):
+    """A MatMul/Gemm graph (nothing for the NCHWc layouts to gain) is not optimised for them;
+    its runner's logits on perturbed weights equal ONNX Runtime on a file holding them."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(8)
+    w1 = rng.normal(0, 0.3, (6, 16)).astype(np.float32)
+    w2 = rng.normal(0, 0.3, (4, 16)).astype(np.float32)  # Gemm transB
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Gemm", ["r", "w2"], ["logits"], transB=1),
+    ]
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+        inits,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    onnx.save(proto, str(tmp_path / "mlp.onnx"))
+    model = load_model(tmp_path / "mlp.onnx")
+    runner = model.runner(model.layers, device="cpu")
+    assert not runner.prepacked
+    x = rng.normal(0, 1, (40, 6)).astype(np.float32)
+    runner.bind_data(x, np.zeros(40, np.int64), batch_size=16)
+    weights = perturbed(model.clean_weights(), 1)
+    runner.set_weights(weights)
+    by_name = {model.feed_names[name]: value for name, value in weights.items()}
+    for tensor in proto.graph.initializer:
+        tensor.CopyFrom(numpy_helper.from_array(by_name[tensor.name], tensor.name))
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(runner.logits(), session.run(None, {"x": x})[0], rtol=1e-6)

@@ -13,6 +13,13 @@ import threading
 import traceback
 from pathlib import Path
 
+import typer
+
+try:  # typer vendors its own click (since 0.2x); older typers use click itself
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click.exceptions import ClickException, NoArgsIsHelpError
+
 from ftaudit.cli import help
 from ftaudit.cli.app import app
 from ftaudit.cli.compare import compare_command
@@ -42,7 +49,20 @@ def run(argv: list[str] | None = None) -> int:
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main else None
     try:
-        app(args=optional_ray_value(sys.argv[1:] if argv is None else argv), prog_name="ftaudit")
+        code = app(
+            args=optional_ray_value(sys.argv[1:] if argv is None else argv),
+            prog_name="ftaudit",
+            standalone_mode=False,
+        )
+        return code if isinstance(code, int) else 0
+    except NoArgsIsHelpError:  # the help is already printed
+        return 2
+    except ClickException as exc:  # usage: a wrong option, argument or value
+        print(usage_error_line(exc), file=sys.stderr)
+        return 2
+    except typer.Abort:
+        print("ftaudit: interrupted", file=sys.stderr)
+        return 130
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     except Exception:  # a bug, not bad input: keep the traceback, but never exit 1 (a gate)
@@ -57,7 +77,18 @@ def run(argv: list[str] | None = None) -> int:
         set_run_argv(None)
         if in_main:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-    return 0
+
+
+def usage_error_line(exc: ClickException) -> str:
+    """A usage error as one line (typer prints a multi-line panel): what is wrong and where
+    the command's options are listed."""
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    if "--help" not in message:
+        where = ctx.command_path if ctx is not None else "ftaudit"
+        end = "" if message.endswith((".", "?")) else "."
+        message = f"{message}{end} See '{where} --help'."
+    return f"ftaudit: error: {message}"
 
 
 def optional_ray_value(argv: list[str]) -> list[str]:

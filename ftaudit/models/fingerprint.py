@@ -19,7 +19,12 @@ def model_bytes(model: AuditModel) -> bytes:
 def model_sha256(model: AuditModel) -> str:
     """sha256 of the model file; with external weight data, of the file's and those files'
     sha256s, so a changed weights file is a changed model (reports, --resume)."""
-    digest = hashlib.sha256(model_bytes(model)).hexdigest()
+    raw = getattr(model, "raw", None)
+    digest = (
+        hashlib.sha256(raw).hexdigest()
+        if isinstance(raw, bytes)
+        else sha256_file(Path(model.path))  # streamed: a large model is not read whole again
+    )
     external = getattr(model, "external_files", ())
     if not external:
         return digest

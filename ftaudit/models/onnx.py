@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ftaudit.errors import UserError
+from ftaudit.limits import release_free_memory
 from ftaudit.models import ort_spinning
 from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner, TensorSpec
 from ftaudit.models.binary_head import onnx_output_op, onnx_two_class
@@ -36,6 +37,7 @@ from ftaudit.models.onnx_operands import node_macs
 from ftaudit.models.onnx_packing import pack_onnx_inputs
 from ftaudit.models.onnx_prepack import DerivedInput, build_prepacked_graph
 from ftaudit.models.onnx_quant import qoperator_to_qdq
+from ftaudit.models.onnx_shapes import infer_static_shapes
 from ftaudit.models.onnx_sklearn import unfold_linear_classifiers
 from ftaudit.models.onnx_unfuse import unfuse_ort_operators
 
@@ -194,29 +196,6 @@ def _constant_nodes_to_initializers(model: Any) -> None:
     model.graph.node.extend(keep)
 
 
-def _infer_shapes(model: Any) -> dict[str, tuple[int, ...]]:
-    """Static shapes of every value for a batch of one (for MAC counts); {} when unknown."""
-    onnx = _onnx()
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    for value in probe.graph.input:
-        dims = value.type.tensor_type.shape.dim
-        if len(dims) and not dims[0].HasField("dim_value"):
-            dims[0].dim_value = 1
-    try:
-        inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
-    except Exception:
-        return {}
-    shapes = {}
-    for value in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]:
-        if value.type.WhichOneof("value") != "tensor_type" or not value.type.tensor_type.elem_type:
-            continue  # sequences and maps (a ZipMap's output) have no shape
-        spec = tensor_spec(value)
-        if spec.shape is not None and all(d is not None and d > 0 for d in spec.shape):
-            shapes[value.name] = tuple(int(d) for d in spec.shape)  # type: ignore[arg-type]
-    return shapes
-
-
 def _layer_names(
     found: Mapping[str, Mapping[str, Any]], readable: Mapping[str, str], initializers: set[str]
 ) -> dict[str, str]:
@@ -294,7 +273,7 @@ class OnnxModel(AuditModel):
                 f"ONNX Runtime cannot compute the crossbar weights of {path}: {first[:300]}",
                 hint="check that the model runs with onnxruntime on its own",
             ) from exc
-        shapes = _infer_shapes(model)
+        shapes = infer_static_shapes(model)
         batch_axis = graph_inputs[0].type.tensor_type.shape.dim
         batch = batch_axis[0].dim_value if len(batch_axis) and batch_axis[0].dim_value > 0 else 1
         readable = module_path_names(traces)
@@ -346,6 +325,7 @@ class OnnxModel(AuditModel):
             **binary_output,
             **(others if others.get("other_outputs") else {}),
         }
+        release_free_memory()  # the checker's, shape inference's and the raw file's copies
         return cls(
             path=path,
             format="onnx",
@@ -427,6 +407,13 @@ def _stored_sources(
     return sources
 
 
+def _has_conv(selected: Sequence[CrossbarLayer]) -> bool:
+    """Whether a crossbar weight feeds a convolution, the op whose weights ONNX Runtime
+    re-lays out (NCHWc); a graph of MatMul/Gemm runs as fast with the plain graph (same
+    numbers, measured), so it skips the optimiser's passes and their memory."""
+    return any(layer.op == "Conv" for layer in selected)
+
+
 class OnnxRunner(ModelRunner):
     """One ONNX Runtime session whose selected crossbar weights are graph inputs.
 
@@ -470,7 +457,7 @@ class OnnxRunner(ModelRunner):
                     for name, (root, swap) in self._sources.items()
                 },
             )
-            if device == "cpu" and self._sources is not None
+            if device == "cpu" and self._sources is not None and _has_conv(selected)
             else None
         )
         if plan is not None:
@@ -488,6 +475,7 @@ class OnnxRunner(ModelRunner):
         self.session = self._new_session()
         self._batches: list[np.ndarray] = []
         self._n = 0
+        release_free_memory()  # the optimiser's passes and graph copies, freed above
 
     @property
     def prepacked(self) -> bool:
@@ -570,7 +558,7 @@ class OnnxRunner(ModelRunner):
             if swap:
                 array = np.ascontiguousarray(array.T)
             for derived in self._derived.get(root, ()):
-                if derived.index is None and derived.scale is None:
+                if derived.same_layout:
                     self.feed[derived.name] = array  # same layout: fed as is, no copy
                 else:
                     derived.compute(array, self.feed[derived.name])

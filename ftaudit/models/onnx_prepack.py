@@ -26,12 +26,17 @@ from typing import Any
 
 import numpy as np
 
+from ftaudit.limits import release_free_memory
+
 #: element ids are encoded as two base-RADIX digits, each offset by DIGIT_OFFSET so that no
 #: encoded value equals the all-ones scale pass (the digits stay exact in float32)
 RADIX = 2048
 DIGIT_OFFSET = 2.0
 #: protobuf cannot serialise a model over 2 GiB; larger models keep the plain graph
 MAX_MODEL_BYTES = 1_800_000_000
+#: ONNX Runtime session options writing the optimised model's weights to a file of their own
+_EXTERNAL_FILE = "session.optimized_model_external_initializers_file_name"
+_EXTERNAL_MIN_BYTES = "session.optimized_model_external_initializers_min_size_in_bytes"
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,8 @@ class DerivedInput:
     name: str
     source: str
     shape: tuple[int, ...]
-    #: flat indices into the source weight (None: the weight itself, same layout)
+    #: flat indices into the source weight (None: the weight itself, same layout, or a reorder
+    #: that ``strides`` gives; the index is then not kept, it would cost 2x the weight's memory)
     index: np.ndarray | None
     #: per-element factor (None: all ones)
     scale: np.ndarray | None
@@ -50,17 +56,22 @@ class DerivedInput:
     #: copy replaces the gather (``affine_strides``)
     strides: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
+    @property
+    def same_layout(self) -> bool:
+        """The input is the source weight itself (fed as is, no copy)."""
+        return self.index is None and self.strides is None and self.scale is None
+
     def compute(self, weight: np.ndarray, out: np.ndarray) -> np.ndarray:
         """This input's value for ``weight`` (stored layout), written into ``out``."""
         flat = weight.reshape(-1)
-        if self.index is None:
-            np.copyto(out.reshape(-1), flat)
-        elif self.strides is not None:  # same elements as the gather, 2x faster (no index read)
+        if self.strides is not None:  # same elements as the gather, 2x faster (no index read)
             shape, steps = self.strides
             view = np.lib.stride_tricks.as_strided(
                 flat, shape, tuple(s * flat.itemsize for s in steps), writeable=False
             )
             np.copyto(out.reshape(shape), view)
+        elif self.index is None:
+            np.copyto(out.reshape(-1), flat)
         else:
             np.take(flat, self.index, out=out.reshape(-1))
         if self.scale is not None:
@@ -86,7 +97,8 @@ def _optimised_initializers(
     proto: Any, values: Mapping[str, np.ndarray], workdir: Path, tag: str
 ) -> tuple[Any, dict[str, np.ndarray]]:
     """Optimise ``proto`` with the crossbar initializers set to ``values`` (ORT_ENABLE_ALL, CPU);
-    return the optimised model and its initializers."""
+    return the optimised model and its initializers (each copy freed as soon as it is written:
+    the passes of a large model would otherwise hold several models at once)."""
     import onnx
     import onnxruntime as ort
 
@@ -97,16 +109,41 @@ def _optimised_initializers(
             tensor.CopyFrom(onnx.numpy_helper.from_array(values[tensor.name], tensor.name))
     source = workdir / f"{tag}.in.onnx"
     target = workdir / f"{tag}.out.onnx"
-    source.write_bytes(model.SerializeToString())
+    with open(source, "wb") as file:
+        file.write(model.SerializeToString())
+    del model
     options = ort.SessionOptions()
     options.log_severity_level = 4  # errors arrive as exceptions, said in one line
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.optimized_model_filepath = str(target)
     options.intra_op_num_threads = 1
+    # the optimised weights go to a file of their own, read once into arrays: the optimised
+    # proto stays small (graph only) instead of holding a second copy of every weight
+    options.add_session_config_entry(_EXTERNAL_FILE, f"{tag}.out.data")
+    options.add_session_config_entry(_EXTERNAL_MIN_BYTES, "1024")
     ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    source.unlink()
     optimised = onnx.load(str(target), load_external_data=False)
-    arrays = {t.name: onnx.numpy_helper.to_array(t) for t in optimised.graph.initializer}
+    arrays = {t.name: _initializer_array(t, workdir) for t in optimised.graph.initializer}
+    for file in workdir.glob(f"{tag}.out.*"):
+        file.unlink()
+    release_free_memory()  # the pass's model copies and session, before the next pass
     return optimised, arrays
+
+
+def _initializer_array(tensor: Any, folder: Path) -> np.ndarray:
+    """An optimised initializer's value, from its external data file when it has one."""
+    import onnx
+
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return onnx.numpy_helper.to_array(tensor)
+    entries = {e.key: e.value for e in tensor.external_data}
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
+    count = int(entries.get("length", 0)) // dtype.itemsize
+    array = np.fromfile(
+        folder / entries["location"], dtype=dtype, count=count, offset=int(entries.get("offset", 0))
+    )
+    return array.astype(dtype.newbyteorder("="), copy=False).reshape(tuple(tensor.dims))
 
 
 def _structure(model: Any) -> tuple[Any, ...]:
@@ -129,36 +166,42 @@ def build_prepacked_graph(proto: Any, weights: Mapping[str, np.ndarray]) -> Prep
     sizes = np.array([weights[n].size for n in names], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     total = int(offsets[-1])
-    if total >= RADIX * (1 << 23):
+    if total >= 2**31:  # ids are int32 (and digits exact in float32)
         return None
-    gid = np.arange(total, dtype=np.int64)
-    low = (gid % RADIX).astype(np.float32) + np.float32(DIGIT_OFFSET)
-    high = (gid // RADIX).astype(np.float32) + np.float32(DIGIT_OFFSET)
 
-    def per_layer(flat: np.ndarray) -> dict[str, np.ndarray]:
+    def encoding(tag: str) -> dict[str, np.ndarray]:
+        """Every crossbar weight element replaced by the pass's code of its global id."""
+        if tag == "one":
+            flat = np.ones(total, dtype=np.float32)
+        else:
+            gid = np.arange(total, dtype=np.int32)
+            digit = np.remainder(gid, RADIX, out=gid) if tag == "low" else gid // RADIX
+            flat = digit.astype(np.float32)
+            flat += np.float32(DIGIT_OFFSET)
+            del gid, digit
         return {
             n: flat[offsets[i] : offsets[i + 1]].reshape(weights[n].shape)
             for i, n in enumerate(names)
         }
 
-    ones = np.ones(total, dtype=np.float32)
     try:
         with tempfile.TemporaryDirectory(prefix="ftaudit-prepack-") as tmp:
             workdir = Path(tmp)
             real_model, real = _optimised_initializers(proto, weights, workdir, "real")
-            passes = [
-                _optimised_initializers(proto, per_layer(values), workdir, tag)
-                for tag, values in (("one", ones), ("low", low), ("high", high))
-            ]
+            shape = _structure(real_model)
+            passes = []
+            for tag in ("one", "low", "high"):  # one pass alive at a time, its model dropped
+                model, arrays = _optimised_initializers(proto, encoding(tag), workdir, tag)
+                if _structure(model) != shape:
+                    return None
+                del model
+                passes.append(arrays)
     except Exception:  # the optimiser refused a model the plain session may still run
         return None
-    shape = _structure(real_model)
-    if any(_structure(model) != shape for model, _ in passes):
-        return None
-    (_, scale_pass), (_, low_pass), (_, high_pass) = passes
+    scale_pass, low_pass, high_pass = passes
     derived: list[DerivedInput] = []
     for name, value in real.items():
-        scale, lo, hi = scale_pass[name], low_pass[name], high_pass[name]
+        scale, lo, hi = scale_pass.pop(name), low_pass.pop(name), high_pass.pop(name)
         if np.array_equal(scale, lo) and np.array_equal(lo, hi):
             continue  # independent of the crossbar weights: stays a constant
         if value.dtype != np.float32:
@@ -171,7 +214,14 @@ def build_prepacked_graph(proto: Any, weights: Mapping[str, np.ndarray]) -> Prep
         return None
     graph = real_model.graph
     derived_names = {d.name for d in derived}
-    kept = [t for t in graph.initializer if t.name not in derived_names]
+    kept = [
+        t
+        if t.data_location != onnx.TensorProto.EXTERNAL
+        else onnx.numpy_helper.from_array(real[t.name], t.name)
+        for t in graph.initializer
+        if t.name not in derived_names
+    ]
+    del real
     del graph.initializer[:]
     graph.initializer.extend(kept)
     for d in derived:
@@ -228,13 +278,14 @@ def _decode(
         and np.array_equal(index, np.arange(weight.size))
     )
     shape = tuple(int(d) for d in value.shape)
+    strides = None if identity else affine_strides(index)
     return DerivedInput(
         name=name,
         source=names[source],
         shape=shape,
-        index=None if identity else index,
+        index=None if identity or strides is not None else index,
         scale=None if bool(np.all(scale == 1)) else scale,
-        strides=None if identity else affine_strides(index),
+        strides=strides,
     )
 
 
