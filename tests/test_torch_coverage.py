@@ -314,6 +314,9 @@ def test_eval_runs(files: Files, name: str, fmt: str, run_cli, tmp_path: Path) -
     assert report["clean_accuracy"] == 1.0
     if name == "reshaped":
         assert "parameter W is read by" in err and "is not perturbed" in err
+    elif name == "embedding":  # the table is named as looked up, never left out silently
+        (line,) = [w for w in err.splitlines() if "warning" in w]
+        assert "embed.weight is looked up by index" in line
     else:
         assert "warning" not in err
 
