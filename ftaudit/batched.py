@@ -312,7 +312,17 @@ def build_runner(
         runner.calibration, runner.fallback = calibration, fallback
         return runner
     if runner is None:
-        runner = model.runner(selected, device=device, threads=threads)
+        try:
+            runner = model.runner(selected, device=device, threads=threads)
+        except UserError as exc:
+            if fallback is None:
+                raise
+            # both routes to the device failed: say why each did
+            why = fallback.removeprefix("one sample per pass: ")
+            why = why.removeprefix(f"--device {device} was asked for, but ")
+            raise UserError(
+                f"{exc.message}, and for the batched torch path {why}", exc.hint
+            ) from exc
     chosen = {layer.name for layer in selected}
     scales = {name: s for name, s in model.fold_scales.items() if name in chosen}
     if scales:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -234,13 +235,23 @@ def test_malformed_device_toml(
     outputs.assert_untouched()
 
 
+def _torch_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
 def _cuda_available(model_format: str) -> bool:
+    """Whether eval --device cuda can run here: ONNX through ONNX Runtime's CUDA provider or
+    the batched torch path (its default on cuda), torch formats through torch."""
     if model_format == "onnx":
         import onnxruntime
 
-        return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-    torch = pytest.importorskip("torch")
-    return torch.cuda.is_available()
+        return "CUDAExecutionProvider" in onnxruntime.get_available_providers() or _torch_cuda()
+    pytest.importorskip("torch")
+    return _torch_cuda()
 
 
 @pytest.mark.parametrize("model_format", ["onnx", "torchscript"])
@@ -258,6 +269,8 @@ def test_device_cuda_without_cuda(
     line = assert_one_line_error(code, out, err)
     assert "cuda" in line.lower()
     assert "no CUDA" in line or "not available" in line
+    if model_format == "onnx" and importlib.util.find_spec("torch") is not None:
+        assert "for the batched torch path torch sees no CUDA device" in line  # both routes
     outputs.assert_untouched()
 
 

@@ -350,6 +350,30 @@ def test_gate_verdicts_rendered(report: AuditReport) -> None:
     assert "FAILED" in combined and "97.12 ± 0.06" in combined
 
 
+def test_piped_table_is_never_cut(report: AuditReport, capsys, monkeypatch) -> None:
+    """Widest-case rows (100% intervals, a drop of almost 100 points) wider than rich's
+    default 80 columns print whole when stdout is a pipe (a CI log), not cut to an ellipsis."""
+    from ftaudit.cli.common import print_table
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    report.results += [
+        _sigma_result(
+            0.0, n=368, mean=1.0, std=0.0, mean_ci=(1.0, 1.0),
+            kpp=1.0, kpp_ci=(1.0, 1.0), lo=1.0, hi=1.0,
+        ),
+        _sigma_result(
+            0.35, n=368, mean=0.8125, std=0.3, mean_ci=(0.5082, 1.0),
+            kpp=0.0, kpp_ci=(0.0, 1.0), lo=0.0, hi=1.0,
+        ),
+    ]  # fmt: skip
+    print_table(audit_table(report))
+    out = capsys.readouterr().out
+    assert "…" not in out and max(len(line) for line in out.splitlines()) > 80
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()}
+    assert rows["0"][-2:] == ["-2.19", "-2.19"]  # the drops from 97.81%
+    assert rows["0.35"][-5:] == ["100.00]", "0.00", "100.00", "16.56", "97.81"]
+
+
 def test_table_escapes_user_strings(report: AuditReport) -> None:
     report.model["path"] = "models/[bold]net.onnx"
     report.noise = {"name": "[red]custom", "scale": "[x]"}

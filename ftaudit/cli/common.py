@@ -45,6 +45,25 @@ def stderr_console():
     return Console(stderr=True)
 
 
+def print_table(renderable: Any) -> None:
+    """Print a result table on stdout. Piped (a CI log, a file), rich lays it out at 80
+    columns and cuts the last cells of a wider unbreakable row to "…": such a table is printed
+    at the width it needs instead (wrappable cells, and tables that fit, stay as they are)."""
+    import io
+
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    console = Console()
+    if not console.is_terminal:
+        probe = Console(file=io.StringIO(), width=console.width, color_system=None)
+        probe.print(renderable)
+        if "…" in probe.file.getvalue():
+            unbounded = console.options.update(max_width=10_000)
+            console = Console(width=Measurement.get(console, unbounded, renderable).maximum)
+    console.print(renderable)
+
+
 def show_progress(machine_output: bool) -> bool:
     """A progress bar only for people: not for machine output, CI, or a redirected stderr."""
     return not machine_output and not os.environ.get("CI") and sys.stderr.isatty()

@@ -13,6 +13,7 @@ from ftaudit.cli.common import (
     audit_inputs,
     check_output_paths,
     input_files,
+    print_table,
     run_with_stages,
     show_progress,
     warn,
@@ -82,9 +83,7 @@ def compare_command(
         sys.stdout.write(writers.payload_json(report.to_dict()))
     write_report_files("compare", report, outputs.files())
     if not outputs.quiet and not outputs.machine_output:
-        from rich.console import Console
-
-        Console().print(writers.compare_table(report))
+        print_table(writers.compare_table(report))
     failed = report.failed_gates()
     if failed:
         raise GateFailure([gate.message() for gate in failed])

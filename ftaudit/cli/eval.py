@@ -12,6 +12,7 @@ from ftaudit.cli.common import (
     audit_inputs,
     check_output_paths,
     input_files,
+    print_table,
     run_with_progress,
     show_progress,
     warn,
@@ -104,9 +105,7 @@ def eval_command(
         sys.stdout.write(writers.report_json(report) + "\n")
     write_report_files("audit", report, outputs.files())
     if not outputs.quiet and not outputs.machine_output:
-        from rich.console import Console
-
-        Console().print(writers.report_renderable(report))
+        print_table(writers.report_renderable(report))
     failed = report.failed_gates()
     if failed:
         raise GateFailure([gate.message() for gate in failed])

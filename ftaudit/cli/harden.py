@@ -13,6 +13,7 @@ from ftaudit.cli.common import (
     check_output_paths,
     external_data,
     noise_of,
+    print_table,
     run_with_stages,
     show_progress,
     stderr_console,
@@ -296,8 +297,6 @@ def harden_command(
             report_path, json.dumps(to_json_compatible(report.to_dict()), indent=2) + "\n"
         )
     if not quiet:
-        from rich.console import Console
-
         from ftaudit.report.harden_table import harden_table
 
-        Console().print(harden_table(report))
+        print_table(harden_table(report))

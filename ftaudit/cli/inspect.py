@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ftaudit.cli.common import print_table
 from ftaudit.cli.exit_codes import exit_codes
 from ftaudit.cli.options import ExcludeOpt, LayersOpt, ModelArg, OutputOpt
 
@@ -31,8 +32,7 @@ def inspect_command(
         payload = to_json_compatible(summary.to_dict())  # NaN (a broken weight) -> null
         sys.stdout.write(json.dumps(payload, indent=2, allow_nan=False) + "\n")
         return
-    from rich.console import Console
 
     from ftaudit.report.inspect_table import inspect_renderable
 
-    Console().print(inspect_renderable(summary))
+    print_table(inspect_renderable(summary))

@@ -13,6 +13,7 @@ from ftaudit.cli.common import (
     audit_inputs,
     check_output_paths,
     input_files,
+    print_table,
     run_with_stages,
     show_progress,
     warn,
@@ -97,6 +98,4 @@ def sensitivity_command(
         sys.stdout.write(writers.payload_json(report.to_dict()))
     write_report_files("sensitivity", report, outputs.files())
     if not outputs.quiet and not outputs.machine_output:
-        from rich.console import Console
-
-        Console().print(writers.sensitivity_renderable(report))
+        print_table(writers.sensitivity_renderable(report))
