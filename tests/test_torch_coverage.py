@@ -316,7 +316,7 @@ def test_eval_runs(files: Files, name: str, fmt: str, run_cli, tmp_path: Path) -
         assert "parameter W is read by" in err and "is not perturbed" in err
     elif name == "embedding":  # the table is named as looked up, never left out silently
         (line,) = [w for w in err.splitlines() if "warning" in w]
-        assert "embed.weight is looked up by index" in line
+        assert "1 embedding table(s) not perturbed (embed.weight): looked up by index" in line
     else:
         assert "warning" not in err
 
