@@ -151,7 +151,7 @@ def model_provenance(model: AuditModel) -> dict[str, object]:
         "output": model.output_dict(),
         "producer": model.metadata.get("producer"),
         "opset": model.metadata.get("opset"),
-        # multiply operators whose weight is NOT perturbed, with why (never skipped silently)
+        # operators whose stored weight is NOT perturbed, with why (never skipped silently)
         "untraced": [op.to_dict() for op in model.untraced],
         # conv layers perturbed with their BatchNorm folded in (ftaudit.models.folding)
         "batchnorm_folded": sorted(model.fold_scales),

@@ -162,3 +162,66 @@ def test_inspect_lists_untraced_ops_and_eval_warns(chains, tmp_path: Path, run_c
     )
     assert code == 0, err
     assert "warning: MatMul 'mm4' is not perturbed" in err
+
+
+TABLE = RNG.normal(size=(10, 4)).astype(np.float32)  # an embedding table: 10 tokens, 4 features
+HEAD = RNG.normal(size=(4, 3)).astype(np.float32)  # (in, out): the classifier read by MatMul
+
+
+def _lookup_model(path: Path, *, tied: bool) -> Path:
+    """ids (N, 5) int64 -> Gather(table) -> ReduceMean over tokens -> MatMul: by a head of its
+    own, or (tied) by the table itself, transposed (scores over the 10 tokens)."""
+    head = ["table_t"] if tied else ["head"]
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["emb"], axis=0, name="lookup"),
+        helper.make_node("ReduceMean", ["emb", "axis"], ["pooled"], keepdims=0, name="pool"),
+        helper.make_node("Transpose", ["table"], ["table_t"], perm=[1, 0], name="t"),
+        helper.make_node("MatMul", ["pooled", head[0]], ["y"], name="mm"),
+    ]
+    graph = helper.make_graph(
+        nodes if tied else [n for n in nodes if n.name != "t"],
+        "lookup",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [None, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 10 if tied else 3])],
+        initializer=[
+            numpy_helper.from_array(TABLE, "table"),
+            numpy_helper.from_array(np.array([1], np.int64), "axis"),
+            *([] if tied else [numpy_helper.from_array(HEAD, "head")]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def test_an_embedding_table_is_listed_as_looked_up_and_left_exact(tmp_path: Path, run_cli):
+    """The table a Gather reads is no crossbar layer, and is never left out silently: inspect
+    and the JSON report list it with the reason; the head is the one layer, and the clean
+    accuracy is numpy's forward pass's."""
+    import ftaudit
+
+    path = _lookup_model(tmp_path / "lookup.onnx", tied=False)
+    model = load_model(path)
+    assert [layer.name for layer in model.layers] == ["head"]
+    (entry,) = model.untraced
+    assert (entry.node, entry.op) == ("lookup", "Gather")
+    assert "'table' (10, 4) is looked up by index" in entry.reason
+    code, out, _ = run_cli("inspect", path)
+    assert code == 0 and "NOT perturbed" in out and "lookup" in out
+    ids = np.random.default_rng(3).integers(0, 10, size=(40, 5))
+    scores = TABLE[ids].mean(axis=1) @ HEAD  # numpy's own forward pass
+    y = np.where(np.arange(40) % 4 == 0, (scores.argmax(1) + 1) % 3, scores.argmax(1))
+    np.savez(tmp_path / "ids.npz", x=ids, y=y)
+    report = ftaudit.audit(path, tmp_path / "ids.npz", sigmas=[0.0], samples=1)
+    assert report.clean_accuracy == pytest.approx(np.mean(scores.argmax(1) == y))
+    assert [u["node"] for u in report.to_dict()["model"]["untraced"]] == ["lookup"]
+
+
+def test_a_table_that_is_also_multiplied_is_a_layer_not_a_lookup(tmp_path: Path):
+    """Tied weights (an embedding table reused, transposed, as the output layer): the product
+    makes it a crossbar layer, so the lookup of the same table is not listed."""
+    model = load_model(_lookup_model(tmp_path / "tied.onnx", tied=True))
+    assert [(layer.name, layer.shape) for layer in model.layers] == [("table", (4, 10))]
+    assert model.untraced == []

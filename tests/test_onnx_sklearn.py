@@ -156,3 +156,32 @@ def test_classifier_names_are_unique_and_stable() -> None:
     assert classifier_prefixes(graph) == [
         "a", "LinearClassifier_1", "LinearClassifier_2", "LinearClassifier_3",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["forest", "boosting"])
+def test_tree_ensembles_are_refused_as_holding_no_crossbar_weight(kind, tmp_path: Path, run_cli):
+    """A tree ensemble compares features with thresholds and multiplies by nothing: inspect lists
+    it as not perturbed with that reason, eval refuses it in one line (exit 2, nothing written),
+    and the refusal says why, not 'check the model file'."""
+    from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
+
+    x, y = _data()
+    make = {
+        "forest": lambda: RandomForestClassifier(n_estimators=3, max_depth=2, random_state=0),
+        "boosting": lambda: GradientBoostingClassifier(n_estimators=3, random_state=0),
+    }[kind]
+    path = _convert(make().fit(x, y), x, tmp_path / "trees.onnx")
+    model = load_model(path)
+    assert model.layers == []
+    assert [op.op for op in model.untraced] == ["TreeEnsembleClassifier"]
+    assert "decision-tree ensemble" in model.untraced[0].reason
+    code, out, err = run_cli("inspect", path)
+    assert code == 0 and "TreeEnsembleClassifier" in out and "NOT perturbed" in out
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    report = tmp_path / "r.json"
+    code, out, err = run_cli(
+        "eval", path, "--data", tmp_path / "d.npz", "--sigma", "0.1", "--samples", "2",
+        "--json", report,
+    )  # fmt: skip
+    assert code == 2 and out == "" and not report.exists()
+    assert err.count("\n") == 1 and "decision-tree ensemble" in err and "Traceback" not in err

@@ -274,6 +274,9 @@ def test_every_crossbar_weight_is_a_layer(files: Files, name: str, fmt: str) -> 
         (entry,) = model.untraced
         assert "parameter W is read by" in entry.reason and "through reshape" in entry.reason
         assert "nn.Linear" in entry.reason.split("; ")[-1]
+    elif name == "embedding":  # the table is looked up, not multiplied: listed, never silent
+        (entry,) = model.untraced
+        assert "embed.weight" in entry.reason and "looked up by index" in entry.reason
     else:
         assert model.untraced == []
 
@@ -311,6 +314,9 @@ def test_eval_runs(files: Files, name: str, fmt: str, run_cli, tmp_path: Path) -
     assert report["clean_accuracy"] == 1.0
     if name == "reshaped":
         assert "parameter W is read by" in err and "is not perturbed" in err
+    elif name == "embedding":  # the table is named as looked up, never left out silently
+        (line,) = [w for w in err.splitlines() if "warning" in w]
+        assert "1 embedding table(s) not perturbed (embed.weight): looked up by index" in line
     else:
         assert "warning" not in err
 

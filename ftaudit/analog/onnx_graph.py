@@ -471,6 +471,21 @@ def calibration_indices(n: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n, size=size, replace=False))
 
 
+def _check_image_axis(tiled: Sequence[TiledNode], shapes: Sequence[Any], images: int) -> None:
+    """Refuse a layer whose partial sums (``shapes``, one per tile) do not hold the batch's
+    ``images`` on their first axis: read noise keyed by image cannot be fed to it."""
+    for node, shape in zip(tiled, shapes, strict=True):
+        if len(shape) and int(shape[0]) != images:
+            raise UserError(
+                f"read noise is drawn per image, and crossbar layer {node.layer}'s outputs "
+                f"(shape {tuple(int(d) for d in shape)} for {images} images) do not hold the "
+                "images on their first axis (its input is a transposed or flattened sequence, "
+                "as in nn.MultiheadAttention's projections)",
+                hint=f"leave it digital with --exclude '{node.layer}', or drop --read-noise "
+                "and --weight-read-noise",
+            )
+
+
 def calibrate(
     proto: Any,
     tiled_nodes: Sequence[TiledNode],
@@ -478,8 +493,11 @@ def calibrate(
     *,
     seed: int,
     batch_size: int = 64,
+    noisy_reads: bool = False,
 ) -> Calibration:
-    """Input ranges, calibrated ADC bounds and tile output shapes from the ideal model."""
+    """Input ranges, calibrated ADC bounds and tile output shapes from the ideal model.
+    ``noisy_reads`` (read noise drawn per image): a layer whose outputs do not hold the images
+    on their first axis is refused, as its draws could not be keyed by image."""
     import onnxruntime as ort
 
     onnx = _onnx()
@@ -539,10 +557,13 @@ def calibrate(
     is_shape = [what[0] == "shape" for _, what in wanted]
     peaks: list[np.ndarray] = []
     shapes: list[np.ndarray] = []
+    shaped = [what[1] for _, what in wanted if what[0] == "shape"]
     for batch in batches:
         outs = session.run(names, {input_name: np.ascontiguousarray(batch)})
         values = [o for o, shape in zip(outs, is_shape, strict=True) if not shape]
         shapes = [o for o, shape in zip(outs, is_shape, strict=True) if shape]
+        if noisy_reads:
+            _check_image_axis(shaped, shapes, len(batch))
         peaks = [np.maximum(a, v) for a, v in zip(peaks, values, strict=True)] if peaks else values
     calibration = Calibration(images=len(chosen))
     peak_iter = iter(peaks)

@@ -152,6 +152,14 @@ def as_onnx(
     if isinstance(model, OnnxModel):
         return model
     make_module = EXPORTED_FORMATS.get(model.format)
+    if make_module is not None and model.output_index:  # the export keeps the first output
+        raise UserError(
+            f"--output {model.output.name} runs {model.format} models in PyTorch only; the "
+            "analog pipeline, --batch-samples and BayesFT run them as their ONNX export, which "
+            "evaluates the first output",
+            hint="re-export the model with the class scores first, or export it to ONNX and "
+            "choose the output there with --output NAME",
+        )
     if make_module is None:
         raise UserError(
             f"the analog forward pipeline does not run {model.format} models",
@@ -308,7 +316,8 @@ def analog_runner(
     selected = [layer for layer in model.layers if layer.name in chosen]  # the export's layouts
     weights = model.clean_weights()
     tiled = plan_tiles(model.proto, selected, weights, pipeline, model.feed_names)
-    calibration = calibrate(model.proto, tiled, x, seed=seed)
+    noisy = pipeline.read_noise > 0 or pipeline.weight_read_noise > 0
+    calibration = calibrate(model.proto, tiled, x, seed=seed, noisy_reads=noisy)
     runner: ModelRunner = AnalogOnnxRunner(
         model,
         selected,

@@ -263,7 +263,8 @@ class AnalogTraining:
             self.model.proto, layers, self.model.clean_weights(), pipeline, self.model.feed_names
         )
         _check_runnable(self.tiled, feature)
-        self.calibration = calibrate(self.model.proto, self.tiled, x, seed=seed)
+        noisy = pipeline.read_noise > 0 or pipeline.weight_read_noise > 0
+        self.calibration = calibrate(self.model.proto, self.tiled, x, seed=seed, noisy_reads=noisy)
 
     def attach(self, trainable: Any) -> int:
         """Give the torch module's crossbar Linear/Conv layers and MatMul modules the pipeline;

@@ -5,6 +5,7 @@ and progress bars."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -266,9 +267,47 @@ def write_report_files(kind: str, report: Any, paths: dict[str, Path | str | Non
 
 
 def warn_untraced(model_block: dict[str, Any]) -> None:
-    """One stderr warning per multiply operator whose weight the audit left exact."""
-    for op in model_block.get("untraced") or []:
+    """One stderr warning per operator whose stored weight the audit left exact, and one when
+    the model has other outputs than the one evaluated as the class scores."""
+    untraced = model_block.get("untraced") or []
+    tables = [op for op in untraced if "is looked up by index" in op["reason"]]
+    for op in untraced:
+        if op not in tables:
+            print(
+                f"ftaudit: warning: {op['op']} '{op['node']}' is not perturbed: {op['reason']}",
+                file=sys.stderr,
+            )
+    if tables:  # a transformer has several: one line for them all
+        names = ", ".join(_table_name(op) for op in tables)
         print(
-            f"ftaudit: warning: {op['op']} '{op['node']}' is not perturbed: {op['reason']}",
+            f"ftaudit: warning: {len(tables)} embedding table(s) not perturbed ({names}): looked "
+            "up by index, not multiplied by the data, so a crossbar does not store them and "
+            "they stay exact (inspect lists them)",
             file=sys.stderr,
         )
+    output = model_block.get("output") or {}
+    if output.get("other_outputs"):
+        print(f"ftaudit: warning: {other_outputs_note(model_block)}", file=sys.stderr)
+
+
+def _table_name(op: dict[str, str]) -> str:
+    """The embedding table an untraced lookup names in its reason, else its operator's name."""
+    found = re.search(r"table '([^']+)' (\([^)]*\))|parameter (\S+)", op["reason"])
+    if found is None:
+        return op["node"]
+    return f"{found[1]} {found[2]}" if found[1] else found[3]
+
+
+def other_outputs_note(model_block: dict[str, Any]) -> str:
+    """Which of several outputs is evaluated, and how to evaluate another."""
+    output = model_block["output"]
+    others = ", ".join(output["other_outputs"])
+    how = (
+        "choose another with --output NAME"
+        if model_block.get("format") == "onnx"
+        else "choose another by its position: --output 1"
+    )
+    return (
+        f"the model also returns {others}; ftaudit evaluates "
+        f"'{output.get('binary_output') or output['name']}' as the class scores ({how})"
+    )

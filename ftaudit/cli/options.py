@@ -21,7 +21,12 @@ ExcludeOpt = Annotated[
     typer.Option("--exclude", help="Glob over crossbar weight names to keep exact (repeatable)."),
 ]
 OutputOpt = Annotated[
-    str | None, typer.Option("--output", help="ONNX output holding the logits (default: first).")
+    str | None,
+    typer.Option(
+        "--output",
+        help="Output holding the logits: an ONNX output name, or the position of a torch "
+        "model's returned tensor (1 or output[1]) (default: first).",
+    ),
 ]
 BitsOpt = Annotated[int | None, typer.Option("--bits", help="Device models: weight bits H [4].")]
 CellBitsOpt = Annotated[

@@ -233,6 +233,12 @@ def harden(
     train_set = load_dataset(Path(data), limit=limit)
     train = _training_data(source, train_set)
     notes = []
+    if source.metadata.get("other_outputs"):  # trained on the first; never silently
+        notes.append(
+            f"the model also returns {', '.join(source.metadata['other_outputs'])}; harden "
+            f"trains '{source.output.name}' (its first output) as the class scores; re-export "
+            "the model with the class scores first to train another"
+        )
     if val_data is not None:
         val_set = load_dataset(Path(val_data))
         val = _training_data(source, val_set)

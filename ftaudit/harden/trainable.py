@@ -119,6 +119,7 @@ def onnx_trainable(model: AuditModel) -> TrainableModel:
     graph = proto.graph
     # the module returns the evaluated output only, like the ONNX runner
     select_output(graph, model.output)
+    read = {value for node in graph.node for value in node.input}
     bypass_initializer_identities(graph)
     model_roots = cast("OnnxModel", model).roots
     folded = fold_constants(proto, {model_roots.get(la.name, la.name) for la in model.layers})
@@ -147,6 +148,14 @@ def onnx_trainable(model: AuditModel) -> TrainableModel:
     }
     crossbar_names = set(roots.values())
     missing = sorted(crossbar_names - found.keys())
+    unread = [name for name in missing if name not in read]
+    if unread:  # only another output reads them (a second head past a features output)
+        raise UserError(
+            f"{model.path}: the crossbar weight(s) {', '.join(unread)} do not feed the output "
+            f"harden trains, '{model.output.name}' (the model's first real-valued output); "
+            "only its other outputs read them",
+            hint="re-export the model with the class scores as its first (or only) output",
+        )
     if missing:
         raise UserError(
             f"{model.path}: the crossbar weight(s) {', '.join(missing)} do not appear unchanged "

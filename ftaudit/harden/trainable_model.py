@@ -77,7 +77,7 @@ class TrainableModel:
         two-class logits the engine counts (``models.binary_head``)."""
         out = packed_call(self.module, batch, self.split_inputs)
         if isinstance(out, (tuple, list)) and out:
-            out = out[0]
+            out = out[self.source.output_index]
         torch = require_torch(FEATURE)
         if isinstance(out, torch.Tensor) and out.is_floating_point():
             activation = self.source.output_activation

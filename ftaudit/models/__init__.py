@@ -78,15 +78,11 @@ def load_model_bytes(path: Path | str, raw: bytes, *, output: str | None = None)
     if kind == "torchscript":
         from ftaudit.models.torchscript import TorchScriptModel
 
-        if output is not None:
-            raise UserError("--output selects an ONNX output; TorchScript models have one")
-        return TorchScriptModel.from_bytes(path, raw)
+        return TorchScriptModel.from_bytes(path, raw, output=output)
     if kind == "torch.export":
         from ftaudit.models.export import ExportedProgramModel
 
-        if output is not None:
-            raise UserError("--output selects an ONNX output; torch.export programs have one")
-        return ExportedProgramModel.from_bytes(path, raw)
+        return ExportedProgramModel.from_bytes(path, raw, output=output)
     from ftaudit.models.onnx import OnnxModel
 
     return OnnxModel.from_bytes(path, raw, output=output)

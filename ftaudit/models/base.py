@@ -170,7 +170,7 @@ class AuditModel(ABC):
     output: TensorSpec
     layers: list[CrossbarLayer]
     metadata: dict[str, Any] = field(default_factory=dict)
-    #: multiply operators whose weight is NOT perturbed, with why (``onnx_graph.UntracedOp``)
+    #: operators whose stored weight is NOT perturbed, with why (``onnx_graph.UntracedOp``)
     untraced: list[Any] = field(default_factory=list)
     #: conv layer name -> its following BatchNorm's per-channel factor (``models.folding``);
     #: cleared to perturb the unfolded weights
@@ -182,6 +182,9 @@ class AuditModel(ABC):
     #: one-column sigmoid is read back to its logit, a softmax is trained on its log
     #: (``models.binary_head``)
     output_activation: str | None = None
+    #: a TorchScript or torch.export forward returning several tensors: the one evaluated
+    #: (``--output 1`` or ``output[1]``; ``torch_output_index``)
+    output_index: int = 0
 
     @abstractmethod
     def clean_weights(self) -> dict[str, np.ndarray]:
@@ -210,9 +213,15 @@ class AuditModel(ABC):
 
     def output_dict(self) -> dict[str, Any]:
         """The evaluated output for reports; with ``binary_output``, the one-column output
-        it is read from as two classes (``models.binary_head``)."""
+        it is read from as two classes (``models.binary_head``); with ``other_outputs``, the
+        model's other floating-point outputs, which the audit does not read."""
         source = self.metadata.get("binary_output")
-        return {**self.output.to_dict(), **({"binary_output": source} if source else {})}
+        others = self.metadata.get("other_outputs")
+        return {
+            **self.output.to_dict(),
+            **({"binary_output": source} if source else {}),
+            **({"other_outputs": list(others)} if others else {}),
+        }
 
     @property
     def integer_input(self) -> bool:
@@ -276,8 +285,8 @@ class AuditModel(ABC):
             ops = sorted({op.op for op in self.untraced})
             raise UserError(
                 f"{self.path} has no crossbar weight ftaudit can perturb: its "
-                f"{len(self.untraced)} multiply operator(s) ({', '.join(ops)}) are not traceable "
-                f"because {self.untraced[0].reason.split('; ')[0]}",
+                f"{len(self.untraced)} weight-reading operator(s) ({', '.join(ops)}) are not "
+                f"perturbed because {self.untraced[0].reason.split('; ')[0]}",
                 hint=self.untraced[0].reason.split("; ")[-1]
                 if "; " in self.untraced[0].reason
                 else "run ftaudit inspect to see each operator and why",
@@ -295,3 +304,21 @@ class AuditModel(ABC):
                 hint=f"the model's crossbar weights are: {names}",
             )
         return chosen
+
+
+def torch_output_index(requested: str | None, count: int, path: Path) -> int:
+    """The tensor of a torch forward's returned tuple that ``--output`` names: its index
+    (``1``) or ``output[1]``; the first when none is named. Out of range is a UserError."""
+    if requested is None:
+        return 0
+    text = requested.strip()
+    if text.startswith("output[") and text.endswith("]"):
+        text = text[len("output[") : -1]
+    names = ", ".join(f"output[{i}]" for i in range(count))
+    if not text.isdigit() or int(text) >= count:
+        raise UserError(
+            f"{path} has no output '{requested}': its forward returns "
+            f"{count} tensor{'s' if count > 1 else ''} ({names})",
+            hint="name a torch model's output by its position: --output 1 (or output[1])",
+        )
+    return int(text)

@@ -25,6 +25,7 @@ from ftaudit.models.base import (
     ModelRunner,
     TensorSpec,
     contiguous_input,
+    torch_output_index,
 )
 from ftaudit.models.binary_head import output_activation, two_class_numpy
 from ftaudit.models.onnx_graph import UntracedOp
@@ -92,7 +93,9 @@ class ExportedProgramModel(AuditModel):
     raw: bytes = b""
 
     @classmethod
-    def from_bytes(cls, path: Path, raw: bytes) -> ExportedProgramModel:
+    def from_bytes(
+        cls, path: Path, raw: bytes, *, output: str | None = None
+    ) -> ExportedProgramModel:
         torch = require_torch(FEATURE)
         program = load_program(raw, path)
         signature = program.graph_signature
@@ -112,18 +115,25 @@ class ExportedProgramModel(AuditModel):
         }
         output_nodes = [n for n in program.graph.nodes if n.op == "output"]
         outputs = output_nodes[0].args[0] if output_nodes else ()
-        first_out = outputs[0] if isinstance(outputs, (tuple, list)) and outputs else None
+        several = isinstance(outputs, (tuple, list)) and len(outputs) > 1
+        index = torch_output_index(output, len(outputs) if several else 1, path)
+        first_out = outputs[index] if isinstance(outputs, (tuple, list)) and outputs else None
+        others = [f"output[{i}]" for i in range(1, len(outputs))] if several and not output else []
         return cls(
             path=path,
             format="torch.export",
             input=inputs[0] if len(inputs) == 1 else packed_spec(inputs, path),
             data_inputs=inputs if len(inputs) > 1 else (),
-            output=_spec(first_out, "output")
+            output=_spec(first_out, f"output[{index}]" if several else "output")
             if first_out is not None
             else TensorSpec("output", None, "float32"),
             layers=layers,
             output_activation=_output_activation(first_out),
-            metadata={"producer": f"torch {torch.__version__} (torch.export)"},
+            output_index=index,
+            metadata={
+                "producer": f"torch {torch.__version__} (torch.export)",
+                **({"other_outputs": others} if others else {}),
+            },
             untraced=untraced,
             fold_scales=fold_scales,
             raw=raw,
@@ -336,7 +346,7 @@ class ExportedProgramRunner(ModelRunner):
             for batch in self._batches:
                 out = packed_call(self.module, batch, self.model.data_inputs)
                 if isinstance(out, (tuple, list)):
-                    out = out[0]
+                    out = out[self.model.output_index]
                 outs.append(out.float().cpu().numpy())
         logits = np.concatenate(outs) if len(outs) > 1 else outs[0]
         return two_class_numpy(logits[: self._n], self.model.output_activation == "sigmoid")

@@ -27,7 +27,12 @@ from ftaudit.models.onnx_graph import (
     module_path_names,
     trace_crossbar_weights,
 )
-from ftaudit.models.onnx_io import classifier_output, select_output, tensor_spec
+from ftaudit.models.onnx_io import (
+    classifier_output,
+    other_float_outputs,
+    select_output,
+    tensor_spec,
+)
 from ftaudit.models.onnx_operands import node_macs
 from ftaudit.models.onnx_packing import pack_onnx_inputs
 from ftaudit.models.onnx_prepack import DerivedInput, build_prepacked_graph
@@ -254,6 +259,7 @@ class OnnxModel(AuditModel):
             packed = pack_onnx_inputs(model, graph_inputs, path)
             graph_inputs = [i for i in model.graph.input if i.name == packed.name]
         output_spec = classifier_output(model, output, path)
+        others = {} if output else {"other_outputs": other_float_outputs(model, output_spec)}
         binary = onnx_two_class(model, output_spec)  # one score per input: two classes
         softmax = binary is None and onnx_output_op(model, output_spec.name) == "Softmax"
         binary_output = {"binary_output": output_spec.name} if binary else {}
@@ -317,6 +323,7 @@ class OnnxModel(AuditModel):
             "ir_version": model.ir_version,
             "metadata_props": {p.key: p.value for p in model.metadata_props},
             **binary_output,
+            **(others if others.get("other_outputs") else {}),
         }
         release_free_memory()  # the checker's, shape inference's and the raw file's copies
         return cls(

@@ -26,10 +26,13 @@ from ftaudit.models.onnx_operands import (
     ATTRIBUTE_REASON,
     INTEGER_KERNEL_REASON,
     INTEGER_KERNELS,
+    LOOKUP_REASON,
     NCHWC_DOMAIN,
     NCHWC_REASON,
     SHAPED_REASON,
     SUBGRAPH_REASON,
+    TREE_ENSEMBLES,
+    TREE_REASON,
     unknown_matrix_reader,
     weight_inputs,
     weight_operands,
@@ -93,7 +96,8 @@ class WeightTrace:
 
 @dataclass(frozen=True)
 class UntracedOp:
-    """A Conv/ConvTranspose/Gemm/MatMul (or int8 kernel) whose weight is not perturbed, and why."""
+    """An operator reading stored weights that are not perturbed, and why: a product whose
+    weight cannot be traced (or an int8 kernel), an embedding lookup, a tree ensemble."""
 
     node: str
     op: str
@@ -140,6 +144,8 @@ def trace_crossbar_weights(graph: Any) -> tuple[list[WeightTrace], list[Untraced
     shaped = _shape_indexed_weights(graph, constant, stored)
     traces: list[WeightTrace] = []
     untraced: list[UntracedOp] = []
+    lookups: list[tuple[str, str, tuple[int, ...]]] = []
+    tables = {t.name: tuple(int(d) for d in t.dims) for t in graph.initializer}
     for i, node in enumerate(graph.node):
         label = _node_label(node, i)
         if node.op_type in QOPERATOR_WEIGHT_INPUT and node.domain in _QUANT_DOMAINS:
@@ -152,6 +158,9 @@ def trace_crossbar_weights(graph: Any) -> tuple[list[WeightTrace], list[Untraced
         if reason is not None:
             untraced.append(UntracedOp(label, node.op_type, reason))
             continue
+        table = _lookup_table(node, producers, tables)
+        if table is not None:
+            lookups.append((label, *table))  # listed at the end unless a product reads it too
         if operands is None:
             continue
         computed = [shaped[v] for v in weight_inputs(node) if v not in constant and v in shaped]
@@ -189,7 +198,28 @@ def trace_crossbar_weights(graph: Any) -> tuple[list[WeightTrace], list[Untraced
                     operand.role,
                 )
             )
+    multiplied = {t.root for t in traces}
+    for label, root, shape in lookups:
+        if root not in multiplied:  # a table that is also a product's weight is a layer
+            reason = LOOKUP_REASON.format(value=root, shape=shape)
+            untraced.append(UntracedOp(label, "Gather", reason))
     return traces, untraced
+
+
+def _lookup_table(
+    node: Any, producers: Mapping[str, Any], tables: Mapping[str, tuple[int, ...]]
+) -> tuple[str, tuple[int, ...]] | None:
+    """The initializer (and its shape) a Gather looks rows up in, through weight-only
+    re-layouts (an int8 table's DequantizeLinear), when it is a matrix: an embedding table."""
+    if node.op_type != "Gather" or not node.input:
+        return None
+    value = node.input[0]
+    while value not in tables and value in producers:
+        if producers[value].op_type not in WEIGHT_ONLY_OPS:
+            return None
+        value = producers[value].input[0]
+    shape = tables.get(value)
+    return (value, shape) if shape is not None and sum(d >= 2 for d in shape) >= 2 else None
 
 
 def source_value(name: str, producers: Mapping[str, Any]) -> str:
@@ -211,6 +241,8 @@ def _not_traceable(
         return INTEGER_KERNEL_REASON if any(node.input[i] in constant for i in ints) else None
     if domain == "ai.onnx.ml" and node.op_type in ATTRIBUTE_PRODUCTS:
         return ATTRIBUTE_REASON
+    if domain == "ai.onnx.ml" and node.op_type in TREE_ENSEMBLES:
+        return TREE_REASON
     if domain == NCHWC_DOMAIN and node.op_type == "Conv":
         return NCHWC_REASON if node.input[1] in constant else None
     if _product_in_body(node, stored):

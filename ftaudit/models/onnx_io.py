@@ -58,6 +58,22 @@ def classifier_output(model: Any, requested: str | None, path: Path) -> TensorSp
     )
 
 
+def other_float_outputs(model: Any, chosen: TensorSpec) -> list[str]:
+    """The graph's floating-point tensor outputs besides the evaluated one (features, a second
+    head): the audit reads only ``chosen``, so the user is told which it is."""
+    names = []
+    for value in model.graph.output:
+        if value.name == chosen.name or value.type.WhichOneof("value") != "tensor_type":
+            continue
+        try:
+            spec = tensor_spec(value)
+        except KeyError:  # an undefined element type
+            continue
+        if np.issubdtype(np.dtype(spec.dtype), np.floating):
+            names.append(value.name)
+    return names
+
+
 def _kind(value_info: Any) -> str:
     """``float32 tensor``, ``bool tensor``, ``sequence``, ... for messages."""
     kind = value_info.type.WhichOneof("value") or "unknown"

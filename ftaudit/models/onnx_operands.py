@@ -171,6 +171,17 @@ ATTRIBUTE_REASON = (
     "skl2onnx), which ftaudit does not perturb; audit a model whose weights are tensors read "
     "by MatMul or Gemm (e.g. an MLPClassifier, or the same model written in torch)"
 )
+#: ai.onnx.ml tree ensembles: they compare features with thresholds and multiply by nothing
+TREE_ENSEMBLES = {"TreeEnsembleClassifier", "TreeEnsembleRegressor", "TreeEnsemble"}
+TREE_REASON = (
+    "a decision-tree ensemble compares features with thresholds and multiplies by no matrix, so "
+    "it holds no crossbar weight to perturb; audit a model that multiplies by weight matrices "
+    "(a neural network, or a linear model such as LogisticRegression)"
+)
+LOOKUP_REASON = (
+    "its table '{value}' {shape} is looked up by index (an embedding), not multiplied by the "
+    "data, so a crossbar does not store it and it stays exact"
+)
 NCHWC_REASON = (
     "the model was saved after ONNX Runtime's ORT_ENABLE_ALL layout optimisation, which stores "
     "this weight in a padded, blocked layout specific to the CPU that optimised it; audit the "

@@ -3,8 +3,9 @@ share (recurrent weights, einsum operands, the reason an unmappable product is l
 
 A parameter is a crossbar layer when a product reads it as a weight matrix whose rows are the
 outputs (a Linear-like role); a parameter read by a product in any other way is listed as
-untraced with how to fix it, never skipped. Lookups (Embedding), additions and norms are not
-products. No torch import: each format hands ``ProductScan`` the way to read its graph.
+untraced with how to fix it, never skipped. Lookups (Embedding) are listed as kept exact;
+additions and norms are not products. No torch import: each format hands ``ProductScan`` the
+way to read its graph.
 """
 
 from __future__ import annotations
@@ -71,6 +72,13 @@ CONVOLUTIONS = (
     "conv_transpose3d",
     "_convolution",
     "convolution",
+)
+
+#: lookups (an aten name without namespace or overload): argument 0 is the table, read by index
+LOOKUPS = ("embedding", "embedding_bag", "_embedding_bag", "_embedding_bag_forward_only")
+LOOKUP_REASON = (
+    "parameter {parameter} is looked up by index (an embedding table), not multiplied by the "
+    "data, so a crossbar does not store it and it stays exact"
 )
 
 _HOW_TO_FIX = (
@@ -205,6 +213,11 @@ class ProductScan:
             found = self.operand(args[1])
             rank = self.ranks[found[0]] if found else 3
             self.read(args[1], label, kind, (conv_op(rank, transposed), False), "as its weight")
+        elif op in LOOKUPS and args:
+            found = self.operand(args[0])
+            if found is not None and self.ranks[found[0]] >= 2:
+                reason = LOOKUP_REASON.format(parameter=found[0])
+                self.unmapped.setdefault(found[0], UntracedOp(label, kind, reason))
         elif op in PRODUCT_WEIGHTS or op in UNMAPPED_PRODUCTS:
             roles = PRODUCT_WEIGHTS.get(op, {})
             for k, value in enumerate(args):

@@ -14,7 +14,14 @@ import numpy as np
 
 from ftaudit._optional import require_torch
 from ftaudit.errors import UserError
-from ftaudit.models.base import AuditModel, CrossbarLayer, ModelRunner, TensorSpec, contiguous_input
+from ftaudit.models.base import (
+    AuditModel,
+    CrossbarLayer,
+    ModelRunner,
+    TensorSpec,
+    contiguous_input,
+    torch_output_index,
+)
 from ftaudit.models.binary_head import output_activation, two_class_numpy
 from ftaudit.models.packed_inputs import packed_call, packed_spec
 from ftaudit.models.torchscript_layers import attr_path, script_layers
@@ -142,6 +149,21 @@ def _frozen_ops(module: Any) -> list[Any]:
     ]
 
 
+def _returned_count(module: Any) -> int:
+    """How many tensors forward returns: a tuple's elements, else 1."""
+    try:
+        returned = module.forward.schema.returns[0].type
+    except (AttributeError, IndexError, RuntimeError):  # no forward, or no schema
+        return 1
+    return len(returned.elements()) if type(returned).__name__ == "TupleType" else 1
+
+
+def _others(count: int, requested: str | None) -> list[str]:
+    """The outputs the audit does not read when none was chosen (``output[1]``, ...), so the
+    user is told; none when ``--output`` chose."""
+    return [] if requested is not None else [f"output[{i}]" for i in range(1, count)]
+
+
 #: views that keep a sigmoid's values (walked through to the op that made the output)
 _VIEW_OPS = ("view", "reshape", "squeeze", "unsqueeze", "flatten", "contiguous")
 
@@ -169,8 +191,10 @@ class TorchScriptModel(AuditModel):
     raw: bytes = b""
 
     @classmethod
-    def from_bytes(cls, path: Path, raw: bytes) -> TorchScriptModel:
+    def from_bytes(cls, path: Path, raw: bytes, *, output: str | None = None) -> TorchScriptModel:
         module = jit_load(raw, path)
+        count = _returned_count(module)
+        index = torch_output_index(output, count, path)
         inputs = _data_inputs(module, path)
         layers, untraced = script_layers(module)
         if layers and all(layer.dtype == "float16" for layer in layers):
@@ -193,10 +217,14 @@ class TorchScriptModel(AuditModel):
             if len(inputs) == 1
             else packed_spec(inputs, path, declared=False),
             data_inputs=inputs if len(inputs) > 1 else (),
-            output=TensorSpec("output", None, "float32"),
+            output=TensorSpec("output" if count == 1 else f"output[{index}]", None, "float32"),
+            output_index=index,
             output_activation=_output_activation(module),
             layers=layers,
-            metadata={"producer": f"torch {require_torch('TorchScript models').__version__}"},
+            metadata={
+                "producer": f"torch {require_torch('TorchScript models').__version__}",
+                **({"other_outputs": others} if (others := _others(count, output)) else {}),
+            },
             raw=raw,
         )
 
@@ -287,7 +315,7 @@ class TorchScriptRunner(ModelRunner):
             for batch in self._batches:
                 out = packed_call(self.module, batch, self.model.data_inputs)
                 if isinstance(out, (tuple, list)) and out:
-                    out = out[0]
+                    out = out[self.model.output_index]
                 outs.append(tensor_logits(torch, out))
         logits = np.concatenate(outs) if len(outs) > 1 else outs[0]
         return two_class_numpy(logits, self.model.output_activation == "sigmoid")

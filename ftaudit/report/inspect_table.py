@@ -47,6 +47,9 @@ def inspect_renderable(summary: ModelSummary) -> RenderableType:
         head.add_row("", f"(read as two classes: {text}, [0, logit])")
     else:
         head.add_row("output", text)
+    if spec.get("other_outputs"):  # features or a second head: never read by the audit
+        others = ", ".join(str(name) for name in spec["other_outputs"])
+        head.add_row("not evaluated", escape(others))
 
     layers = Table(title="crossbar layers", title_justify="left")
     for column in ("#", "weight", "op", "shape", "params", "max |w|", "MACs/input", "selected"):
@@ -74,9 +77,7 @@ def inspect_renderable(summary: ModelSummary) -> RenderableType:
     untraced = model.get("untraced") or []
     if not untraced:
         return Group(head, layers)
-    skipped = Table(
-        title="multiply operators NOT perturbed (weights not traced)", title_justify="left"
-    )
+    skipped = Table(title="operators reading stored weights NOT perturbed", title_justify="left")
     for column in ("node", "op", "reason"):
         skipped.add_column(column, style="yellow" if column == "node" else None)
     for op in untraced:
