@@ -605,38 +605,3 @@ def test_opset_below_11_is_refused_in_one_line(run_cli, tmp_path):
     )
     assert "opset 11 or later" in assert_one_line_error(code, out, err)
 
-
-def test_read_noise_on_a_sequence_first_layer_is_refused_in_one_line(run_cli, tmp_path):
-    """Read noise is keyed by the image on axis 0: a MatMul on (tokens, batch, features), as
-    nn.MultiheadAttention's projections run, is refused in one line (it was a broadcasting
-    error blamed on the data); leaving it digital runs."""
-    from onnx import TensorProto, helper, numpy_helper, save
-    from test_cli import assert_one_line_error
-
-    rng = np.random.default_rng(0)
-    graph = helper.make_graph(
-        [
-            helper.make_node("Transpose", ["x"], ["seq_first"], perm=[1, 0, 2]),
-            helper.make_node("MatMul", ["seq_first", "w"], ["h"]),
-            helper.make_node("ReduceMean", ["h"], ["pooled"], axes=[0], keepdims=0),
-            helper.make_node("Gemm", ["pooled", "head"], ["y"], transB=1),
-        ],
-        "seq_first",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 5, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
-        [
-            numpy_helper.from_array(rng.normal(size=(4, 6)).astype(np.float32), "w"),
-            numpy_helper.from_array(rng.normal(size=(3, 6)).astype(np.float32), "head"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path = tmp_path / "seq_first.onnx"
-    save(model, str(path))
-    data = tmp_path / "d.npz"
-    np.savez(data, x=rng.normal(size=(12, 5, 4)).astype(np.float32), y=np.arange(12) % 3)
-    args = ["eval", path, "--data", data, "--sigma", "0.1", "--samples", "2"]
-    line = assert_one_line_error(*run_cli(*args, "--read-noise", "0.02"))
-    assert "crossbar layer w" in line and "first axis" in line
-    code, _, err = run_cli(*args, "--read-noise", "0.02", "--layers", "head")
-    assert code == 0, err

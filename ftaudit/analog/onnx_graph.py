@@ -585,16 +585,6 @@ def calibrate(
                 bounds[t, c0:c1] = top if top > 0 else 1.0
         else:
             tiled, t = what[1], what[2]
-            full = next(shape_iter)
-            if int(full[0]) != len(batches[-1]):  # read noise is keyed by the image on axis 0
-                raise UserError(
-                    f"read noise is drawn per image, but crossbar layer {tiled.layer}'s output "
-                    f"has {int(full[0])} rows on its first axis for a batch of "
-                    f"{len(batches[-1])} images (a sequence-first layout, e.g. "
-                    "nn.MultiheadAttention's projections)",
-                    hint="leave it digital: select the other layers with --layers, or drop "
-                    "--read-noise and --weight-read-noise",
-                )
-            shape = tuple(int(d) for d in full[1:])
+            shape = tuple(int(d) for d in next(shape_iter)[1:])
             calibration.tile_shapes[(tiled.layer_index, tiled.first_tile + t)] = shape
     return calibration
