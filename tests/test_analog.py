@@ -604,4 +604,3 @@ def test_opset_below_11_is_refused_in_one_line(run_cli, tmp_path):
         "eval", path, "--data", data, "--sigma", "0.1", "--samples", "2", "--dac-bits", "8"
     )
     assert "opset 11 or later" in assert_one_line_error(code, out, err)
-
