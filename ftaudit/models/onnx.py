@@ -35,7 +35,7 @@ from ftaudit.models.onnx_io import (
 )
 from ftaudit.models.onnx_operands import node_macs
 from ftaudit.models.onnx_packing import pack_onnx_inputs
-from ftaudit.models.onnx_prepack import DerivedInput, build_prepacked_graph
+from ftaudit.models.onnx_prepack import DerivedInput, build_prepacked_graph, stored_sources
 from ftaudit.models.onnx_quant import qoperator_to_qdq
 from ftaudit.models.onnx_shapes import infer_static_shapes
 from ftaudit.models.onnx_sklearn import unfold_linear_classifiers
@@ -378,35 +378,6 @@ def ort_providers(device: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def _stored_sources(
-    model: OnnxModel, selected: Sequence[CrossbarLayer]
-) -> dict[str, tuple[str, bool]] | None:
-    """Crossbar layer -> (the initializer it is stored in, whether the layer is its 2-D
-    transpose), for the pre-packed graph, which maps optimised inputs to initializers; None
-    when a layer is not a plain or transposed initializer (Cast, DequantizeLinear) or two
-    layers share one."""
-    onnx = _onnx()
-    tensors = {t.name: t for t in model.proto.graph.initializer}
-    sources: dict[str, tuple[str, bool]] = {}
-    for layer in selected:
-        root = model.roots.get(layer.name, model.feed_names[layer.name])
-        value = model.initializers[layer.name]
-        if root not in tensors:
-            return None
-        if model.feed_names[layer.name] == root:
-            sources[layer.name] = (root, False)
-            continue
-        stored = onnx.numpy_helper.to_array(tensors[root])
-        if stored.dtype != value.dtype or stored.ndim != 2 or stored.T.shape != value.shape:
-            return None
-        if not np.array_equal(stored.T, value):
-            return None
-        sources[layer.name] = (root, True)
-    if len({root for root, _ in sources.values()}) != len(sources):
-        return None
-    return sources
-
-
 def _has_conv(selected: Sequence[CrossbarLayer]) -> bool:
     """Whether a crossbar weight feeds a convolution, the op whose weights ONNX Runtime
     re-lays out (NCHWc); a graph of MatMul/Gemm runs as fast with the plain graph (same
@@ -447,8 +418,11 @@ class OnnxRunner(ModelRunner):
         self.feed: dict[str, np.ndarray] = {}
         #: stored initializer -> the optimised graph's inputs derived from it (CPU, float32)
         self._derived: dict[str, list[DerivedInput]] = {}
+        #: crossbar layer -> axes turning its weight into the stored table fed in its place
+        #: (plain graph, a tied table read by other nodes too: ``_feed_tied_tables``)
+        self._to_stored: dict[str, tuple[int, ...]] = {}
         #: crossbar layer -> (its stored initializer, the layer is that initializer transposed)
-        self._sources = _stored_sources(model, selected)
+        self._sources = stored_sources(model, selected)
         plan = (
             build_prepacked_graph(
                 graph_model,
@@ -488,6 +462,7 @@ class OnnxRunner(ModelRunner):
         DequantizeLinear(W_int8)) fed in place of the node producing it."""
         onnx = _onnx()
         graph = graph_model.graph
+        self._feed_tied_tables(graph, selected)
         feeds = set(self.feed_names.values())
         listed_inputs = {i.name for i in graph.input}
         for tensor in graph.initializer:
@@ -512,6 +487,33 @@ class OnnxRunner(ModelRunner):
                     onnx.helper.make_tensor_value_info(value, elem, list(layer.shape))
                 )
         self._model_bytes = graph_model.SerializeToString()
+
+    def _feed_tied_tables(self, graph: Any, selected: Sequence[CrossbarLayer]) -> None:
+        """A weight read as ``Transpose(W)`` whose stored ``W`` other nodes read too (a tied
+        embedding table: a lookup and the output projection): ``W`` itself is fed, perturbed
+        (the layer's weight transposed back), so every reader sees the same perturbed matrix,
+        as in the other routes (pre-packed, onnx2torch, TorchScript)."""
+        onnx = _onnx()
+        readers: dict[str, int] = {}
+        producers = {}
+        for node in graph.node:
+            for name in node.input:
+                readers[name] = readers.get(name, 0) + 1
+            for name in node.output:
+                producers[name] = node
+        for name in (o.name for o in graph.output):
+            readers[name] = readers.get(name, 0) + 1
+        for layer in selected:
+            root = self.model.roots.get(layer.name)
+            node = producers.get(self.feed_names[layer.name])
+            if root is None or node is None or node.op_type != "Transpose" or node.domain:
+                continue
+            if list(node.input) != [root] or readers.get(root, 0) < 2:
+                continue  # only the Transpose reads it: its output is fed, no copy per run
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            perm = attrs.get("perm") or list(reversed(range(len(layer.shape))))
+            self.feed_names[layer.name] = root
+            self._to_stored[layer.name] = tuple(int(a) for a in np.argsort(perm))
 
     def _new_session(self) -> Any:
         ort = _ort()
@@ -552,7 +554,9 @@ class OnnxRunner(ModelRunner):
             dtype = self.dtypes[name]
             array = array if array.dtype == dtype else array.astype(dtype)
             if self._sources is None:
-                self.feed[self.feed_names[name]] = array
+                axes = self._to_stored.get(name)
+                stored = array if axes is None else np.ascontiguousarray(array.transpose(axes))
+                self.feed[self.feed_names[name]] = stored
                 continue
             root, swap = self._sources[name]
             if swap:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ftaudit.limits import release_free_memory
+from ftaudit.models.base import CrossbarLayer
 
 #: element ids are encoded as two base-RADIX digits, each offset by DIGIT_OFFSET so that no
 #: encoded value equals the all-ones scale pass (the digits stay exact in float32)
@@ -323,3 +324,33 @@ def affine_strides(index: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]
     ids = np.arange(n, dtype=np.intp)
     predicted = np.lib.stride_tricks.as_strided(ids, shape, tuple(s * ids.itemsize for s in steps))
     return (shape, steps) if np.array_equal(predicted.reshape(-1), index) else None
+
+
+def stored_sources(
+    model: Any, selected: Sequence[CrossbarLayer]
+) -> dict[str, tuple[str, bool]] | None:
+    """Crossbar layer -> (the initializer it is stored in, whether the layer is its 2-D
+    transpose) for an ``OnnxModel``, for the pre-packed graph, which maps optimised inputs to
+    initializers; None when a layer is not a plain or transposed initializer (Cast,
+    DequantizeLinear) or two layers share one."""
+    import onnx
+
+    tensors = {t.name: t for t in model.proto.graph.initializer}
+    sources: dict[str, tuple[str, bool]] = {}
+    for layer in selected:
+        root = model.roots.get(layer.name, model.feed_names[layer.name])
+        value = model.initializers[layer.name]
+        if root not in tensors:
+            return None
+        if model.feed_names[layer.name] == root:
+            sources[layer.name] = (root, False)
+            continue
+        stored = onnx.numpy_helper.to_array(tensors[root])
+        if stored.dtype != value.dtype or stored.ndim != 2 or stored.T.shape != value.shape:
+            return None
+        if not np.array_equal(stored.T, value):
+            return None
+        sources[layer.name] = (root, True)
+    if len({root for root, _ in sources.values()}) != len(sources):
+        return None
+    return sources
