@@ -55,3 +55,7 @@ def test_lookup_and_projection_read_the_same_perturbed_table(tmp_path: Path) -> 
     expected = numpy_logits(ids, perturbed)
     np.testing.assert_allclose(runner.logits(), expected, rtol=1e-5, atol=1e-5)
     assert not np.allclose(expected, numpy_logits(ids, table), atol=1e-3)  # the lookup counts
+    # the next sample's table replaces this one's (the transposed copy is a reused buffer)
+    again = table * np.exp(0.5 * rng.standard_normal(table.shape)).astype(np.float32)
+    runner.set_weights({layer.name: again.T})  # a strided view is taken as well
+    np.testing.assert_allclose(runner.logits(), numpy_logits(ids, again), rtol=1e-5, atol=1e-5)

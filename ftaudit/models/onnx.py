@@ -418,11 +418,14 @@ class OnnxRunner(ModelRunner):
         self.feed: dict[str, np.ndarray] = {}
         #: stored initializer -> the optimised graph's inputs derived from it (CPU, float32)
         self._derived: dict[str, list[DerivedInput]] = {}
-        #: crossbar layer -> axes turning its weight into the stored table fed in its place
-        #: (plain graph, a tied table read by other nodes too: ``_feed_tied_tables``)
+        #: crossbar layer -> axes turning its weight into the stored initializer's layout, fed
+        #: in its place (a transposed weight: pre-packed, or a tied table in the plain graph)
         self._to_stored: dict[str, tuple[int, ...]] = {}
+        self._stored_buffers: dict[str, np.ndarray] = {}  # reused: no allocation per sample
         #: crossbar layer -> (its stored initializer, the layer is that initializer transposed)
-        self._sources = stored_sources(model, selected)
+        self._sources = (
+            stored_sources(model, selected) if device == "cpu" and _has_conv(selected) else None
+        )
         plan = (
             build_prepacked_graph(
                 graph_model,
@@ -431,14 +434,15 @@ class OnnxRunner(ModelRunner):
                     for name, (root, swap) in self._sources.items()
                 },
             )
-            if device == "cpu" and self._sources is not None and _has_conv(selected)
+            if self._sources is not None
             else None
         )
-        if plan is not None:
+        if plan is not None and self._sources is not None:
             self._model_bytes = plan.model_bytes
             self._derived = plan.by_source()
             for derived in plan.inputs:
                 self.feed[derived.name] = np.empty(derived.shape, np.float32)
+            self._to_stored = {name: (1, 0) for name, (_, swap) in self._sources.items() if swap}
         else:
             self._sources = None
             self._plain_graph(graph_model, selected)
@@ -553,19 +557,28 @@ class OnnxRunner(ModelRunner):
         for name, array in weights.items():
             dtype = self.dtypes[name]
             array = array if array.dtype == dtype else array.astype(dtype)
+            array = self._stored_layout(name, array)
             if self._sources is None:
-                axes = self._to_stored.get(name)
-                stored = array if axes is None else np.ascontiguousarray(array.transpose(axes))
-                self.feed[self.feed_names[name]] = stored
+                self.feed[self.feed_names[name]] = array
                 continue
-            root, swap = self._sources[name]
-            if swap:
-                array = np.ascontiguousarray(array.T)
-            for derived in self._derived.get(root, ()):
+            for derived in self._derived.get(self._sources[name][0], ()):
                 if derived.same_layout:
                     self.feed[derived.name] = array  # same layout: fed as is, no copy
                 else:
                     derived.compute(array, self.feed[derived.name])
+
+    def _stored_layout(self, name: str, array: np.ndarray) -> np.ndarray:
+        """Layer ``name``'s weight in the layout of the initializer it is fed as: itself, or
+        transposed into a buffer kept for the next sample."""
+        axes = self._to_stored.get(name)
+        if axes is None:
+            return array
+        view = array.transpose(axes)
+        buffer = self._stored_buffers.get(name)
+        if buffer is None or buffer.dtype != array.dtype:
+            buffer = self._stored_buffers[name] = np.empty(view.shape, array.dtype)
+        np.copyto(buffer, view)
+        return buffer
 
     def logits(self) -> np.ndarray:
         outs = [

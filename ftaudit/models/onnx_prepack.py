@@ -140,7 +140,7 @@ def _initializer_array(tensor: Any, folder: Path) -> np.ndarray:
         return onnx.numpy_helper.to_array(tensor)
     entries = {e.key: e.value for e in tensor.external_data}
     dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
-    count = int(entries.get("length", 0)) // dtype.itemsize
+    count = int(entries["length"]) // dtype.itemsize if "length" in entries else -1
     array = np.fromfile(
         folder / entries["location"], dtype=dtype, count=count, offset=int(entries.get("offset", 0))
     )
